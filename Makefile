@@ -1,0 +1,30 @@
+# `make test` and `make demo` work on a fresh clone: each installs what is missing, then runs.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# The tested torch release; installing it first keeps pip from resolving a (CUDA) torch itself.
+TORCH_VERSION := 2.13.0
+STAMP := .make/installed-$(TORCH_VERSION)
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+
+.PHONY: install test demo bench cuda-check clean
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@$(PYTHON) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
+		|| $(PIP) install torch==$(TORCH_VERSION)
+	@$(PYTHON) -c "import ninja" 2>/dev/null || $(PIP) install ninja
+	$(PIP) install --no-build-isolation -e ".[test,bench,demo]"
+	@mkdir -p .make && touch $@
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+demo: install
+	$(PYTHON) -m compress_kernels demo
+
+bench: install
+	$(PYTHON) benchmarks/run_all.py
+
+clean:
+	rm -rf build .make compress_kernels/_C*.so *.egg-info

@@ -1,0 +1,177 @@
+#include "int8_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "isa.h"
+
+namespace ck::cpu {
+
+void int8_pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t ldw, int32_t* out) {
+  const int64_t k_pad = int8_padded_k(k);
+  int8_t* data = reinterpret_cast<int8_t*>(out);
+  int32_t* row_sum = out + n * k_pad / 4;
+  int32_t* k_trailer = row_sum + n;
+  for (int64_t block = 0; block * kInt8BlockRows < n; ++block) {
+    const int64_t first = block * kInt8BlockRows;
+    const int64_t rows = std::min(kInt8BlockRows, n - first);
+    int8_t* dst = data + first * k_pad;
+    for (int64_t g = 0; g < k_pad / 4; ++g) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < 4; ++j) {
+          const int64_t kk = 4 * g + j;
+          dst[(g * rows + i) * 4 + j] = kk < k ? w[(first + i) * ldw + kk] : int8_t{0};
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    int32_t s = 0;
+    for (int64_t kk = 0; kk < k; ++kk) s += w[r * ldw + kk];
+    row_sum[r] = s;
+    k_trailer[r] = static_cast<int32_t>(k);
+  }
+}
+
+PackedInt8Weight int8_packed_view(const int32_t* packed, int64_t n, int64_t words_per_row) {
+  const int64_t k_pad = (words_per_row - 2) * 4;
+  PackedInt8Weight v;
+  v.data = reinterpret_cast<const int8_t*>(packed);
+  v.row_sum = packed + n * k_pad / 4;
+  v.n = n;
+  v.k_pad = k_pad;
+  v.k = n > 0 ? v.row_sum[n] : 0;
+  return v;
+}
+
+Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads) {
+  Int8GemmPlan plan;
+  plan.panels = (n + kInt8PanelCols - 1) / kInt8PanelCols;
+  const int64_t target_tasks = 4 * std::max<int64_t>(threads, 1);
+  const int64_t tiles = std::max<int64_t>((m + kInt8TileRows - 1) / kInt8TileRows, 1);
+  int64_t chunks = 1;
+  if (plan.panels < target_tasks) {
+    chunks = std::min(tiles, (target_tasks + plan.panels - 1) / std::max<int64_t>(plan.panels, 1));
+  }
+  const int64_t tiles_per_chunk = (tiles + chunks - 1) / chunks;
+  plan.chunk_rows = tiles_per_chunk * kInt8TileRows;
+  plan.row_chunks = std::max<int64_t>((m + plan.chunk_rows - 1) / plan.chunk_rows, 1);
+  return plan;
+}
+
+namespace {
+
+// sum_k w[n, k] * (x - x_zero_point) + bias, given acc = sum_k w * x, modulo 2^32.
+inline int32_t corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc) {
+  uint32_t v = static_cast<uint32_t>(acc) -
+               static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
+  if (a.bias_i32 != nullptr) v += static_cast<uint32_t>(a.bias_i32[n]);
+  return static_cast<int32_t>(v);
+}
+
+void store_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
+  const int64_t o = m * a.w.n + n;
+  switch (a.kind) {
+    case EpilogueKind::kInt32:
+      static_cast<int32_t*>(a.out)[o] = acc;
+      return;
+    case EpilogueKind::kFloat: {
+      // Three separately rounded fp32 operations, in this order (the build disables contraction).
+      float y = static_cast<float>(acc) * a.x_scale[a.x_scale_per_row ? m : 0];
+      y = y * a.w_scale[a.w_scale_per_channel ? n : 0];
+      if (a.bias_f != nullptr) y = y + a.bias_f[n];
+      static_cast<float*>(a.out)[o] = y;
+      return;
+    }
+    case EpilogueKind::kRequantize: {
+      const RequantParams& p = a.requant;
+      const int64_t ch = p.per_channel ? n : 0;
+      const int32_t v =
+          Requantize(acc, p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
+      if (p.out_type == OutType::kInt8) {
+        static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(v);
+      } else if (p.out_type == OutType::kUInt8) {
+        static_cast<uint8_t*>(a.out)[o] = static_cast<uint8_t>(v);
+      } else {
+        static_cast<int32_t*>(a.out)[o] = v;
+      }
+      return;
+    }
+  }
+}
+
+template <typename XT>
+void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin,
+                        int64_t task_end) {
+  const XT* x = static_cast<const XT*>(a.x);
+  const int64_t k = a.w.k, k_pad = a.w.k_pad;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows;
+    const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
+    const int64_t n_begin = panel * kInt8PanelCols;
+    const int64_t n_end = std::min(a.w.n, n_begin + kInt8PanelCols);
+    for (int64_t m = m_begin; m < m_end; ++m) {
+      const XT* xr = x + m * a.ldx;
+      for (int64_t first = n_begin; first < n_end; first += kInt8BlockRows) {
+        const int64_t rows = std::min(kInt8BlockRows, a.w.n - first);
+        const int8_t* block = a.w.data + first * k_pad;
+        int32_t acc[kInt8BlockRows] = {0};
+        for (int64_t g = 0; g * 4 < k; ++g) {
+          const int8_t* wg = block + g * rows * 4;
+          for (int64_t i = 0; i < rows; ++i) {
+            int32_t s = 0;
+            for (int64_t j = 0; j < 4 && 4 * g + j < k; ++j) {
+              s += static_cast<int32_t>(xr[4 * g + j]) * static_cast<int32_t>(wg[i * 4 + j]);
+            }
+            acc[i] += s;
+          }
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          store_output(a, m, first + i, corrected_acc(a, first + i, acc[i]));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
+                            int64_t task_begin, int64_t task_end) {
+  if (args.x_signed) {
+    run_portable_typed<int8_t>(args, plan, task_begin, task_end);
+  } else {
+    run_portable_typed<uint8_t>(args, plan, task_begin, task_end);
+  }
+}
+
+void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                   int64_t task_end) {
+  if (active_isa() == Isa::kAvx512Vnni) {
+    int8_gemm_run_avx512vnni(args, plan, task_begin, task_end);
+  } else {
+    int8_gemm_run_portable(args, plan, task_begin, task_end);
+  }
+}
+
+void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
+                   int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+  (void)rows;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * cols;
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(xr[c]));
+    float s = amax / static_cast<float>(qmax);
+    if (s == 0.0f) s = 1.0f;
+    scale[r] = s;
+    for (int64_t c = 0; c < cols; ++c) {
+      float v = std::nearbyint(xr[c] / s);  // round half to even in the default FP environment
+      v = std::min(std::max(v, static_cast<float>(qmin)), static_cast<float>(qmax));
+      q[r * cols + c] = static_cast<int8_t>(v);
+    }
+  }
+}
+
+}  // namespace ck::cpu

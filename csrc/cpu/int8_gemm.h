@@ -1,0 +1,85 @@
+// int8 x int8 -> int32 GEMM with a fused output stage (torch-free).
+//
+// Packed weight layout (what int8_pack_weight writes; an int32 buffer of n * (k_pad / 4 + 2) words):
+//   k_pad = round_up(k, 4). Rows are grouped in blocks of 16 (the last block holds n % 16 rows when
+//   n is not a multiple of 16). Block b starts at byte 16 * b * k_pad and stores, for each group of
+//   four k (g = 0 .. k_pad / 4 - 1), the four bytes w[16b + i, 4g .. 4g + 3] of each of its rows i:
+//   byte offset (g * rows_in_block + i) * 4 + j. k beyond the real k is zero. This is the operand
+//   order of VNNI `vpdpbusd`: one 64-byte load feeds 16 output columns with four k each.
+//   After the n * k_pad weight bytes: int32 row_sum[n] (sum_k w[n, k], for zero-point and
+//   signed-input corrections), then int32 k[n] (the unpadded k, repeated, to validate inputs).
+#pragma once
+
+#include <cstdint>
+
+#include "requantize.h"
+
+namespace ck::cpu {
+
+constexpr int64_t kInt8BlockRows = 16;   // output columns per VNNI vector
+constexpr int64_t kInt8PanelBlocks = 4;  // blocks per panel: 64 columns share each A broadcast
+constexpr int64_t kInt8PanelCols = kInt8BlockRows * kInt8PanelBlocks;
+constexpr int64_t kInt8TileRows = 6;     // rows of A per microkernel: 6 x 4 = 24 zmm accumulators
+
+inline int64_t int8_padded_k(int64_t k) { return (k + 3) / 4 * 4; }
+inline int64_t int8_packed_words_per_row(int64_t k) { return int8_padded_k(k) / 4 + 2; }
+
+struct PackedInt8Weight {
+  const int8_t* data;
+  const int32_t* row_sum;
+  int64_t n, k, k_pad;
+};
+
+// Writes the packed layout of w [n, k] (row stride ldw) into out (n * int8_packed_words_per_row(k)).
+void int8_pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t ldw, int32_t* out);
+// Views a packed buffer of n rows; the unpadded k is read back from its trailer.
+PackedInt8Weight int8_packed_view(const int32_t* packed, int64_t n, int64_t words_per_row);
+
+enum class EpilogueKind : int {
+  kInt32 = 0,       // out[m, n] = acc (int32)
+  kRequantize = 1,  // out[m, n] = clamp(requant(acc) + zero_point) as int8 / uint8 / int32
+  kFloat = 2,       // out[m, n] = float(acc) * x_scale[m] * w_scale[n] + bias_f[n] (fp32, no FMA)
+};
+
+// acc[m, n] = sum_k w[n, k] * (x[m, k] - x_zero_point) + bias_i32[n], computed modulo 2^32 like
+// int32 hardware (exact whenever the true value fits in int32, which callers guarantee for the sum).
+struct Int8GemmArgs {
+  const void* x = nullptr;  // [m, k], row stride ldx; int8 (x_signed) or uint8
+  bool x_signed = false;
+  int64_t m = 0, ldx = 0;
+  int32_t x_zero_point = 0;
+  PackedInt8Weight w{};
+  const int32_t* bias_i32 = nullptr;  // [n] or null
+  EpilogueKind kind = EpilogueKind::kInt32;
+  RequantParams requant{};            // kRequantize
+  const float* x_scale = nullptr;     // kFloat: [m] or [1] (x_scale_per_row)
+  bool x_scale_per_row = false;
+  const float* w_scale = nullptr;     // kFloat: [n] or [1] (w_scale_per_channel)
+  bool w_scale_per_channel = false;
+  const float* bias_f = nullptr;      // kFloat: [n] or null
+  void* out = nullptr;                // [m, n] contiguous, type by kind / requant.out_type
+};
+
+// Work split: tasks are (panel of 64 columns, chunk of rows), panel-major so that a thread's
+// consecutive tasks reuse one weight panel from L2.
+struct Int8GemmPlan {
+  int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
+  int64_t tasks() const { return panels * row_chunks; }
+};
+Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads);
+
+// Runs tasks [task_begin, task_end) on the active ISA path.
+void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                   int64_t task_end);
+void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
+                            int64_t task_begin, int64_t task_end);
+void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
+                              int64_t task_begin, int64_t task_end);
+
+// Symmetric per-row quantization for dynamic activations: scale[r] = max|x[r, :]| / qmax
+// (1 when the row is all zero), q = clamp(round_half_even(x / scale), qmin, qmax), computed with a
+// true fp32 division so every path and the reference agree exactly.
+void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
+                   int32_t qmin, int32_t qmax, int8_t* q, float* scale);
+
+}  // namespace ck::cpu

@@ -1,0 +1,174 @@
+// AVX-512 VNNI int8 GEMM microkernel; compiled for AVX-512 by the pragma below, chosen at run time.
+//
+// Blocking: a tile is MR rows of x by NV blocks of 16 output columns (MR x NV zmm accumulators).
+// Per group of four k, each block's 64 packed weight bytes are loaded once and each row's four x
+// bytes are broadcast once, then MR x NV `vpdpbusd` accumulate u8 x s8 products. `vpdpbusd` needs
+// an unsigned first operand, so int8 x is biased to uint8 by flipping its sign bit (x + 128); the
+// epilogue subtracts (128 + x_zero_point) * row_sum[n] in int32 (modulo 2^32), which restores the
+// exact sum. The epilogue is fused: correction, bias, requantization or float scaling, store.
+#include "int8_gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "requant_avx512.h"
+
+namespace ck::cpu {
+namespace {
+
+inline __m512i broadcast_x_group(const uint8_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// The last group of four k when k % 4 != 0: reads only the bytes that exist (the padded weight
+// bytes are zero, so whatever the padding of x holds contributes nothing).
+inline __m512i broadcast_x_tail(const uint8_t* p, int64_t bytes) {
+  int32_t v = 0;
+  __builtin_memcpy(&v, p, static_cast<size_t>(bytes));
+  return _mm512_set1_epi32(v);
+}
+
+// MR: rows of x in the tile (1..6, the row tail uses fewer).
+// NV: 16-column blocks in the tile (1..4, the column tail uses fewer).
+// kSigned: x is int8 and needs the sign-bit flip.
+// kPartialLast: the last block holds last_rows < 16 rows (the n % 16 tail of the packed weight).
+template <int MR, int NV, bool kSigned, bool kPartialLast>
+void tile(const Int8GemmArgs& a, int64_t m0, int64_t n0, int last_rows) {
+  const int64_t k = a.w.k, k_pad = a.w.k_pad, full_groups = k / 4;
+  const uint8_t* x = static_cast<const uint8_t*>(a.x) + m0 * a.ldx;
+  const int8_t* wb[NV];
+  for (int v = 0; v < NV; ++v) wb[v] = a.w.data + (n0 + 16 * v) * k_pad;
+  const int64_t last_stride = kPartialLast ? last_rows * 4 : 64;
+  const __mmask64 last_mask = kPartialLast ? ((uint64_t{1} << (last_rows * 4)) - 1) : ~uint64_t{0};
+  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+
+  __m512i acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+
+  auto step = [&](int64_t g, auto&& x_group) {
+    __m512i b[NV];
+    for (int v = 0; v < NV; ++v) {
+      b[v] = (kPartialLast && v == NV - 1) ? _mm512_maskz_loadu_epi8(last_mask, wb[v] + g * last_stride)
+                                           : _mm512_loadu_si512(wb[v] + g * 64);
+    }
+    for (int r = 0; r < MR; ++r) {
+      __m512i xv = x_group(x + r * a.ldx + 4 * g);
+      if (kSigned) xv = _mm512_xor_si512(xv, flip);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], xv, b[v]);
+    }
+  };
+  for (int64_t g = 0; g < full_groups; ++g) step(g, broadcast_x_group);
+  if (k % 4 != 0) {
+    step(full_groups, [&](const uint8_t* p) { return broadcast_x_tail(p, k % 4); });
+  }
+
+  // Column terms: bias[n] - (x_zero_point + 128 * kSigned) * row_sum[n], modulo 2^32.
+  const __m512i zp_total = _mm512_set1_epi32(-(a.x_zero_point + (kSigned ? 128 : 0)));
+  __m512i column_term[NV];
+  __mmask16 valid[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int64_t n = n0 + 16 * v;
+    valid[v] = (kPartialLast && v == NV - 1) ? lane_mask(last_rows) : static_cast<__mmask16>(0xFFFF);
+    column_term[v] = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(valid[v], a.w.row_sum + n), zp_total);
+    if (a.bias_i32 != nullptr) {
+      column_term[v] = _mm512_add_epi32(column_term[v], _mm512_maskz_loadu_epi32(valid[v], a.bias_i32 + n));
+    }
+  }
+
+  const int64_t ldo = a.w.n;
+  if (a.kind == EpilogueKind::kInt32) {
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v)
+        _mm512_mask_storeu_epi32(static_cast<int32_t*>(a.out) + (m0 + r) * ldo + n0 + 16 * v, valid[v],
+                                 _mm512_add_epi32(acc[r][v], column_term[v]));
+  } else if (a.kind == EpilogueKind::kRequantize) {
+    const RequantParams& p = a.requant;
+    const ClampLanes clamp = clamp_lanes(p);
+    RequantLanes lanes[NV];
+    for (int v = 0; v < NV; ++v) {
+      const int64_t n = n0 + 16 * v;
+      lanes[v] = p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid[v], p.m0 + n),
+                                               _mm512_maskz_loadu_epi32(valid[v], p.shift + n))
+                               : requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
+    }
+    for (int r = 0; r < MR; ++r) {
+      for (int v = 0; v < NV; ++v) {
+        const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(acc[r][v], column_term[v]),
+                                                           lanes[v], p.rounding);
+        store_lanes(a.out, (m0 + r) * ldo + n0 + 16 * v, clamp_add_zero_point(y, clamp), valid[v],
+                    p.out_type);
+      }
+    }
+  } else {
+    __m512 w_scale[NV], bias[NV];
+    for (int v = 0; v < NV; ++v) {
+      const int64_t n = n0 + 16 * v;
+      w_scale[v] = a.w_scale_per_channel ? _mm512_maskz_loadu_ps(valid[v], a.w_scale + n)
+                                         : _mm512_set1_ps(a.w_scale[0]);
+      bias[v] = a.bias_f != nullptr ? _mm512_maskz_loadu_ps(valid[v], a.bias_f + n) : _mm512_setzero_ps();
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xs = _mm512_set1_ps(a.x_scale[a.x_scale_per_row ? m0 + r : 0]);
+      for (int v = 0; v < NV; ++v) {
+        // Same operation order as the portable path and the reference: ((acc * xs) * ws) + b.
+        __m512 y = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][v], column_term[v]));
+        y = _mm512_mul_ps(_mm512_mul_ps(y, xs), w_scale[v]);
+        if (a.bias_f != nullptr) y = _mm512_add_ps(y, bias[v]);
+        _mm512_mask_storeu_ps(static_cast<float*>(a.out) + (m0 + r) * ldo + n0 + 16 * v, valid[v], y);
+      }
+    }
+  }
+}
+
+using TileFn = void (*)(const Int8GemmArgs&, int64_t, int64_t, int);
+
+template <bool kSigned, bool kPartialLast, int MR>
+constexpr TileFn tile_row[4] = {tile<MR, 1, kSigned, kPartialLast>, tile<MR, 2, kSigned, kPartialLast>,
+                                tile<MR, 3, kSigned, kPartialLast>, tile<MR, 4, kSigned, kPartialLast>};
+
+template <bool kSigned, bool kPartialLast>
+TileFn pick_tile(int mr, int nv) {
+  static constexpr const TileFn* rows[6] = {
+      tile_row<kSigned, kPartialLast, 1>, tile_row<kSigned, kPartialLast, 2>,
+      tile_row<kSigned, kPartialLast, 3>, tile_row<kSigned, kPartialLast, 4>,
+      tile_row<kSigned, kPartialLast, 5>, tile_row<kSigned, kPartialLast, 6>};
+  return rows[mr - 1][nv - 1];
+}
+
+}  // namespace
+
+void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
+                              int64_t task_begin, int64_t task_end) {
+  static_assert(kInt8TileRows == 6 && kInt8PanelBlocks == 4, "tile tables assume 6 x 4");
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows;
+    const int64_t m_end = args.m < m_begin + plan.chunk_rows ? args.m : m_begin + plan.chunk_rows;
+    const int64_t n0 = panel * kInt8PanelCols;
+    const int64_t cols = args.w.n - n0 < kInt8PanelCols ? args.w.n - n0 : kInt8PanelCols;
+    const int nv = static_cast<int>((cols + 15) / 16);
+    const int last_rows = static_cast<int>(cols - 16 * (nv - 1));
+    const bool partial = last_rows < 16;
+    for (int64_t m = m_begin; m < m_end; m += kInt8TileRows) {
+      const int mr = static_cast<int>(m_end - m < kInt8TileRows ? m_end - m : kInt8TileRows);
+      const TileFn fn = args.x_signed ? (partial ? pick_tile<true, true>(mr, nv) : pick_tile<true, false>(mr, nv))
+                                      : (partial ? pick_tile<false, true>(mr, nv) : pick_tile<false, false>(mr, nv));
+      fn(args, m, n0, last_rows);
+    }
+  }
+}
+
+}  // namespace ck::cpu
+#else
+namespace ck::cpu {
+void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
+                              int64_t task_begin, int64_t task_end) {
+  int8_gemm_run_portable(args, plan, task_begin, task_end);
+}
+}  // namespace ck::cpu
+#endif

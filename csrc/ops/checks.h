@@ -1,0 +1,104 @@
+// Argument checks shared by the CPU and CUDA op glue. Every message names the op, the argument,
+// what was expected and what was given.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "ck/fixedpoint.h"
+
+namespace ck::ops {
+
+inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ",
+              t.sizes());
+}
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), " like x, got ",
+              t.device());
+}
+
+// int8 or uint8 input; returns true for int8.
+inline bool check_int8_input(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(x.scalar_type() == at::kChar || x.scalar_type() == at::kByte, op, ": ", name,
+              " must be int8 or uint8, got ", x.scalar_type());
+  return x.scalar_type() == at::kChar;
+}
+
+inline void check_zero_point_for(const at::Tensor& x, int64_t zero_point, const char* op,
+                                 const char* name) {
+  const bool is_signed = x.scalar_type() == at::kChar;
+  const int64_t lo = is_signed ? -128 : 0, hi = is_signed ? 127 : 255;
+  TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": ", name, " must be in [", lo, ", ", hi,
+              "] for ", x.scalar_type(), " input, got ", zero_point);
+}
+
+// The integer output range of out_dtype, which [qmin, qmax] must lie in.
+inline void check_output_range(at::ScalarType out_dtype, int64_t zero_point, int64_t qmin,
+                               int64_t qmax, const char* op) {
+  int64_t lo = 0, hi = 0;
+  if (out_dtype == at::kChar) {
+    lo = -128, hi = 127;
+  } else if (out_dtype == at::kByte) {
+    lo = 0, hi = 255;
+  } else if (out_dtype == at::kInt) {
+    lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+  } else {
+    TORCH_CHECK(false, op, ": out_dtype must be int8, uint8 or int32, got ", out_dtype);
+  }
+  TORCH_CHECK(qmin <= qmax, op, ": qmin must be <= qmax, got qmin=", qmin, " qmax=", qmax);
+  TORCH_CHECK(qmin >= lo && qmax <= hi, op, ": [qmin, qmax] must lie in [", lo, ", ", hi, "] for ",
+              out_dtype, ", got [", qmin, ", ", qmax, "]");
+  TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": zero_point must be in [", lo, ", ", hi,
+              "] for ", out_dtype, ", got ", zero_point);
+}
+
+inline Rounding parse_rounding(const std::string& rounding, const char* op) {
+  if (rounding == "double") return Rounding::kDouble;
+  if (rounding == "single") return Rounding::kSingle;
+  TORCH_CHECK(false, op, ": rounding must be \"double\" or \"single\", got \"", rounding, "\"");
+}
+
+// m0 / shift: int32, numel 1 (per tensor) or `channels` (per channel), m0 >= 0, shift in [-31, 30].
+// Returns true when per channel. Reads the values, so call it on CPU copies.
+inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int64_t channels,
+                             const char* op) {
+  check_dtype(m0, at::kInt, op, "m0");
+  check_dtype(shift, at::kInt, op, "shift");
+  TORCH_CHECK(m0.dim() <= 1 && shift.dim() <= 1, op, ": m0 and shift must be 0-D or 1-D, got shapes ",
+              m0.sizes(), " and ", shift.sizes());
+  TORCH_CHECK(m0.numel() == shift.numel(), op, ": m0 and shift must have the same numel, got ",
+              m0.numel(), " and ", shift.numel());
+  TORCH_CHECK(m0.numel() == 1 || m0.numel() == channels, op,
+              ": m0 and shift must have 1 (per-tensor) or ", channels,
+              " (per-channel) elements, got ", m0.numel());
+  if (m0.numel() > 0 && m0.device().is_cpu()) {
+    const int64_t m0_min = m0.min().item<int32_t>();
+    TORCH_CHECK(m0_min >= 0, op, ": m0 must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ",
+                m0_min);
+    const int64_t s_min = shift.min().item<int32_t>(), s_max = shift.max().item<int32_t>();
+    TORCH_CHECK(s_min >= kMinShift && s_max <= kMaxShift, op, ": shift must be in [", kMinShift, ", ",
+                kMaxShift, "], got values in [", s_min, ", ", s_max, "]");
+  }
+  return m0.numel() > 1;  // with one channel, per-tensor and per-channel coincide
+}
+
+// Largest k for which sum_k |w| * |x - x_zero_point| <= 128 * 255 * k cannot overflow int32.
+constexpr int64_t kMaxInt8Depth = std::numeric_limits<int32_t>::max() / (128 * 255);
+
+inline void check_depth(int64_t k, const char* op) {
+  TORCH_CHECK(k <= kMaxInt8Depth, op, ": K=", k, " could overflow the int32 accumulator (K * 255 * 128 > 2^31 - 1); ",
+              "the largest supported K is ", kMaxInt8Depth, ". Split the reduction into chunks.");
+}
+
+}  // namespace ck::ops

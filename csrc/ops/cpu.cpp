@@ -1,0 +1,301 @@
+// CPU implementations: argument checks, output allocation, threading. The kernels themselves are
+// torch-free (csrc/cpu/); this file is the only CPU code that sees at::Tensor.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../cpu/int8_gemm.h"
+#include "../cpu/isa.h"
+#include "../cpu/requantize.h"
+#include "checks.h"
+
+namespace ck::ops {
+namespace {
+
+using cpu::OutType;
+
+OutType out_type_of(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kChar:
+      return OutType::kInt8;
+    case at::kByte:
+      return OutType::kUInt8;
+    case at::kInt:
+      return OutType::kInt32;
+    default:
+      return OutType::kFloat32;
+  }
+}
+
+void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& real) {
+  constexpr const char* op = "quantize_multiplier";
+  TORCH_CHECK(at::isFloatingType(real.scalar_type()), op, ": real must be a floating tensor, got ",
+              real.scalar_type());
+  const at::Tensor r = real.to(at::kDouble).contiguous();
+  at::Tensor m0 = at::empty(real.sizes(), real.options().dtype(at::kInt));
+  at::Tensor shift = at::empty(real.sizes(), real.options().dtype(at::kInt));
+  const double* rp = r.data_ptr<double>();
+  int32_t* mp = m0.data_ptr<int32_t>();
+  int32_t* sp = shift.data_ptr<int32_t>();
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    TORCH_CHECK(QuantizeMultiplier(rp[i], &mp[i], &sp[i]), op,
+                ": real multipliers must be finite, >= 0 and < 2^30, got ", rp[i], " at index ", i);
+  }
+  return {m0, shift};
+}
+
+at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at::Tensor& shift,
+                          int64_t zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
+                          c10::string_view rounding) {
+  constexpr const char* op = "requantize";
+  check_dtype(acc, at::kInt, op, "acc");
+  check_cpu(acc, op, "acc");
+  TORCH_CHECK(acc.dim() >= 1 || m0.numel() == 1, op,
+              ": per-channel m0/shift need acc with a channel (last) dimension, got a 0-D acc");
+  const int64_t channels = acc.dim() >= 1 ? acc.size(-1) : 1;
+  const bool per_channel = check_multiplier(m0, shift, channels, op);
+  check_output_range(out_dtype, zero_point, qmin, qmax, op);
+  cpu::RequantParams p;
+  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
+  p.m0 = m0c.data_ptr<int32_t>();
+  p.shift = shiftc.data_ptr<int32_t>();
+  p.per_channel = per_channel;
+  p.zero_point = static_cast<int32_t>(zero_point);
+  p.qmin = static_cast<int32_t>(qmin);
+  p.qmax = static_cast<int32_t>(qmax);
+  p.rounding = parse_rounding(std::string(rounding), op);
+  p.out_type = out_type_of(out_dtype);
+  at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(out_dtype));
+  if (acc.numel() == 0) return out;
+  const at::Tensor a = acc.contiguous();
+  const int64_t cols = channels, rows = a.numel() / cols;
+  const int32_t* ap = a.data_ptr<int32_t>();
+  void* op_out = out.data_ptr();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    cpu::requantize_rows(ap, cols, cols, begin, end, p, op_out);
+  });
+  return out;
+}
+
+at::Tensor pack_weight(const at::Tensor& w, const char* op) {
+  check_dtype(w, at::kChar, op, "w");
+  check_dim(w, 2, op, "w");
+  check_cpu(w, op, "w");
+  TORCH_CHECK(w.size(0) > 0 && w.size(1) > 0, op, ": w must have at least one row and one column, got shape ",
+              w.sizes());
+  check_depth(w.size(1), op);
+  const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
+  at::Tensor packed =
+      at::empty({w.size(0), cpu::int8_packed_words_per_row(w.size(1))}, w.options().dtype(at::kInt));
+  cpu::int8_pack_weight(wc.data_ptr<int8_t>(), wc.size(0), wc.size(1), wc.stride(0),
+                        packed.data_ptr<int32_t>());
+  return packed;
+}
+
+at::Tensor int8_pack_weight_cpu(const at::Tensor& w) { return pack_weight(w, "int8_pack_weight"); }
+
+// A packed weight (int32, from int8_pack_weight) or a raw int8 [N, K] weight packed for this call.
+struct WeightView {
+  at::Tensor holder;
+  cpu::PackedInt8Weight view;
+};
+
+WeightView weight_for(const at::Tensor& w, int64_t k, const char* op) {
+  check_cpu(w, op, "w");
+  WeightView out;
+  if (w.scalar_type() == at::kInt) {
+    check_dim(w, 2, op, "packed w");
+    TORCH_CHECK(w.is_contiguous(), op, ": a packed w must be contiguous (as int8_pack_weight returns it)");
+    TORCH_CHECK(w.size(0) > 0 && w.size(1) == cpu::int8_packed_words_per_row(k), op,
+                ": packed w of shape ", w.sizes(), " does not hold a weight with K=", k,
+                " (expected [N, ", cpu::int8_packed_words_per_row(k), "]); pack it with int8_pack_weight");
+    out.holder = w;
+  } else {
+    TORCH_CHECK(w.scalar_type() == at::kChar, op,
+                ": w must be int8 [N, K] or a packed int32 weight from int8_pack_weight, got ", w.scalar_type());
+    check_dim(w, 2, op, "w");
+    TORCH_CHECK(w.size(1) == k, op, ": K mismatch: x has K=", k, " but w has shape ", w.sizes());
+    out.holder = pack_weight(w, op);
+  }
+  out.view = cpu::int8_packed_view(out.holder.data_ptr<int32_t>(), out.holder.size(0), out.holder.size(1));
+  TORCH_CHECK(out.view.k == k, op, ": K mismatch: x has K=", k, " but the packed w was built for K=",
+              out.view.k);
+  return out;
+}
+
+// Shared front half of the int8 GEMM ops: checks x and w, fills the operand part of the args.
+WeightView prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                            at::Tensor& x_holder, cpu::Int8GemmArgs& args, const char* op) {
+  const bool is_signed = check_int8_input(x, op, "x");
+  check_dim(x, 2, op, "x");
+  check_cpu(x, op, "x");
+  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
+  TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
+  check_depth(x.size(1), op);
+  WeightView wv = weight_for(w, x.size(1), op);
+  x_holder = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  args.x = x_holder.data_ptr();
+  args.x_signed = is_signed;
+  args.m = x.size(0);
+  args.ldx = x_holder.size(0) > 1 ? x_holder.stride(0) : x.size(1);
+  args.x_zero_point = static_cast<int32_t>(x_zero_point);
+  args.w = wv.view;
+  return wv;
+}
+
+void run_gemm(const cpu::Int8GemmArgs& args) {
+  if (args.m == 0) return;
+  const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(args.m, args.w.n, at::get_num_threads());
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+    cpu::int8_gemm_run(args, plan, begin, end);
+  });
+}
+
+at::Tensor int8_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
+  cpu::Int8GemmArgs args;
+  at::Tensor a_holder;
+  const WeightView wv = prepare_operands(a, 0, b, a_holder, args, "int8_gemm");
+  at::Tensor out = at::empty({a.size(0), wv.view.n}, a.options().dtype(at::kInt));
+  args.kind = cpu::EpilogueKind::kInt32;
+  args.out = out.data_ptr();
+  run_gemm(args);
+  return out;
+}
+
+const int32_t* optional_bias_i32(const std::optional<at::Tensor>& bias, int64_t n, at::Tensor& holder,
+                                 const char* op) {
+  if (!bias.has_value()) return nullptr;
+  check_dtype(*bias, at::kInt, op, "bias");
+  check_cpu(*bias, op, "bias");
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ",
+              bias->sizes());
+  holder = bias->contiguous();
+  return holder.data_ptr<int32_t>();
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                           const std::optional<at::Tensor>& bias, const at::Tensor& m0,
+                           const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
+                           at::ScalarType out_dtype, c10::string_view rounding) {
+  constexpr const char* op = "int8_linear";
+  cpu::Int8GemmArgs args;
+  at::Tensor x_holder, bias_holder;
+  const WeightView wv = prepare_operands(x, x_zero_point, w, x_holder, args, op);
+  const int64_t n = wv.view.n;
+  check_cpu(m0, op, "m0");
+  check_cpu(shift, op, "shift");
+  const bool per_channel = check_multiplier(m0, shift, n, op);
+  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  args.bias_i32 = optional_bias_i32(bias, n, bias_holder, op);
+  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
+  args.kind = cpu::EpilogueKind::kRequantize;
+  args.requant.m0 = m0c.data_ptr<int32_t>();
+  args.requant.shift = shiftc.data_ptr<int32_t>();
+  args.requant.per_channel = per_channel;
+  args.requant.zero_point = static_cast<int32_t>(out_zero_point);
+  args.requant.qmin = static_cast<int32_t>(qmin);
+  args.requant.qmax = static_cast<int32_t>(qmax);
+  args.requant.rounding = parse_rounding(std::string(rounding), op);
+  args.requant.out_type = out_type_of(out_dtype);
+  at::Tensor out = at::empty({x.size(0), n}, x.options().dtype(out_dtype));
+  args.out = out.data_ptr();
+  run_gemm(args);
+  return out;
+}
+
+at::Tensor int8_linear_float_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                                 const at::Tensor& x_scale, const at::Tensor& w_scale,
+                                 const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_linear_float";
+  cpu::Int8GemmArgs args;
+  at::Tensor x_holder;
+  const WeightView wv = prepare_operands(x, x_zero_point, w, x_holder, args, op);
+  const int64_t m = x.size(0), n = wv.view.n;
+  check_dtype(x_scale, at::kFloat, op, "x_scale");
+  check_dtype(w_scale, at::kFloat, op, "w_scale");
+  check_cpu(x_scale, op, "x_scale");
+  check_cpu(w_scale, op, "w_scale");
+  TORCH_CHECK(x_scale.dim() <= 1 && (x_scale.numel() == 1 || x_scale.numel() == m), op,
+              ": x_scale must have 1 or M=", m, " elements, got shape ", x_scale.sizes());
+  TORCH_CHECK(w_scale.dim() <= 1 && (w_scale.numel() == 1 || w_scale.numel() == n), op,
+              ": w_scale must have 1 or N=", n, " elements, got shape ", w_scale.sizes());
+  const at::Tensor xs = x_scale.contiguous(), ws = w_scale.contiguous();
+  at::Tensor bias_holder;
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kFloat, op, "bias");
+    check_cpu(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ",
+                bias->sizes());
+    bias_holder = bias->contiguous();
+    args.bias_f = bias_holder.data_ptr<float>();
+  }
+  args.kind = cpu::EpilogueKind::kFloat;
+  args.x_scale = xs.data_ptr<float>();
+  args.x_scale_per_row = xs.numel() > 1;
+  args.w_scale = ws.data_ptr<float>();
+  args.w_scale_per_channel = ws.numel() > 1;
+  at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
+  args.out = out.data_ptr();
+  run_gemm(args);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_t qmax) {
+  constexpr const char* op = "quantize_rows";
+  check_dtype(x, at::kFloat, op, "x");
+  check_dim(x, 2, op, "x");
+  check_cpu(x, op, "x");
+  TORCH_CHECK(qmax >= 1 && qmax <= 127, op, ": qmax must be in [1, 127], got ", qmax);
+  const at::Tensor xc = x.contiguous();
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor q = at::empty({rows, cols}, x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({rows}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = scale.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    cpu::quantize_rows(xp, rows, cols, begin, end, -static_cast<int32_t>(qmax), static_cast<int32_t>(qmax),
+                       qp, sp);
+  });
+  return {q, scale};
+}
+
+std::string cpu_isa(c10::string_view isa) {
+  if (isa == "portable") {
+    cpu::set_isa(cpu::Isa::kPortable);
+  } else if (isa == "avx512vnni") {
+    TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx512Vnni),
+                "_cpu_isa: this CPU lacks avx512vnni (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
+  } else if (isa == "auto") {
+    cpu::set_isa(cpu::detected_isa());
+  } else {
+    TORCH_CHECK(isa.empty(), "_cpu_isa: isa must be \"\", \"auto\", \"portable\" or \"avx512vnni\", got \"",
+                std::string(isa), "\"");
+  }
+  return cpu::isa_name(cpu::active_isa());
+}
+
+}  // namespace
+}  // namespace ck::ops
+
+TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
+  m.impl("quantize_multiplier", &ck::ops::quantize_multiplier_cpu);
+  m.impl("requantize", &ck::ops::requantize_cpu);
+  m.impl("int8_pack_weight", &ck::ops::int8_pack_weight_cpu);
+  m.impl("int8_gemm", &ck::ops::int8_gemm_cpu);
+  m.impl("int8_linear", &ck::ops::int8_linear_cpu);
+  m.impl("int8_linear_float", &ck::ops::int8_linear_float_cpu);
+  m.impl("quantize_rows", &ck::ops::quantize_rows_cpu);
+}
+
+TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {
+  m.impl("_cpu_isa", &ck::ops::cpu_isa);
+}

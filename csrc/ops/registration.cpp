@@ -1,0 +1,33 @@
+// The one place where every op's schema is declared. Implementations register per backend in
+// cpu.cpp / cuda.cpp; fake (meta) kernels and autograd live in compress_kernels/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import compress_kernels._C` loads this library, which runs the registrations below.
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "compress_kernels native ops", -1,
+                                   nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(compress_kernels, m) {
+  // ---- fixed-point requantization (csrc/include/ck/fixedpoint.h) ----
+  m.def("quantize_multiplier(Tensor real) -> (Tensor, Tensor)");
+  m.def(
+      "requantize(Tensor acc, Tensor m0, Tensor shift, int zero_point, int qmin, int qmax, "
+      "ScalarType out_dtype, str rounding=\"double\") -> Tensor");
+
+  // ---- int8 GEMM / linear ----
+  m.def("int8_pack_weight(Tensor w) -> Tensor");
+  m.def("int8_gemm(Tensor a, Tensor b) -> Tensor");
+  m.def(
+      "int8_linear(Tensor x, int x_zero_point, Tensor w, Tensor? bias, Tensor m0, Tensor shift, "
+      "int out_zero_point, int qmin, int qmax, ScalarType out_dtype, str rounding=\"double\") -> Tensor");
+  m.def(
+      "int8_linear_float(Tensor x, int x_zero_point, Tensor w, Tensor x_scale, Tensor w_scale, "
+      "Tensor? bias) -> Tensor");
+  m.def("quantize_rows(Tensor x, int qmax=127) -> (Tensor, Tensor)");
+
+  // ---- testing / benchmarking control: query or force the CPU ISA path ----
+  m.def("_cpu_isa(str isa=\"\") -> str");
+}
