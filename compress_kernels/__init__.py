@@ -1,1 +1,40 @@
+"""compress_kernels: real kernels for model compression (integer-only int8 with fixed-point
+requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
+into trained models."""
 
+from . import convert, nn, numerics, ops, reference
+from .convert import ConversionReport, Int8DynamicConfig, convert_
+from .nn import QuantLinear
+from .ops import (
+    cpu_isa,
+    force_cpu_isa,
+    int8_gemm,
+    int8_linear,
+    int8_linear_float,
+    int8_pack_weight,
+    quantize_multiplier,
+    quantize_rows,
+    requantize,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionReport",
+    "Int8DynamicConfig",
+    "convert_",
+    "QuantLinear",
+    "cpu_isa",
+    "force_cpu_isa",
+    "int8_gemm",
+    "int8_linear",
+    "int8_linear_float",
+    "int8_pack_weight",
+    "nn",
+    "numerics",
+    "ops",
+    "quantize_multiplier",
+    "quantize_rows",
+    "reference",
+    "requantize",
+]

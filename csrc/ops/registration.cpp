@@ -28,6 +28,14 @@ TORCH_LIBRARY(compress_kernels, m) {
       "Tensor? bias) -> Tensor");
   m.def("quantize_rows(Tensor x, int qmax=127) -> (Tensor, Tensor)");
 
+  // ---- int8 conv2d (issue 3) ----
+
+  // ---- k-means codebook lookup (issue 4) ----
+
+  // ---- 2:4 semi-structured sparsity (issue 5) ----
+
+  // ---- fused fake-quant (issue 6) ----
+
   // ---- testing / benchmarking control: query or force the CPU ISA path ----
   m.def("_cpu_isa(str isa=\"\") -> str");
 }

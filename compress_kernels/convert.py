@@ -1,0 +1,99 @@
+"""Model conversion: a config dataclass per compression method and a registry of handlers.
+
+``convert_(model, config, filter_fn=None)`` walks the model, offers every module to the handler
+registered for ``type(config)``, swaps the modules the handler converts, and returns a
+:class:`ConversionReport` saying what was converted, what was skipped and why (the shape of
+torchao's ``quantize_``). Families register their configs here with :func:`register_handler`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+
+class Skip(Exception):
+    """Raised by a handler to decline a module; the message becomes the reason in the report."""
+
+
+@dataclass
+class ConversionReport:
+    converted: list[tuple[str, str, str]] = field(default_factory=list)  # (name, from, to)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)    # (name, type, reason)
+    model: nn.Module | None = field(default=None, repr=False)  # the converted model
+
+    def __str__(self) -> str:
+        lines = [f"converted {len(self.converted)} module(s), skipped {len(self.skipped)}"]
+        lines += [f"  + {name}: {src} -> {dst}" for name, src, dst in self.converted]
+        lines += [f"  - {name} ({kind}): {why}" for name, kind, why in self.skipped]
+        return "\n".join(lines)
+
+
+# handler(module, config, name) -> replacement module; raises Skip to decline with a reason.
+Handler = Callable[[nn.Module, object, str], nn.Module]
+_HANDLERS: dict[type, tuple[tuple[type, ...], Handler]] = {}
+
+
+def register_handler(config_type: type, module_types: tuple[type, ...]):
+    """Register the handler that converts modules of `module_types` under `config_type`."""
+
+    def wrap(fn: Handler) -> Handler:
+        _HANDLERS[config_type] = (module_types, fn)
+        return fn
+
+    return wrap
+
+
+def convert_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+             inplace: bool = True) -> ConversionReport:
+    """Swap every module the config's handler accepts (and `filter_fn(module, name)` allows).
+    With ``inplace=False`` the model is deep-copied first and the copy is at ``report.model``."""
+    if type(config) not in _HANDLERS:
+        raise TypeError(f"convert_: no handler for {type(config).__name__}; known configs: "
+                        f"{sorted(t.__name__ for t in _HANDLERS)}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    module_types, handler = _HANDLERS[type(config)]
+    report = ConversionReport()
+    for name, module in list(model.named_modules()):
+        if not name or type(module) not in module_types:
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            report.skipped.append((name, type(module).__name__, "excluded by filter_fn"))
+            continue
+        try:
+            new = handler(module, config, name)
+        except Skip as why:
+            report.skipped.append((name, type(module).__name__, str(why)))
+            continue
+        _set_submodule(model, name, new)
+        report.converted.append((name, type(module).__name__, type(new).__name__))
+    report.model = model
+    return report
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+# ---------------------------------------------------------------- int8 dynamic (QuantLinear)
+
+
+@dataclass
+class Int8DynamicConfig:
+    """nn.Linear -> QuantLinear(mode="dynamic"): int8 weights (per channel by default), activations
+    quantized per row at run time, float in and out."""
+
+    per_channel: bool = True
+
+
+@register_handler(Int8DynamicConfig, (nn.Linear,))
+def _int8_dynamic(module: nn.Module, config: Int8DynamicConfig, name: str) -> nn.Module:
+    from .nn import QuantLinear
+
+    return QuantLinear.from_float(module, dynamic=True, per_channel=config.per_channel)

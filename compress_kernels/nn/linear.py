@@ -1,0 +1,155 @@
+"""QuantLinear: a drop-in int8 linear layer on the fused int8 GEMM kernels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import numerics, ops
+
+_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class QuantLinear(nn.Module):
+    """int8 linear layer with symmetric int8 weights (per output channel or per tensor).
+
+    Two modes:
+
+    * ``"static"`` (integer-only, the way an NPU / TFLite runs it): int8 or uint8 in, int8 / uint8 /
+      int32 out. ``y = clamp(zp_y + requant(sum_k w_q[n,k] * (x[m,k] - zp_x) + bias_q[n]))`` with
+      ``bias_q = round(bias / (s_x * s_w[n]))`` and the fixed-point multiplier
+      ``s_x * s_w[n] / s_y`` encoded as ``(m0, shift)``. No floating point at run time.
+    * ``"dynamic"``: float in, float out; each row of x is quantized symmetrically on the fly
+      (``s_x[m] = max|x[m]| / 127``) and the GEMM ends in ``acc * s_x[m] * s_w[n] + bias``.
+      A drop-in replacement for ``nn.Linear`` in any model.
+
+    Inputs may have any leading dimensions (``[*, in_features]``). The weight is packed once (at
+    build and after ``load_state_dict``), never per call. The state dict holds the int8 weight, the
+    scales, the integer bias and the multipliers; zero points and ranges are extra state.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 mode: str = "static", per_channel: bool = True,
+                 input_dtype: torch.dtype = torch.uint8, output_dtype: torch.dtype = torch.uint8,
+                 rounding: str = "double"):
+        super().__init__()
+        if mode not in ("static", "dynamic"):
+            raise ValueError(f'QuantLinear: mode must be "static" or "dynamic", got {mode!r}')
+        self.in_features, self.out_features = in_features, out_features
+        self.mode, self.per_channel, self.rounding = mode, per_channel, rounding
+        self.input_dtype, self.output_dtype = input_dtype, output_dtype
+        channels = out_features if per_channel else 1
+        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(channels))
+        self.register_buffer("bias_q", torch.zeros(out_features, dtype=torch.int32) if bias else None)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("m0", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("shift", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("output_scale", torch.ones(()))
+        self.input_zero_point = 0
+        self.output_zero_point = 0
+        self.qmin, self.qmax = numerics.dtype_range(output_dtype)
+        self.register_buffer("packed_weight", ops.int8_pack_weight(self.weight_q), persistent=False)
+
+    # -------------------------------------------------------------- construction
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, *, input_scale: float | None = None,
+                   input_zero_point: int = 0, output_scale: float | None = None,
+                   output_zero_point: int = 0, per_channel: bool = True, dynamic: bool = False,
+                   input_dtype: torch.dtype = torch.uint8, output_dtype: torch.dtype = torch.uint8,
+                   activation: str | None = None, rounding: str = "double") -> QuantLinear:
+        """Quantize a float ``nn.Linear``. Static mode needs the input and output scales and zero
+        points (from calibration); ``dynamic=True`` needs none. ``activation`` ("relu" or "relu6")
+        is fused into the output clamp of the static mode."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"QuantLinear.from_float: expected nn.Linear, got {type(linear).__name__}")
+        mode = "dynamic" if dynamic else "static"
+        if mode == "static" and (input_scale is None or output_scale is None):
+            raise ValueError("QuantLinear.from_float: static mode needs input_scale and output_scale "
+                             "(or pass dynamic=True)")
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
+                per_channel=per_channel, input_dtype=input_dtype, output_dtype=output_dtype,
+                rounding=rounding)
+        w_q, w_scale = numerics.quantize_weight(linear.weight, per_channel=per_channel)
+        q.weight_q.copy_(w_q)
+        q.weight_scale.copy_(w_scale)
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias.detach().float())
+        if mode == "static":
+            in_lo, in_hi = numerics.dtype_range(input_dtype)
+            if not in_lo <= input_zero_point <= in_hi:
+                raise ValueError(f"QuantLinear.from_float: input_zero_point must be in [{in_lo}, {in_hi}] "
+                                 f"for {input_dtype}, got {input_zero_point}")
+            q.input_scale.fill_(float(input_scale))
+            q.output_scale.fill_(float(output_scale))
+            q.input_zero_point, q.output_zero_point = int(input_zero_point), int(output_zero_point)
+            q.qmin, q.qmax = numerics.activation_clamp(activation, float(output_scale),
+                                                       int(output_zero_point), output_dtype)
+            acc_scale = q.input_scale.double() * w_scale.double()
+            m0, shift = ops.quantize_multiplier(acc_scale / float(output_scale))
+            q.m0.copy_(m0.reshape(-1))
+            q.shift.copy_(shift.reshape(-1))
+            if linear.bias is not None:
+                b = torch.round(linear.bias.detach().double() / acc_scale.expand(linear.out_features))
+                q.bias_q.copy_(b.clamp(-(2**31), 2**31 - 1).to(torch.int32))
+        q._repack()
+        return q
+
+    def _repack(self) -> None:
+        self.packed_weight = ops.int8_pack_weight(self.weight_q.cpu()).to(self.weight_q.device)
+
+    # -------------------------------------------------------------- state
+
+    def get_extra_state(self):
+        return {"mode": self.mode, "per_channel": self.per_channel, "rounding": self.rounding,
+                "input_dtype": _DTYPE_NAMES[self.input_dtype],
+                "output_dtype": _DTYPE_NAMES[self.output_dtype],
+                "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
+                "qmin": self.qmin, "qmax": self.qmax}
+
+    def set_extra_state(self, state):
+        self.mode, self.per_channel, self.rounding = state["mode"], state["per_channel"], state["rounding"]
+        self.input_dtype = _DTYPES[state["input_dtype"]]
+        self.output_dtype = _DTYPES[state["output_dtype"]]
+        self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
+        self.qmin, self.qmax = state["qmin"], state["qmax"]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._repack()
+
+    # -------------------------------------------------------------- compute
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.mode == "static":
+            y = ops.int8_linear(x2, self.input_zero_point, self.packed_weight, self.bias_q, self.m0,
+                                self.shift, self.output_zero_point, self.qmin, self.qmax,
+                                self.output_dtype, self.rounding)
+        else:
+            x_q, x_scale = ops.quantize_rows(x2.float().contiguous())
+            y = ops.int8_linear_float(x_q, 0, self.packed_weight, x_scale, self.weight_scale, self.bias)
+            y = y.to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def dequantize_output(self, y_q: torch.Tensor) -> torch.Tensor:
+        """Static mode: the real values an integer output stands for."""
+        return numerics.dequantize(y_q, self.output_scale, self.output_zero_point)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Static mode: the integer input for real x."""
+        return numerics.quantize(x, self.input_scale, self.input_zero_point, self.input_dtype)
+
+    def extra_repr(self) -> str:
+        s = (f"in_features={self.in_features}, out_features={self.out_features}, "
+             f"bias={self.bias is not None}, mode={self.mode}, per_channel={self.per_channel}")
+        if self.mode == "static":
+            s += (f", input={_DTYPE_NAMES[self.input_dtype]}(scale={self.input_scale.item():.4g}, "
+                  f"zp={self.input_zero_point}), output={_DTYPE_NAMES[self.output_dtype]}("
+                  f"scale={self.output_scale.item():.4g}, zp={self.output_zero_point}, "
+                  f"clamp=[{self.qmin}, {self.qmax}]), rounding={self.rounding}")
+        return s

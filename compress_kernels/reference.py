@@ -1,0 +1,146 @@
+"""The pure-PyTorch reference of every op: the specification the kernels are tested against.
+
+Short, obvious and slow on purpose. Integer arithmetic is done in int64 so that nothing here can
+overflow; the int32 behaviour of the kernels (wrapping accumulator, saturating multiplies) is written
+out explicitly. Float results follow the exact operation order the kernels use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+def wrap_int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 -> the int32 value with the same low 32 bits (two's complement wrap-around)."""
+    return torch.remainder(x + 2**31, 2**32) - 2**31
+
+
+# ---------------------------------------------------------------- fixed-point (gemmlowp / TFLite)
+
+
+def quantize_multiplier(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TFLite QuantizeMultiplier: real ~= m0 * 2^(shift - 31), m0 in [2^30, 2^31).
+
+    q, e = frexp(real) (q in [0.5, 1)); m0 = round_half_away(q * 2^31); m0 == 2^31 becomes
+    (2^30, e + 1); e < -31 flushes to (0, 0); zero is (0, 0). Negative, non-finite and >= 2^30
+    multipliers are errors.
+    """
+    m0s, shifts = [], []
+    for r in real.double().flatten().tolist():
+        if r == 0.0:
+            m0s.append(0)
+            shifts.append(0)
+            continue
+        if not (math.isfinite(r) and r > 0):
+            raise ValueError(f"real multipliers must be finite, >= 0 and < 2^30, got {r}")
+        q, e = math.frexp(r)
+        m0 = math.floor(q * 2**31 + 0.5)  # q > 0: round half away from zero
+        if m0 == 2**31:
+            m0, e = m0 // 2, e + 1
+        if e < -31:
+            m0, e = 0, 0
+        if e > 30:
+            raise ValueError(f"real multipliers must be finite, >= 0 and < 2^30, got {r}")
+        m0s.append(m0)
+        shifts.append(e)
+    shape = real.shape
+    return (torch.tensor(m0s, dtype=torch.int32).reshape(shape),
+            torch.tensor(shifts, dtype=torch.int32).reshape(shape))
+
+
+def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int64 tensors holding int32 values:
+    (a * b + nudge) / 2^31 truncated toward zero, nudge = 2^30 if a*b >= 0 else 1 - 2^30;
+    a == b == INT32_MIN saturates to INT32_MAX."""
+    ab = a * b
+    nudge = torch.where(ab >= 0, 2**30, 1 - 2**30)
+    result = torch.div(ab + nudge, 2**31, rounding_mode="trunc")
+    return torch.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, result)
+
+
+def rounding_divide_by_pot(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero."""
+    mask = (torch.ones_like(exponent) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0).long()
+    return (x >> exponent) + (remainder > threshold).long()
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
+                                     rounding: str = "double") -> torch.Tensor:
+    """TFLite MultiplyByQuantizedMultiplier on int64 tensors holding int32 values.
+
+    double: RoundingDivideByPOT(SRDHM(sat(x << max(shift, 0)), m0), max(-shift, 0));
+    single: (x * m0 + 2^(30 - shift)) >> (31 - shift), saturated to int32.
+    """
+    x, m0, shift = x.long(), m0.long(), shift.long()
+    if rounding == "double":
+        left = shift.clamp(min=0)
+        right = (-shift).clamp(min=0)
+        shifted = (x << left).clamp(INT32_MIN, INT32_MAX)
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, m0), right)
+    if rounding == "single":
+        total = 31 - shift
+        rounded = (x * m0 + (torch.ones_like(total) << (total - 1))) >> total
+        return rounded.clamp(INT32_MIN, INT32_MAX)
+    raise ValueError(f'rounding must be "double" or "single", got {rounding!r}')
+
+
+def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int,
+               qmin: int, qmax: int, out_dtype: torch.dtype, rounding: str = "double") -> torch.Tensor:
+    """clamp(MultiplyByQuantizedMultiplier(acc, m0, shift) + zero_point, qmin, qmax) as out_dtype;
+    m0 / shift per tensor (one element) or per channel (the last dimension of acc)."""
+    m0 = torch.as_tensor(m0).reshape(-1)
+    shift = torch.as_tensor(shift).reshape(-1)
+    v = multiply_by_quantized_multiplier(acc, m0, shift, rounding) + zero_point
+    return v.clamp(qmin, qmax).to(out_dtype)
+
+
+# ---------------------------------------------------------------- int8 GEMM / linear
+
+
+def int8_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 a @ b.T for int8/uint8 a [M, K] and int8 b [N, K]."""
+    return wrap_int32(a.long() @ b.long().T).int()
+
+
+def int8_accumulate(x: torch.Tensor, x_zero_point: int, w: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """sum_k w[n, k] * (x[m, k] - x_zero_point) + bias[n], wrapped to int32 like the hardware."""
+    acc = (x.long() - x_zero_point) @ w.long().T
+    if bias is not None:
+        acc = acc + bias.long()
+    return wrap_int32(acc)
+
+
+def int8_linear(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,
+                rounding="double"):
+    """Integer-only linear: requantize(int8_accumulate(x, x_zero_point, w, bias), ...)."""
+    acc = int8_accumulate(x, x_zero_point, w, bias)
+    return requantize(acc, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding)
+
+
+def int8_linear_float(x, x_zero_point, w, x_scale, w_scale, bias):
+    """Float epilogue for dynamic quantization: ((float(acc) * x_scale[m]) * w_scale[n]) + bias[n],
+    each step rounded to fp32 (no fused multiply-add)."""
+    acc = int8_accumulate(x, x_zero_point, w, None).float()
+    xs = x_scale.reshape(-1, 1) if x_scale.numel() > 1 else x_scale.reshape(1, 1)
+    y = (acc * xs) * w_scale.reshape(1, -1)
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row quantization: scale = max|x[r]| / qmax (1 for an all-zero row),
+    q = clamp(round_half_even(x / scale), -qmax, qmax) as int8."""
+    amax = x.abs().amax(dim=1)
+    scale = amax / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.round(x / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    return q, scale
