@@ -31,3 +31,37 @@ def run_on_every_isa(fn, *args, **kwargs):
     for name, r in zip(ISAS[1:], results[1:]):
         assert torch.equal(results[0], r), f"{name} differs from the portable path"
     return results[0]
+
+
+DIGITS_WIDTH = 16
+DIGITS_EPOCHS = 8
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from compress_kernels import data
+
+    return data.load_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_resnet(request, digits_data):
+    """(model, data, fp32_accuracy): the package's ResNet-18 (CIFAR form, width 16) trained on the
+    bundled digits. Trained once per session (cached under .pytest_cache between local runs);
+    deep-copy the model before changing it."""
+    import os
+
+    from compress_kernels import models, training
+
+    x_train, y_train, x_test, y_test = digits_data
+    torch.manual_seed(0)
+    model = models.resnet18_cifar(width=DIGITS_WIDTH)
+    cache = os.path.join(str(request.config.cache.mkdir("digits_resnet")),
+                         f"w{DIGITS_WIDTH}_e{DIGITS_EPOCHS}_torch{torch.__version__}.pt")
+    if os.path.exists(cache):
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        training.train(model, x_train, y_train, epochs=DIGITS_EPOCHS, lr=0.1)
+        torch.save(model.state_dict(), cache)
+    model.eval()
+    return model, digits_data, training.evaluate(model, x_test, y_test)
