@@ -1,0 +1,117 @@
+"""int8 GEMM / linear against its peers, measured side by side in one run.
+
+    python benchmarks/bench_int8_gemm.py [--quick] [--no-write]
+
+Peers: F.linear fp32 (oneDNN / MKL), torch.ops.quantized.linear (x86 and fbgemm engines,
+prepacked, static uint8 -> uint8), torch._int_mm (int8 -> int32), torch.ops.quantized.linear_dynamic
+and torchao Int8DynamicActivationInt8WeightConfig (float -> float). Ours: int8_linear with a packed
+weight and the fused requantization epilogue, int8_gemm (raw int32 out, packed weight), and the
+dynamic QuantLinear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import compress_kernels as ck
+from common import machine_line, markdown_table, median_seconds, write_result
+
+warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
+warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
+
+MS = [1, 8, 64, 256, 1024]
+KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
+
+
+def torchao_dynamic(linear: torch.nn.Linear):
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except Exception:  # noqa: BLE001 - torchao is optional
+        return None
+    model = torch.nn.Sequential(linear)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model
+
+
+def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n)
+    x = torch.randn(m, k)
+    w = linear.weight.detach()
+    bias = linear.bias.detach()
+    t: dict[str, float] = {}
+    with torch.no_grad():
+        t["fp32"] = median_seconds(lambda: F.linear(x, w, bias), min_run_time)
+
+        # ours, static integer-only: uint8 in -> uint8 out, per-channel weights, fused requant
+        q = ck.QuantLinear.from_float(linear, input_scale=0.05, input_zero_point=128, output_scale=0.1,
+                                      output_zero_point=128)
+        x_u8 = q.quantize_input(x)
+        t["ours_static"] = median_seconds(lambda: q(x_u8), min_run_time)
+        x_i8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+        t["ours_gemm"] = median_seconds(lambda: ck.int8_gemm(x_i8, q.packed_weight), min_run_time)
+        qd = ck.QuantLinear.from_float(linear, dynamic=True)
+        t["ours_dynamic"] = median_seconds(lambda: qd(x), min_run_time)
+
+        w_i8 = q.weight_q
+        w_t = w_i8.T  # [K, N] view, as _int_mm wants
+        t["int_mm"] = median_seconds(lambda: torch._int_mm(x_i8, w_t), min_run_time)
+
+        scales = q.weight_scale.double()
+        w_q = torch.quantize_per_channel(w, scales, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
+        x_q = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)
+        for engine in ("x86", "fbgemm"):
+            torch.backends.quantized.engine = engine
+            packed = torch.ops.quantized.linear_prepack(w_q, bias)
+            t[f"ao_{engine}"] = median_seconds(lambda: torch.ops.quantized.linear(x_q, packed, 0.1, 128),
+                                               min_run_time)
+        torch.backends.quantized.engine = "x86"
+        packed = torch.ops.quantized.linear_prepack(w_q, bias)
+        t["ao_dynamic"] = median_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed), min_run_time)
+        tao = torchao_dynamic(torch.nn.Linear(k, n).requires_grad_(False))
+        if tao is not None:
+            t["torchao_dynamic"] = median_seconds(lambda: tao(x), min_run_time)
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_gemm.md")
+    args = parser.parse_args()
+    shapes = [(m, k, n) for (k, n) in KNS for m in MS]
+    if args.quick:
+        shapes = [(64, 1024, 1024), (1, 1024, 1024)]
+    min_run_time = 0.05 if args.quick else 0.3
+    rows = []
+    for m, k, n in tqdm(shapes, desc="int8 GEMM shapes"):
+        t = bench_shape(m, k, n, min_run_time)
+        gop = 2.0 * m * k * n / 1e9
+        best_ao = min(t["ao_x86"], t["ao_fbgemm"])
+        rows.append([m, k, n, gop / t["ours_static"], t["fp32"] / t["ours_static"], t["ao_x86"] / t["ours_static"],
+                     t["ao_fbgemm"] / t["ours_static"], best_ao / t["ours_static"],
+                     gop / t["ours_gemm"], t["int_mm"] / t["ours_gemm"],
+                     t["fp32"] / t["ours_dynamic"], t["ao_dynamic"] / t["ours_dynamic"],
+                     (t["torchao_dynamic"] / t["ours_dynamic"]) if "torchao_dynamic" in t else float("nan")])
+    headers = ["M", "K", "N", "int8_linear GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao",
+               "int8_gemm GOP/s", "gemm vs _int_mm", "dynamic vs fp32", "dynamic vs ao dynamic",
+               "dynamic vs torchao"]
+    text = (f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. Command: `python benchmarks/bench_int8_gemm.py`.\n"
+            "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run.\n"
+            "`int8_linear`: packed weight, uint8 in -> uint8 out with the fused fixed-point requantization; "
+            "peers `torch.ops.quantized.linear` (prepacked, same static uint8 -> uint8 semantics). "
+            "`int8_gemm`: int8 x int8 -> int32 with a packed weight vs `torch._int_mm`. "
+            "dynamic: float -> float with per-row activation quantization.\n\n"
+            + markdown_table(headers, rows))
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result("int8_gemm", text))
+
+
+if __name__ == "__main__":
+    main()
