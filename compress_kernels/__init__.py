@@ -5,6 +5,7 @@ into trained models."""
 from . import convert, nn, numerics, ops, reference
 from .convert import ConversionReport, Int8DynamicConfig, convert_
 from .nn import QuantLinear
+from .ops import codebook_conv2d, codebook_linear, codebook_pack, codebook_unpack  # issue 4
 from .ops import (
     cpu_isa,
     force_cpu_isa,
@@ -20,6 +21,7 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
     "ConversionReport",
     "Int8DynamicConfig",
     "convert_",

@@ -144,3 +144,66 @@ def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.round(x / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
     return q, scale
+
+
+# ---------------------------------------------------------------- codebook (issue 4)
+
+
+def codebook_pack(idx: torch.Tensor, bits: int) -> torch.Tensor:
+    """The packed layout of csrc/include/ck/bitpack.h: c = 32 // bits indices per int32 word (index
+    j at bits [j*bits, (j+1)*bits)), ceil(K / c) words per row, rows interleaved in blocks of 16
+    (word g of row 16*b + i at offset 16*b*kw + g*rows_in_block + i). Returns int32 [N, kw]."""
+    n, k = idx.shape
+    c = 32 // bits
+    kw = (k + c - 1) // c
+    padded = torch.zeros(n, kw * c, dtype=torch.int64)
+    padded[:, :k] = idx.long()
+    shifts = torch.arange(c, dtype=torch.int64) * bits
+    words = (padded.view(n, kw, c) << shifts).sum(-1)  # [n, kw], disjoint bit fields
+    flat = torch.empty(n * kw, dtype=torch.int64)
+    for start in range(0, n, 16):
+        rows = min(16, n - start)
+        flat[start * kw:(start + rows) * kw] = words[start:start + rows].T.reshape(-1)
+    return wrap_int32(flat).to(torch.int32).view(n, kw)
+
+
+def codebook_unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Inverse of codebook_pack: uint8 [N, k]."""
+    n, kw = packed.shape
+    c = 32 // bits
+    flat = packed.reshape(-1).long() & 0xFFFFFFFF
+    words = torch.empty(n, kw, dtype=torch.int64)
+    for start in range(0, n, 16):
+        rows = min(16, n - start)
+        words[start:start + rows] = flat[start * kw:(start + rows) * kw].view(kw, rows).T
+    shifts = torch.arange(c, dtype=torch.int64) * bits
+    idx = (words[:, :, None] >> shifts) & ((1 << bits) - 1)
+    return idx.reshape(n, kw * c)[:, :k].to(torch.uint8)
+
+
+def codebook_dequantize(idx: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """W[n, ...] = codebook[n // (N // G), idx[n, ...]] for idx [N, ...] and codebook [G, 2^bits]."""
+    n, groups = idx.shape[0], codebook.shape[0]
+    group = (torch.arange(n) // (n // groups)).view(-1, *([1] * (idx.dim() - 1)))
+    return codebook[group, idx.long()]
+
+
+def codebook_linear(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """Dequantize, then x @ W.T + bias, accumulated in float64 and rounded to fp32 once (the
+    kernels' fp32 fmaf chain is within K * 2^-24 * sum_k |x w| of this)."""
+    y = x.double() @ codebook_dequantize(idx, codebook).double().T
+    if bias is not None:
+        y = y + bias.double()
+    return y.float()
+
+
+def codebook_conv2d(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
+                    bias: torch.Tensor | None, stride=1, padding=0, dilation=1,
+                    groups: int = 1) -> torch.Tensor:
+    """Dequantize idx [C_out, C_in / groups, kh, kw], then F.conv2d in float64, rounded once."""
+    w = codebook_dequantize(idx, codebook).double()
+    y = torch.nn.functional.conv2d(x.double(), w, None if bias is None else bias.double(), stride,
+                                   padding, dilation, groups)
+    return y.float()
+

@@ -31,6 +31,12 @@ TORCH_LIBRARY(compress_kernels, m) {
   // ---- int8 conv2d (issue 3) ----
 
   // ---- k-means codebook lookup (issue 4) ----
+  m.def("codebook_pack(Tensor idx, int bits) -> Tensor");
+  m.def("codebook_unpack(Tensor packed_idx, int bits, int k) -> Tensor");
+  m.def("codebook_linear(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias) -> Tensor");
+  m.def(
+      "codebook_conv2d(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias, "
+      "int[2] kernel_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
 
   // ---- 2:4 semi-structured sparsity (issue 5) ----
 

@@ -1,0 +1,90 @@
+#include "codebook.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "isa.h"
+
+namespace ck::cpu {
+
+namespace bp = ck::bitpack;
+
+void codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int64_t ld, int bits, uint32_t* out) {
+  const int64_t c = bp::per_word(bits), kw = bp::words_per_row(k, bits);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t g = 0; g < kw; ++g) {
+      const int64_t first = g * c;
+      out[bp::word_offset(n, kw, r, g)] = bp::pack_word(idx + r * ld + first, std::min(c, k - first), bits);
+    }
+  }
+}
+
+void codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx) {
+  const int64_t kw = bp::words_per_row(k, bits);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      idx[r * k + kk] = static_cast<uint8_t>(bp::get_index(packed, n, kw, bits, r, kk));
+    }
+  }
+}
+
+// Rows per row chunk: a multiple of both microkernels' row tiles (4 and 6).
+constexpr int64_t kChunkRowUnit = 12;
+// From this many rows on, decoding a tile of weights once and reusing it across rows beats
+// looking up each weight in registers once per row tile (measured in benchmarks/bench_codebook.py).
+constexpr int64_t kDecodeTilesFromRows = 16;
+
+CodebookPlan codebook_plan(const CodebookLinearArgs& args, int64_t threads) {
+  CodebookPlan plan;
+  const int64_t cols = args.n_end - args.n_begin;
+  plan.panels = (cols + kCodebookPanelCols - 1) / kCodebookPanelCols;
+  plan.decode_tiles = args.m >= kDecodeTilesFromRows;
+  const int64_t target_tasks = 4 * std::max<int64_t>(threads, 1);
+  const int64_t units = std::max<int64_t>((args.m + kChunkRowUnit - 1) / kChunkRowUnit, 1);
+  int64_t chunks = 1;
+  if (plan.panels < target_tasks) {
+    chunks = std::min(units, (target_tasks + plan.panels - 1) / std::max<int64_t>(plan.panels, 1));
+  }
+  plan.chunk_rows = (units + chunks - 1) / chunks * kChunkRowUnit;
+  plan.row_chunks = std::max<int64_t>((args.m + plan.chunk_rows - 1) / plan.chunk_rows, 1);
+  return plan;
+}
+
+void codebook_linear_run_portable(const CodebookLinearArgs& a, const CodebookPlan& plan,
+                                  int64_t task_begin, int64_t task_end) {
+  const int64_t entries = int64_t{1} << a.bits;
+  // One decoded weight row, reused across the rows of x (thread-local: allocated once per thread).
+  thread_local std::vector<float> row;
+  if (static_cast<int64_t>(row.size()) < a.k) row.resize(static_cast<size_t>(a.k));
+  const uint32_t* packed = a.packed;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows;
+    const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
+    const int64_t n_first = a.n_begin + panel * kCodebookPanelCols;
+    const int64_t n_last = std::min(a.n_end, n_first + kCodebookPanelCols);
+    for (int64_t n = n_first; n < n_last; ++n) {
+      const float* cb = a.codebook + (n / a.group_rows) * entries;
+      for (int64_t kk = 0; kk < a.k; ++kk) row[kk] = cb[bp::get_index(packed, a.n, a.kw, a.bits, n, kk)];
+      for (int64_t m = m_begin; m < m_end; ++m) {
+        const float* xr = a.x + m * a.ldx;
+        float acc = 0.0f;
+        for (int64_t kk = 0; kk < a.k; ++kk) acc = std::fmaf(xr[kk], row[kk], acc);
+        if (a.bias != nullptr) acc = acc + a.bias[n];
+        a.out[m * a.ldo + n] = acc;
+      }
+    }
+  }
+}
+
+void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                         int64_t task_end) {
+  if (active_isa() == Isa::kAvx512Vnni) {
+    codebook_linear_run_avx512(args, plan, task_begin, task_end);
+  } else {
+    codebook_linear_run_portable(args, plan, task_begin, task_end);
+  }
+}
+
+}  // namespace ck::cpu

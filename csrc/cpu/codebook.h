@@ -1,0 +1,59 @@
+// Codebook (k-means weight sharing) linear kernels on CPU (torch-free).
+//
+// y[m, n] = sum_k x[m, k] * codebook[n / group_rows, idx[n, k]] + bias[n], with idx bit-packed in
+// the layout of ck/bitpack.h (b = 1..8 bits) and one codebook of 2^b fp32 entries per group of
+// group_rows consecutive output rows. The lookup is fused into the kernel: weights are never
+// materialized in memory beyond a small decoded tile.
+//
+// Exact float semantics (identical on every ISA path and for any thread count): for each (m, n)
+//   acc = +0.0f; for k = 0 .. K-1 in order: acc = fmaf(x[m, k], w[n, k], acc);  y = acc + bias[n]
+// (one rounding per fused multiply-add, then one rounded add; no bias add when bias is null).
+#pragma once
+
+#include <cstdint>
+
+#include "ck/bitpack.h"
+
+namespace ck::cpu {
+
+constexpr int64_t kCodebookPanelCols = 64;  // 4 blocks of 16 output rows share each x broadcast
+
+struct CodebookLinearArgs {
+  const float* x = nullptr;  // [m, k] fp32, row stride ldx
+  int64_t m = 0, k = 0, ldx = 0;
+  const uint32_t* packed = nullptr;  // ck/bitpack.h layout of idx [n, kw]
+  int64_t n = 0, kw = 0;
+  int bits = 0;
+  const float* codebook = nullptr;  // [groups, 2^bits]
+  int64_t group_rows = 0;           // output rows per codebook (n / groups)
+  const float* bias = nullptr;      // [n] or null
+  float* out = nullptr;             // out[m, col] with row stride ldo, col = n index
+  int64_t ldo = 0;
+  // Output rows [n_begin, n_end) are computed; n_begin must be a multiple of 16 (a block
+  // boundary). conv2d with groups runs one such range per conv group.
+  int64_t n_begin = 0, n_end = 0;
+};
+
+// Work split: tasks are (panel of 64 output rows, chunk of x rows), panel-major, so a thread's
+// consecutive tasks reuse one panel of indices; every output element belongs to exactly one task.
+struct CodebookPlan {
+  int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
+  bool decode_tiles = false;  // large-M path: decode a tile of weights once, reuse it across rows
+  int64_t tasks() const { return panels * row_chunks; }
+};
+CodebookPlan codebook_plan(const CodebookLinearArgs& args, int64_t threads);
+
+// Runs tasks [task_begin, task_end) on the active ISA path.
+void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                         int64_t task_end);
+void codebook_linear_run_portable(const CodebookLinearArgs& args, const CodebookPlan& plan,
+                                  int64_t task_begin, int64_t task_end);
+void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPlan& plan,
+                                int64_t task_begin, int64_t task_end);
+
+// idx [n, k] (row stride ld, values < 2^bits) -> packed words [n * words_per_row(k, bits)].
+void codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int64_t ld, int bits, uint32_t* out);
+// Inverse of codebook_pack: packed [n, kw] -> idx [n, k] contiguous.
+void codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx);
+
+}  // namespace ck::cpu

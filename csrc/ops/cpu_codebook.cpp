@@ -1,0 +1,197 @@
+// CPU glue of the codebook (k-means weight sharing) ops: argument checks, allocation, threading.
+// Kernels: csrc/cpu/codebook*.cpp; packed layout: csrc/include/ck/bitpack.h.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../cpu/codebook.h"
+#include "checks.h"
+
+namespace ck::ops {
+namespace {
+
+namespace bp = ck::bitpack;
+
+void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
+void check_bits(int64_t bits, const char* op) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, op, ": bits must be in [1, 8], got ", bits);
+}
+
+at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
+  constexpr const char* op = "codebook_pack";
+  check_bits(bits, op);
+  check_dim(idx, 2, op, "idx");
+  check_cpu_tensor(idx, op, "idx");
+  const auto dt = idx.scalar_type();
+  TORCH_CHECK(dt == at::kByte || dt == at::kInt || dt == at::kLong || dt == at::kShort || dt == at::kChar, op,
+              ": idx must be an integer tensor (uint8, int8, int16, int32 or int64), got ", dt);
+  const int64_t n = idx.size(0), k = idx.size(1);
+  TORCH_CHECK(n > 0 && k > 0, op, ": idx must have at least one row and one column, got shape ", idx.sizes());
+  const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < (int64_t{1} << bits), op, ": idx values must be in [0, ", (int64_t{1} << bits) - 1,
+              "] for bits=", bits, ", got values in [", lo, ", ", hi, "]");
+  const at::Tensor u8 = idx.to(at::kByte).contiguous();
+  at::Tensor packed = at::empty({n, bp::words_per_row(k, static_cast<int>(bits))}, idx.options().dtype(at::kInt));
+  cpu::codebook_pack(u8.data_ptr<uint8_t>(), n, k, k, static_cast<int>(bits),
+                     reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()));
+  return packed;
+}
+
+void check_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* op) {
+  check_dtype(packed, at::kInt, op, "packed_idx");
+  check_dim(packed, 2, op, "packed_idx");
+  check_cpu_tensor(packed, op, "packed_idx");
+  TORCH_CHECK(packed.is_contiguous(), op, ": packed_idx must be contiguous (as codebook_pack returns it)");
+  TORCH_CHECK(packed.size(0) > 0, op, ": packed_idx must have at least one row, got shape ", packed.sizes());
+  const int64_t kw = bp::words_per_row(k, static_cast<int>(bits));
+  TORCH_CHECK(packed.size(1) == kw, op, ": packed_idx of shape ", packed.sizes(), " does not hold ", bits,
+              "-bit indices for K=", k, " (expected [N, ", kw, "]); pack them with codebook_pack(idx, ", bits,
+              ")");
+}
+
+at::Tensor codebook_unpack_cpu(const at::Tensor& packed, int64_t bits, int64_t k) {
+  constexpr const char* op = "codebook_unpack";
+  check_bits(bits, op);
+  TORCH_CHECK(k > 0, op, ": k must be > 0, got ", k);
+  check_packed(packed, bits, k, op);
+  const int64_t n = packed.size(0);
+  at::Tensor idx = at::empty({n, k}, packed.options().dtype(at::kByte));
+  cpu::codebook_unpack(reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), n, k,
+                       static_cast<int>(bits), idx.data_ptr<uint8_t>());
+  return idx;
+}
+
+// Checks the weight operands shared by linear and conv2d; fills the weight part of args.
+void prepare_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
+                    const std::optional<at::Tensor>& bias, int64_t k, const at::Tensor& x, at::Tensor& cb_holder,
+                    at::Tensor& bias_holder, cpu::CodebookLinearArgs& args, const char* op) {
+  check_bits(bits, op);
+  check_packed(packed, bits, k, op);
+  check_same_device(packed, x, op, "packed_idx");
+  const int64_t n = packed.size(0), entries = int64_t{1} << bits;
+  check_dtype(codebook, at::kFloat, op, "codebook");
+  check_dim(codebook, 2, op, "codebook");
+  check_same_device(codebook, x, op, "codebook");
+  TORCH_CHECK(codebook.size(1) == entries, op, ": codebook must have 2^bits = ", entries,
+              " entries per group ([G, ", entries, "]), got shape ", codebook.sizes());
+  const int64_t groups = codebook.size(0);
+  TORCH_CHECK(groups >= 1 && n % groups == 0, op, ": the number of codebooks G=", groups,
+              " must divide the number of output rows N=", n);
+  cb_holder = codebook.contiguous();
+  args.packed = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
+  args.n = n;
+  args.kw = packed.size(1);
+  args.bits = static_cast<int>(bits);
+  args.codebook = cb_holder.data_ptr<float>();
+  args.group_rows = n / groups;
+  args.k = k;
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kFloat, op, "bias");
+    check_same_device(*bias, x, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ",
+                bias->sizes());
+    bias_holder = bias->contiguous();
+    args.bias = bias_holder.data_ptr<float>();
+  }
+}
+
+void run(const cpu::CodebookLinearArgs& args) {
+  if (args.m == 0 || args.n_end <= args.n_begin) return;
+  const cpu::CodebookPlan plan = cpu::codebook_plan(args, at::get_num_threads());
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+    cpu::codebook_linear_run(args, plan, begin, end);
+  });
+}
+
+at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
+                               int64_t bits, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "codebook_linear";
+  check_dtype(x, at::kFloat, op, "x");
+  check_dim(x, 2, op, "x");
+  check_cpu_tensor(x, op, "x");
+  TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
+  cpu::CodebookLinearArgs args;
+  at::Tensor cb_holder, bias_holder;
+  prepare_weight(packed_idx, codebook, bits, bias, x.size(1), x, cb_holder, bias_holder, args, op);
+  const at::Tensor xc = x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1)) ? x : x.contiguous();
+  at::Tensor out = at::empty({x.size(0), args.n}, x.options());
+  args.x = xc.data_ptr<float>();
+  args.m = x.size(0);
+  args.ldx = x.size(0) > 1 ? xc.stride(0) : x.size(1);
+  args.out = out.data_ptr<float>();
+  args.ldo = args.n;
+  args.n_begin = 0;
+  args.n_end = args.n;
+  run(args);
+  return out;
+}
+
+std::array<int64_t, 2> pair_arg(at::IntArrayRef v, const char* op, const char* name, int64_t min_value) {
+  TORCH_CHECK(v.size() == 2 || v.size() == 1, op, ": ", name, " must have 1 or 2 elements, got ", v.size());
+  const std::array<int64_t, 2> p = {v[0], v.size() == 2 ? v[1] : v[0]};
+  TORCH_CHECK(p[0] >= min_value && p[1] >= min_value, op, ": ", name, " must be >= ", min_value, ", got ", v);
+  return p;
+}
+
+at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
+                               int64_t bits, const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t groups) {
+  constexpr const char* op = "codebook_conv2d";
+  check_dtype(x, at::kFloat, op, "x");
+  check_dim(x, 4, op, "x");
+  check_cpu_tensor(x, op, "x");
+  const auto ks = pair_arg(kernel_size, op, "kernel_size", 1);
+  const auto st = pair_arg(stride, op, "stride", 1);
+  const auto pd = pair_arg(padding, op, "padding", 0);
+  const auto dl = pair_arg(dilation, op, "dilation", 1);
+  const int64_t batch = x.size(0), channels = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(groups >= 1 && channels % groups == 0, op, ": groups=", groups,
+              " must be >= 1 and divide the input channels C=", channels);
+  const int64_t out_channels = packed_idx.dim() >= 1 ? packed_idx.size(0) : 0;
+  TORCH_CHECK(out_channels % groups == 0, op, ": groups=", groups, " must divide the output channels ",
+              out_channels);
+  const int64_t per_group = out_channels / groups;
+  TORCH_CHECK(groups == 1 || per_group % bp::kBlockRows == 0, op,
+              ": with groups > 1 the output channels per group must be a multiple of 16 (the packed block "
+              "size), got ", per_group, " (depthwise convolution is not supported)");
+  const int64_t ho = (h + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1) / st[0] + 1;
+  const int64_t wo = (w + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1) / st[1] + 1;
+  TORCH_CHECK(h + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1 >= 0 && w + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1 >= 0, op,
+              ": the (padded) input ", h, "x", w, " is smaller than the dilated kernel ", ks[0], "x", ks[1]);
+  const int64_t k = channels / groups * ks[0] * ks[1];
+  cpu::CodebookLinearArgs args;
+  at::Tensor cb_holder, bias_holder;
+  prepare_weight(packed_idx, codebook, bits, bias, k, x, cb_holder, bias_holder, args, op);
+  // im2col: [B, C*kh*kw, L] with the (c, i, j) order of the weight's [C/groups, kh, kw] flattening;
+  // transposed to rows of x for the linear kernel (one row per output pixel).
+  const at::Tensor cols = at::im2col(x.contiguous(), {ks[0], ks[1]}, {dl[0], dl[1]}, {pd[0], pd[1]}, {st[0], st[1]})
+                              .transpose(1, 2)
+                              .contiguous();
+  const int64_t rows = batch * ho * wo, row_len = channels * ks[0] * ks[1];
+  at::Tensor out = at::empty({batch, ho, wo, out_channels}, x.options());
+  args.m = rows;
+  args.ldx = row_len;
+  args.out = out.data_ptr<float>();
+  args.ldo = out_channels;
+  for (int64_t g = 0; g < groups; ++g) {
+    args.x = cols.data_ptr<float>() + g * k;
+    args.n_begin = g * per_group;
+    args.n_end = (g + 1) * per_group;
+    run(args);
+  }
+  return out.permute({0, 3, 1, 2}).contiguous();
+}
+
+}  // namespace
+}  // namespace ck::ops
+
+TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
+  m.impl("codebook_pack", &ck::ops::codebook_pack_cpu);
+  m.impl("codebook_unpack", &ck::ops::codebook_unpack_cpu);
+  m.impl("codebook_linear", &ck::ops::codebook_linear_cpu);
+  m.impl("codebook_conv2d", &ck::ops::codebook_conv2d_cpu);
+}
