@@ -9,7 +9,10 @@ from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 # -ffp-contract=off: float epilogues must round exactly like the reference (no fused multiply-add).
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas"]
+# -fopenmp: at::parallel_for is an inline template over `#pragma omp parallel` in torch's OpenMP
+# builds; without the flag every op silently runs on one thread.
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 
 INCLUDE_DIRS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "include")]
@@ -25,6 +28,7 @@ if with_cuda:
         include_dirs=INCLUDE_DIRS,
         define_macros=[("CK_WITH_CUDA", "1")],
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+        extra_link_args=LINK_FLAGS,
     )
 else:
     extension = cpp_extension.CppExtension(
@@ -32,6 +36,7 @@ else:
         cpu_sources,
         include_dirs=INCLUDE_DIRS,
         extra_compile_args={"cxx": CXX_FLAGS},
+        extra_link_args=LINK_FLAGS,
     )
 
 setup(

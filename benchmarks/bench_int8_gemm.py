@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import machine_line, markdown_table, median_seconds, write_result
+from common import machine_line, markdown_table, best_seconds, write_result
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
@@ -46,21 +46,21 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
     bias = linear.bias.detach()
     t: dict[str, float] = {}
     with torch.no_grad():
-        t["fp32"] = median_seconds(lambda: F.linear(x, w, bias), min_run_time)
+        t["fp32"] = best_seconds(lambda: F.linear(x, w, bias), min_run_time)
 
         # ours, static integer-only: uint8 in -> uint8 out, per-channel weights, fused requant
         q = ck.QuantLinear.from_float(linear, input_scale=0.05, input_zero_point=128, output_scale=0.1,
                                       output_zero_point=128)
         x_u8 = q.quantize_input(x)
-        t["ours_static"] = median_seconds(lambda: q(x_u8), min_run_time)
+        t["ours_static"] = best_seconds(lambda: q(x_u8), min_run_time)
         x_i8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
-        t["ours_gemm"] = median_seconds(lambda: ck.int8_gemm(x_i8, q.packed_weight), min_run_time)
+        t["ours_gemm"] = best_seconds(lambda: ck.int8_gemm(x_i8, q.packed_weight), min_run_time)
         qd = ck.QuantLinear.from_float(linear, dynamic=True)
-        t["ours_dynamic"] = median_seconds(lambda: qd(x), min_run_time)
+        t["ours_dynamic"] = best_seconds(lambda: qd(x), min_run_time)
 
         w_i8 = q.weight_q
         w_t = w_i8.T  # [K, N] view, as _int_mm wants
-        t["int_mm"] = median_seconds(lambda: torch._int_mm(x_i8, w_t), min_run_time)
+        t["int_mm"] = best_seconds(lambda: torch._int_mm(x_i8, w_t), min_run_time)
 
         scales = q.weight_scale.double()
         w_q = torch.quantize_per_channel(w, scales, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
@@ -68,14 +68,14 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
         for engine in ("x86", "fbgemm"):
             torch.backends.quantized.engine = engine
             packed = torch.ops.quantized.linear_prepack(w_q, bias)
-            t[f"ao_{engine}"] = median_seconds(lambda: torch.ops.quantized.linear(x_q, packed, 0.1, 128),
+            t[f"ao_{engine}"] = best_seconds(lambda: torch.ops.quantized.linear(x_q, packed, 0.1, 128),
                                                min_run_time)
         torch.backends.quantized.engine = "x86"
         packed = torch.ops.quantized.linear_prepack(w_q, bias)
-        t["ao_dynamic"] = median_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed), min_run_time)
+        t["ao_dynamic"] = best_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed), min_run_time)
         tao = torchao_dynamic(torch.nn.Linear(k, n).requires_grad_(False))
         if tao is not None:
-            t["torchao_dynamic"] = median_seconds(lambda: tao(x), min_run_time)
+            t["torchao_dynamic"] = best_seconds(lambda: tao(x), min_run_time)
     return t
 
 
