@@ -21,7 +21,7 @@ test: install
 	$(PYTHON) -m pytest -q tests
 
 demo: install
-	$(PYTHON) -m compress_kernels demo
+	$(PYTHON) -m compress_kernels tour
 
 bench: install
 	$(PYTHON) benchmarks/run_all.py
