@@ -6,6 +6,7 @@ from . import convert, nn, numerics, ops, reference
 from .convert import ConversionReport, Int8DynamicConfig, convert_
 from .nn import QuantLinear
 from .ops import codebook_conv2d, codebook_linear, codebook_pack, codebook_unpack  # issue 4
+from .ops import fake_quant, fake_quant_backward, fake_quant_observe  # issue 6
 from .ops import (
     cpu_isa,
     force_cpu_isa,
@@ -21,6 +22,7 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
     "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
     "ConversionReport",
     "Int8DynamicConfig",

@@ -207,3 +207,108 @@ def codebook_conv2d(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
                                    padding, dilation, groups)
     return y.float()
 
+
+# ---------------------------------------------------------------- fused fake-quant (issue 6)
+
+
+def _fq_broadcast(t: torch.Tensor, x: torch.Tensor, axis: int | None, dtype: torch.dtype) -> torch.Tensor:
+    t = t.detach().to(dtype).reshape(-1)
+    if axis is None or t.numel() == 1:
+        return t.reshape([])
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def _fq_parts(x, scale, zero_point, qmin, qmax, axis):
+    """(v, r, q, c, s, z) of fake_quant in its compute dtype (fp64 for fp64 x, else fp32)."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    s = _fq_broadcast(scale, x, axis, compute)
+    z = torch.round(_fq_broadcast(zero_point, x, axis, torch.float64)).to(compute)
+    v = x.detach().to(compute) * (1 / s)  # x / s as x * (1 / s), 1 / s rounded to the compute dtype
+    r = torch.round(v)
+    q = r + z
+    c = q.clamp(qmin, qmax)
+    return v, r, q, c, s, z
+
+
+def fake_quant(x, scale, zero_point, qmin, qmax, axis=None, mask=None):
+    """y = (clamp(round_half_even(x * (1 / s)) + z, qmin, qmax) - z) * s, computed in fp32 (fp64
+    for fp64 x) and rounded to x's dtype; y = 0 where mask is false."""
+    _, _, _, c, s, z = _fq_parts(x, scale, zero_point, qmin, qmax, axis)
+    y = (c - z) * s
+    if mask is not None:
+        y = torch.where(mask.bool(), y, torch.zeros_like(y))
+    return y.to(x.dtype)
+
+
+def fake_quant_grad_factor(numel: int, channels: int, qmin: int, qmax: int) -> float:
+    """LSQ gradient scale 1 / sqrt(n * Qp): n elements share one scale, Qp = qmax (qmax - qmin
+    when qmax <= 0)."""
+    n = max(1.0, numel / channels)
+    qp = qmax if qmax > 0 else qmax - qmin
+    return 1.0 / math.sqrt(n * qp)
+
+
+def fake_quant_backward(grad, x, scale, zero_point, qmin, qmax, axis=None, mask=None,
+                        grad_factor=None):
+    """(grad_x, grad_scale, grad_zero_point) of fake_quant: clipped straight-through estimator
+    for x; LSQ for the qparams, summed in fp64 per channel (see compress_kernels.ops.fake_quant)."""
+    v, r, q, _, s, z = _fq_parts(x, scale, zero_point, qmin, qmax, axis)
+    kept = torch.ones_like(q, dtype=torch.bool) if mask is None else mask.bool()
+    inside = (q >= qmin) & (q <= qmax)
+    below = q < qmin
+    g = grad.to(q.dtype)
+    grad_x = torch.where(inside & kept, g, torch.zeros_like(g)).to(x.dtype)
+    d = torch.where(inside, r - v, torch.where(below, qmin - z, qmax - z))
+    contrib_s = torch.where(kept, d * g, torch.zeros_like(g)).double()
+    contrib_z = torch.where(kept & ~inside, g, torch.zeros_like(g)).double()
+    channels = scale.numel()
+    if axis is None or channels == 1:
+        sum_s, sum_z = contrib_s.sum().reshape(1), contrib_z.sum().reshape(1)
+    else:
+        dims = [d for d in range(x.dim()) if d != axis % x.dim()]
+        sum_s, sum_z = contrib_s.sum(dim=dims), contrib_z.sum(dim=dims)
+    factor = fake_quant_grad_factor(x.numel(), channels, qmin, qmax) if grad_factor is None else grad_factor
+    grad_scale = (factor * sum_s).to(scale.dtype).reshape(scale.shape)
+    zp_dtype = zero_point.dtype if zero_point.dtype.is_floating_point else torch.float32
+    grad_zero_point = (-s.double().reshape(-1) * factor * sum_z).to(zp_dtype).reshape(zero_point.shape)
+    return grad_x, grad_scale, grad_zero_point
+
+
+def observer_qparams(min_val, max_val, qmin, qmax, symmetric=False):
+    """fp32 qparams of an observed range, as torch.ao.quantization's MinMaxObserver: the range is
+    widened to include 0; asymmetric scale = (max - min) / (qmax - qmin), zero_point =
+    clamp(qmin - round(min / scale), qmin, qmax); symmetric scale = max(-min, max) / ((qmax - qmin) / 2),
+    zero_point 0 (qmin < 0) or (qmin + qmax + 1) // 2; scale >= float32 eps."""
+    eps = torch.finfo(torch.float32).eps
+    min_neg = torch.clamp(min_val.float(), max=0)
+    max_pos = torch.clamp(max_val.float(), min=0)
+    if symmetric:
+        scale = torch.maximum(-min_neg, max_pos) / float((qmax - qmin) / 2)
+        scale = torch.clamp(scale, min=eps)
+        zp = torch.full_like(scale, 0 if qmin < 0 else (qmin + qmax + 1) // 2, dtype=torch.int32)
+        return scale, zp
+    scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=eps)
+    zp = (qmin - torch.round(min_neg / scale)).clamp(qmin, qmax).to(torch.int32)
+    return scale, zp
+
+
+def fake_quant_observe(x, running_min, running_max, momentum, qmin, qmax, symmetric=False,
+                       axis=None, mask=None):
+    """EMA min/max update (in place; +inf / -inf entries take the batch range) and fake_quant with
+    the updated qparams. Returns (y, scale, zero_point)."""
+    if axis is None:
+        bmin, bmax = x.detach().amin().float().reshape(1), x.detach().amax().float().reshape(1)
+    else:
+        dims = [d for d in range(x.dim()) if d != axis % x.dim()]
+        bmin, bmax = x.detach().amin(dim=dims).float(), x.detach().amax(dim=dims).float()
+    rmin, rmax = running_min.reshape(-1), running_max.reshape(-1)
+    fresh = (rmin == math.inf) | (rmax == -math.inf)
+    new_min = torch.where(fresh, bmin, rmin + momentum * (bmin - rmin))
+    new_max = torch.where(fresh, bmax, rmax + momentum * (bmax - rmax))
+    running_min.copy_(new_min.reshape(running_min.shape))
+    running_max.copy_(new_max.reshape(running_max.shape))
+    scale, zp = observer_qparams(new_min, new_max, qmin, qmax, symmetric)
+    y = fake_quant(x, scale, zp, qmin, qmax, axis, mask)
+    return y, scale.reshape(running_min.shape), zp.reshape(running_min.shape)

@@ -41,6 +41,16 @@ TORCH_LIBRARY(compress_kernels, m) {
   // ---- 2:4 semi-structured sparsity (issue 5) ----
 
   // ---- fused fake-quant (issue 6) ----
+  m.def(
+      "fake_quant(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int? axis=None, "
+      "Tensor? mask=None, float? grad_factor=None) -> Tensor");
+  m.def(
+      "fake_quant_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, "
+      "int? axis, Tensor? mask, float? grad_factor, bool scale_grad, bool zero_point_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "fake_quant_observe(Tensor x, Tensor(a!) running_min, Tensor(b!) running_max, float momentum, int qmin, "
+      "int qmax, bool symmetric=False, int? axis=None, Tensor? mask=None) -> (Tensor, Tensor, Tensor)");
 
   // ---- testing / benchmarking control: query or force the CPU ISA path ----
   m.def("_cpu_isa(str isa=\"\") -> str");

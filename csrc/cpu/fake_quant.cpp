@@ -1,0 +1,291 @@
+// Portable fake-quant kernels, the work plan and the partial-sum reduction; see fake_quant.h for the
+// exact semantics. The AVX-512 path (fake_quant_avx512.cpp) must equal this one bit for bit, so the
+// order of every floating-point operation here is part of the contract: in particular the LSQ
+// partial sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane
+// k % 16) and the lanes are then added in order 0..15, which is what 16-wide SIMD does.
+#include "fake_quant.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "isa.h"
+
+namespace ck::cpu {
+namespace {
+
+template <FqDtype D>
+struct Storage;
+template <>
+struct Storage<FqDtype::kFloat32> {
+  using type = float;
+  using compute = float;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+template <>
+struct Storage<FqDtype::kFloat64> {
+  using type = double;
+  using compute = double;
+  static double load(double v) { return v; }
+  static double store(double v) { return v; }
+};
+template <>
+struct Storage<FqDtype::kBFloat16> {
+  using type = uint16_t;
+  using compute = float;
+  static float load(uint16_t v) { return bf16_to_float(v); }
+  static uint16_t store(float v) { return float_to_bf16(v); }
+};
+template <>
+struct Storage<FqDtype::kFloat16> {
+  using type = uint16_t;
+  using compute = float;
+  static float load(uint16_t v) { return fp16_to_float(v); }
+  static uint16_t store(float v) { return float_to_fp16(v); }
+};
+
+// qparams of one channel / position in the compute type.
+template <class C>
+struct Q {
+  C s, inv, z, lo, hi, lo_minus_z, hi_minus_z;
+};
+
+template <class C>
+Q<C> qparams_at(const FqParams& p, int64_t i);
+template <>
+Q<float> qparams_at<float>(const FqParams& p, int64_t i) {
+  const float z = p.zero_point[i];
+  return {p.scale[i], p.inv_scale[i], z, p.qmin, p.qmax, p.qmin - z, p.qmax - z};
+}
+template <>
+Q<double> qparams_at<double>(const FqParams& p, int64_t i) {
+  const double z = p.zero_point64[i];
+  const double lo = p.qmin, hi = p.qmax;
+  return {p.scale64[i], p.inv_scale64[i], z, lo, hi, lo - z, hi - z};
+}
+
+// The forward of one element, in the exact operation order of fake_quant.h.
+template <class C>
+struct Element {
+  C v, r, q, y;
+  bool inside, below;
+};
+
+template <class C>
+inline Element<C> quantize(C x, const Q<C>& k) {
+  Element<C> e;
+  e.v = x * k.inv;
+  e.r = std::nearbyint(e.v);
+  e.q = e.r + k.z;
+  C c = e.q < k.lo ? k.lo : e.q;  // NaN stays NaN (as max(lo, q) with the second operand kept)
+  c = c > k.hi ? k.hi : c;
+  e.y = (c - k.z) * k.s;
+  e.inside = e.q >= k.lo && e.q <= k.hi;
+  e.below = e.q < k.lo;
+  return e;
+}
+
+// dy/ds of one element (before the gradient scale): qmax - z, replaced by qmin - z below the range,
+// replaced by r - v inside it (a NaN q counts as above).
+template <class C>
+inline C scale_derivative(const Element<C>& e, const Q<C>& k) {
+  C d = k.hi_minus_z;
+  if (e.below) d = k.lo_minus_z;
+  if (e.inside) d = e.r - e.v;
+  return d;
+}
+
+template <FqDtype D>
+void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
+  using S = Storage<D>;
+  using T = typename S::type;
+  using C = typename S::compute;
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.out);
+  const uint8_t* mask = a.mask;
+  const FqPlan& plan = a.plan;
+  const FqLayout& l = a.layout;
+  if (plan.by_spans) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
+      const Q<C> k = qparams_at<C>(a.params, span % l.channels);
+      const int64_t start = span * l.inner + block * FqPlan::kBlock;
+      const int64_t n = std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      for (int64_t i = start; i < start + n; ++i) {
+        const C out = quantize<C>(S::load(x[i]), k).y;
+        y[i] = S::store((mask == nullptr || mask[i]) ? out : C(0));
+      }
+    }
+    return;
+  }
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
+    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
+    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t i = r * plan.row_len + p;
+        const C out = quantize<C>(S::load(x[i]), qparams_at<C>(a.params, p)).y;
+        y[i] = S::store((mask == nullptr || mask[i]) ? out : C(0));
+      }
+    }
+  }
+}
+
+template <FqDtype D>
+void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
+  using S = Storage<D>;
+  using T = typename S::type;
+  using C = typename S::compute;
+  const T* x = static_cast<const T*>(a.x);
+  const T* dy = static_cast<const T*>(a.grad_y);
+  T* dx = static_cast<T*>(a.out);
+  const uint8_t* mask = a.mask;
+  const FqPlan& plan = a.plan;
+  const FqLayout& l = a.layout;
+  const bool sums = a.partial_scale != nullptr;
+  if (plan.by_spans) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
+      const Q<C> k = qparams_at<C>(a.params, span % l.channels);
+      const int64_t start = span * l.inner + block * FqPlan::kBlock;
+      const int64_t n = std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      double lane_s[16] = {0}, lane_z[16] = {0};
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = start + j;
+        const bool kept = mask == nullptr || mask[i];
+        const Element<C> e = quantize<C>(S::load(x[i]), k);
+        const C g = S::load(dy[i]);
+        dx[i] = S::store(kept && e.inside ? g : C(0));
+        if (sums && kept) {
+          lane_s[j & 15] += static_cast<double>(scale_derivative<C>(e, k) * g);
+          if (!e.inside) lane_z[j & 15] += static_cast<double>(g);
+        }
+      }
+      if (sums) {
+        double ts = 0, tz = 0;
+        for (int lane = 0; lane < 16; ++lane) {
+          ts += lane_s[lane];
+          tz += lane_z[lane];
+        }
+        a.partial_scale[u] = ts;
+        a.partial_zero_point[u] = tz;
+      }
+    }
+    return;
+  }
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
+    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
+    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
+    double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
+    if (sums) {
+      std::fill(ps + p0, ps + p1, 0.0);
+      std::fill(pz + p0, pz + p1, 0.0);
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t i = r * plan.row_len + p;
+        const bool kept = mask == nullptr || mask[i];
+        const Q<C> k = qparams_at<C>(a.params, p);
+        const Element<C> e = quantize<C>(S::load(x[i]), k);
+        const C gy = S::load(dy[i]);
+        dx[i] = S::store(kept && e.inside ? gy : C(0));
+        if (sums && kept) {
+          ps[p] += static_cast<double>(scale_derivative<C>(e, k) * gy);
+          if (!e.inside) pz[p] += static_cast<double>(gy);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+FqPlan fake_quant_plan(const FqLayout& l) {
+  FqPlan p;
+  const int64_t numel = l.outer * l.channels * l.inner;
+  if (numel == 0) return p;
+  if (l.inner >= FqPlan::kMinSpan || (l.channels == 1 && l.outer == 1)) {
+    p.by_spans = true;
+    p.blocks_per_span = (l.inner + FqPlan::kBlock - 1) / FqPlan::kBlock;
+    p.units = l.outer * l.channels * p.blocks_per_span;
+    p.partial_len = p.units;
+    p.param_len = l.channels;
+    return p;
+  }
+  p.by_spans = false;
+  p.rows = l.outer;
+  p.row_len = l.channels * l.inner;
+  p.column_chunks = (p.row_len + FqPlan::kColumnChunk - 1) / FqPlan::kColumnChunk;
+  // Enough row groups for parallelism when rows are short, bounded so that the per-group partial
+  // sums stay small (<= 2^20 positions in all).
+  int64_t groups = std::min<int64_t>(p.rows / 16, (int64_t{1} << 20) / p.row_len);
+  groups = std::max<int64_t>(1, std::min<int64_t>(groups, 64));
+  p.rows_per_group = (p.rows + groups - 1) / groups;
+  p.groups = (p.rows + p.rows_per_group - 1) / p.rows_per_group;
+  p.units = p.groups * p.column_chunks;
+  p.partial_len = p.groups * p.row_len;
+  p.param_len = p.row_len;
+  return p;
+}
+
+void fake_quant_reduce_partials(const FqLayout& l, const FqPlan& plan, const double* partial,
+                                double* out) {
+  std::fill(out, out + l.channels, 0.0);
+  if (plan.units == 0) return;
+  if (plan.by_spans) {
+    for (int64_t u = 0; u < plan.units; ++u) out[(u / plan.blocks_per_span) % l.channels] += partial[u];
+    return;
+  }
+  for (int64_t p = 0; p < plan.row_len; ++p) {
+    double s = 0;
+    for (int64_t g = 0; g < plan.groups; ++g) s += partial[g * plan.row_len + p];
+    out[p / l.inner] += s;
+  }
+}
+
+void fake_quant_forward_portable(const FqArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case FqDtype::kFloat32:
+      return forward_impl<FqDtype::kFloat32>(a, begin, end);
+    case FqDtype::kBFloat16:
+      return forward_impl<FqDtype::kBFloat16>(a, begin, end);
+    case FqDtype::kFloat16:
+      return forward_impl<FqDtype::kFloat16>(a, begin, end);
+    case FqDtype::kFloat64:
+      return forward_impl<FqDtype::kFloat64>(a, begin, end);
+  }
+}
+
+void fake_quant_backward_portable(const FqArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case FqDtype::kFloat32:
+      return backward_impl<FqDtype::kFloat32>(a, begin, end);
+    case FqDtype::kBFloat16:
+      return backward_impl<FqDtype::kBFloat16>(a, begin, end);
+    case FqDtype::kFloat16:
+      return backward_impl<FqDtype::kFloat16>(a, begin, end);
+    case FqDtype::kFloat64:
+      return backward_impl<FqDtype::kFloat64>(a, begin, end);
+  }
+}
+
+void fake_quant_forward(const FqArgs& a, int64_t begin, int64_t end) {
+  if (active_isa() != Isa::kPortable && a.dtype != FqDtype::kFloat64) {
+    fake_quant_forward_avx512(a, begin, end);
+  } else {
+    fake_quant_forward_portable(a, begin, end);
+  }
+}
+
+void fake_quant_backward(const FqArgs& a, int64_t begin, int64_t end) {
+  if (active_isa() != Isa::kPortable && a.dtype != FqDtype::kFloat64) {
+    fake_quant_backward_avx512(a, begin, end);
+  } else {
+    fake_quant_backward_portable(a, begin, end);
+  }
+}
+
+}  // namespace ck::cpu
