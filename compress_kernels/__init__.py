@@ -10,6 +10,8 @@ from .ops import fake_quant, fake_quant_backward, fake_quant_observe  # issue 6
 from .ops import (
     cpu_isa,
     force_cpu_isa,
+    int8_conv2d,
+    int8_conv2d_pack_weight,
     int8_gemm,
     int8_linear,
     int8_linear_float,
@@ -30,6 +32,8 @@ __all__ = [
     "QuantLinear",
     "cpu_isa",
     "force_cpu_isa",
+    "int8_conv2d",
+    "int8_conv2d_pack_weight",
     "int8_gemm",
     "int8_linear",
     "int8_linear_float",

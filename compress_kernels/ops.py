@@ -110,6 +110,35 @@ def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch
 
 # ---------------------------------------------------------------- int8 conv2d (issue 3)
 
+
+def int8_conv2d_pack_weight(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Pack an int8 conv weight [OC, C/groups, KH, KW] once for int8_conv2d: per group, the
+    [OC/groups, KH*KW*C/groups] matrix in (o, kh, kw, c) order packed like int8_pack_weight,
+    stacked into an int32 tensor [OC, ceil(KH*KW*C/groups / 4) + 2]."""
+    return _lib().int8_conv2d_pack_weight(w, groups)
+
+
+def int8_conv2d(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch.Tensor | None, m0, shift,
+                out_zero_point: int = 0, qmin: int = -128, qmax: int = 127,
+                out_dtype: torch.dtype = torch.int8, stride=1, padding=0, dilation=1, groups: int = 1,
+                rounding: str = "double", w_packed: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer-only conv2d with the int8_linear output stage fused:
+
+    y[n, o, oh, ow] = clamp(out_zero_point + requant(sum_{c, kh, kw} w[o, c, kh, kw] *
+                      (x[n, c, ih, iw] - x_zero_point) + bias[o]), qmin, qmax)
+
+    x: int8 / uint8 [N, C, H, W] (channels_last memory preferred; NCHW is converted); pixels outside
+    the image (padding) hold x_zero_point, i.e. contribute zero. w: int8 [OC, C/groups, KH, KW];
+    w_packed: optional int8_conv2d_pack_weight(w, groups) to skip per-call packing. stride /
+    padding / dilation: int or pair; groups >= 1 (depthwise runs a direct kernel). The output is
+    [N, OC, OH, OW] in channels_last memory.
+    """
+    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
+    return _lib().int8_conv2d(x, x_zero_point, w, bias, _int32(m0), _int32(shift), out_zero_point, qmin, qmax,
+                              out_dtype, pair(stride), pair(padding), pair(dilation), groups, rounding, w_packed)
+
+
+
 # ---------------------------------------------------------------- codebook (issue 4)
 
 
@@ -399,6 +428,20 @@ if NATIVE_ERROR is None:
         return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
 
     # ---- fake kernels: int8 conv2d (issue 3)
+
+    @torch.library.register_fake("compress_kernels::int8_conv2d_pack_weight")
+    def _(w, groups=1):
+        depth = w.shape[1] * w.shape[2] * w.shape[3]
+        return w.new_empty((w.shape[0], (depth + 3) // 4 + INT8_PACKED_EXTRA_WORDS), dtype=torch.int32)
+
+    @torch.library.register_fake("compress_kernels::int8_conv2d")
+    def _(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride=(1, 1),
+          padding=(0, 0), dilation=(1, 1), groups=1, rounding="double", w_packed=None):
+        oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
+        ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
+        return torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=out_dtype, device=x.device,
+                           memory_format=torch.channels_last)
+
 
     # ---- fake kernels: codebook (issue 4)
 

@@ -136,6 +136,26 @@ def int8_linear_float(x, x_zero_point, w, x_scale, w_scale, bias):
     return y
 
 
+def int8_conv2d(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride=1,
+                padding=0, dilation=1, groups=1, rounding="double"):
+    """Integer-only conv2d: the int8_linear output stage on
+    acc = conv2d(x - x_zero_point, w) + bias, padding contributing zero (x_zero_point in the
+    x domain). Computed in float64, which is exact: every partial sum is an integer below 2^53."""
+    import torch.nn.functional as F
+
+    acc = F.conv2d(x.double() - x_zero_point, w.double(), None, stride, padding, dilation, groups)
+    acc = acc.round().long()
+    if bias is not None:
+        acc = acc + bias.long().reshape(1, -1, 1, 1)
+    acc = wrap_int32(acc)
+    m0 = torch.as_tensor(m0).reshape(-1)
+    shift = torch.as_tensor(shift).reshape(-1)
+    if m0.numel() > 1:
+        m0, shift = m0.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)
+    v = multiply_by_quantized_multiplier(acc, m0, shift, rounding) + out_zero_point
+    return v.clamp(qmin, qmax).to(out_dtype)
+
+
 def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row quantization: scale = max|x[r]| / qmax (1 for an all-zero row),
     q = clamp(round_half_even(x / scale), -qmax, qmax) as int8."""

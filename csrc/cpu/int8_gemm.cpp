@@ -71,7 +71,7 @@ inline int32_t corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc) {
 }
 
 void store_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
-  const int64_t o = m * a.w.n + n;
+  const int64_t o = m * a.out_stride() + n;
   switch (a.kind) {
     case EpilogueKind::kInt32:
       static_cast<int32_t*>(a.out)[o] = acc;

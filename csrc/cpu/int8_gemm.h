@@ -57,7 +57,9 @@ struct Int8GemmArgs {
   const float* w_scale = nullptr;     // kFloat: [n] or [1] (w_scale_per_channel)
   bool w_scale_per_channel = false;
   const float* bias_f = nullptr;      // kFloat: [n] or null
-  void* out = nullptr;                // [m, n] contiguous, type by kind / requant.out_type
+  void* out = nullptr;                // [m, n], type by kind / requant.out_type
+  int64_t ldo = 0;                    // row stride of out in elements; 0 means n (contiguous)
+  int64_t out_stride() const { return ldo > 0 ? ldo : w.n; }
 };
 
 // Work split: tasks are (panel of 64 columns, chunk of rows), panel-major so that a thread's

@@ -96,7 +96,7 @@ void tile(const Int8GemmArgs& a, int64_t m0, int64_t n0, int last_rows) {
     }
   }
 
-  const int64_t ldo = a.w.n;
+  const int64_t ldo = a.out_stride();
   if (a.kind == EpilogueKind::kInt32) {
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < NV; ++v)

@@ -13,6 +13,10 @@
 
 namespace ck::ops {
 
+inline void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
 inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
 }

@@ -29,10 +29,6 @@ OutType out_type_of(at::ScalarType dtype) {
   }
 }
 
-void check_cpu(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& real) {
   constexpr const char* op = "quantize_multiplier";
   TORCH_CHECK(at::isFloatingType(real.scalar_type()), op, ": real must be a floating tensor, got ",

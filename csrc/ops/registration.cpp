@@ -29,6 +29,11 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def("quantize_rows(Tensor x, int qmax=127) -> (Tensor, Tensor)");
 
   // ---- int8 conv2d (issue 3) ----
+  m.def("int8_conv2d_pack_weight(Tensor w, int groups=1) -> Tensor");
+  m.def(
+      "int8_conv2d(Tensor x, int x_zero_point, Tensor w, Tensor? bias, Tensor m0, Tensor shift, "
+      "int out_zero_point, int qmin, int qmax, ScalarType out_dtype, int[2] stride=1, int[2] padding=0, "
+      "int[2] dilation=1, int groups=1, str rounding=\"double\", Tensor? w_packed=None) -> Tensor");
 
   // ---- k-means codebook lookup (issue 4) ----
   m.def("codebook_pack(Tensor idx, int bits) -> Tensor");

@@ -1,0 +1,205 @@
+// CPU glue for int8_conv2d: checks, layout (channels_last), the work split, and the fast paths
+// (1x1 as a plain GEMM, depthwise as a direct kernel). Kernels live in csrc/cpu/int8_conv.*.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../cpu/int8_conv.h"
+#include "../cpu/int8_gemm.h"
+#include "checks.h"
+
+namespace ck::ops {
+namespace {
+
+cpu::OutType conv_out_type(at::ScalarType dtype) {
+  return dtype == at::kChar ? cpu::OutType::kInt8 : dtype == at::kByte ? cpu::OutType::kUInt8 : cpu::OutType::kInt32;
+}
+
+void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
+  check_dtype(w, at::kChar, op, "w");
+  check_dim(w, 4, op, "w");
+  check_cpu(w, op, "w");
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(w.size(0) > 0 && w.size(0) % groups == 0, op, ": w.size(0) (out channels) must be a positive multiple of groups=",
+              groups, ", got ", w.size(0));
+  TORCH_CHECK(w.size(1) > 0 && w.size(2) > 0 && w.size(3) > 0, op, ": w must have a non-empty [C/groups, KH, KW], got shape ",
+              w.sizes());
+  check_depth(w.size(1) * w.size(2) * w.size(3), op);
+}
+
+// [OC, Cg, KH, KW] -> per group g, int8_pack_weight of w[g*OCg:(g+1)*OCg] permuted to (o, kh, kw, c),
+// stacked along dim 0 into [OC, int8_packed_words_per_row(KH * KW * Cg)].
+at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
+  const int64_t oc = w.size(0), ocg = oc / groups, depth = w.size(1) * w.size(2) * w.size(3);
+  const at::Tensor rows = w.permute({0, 2, 3, 1}).contiguous().reshape({oc, depth});
+  const int64_t words = cpu::int8_packed_words_per_row(depth);
+  at::Tensor packed = at::empty({oc, words}, w.options().dtype(at::kInt));
+  for (int64_t g = 0; g < groups; ++g) {
+    cpu::int8_pack_weight(rows.data_ptr<int8_t>() + g * ocg * depth, ocg, depth, depth,
+                          packed.data_ptr<int32_t>() + g * ocg * words);
+  }
+  return packed;
+}
+
+at::Tensor int8_conv2d_pack_weight_cpu(const at::Tensor& w, int64_t groups) {
+  check_conv_weight(w, groups, "int8_conv2d_pack_weight");
+  return pack_conv_weight(w, groups);
+}
+
+at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                           const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
+                           int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           int64_t groups, c10::string_view rounding, const std::optional<at::Tensor>& w_packed) {
+  constexpr const char* op = "int8_conv2d";
+  const bool x_signed = check_int8_input(x, op, "x");
+  check_dim(x, 4, op, "x");
+  check_cpu(x, op, "x");
+  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
+  check_conv_weight(w, groups, op);
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+              ": stride, padding and dilation must have 2 elements each");
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
+  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0, got ", padding);
+  cpu::Int8ConvShape s;
+  s.batch = x.size(0), s.in_channels = x.size(1), s.height = x.size(2), s.width = x.size(3);
+  s.out_channels = w.size(0), s.kernel_h = w.size(2), s.kernel_w = w.size(3);
+  s.stride_h = stride[0], s.stride_w = stride[1], s.pad_h = padding[0], s.pad_w = padding[1];
+  s.dilation_h = dilation[0], s.dilation_w = dilation[1], s.groups = groups;
+  TORCH_CHECK(s.in_channels == w.size(1) * groups, op, ": x has ", s.in_channels, " channels but w expects ",
+              w.size(1), " x groups=", groups, " = ", w.size(1) * groups);
+  TORCH_CHECK(s.out_h() > 0 && s.out_w() > 0, op, ": the output would be empty: input ", s.height, "x", s.width,
+              " is smaller than the dilated kernel ", dilation[0] * (s.kernel_h - 1) + 1, "x",
+              dilation[1] * (s.kernel_w - 1) + 1, " with padding ", padding);
+  const int64_t oc = s.out_channels, ocg = s.group_out();
+  const bool per_channel = check_multiplier(m0, shift, oc, op);
+  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  at::Tensor bias_c;
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kInt, op, "bias");
+    check_cpu(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == oc, op, ": bias must have shape [", oc, "], got ", bias->sizes());
+    bias_c = bias->contiguous();
+  }
+  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
+  at::Tensor out = at::empty({s.batch, oc, s.out_h(), s.out_w()},
+                             x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  if (s.batch == 0) return out;
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+
+  cpu::Int8GemmArgs base;
+  base.x_signed = x_signed;
+  base.x_zero_point = static_cast<int32_t>(x_zero_point);
+  base.kind = cpu::EpilogueKind::kRequantize;
+  base.requant.m0 = m0c.data_ptr<int32_t>();
+  base.requant.shift = shiftc.data_ptr<int32_t>();
+  base.requant.per_channel = per_channel;
+  base.requant.zero_point = static_cast<int32_t>(out_zero_point);
+  base.requant.qmin = static_cast<int32_t>(qmin);
+  base.requant.qmax = static_cast<int32_t>(qmax);
+  base.requant.rounding = parse_rounding(std::string(rounding), op);
+  base.requant.out_type = conv_out_type(out_dtype);
+  base.bias_i32 = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
+  base.ldo = oc;
+  const int64_t rows = s.rows(), threads = at::get_num_threads();
+  const int64_t out_elem = out.element_size();
+  char* out_bytes = static_cast<char*>(out.data_ptr());
+
+  // Depthwise: one input channel per output channel; a GEMM would waste 15 of 16 lanes.
+  if (groups == s.in_channels && ocg == 1) {
+    const at::Tensor w_dw = w.reshape({oc, s.kernel_h * s.kernel_w}).contiguous();
+    base.out = out.data_ptr();
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(oc, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      cpu::int8_conv_depthwise_rows(xc.data_ptr(), x_signed, base.x_zero_point, w_dw.data_ptr<int8_t>(), s, base,
+                                    begin, end);
+    });
+    return out;
+  }
+
+  const int64_t depth = s.group_depth();
+  const int64_t words = cpu::int8_packed_words_per_row(depth);
+  at::Tensor packed;
+  if (w_packed.has_value()) {
+    check_dtype(*w_packed, at::kInt, op, "w_packed");
+    check_cpu(*w_packed, op, "w_packed");
+    TORCH_CHECK(w_packed->dim() == 2 && w_packed->size(0) == oc && w_packed->size(1) == words && w_packed->is_contiguous(),
+                op, ": w_packed must be the contiguous [", oc, ", ", words, "] tensor from int8_conv2d_pack_weight(w, groups=",
+                groups, "), got shape ", w_packed->sizes());
+    packed = *w_packed;
+  } else {
+    packed = pack_conv_weight(w, groups);
+  }
+  const int32_t* packed_ptr = packed.data_ptr<int32_t>();
+  auto group_args = [&](int64_t g) {
+    cpu::Int8GemmArgs a = base;
+    a.w = cpu::int8_packed_view(packed_ptr + g * ocg * words, ocg, words);
+    TORCH_CHECK(a.w.k == depth, op, ": w_packed was built for depth ", a.w.k, " but the conv has depth ", depth);
+    if (a.bias_i32 != nullptr) a.bias_i32 += g * ocg;
+    if (per_channel) {
+      a.requant.m0 += g * ocg;
+      a.requant.shift += g * ocg;
+    }
+    return a;
+  };
+
+  if (s.is_pointwise()) {  // NHWC activations are already the [rows, C] GEMM operand
+    cpu::Int8GemmArgs a = group_args(0);
+    a.x = xc.data_ptr();
+    a.m = rows;
+    a.ldx = s.in_channels;
+    a.out = out_bytes;
+    const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(rows, oc, threads);
+    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::int8_gemm_run(a, plan, b, e); });
+    return out;
+  }
+
+  // Implicit GEMM: tasks are (group, chunk of output pixels, range of 64-column panels). A task
+  // gathers its chunk once into a reused per-thread buffer (<= 256 KB, next to one weight panel in
+  // L2) and runs the microkernels over its panels. Panels are split only when there are too few
+  // chunks to keep every thread busy (batch 1, late layers); the gather is then repeated per split.
+  const int64_t k_pad = cpu::int8_padded_k(depth);
+  const int64_t max_chunk = std::max<int64_t>(cpu::kInt8TileRows, (256 * 1024 / k_pad) / cpu::kInt8TileRows * cpu::kInt8TileRows);
+  int64_t chunk = (rows + 2 * threads - 1) / (2 * threads);
+  chunk = std::min(max_chunk, std::max<int64_t>(cpu::kInt8TileRows, (chunk + 5) / 6 * 6));
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const int64_t panels = (ocg + cpu::kInt8PanelCols - 1) / cpu::kInt8PanelCols;
+  int64_t splits = 1;
+  if (chunks * groups < 2 * threads) splits = std::min(panels, (2 * threads + chunks * groups - 1) / (chunks * groups));
+  const int64_t panels_per_split = (panels + splits - 1) / splits;
+  at::parallel_for(0, groups * chunks * splits, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<uint8_t> buffer;
+    buffer.resize(static_cast<size_t>(chunk * k_pad));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t g = t / (chunks * splits), c = (t / splits) % chunks, sp = t % splits;
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      const int64_t p0 = sp * panels_per_split, p1 = std::min(panels, p0 + panels_per_split);
+      if (p0 >= p1) continue;
+      cpu::int8_conv_gather_rows(static_cast<const uint8_t*>(xc.data_ptr()), s, g, r0, r1,
+                                 static_cast<uint8_t>(x_zero_point & 0xFF), buffer.data(), k_pad);
+      cpu::Int8GemmArgs a = group_args(g);
+      a.x = buffer.data();
+      a.m = r1 - r0;
+      a.ldx = k_pad;
+      a.out = out_bytes + (r0 * oc + g * ocg) * out_elem;
+      cpu::Int8GemmPlan plan;
+      plan.panels = panels;
+      plan.row_chunks = 1;
+      plan.chunk_rows = r1 - r0;
+      cpu::int8_gemm_run(a, plan, p0, p1);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace ck::ops
+
+TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
+  m.impl("int8_conv2d_pack_weight", &ck::ops::int8_conv2d_pack_weight_cpu);
+  m.impl("int8_conv2d", &ck::ops::int8_conv2d_cpu);
+}
