@@ -491,3 +491,7 @@ if NATIVE_ERROR is None:
                 running_min.new_empty(running_min.shape, dtype=torch.int32))
 
     _register_fake_quant_autograd()
+    if torch.cuda.is_available():  # the GPU path of the fake-quant ops is Triton
+        from . import triton_kernels as _triton_kernels
+
+        _triton_kernels.register_cuda_kernels()

@@ -428,3 +428,90 @@ def test_bad_arguments_raise_clear_errors(case):
 
 def test_public_names():
     assert ck.fake_quant is ops.fake_quant and ck.fake_quant_observe is ops.fake_quant_observe
+
+
+# ---------------------------------------------------------------- FakeQuantize module
+
+
+def test_module_ema_observer_then_frozen():
+    fq = ck.nn.FakeQuantize(0, 255, observer="ema", momentum=0.1)
+    rmin, rmax = torch.tensor([math.inf]), torch.tensor([-math.inf])
+    for step in range(2):
+        x = sample((32, 40), seed=step) + step
+        y = fq(x)
+        ye, s, z = ops.fake_quant_observe(x, rmin, rmax, 0.1, 0, 255)
+        assert torch.equal(y, ye) and torch.equal(fq.scale, s) and torch.equal(fq.zero_point, z)
+        assert torch.equal(fq.running_min, rmin) and torch.equal(fq.running_max, rmax)
+    fq.disable_observer()
+    x = sample((32, 40), seed=9) * 5
+    assert torch.equal(fq(x), ops.fake_quant(x, s, z, 0, 255))
+    assert torch.equal(fq.running_min, rmin)  # frozen
+    fq.disable_fake_quant()
+    assert fq(x) is x
+
+
+def test_module_observer_runs_while_fake_quant_disabled():
+    fq = ck.nn.FakeQuantize(-128, 127, symmetric=True).disable_fake_quant()
+    x = sample((10, 10))
+    assert fq(x) is x
+    assert fq.running_min.item() == x.min().item() and fq.scale.item() == pytest.approx(x.abs().max().item() / 127.5)
+
+
+def test_module_per_channel_weight_with_mask_and_gradient():
+    w = sample((8, 3, 3, 3)).requires_grad_()
+    mask = sample((8, 3, 3, 3), seed=5) > 0
+    fq = ck.nn.FakeQuantize(-127, 127, axis=0, channels=8, symmetric=True, momentum=1.0)
+    y = fq(w, mask)
+    s, z = fq.calculate_qparams()
+    assert s.shape == (8,) and torch.all(z == 0)
+    assert torch.equal(y, ops.fake_quant(w.detach(), s, z, -127, 127, 0, mask))
+    assert torch.all(y[~mask] == 0)
+    y.sum().backward()
+    assert torch.all(w.grad[~mask] == 0) and torch.all(w.grad[mask] == 1)
+
+
+def test_module_lsq_learns_scale_and_zero_point():
+    fq = ck.nn.FakeQuantize(0, 15, observer="lsq", learnable_zero_point=True)
+    x = sample((64, 64)).requires_grad_()
+    y = fq(x)  # first batch initializes the qparams from its range
+    s0, z0 = ref.observer_qparams(x.detach().min(), x.detach().max(), 0, 15)
+    assert fq.initialized.item() == 1
+    assert torch.equal(fq.scale.detach(), s0.reshape(1)) and fq.zero_point.item() == z0.item()
+    assert isinstance(fq.scale, torch.nn.Parameter) and isinstance(fq.zero_point, torch.nn.Parameter)
+    g = sample((64, 64), seed=1)
+    y.backward(g)
+    _, gs, gz = ref.fake_quant_backward(g, x.detach(), fq.scale.detach(), fq.zero_point.detach(), 0, 15)
+    torch.testing.assert_close(fq.scale.grad, gs, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(fq.zero_point.grad, gz, rtol=1e-5, atol=1e-8)
+
+
+def test_module_fixed_state_dict_deepcopy_and_repr(tmp_path):
+    import copy
+
+    fq = ck.nn.FakeQuantize(-128, 127, axis=1, channels=4, observer="ema")
+    x = sample((5, 4, 6))
+    fq(x)
+    path = tmp_path / "fq.pt"
+    torch.save(fq.state_dict(), path)
+    other = ck.nn.FakeQuantize(-128, 127, axis=1, channels=4, observer="ema").disable_observer()
+    other.load_state_dict(torch.load(path, weights_only=True))
+    fq.disable_observer()
+    assert torch.equal(other(x), fq(x))
+    assert torch.equal(copy.deepcopy(fq)(x), fq(x))
+    fixed = ck.nn.FakeQuantize(-8, 7, observer="fixed", scale=0.1, zero_point=1)
+    assert torch.equal(fixed(x), ops.fake_quant(x, 0.1, 1, -8, 7))
+    assert "qmin=-128, qmax=127, axis=1, channels=4, observer=ema" in repr(fq)
+    assert "observer=fixed" in repr(fixed) and "per_tensor" in repr(fixed)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(observer="kl"), "observer must be one of"),
+    (dict(qmin=3, qmax=3), "qmin must be < qmax"),
+    (dict(channels=4), "needs a channel axis"),
+    (dict(axis=0, channels=0), "channels must be >= 1"),
+    (dict(observer="fixed"), "needs a scale"),
+    (dict(momentum=0.0), "momentum must be in"),
+])
+def test_module_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ck.nn.FakeQuantize(**kwargs)
