@@ -7,6 +7,11 @@ from .convert import ConversionReport, Int8DynamicConfig, convert_
 from .nn import QuantLinear
 from .ops import codebook_conv2d, codebook_linear, codebook_pack, codebook_unpack  # issue 4
 from .ops import fake_quant, fake_quant_backward, fake_quant_observe  # issue 6
+from . import prune  # issue 5
+from .convert import Sparse24Config  # issue 5
+from .nn import SparseConv2d, SparseLinear  # issue 5
+from .prune import PruneConfig, prune_  # issue 5
+from .ops import sparse24_compress, sparse24_decompress, sparse24_f32_pack, sparse24_int8_linear, sparse24_int8_pack, sparse24_linear  # issue 5
 from .ops import (
     cpu_isa,
     force_cpu_isa,
@@ -24,6 +29,8 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "prune", "PruneConfig", "prune_", "Sparse24Config", "SparseConv2d", "SparseLinear",  # issue 5
+    "sparse24_compress", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5
     "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
     "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
     "ConversionReport",

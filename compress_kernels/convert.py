@@ -97,3 +97,45 @@ def _int8_dynamic(module: nn.Module, config: Int8DynamicConfig, name: str) -> nn
     from .nn import QuantLinear
 
     return QuantLinear.from_float(module, dynamic=True, per_channel=config.per_channel)
+
+
+# ---------------------------------------------------------------- 2:4 sparsity (issue 5)
+
+
+@dataclass
+class Sparse24Config:
+    """nn.Linear / nn.Conv2d -> SparseLinear / SparseConv2d on the 2:4 kernels, fp32 or int8
+    (int8=True: per-channel symmetric int8 weights, dynamic per-tensor int8 activations).
+    prune=True applies the 2:4 magnitude mask (the best of the six patterns per group of four)
+    to weights that are not 2:4 yet; prune=False skips them. Layers whose K (in_features, or
+    in_channels * kh * kw) is not a multiple of 4, such as a 3-channel 3x3 stem (K = 27), and
+    grouped convolutions are skipped with the reason in the report."""
+
+    int8: bool = False
+    prune: bool = False
+
+
+@register_handler(Sparse24Config, (nn.Linear, nn.Conv2d))
+def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module:
+    import torch
+
+    from .nn.sparse import SparseConv2d, SparseLinear, is_24_sparse
+    from .prune import mask_2to4
+
+    k = module.weight[0].numel()
+    if k % 4:
+        what = "in_features" if isinstance(module, nn.Linear) else "in_channels * kh * kw"
+        raise Skip(f"K = {what} = {k} is not a multiple of 4 (2:4 needs groups of four)")
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise Skip(f"groups={module.groups}: only groups=1 convolutions are supported")
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        raise Skip("only numeric zero padding is supported")
+    if not is_24_sparse(module.weight):
+        if not config.prune:
+            raise Skip("weight is not 2:4 sparse (prune it first, or pass prune=True)")
+        module = copy.deepcopy(module)
+        with torch.no_grad():
+            w2 = module.weight.reshape(module.weight.shape[0], -1)
+            module.weight.mul_(mask_2to4(w2).reshape(module.weight.shape))
+    cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
+    return cls.from_float(module, int8=config.int8)

@@ -44,6 +44,14 @@ TORCH_LIBRARY(compress_kernels, m) {
       "int[2] kernel_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
 
   // ---- 2:4 semi-structured sparsity (issue 5) ----
+  m.def("sparse24_compress(Tensor w) -> (Tensor, Tensor)");
+  m.def("sparse24_decompress(Tensor values, Tensor meta) -> Tensor");
+  m.def("sparse24_f32_pack(Tensor values, Tensor meta) -> Tensor");
+  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+  m.def("sparse24_int8_pack(Tensor values, Tensor meta) -> Tensor");
+  m.def(
+      "sparse24_int8_linear(Tensor x, int x_zero_point, Tensor values, Tensor meta, Tensor? bias, Tensor m0, "
+      "Tensor shift, int out_zero_point, int qmin, int qmax, ScalarType out_dtype, str rounding=\"double\") -> Tensor");
 
   // ---- fused fake-quant (issue 6) ----
   m.def(

@@ -1,0 +1,178 @@
+"""SparseLinear / SparseConv2d: 2:4 semi-structured sparse layers on the sparse24 kernels.
+
+The state dict holds the compressed weight (values [N, K/2] + metadata uint8 [N, ceil(K/8)], layout
+in csrc/include/ck/sparse24.h), the bias and, for int8, the per-channel weight scales; the kernel
+layout (sparse24_f32_pack / sparse24_int8_pack) is rebuilt at construction and after
+load_state_dict, never per call.
+
+int8 mode is dynamic quantization with the integer kernel: each call quantizes the input
+symmetrically per tensor (s_x = max|x| / 127, round half to even), runs sparse24_int8_linear with
+an identity fixed-point multiplier (int32 out: the exact accumulator sum_k w_q * x_q), and scales
+it back with s_x * s_w[n] in fp32, adding the float bias. Pruned weights are never stored, so they
+stay exactly zero after quantization (symmetric weights: zero maps to zero).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import numerics, ops
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def is_24_sparse(w: torch.Tensor) -> bool:
+    """Whether every group of four consecutive input weights (flattened per output row) holds at
+    most two non-zeros."""
+    flat = w.reshape(w.shape[0], -1)
+    return flat.shape[1] % 4 == 0 and bool(((flat != 0).reshape(flat.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+class _Sparse24Base(nn.Module):
+    def _init_buffers(self, out_features: int, k: int, bias: bool, int8: bool) -> None:
+        if k % 4:
+            raise ValueError(f"{type(self).__name__}: K = {k} (in_features, or in_channels * kh * kw) is not a "
+                             "multiple of 4; 2:4 sparsity needs groups of four")
+        self.int8 = int8
+        self.k = k
+        self.register_buffer("values", torch.zeros(out_features, k // 2, dtype=torch.int8 if int8 else torch.float32))
+        meta = torch.full((out_features, (k + 7) // 8), 0x44, dtype=torch.uint8)
+        if (k // 4) % 2:
+            meta[:, -1] = 0x04
+        self.register_buffer("meta", meta)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("weight_scale", torch.ones(out_features) if int8 else None)
+        self.register_buffer("packed", torch.zeros(0), persistent=False)
+        self._repack()
+
+    def _set_weight(self, w2d: torch.Tensor) -> None:
+        """Compress (and for int8, quantize per output channel) a 2:4 sparse [N, K] weight."""
+        w2d = w2d.detach().float().cpu()
+        if not is_24_sparse(w2d):
+            raise ValueError(f"{type(self).__name__}: the weight is not 2:4 sparse (a group of four consecutive "
+                             "input weights holds more than two non-zeros); prune it first, e.g. with "
+                             "compress_kernels.prune.prune_(model, PruneConfig(granularity='2:4'))")
+        if self.int8:
+            w_q, scale = numerics.quantize_weight(w2d, per_channel=True)
+            values, meta = ops.sparse24_compress(w_q.reshape(w2d.shape))
+            self.weight_scale.copy_(scale.reshape(-1))
+        else:
+            values, meta = ops.sparse24_compress(w2d)
+        self.values.copy_(values)
+        self.meta.copy_(meta)
+        self._repack()
+
+    def _repack(self) -> None:
+        values, meta = self.values.cpu(), self.meta.cpu()
+        packed = ops.sparse24_int8_pack(values, meta) if self.int8 else ops.sparse24_f32_pack(values, meta)
+        self.packed = packed.to(self.values.device)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._repack()
+
+    def get_extra_state(self):
+        return {"int8": self.int8}
+
+    def set_extra_state(self, state):
+        if state["int8"] != self.int8:
+            raise ValueError(f"{type(self).__name__}: the state dict is for int8={state['int8']}, "
+                             f"this module has int8={self.int8}")
+
+    def dense_weight(self) -> torch.Tensor:
+        """The [N, K] weight the layer computes with (dequantized for int8)."""
+        w = ops.sparse24_decompress(self.values, self.meta).float()
+        return w * self.weight_scale[:, None] if self.int8 else w
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """[M, K] fp32 -> [M, N] fp32 through the sparse kernel."""
+        if not self.int8:
+            return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, self.bias)
+        amax = x2.detach().abs().amax() if x2.numel() else torch.zeros(())
+        s_x = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
+        x_q = torch.round(x2.float() / s_x).clamp(-127, 127).to(torch.int8)
+        # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator.
+        acc = ops.sparse24_int8_linear(x_q, 0, self.packed, self.meta, None, 1 << 30, 1, 0, INT32_MIN, INT32_MAX,
+                                       torch.int32)
+        y = acc.float() * (s_x * self.weight_scale)
+        return y + self.bias if self.bias is not None else y
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored weight (values + metadata, + scales for int8)."""
+        n = self.values.numel() * self.values.element_size() + self.meta.numel()
+        return n + (self.weight_scale.numel() * 4 if self.int8 else 0)
+
+
+class SparseLinear(_Sparse24Base):
+    """nn.Linear with a 2:4 sparse weight (fp32, or int8 with dynamic activation quantization)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, int8: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_buffers(out_features, in_features, bias, int8)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, int8: bool = False) -> SparseLinear:
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"SparseLinear.from_float: expected nn.Linear, got {type(linear).__name__}")
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, int8=int8)
+        m._set_weight(linear.weight)
+        if linear.bias is not None:
+            m.bias.copy_(linear.bias.detach().float())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._matmul(x.reshape(-1, self.in_features))
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"int8={self.int8}, sparsity=2:4")
+
+
+class SparseConv2d(_Sparse24Base):
+    """nn.Conv2d (groups=1) with a 2:4 sparse weight over K = in_channels * kh * kw, run as im2col
+    (F.unfold) followed by the 2:4 sparse matmul (fp32, or int8 with dynamic activation
+    quantization of the unfolded input, where the zero padding stays an exact zero)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 bias: bool = True, *, int8: bool = False):
+        super().__init__()
+        pair = nn.modules.utils._pair
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
+        self._init_buffers(out_channels, in_channels * self.kernel_size[0] * self.kernel_size[1], bias, int8)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, int8: bool = False) -> SparseConv2d:
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"SparseConv2d.from_float: expected nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"SparseConv2d: groups={conv.groups} is not supported (only groups=1)")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"SparseConv2d: padding={conv.padding!r} / padding_mode={conv.padding_mode!r} is not "
+                             "supported (numeric zero padding only)")
+        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.bias is not None, int8=int8)
+        m._set_weight(conv.weight.reshape(conv.out_channels, -1))
+        if conv.bias is not None:
+            m.bias.copy_(conv.bias.detach().float())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)  # [n, K, L]
+        y = self._matmul(cols.transpose(1, 2).reshape(-1, self.k))  # [n * L, N]
+        return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, int8={self.int8}, "
+                "sparsity=2:4")

@@ -1,0 +1,239 @@
+#include "sparse24.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "isa.h"
+
+namespace ck::cpu {
+
+int64_t sparse24_check_meta(const uint8_t* meta, int64_t n, int64_t k) {
+  const int64_t groups = k / 4, mcols = sparse24::meta_cols(k);
+  for (int64_t r = 0; r < n; ++r) {
+    const uint8_t* mr = meta + r * mcols;
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!sparse24::valid_nibble(sparse24::nibble(mr, g))) return r * groups + g;
+    }
+    if (groups % 2 == 1 && (mr[mcols - 1] >> 4) != 0) return r * groups + groups - 1;
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------- fp32
+
+Sparse24Plan sparse24_f32_plan(int64_t m, int64_t n) {
+  Sparse24Plan plan;
+  plan.row_tiles = std::max<int64_t>((m + kS24TileRows - 1) / kS24TileRows, 1);
+  plan.panels = (n + kS24PanelCols - 1) / kS24PanelCols;
+  return plan;
+}
+
+void sparse24_f32_pack(const float* values, const uint8_t* meta, int64_t n, int64_t k, float* out) {
+  const int64_t half = k / 2, mcols = sparse24::meta_cols(k), block = sparse24_f32_block_floats(k);
+  for (int64_t b = 0; b < (n + 7) / 8; ++b) {
+    float* v = out + b * block;
+    uint8_t* mb = reinterpret_cast<uint8_t*>(v + 8 * half);
+    for (int64_t c = 0; c < 8; ++c) {
+      const int64_t r = 8 * b + c;
+      for (int64_t j = 0; j < half; ++j) v[j * 8 + c] = r < n ? values[r * half + j] : 0.0f;
+      for (int64_t i = 0; i < mcols; ++i) {
+        const bool odd_tail = i == mcols - 1 && (k / 4) % 2 == 1;
+        mb[i * 8 + c] = r < n ? meta[r * mcols + i] : static_cast<uint8_t>(odd_tail ? 0x04 : 0x44);
+      }
+    }
+  }
+  int32_t trailer[2] = {static_cast<int32_t>(k), static_cast<int32_t>(n)};
+  std::memcpy(out + (n + 7) / 8 * block, trailer, sizeof(trailer));
+}
+
+void sparse24_f32_packed_shape(const float* packed, int64_t floats, int64_t* n, int64_t* k) {
+  *n = *k = 0;
+  if (floats < 2) return;
+  int32_t trailer[2];
+  std::memcpy(trailer, packed + floats - 2, sizeof(trailer));
+  if (trailer[0] <= 0 || trailer[1] <= 0 || trailer[0] % 4 != 0) return;
+  if (sparse24_f32_packed_floats(trailer[1], trailer[0]) != floats) return;
+  *k = trailer[0];
+  *n = trailer[1];
+}
+
+bool sparse24_f32_needs_workspace() { return active_isa() == Isa::kAvx512Vnni; }
+
+void sparse24_f32_transpose_x(const Sparse24F32Args& a, int64_t tile_begin, int64_t tile_end) {
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t m0 = t * kS24TileRows, rows = std::min(kS24TileRows, a.m - m0);
+    const int64_t stride = (rows + 15) / 16 * 16;
+    float* dst = a.xt + t * kS24TileRows * a.k;
+    for (int64_t kk = 0; kk < a.k; ++kk) {
+      for (int64_t r = rows; r < stride; ++r) dst[kk * stride + r] = 0.0f;
+    }
+    // Rows outer so x is read sequentially; the transposed tile (stride <= 48 floats per k) is
+    // written with a short stride that stays in a few cache lines per k.
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = a.x + (m0 + r) * a.ldx;
+      for (int64_t kk = 0; kk < a.k; ++kk) dst[kk * stride + r] = xr[kk];
+    }
+  }
+}
+
+void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
+                               int64_t task_end) {
+  const int64_t half = a.k / 2, block = sparse24_f32_block_floats(a.k);
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t tile = t % plan.row_tiles, panel = t / plan.row_tiles;
+    const int64_t m_end = std::min(a.m, (tile + 1) * kS24TileRows);
+    const int64_t n_end = std::min(a.n, (panel + 1) * kS24PanelCols);
+    for (int64_t m = tile * kS24TileRows; m < m_end; ++m) {
+      const float* xr = a.x + m * a.ldx;
+      for (int64_t n = panel * kS24PanelCols; n < n_end; ++n) {
+        const float* v = a.packed + (n / 8) * block;
+        const uint8_t* mb = reinterpret_cast<const uint8_t*>(v + 8 * half);
+        const int64_t c = n % 8;
+        float acc = 0.0f;
+        for (int64_t j = 0; j < half; ++j) {
+          const int64_t g = j / 2;
+          const int nib = (mb[(g / 2) * 8 + c] >> (4 * (g % 2))) & 0xF;
+          acc = std::fma(v[j * 8 + c], xr[4 * g + sparse24::position(nib, static_cast<int>(j % 2))], acc);
+        }
+        a.out[m * a.n + n] = a.bias != nullptr ? acc + a.bias[n] : acc;
+      }
+    }
+  }
+}
+
+void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
+  if (active_isa() == Isa::kAvx512Vnni) {
+    sparse24_f32_run_avx512(a, plan, task_begin, task_end);
+  } else {
+    sparse24_f32_run_portable(a, plan, task_begin, task_end);
+  }
+}
+
+// ---------------------------------------------------------------- int8
+
+void sparse24_int8_pack(const int8_t* values, const uint8_t* meta, int64_t n, int64_t k, int32_t* out) {
+  const int64_t pairs = sparse24_int8_pairs(k), blocks = (n + 15) / 16, half = k / 2;
+  const int64_t mcols = sparse24::meta_cols(k);
+  int8_t* data = reinterpret_cast<int8_t*>(out);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t h = 0; h < pairs; ++h) {
+      int8_t* dst = data + (b * pairs + h) * 128;
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t r = 16 * b + i;
+        for (int64_t s = 0; s < 4; ++s) {
+          const int64_t j = 4 * h + s;  // stored value index
+          const int64_t g = j / 2;      // its group
+          const bool present = r < n && j < half;
+          dst[4 * i + s] = present ? values[r * half + j] : int8_t{0};
+          // Absent values point at x byte 0 of the pair (always readable); their weight is 0.
+          const int pos = present ? sparse24::position(sparse24::nibble(meta + r * mcols, g), static_cast<int>(s & 1))
+                                  : 0;
+          dst[64 + 4 * i + s] = static_cast<int8_t>(present ? 4 * (g & 1) + pos : 0);
+        }
+      }
+    }
+  }
+  int32_t* row_sum = out + blocks * pairs * 32;
+  for (int64_t r = 0; r < n; ++r) {
+    int32_t s = 0;
+    for (int64_t j = 0; j < half; ++j) s += values[r * half + j];
+    row_sum[r] = s;
+  }
+  row_sum[n] = static_cast<int32_t>(k);
+  row_sum[n + 1] = static_cast<int32_t>(n);
+}
+
+PackedSparse24Int8 sparse24_int8_packed_view(const int32_t* packed, int64_t words) {
+  PackedSparse24Int8 v;
+  if (words < 2) return v;
+  const int64_t k = packed[words - 2], n = packed[words - 1];
+  if (k <= 0 || n <= 0 || k % 4 != 0 || sparse24_int8_packed_words(n, k) != words) return v;
+  v.data = reinterpret_cast<const int8_t*>(packed);
+  v.pairs = sparse24_int8_pairs(k);
+  v.row_sum = packed + (n + 15) / 16 * v.pairs * 32;
+  v.n = n;
+  v.k = k;
+  return v;
+}
+
+Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads) {
+  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  Sparse24Int8Plan plan;
+  plan.panels = (n + panel_cols - 1) / panel_cols;
+  const int64_t target_tasks = 4 * std::max<int64_t>(threads, 1);
+  const int64_t tiles = std::max<int64_t>((m + kS24I8TileRows - 1) / kS24I8TileRows, 1);
+  int64_t chunks = 1;
+  if (plan.panels < target_tasks) chunks = std::min(tiles, (target_tasks + plan.panels - 1) / plan.panels);
+  // Long row chunks keep one weight panel hot in L2 while many rows stream through it.
+  const int64_t tiles_per_chunk = (tiles + chunks - 1) / chunks;
+  plan.chunk_rows = tiles_per_chunk * kS24I8TileRows;
+  plan.row_chunks = std::max<int64_t>((m + plan.chunk_rows - 1) / plan.chunk_rows, 1);
+  return plan;
+}
+
+namespace {
+
+template <typename XT>
+void int8_portable_typed(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                         int64_t task_end) {
+  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  const XT* x = static_cast<const XT*>(a.x);
+  const int64_t k = a.w.k, pairs = a.w.pairs, n_total = a.w.n;
+  const RequantParams& p = a.requant;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_end = std::min(a.m, (chunk + 1) * plan.chunk_rows);
+    const int64_t n_end = std::min(n_total, (panel + 1) * panel_cols);
+    for (int64_t m = chunk * plan.chunk_rows; m < m_end; ++m) {
+      const XT* xr = x + m * a.ldx;
+      for (int64_t n = panel * panel_cols; n < n_end; ++n) {
+        const int64_t b = n / 16, i = n % 16;
+        int32_t acc = 0;
+        for (int64_t h = 0; h < pairs; ++h) {
+          const int8_t* blk = a.w.data + (b * pairs + h) * 128;
+          for (int64_t s = 0; s < 4; ++s) {
+            const int64_t kk = 8 * h + blk[64 + 4 * i + s];
+            if (kk < k) acc += static_cast<int32_t>(xr[kk]) * static_cast<int32_t>(blk[4 * i + s]);
+          }
+        }
+        uint32_t v = static_cast<uint32_t>(acc) -
+                     static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
+        if (a.bias_i32 != nullptr) v += static_cast<uint32_t>(a.bias_i32[n]);
+        const int64_t ch = p.per_channel ? n : 0;
+        const int32_t y = Requantize(static_cast<int32_t>(v), p.m0[ch], p.shift[ch], p.zero_point, p.qmin,
+                                     p.qmax, p.rounding);
+        const int64_t o = m * n_total + n;
+        if (p.out_type == OutType::kInt8) {
+          static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(y);
+        } else if (p.out_type == OutType::kUInt8) {
+          static_cast<uint8_t*>(a.out)[o] = static_cast<uint8_t>(y);
+        } else {
+          static_cast<int32_t*>(a.out)[o] = y;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                                int64_t task_end) {
+  if (a.x_signed) {
+    int8_portable_typed<int8_t>(a, plan, task_begin, task_end);
+  } else {
+    int8_portable_typed<uint8_t>(a, plan, task_begin, task_end);
+  }
+}
+
+void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                       int64_t task_end) {
+  if (active_isa() == Isa::kAvx512Vnni) {
+    sparse24_int8_run_avx512vnni(a, plan, task_begin, task_end);
+  } else {
+    sparse24_int8_run_portable(a, plan, task_begin, task_end);
+  }
+}
+
+}  // namespace ck::cpu

@@ -1,0 +1,172 @@
+// 2:4 sparse kernels on the CPU (torch-free): compression, fp32 linear, int8 linear with the
+// fixed-point output stage of int8_linear. The compressed layout (values + meta) is documented in
+// ck/sparse24.h.
+//
+// fp32: y[m, n] = fl(acc + bias[n]) with acc = 0 then acc = fma(values[n, j], x[m, k_j], acc) for j = 0 .. K/2 - 1 in order, one fused
+// multiply-add per stored value. Every path follows that order exactly, so they are bit-identical
+// and the result does not depend on threads (work is split over rows and columns, never over k).
+//
+// int8 packed layout (what sparse24_int8_pack writes; an int32 buffer of
+// sparse24_int8_packed_words(n, k) words). H = ceil(K / 8) pairs of groups, B = ceil(N / 16)
+// blocks of 16 output columns. Block b, pair h is 128 bytes at byte (b * H + h) * 128:
+//   bytes [0, 64):  lane i (column 16b + i) holds values[16b + i, 4h .. 4h + 3] (the two stored
+//                   values of group 2h, then of group 2h + 1; zero beyond N or K/2);
+//   bytes [64, 128): lane i holds the positions of those four values among x[8h .. 8h + 7]:
+//                   p0, p1, 4 + p0', 4 + p1' (a `vpshufb` control: the eight x bytes are
+//                   broadcast to every 128-bit lane, one shuffle gathers each column's four).
+// Then int32 row_sum[N] (sum of the stored values of row n, for the zero-point correction),
+// then int32 K and N (to validate inputs).
+#pragma once
+
+#include <cstdint>
+
+#include "ck/sparse24.h"
+#include "requantize.h"
+
+namespace ck::cpu {
+
+// Compresses w [n, k] (row stride ldw, k % 4 == 0) into values [n, k/2] and meta [n, ceil(k/8)].
+// Returns -1 on success, else the flat index n * (k / 4) + g of the first group with more than
+// two non-zeros (nothing is guaranteed about the outputs then).
+template <typename T>
+int64_t sparse24_compress(const T* w, int64_t n, int64_t k, int64_t ldw, T* values, uint8_t* meta) {
+  const int64_t groups = k / 4, mcols = sparse24::meta_cols(k);
+  for (int64_t r = 0; r < n; ++r) {
+    uint8_t* mr = meta + r * mcols;
+    for (int64_t c = 0; c < mcols; ++c) mr[c] = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const T* src = w + r * ldw + 4 * g;
+      int nonzero = 0;
+      for (int i = 0; i < 4; ++i)
+        if (!(src[i] == T(0))) nonzero |= 1 << i;
+      int i0 = 0, i1 = 0;
+      if (!sparse24::choose_positions(nonzero, &i0, &i1)) return r * groups + g;
+      values[r * (k / 2) + 2 * g] = src[i0];
+      values[r * (k / 2) + 2 * g + 1] = src[i1];
+      mr[g >> 1] |= static_cast<uint8_t>((i0 | (i1 << 2)) << ((g & 1) * 4));
+    }
+  }
+  return -1;
+}
+
+// Returns -1 when every nibble of meta [n, ceil(k/8)] is valid (and unused trailing nibbles are
+// zero), else the flat index n * (k / 4) + g of the first bad group.
+int64_t sparse24_check_meta(const uint8_t* meta, int64_t n, int64_t k);
+
+// Writes w [n, k] (contiguous) from values [n, k/2] and a valid meta.
+template <typename T>
+void sparse24_decompress(const T* values, const uint8_t* meta, int64_t n, int64_t k, T* w) {
+  const int64_t mcols = sparse24::meta_cols(k);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k; ++c) w[r * k + c] = T(0);
+    for (int64_t j = 0; j < k / 2; ++j) w[r * k + sparse24::k_of(meta + r * mcols, j)] = values[r * (k / 2) + j];
+  }
+}
+
+// ---------------------------------------------------------------- fp32
+//
+// fp32 packed layout (what sparse24_f32_pack writes; a float buffer of sparse24_f32_packed_floats
+// floats): B = ceil(N / 8) blocks of 8 output columns, block b at float b * block_floats(K):
+//   values [K/2][8]: float j * 8 + c = values[8b + c, j] (0 past N);
+//   meta [ceil(K/8)][8] bytes after them: byte i * 8 + c = meta[8b + c, i] (0x44, positions 0 and
+//   1, past N).
+// Interleaving eight columns turns their eight value streams (N rows of K/2 floats apart, which
+// alias in L1 when K/2 is a multiple of 1024) into one sequential stream. The last two floats hold
+// K and N as int32 bits.
+
+constexpr int64_t kS24F32BlockCols = 8;   // columns interleaved in the packed layout = microkernel columns
+constexpr int64_t kS24TileRows = 48;      // rows of x per task tile (3 zmm of 16 rows)
+constexpr int64_t kS24PanelCols = 256;    // output columns per task
+constexpr int64_t kS24DepthBlock = 512;   // k per block of the transposed x walked by all the panel's columns
+
+inline int64_t sparse24_f32_block_floats(int64_t k) { return 8 * (k / 2) + 2 * sparse24::meta_cols(k); }
+inline int64_t sparse24_f32_packed_floats(int64_t n, int64_t k) {
+  return (n + 7) / 8 * sparse24_f32_block_floats(k) + 2;
+}
+void sparse24_f32_pack(const float* values, const uint8_t* meta, int64_t n, int64_t k, float* out);
+// Reads K and N back from the trailer; both 0 when the size does not match (callers reject).
+void sparse24_f32_packed_shape(const float* packed, int64_t floats, int64_t* n, int64_t* k);
+
+struct Sparse24F32Args {
+  const float* x = nullptr;  // [m, k], row stride ldx
+  int64_t m = 0, ldx = 0;
+  const float* packed = nullptr;  // sparse24_f32_pack layout
+  int64_t n = 0, k = 0;
+  const float* bias = nullptr;  // [n] or null
+  float* out = nullptr;         // [m, n] contiguous
+  // Workspace of sparse24_f32_workspace_floats(m, k) floats for the transposed x (SIMD path):
+  // tile t at float t * kS24TileRows * k holds xt[k][r] with row stride 16 * ceil(rows_t / 16).
+  float* xt = nullptr;
+};
+
+inline int64_t sparse24_f32_workspace_floats(int64_t m, int64_t k) {
+  return (m + kS24TileRows - 1) / kS24TileRows * kS24TileRows * k;
+}
+
+struct Sparse24Plan {
+  int64_t row_tiles = 0, panels = 0;
+  int64_t tasks() const { return row_tiles * panels; }
+};
+Sparse24Plan sparse24_f32_plan(int64_t m, int64_t n);
+
+// Whether the active path reads the transposed-x workspace (filled by sparse24_f32_transpose_x
+// for row tiles [tile_begin, tile_end) before sparse24_f32_run).
+bool sparse24_f32_needs_workspace();
+void sparse24_f32_transpose_x(const Sparse24F32Args& a, int64_t tile_begin, int64_t tile_end);
+
+void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end);
+void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
+                               int64_t task_end);
+void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
+                             int64_t task_end);
+
+// ---------------------------------------------------------------- int8
+
+constexpr int64_t kS24I8BlockCols = 16;  // output columns per VNNI vector
+constexpr int64_t kS24I8PanelBlocks = 2; // blocks per microkernel tile
+constexpr int64_t kS24I8TileRows = 6;    // rows of x per microkernel tile
+
+inline int64_t sparse24_int8_pairs(int64_t k) { return (k + 7) / 8; }
+inline int64_t sparse24_int8_packed_words(int64_t n, int64_t k) {
+  return (n + 15) / 16 * sparse24_int8_pairs(k) * 32 + n + 2;
+}
+
+// Packs values int8 [n, k/2] + meta into out (sparse24_int8_packed_words(n, k) words).
+void sparse24_int8_pack(const int8_t* values, const uint8_t* meta, int64_t n, int64_t k, int32_t* out);
+
+struct PackedSparse24Int8 {
+  const int8_t* data = nullptr;  // B * H * 128 bytes
+  const int32_t* row_sum = nullptr;
+  int64_t n = 0, k = 0, pairs = 0;
+};
+// Views a packed buffer of `words` words; n and k are read back from its trailer (0 when the
+// trailer does not match the size, which callers reject).
+PackedSparse24Int8 sparse24_int8_packed_view(const int32_t* packed, int64_t words);
+
+// acc[m, n] = sum_k w[n, k] * (x[m, k] - x_zero_point) + bias_i32[n] (modulo 2^32), then
+// out = clamp(requant(acc) + zero_point, qmin, qmax), exactly as int8_linear.
+struct Sparse24Int8Args {
+  const void* x = nullptr;  // [m, k], row stride ldx; int8 (x_signed) or uint8
+  bool x_signed = false;
+  int64_t m = 0, ldx = 0;
+  int32_t x_zero_point = 0;
+  PackedSparse24Int8 w{};
+  const int32_t* bias_i32 = nullptr;
+  RequantParams requant{};
+  void* out = nullptr;  // [m, n] contiguous of requant.out_type
+};
+
+struct Sparse24Int8Plan {
+  int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
+  int64_t tasks() const { return panels * row_chunks; }
+};
+Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads);
+
+void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                       int64_t task_end);
+void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                                int64_t task_end);
+void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                                  int64_t task_end);
+
+}  // namespace ck::cpu

@@ -1,0 +1,236 @@
+// CPU glue of the 2:4 sparse ops: argument checks, output allocation, threading. The kernels are
+// torch-free (csrc/cpu/sparse24*.{h,cpp}); the layout is documented in csrc/include/ck/sparse24.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "../cpu/isa.h"
+#include "../cpu/sparse24.h"
+#include "checks.h"
+
+namespace ck::ops {
+namespace {
+
+void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
+void check_k(int64_t k, const char* op) {
+  TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, in_channels * kh * kw for a conv) must be a ",
+              "positive multiple of 4 for 2:4 sparsity, got K=", k);
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& w) {
+  constexpr const char* op = "sparse24_compress";
+  check_dim(w, 2, op, "w");
+  check_cpu_tensor(w, op, "w");
+  const int64_t n = w.size(0), k = w.size(1);
+  check_k(k, op);
+  const at::Tensor wc = w.contiguous();
+  at::Tensor values = at::empty({n, k / 2}, w.options());
+  at::Tensor meta = at::empty({n, sparse24::meta_cols(k)}, w.options().dtype(at::kByte));
+  int64_t bad = -1;
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "sparse24_compress", [&] {
+    bad = cpu::sparse24_compress<scalar_t>(wc.data_ptr<scalar_t>(), n, k, k, values.data_ptr<scalar_t>(),
+                                           meta.data_ptr<uint8_t>());
+  });
+  TORCH_CHECK(bad < 0, op, ": w is not 2:4 sparse: row ", bad / (k / 4), ", columns ", 4 * (bad % (k / 4)), "..",
+              4 * (bad % (k / 4)) + 3, " hold more than two non-zeros (prune it first, e.g. with ",
+              "compress_kernels.prune.mask_2to4)");
+  return {values, meta};
+}
+
+// values [N, K/2] and meta uint8 [N, ceil(K/8)]; returns K. check_nibbles reads every nibble.
+int64_t check_compressed(const at::Tensor& values, const at::Tensor& meta, const char* op, bool check_nibbles) {
+  check_dim(values, 2, op, "values");
+  check_dim(meta, 2, op, "meta");
+  check_dtype(meta, at::kByte, op, "meta");
+  check_cpu_tensor(values, op, "values");
+  check_cpu_tensor(meta, op, "meta");
+  const int64_t n = values.size(0), k = 2 * values.size(1);
+  check_k(k, op);
+  TORCH_CHECK(meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta must have shape [", n, ", ",
+              sparse24::meta_cols(k), "] for values of shape ", values.sizes(), ", got ", meta.sizes());
+  if (check_nibbles) {
+    const at::Tensor mc = meta.contiguous();
+    const int64_t bad = cpu::sparse24_check_meta(mc.data_ptr<uint8_t>(), n, k);
+    TORCH_CHECK(bad < 0, op, ": meta is not a valid 2:4 metadata: row ", bad / (k / 4), ", group ", bad % (k / 4),
+                " has a nibble whose two positions are not increasing (or a non-zero padding nibble)");
+  }
+  return k;
+}
+
+at::Tensor sparse24_decompress_cpu(const at::Tensor& values, const at::Tensor& meta) {
+  constexpr const char* op = "sparse24_decompress";
+  const int64_t k = check_compressed(values, meta, op, true);
+  const int64_t n = values.size(0);
+  at::Tensor w = at::empty({n, k}, values.options());
+  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "sparse24_decompress", [&] {
+    cpu::sparse24_decompress<scalar_t>(vc.data_ptr<scalar_t>(), mc.data_ptr<uint8_t>(), n, k, w.data_ptr<scalar_t>());
+  });
+  return w;
+}
+
+at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
+  constexpr const char* op = "sparse24_f32_pack";
+  check_dtype(values, at::kFloat, op, "values");
+  const int64_t k = check_compressed(values, meta, op, true);
+  const int64_t n = values.size(0);
+  TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
+  at::Tensor packed = at::empty({cpu::sparse24_f32_packed_floats(n, k)}, values.options());
+  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
+  cpu::sparse24_f32_pack(vc.data_ptr<float>(), mc.data_ptr<uint8_t>(), n, k, packed.data_ptr<float>());
+  return packed;
+}
+
+at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                               const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse24_linear";
+  check_dtype(x, at::kFloat, op, "x");
+  check_dim(x, 2, op, "x");
+  check_cpu_tensor(x, op, "x");
+  check_dtype(values, at::kFloat, op, "values");
+  check_cpu_tensor(values, op, "values");
+  at::Tensor packed;
+  if (values.dim() == 1) {
+    // A packed weight from sparse24_f32_pack; meta gives N and K and is checked against it.
+    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_f32_pack returns them)");
+    packed = values;
+  } else {
+    packed = sparse24_f32_pack_cpu(values, meta);
+  }
+  int64_t n = 0, k = 0;
+  cpu::sparse24_f32_packed_shape(packed.data_ptr<float>(), packed.numel(), &n, &k);
+  TORCH_CHECK(n > 0, op, ": 1-D values of ", packed.numel(), " floats are not a weight packed by sparse24_f32_pack");
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
+              meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
+  TORCH_CHECK(x.size(1) == k, op, ": K mismatch: x has K=", x.size(1), " but the weight holds K=", k);
+  const int64_t m = x.size(0);
+  at::Tensor bias_c;
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kFloat, op, "bias");
+    check_cpu_tensor(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
+    bias_c = bias->contiguous();
+  }
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0) return out;
+  const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  cpu::Sparse24F32Args args;
+  args.x = xc.data_ptr<float>();
+  args.m = m;
+  args.ldx = m > 1 ? xc.stride(0) : k;
+  args.packed = packed.data_ptr<float>();
+  args.n = n;
+  args.k = k;
+  args.bias = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
+  args.out = out.data_ptr<float>();
+  const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(m, n);
+  at::Tensor workspace;
+  if (cpu::sparse24_f32_needs_workspace()) {
+    workspace = at::empty({cpu::sparse24_f32_workspace_floats(m, k)}, x.options());
+    args.xt = workspace.data_ptr<float>();
+    at::parallel_for(0, plan.row_tiles, 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_transpose_x(args, b, e); });
+  }
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_run(args, plan, b, e); });
+  return out;
+}
+
+at::Tensor sparse24_int8_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
+  constexpr const char* op = "sparse24_int8_pack";
+  check_dtype(values, at::kChar, op, "values");
+  const int64_t k = check_compressed(values, meta, op, true);
+  const int64_t n = values.size(0);
+  check_depth(k, op);
+  TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
+  at::Tensor packed = at::empty({cpu::sparse24_int8_packed_words(n, k)}, values.options().dtype(at::kInt));
+  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
+  cpu::sparse24_int8_pack(vc.data_ptr<int8_t>(), mc.data_ptr<uint8_t>(), n, k, packed.data_ptr<int32_t>());
+  return packed;
+}
+
+at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
+                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias,
+                                    const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
+                                    int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding) {
+  constexpr const char* op = "sparse24_int8_linear";
+  const bool is_signed = check_int8_input(x, op, "x");
+  check_dim(x, 2, op, "x");
+  check_cpu_tensor(x, op, "x");
+  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
+  at::Tensor packed;
+  if (values.scalar_type() == at::kInt) {
+    // A packed weight from sparse24_int8_pack; meta gives N and K and is checked against it.
+    check_dim(values, 1, op, "packed values");
+    check_cpu_tensor(values, op, "values");
+    check_dim(meta, 2, op, "meta");
+    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_int8_pack returns them)");
+    packed = values;
+  } else {
+    TORCH_CHECK(values.scalar_type() == at::kChar, op,
+                ": values must be int8 [N, K/2] or an int32 packed weight from sparse24_int8_pack, got ",
+                values.scalar_type());
+    packed = sparse24_int8_pack_cpu(values, meta);
+  }
+  const cpu::PackedSparse24Int8 w = cpu::sparse24_int8_packed_view(packed.data_ptr<int32_t>(), packed.numel());
+  TORCH_CHECK(w.n > 0, op, ": packed values of ", packed.numel(), " words are not a weight packed by sparse24_int8_pack");
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == w.n && meta.size(1) == sparse24::meta_cols(w.k), op,
+              ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", w.n, ", K=", w.k, ")");
+  TORCH_CHECK(x.size(1) == w.k, op, ": K mismatch: x has K=", x.size(1), " but the weight holds K=", w.k);
+  check_depth(w.k, op);
+  check_cpu_tensor(m0, op, "m0");
+  check_cpu_tensor(shift, op, "shift");
+  const bool per_channel = check_multiplier(m0, shift, w.n, op);
+  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  at::Tensor bias_c;
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kInt, op, "bias");
+    check_cpu_tensor(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, op, ": bias must have shape [", w.n, "], got ",
+                bias->sizes());
+    bias_c = bias->contiguous();
+  }
+  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
+  const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  cpu::Sparse24Int8Args args;
+  args.x = xc.data_ptr();
+  args.x_signed = is_signed;
+  args.m = x.size(0);
+  args.ldx = x.size(0) > 1 ? xc.stride(0) : x.size(1);
+  args.x_zero_point = static_cast<int32_t>(x_zero_point);
+  args.w = w;
+  args.bias_i32 = bias.has_value() ? bias_c.data_ptr<int32_t>() : nullptr;
+  args.requant.m0 = m0c.data_ptr<int32_t>();
+  args.requant.shift = shiftc.data_ptr<int32_t>();
+  args.requant.per_channel = per_channel;
+  args.requant.zero_point = static_cast<int32_t>(out_zero_point);
+  args.requant.qmin = static_cast<int32_t>(qmin);
+  args.requant.qmax = static_cast<int32_t>(qmax);
+  args.requant.rounding = parse_rounding(std::string(rounding), op);
+  args.requant.out_type = out_dtype == at::kChar   ? cpu::OutType::kInt8
+                          : out_dtype == at::kByte ? cpu::OutType::kUInt8
+                                                   : cpu::OutType::kInt32;
+  at::Tensor out = at::empty({x.size(0), w.n}, x.options().dtype(out_dtype));
+  args.out = out.data_ptr();
+  if (args.m == 0) return out;
+  const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, w.n, at::get_num_threads());
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
+  return out;
+}
+
+}  // namespace
+}  // namespace ck::ops
+
+TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
+  m.impl("sparse24_compress", &ck::ops::sparse24_compress_cpu);
+  m.impl("sparse24_decompress", &ck::ops::sparse24_decompress_cpu);
+  m.impl("sparse24_f32_pack", &ck::ops::sparse24_f32_pack_cpu);
+  m.impl("sparse24_linear", &ck::ops::sparse24_linear_cpu);
+  m.impl("sparse24_int8_pack", &ck::ops::sparse24_int8_pack_cpu);
+  m.impl("sparse24_int8_linear", &ck::ops::sparse24_int8_linear_cpu);
+}

@@ -1,0 +1,412 @@
+"""2:4 sparse kernels: compression layout, CUTLASS conversion round trip, fp32 and int8 linear
+against the reference on every ISA path and thread count, opcheck, torch.compile, bad input."""
+
+import copy
+
+import pytest
+import torch
+
+import compress_kernels as ck
+from compress_kernels import reference as ref
+from conftest import run_on_every_isa
+
+OPS = torch.ops.compress_kernels
+SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16, N % 256), K % 8 == 4
+    (1, 1, 4), (1, 8, 8), (3, 7, 12), (16, 16, 64), (17, 33, 100), (47, 9, 36), (49, 130, 260),
+    (97, 257, 64),
+]
+
+
+def random_24(n, k, dtype=torch.float32, seed=0, keep=2):
+    """A random weight with `keep` (<= 2) non-zeros at random positions of every group of four."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(n, k // 4, 4, generator=g).argsort(-1)[..., :keep]
+    mask = torch.zeros(n, k // 4, 4, dtype=torch.bool).scatter_(-1, idx, True).reshape(n, k)
+    if dtype == torch.int8:
+        w = torch.randint(-127, 128, (n, k), generator=g).masked_fill(~mask, 0)
+        w = torch.where(mask & (w == 0), torch.ones_like(w), w)
+        return w.to(torch.int8)
+    return (torch.randn(n, k, generator=g) * mask).to(dtype)
+
+
+# ---------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.float64])
+@pytest.mark.parametrize("n, k", [(1, 4), (5, 12), (33, 64), (7, 260)])
+def test_compress_matches_reference_and_round_trips(dtype, n, k):
+    for keep in (0, 1, 2):
+        w = random_24(n, k, dtype, seed=keep, keep=keep)
+        values, meta = ck.sparse24_compress(w)
+        rv, rm = ref.sparse24_compress(w)
+        assert values.dtype == dtype and meta.dtype == torch.uint8
+        assert values.shape == (n, k // 2) and meta.shape == (n, (k + 7) // 8)
+        assert torch.equal(values, rv) and torch.equal(meta, rm)
+        assert torch.equal(ck.sparse24_decompress(values, meta), w)
+        assert torch.equal(ref.sparse24_decompress(values, meta), w)
+
+
+def test_layout_is_the_documented_one():
+    # Row 0: group 0 keeps positions 1 and 3, group 1 keeps 0 and 2, group 2 (odd tail) keeps 2, 3.
+    w = torch.tensor([[0.0, 5.0, 0.0, 6.0, 7.0, 0.0, 8.0, 0.0, 0.0, 0.0, 9.0, 1.0]])
+    values, meta = ck.sparse24_compress(w)
+    assert values.tolist() == [[5.0, 6.0, 7.0, 8.0, 9.0, 1.0]]
+    nib = [1 | 3 << 2, 0 | 2 << 2, 2 | 3 << 2]
+    assert meta.tolist() == [[nib[0] | nib[1] << 4, nib[2]]]
+    # An all-zero group keeps positions 0 and 1; a single non-zero at 2 is paired with 0.
+    w = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0]])
+    values, meta = ck.sparse24_compress(w)
+    assert values.tolist() == [[0.0, 0.0, 0.0, 3.0]]
+    assert meta.tolist() == [[(0 | 1 << 2) | (0 | 2 << 2) << 4]]
+
+
+def test_negative_zero_is_a_zero():
+    w = torch.tensor([[-0.0, 1.0, -0.0, 2.0]])
+    values, _ = ck.sparse24_compress(w * torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+    assert values.tolist() == [[1.0, 2.0]]
+
+
+@pytest.mark.parametrize("dtype, n, k", [(torch.float16, 32, 64), (torch.bfloat16, 64, 128), (torch.int8, 32, 64),
+                                         (torch.int8, 16, 128)])
+def test_cutlass_round_trip_and_agreement_with_torch(dtype, n, k):
+    from torch.sparse import _semi_structured_conversions as tconv
+
+    w = random_24(n, k, dtype, seed=3)
+    values, meta = ck.sparse24_compress(w)
+    sparse, meta_reordered = ck.ops.sparse24_to_cutlass(values, meta)
+    # PyTorch's own CUTLASS decoder reads our conversion back to the same dense weight ...
+    assert torch.equal(tconv.sparse_semi_structured_to_dense_cutlass(sparse, meta_reordered), w)
+    # ... our inverse recovers our layout exactly ...
+    v2, m2 = ck.ops.sparse24_from_cutlass(sparse, meta_reordered)
+    assert torch.equal(v2, values) and torch.equal(m2, meta)
+    # ... and PyTorch's CUTLASS encoder's output decodes to the same weight through ours.
+    t_sparse, t_meta = tconv.sparse_semi_structured_from_dense_cutlass(w)
+    v3, m3 = ck.ops.sparse24_from_cutlass(t_sparse, t_meta)
+    assert torch.equal(ck.sparse24_decompress(v3, m3), w)
+
+
+def test_cutlass_conversion_refuses_what_cutlass_cannot_hold():
+    values, meta = ck.sparse24_compress(random_24(32, 64))
+    with pytest.raises(ValueError, match="1:2 tf32"):
+        ck.ops.sparse24_to_cutlass(values, meta)
+    values, meta = ck.sparse24_compress(random_24(8, 64, torch.float16))
+    with pytest.raises(ValueError, match="N % 32 == 0"):
+        ck.ops.sparse24_to_cutlass(values, meta)
+    values, meta = ck.sparse24_compress(random_24(16, 96, torch.int8))
+    with pytest.raises(ValueError, match="K % 64 == 0 for torch.int8, got N=16, K=96"):
+        ck.ops.sparse24_to_cutlass(values, meta)
+    values, meta = ck.sparse24_compress(random_24(32, 64, torch.float16))
+    with pytest.raises(ValueError, match="meta must be torch.int16"):
+        ck.ops.sparse24_from_cutlass(values, meta.view(torch.int32))
+
+
+def test_compressed_bytes():
+    values, meta = ck.sparse24_compress(random_24(256, 1024))
+    assert (values.numel() * 4 + meta.numel()) / (256 * 1024 * 4) == 0.53125  # <= 56.25%
+
+
+# ---------------------------------------------------------------- fp32 linear
+
+
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse24_linear_matches_reference(m, n, k, bias):
+    w = random_24(n, k, seed=m)
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(m, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    values, meta = ck.sparse24_compress(w)
+    packed = ck.sparse24_f32_pack(values, meta)
+    got = run_on_every_isa(ck.sparse24_linear, x, packed, meta, b)
+    want = ref.sparse24_linear(x, values, meta, b)
+    # fp32 accumulation of k/2 products: error <= k/2 * eps * sum|w x| (loose bound below).
+    tol = 1e-6 * k * (x.abs().double() @ w.abs().T.double() + 1)
+    assert got.dtype == torch.float32 and got.shape == (m, n)
+    assert ((got.double() - want).abs() <= tol).all()
+    assert torch.equal(ck.sparse24_linear(x, values, meta, b), got)  # unpacked values: same bits
+    assert torch.allclose(got, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)
+
+
+def test_sparse24_linear_is_independent_of_threads_and_strides():
+    w = random_24(300, 256, seed=1)
+    values, meta = ck.sparse24_compress(w)
+    packed = ck.sparse24_f32_pack(values, meta)
+    x = torch.randn(200, 512)[:, ::2]  # non-contiguous rows
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_on_every_isa(ck.sparse24_linear, x, packed, meta, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None), one)
+
+
+# ---------------------------------------------------------------- int8 linear
+
+
+def _int8_case(m, n, k, x_dtype, per_channel, seed=0):
+    lo, hi = ck.numerics.dtype_range(x_dtype)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(lo, hi + 1, (m, k), generator=g).to(x_dtype)
+    w = random_24(n, k, torch.int8, seed=seed + 1)
+    b = torch.randint(-(2**20), 2**20, (n,), generator=g, dtype=torch.int32)
+    real = (torch.rand(n if per_channel else 1, generator=g, dtype=torch.float64) + 0.05) / (k * 20)
+    m0, shift = ck.quantize_multiplier(real)
+    return x, w, b, m0, shift
+
+
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("x_dtype, x_zp", [(torch.uint8, 0), (torch.uint8, 131), (torch.int8, -7), (torch.int8, 127)])
+def test_sparse24_int8_linear_matches_reference(m, n, k, x_dtype, x_zp):
+    x, w, b, m0, shift = _int8_case(m, n, k, x_dtype, per_channel=(m % 2 == 1))
+    values, meta = ck.sparse24_compress(w)
+    packed = ck.sparse24_int8_pack(values, meta)
+    for out_dtype, zp, qmin, qmax, rounding, bias in [
+        (torch.int8, 3, -128, 127, "double", b), (torch.uint8, 120, 120, 255, "single", b),
+        (torch.int32, -5, -(2**31), 2**31 - 1, "double", None),
+    ]:
+        want = ref.sparse24_int8_linear(x, x_zp, values, meta, bias, m0, shift, zp, qmin, qmax, out_dtype, rounding)
+        # the same as the dense int8_linear on the decompressed weight
+        assert torch.equal(want, ref.int8_linear(x, x_zp, w, bias, m0, shift, zp, qmin, qmax, out_dtype, rounding))
+        got = run_on_every_isa(ck.sparse24_int8_linear, x, x_zp, packed, meta, bias, m0, shift, zp, qmin, qmax,
+                               out_dtype, rounding)
+        assert torch.equal(got, want), (out_dtype, rounding)
+    got_raw = ck.sparse24_int8_linear(x, x_zp, values, meta, b, m0, shift, 0, -128, 127, torch.int8)
+    assert torch.equal(got_raw, ref.sparse24_int8_linear(x, x_zp, values, meta, b, m0, shift, 0, -128, 127,
+                                                         torch.int8))
+
+
+def test_sparse24_int8_extremes_and_threads():
+    k = 4096
+    for xv, wv in [(-128, -127), (127, 127), (255, -127), (0, 127)]:
+        dtype = torch.uint8 if xv >= 128 or xv == 0 else torch.int8
+        x = torch.full((7, k), xv, dtype=torch.int64).to(dtype)
+        w = torch.zeros(19, k, dtype=torch.int8)
+        w[:, 1::4] = wv
+        w[:, 2::4] = wv
+        values, meta = ck.sparse24_compress(w)
+        m0, shift = ck.quantize_multiplier(torch.tensor(1.0))
+        want = ref.sparse24_int8_linear(x, 0, values, meta, None, m0, shift, 0, -(2**31), 2**31 - 1, torch.int32)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            got = run_on_every_isa(ck.sparse24_int8_linear, x, 0, values, meta, None, m0, shift, 0, -(2**31),
+                                   2**31 - 1, torch.int32)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(got, want)
+
+
+# ---------------------------------------------------------------- opcheck / compile
+
+
+def _f32_args():
+    w = random_24(20, 24)
+    values, meta = ck.sparse24_compress(w)
+    return torch.randn(5, 24), values, meta, torch.randn(20)
+
+
+def _int8_args():
+    x, w, b, m0, shift = _int8_case(5, 20, 24, torch.uint8, True)
+    values, meta = ck.sparse24_compress(w)
+    return x, values, meta, b, m0, shift
+
+
+def test_opcheck():
+    x, values, meta, b = _f32_args()
+    torch.library.opcheck(OPS.sparse24_compress, (ck.sparse24_decompress(values, meta),))
+    torch.library.opcheck(OPS.sparse24_decompress, (values, meta))
+    torch.library.opcheck(OPS.sparse24_f32_pack, (values, meta))
+    torch.library.opcheck(OPS.sparse24_linear, (x, values, meta, b))
+    torch.library.opcheck(OPS.sparse24_linear, (x, ck.sparse24_f32_pack(values, meta), meta, None))
+    xq, vq, mq, bq, m0, shift = _int8_args()
+    torch.library.opcheck(OPS.sparse24_int8_pack, (vq, mq))
+    for w in (vq, ck.sparse24_int8_pack(vq, mq)):
+        torch.library.opcheck(OPS.sparse24_int8_linear,
+                              (xq, 3, w, mq, bq, m0, shift, 1, -128, 127, torch.int8, "double"))
+
+
+def test_torch_compile_fullgraph():
+    x, values, meta, b = _f32_args()
+    packed = ck.sparse24_f32_pack(values, meta)
+    xq, vq, mq, bq, m0, shift = _int8_args()
+    packed_q = ck.sparse24_int8_pack(vq, mq)
+
+    def f(x, xq):
+        y = ck.sparse24_linear(x, packed, meta, b)
+        yq = ck.sparse24_int8_linear(xq, 3, packed_q, mq, bq, m0, shift, 0, -128, 127, torch.int8)
+        return y, yq
+
+    want = f(x, xq)
+    got = torch.compile(f, fullgraph=True, backend="eager")(x, xq)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_messages():
+    x, values, meta, b = _f32_args()
+    with pytest.raises(RuntimeError, match=r"sparse24_compress: K .* must be a positive multiple of 4.*K=6"):
+        ck.sparse24_compress(torch.zeros(2, 6))
+    with pytest.raises(RuntimeError, match=r"sparse24_compress: w is not 2:4 sparse: row 1, columns 4..7"):
+        w = torch.zeros(2, 8)
+        w[1, 4:7] = 1.0
+        ck.sparse24_compress(w)
+    with pytest.raises(RuntimeError, match="sparse24_compress: w must be 2-D"):
+        ck.sparse24_compress(torch.zeros(8))
+    with pytest.raises(RuntimeError, match=r"sparse24_decompress: meta must have shape \[20, 3\]"):
+        ck.sparse24_decompress(values, meta[:, :2])
+    with pytest.raises(RuntimeError, match="sparse24_decompress: meta must be Byte"):
+        ck.sparse24_decompress(values, meta.to(torch.int8))
+    with pytest.raises(RuntimeError, match="sparse24_decompress: meta is not a valid 2:4 metadata: row 0, group 1"):
+        bad = meta.clone()
+        bad[0, 0] = (1 | 3 << 2) | (0xF << 4)  # group 0 keeps (1, 3); group 1 says (3, 3)
+        ck.sparse24_decompress(values, bad)
+    with pytest.raises(RuntimeError, match="sparse24_decompress: meta is not a valid 2:4 metadata"):
+        bad = ck.sparse24_compress(torch.zeros(1, 4))[1]
+        bad[0, 0] |= 0x40  # non-zero padding nibble
+        ck.sparse24_decompress(torch.zeros(1, 2), bad)
+    with pytest.raises(RuntimeError, match="sparse24_linear: K mismatch: x has K=20"):
+        ck.sparse24_linear(torch.randn(5, 20), values, meta)
+    with pytest.raises(RuntimeError, match="sparse24_linear: x must be Float"):
+        ck.sparse24_linear(x.double(), values, meta)
+    with pytest.raises(RuntimeError, match="sparse24_linear: values must be Float"):
+        ck.sparse24_linear(x, values.double(), meta)
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: bias must have shape \[20\]"):
+        ck.sparse24_linear(x, values, meta, torch.zeros(3))
+    with pytest.raises(RuntimeError, match="sparse24_linear: bias must be Float"):
+        ck.sparse24_linear(x, values, meta, torch.zeros(20, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="sparse24_linear: 1-D values of 7 floats are not a weight packed"):
+        ck.sparse24_linear(x, torch.zeros(7), meta)
+    with pytest.raises(RuntimeError, match="sparse24_linear: meta of shape .* does not belong to the packed weight"):
+        ck.sparse24_linear(x, ck.sparse24_f32_pack(values, meta), meta[:3])
+    with pytest.raises(RuntimeError, match="sparse24_linear: packed values must be contiguous"):
+        p = ck.sparse24_f32_pack(values, meta)
+        ck.sparse24_linear(x, torch.stack((p, p), 1)[:, 0], meta)
+    with pytest.raises(RuntimeError, match="sparse24_f32_pack: values must have at least one row"):
+        ck.sparse24_f32_pack(torch.zeros(0, 2), torch.zeros(0, 1, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="sparse24_linear: x must be 2-D"):
+        ck.sparse24_linear(x[0], values, meta)
+
+
+def test_bad_int8_input_messages():
+    xq, vq, mq, bq, m0, shift = _int8_args()
+    args = (m0, shift, 0, -128, 127, torch.int8)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: x must be int8 or uint8"):
+        ck.sparse24_int8_linear(xq.float(), 0, vq, mq, bq, *args)
+    with pytest.raises(RuntimeError, match=r"sparse24_int8_linear: x_zero_point must be in \[0, 255\]"):
+        ck.sparse24_int8_linear(xq, -1, vq, mq, bq, *args)
+    with pytest.raises(RuntimeError, match=r"sparse24_int8_linear: values must be int8 \[N, K/2\] or an int32 packed"):
+        ck.sparse24_int8_linear(xq, 0, vq.float(), mq, bq, *args)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: packed values of 5 words are not a weight packed"):
+        ck.sparse24_int8_linear(xq, 0, torch.zeros(5, dtype=torch.int32), mq, bq, *args)
+    packed = ck.sparse24_int8_pack(vq, mq)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: meta of shape .* does not belong"):
+        ck.sparse24_int8_linear(xq, 0, packed, mq[:2], bq, *args)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: packed values must be contiguous"):
+        ck.sparse24_int8_linear(xq, 0, torch.stack((packed, packed), 1)[:, 0], mq, bq, *args)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: K mismatch: x has K=8"):
+        ck.sparse24_int8_linear(xq[:, :8], 0, packed, mq, bq, *args)
+    with pytest.raises(RuntimeError, match=r"sparse24_int8_linear: bias must have shape \[20\]"):
+        ck.sparse24_int8_linear(xq, 0, packed, mq, bq[:3], *args)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: bias must be Int"):
+        ck.sparse24_int8_linear(xq, 0, packed, mq, bq.float(), *args)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: m0 and shift must have 1"):
+        ck.sparse24_int8_linear(xq, 0, packed, mq, bq, m0[:3], shift[:3], 0, -128, 127, torch.int8)
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: out_dtype must be int8, uint8 or int32"):
+        ck.sparse24_int8_linear(xq, 0, packed, mq, bq, m0, shift, 0, -128, 127, torch.float32)
+    with pytest.raises(RuntimeError, match='sparse24_int8_linear: rounding must be "double" or "single"'):
+        ck.sparse24_int8_linear(xq, 0, packed, mq, bq, m0, shift, 0, -128, 127, torch.int8, "up")
+    with pytest.raises(RuntimeError, match="sparse24_int8_linear: x must be 2-D"):
+        ck.sparse24_int8_linear(xq[0], 0, packed, mq, bq, *args)
+    with pytest.raises(RuntimeError, match="sparse24_int8_pack: K=65796 could overflow the int32 accumulator"):
+        ck.sparse24_int8_pack(*ck.sparse24_compress(torch.zeros(1, 65796, dtype=torch.int8)))
+    with pytest.raises(RuntimeError, match="sparse24_int8_pack: values must be Char"):
+        ck.sparse24_int8_pack(vq.float(), mq)
+    with pytest.raises(RuntimeError, match="sparse24_int8_pack: values must have at least one row"):
+        ck.sparse24_int8_pack(torch.zeros(0, 2, dtype=torch.int8), torch.zeros(0, 1, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------- modules and convert_
+
+
+def _pruned(module):
+    with torch.no_grad():
+        w2 = module.weight.reshape(module.weight.shape[0], -1)
+        module.weight.mul_(ck.prune.mask_2to4(w2).reshape(module.weight.shape))
+    return module
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_sparse_linear_module(int8):
+    torch.manual_seed(0)
+    lin = _pruned(torch.nn.Linear(64, 24))
+    sl = ck.SparseLinear.from_float(lin, int8=int8)
+    x = torch.randn(3, 5, 64)
+    want = lin(x)
+    got = sl(x)
+    assert got.shape == (3, 5, 24)
+    tol = 5e-2 if int8 else 1e-5
+    assert torch.allclose(got, want, atol=tol, rtol=tol)
+    assert torch.allclose(sl.dense_weight(), lin.weight, atol=lin.weight.abs().max().item() / 100 if int8 else 0)
+    assert (sl.dense_weight()[lin.weight == 0] == 0).all()  # pruned weights stay zero through quantization
+    # state dict round trip (the packed buffer is rebuilt, not stored)
+    sd = sl.state_dict()
+    assert "packed" not in sd and set(sd) >= {"values", "meta"}
+    other = ck.SparseLinear(64, 24, int8=int8)
+    other.load_state_dict(sd)
+    assert torch.equal(other(x), got)
+    assert torch.equal(copy.deepcopy(sl)(x), got)
+    assert "int8=" + str(int8) in repr(sl)
+    # values (K/2 per row) + metadata (K/8 bytes per row) + per-channel fp32 scales for int8
+    assert sl.compressed_bytes() == (24 * (32 + 8 + 4) if int8 else 24 * (32 * 4 + 8))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_sparse_conv_module(int8, stride, padding, dilation):
+    torch.manual_seed(1)
+    conv = _pruned(torch.nn.Conv2d(8, 12, 3, stride=stride, padding=padding, dilation=dilation))
+    sc = ck.SparseConv2d.from_float(conv, int8=int8)
+    x = torch.randn(2, 8, 11, 9)
+    want = conv(x)
+    got = sc(x)
+    assert got.shape == want.shape
+    tol = 6e-2 if int8 else 1e-5
+    assert torch.allclose(got, want, atol=tol, rtol=tol)
+
+
+def test_sparse_modules_refuse_bad_weights():
+    lin = torch.nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="SparseLinear: the weight is not 2:4 sparse"):
+        ck.SparseLinear.from_float(lin)
+    with pytest.raises(ValueError, match="K = 6 .* is not a multiple of 4"):
+        ck.SparseLinear(6, 4)
+    with pytest.raises(ValueError, match="SparseConv2d: groups=2 is not supported"):
+        ck.SparseConv2d.from_float(torch.nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(TypeError, match="expected nn.Linear"):
+        ck.SparseLinear.from_float(torch.nn.Conv2d(4, 4, 3))
+    sl = ck.SparseLinear(8, 4, int8=True)
+    with pytest.raises(ValueError, match="the state dict is for int8=False"):
+        sl.load_state_dict(ck.SparseLinear(8, 4).state_dict())
+
+
+def test_convert_reports_skipped_layers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, groups=2, padding=1),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 10))
+    report = ck.convert_(model, ck.Sparse24Config(), inplace=False)
+    reasons = {name: why for name, _, why in report.skipped}
+    assert reasons["0"] == "K = in_channels * kh * kw = 27 is not a multiple of 4 (2:4 needs groups of four)"
+    assert reasons["1"] == "groups=2: only groups=1 convolutions are supported"
+    assert reasons["2"].startswith("weight is not 2:4 sparse")
+    assert report.converted == []
+    report = ck.convert_(model, ck.Sparse24Config(int8=True, prune=True), inplace=False)
+    assert [name for name, _, _ in report.converted] == ["2", "4"]
+    x = torch.randn(2, 3, 4, 4)
+    pruned = copy.deepcopy(model)
+    _pruned(pruned[2])
+    _pruned(pruned[4])
+    assert torch.allclose(report.model(x), pruned(x), atol=5e-2, rtol=5e-2)
+    assert "SparseConv2d" in str(report)
