@@ -52,13 +52,13 @@ def reuse_freed_memory() -> bool:
 
 
 def best_seconds(fn, min_run_time: float) -> float:
-    """Fastest single call of fn() over at least 5 calls and min_run_time seconds (after a warm-up
+    """Fastest single call of fn() over at least 8 calls and min_run_time seconds (after a warm-up
     call). Single calls rather than blocks: an occasional call that page-faults fresh memory or
     loses its thread to another job only ever adds time, and the minimum skips it."""
     fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < min_run_time and len(times) < 1000):
+    while len(times) < 8 or (time.perf_counter() - start < min_run_time and len(times) < 1000):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

@@ -273,7 +273,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_observe_cpu(
   } else {
     const cpu::FqLayout l = layout_of(x, axis);
     const at::Tensor x3 = x.contiguous().view({l.outer, channels, -1});
-    std::tie(batch_min, batch_max) = at::aminmax(x3.transpose(0, 1).reshape({channels, -1}), 1);
+    // amin and amax separately: ATen's aminmax along a dimension is ~15x slower than either one.
+    const at::Tensor rows = x3.transpose(0, 1).reshape({channels, -1});
+    batch_min = at::amin(rows, 1);
+    batch_max = at::amax(rows, 1);
   }
   const at::Tensor bmin = batch_min.to(at::kFloat).contiguous().view({-1});
   const at::Tensor bmax = batch_max.to(at::kFloat).contiguous().view({-1});
