@@ -6,6 +6,9 @@ from . import convert, nn, numerics, ops, reference
 from .convert import ConversionReport, Int8DynamicConfig, convert_
 from .nn import QuantLinear
 from .ops import codebook_conv2d, codebook_linear, codebook_pack, codebook_unpack  # issue 4
+from . import cluster  # noqa: E402  issue 4
+from .convert import CodebookConfig  # issue 4
+from .nn import CodebookConv2d, CodebookLinear  # issue 4
 from .ops import fake_quant, fake_quant_backward, fake_quant_observe  # issue 6
 from . import prune  # issue 5
 from .convert import Sparse24Config  # issue 5
@@ -33,6 +36,7 @@ __all__ = [
     "sparse24_compress", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5
     "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
     "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
+    "cluster", "CodebookConfig", "CodebookConv2d", "CodebookLinear",  # issue 4
     "ConversionReport",
     "Int8DynamicConfig",
     "convert_",

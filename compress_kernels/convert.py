@@ -139,3 +139,37 @@ def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module
             module.weight.mul_(mask_2to4(w2).reshape(module.weight.shape))
     cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
     return cls.from_float(module, int8=config.int8)
+
+
+# ---------------------------------------------------------------- k-means codebooks (issue 4)
+
+
+@dataclass
+class CodebookConfig:
+    """nn.Linear / nn.Conv2d -> CodebookLinear / CodebookConv2d: k-means weight sharing with 2^bits
+    shared fp32 values per layer (granularity="layer") or per `group_size` output channels
+    ("group"), b-bit packed indices, the lookup fused into the kernels. zero_centroid: reserve an
+    exact-zero entry for pruned weights (None: when >= 1% of a layer's weights are exactly zero).
+    Layers with fewer than `min_weights` weights are left in fp32."""
+
+    bits: int = 4
+    granularity: str = "layer"
+    group_size: int | None = None
+    init: str = "best"
+    seed: int = 0
+    zero_centroid: bool | None = None
+    min_weights: int = 0
+
+
+@register_handler(CodebookConfig, (nn.Linear, nn.Conv2d))
+def _codebook(module: nn.Module, config: CodebookConfig, name: str) -> nn.Module:
+    from .nn.codebook import CodebookConv2d, CodebookLinear
+
+    if module.weight.numel() < config.min_weights:
+        raise Skip(f"{module.weight.numel()} weights < min_weights={config.min_weights}")
+    cls = CodebookLinear if isinstance(module, nn.Linear) else CodebookConv2d
+    try:
+        return cls.from_float(module, config.bits, config.granularity, config.group_size, init=config.init,
+                              seed=config.seed, zero_centroid=config.zero_centroid)
+    except ValueError as why:
+        raise Skip(str(why)) from None

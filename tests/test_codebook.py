@@ -347,3 +347,191 @@ def test_bad_conv2d_arguments():
         call(kernel=(7, 7))
     with pytest.raises(RuntimeError, match=r"does not hold 2-bit indices for K=8"):
         call(kernel=(2, 2))
+
+
+# ---------------------------------------------------------------- modules
+
+
+def _bound_check(got, x, w, bias):
+    want = x.double() @ w.double().T + (bias.double() if bias is not None else 0)
+    assert_close_to_reference(got, want.float(), x, w, bias)
+
+
+@pytest.mark.parametrize("granularity, group_size", [("layer", None), ("group", 16)])
+def test_codebook_linear_module(granularity, group_size):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(70, 48)
+    q = ck.CodebookLinear.from_float(lin, bits=3, granularity=granularity, group_size=group_size)
+    assert q.codebook.shape == (1 if granularity == "layer" else 3, 8)
+    assert q.packed_idx.dtype == torch.int32 and q.packed_idx.shape == (48, 7)
+    assert "bits=3" in repr(q)
+    x = rand_x(2, 5, 70)
+    with torch.no_grad():
+        y = q(x)
+    assert y.shape == (2, 5, 48)
+    _bound_check(y.reshape(10, 48), x.reshape(10, 70), q.dequantized_weight(), q.bias.detach())
+    # the clustered weight is close to the original (3 bits: 8 levels)
+    assert float((q.dequantized_weight() - lin.weight.detach()).abs().max()) < 0.05
+
+
+def test_codebook_conv2d_module_eval_and_training_paths_agree():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 32, 3, stride=2, padding=1, groups=2)
+    q = ck.CodebookConv2d.from_float(conv, bits=4).eval()
+    x = rand_x(2, 8, 9, 9)
+    with torch.no_grad():
+        y = q(x)
+    want = F.conv2d(x, q.dequantized_weight(), q.bias.detach(), 2, 1, 1, 2)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    q.train()
+    torch.testing.assert_close(q(x).detach(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_module_codebook_gradient_is_the_sum_of_member_gradients():
+    torch.manual_seed(0)
+    w = torch.randn(32, 40)
+    w[w.abs() < 0.8] = 0.0  # ~58% exact zeros: a dedicated zero centroid
+    lin = torch.nn.Linear(40, 32)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    q = ck.CodebookLinear.from_float(lin, bits=2).train()
+    assert bool(q.zero_mask[:, 0].all()) and float(q.codebook[0, 0]) == 0.0
+    x = rand_x(6, 40)
+    grad_y = rand_x(6, 32, seed=9)
+    q(x).backward(grad_y)
+    # autograd through the dense reconstruction W = codebook[idx], with the zero entry pinned
+    cb = q.codebook.detach().clone().requires_grad_()
+    pinned = torch.where(q.zero_mask, torch.zeros(()), cb)
+    dense = pinned[0][q.indices().long()]
+    F.linear(x, dense, q.bias.detach()).backward(grad_y)
+    torch.testing.assert_close(q.codebook.grad, cb.grad, rtol=1e-5, atol=1e-5)
+    assert float(q.codebook.grad[0, 0]) == 0.0
+    # an optimizer step moves the shared values but never the pinned zero
+    with torch.no_grad():
+        q.codebook -= 0.1 * q.codebook.grad + 0.5
+    assert torch.equal(q.dequantized_weight() == 0, w == 0)
+    # conv training path: the same rule
+    conv = torch.nn.Conv2d(4, 16, 3)
+    qc = ck.CodebookConv2d.from_float(conv, bits=3).train()
+    xc = rand_x(2, 4, 6, 6)
+    qc(xc).sum().backward()
+    cbc = qc.codebook.detach().clone().requires_grad_()
+    F.conv2d(xc, cbc[0][qc.indices().long()].view(16, 4, 3, 3), qc.bias.detach()).sum().backward()
+    torch.testing.assert_close(qc.codebook.grad, cbc.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_module_state_dict_save_load_deepcopy_compile(tmp_path):
+    import copy
+
+    torch.manual_seed(0)
+    q = ck.CodebookLinear.from_float(torch.nn.Linear(30, 20), bits=5).eval()
+    x = rand_x(3, 30)
+    with torch.no_grad():
+        y = q(x)
+        path = tmp_path / "q.pt"
+        torch.save(q.state_dict(), path)
+        fresh = ck.CodebookLinear(30, 20, bits=5)
+        fresh.load_state_dict(torch.load(path, weights_only=True))
+        assert torch.equal(fresh(x), y)
+        assert torch.equal(copy.deepcopy(q)(x), y)
+        assert torch.equal(torch.compile(q, fullgraph=True)(x), y)
+    assert set(q.state_dict()) == {"packed_idx", "codebook", "zero_mask", "bias"}
+
+
+def test_convert_report_and_refusals():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),  # depthwise: refused
+        torch.nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),  # refused
+        torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 10))
+    report = ck.convert_(model, ck.CodebookConfig(bits=4))
+    assert [name for name, _, _ in report.converted] == ["0", "5"]
+    reasons = {name: why for name, _, why in report.skipped}
+    assert "out_channels / groups must be a multiple of 16, got 1" in reasons["2"]
+    assert 'padding_mode must be "zeros"' in reasons["3"]
+    assert isinstance(model[0], ck.CodebookConv2d) and isinstance(model[5], ck.CodebookLinear)
+    report = ck.convert_(torch.nn.Sequential(torch.nn.Linear(4, 4)), ck.CodebookConfig(min_weights=100))
+    assert report.skipped[0][2] == "16 weights < min_weights=100"
+
+
+def test_module_bad_arguments():
+    with pytest.raises(TypeError, match="CodebookLinear.from_float: expected nn.Linear, got Conv2d"):
+        ck.CodebookLinear.from_float(torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="CodebookConv2d.from_float: expected nn.Conv2d, got Linear"):
+        ck.CodebookConv2d.from_float(torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="string padding 'same' is not supported"):
+        ck.CodebookConv2d.from_float(torch.nn.Conv2d(2, 16, 3, padding="same"))
+    with pytest.raises(ValueError, match=r"bits must be in \[1, 8\], got 0"):
+        ck.CodebookLinear(4, 4, bits=0)
+    with pytest.raises(ValueError, match="codebooks=3 must divide the 4 output channels"):
+        ck.CodebookLinear(4, 4, codebooks=3)
+    with pytest.raises(ValueError, match="groups=3 must divide in_channels=4 and out_channels=48"):
+        ck.CodebookConv2d(4, 48, 3, groups=3)
+    with pytest.raises(ValueError, match="group_size must be a positive divisor of the 4 output channels"):
+        ck.CodebookLinear.from_float(torch.nn.Linear(4, 4), granularity="group", group_size=3)
+
+
+# ---------------------------------------------------------------- accuracy on the digits ResNet
+
+
+def _convert_copy(model, **config):
+    import copy
+
+    q = copy.deepcopy(model)
+    report = ck.convert_(q, ck.CodebookConfig(**config))
+    assert not report.skipped, str(report)
+    return q.eval()
+
+
+@pytest.mark.slow
+def test_digits_resnet_4bit_without_finetuning_and_size(digits_resnet):
+    from compress_kernels import training
+
+    model, (_, _, x_test, y_test), fp32_acc = digits_resnet
+    q = _convert_copy(model, bits=4)
+    acc = training.evaluate(q, x_test, y_test)
+    assert acc >= fp32_acc - 0.5, (acc, fp32_acc)
+    size = ck.nn.codebook_size_report(q)
+    assert size["ratio"] >= 7.5, size["ratio"]
+
+
+@pytest.mark.slow
+def test_digits_resnet_2bit_with_centroid_finetuning(digits_resnet):
+    from compress_kernels import training
+
+    model, (x_train, y_train, x_test, y_test), fp32_acc = digits_resnet
+    q = _convert_copy(model, bits=2)
+    before = training.evaluate(q, x_test, y_test)
+    idx_before = [m.packed_idx.clone() for m in q.modules() if isinstance(m, (ck.CodebookLinear, ck.CodebookConv2d))]
+    ck.nn.finetune_codebooks(q, x_train, y_train, epochs=1)
+    acc = training.evaluate(q, x_test, y_test)
+    assert acc >= fp32_acc - 2.0, (before, acc, fp32_acc)
+    idx_after = [m.packed_idx for m in q.modules() if isinstance(m, (ck.CodebookLinear, ck.CodebookConv2d))]
+    assert all(torch.equal(a, b) for a, b in zip(idx_before, idx_after))  # indices fixed
+
+
+@pytest.mark.slow
+def test_digits_resnet_prune_80_then_4bit_with_finetuning(digits_resnet):
+    import copy
+
+    from compress_kernels import cluster, training
+
+    model, (x_train, y_train, x_test, y_test), fp32_acc = digits_resnet
+    pruned = copy.deepcopy(model)
+    layers = [m for m in pruned.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    masks = [cluster.magnitude_mask(m.weight, 0.8) for m in layers]
+
+    def apply_masks(_model):
+        with torch.no_grad():
+            for m, mask in zip(layers, masks):
+                m.weight.mul_(mask)
+
+    apply_masks(pruned)
+    training.train(pruned, x_train, y_train, epochs=1, lr=0.02, after_step=apply_masks)  # prune -> retrain
+    q = _convert_copy(pruned, bits=4)  # -> cluster (80% exact zeros: dedicated zero centroid)
+    ck.nn.finetune_codebooks(q, x_train, y_train, epochs=1)  # -> fine-tune the centroids
+    acc = training.evaluate(q, x_test, y_test)
+    assert acc >= fp32_acc - 1.0, (acc, fp32_acc)
+    cb_layers = [m for m in q.modules() if isinstance(m, (ck.CodebookLinear, ck.CodebookConv2d))]
+    for m, mask in zip(cb_layers, masks):
+        assert torch.equal(m.dequantized_weight() != 0, mask)  # pruned weights stayed exactly zero

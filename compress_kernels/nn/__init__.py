@@ -1,7 +1,8 @@
 """Drop-in modules that run compressed layers on the package's kernels."""
 
+from .codebook import CodebookConv2d, CodebookLinear, codebook_size_report, finetune_codebooks  # issue 4
 from .fake_quant import FakeQuantize  # issue 6
 from .linear import QuantLinear
 from .sparse import SparseConv2d, SparseLinear  # issue 5
 
-__all__ = ["FakeQuantize", "QuantLinear", "SparseConv2d", "SparseLinear"]
+__all__ = ["CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks", "FakeQuantize", "QuantLinear", "SparseConv2d", "SparseLinear"]

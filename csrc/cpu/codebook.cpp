@@ -29,6 +29,25 @@ void codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uin
   }
 }
 
+void codebook_im2col(const float* x, const Im2colShape& s, int64_t row_begin, int64_t row_end, float* cols) {
+  const int64_t row_len = s.channels * s.kh * s.kw;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t b = r / (s.ho * s.wo), oy = r / s.wo % s.ho, ox = r % s.wo;
+    float* dst = cols + r * row_len;
+    for (int64_t c = 0; c < s.channels; ++c) {
+      const float* plane = x + (b * s.channels + c) * s.h * s.w;
+      for (int64_t i = 0; i < s.kh; ++i) {
+        const int64_t y = oy * s.sh - s.ph + i * s.dh;
+        const bool row_in = y >= 0 && y < s.h;
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const int64_t xx = ox * s.sw - s.pw + j * s.dw;
+          *dst++ = row_in && xx >= 0 && xx < s.w ? plane[y * s.w + xx] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
 // Rows per row chunk: a multiple of both microkernels' row tiles (4 and 6).
 constexpr int64_t kChunkRowUnit = 12;
 // From this many rows on, decoding a tile of weights once and reusing it across rows beats

@@ -51,6 +51,14 @@ void codebook_linear_run_portable(const CodebookLinearArgs& args, const Codebook
 void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPlan& plan,
                                 int64_t task_begin, int64_t task_end);
 
+// im2col for codebook_conv2d: rows [row_begin, row_end) of cols [batch * ho * wo, c * kh * kw],
+// row (b, oy, ox), column (ch, i, j) = x[b, ch, oy * sh - ph + i * dh, ox * sw - pw + j * dw], or 0
+// where that falls in the padding. x is contiguous NCHW.
+struct Im2colShape {
+  int64_t batch, channels, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+};
+void codebook_im2col(const float* x, const Im2colShape& s, int64_t row_begin, int64_t row_end, float* cols);
+
 // idx [n, k] (row stride ld, values < 2^bits) -> packed words [n * words_per_row(k, bits)].
 void codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int64_t ld, int bits, uint32_t* out);
 // Inverse of codebook_pack: packed [n, kw] -> idx [n, k] contiguous.

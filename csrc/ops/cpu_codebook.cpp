@@ -166,11 +166,16 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
   prepare_weight(packed_idx, codebook, bits, bias, k, x, cb_holder, bias_holder, args, op);
-  // im2col: [B, C*kh*kw, L] with the (c, i, j) order of the weight's [C/groups, kh, kw] flattening;
-  // transposed to rows of x for the linear kernel (one row per output pixel).
-  const at::Tensor cols = at::im2col(x.contiguous(), {ks[0], ks[1]}, {dl[0], dl[1]}, {pd[0], pd[1]}, {st[0], st[1]})
-                              .transpose(1, 2)
-                              .contiguous();
+  // im2col into rows of x for the linear kernel (one row per output pixel, columns in the (c, i, j)
+  // order of the weight's [C/groups, kh, kw] flattening).
+  const at::Tensor xc = x.contiguous();
+  const cpu::Im2colShape shape{batch, channels, h, w, ks[0], ks[1], st[0], st[1], pd[0], pd[1], dl[0], dl[1], ho, wo};
+  at::Tensor cols = at::empty({batch * ho * wo, channels * ks[0] * ks[1]}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  float* cp = cols.data_ptr<float>();
+  at::parallel_for(0, batch * ho * wo, 64, [&](int64_t begin, int64_t end) {
+    cpu::codebook_im2col(xp, shape, begin, end, cp);
+  });
   const int64_t rows = batch * ho * wo, row_len = channels * ks[0] * ks[1];
   at::Tensor out = at::empty({batch, ho, wo, out_channels}, x.options());
   args.m = rows;

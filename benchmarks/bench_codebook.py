@@ -1,0 +1,142 @@
+"""Codebook (k-means weight sharing) linear and clustering against their peers, in one run.
+
+    python benchmarks/bench_codebook.py [--quick] [--no-write] [--skip-cluster]
+
+Kernels: codebook_linear (packed b-bit indices + fp32 codebook, lookup fused into the matmul) vs
+F.linear fp32 on the same (dequantized) weight, and vs torchao's codebook prototype
+(`torchao.prototype.quantization.codebook.CodebookQuantizedTensor`, which dequantizes the weight
+and calls F.linear on every call) holding the same codes and codebook.
+Clustering: compress_kernels.cluster.kmeans_1d vs scikit-learn KMeans (same k, SSE and time), and
+the time to cluster every weight of a ResNet-18 (11M weights) at 4 bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import compress_kernels as ck
+from common import best_seconds, machine_line, markdown_table, write_result
+
+warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
+warnings.filterwarnings("ignore", message=".*index_reduce.*")
+
+MS = [1, 8, 64, 256]
+KNS = [(1024, 1024), (4096, 4096), (4096, 11008)]
+BITS = [2, 3, 4]
+
+
+def torchao_codebook(idx: torch.Tensor, codebook: torch.Tensor, bits: int):
+    """A torchao CodebookQuantizedTensor with our codes and codebook (its own k-means takes minutes
+    at these sizes); None when torchao's prototype is unavailable."""
+    try:
+        from torchao.dtypes.uintx.uintx_layout import UintxTensor
+        from torchao.prototype.quantization.codebook import CodebookQuantizedTensor
+    except Exception:  # noqa: BLE001 - torchao is optional
+        return None
+    n, k = idx.shape
+    codes = UintxTensor.from_uint8(idx, dtype=getattr(torch, f"uint{bits}"))
+    return CodebookQuantizedTensor(codes, codebook.view(-1, 1, 1), (1, 1), torch.ones(n, 1, 1), torch.Size([n, k]),
+                                   dtype=torch.float32)
+
+
+def bench_kernels(quick: bool) -> str:
+    shapes = [(m, k, n) for (k, n) in KNS for m in MS]
+    bits_list = BITS
+    if quick:
+        shapes, bits_list = [(1, 1024, 1024), (256, 1024, 1024)], [4]
+    min_run_time = 0.05 if quick else 0.25
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for k, n in dict.fromkeys((k, n) for _, k, n in shapes):
+        for bits in bits_list:
+            idx = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.int64).to(torch.uint8)
+            codebook = torch.randn(1, 1 << bits, generator=g) * 0.02
+            packed = ck.codebook_pack(idx, bits)
+            w = ck.reference.codebook_dequantize(idx, codebook)
+            bias = torch.randn(n, generator=g)
+            ao = torchao_codebook(idx, codebook[0], bits)
+            for m in [m for m, kk, nn in shapes if (kk, nn) == (k, n)]:
+                x = torch.randn(m, k, generator=g)
+                with torch.no_grad():
+                    t_fp32 = best_seconds(lambda: F.linear(x, w, bias), min_run_time)
+                    t_ours = best_seconds(lambda: ck.codebook_linear(x, packed, codebook, bits, bias), min_run_time)
+                    t_ao = best_seconds(lambda: F.linear(x, ao, bias), min_run_time) if ao is not None else float("nan")
+                rows.append([m, k, n, bits, t_ours * 1e3, t_fp32 * 1e3, t_fp32 / t_ours, t_ao / t_ours,
+                             2.0 * m * k * n / t_ours / 1e9])
+                print(rows[-1], flush=True)
+    headers = ["M", "K", "N", "bits", "ours ms", "fp32 ms", "vs fp32", "vs torchao codebook", "ours GFLOP/s"]
+    return ("### codebook_linear (CPU)\n\n"
+            "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run; times are "
+            "the best of repeated timed blocks. fp32: `F.linear` on the dequantized weight (MKL). torchao: "
+            "`CodebookQuantizedTensor` with the same codes and codebook (dequantizes, then `F.linear`).\n\n"
+            + markdown_table(headers, rows))
+
+
+def bench_cluster(quick: bool) -> str:
+    from compress_kernels import cluster
+
+    lines = ["### k-means clustering of weights (1-D)\n"]
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        KMeans = None
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    sizes = [20_000, 200_000] if quick else [20_000, 200_000, 1_000_000]
+    for size in sizes:
+        # a trained-weight-like distribution: a narrow bulk with heavy tails
+        values = torch.randn(size, generator=g) * 0.02 + torch.randn(size, generator=g).pow(3) * 0.005
+        for bits in (2, 4, 6):
+            t0 = time.perf_counter()
+            cb, labels = cluster.kmeans_1d(values, 1 << bits, seed=0)
+            t_ours = time.perf_counter() - t0
+            sse_ours = float(((values - cb[labels.long()]) ** 2).double().sum())
+            if KMeans is not None:
+                t0 = time.perf_counter()
+                km = KMeans(n_clusters=1 << bits, n_init=1, random_state=0).fit(values.double().view(-1, 1).numpy())
+                t_sk = time.perf_counter() - t0
+                sse_sk = float(km.inertia_)
+            else:
+                t_sk = sse_sk = float("nan")
+            rows.append([size, bits, t_ours * 1e3, t_sk * 1e3, t_sk / t_ours, sse_ours / sse_sk])
+            print(rows[-1], flush=True)
+    lines.append("scikit-learn `KMeans(n_clusters=2^bits, n_init=1)` (k-means++ init, Lloyd) vs "
+                 "`cluster.kmeans_1d` (k-means++ on a fine histogram, Lloyd on the histogram, exact polish):\n")
+    lines.append(markdown_table(["weights", "bits", "ours ms", "sklearn ms", "speed-up", "SSE ours / sklearn"], rows))
+
+    from compress_kernels.models import resnet18_cifar
+
+    model = resnet18_cifar(num_classes=10, width=64)
+    layers = [mod for mod in model.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    total = sum(mod.weight.numel() for mod in layers)
+    t0 = time.perf_counter()
+    for mod in layers:
+        cluster.cluster_weight(mod.weight.detach(), bits=4)
+    t_all = time.perf_counter() - t0
+    lines.append(f"\nResNet-18 (width 64, {total / 1e6:.1f}M conv/linear weights, {len(layers)} layers), one 4-bit "
+                 f"codebook per layer: **{t_all:.2f} s** in total.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few shapes, short timing")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/codebook.md")
+    parser.add_argument("--skip-cluster", action="store_true", help="kernels only")
+    args = parser.parse_args()
+    parts = [f"{machine_line()}. Command: `python benchmarks/bench_codebook.py`.\n", bench_kernels(args.quick)]
+    if not args.skip_cluster:
+        parts.append(bench_cluster(args.quick))
+    text = "\n\n".join(parts)
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result("codebook", text))
+
+
+if __name__ == "__main__":
+    main()
