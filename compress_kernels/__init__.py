@@ -5,6 +5,11 @@ into trained models."""
 from . import convert, nn, numerics, ops, reference
 from .convert import ConversionReport, Int8DynamicConfig, convert_
 from .nn import QuantLinear
+from .static_quant import Int8StaticConfig, calibrate  # issue 3
+from .nn.conv import QuantConv2d  # issue 3
+from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, QuantMaxPool2d, Quantize, QuantReLU  # issue 3
+from .nn._common import reference_mode  # issue 3
+from . import models  # noqa: E402  issue 3
 from .ops import codebook_conv2d, codebook_linear, codebook_pack, codebook_unpack  # issue 4
 from . import cluster  # noqa: E402  issue 4
 from .convert import CodebookConfig  # issue 4
@@ -32,11 +37,12 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Int8StaticConfig", "calibrate", "QuantConv2d", "DeQuantize", "QuantAdd", "QuantAvgPool2d", "QuantMaxPool2d", "Quantize", "QuantReLU", "reference_mode", "models",  # issue 3
+    "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
+    "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
+    "cluster", "CodebookConfig", "CodebookConv2d", "CodebookLinear",  # issue 4
     "prune", "PruneConfig", "prune_", "Sparse24Config", "SparseConv2d", "SparseLinear",  # issue 5
     "sparse24_compress", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5
-    "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
-    "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
-    "cluster", "CodebookConfig", "CodebookConv2d", "CodebookLinear",  # issue 4
     "ConversionReport",
     "Int8DynamicConfig",
     "convert_",

@@ -47,13 +47,31 @@ def register_handler(config_type: type, module_types: tuple[type, ...]):
     return wrap
 
 
+# Whole-model handlers (configs that must see the graph, e.g. static quantization with residual
+# additions): handler(model, config, filter_fn) -> (new model, converted, skipped).
+_MODEL_HANDLERS: dict[type, Callable] = {}
+
+
+def register_model_handler(config_type: type):
+    def wrap(fn):
+        _MODEL_HANDLERS[config_type] = fn
+        return fn
+
+    return wrap
+
+
 def convert_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None,
              inplace: bool = True) -> ConversionReport:
     """Swap every module the config's handler accepts (and `filter_fn(module, name)` allows).
-    With ``inplace=False`` the model is deep-copied first and the copy is at ``report.model``."""
-    if type(config) not in _HANDLERS:
+    With ``inplace=False`` the model is deep-copied first. The converted model is ``report.model``
+    (for whole-model configs such as Int8StaticConfig it is a new torch.fx.GraphModule and the
+    original model is left as it was)."""
+    if type(config) in _MODEL_HANDLERS:
+        new_model, converted, skipped = _MODEL_HANDLERS[type(config)](model, config, filter_fn)
+        return ConversionReport(converted=converted, skipped=skipped, model=new_model)
+    if type(config) not in _HANDLERS and type(config) not in _MODEL_HANDLERS:
         raise TypeError(f"convert_: no handler for {type(config).__name__}; known configs: "
-                        f"{sorted(t.__name__ for t in _HANDLERS)}")
+                        f"{sorted(t.__name__ for t in list(_HANDLERS) + list(_MODEL_HANDLERS))}")
     if not inplace:
         model = copy.deepcopy(model)
     module_types, handler = _HANDLERS[type(config)]
@@ -81,6 +99,13 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+# ---------------------------------------------------------------- int8 static, integer-only (issue 3)
+
+from .static_quant import Int8StaticConfig, convert_static  # noqa: E402
+
+register_model_handler(Int8StaticConfig)(convert_static)
+
+
 # ---------------------------------------------------------------- int8 dynamic (QuantLinear)
 
 
@@ -97,6 +122,41 @@ def _int8_dynamic(module: nn.Module, config: Int8DynamicConfig, name: str) -> nn
     from .nn import QuantLinear
 
     return QuantLinear.from_float(module, dynamic=True, per_channel=config.per_channel)
+
+
+# ---------------------------------------------------------------- k-means codebooks (issue 4)
+
+
+@dataclass
+class CodebookConfig:
+    """nn.Linear / nn.Conv2d -> CodebookLinear / CodebookConv2d: k-means weight sharing with 2^bits
+    shared fp32 values per layer (granularity="layer") or per `group_size` output channels
+    ("group"), b-bit packed indices, the lookup fused into the kernels. zero_centroid: reserve an
+    exact-zero entry for pruned weights (None: when >= 1% of a layer's weights are exactly zero).
+    Layers with fewer than `min_weights` weights are left in fp32."""
+
+    bits: int = 4
+    granularity: str = "layer"
+    group_size: int | None = None
+    init: str = "best"
+    seed: int = 0
+    zero_centroid: bool | None = None
+    min_weights: int = 0
+
+
+@register_handler(CodebookConfig, (nn.Linear, nn.Conv2d))
+def _codebook(module: nn.Module, config: CodebookConfig, name: str) -> nn.Module:
+    from .nn.codebook import CodebookConv2d, CodebookLinear
+
+    if module.weight.numel() < config.min_weights:
+        raise Skip(f"{module.weight.numel()} weights < min_weights={config.min_weights}")
+    cls = CodebookLinear if isinstance(module, nn.Linear) else CodebookConv2d
+    try:
+        return cls.from_float(module, config.bits, config.granularity, config.group_size, init=config.init,
+                              seed=config.seed, zero_centroid=config.zero_centroid)
+    except ValueError as why:
+        raise Skip(str(why)) from None
+
 
 
 # ---------------------------------------------------------------- 2:4 sparsity (issue 5)
@@ -139,37 +199,3 @@ def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module
             module.weight.mul_(mask_2to4(w2).reshape(module.weight.shape))
     cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
     return cls.from_float(module, int8=config.int8)
-
-
-# ---------------------------------------------------------------- k-means codebooks (issue 4)
-
-
-@dataclass
-class CodebookConfig:
-    """nn.Linear / nn.Conv2d -> CodebookLinear / CodebookConv2d: k-means weight sharing with 2^bits
-    shared fp32 values per layer (granularity="layer") or per `group_size` output channels
-    ("group"), b-bit packed indices, the lookup fused into the kernels. zero_centroid: reserve an
-    exact-zero entry for pruned weights (None: when >= 1% of a layer's weights are exactly zero).
-    Layers with fewer than `min_weights` weights are left in fp32."""
-
-    bits: int = 4
-    granularity: str = "layer"
-    group_size: int | None = None
-    init: str = "best"
-    seed: int = 0
-    zero_centroid: bool | None = None
-    min_weights: int = 0
-
-
-@register_handler(CodebookConfig, (nn.Linear, nn.Conv2d))
-def _codebook(module: nn.Module, config: CodebookConfig, name: str) -> nn.Module:
-    from .nn.codebook import CodebookConv2d, CodebookLinear
-
-    if module.weight.numel() < config.min_weights:
-        raise Skip(f"{module.weight.numel()} weights < min_weights={config.min_weights}")
-    cls = CodebookLinear if isinstance(module, nn.Linear) else CodebookConv2d
-    try:
-        return cls.from_float(module, config.bits, config.granularity, config.group_size, init=config.init,
-                              seed=config.seed, zero_centroid=config.zero_centroid)
-    except ValueError as why:
-        raise Skip(str(why)) from None

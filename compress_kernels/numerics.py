@@ -98,3 +98,186 @@ def activation_clamp(activation: str | None, scale: float, zero_point: int,
     if activation == "relu6":
         return max(qmin, zero_point), min(qmax, zero_point + round(6.0 / scale))
     raise ValueError(f'activation must be None, "relu" or "relu6", got {activation!r}')
+
+
+# ---------------------------------------------------------------- activation observers
+#
+# Each observer sees calibration batches through observe(x) and then answers qparams(dtype) ->
+# (scale, zero_point) for per-tensor affine quantization. The classic set: min-max, EMA of min/max,
+# percentile, MSE-optimal clipping and KL / entropy calibration (TensorRT). The last three work on a
+# seeded random sample of the values seen (at most `sample_size`), plus the exact min and max.
+
+
+class Observer:
+    name = "base"
+
+    def __init__(self):
+        self.min_val = None
+        self.max_val = None
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        lo, hi = x.min(), x.max()
+        self.min_val = lo if self.min_val is None else torch.minimum(self.min_val, lo)
+        self.max_val = hi if self.max_val is None else torch.maximum(self.max_val, hi)
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.min_val is None:
+            raise RuntimeError(f"{type(self).__name__}: no data observed; run calibration batches first")
+        return self.min_val, self.max_val
+
+    def qparams(self, dtype: torch.dtype = torch.uint8) -> tuple[float, int]:
+        lo, hi = self.range()
+        scale, zp = choose_qparams(lo, hi, dtype)
+        return float(scale), int(zp)
+
+
+class MinMaxObserver(Observer):
+    """The range of every value seen."""
+
+    name = "minmax"
+
+
+class EMAObserver(Observer):
+    """Exponential moving average of each batch's min and max (momentum = weight of the new batch)."""
+
+    name = "ema"
+
+    def __init__(self, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        lo, hi = x.min(), x.max()
+        if self.min_val is None:
+            self.min_val, self.max_val = lo, hi
+        else:
+            self.min_val = self.min_val + self.momentum * (lo - self.min_val)
+            self.max_val = self.max_val + self.momentum * (hi - self.max_val)
+
+
+class _SampleObserver(Observer):
+    def __init__(self, sample_size: int = 1 << 18, seed: int = 0):
+        super().__init__()
+        self.sample_size = sample_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.samples: list[torch.Tensor] = []
+        self.count = 0
+
+    def observe(self, x: torch.Tensor) -> None:
+        super().observe(x)
+        flat = x.detach().float().flatten()
+        keep = min(flat.numel(), max(1, self.sample_size // 8))
+        idx = torch.randint(0, flat.numel(), (keep,), generator=self.generator)
+        self.samples.append(flat[idx])
+        self.count += keep
+        if self.count > 2 * self.sample_size:  # keep memory bounded: thin the sample uniformly
+            all_s = torch.cat(self.samples)
+            self.samples = [all_s[torch.randperm(all_s.numel(), generator=self.generator)[: self.sample_size]]]
+            self.count = self.samples[0].numel()
+
+    def sample(self) -> torch.Tensor:
+        self.range()
+        return torch.cat(self.samples)
+
+
+class PercentileObserver(_SampleObserver):
+    """Clips to the [100 - p, p] percentiles of the values (p = 99.99 by default)."""
+
+    name = "percentile"
+
+    def __init__(self, percentile: float = 99.99, **kw):
+        super().__init__(**kw)
+        self.percentile = percentile
+
+    def qparams(self, dtype=torch.uint8):
+        s = self.sample()
+        q = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
+        lo, hi = torch.quantile(s, q).tolist()
+        lo = lo if self.min_val.item() < 0 else 0.0
+        scale, zp = choose_qparams(torch.tensor(lo), torch.tensor(hi), dtype)
+        return float(scale), int(zp)
+
+
+def _quantization_mse(s: torch.Tensor, lo: float, hi: float, dtype) -> float:
+    scale, zp = choose_qparams(torch.tensor(lo), torch.tensor(hi), dtype)
+    qmin, qmax = dtype_range(dtype)
+    q = (torch.round(s / scale) + zp).clamp(qmin, qmax)
+    return ((q - zp) * scale - s).pow(2).mean().item()
+
+
+class MSEObserver(_SampleObserver):
+    """Chooses the clipping range [a * min, a * max], a in (0, 1], that minimizes the mean squared
+    quantization error on the observed values (grid of `steps` candidates)."""
+
+    name = "mse"
+
+    def __init__(self, steps: int = 100, **kw):
+        super().__init__(**kw)
+        self.steps = steps
+
+    def qparams(self, dtype=torch.uint8):
+        s = self.sample()
+        lo, hi = min(self.min_val.item(), 0.0), max(self.max_val.item(), 0.0)
+        best = min((_quantization_mse(s, lo * a, hi * a, dtype), a)
+                   for a in torch.linspace(0.2, 1.0, self.steps).tolist())[1]
+        scale, zp = choose_qparams(torch.tensor(lo * best), torch.tensor(hi * best), dtype)
+        return float(scale), int(zp)
+
+
+class KLObserver(_SampleObserver):
+    """TensorRT entropy calibration: a 2048-bin histogram of |x| (of the nonzero x for a
+    non-negative tensor); the threshold T minimizes
+    KL(P || Q), P the histogram clipped at T (outliers folded into the last bin), Q it quantized
+    to the number of levels the dtype has on that side. Negative ranges are clipped at -T."""
+
+    name = "kl"
+
+    def __init__(self, bins: int = 2048, **kw):
+        super().__init__(**kw)
+        self.bins = bins
+
+    def qparams(self, dtype=torch.uint8):
+        s = self.sample()
+        amax = s.abs().max().item()
+        if amax == 0:
+            return 1.0, 0 if dtype == torch.int8 else int(choose_qparams(torch.tensor(0.0), torch.tensor(0.0), dtype)[1])
+        has_negative = self.min_val.item() < 0
+        # Exact zeros (post-ReLU they are often most of the values) are representable at any
+        # threshold and carry no error; left in, their spike drives the threshold far too low.
+        values = s.abs() if has_negative else s[s > 0]
+        hist = torch.histc(values, bins=self.bins, min=0, max=amax).double()
+        levels = 128 if (dtype == torch.int8 or has_negative) else 256
+        best_i, best_kl = self.bins, float("inf")
+        nonzero_cum = torch.cat([torch.zeros(1, dtype=torch.float64), (hist > 0).double().cumsum(0)])
+        hist_cum = torch.cat([torch.zeros(1, dtype=torch.float64), hist.cumsum(0)])
+        for i in range(levels, self.bins + 1, 16):
+            p = hist[:i].clone()
+            p[-1] += hist[i:].sum()
+            # Q: merge the first i bins into `levels` groups (bounds floor(j * i / levels)), then
+            # spread each group's mass evenly over its nonzero bins. Cumulative sums do it for all
+            # groups at once.
+            bounds = torch.div(torch.arange(levels + 1) * i, levels, rounding_mode="floor")
+            group_of_bin = torch.bucketize(torch.arange(i), bounds[1:], right=True)
+            group_mass = hist_cum[bounds[1:]] - hist_cum[bounds[:-1]]
+            group_nonzero = (nonzero_cum[bounds[1:]] - nonzero_cum[bounds[:-1]]).clamp(min=1)
+            q = torch.where(hist[:i] > 0, (group_mass / group_nonzero)[group_of_bin], torch.zeros(i, dtype=torch.float64))
+            p, q = p / p.sum(), q / q.sum().clamp(min=1e-12)
+            mask = p > 0
+            kl = (p[mask] * torch.log(p[mask] / q[mask].clamp(min=1e-12))).sum().item()
+            if kl < best_kl:
+                best_i, best_kl = i, kl
+        threshold = best_i * amax / self.bins
+        lo = -threshold if has_negative else 0.0
+        scale, zp = choose_qparams(torch.tensor(max(lo, self.min_val.item())), torch.tensor(threshold), dtype)
+        return float(scale), int(zp)
+
+
+OBSERVERS = {cls.name: cls for cls in (MinMaxObserver, EMAObserver, PercentileObserver, MSEObserver, KLObserver)}
+
+
+def make_observer(name: str, **kwargs) -> Observer:
+    if name not in OBSERVERS:
+        raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {name!r}")
+    return OBSERVERS[name](**kwargs)

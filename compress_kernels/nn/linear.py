@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import numerics, ops
+from .. import numerics, ops, reference
+from ._common import in_reference_mode, quantize_layer
 
 _DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
@@ -73,28 +74,28 @@ class QuantLinear(nn.Module):
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
                 per_channel=per_channel, input_dtype=input_dtype, output_dtype=output_dtype,
                 rounding=rounding)
-        w_q, w_scale = numerics.quantize_weight(linear.weight, per_channel=per_channel)
-        q.weight_q.copy_(w_q)
-        q.weight_scale.copy_(w_scale)
         if linear.bias is not None:
             q.bias.copy_(linear.bias.detach().float())
-        if mode == "static":
+        if mode == "dynamic":
+            w_q, w_scale = numerics.quantize_weight(linear.weight, per_channel=per_channel)
+        else:
             in_lo, in_hi = numerics.dtype_range(input_dtype)
             if not in_lo <= input_zero_point <= in_hi:
                 raise ValueError(f"QuantLinear.from_float: input_zero_point must be in [{in_lo}, {in_hi}] "
                                  f"for {input_dtype}, got {input_zero_point}")
+            w_q, w_scale, bias_q, m0, shift = quantize_layer(linear.weight, linear.bias, input_scale, output_scale,
+                                                             per_channel)
             q.input_scale.fill_(float(input_scale))
             q.output_scale.fill_(float(output_scale))
             q.input_zero_point, q.output_zero_point = int(input_zero_point), int(output_zero_point)
             q.qmin, q.qmax = numerics.activation_clamp(activation, float(output_scale),
                                                        int(output_zero_point), output_dtype)
-            acc_scale = q.input_scale.double() * w_scale.double()
-            m0, shift = ops.quantize_multiplier(acc_scale / float(output_scale))
-            q.m0.copy_(m0.reshape(-1))
-            q.shift.copy_(shift.reshape(-1))
-            if linear.bias is not None:
-                b = torch.round(linear.bias.detach().double() / acc_scale.expand(linear.out_features))
-                q.bias_q.copy_(b.clamp(-(2**31), 2**31 - 1).to(torch.int32))
+            q.m0.copy_(m0)
+            q.shift.copy_(shift)
+            if bias_q is not None:
+                q.bias_q.copy_(bias_q)
+        q.weight_q.copy_(w_q)
+        q.weight_scale.copy_(w_scale)
         q._repack()
         return q
 
@@ -126,13 +127,20 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.mode == "static":
+        if self.mode == "static" and in_reference_mode():
+            y = reference.int8_linear(x2, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift,
+                                      self.output_zero_point, self.qmin, self.qmax, self.output_dtype, self.rounding)
+        elif self.mode == "static":
             y = ops.int8_linear(x2, self.input_zero_point, self.packed_weight, self.bias_q, self.m0,
                                 self.shift, self.output_zero_point, self.qmin, self.qmax,
                                 self.output_dtype, self.rounding)
         else:
-            x_q, x_scale = ops.quantize_rows(x2.float().contiguous())
-            y = ops.int8_linear_float(x_q, 0, self.packed_weight, x_scale, self.weight_scale, self.bias)
+            if in_reference_mode():
+                x_q, x_scale = reference.quantize_rows(x2.float())
+                y = reference.int8_linear_float(x_q, 0, self.weight_q, x_scale, self.weight_scale, self.bias)
+            else:
+                x_q, x_scale = ops.quantize_rows(x2.float().contiguous())
+                y = ops.int8_linear_float(x_q, 0, self.packed_weight, x_scale, self.weight_scale, self.bias)
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)
 

@@ -1,0 +1,115 @@
+"""QuantConv2d: integer-only conv2d on the int8 implicit-GEMM kernels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import numerics, ops, reference
+from ._common import DTYPE_NAMES, DTYPES, fold_batchnorm, in_reference_mode, quantize_layer
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class QuantConv2d(nn.Module):
+    """Integer-only conv2d: int8 / uint8 in (NCHW shape, channels_last memory preferred), int8 /
+    uint8 out, symmetric int8 weights per output channel (or per tensor), int32 bias, fixed-point
+    requantization, ReLU / ReLU6 fused as the output clamp. Padding is filled with the input zero
+    point (the quantized zero), as in TFLite.
+
+    ``y = clamp(zp_y + requant(sum w_q * (x - zp_x) + bias_q))``; no floating point at run time.
+    Build with :meth:`from_float` from a Conv2d, or a Conv2d + BatchNorm2d (folded) (+ ReLU).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, per_channel: bool = True,
+                 input_dtype: torch.dtype = torch.uint8, output_dtype: torch.dtype = torch.uint8,
+                 rounding: str = "double"):
+        super().__init__()
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), _pair(stride), _pair(padding), _pair(dilation)
+        self.per_channel, self.rounding = per_channel, rounding
+        self.input_dtype, self.output_dtype = input_dtype, output_dtype
+        channels = out_channels if per_channel else 1
+        self.register_buffer("weight_q", torch.zeros(out_channels, in_channels // groups, kh, kw, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(channels))
+        self.register_buffer("bias_q", torch.zeros(out_channels, dtype=torch.int32) if bias else None)
+        self.register_buffer("m0", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("shift", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("output_scale", torch.ones(()))
+        self.input_zero_point = 0
+        self.output_zero_point = 0
+        self.qmin, self.qmax = numerics.dtype_range(output_dtype)
+        self.register_buffer("packed_weight", ops.int8_conv2d_pack_weight(self.weight_q, groups), persistent=False)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, input_scale: float,
+                   input_zero_point: int, output_scale: float, output_zero_point: int, per_channel: bool = True,
+                   activation: str | None = None, input_dtype: torch.dtype = torch.uint8,
+                   output_dtype: torch.dtype = torch.uint8, rounding: str = "double") -> QuantConv2d:
+        """Quantize a float Conv2d (with an optional BatchNorm2d folded in, evaluation statistics)
+        for the given input / output qparams; ``activation`` "relu" / "relu6" becomes the clamp."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"QuantConv2d.from_float: expected nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"QuantConv2d.from_float: only numeric zero padding is supported, got "
+                             f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+        weight, bias = fold_batchnorm(conv, bn) if bn is not None else (conv.weight.detach(), conv.bias)
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, bias is not None, per_channel=per_channel, input_dtype=input_dtype,
+                output_dtype=output_dtype, rounding=rounding)
+        w_q, w_scale, bias_q, m0, shift = quantize_layer(weight, bias, input_scale, output_scale, per_channel)
+        q.weight_q.copy_(w_q)
+        q.weight_scale.copy_(w_scale)
+        if bias_q is not None:
+            q.bias_q.copy_(bias_q)
+        q.m0.copy_(m0)
+        q.shift.copy_(shift)
+        q.input_scale.fill_(float(input_scale))
+        q.output_scale.fill_(float(output_scale))
+        q.input_zero_point, q.output_zero_point = int(input_zero_point), int(output_zero_point)
+        q.qmin, q.qmax = numerics.activation_clamp(activation, float(output_scale), int(output_zero_point),
+                                                   output_dtype)
+        q._repack()
+        return q
+
+    def _repack(self) -> None:
+        self.packed_weight = ops.int8_conv2d_pack_weight(self.weight_q.cpu(), self.groups).to(self.weight_q.device)
+
+    def get_extra_state(self):
+        return {"per_channel": self.per_channel, "rounding": self.rounding,
+                "input_dtype": DTYPE_NAMES[self.input_dtype], "output_dtype": DTYPE_NAMES[self.output_dtype],
+                "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
+                "qmin": self.qmin, "qmax": self.qmax, "stride": self.stride, "padding": self.padding,
+                "dilation": self.dilation}
+
+    def set_extra_state(self, state):
+        self.per_channel, self.rounding = state["per_channel"], state["rounding"]
+        self.input_dtype, self.output_dtype = DTYPES[state["input_dtype"]], DTYPES[state["output_dtype"]]
+        self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
+        self.qmin, self.qmax = state["qmin"], state["qmax"]
+        self.stride, self.padding, self.dilation = (tuple(state[k]) for k in ("stride", "padding", "dilation"))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._repack()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        args = (x, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift, self.output_zero_point,
+                self.qmin, self.qmax, self.output_dtype, self.stride, self.padding, self.dilation, self.groups,
+                self.rounding)
+        if in_reference_mode():
+            return reference.int8_conv2d(*args)
+        return ops.int8_conv2d(*args, w_packed=self.packed_weight)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"per_channel={self.per_channel}, input={DTYPE_NAMES[self.input_dtype]}(scale="
+                f"{self.input_scale.item():.4g}, zp={self.input_zero_point}), output="
+                f"{DTYPE_NAMES[self.output_dtype]}(scale={self.output_scale.item():.4g}, "
+                f"zp={self.output_zero_point}, clamp=[{self.qmin}, {self.qmax}])")

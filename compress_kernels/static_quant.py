@@ -1,0 +1,293 @@
+"""Post-training static quantization of a float network into integer-only modules.
+
+    ck.calibrate(model, batches)                                   # observe activations
+    report = ck.convert_(model, ck.Int8StaticConfig(observer="mse", per_channel=True))
+    int_model = report.model                                       # a torch.fx.GraphModule
+
+The model is traced with torch.fx, so residual additions written in ``forward`` (``out += identity``)
+become QuantAdd without editing the model. Conv2d + BatchNorm2d are folded (evaluation statistics),
+ReLU / ReLU6 after a conv, linear or add become that op's output clamp, pooling / flatten / dropout
+run on the integers with unchanged qparams, the model input is quantized once and the outputs are
+dequantized. Anything else runs in float between a DeQuantize and a Quantize, and the report says so.
+Calibration records every observer at once (min-max, EMA, percentile, MSE, KL), so one calibration
+serves conversions with any observer.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from . import numerics
+from .nn._common import fold_batchnorm
+from .nn.conv import QuantConv2d
+from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, QuantMaxPool2d, Quantize, QuantReLU
+from .nn.linear import QuantLinear
+
+_OBSERVED_ATTR = "_compress_kernels_observed"
+
+
+@dataclass
+class Int8StaticConfig:
+    """Integer-only int8 post-training quantization. observer: "minmax", "ema", "percentile", "mse"
+    or "kl" (activations, per tensor); per_channel: weight scales per output channel (else per
+    tensor); activation_dtype: torch.uint8 (asymmetric, the default) or torch.int8; rounding:
+    "double" (gemmlowp / TFLite) or "single"."""
+
+    observer: str = "mse"
+    per_channel: bool = True
+    activation_dtype: torch.dtype = torch.uint8
+    rounding: str = "double"
+
+
+class TensorStats(nn.Module):
+    """Calibration probe inserted after every tensor of the traced model: feeds all observers."""
+
+    def __init__(self, sample_size: int = 1 << 16):
+        super().__init__()
+        self.observers = {name: (cls(sample_size=sample_size) if issubclass(cls, numerics._SampleObserver) else cls())
+                          for name, cls in numerics.OBSERVERS.items()}
+        self.cache: dict = {}
+
+    def forward(self, x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            for obs in self.observers.values():
+                obs.observe(x)
+        return x
+
+    def qparams(self, observer: str, dtype: torch.dtype) -> tuple[float, int]:
+        if observer not in self.observers:
+            raise ValueError(f"observer must be one of {sorted(self.observers)}, got {observer!r}")
+        key = (observer, dtype)
+        if key not in self.cache:  # KL / MSE searches are worth computing once per conversion setting
+            self.cache[key] = self.observers[observer].qparams(dtype)
+        return self.cache[key]
+
+
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = (F.relu, torch.relu, F.relu6)
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_PASS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
+_PASS_FUNCTIONS = (torch.flatten,)
+_PASS_METHODS = ("flatten", "view", "reshape", "contiguous")
+
+
+def _relu_kind(node: fx.Node, modules: dict) -> str | None:
+    if node.op == "call_module" and isinstance(modules[node.target], _RELU_MODULES):
+        return "relu6" if isinstance(modules[node.target], nn.ReLU6) else "relu"
+    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+        return "relu6" if node.target is F.relu6 else "relu"
+    if node.op == "call_method" and node.target == "relu":
+        return "relu"
+    return None
+
+
+def _fold_batchnorms(gm: fx.GraphModule) -> None:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules[src.target], nn.Conv2d)
+                and len(src.users) == 1):
+            continue
+        conv, bn = modules[src.target], modules[node.target]
+        fused = copy.deepcopy(conv)
+        w, b = fold_batchnorm(conv, bn)
+        fused.weight = nn.Parameter(w)
+        fused.bias = nn.Parameter(b)
+        parent, _, name = src.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name, fused)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def prepare_static(model: nn.Module) -> fx.GraphModule:
+    """Trace a copy of `model` (evaluation mode), fold Conv2d + BatchNorm2d, and insert a
+    TensorStats probe after every node."""
+    gm = fx.symbolic_trace(copy.deepcopy(model).eval())
+    _fold_batchnorms(gm)
+    for node in list(gm.graph.nodes):
+        if node.op in ("output", "get_attr"):
+            continue
+        name = f"stats_{node.name}"
+        gm.add_submodule(name, TensorStats())
+        with gm.graph.inserting_after(node):
+            probe = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(probe, delete_user_cb=lambda user: user is not probe)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches, progress: bool = False) -> fx.GraphModule:
+    """Run calibration batches (an iterable of input tensors, or of (input, label) pairs) through
+    an observed copy of `model` and attach it to `model` for convert_. Returns the observed copy."""
+    observed = prepare_static(model)
+    for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+        observed(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    object.__setattr__(model, _OBSERVED_ATTR, observed)
+    return observed
+
+
+def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
+    """The Int8StaticConfig handler of convert_: returns (integer GraphModule, converted, skipped)."""
+    observed: fx.GraphModule | None = getattr(model, _OBSERVED_ATTR, None)
+    if observed is None:
+        raise RuntimeError("convert_ with Int8StaticConfig needs calibration statistics: run "
+                           "compress_kernels.calibrate(model, batches) first")
+    modules = dict(observed.named_modules())
+    dtype = config.activation_dtype
+    stats_of: dict[fx.Node, TensorStats] = {}
+    for node in observed.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], TensorStats):
+            stats_of[node.args[0]] = modules[node.target]
+
+    def unprobed(node):
+        # the probe node stands for its input
+        return node.args[0] if (isinstance(node, fx.Node) and node.op == "call_module"
+                                and isinstance(modules[node.target], TensorStats)) else node
+
+    graph = fx.Graph()
+    new_modules: dict[str, nn.Module] = {}
+    env: dict[fx.Node, fx.Node] = {}
+    qp: dict[fx.Node, tuple[float, int] | None] = {}
+    cache: dict[tuple, fx.Node] = {}
+    converted, skipped = [], []
+    done: set[fx.Node] = set()
+
+    def add_module(name: str, module: nn.Module) -> str:
+        key = name.replace(".", "_")
+        while key in new_modules:
+            key += "_"
+        new_modules[key] = module
+        return key
+
+    def qparams(node) -> tuple[float, int]:
+        return stats_of[node].qparams(config.observer, dtype)
+
+    def as_quant(node):
+        node = unprobed(node)
+        if qp.get(node) is not None:
+            return env[node], qp[node]
+        if ("q", node) not in cache:
+            p = qparams(node)
+            name = add_module(f"{node.name}_quantize", Quantize(p[0], p[1], dtype))
+            cache[("q", node)] = graph.call_module(name, (env[node],))
+            cache[("qp", node)] = p
+        return cache[("q", node)], cache[("qp", node)]
+
+    def as_float(arg):
+        def one(n):
+            n = unprobed(n)
+            if qp.get(n) is None:
+                return env[n]
+            if ("d", n) not in cache:
+                s, z = qp[n]
+                cache[("d", n)] = graph.call_module(add_module(f"{n.name}_dequantize", DeQuantize(s, z, dtype)),
+                                                    (env[n],))
+            return cache[("d", n)]
+
+        return fx.node.map_arg(arg, one)
+
+    def fused_relu(node):
+        users = [u for u in node.users]
+        if len(users) == 1 and isinstance(modules.get(users[0].target), TensorStats):
+            users = list(users[0].users)
+        if len(users) == 1 and _relu_kind(users[0], modules) is not None:
+            return users[0], _relu_kind(users[0], modules)
+        return None, None
+
+    for node in observed.graph.nodes:
+        if node in done or (node.op == "call_module" and isinstance(modules[node.target], TensorStats)):
+            continue
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        allowed = filter_fn is None or mod is None or filter_fn(mod, node.target)
+        if node.op == "placeholder":
+            env[node] = graph.placeholder(node.name)
+            qp[node] = None
+        elif node.op == "output":
+            graph.output(as_float(node.args[0]))
+        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and allowed and not (
+                isinstance(mod, nn.Conv2d) and (mod.padding_mode != "zeros" or isinstance(mod.padding, str))):
+            x, in_p = as_quant(node.args[0])
+            relu_node, act = fused_relu(node)
+            out_node = relu_node if relu_node is not None else node
+            out_p = qparams(out_node)
+            common = dict(input_scale=in_p[0], input_zero_point=in_p[1], output_scale=out_p[0],
+                          output_zero_point=out_p[1], per_channel=config.per_channel, activation=act,
+                          input_dtype=dtype, output_dtype=dtype, rounding=config.rounding)
+            q = QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d) else QuantLinear.from_float(mod, **common)
+            env[node] = graph.call_module(add_module(node.target, q), (x,))
+            qp[node] = out_p
+            converted.append((node.target, type(mod).__name__, type(q).__name__ + (f"+{act}" if act else "")))
+            if relu_node is not None:
+                env[relu_node], qp[relu_node] = env[node], out_p
+                done.add(relu_node)
+        elif node.op == "call_function" and node.target in _ADD_FUNCTIONS and len(node.args) == 2 and all(
+                isinstance(a, fx.Node) for a in node.args) and not node.kwargs:
+            (a, pa), (b, pb) = as_quant(node.args[0]), as_quant(node.args[1])
+            relu_node, act = fused_relu(node)
+            out_node = relu_node if relu_node is not None else node
+            out_p = qparams(out_node)
+            q = QuantAdd.from_qparams(pa, pb, out_p, dtype, act)
+            env[node] = graph.call_module(add_module(f"{node.name}_add", q), (a, b))
+            qp[node] = out_p
+            converted.append((node.name, "add", "QuantAdd" + (f"+{act}" if act else "")))
+            if relu_node is not None:
+                env[relu_node], qp[relu_node] = env[node], out_p
+                done.add(relu_node)
+        elif _relu_kind(node, modules) == "relu" and qp.get(unprobed(node.args[0])) is not None:
+            x, p = as_quant(node.args[0])
+            env[node] = graph.call_module(add_module(f"{node.name}_relu", QuantReLU(p[1])), (x,))
+            qp[node] = p
+        elif isinstance(mod, nn.MaxPool2d) and qp.get(unprobed(node.args[0])) is not None:
+            x, p = as_quant(node.args[0])
+            pool = QuantMaxPool2d(mod.kernel_size, mod.stride, mod.padding, mod.dilation, ceil_mode=mod.ceil_mode)
+            env[node] = graph.call_module(add_module(node.target, pool), (x,))
+            qp[node] = p
+            converted.append((node.target, "MaxPool2d", "QuantMaxPool2d"))
+        elif (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))) or (
+                isinstance(mod, nn.AvgPool2d) and mod.padding in (0, (0, 0)) and not mod.ceil_mode):
+            x, p = as_quant(node.args[0])
+            pool = QuantAvgPool2d() if isinstance(mod, nn.AdaptiveAvgPool2d) else QuantAvgPool2d(mod.kernel_size, mod.stride)
+            env[node] = graph.call_module(add_module(node.target, pool), (x,))
+            qp[node] = p
+            converted.append((node.target, type(mod).__name__, "QuantAvgPool2d"))
+        elif (isinstance(mod, _PASS_MODULES) or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
+              or (node.op == "call_method" and node.target in _PASS_METHODS)) and qp.get(unprobed(node.args[0])) is not None:
+            # shape-only ops and dropout (identity in evaluation) run on the integers unchanged
+            src = unprobed(node.args[0])
+            if isinstance(mod, (nn.Dropout, nn.Identity)):
+                env[node] = env[src]
+            else:
+                args = fx.node.map_arg(node.args, lambda n: env[unprobed(n)])
+                if isinstance(mod, nn.Flatten):
+                    env[node] = graph.call_function(torch.flatten, (args[0], mod.start_dim, mod.end_dim))
+                else:
+                    env[node] = graph.create_node(node.op, node.target, args, node.kwargs)
+            qp[node] = qp[src]
+        else:
+            args = as_float(node.args)
+            kwargs = as_float(node.kwargs)
+            target = node.target
+            if node.op == "call_module":
+                target = add_module(node.target, mod)
+                reason = "excluded by filter_fn" if not allowed else "no integer kernel; runs in float"
+                skipped.append((node.target, type(mod).__name__, reason))
+            elif node.op in ("call_function", "call_method"):
+                skipped.append((node.name, str(getattr(node.target, "__name__", node.target)),
+                                "no integer kernel; runs in float"))
+            env[node] = graph.create_node(node.op, target, args, kwargs, node.name)
+            qp[node] = None
+    graph.lint()
+    return fx.GraphModule(new_modules, graph, class_name="IntegerModel"), converted, skipped
