@@ -23,7 +23,9 @@ test: install
 demo: install
 	$(PYTHON) -m compress_kernels tour
 
+# torchao is an optional peer; --no-deps keeps pip from touching torch.
 bench: install
+	@$(PYTHON) -c "import torchao" 2>/dev/null || $(PIP) install --no-deps torchao==0.14.1 || true
 	$(PYTHON) benchmarks/run_all.py
 
 clean:

@@ -1,0 +1,85 @@
+"""int8 conv2d on every distinct conv shape of ResNet-18 (CIFAR-10 form, width 64), batch 1 and 32,
+against F.conv2d fp32 (oneDNN, channels_last) and torch.ops.quantized.conv2d (x86 and fbgemm
+engines, prepacked, the same static uint8 -> uint8 semantics), measured side by side in one run.
+
+    python benchmarks/bench_int8_conv.py [--quick] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import compress_kernels as ck
+from common import best_seconds, machine_line, markdown_table, write_result
+
+warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
+
+# (name, in_channels, out_channels, kernel, stride, input size) of ResNet-18 CIFAR, width 64
+SHAPES = [
+    ("stem", 3, 64, 3, 1, 32), ("layer1", 64, 64, 3, 1, 32),
+    ("layer2.0.conv1", 64, 128, 3, 2, 32), ("layer2 3x3", 128, 128, 3, 1, 16), ("layer2 down", 64, 128, 1, 2, 32),
+    ("layer3.0.conv1", 128, 256, 3, 2, 16), ("layer3 3x3", 256, 256, 3, 1, 8), ("layer3 down", 128, 256, 1, 2, 16),
+    ("layer4.0.conv1", 256, 512, 3, 2, 8), ("layer4 3x3", 512, 512, 3, 1, 4), ("layer4 down", 256, 512, 1, 2, 8),
+]
+
+
+def bench(batch, cin, cout, k, stride, size, min_run_time):
+    torch.manual_seed(0)
+    pad = k // 2
+    conv = torch.nn.Conv2d(cin, cout, k, stride, pad)
+    x = torch.randn(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
+    w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+    b = conv.bias.detach()
+    t = {}
+    with torch.no_grad():
+        t["fp32"] = best_seconds(lambda: F.conv2d(x, w, b, stride, pad), min_run_time)
+        q = ck.QuantConv2d.from_float(conv, input_scale=0.05, input_zero_point=128, output_scale=0.1,
+                                      output_zero_point=128)
+        x_u8 = ck.numerics.quantize(x, 0.05, 128, torch.uint8).contiguous(memory_format=torch.channels_last)
+        t["ours"] = best_seconds(lambda: q(x_u8), min_run_time)
+        w_q = torch.quantize_per_channel(conv.weight.detach(), q.weight_scale.double(),
+                                         torch.zeros(cout, dtype=torch.long), 0, torch.qint8)
+        x_q = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8).contiguous(memory_format=torch.channels_last)
+        for engine in ("x86", "fbgemm"):
+            torch.backends.quantized.engine = engine
+            packed = torch.ops.quantized.conv2d_prepack(w_q, b, [stride, stride], [pad, pad], [1, 1], 1)
+            t[engine] = best_seconds(lambda: torch.ops.quantized.conv2d(x_q, packed, 0.1, 128), min_run_time)
+        torch.backends.quantized.engine = "x86"
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    shapes = SHAPES[:3] if args.quick else SHAPES
+    batches = [1] if args.quick else [1, 32]
+    min_run_time = 0.05 if args.quick else 0.3
+    rows = []
+    for batch in batches:
+        for name, cin, cout, k, stride, size in tqdm(shapes, desc=f"conv shapes, batch {batch}"):
+            t = bench(batch, cin, cout, k, stride, size, min_run_time)
+            out = (size + 2 * (k // 2) - k) // stride + 1
+            gop = 2.0 * batch * out * out * cout * cin * k * k / 1e9
+            best_ao = min(t["x86"], t["fbgemm"])
+            rows.append([name, batch, f"{cin}->{cout} {k}x{k}/{stride} @{size}", gop / t["ours"], t["fp32"] / t["ours"],
+                         t["x86"] / t["ours"], t["fbgemm"] / t["ours"], best_ao / t["ours"]])
+    headers = ["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao"]
+    text = (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. Command: "
+            "`python benchmarks/bench_int8_conv.py`.\nRatios are peer time / our time (> 1: ours faster), same run. "
+            "Ours: QuantConv2d (packed weight, uint8 NHWC in -> uint8 out, fused requantization); peers: "
+            "`F.conv2d` fp32 channels_last and `torch.ops.quantized.conv2d` prepacked.\n\n"
+            + markdown_table(headers, rows))
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result("int8_conv", text))
+
+
+if __name__ == "__main__":
+    main()
