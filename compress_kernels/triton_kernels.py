@@ -109,8 +109,9 @@ def _require_triton():
 
 
 def _launch(kernel, grid, *args, **meta):
-    """Launch through torch.library.wrap_triton so make_fx / torch.compile record the kernel."""
-    return torch.library.wrap_triton(kernel)[grid](*args, **meta)
+    """Launch through torch.library.wrap_triton so make_fx / torch.compile record the kernel.
+    enable_fp_fusion=False: no fused multiply-add, so every step rounds like the CPU kernels."""
+    return torch.library.wrap_triton(kernel)[grid](*args, enable_fp_fusion=False, **meta)
 
 
 def _prepare(op, x, scale, zero_point, qmin, qmax, axis, mask):
