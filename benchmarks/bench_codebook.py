@@ -128,8 +128,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/codebook.md")
     parser.add_argument("--skip-cluster", action="store_true", help="kernels only")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for ours and the peers alike (0: torch's default)")
     args = parser.parse_args()
-    parts = [f"{machine_line()}. Command: `python benchmarks/bench_codebook.py`.\n", bench_kernels(args.quick)]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    command = "python benchmarks/bench_codebook.py" + (f" --threads {args.threads}" if args.threads > 0 else "")
+    parts = [f"{machine_line()}. Command: `{command}`.\n", bench_kernels(args.quick)]
     if not args.skip_cluster:
         parts.append(bench_cluster(args.quick))
     text = "\n\n".join(parts)
