@@ -1,6 +1,6 @@
 """2:4 sparse linear (fp32 and int8) against dense peers, measured side by side in one run.
 
-    python benchmarks/bench_sparse24.py [--quick] [--no-write]
+    python benchmarks/bench_sparse24.py [--quick] [--no-write] [--threads N]
 
 fp32: sparse24_linear (compressed values + metadata, no packing) vs dense F.linear fp32 (oneDNN /
 MKL) on the same (pruned) weight. int8: sparse24_int8_linear (packed once with sparse24_int8_pack)
@@ -61,7 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/sparse24.md")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     shapes = [(m, k, n) for (k, n) in KNS for m in MS]
     if args.quick:
         shapes = [(64, 1024, 1024), (256, 2048, 2048)]
@@ -76,7 +79,8 @@ def main() -> None:
         print(rows[-1], flush=True)
     headers = ["M", "K", "N", "fp32 2:4 dense-equiv GFLOP/s", "fp32 2:4 vs F.linear",
                "int8 2:4 dense-equiv GOP/s", "int8 2:4 vs int8_linear", "fp32 bytes", "int8 bytes"]
-    text = (f"### 2:4 sparse linear (CPU)\n\n{machine_line()}. Command: `python benchmarks/bench_sparse24.py`.\n"
+    command = "python benchmarks/bench_sparse24.py" + (f" --threads {args.threads}" if args.threads else "")
+    text = (f"### 2:4 sparse linear (CPU)\n\n{machine_line()}. Command: `{command}`.\n"
             "Ratios are dense peer time / our 2:4 time (> 1 means 2:4 is faster), measured in the same run. "
             "fp32: `sparse24_linear` vs `F.linear` fp32 on the same pruned weight. int8: "
             "`sparse24_int8_linear` (packed) vs our dense `int8_linear` (packed), uint8 -> uint8 with the fused "

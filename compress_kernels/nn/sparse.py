@@ -5,7 +5,7 @@ in csrc/include/ck/sparse24.h), the bias and, for int8, the per-channel weight s
 layout (sparse24_f32_pack / sparse24_int8_pack) is rebuilt at construction and after
 load_state_dict, never per call.
 
-int8 mode is dynamic quantization with the integer kernel: each call quantizes the input
+int8 mode is dynamic quantization with the integer kernel: each call quantizes the layer input
 symmetrically per tensor (s_x = max|x| / 127, round half to even), runs sparse24_int8_linear with
 an identity fixed-point multiplier (int32 out: the exact accumulator sum_k w_q * x_q), and scales
 it back with s_x * s_w[n] in fp32, adding the float bias. Pruned weights are never stored, so they
@@ -86,16 +86,23 @@ class _Sparse24Base(nn.Module):
         w = ops.sparse24_decompress(self.values, self.meta).float()
         return w * self.weight_scale[:, None] if self.int8 else w
 
-    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        """[M, K] fp32 -> [M, N] fp32 through the sparse kernel."""
+    @staticmethod
+    def _quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symmetric per-tensor int8: s_x = max|x| / 127 (1 for an all-zero x), round half to even."""
+        amax = x.detach().abs().amax() if x.numel() else torch.zeros((), device=x.device)
+        s_x = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
+        return torch.round(x.float() / s_x).clamp(-127, 127).to(torch.int8), s_x
+
+    def _matmul(self, x2: torch.Tensor, s_x: torch.Tensor | None = None) -> torch.Tensor:
+        """[M, K] -> [M, N] fp32 through the sparse kernel. int8: x2 is the int8 input quantized
+        with scale s_x (quantized here when s_x is None)."""
         if not self.int8:
             return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, self.bias)
-        amax = x2.detach().abs().amax() if x2.numel() else torch.zeros(())
-        s_x = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
-        x_q = torch.round(x2.float() / s_x).clamp(-127, 127).to(torch.int8)
+        if s_x is None:
+            x2, s_x = self._quantize_input(x2)
         # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator.
-        acc = ops.sparse24_int8_linear(x_q, 0, self.packed, self.meta, None, 1 << 30, 1, 0, INT32_MIN, INT32_MAX,
-                                       torch.int32)
+        acc = ops.sparse24_int8_linear(x2.contiguous(), 0, self.packed, self.meta, None, 1 << 30, 1, 0, INT32_MIN,
+                                       INT32_MAX, torch.int32)
         y = acc.float() * (s_x * self.weight_scale)
         return y + self.bias if self.bias is not None else y
 
@@ -135,8 +142,8 @@ class SparseLinear(_Sparse24Base):
 
 class SparseConv2d(_Sparse24Base):
     """nn.Conv2d (groups=1) with a 2:4 sparse weight over K = in_channels * kh * kw, run as im2col
-    (F.unfold) followed by the 2:4 sparse matmul (fp32, or int8 with dynamic activation
-    quantization of the unfolded input, where the zero padding stays an exact zero)."""
+    (one strided copy) followed by the 2:4 sparse matmul (fp32, or int8 with dynamic per-tensor
+    activation quantization of the layer input, whose zero padding is an exact zero)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, *, int8: bool = False):
@@ -168,9 +175,20 @@ class SparseConv2d(_Sparse24Base):
         kh, kw = self.kernel_size
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)  # [n, K, L]
-        y = self._matmul(cols.transpose(1, 2).reshape(-1, self.k))  # [n * L, N]
-        return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow).to(x.dtype)
+        # int8: quantize the input once (not its kh*kw-times larger im2col); zero padding is an exact 0.
+        s_x = None
+        if self.int8:
+            x_in, s_x = self._quantize_input(x)
+        else:
+            x_in = x.float()
+        # im2col as one strided copy: rows (image, oy, ox), columns (c, ky, kx) = the weight's K order.
+        xp = F.pad(x_in, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
+        s_n, s_c, s_h, s_w = xp.stride()
+        patches = xp.as_strided((n, oh, ow, self.in_channels, kh, kw),
+                                (s_n, s_h * self.stride[0], s_w * self.stride[1], s_c, s_h * self.dilation[0],
+                                 s_w * self.dilation[1]))
+        y = self._matmul(patches.reshape(n * oh * ow, self.k), s_x)  # [n * oh * ow, N]
+        return y.reshape(n, oh, ow, self.out_channels).permute(0, 3, 1, 2).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
