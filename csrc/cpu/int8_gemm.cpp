@@ -159,6 +159,15 @@ void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t t
 void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
                    int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   (void)rows;
+  if (active_isa() == Isa::kAvx512Vnni) {
+    quantize_rows_avx512(x, cols, row_begin, row_end, qmin, qmax, q, scale);
+  } else {
+    quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
+  }
+}
+
+void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                            int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const float* xr = x + r * cols;
     float amax = 0.0f;

@@ -83,5 +83,9 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
 // true fp32 division so every path and the reference agree exactly.
 void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
                    int32_t qmin, int32_t qmax, int8_t* q, float* scale);
+void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                            int32_t qmin, int32_t qmax, int8_t* q, float* scale);
+void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                          int32_t qmin, int32_t qmax, int8_t* q, float* scale);
 
 }  // namespace ck::cpu

@@ -179,12 +179,43 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
   }
 }
 
+void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                          int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+  // Same arithmetic as quantize_rows_portable: max |x| (exact in any order), one correctly rounded
+  // fp32 division per element, round half to even (roundscale), clamp, narrow.
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * cols;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 valid = lane_mask(cols - c);
+      amax = _mm512_max_ps(amax, _mm512_and_ps(_mm512_maskz_loadu_ps(valid, xr + c), abs_mask));
+    }
+    float s = _mm512_reduce_max_ps(amax) / static_cast<float>(qmax);
+    if (s == 0.0f) s = 1.0f;
+    scale[r] = s;
+    const __m512 sv = _mm512_set1_ps(s);
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 valid = lane_mask(cols - c);
+      __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(valid, xr + c), sv);
+      v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+      _mm_mask_storeu_epi8(q + r * cols + c, valid, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+  }
+}
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
 void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
                               int64_t task_begin, int64_t task_end) {
   int8_gemm_run_portable(args, plan, task_begin, task_end);
+}
+void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                          int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+  quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
 }
 }  // namespace ck::cpu
 #endif
