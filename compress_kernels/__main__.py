@@ -3,6 +3,8 @@
   tour    the int8 linear tour: train a small MLP on the bundled digits, convert it to integer-only
           and dynamic int8, and compare accuracy, speed and size (no download, ~10 s)
   isa     print the CPU path the kernels use
+  study   compress a trained ResNet-18 every way (int8, codebooks, 2:4, pruning, distillation) and
+          compare top-1, latency, stored bytes (python -m compress_kernels study --help)
 """
 
 from __future__ import annotations
@@ -78,9 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     tour = sub.add_parser("tour", help="int8 linear tour on the bundled digits")
     tour.add_argument("--epochs", type=int, default=15)
     sub.add_parser("isa", help="print the CPU path in use")
+    from .study import add_arguments as _study_arguments  # issue 8
+
+    _study_arguments(sub.add_parser("study", help="compress a trained ResNet every way; accuracy, speed, size"))
     args = parser.parse_args(argv)
     if args.command == "tour":
         return _tour(args)
+    if args.command == "study":  # issue 8
+        from .study import main_study
+
+        return main_study(args)
     if args.command == "isa":
         import compress_kernels as ck
 
