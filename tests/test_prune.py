@@ -225,6 +225,8 @@ def test_channel_removal_matches_zeroed_channels():
     assert model.layer2[0].conv2.in_channels == 12
     assert model.layer2[0].bn1.running_mean.shape == (12,)
     assert torch.allclose(model(x), want, atol=1e-5)
+    rounded = prune.prune_channels_(ck.models.resnet18_cifar(width=16), 0.3, multiple_of=16)
+    assert rounded["layer1.0"] == (16, 16) and rounded["layer3.0"] == (64, 48) and rounded["layer4.0"] == (128, 96)
 
 
 # ---------------------------------------------------------------- accuracy on the digits ResNet
