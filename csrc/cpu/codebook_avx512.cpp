@@ -75,9 +75,10 @@ inline __mmask16 lane_mask(int64_t rows) {
 // ---------------------------------------------------------------- small M: register tiles
 
 // Bits: index width (the table form and the indices per word follow from it).
-// MR: rows of x per tile (1..4); MR x NV accumulators plus NV words, NV weights and the table
-//     fit the 32 zmm registers.
-// NV: 16-row blocks per tile: 4 for full panels, 1 for the tail (whose last block may be partial).
+// MR: rows of x per tile (1..4 with NV = 4, 5..8 with NV = 2); MR x NV accumulators plus NV words,
+//     NV weights and the table fit the 32 zmm registers.
+// NV: 16-row blocks per tile: 4 (or 2) for full panels, 1 for the tail (whose last block may be
+//     partial).
 template <int Bits, int MR, int NV>
 void register_tile(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t m0, int64_t n0) {
   constexpr int kPerWord = 32 / Bits;
@@ -143,13 +144,32 @@ void register_rows(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t 
   }
 }
 
+// 5..8 rows over a full panel, as two halves of 32 columns: MR x 2 tiles look each weight up once
+// per up to 8 rows (MR x 4 tiles would need 4 x 8 accumulators, more than the 32 registers), and
+// MR x 2 >= 10 independent accumulation chains still hide the FMA latency.
+template <int Bits>
+void register_tall(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t m, int rows, int64_t n0) {
+  for (int64_t half = n0; half < n0 + kCodebookPanelCols; half += 32) {
+    switch (rows) {
+      case 8: register_tile<Bits, 8, 2>(a, tab, m, half); break;
+      case 7: register_tile<Bits, 7, 2>(a, tab, m, half); break;
+      case 6: register_tile<Bits, 6, 2>(a, tab, m, half); break;
+      default: register_tile<Bits, 5, 2>(a, tab, m, half); break;
+    }
+  }
+}
+
 // One panel (n0 .. n_last) whose rows all use the codebook `cb`.
 template <int Bits>
 void register_panel(const CodebookLinearArgs& a, const float* cb, int64_t m_begin, int64_t m_end,
                     int64_t n0, int64_t n_last) {
   const Table<Bits> tab = load_table<Bits>(cb);
   if (n_last - n0 == kCodebookPanelCols) {
-    register_rows<Bits, 4>(a, tab, m_begin, m_end, n0);
+    int64_t m = m_begin;
+    for (; m_end - m >= 5; m += std::min<int64_t>(8, m_end - m)) {
+      register_tall<Bits>(a, tab, m, static_cast<int>(std::min<int64_t>(8, m_end - m)), n0);
+    }
+    register_rows<Bits, 4>(a, tab, m, m_end, n0);
   } else {
     for (int64_t n = n0; n < n_last; n += 16) register_rows<Bits, 1>(a, tab, m_begin, m_end, n);
   }
