@@ -38,7 +38,6 @@ void depthwise_typed(const XT* x, int32_t zp, const int8_t* w, const Int8ConvSha
                      const Int8GemmArgs& a, int64_t row_begin, int64_t row_end) {
   const int64_t oh_count = s.out_h(), ow_count = s.out_w(), c_count = s.in_channels;
   const int64_t taps = s.kernel_h * s.kernel_w;
-  const RequantParams& p = a.requant;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / (oh_count * ow_count);
     const int64_t oh = (row / ow_count) % oh_count, ow = row % ow_count;
@@ -59,20 +58,7 @@ void depthwise_typed(const XT* x, int32_t zp, const int8_t* w, const Int8ConvSha
       if (a.bias_i32 != nullptr) {
         acc = static_cast<int32_t>(static_cast<uint32_t>(acc) + static_cast<uint32_t>(a.bias_i32[c]));
       }
-      const int64_t o = row * c_count + c;
-      if (a.kind == EpilogueKind::kInt32) {
-        static_cast<int32_t*>(a.out)[o] = acc;
-        continue;
-      }
-      const int64_t ch = p.per_channel ? c : 0;
-      const int32_t v = Requantize(acc, p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
-      if (p.out_type == OutType::kInt8) {
-        static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(v);
-      } else if (p.out_type == OutType::kUInt8) {
-        static_cast<uint8_t*>(a.out)[o] = static_cast<uint8_t>(v);
-      } else {
-        static_cast<int32_t*>(a.out)[o] = v;
-      }
+      write_output(a, row, c, acc);
     }
   }
 }

@@ -70,7 +70,9 @@ inline int32_t corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc) {
   return static_cast<int32_t>(v);
 }
 
-void store_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
+}  // namespace
+
+void write_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
   const int64_t o = m * a.out_stride() + n;
   switch (a.kind) {
     case EpilogueKind::kInt32:
@@ -101,6 +103,8 @@ void store_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
   }
 }
 
+namespace {
+
 template <typename XT>
 void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin,
                         int64_t task_end) {
@@ -129,7 +133,7 @@ void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t
           }
         }
         for (int64_t i = 0; i < rows; ++i) {
-          store_output(a, m, first + i, corrected_acc(a, first + i, acc[i]));
+          write_output(a, m, first + i, corrected_acc(a, first + i, acc[i]));
         }
       }
     }

@@ -62,6 +62,9 @@ struct Int8GemmArgs {
   int64_t out_stride() const { return ldo > 0 ? ldo : w.n; }
 };
 
+// The scalar output stage of args for one accumulator: writes out[m, n] (per kind, per channel n).
+void write_output(const Int8GemmArgs& args, int64_t m, int64_t n, int32_t acc);
+
 // Work split: tasks are (panel of 64 columns, chunk of rows), panel-major so that a thread's
 // consecutive tasks reuse one weight panel from L2.
 struct Int8GemmPlan {

@@ -9,6 +9,7 @@
 #include <limits>
 #include <string>
 
+#include "../cpu/requantize.h"
 #include "ck/fixedpoint.h"
 
 namespace ck::ops {
@@ -95,6 +96,26 @@ inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int6
                 kMaxShift, "], got values in [", s_min, ", ", s_max, "]");
   }
   return m0.numel() > 1;  // with one channel, per-tensor and per-channel coincide
+}
+
+inline cpu::OutType integer_out_type(at::ScalarType dtype) {
+  return dtype == at::kChar ? cpu::OutType::kInt8 : dtype == at::kByte ? cpu::OutType::kUInt8 : cpu::OutType::kInt32;
+}
+
+// The fixed-point output stage from checked op arguments; m0 / shift must stay alive (contiguous).
+inline cpu::RequantParams requant_params(const at::Tensor& m0, const at::Tensor& shift, bool per_channel,
+                                         int64_t zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
+                                         c10::string_view rounding, const char* op) {
+  cpu::RequantParams p;
+  p.m0 = m0.data_ptr<int32_t>();
+  p.shift = shift.data_ptr<int32_t>();
+  p.per_channel = per_channel;
+  p.zero_point = static_cast<int32_t>(zero_point);
+  p.qmin = static_cast<int32_t>(qmin);
+  p.qmax = static_cast<int32_t>(qmax);
+  p.rounding = parse_rounding(std::string(rounding), op);
+  p.out_type = integer_out_type(out_dtype);
+  return p;
 }
 
 // Largest k for which sum_k |w| * |x - x_zero_point| <= 128 * 255 * k cannot overflow int32.

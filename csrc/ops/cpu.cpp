@@ -16,19 +16,6 @@ namespace {
 
 using cpu::OutType;
 
-OutType out_type_of(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kChar:
-      return OutType::kInt8;
-    case at::kByte:
-      return OutType::kUInt8;
-    case at::kInt:
-      return OutType::kInt32;
-    default:
-      return OutType::kFloat32;
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& real) {
   constexpr const char* op = "quantize_multiplier";
   TORCH_CHECK(at::isFloatingType(real.scalar_type()), op, ": real must be a floating tensor, got ",
@@ -57,16 +44,9 @@ at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at:
   const int64_t channels = acc.dim() >= 1 ? acc.size(-1) : 1;
   const bool per_channel = check_multiplier(m0, shift, channels, op);
   check_output_range(out_dtype, zero_point, qmin, qmax, op);
-  cpu::RequantParams p;
   const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
-  p.m0 = m0c.data_ptr<int32_t>();
-  p.shift = shiftc.data_ptr<int32_t>();
-  p.per_channel = per_channel;
-  p.zero_point = static_cast<int32_t>(zero_point);
-  p.qmin = static_cast<int32_t>(qmin);
-  p.qmax = static_cast<int32_t>(qmax);
-  p.rounding = parse_rounding(std::string(rounding), op);
-  p.out_type = out_type_of(out_dtype);
+  const cpu::RequantParams p =
+      requant_params(m0c, shiftc, per_channel, zero_point, qmin, qmax, out_dtype, rounding, op);
   at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(out_dtype));
   if (acc.numel() == 0) return out;
   const at::Tensor a = acc.contiguous();
@@ -192,14 +172,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   args.bias_i32 = optional_bias_i32(bias, n, bias_holder, op);
   const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
   args.kind = cpu::EpilogueKind::kRequantize;
-  args.requant.m0 = m0c.data_ptr<int32_t>();
-  args.requant.shift = shiftc.data_ptr<int32_t>();
-  args.requant.per_channel = per_channel;
-  args.requant.zero_point = static_cast<int32_t>(out_zero_point);
-  args.requant.qmin = static_cast<int32_t>(qmin);
-  args.requant.qmax = static_cast<int32_t>(qmax);
-  args.requant.rounding = parse_rounding(std::string(rounding), op);
-  args.requant.out_type = out_type_of(out_dtype);
+  args.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, out_dtype, rounding, op);
   at::Tensor out = at::empty({x.size(0), n}, x.options().dtype(out_dtype));
   args.out = out.data_ptr();
   run_gemm(args);

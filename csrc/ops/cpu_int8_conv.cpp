@@ -14,10 +14,6 @@
 namespace ck::ops {
 namespace {
 
-cpu::OutType conv_out_type(at::ScalarType dtype) {
-  return dtype == at::kChar ? cpu::OutType::kInt8 : dtype == at::kByte ? cpu::OutType::kUInt8 : cpu::OutType::kInt32;
-}
-
 void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
   check_dtype(w, at::kChar, op, "w");
   check_dim(w, 4, op, "w");
@@ -95,14 +91,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   base.x_signed = x_signed;
   base.x_zero_point = static_cast<int32_t>(x_zero_point);
   base.kind = cpu::EpilogueKind::kRequantize;
-  base.requant.m0 = m0c.data_ptr<int32_t>();
-  base.requant.shift = shiftc.data_ptr<int32_t>();
-  base.requant.per_channel = per_channel;
-  base.requant.zero_point = static_cast<int32_t>(out_zero_point);
-  base.requant.qmin = static_cast<int32_t>(qmin);
-  base.requant.qmax = static_cast<int32_t>(qmax);
-  base.requant.rounding = parse_rounding(std::string(rounding), op);
-  base.requant.out_type = conv_out_type(out_dtype);
+  base.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, out_dtype, rounding, op);
   base.bias_i32 = bias_c.defined() ? bias_c.data_ptr<int32_t>() : nullptr;
   base.ldo = oc;
   const int64_t rows = s.rows(), threads = at::get_num_threads();
