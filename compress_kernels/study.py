@@ -61,11 +61,11 @@ class StudySettings:
     batch_size: int = 64
     seed: int = 0
     finetune_epochs: float = 1.0     # fine-tuning budget per variant, in passes over the training set
-    calibration_batches: int = 4     # batches of 64 training images for int8 static calibration
+    calibration_batches: int = 2     # batches of 64 training images for int8 static calibration
     train_limit: int | None = None   # keep the first N training images (None: all)
     eval_limit: int | None = None    # evaluate on the first N test images (None: all)
-    timing_reps_b1: int = 15         # timed repetitions at batch 1 (median reported)
-    timing_reps_b32: int = 5         # timed repetitions at batch 32
+    timing_reps_b1: int = 21         # timed repetitions at batch 1 (median reported)
+    timing_reps_b32: int = 7         # timed repetitions at batch 32
     variants: list[str] | None = None
     out: str = "study_out"
     cache_dir: str | None = None     # fp32 checkpoint cache (None: ~/.cache/compress_kernels)
@@ -86,8 +86,8 @@ class StudyContext:
 
     def finetune_set(self, data: StudyData) -> tuple[torch.Tensor, torch.Tensor]:
         """The fine-tuning subset: the first finetune_epochs * N training images when the budget is
-        under one pass (the data is stored class-shuffled by the loaders' split, so a prefix is a
-        fair sample), else the whole training set."""
+        under one pass (load_data shuffles the digits training split once and CIFAR-10's files are
+        in random order, so a prefix holds every class), else the whole training set."""
         n = len(data.x_train)
         keep = max(self.settings.batch_size, int(round(min(self.settings.finetune_epochs, 1.0) * n)))
         return data.x_train[:keep], data.y_train[:keep]
@@ -466,23 +466,24 @@ def machine_info() -> dict:
         isa = f"unavailable ({why})"
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "kernel_isa": isa}
+            "kernel_isa": isa, "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def write_reports(rows: list[Row], settings: StudySettings, fp32_cached: bool, out: str,
-                  total_seconds: float | None = None) -> dict[str, str]:
+                  total_seconds: float | None = None, n_test: int | None = None) -> dict[str, str]:
     """report.md, report.json and study.png in `out`; returns their paths."""
     os.makedirs(out, exist_ok=True)
     info = machine_info()
     paths = {"md": os.path.join(out, "report.md"), "json": os.path.join(out, "report.json"),
              "png": os.path.join(out, "study.png")}
     with open(paths["json"], "w") as f:
-        json.dump({"settings": asdict(settings), "machine": info, "fp32_checkpoint_reused": fp32_cached,
+        json.dump({"settings": asdict(settings), "machine": info, "fp32_checkpoint_reused": fp32_cached, "test_images": n_test,
                    "total_seconds": total_seconds, "variants": [asdict(r) for r in rows]}, f, indent=2)
     md = [f"# Compression study: {settings.model} (width {settings.width}) on {settings.data}", "",
           f"Machine: {info['processor']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads, "
-          f"torch {info['torch']}, kernel path {info['kernel_isa']}.", "",
-          "Top-1 on the held-out split; latency is the median of repeated forwards at batch 1 and 32, every "
+          f"torch {info['torch']}, kernel path {info['kernel_isa']}, 1-minute load average "
+          f"{info['load_average_1min']} (latencies are only comparable within one run).", "",
+          f"Top-1 on the held-out split ({n_test} images); latency is the median of repeated forwards at batch 1 and 32, every "
           "variant timed in the same run (round-robin); bytes are what the converted model stores "
           "(int8 weights + scales, packed indices + codebooks, 2:4 values + metadata, biases, unfolded "
           "BatchNorm, fp32 layers left as they were); ratios are against fp32.", "",
@@ -537,7 +538,7 @@ def study(settings: StudySettings) -> tuple[list[Row], dict[str, str]]:
     data = load_data(settings)
     model, cached = train_fp32(settings, data)
     rows = run_study(model, data, settings)
-    paths = write_reports(rows, settings, cached, settings.out, time.perf_counter() - start)
+    paths = write_reports(rows, settings, cached, settings.out, time.perf_counter() - start, len(data.x_test))
     return rows, paths
 
 
