@@ -21,7 +21,7 @@ test: install
 	$(PYTHON) -m pytest -q tests
 
 demo: install
-	$(PYTHON) -m compress_kernels tour
+	$(PYTHON) -m compress_kernels study
 
 # torchao is an optional peer; --no-deps keeps pip from touching torch.
 bench: install
