@@ -101,7 +101,11 @@ void prepare_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_
 void run(const cpu::CodebookLinearArgs& args) {
   if (args.m == 0 || args.n_end <= args.n_begin) return;
   const cpu::CodebookPlan plan = cpu::codebook_plan(args, at::get_num_threads());
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+  // Below ~1M multiply-adds (a few tens of microseconds) waking the other threads costs more than
+  // it saves, so small problems (batch-1 convs, tiny layers) run on the calling thread.
+  const int64_t work = args.m * (args.n_end - args.n_begin) * args.k;
+  const int64_t grain = work < (int64_t{1} << 20) ? plan.tasks() : 1;
+  at::parallel_for(0, plan.tasks(), grain, [&](int64_t begin, int64_t end) {
     cpu::codebook_linear_run(args, plan, begin, end);
   });
 }
