@@ -345,8 +345,10 @@ DEFAULT_VARIANTS = ["fp32", "int8_static", "int8_dynamic", "int8_qat", "kmeans4"
 
 @torch.no_grad()
 def time_models(models_: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup: int = 2,
-                progress: bool = False, desc: str = "time") -> dict[str, float]:
-    """Median seconds per forward of x for every model. Each repetition runs every model once, in
+                progress: bool = False, desc: str = "time",
+                spread: dict[str, float] | None = None) -> dict[str, float]:
+    """Median seconds per forward of x for every model (spread, when given, receives the
+    interquartile range of the samples: how noisy the machine was). Each repetition runs every model once, in
     turn, so all of them see the same machine load; warm-up calls first (packing caches, allocator)."""
     for m in models_.values():
         m.eval()
@@ -358,6 +360,10 @@ def time_models(models_: dict[str, nn.Module], x: torch.Tensor, reps: int, warmu
             t = time.perf_counter()
             m(x)
             samples[name].append(time.perf_counter() - t)
+    if spread is not None:
+        for name, s in samples.items():
+            q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
+            spread[name] = q[2] - q[0]
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -372,6 +378,8 @@ class Row:
     top1: float | None = None
     latency_b1_ms: float | None = None
     latency_b32_ms: float | None = None
+    latency_b1_iqr_ms: float | None = None   # interquartile range of the timed samples
+    latency_b32_iqr_ms: float | None = None
     stored_bytes: int | None = None
     compression: float | None = None
     speedup_b1: float | None = None
@@ -419,8 +427,11 @@ def run_study(model: nn.Module, data: StudyData, settings: StudySettings,
         x = data.x_test[:batch]
         if len(x) < batch:
             x = x.repeat(math.ceil(batch / len(x)), 1, 1, 1)[:batch]
-        for name, sec in time_models(built, x, reps, progress=settings.progress, desc=f"time batch {batch}").items():
+        spread: dict[str, float] = {}
+        for name, sec in time_models(built, x, reps, progress=settings.progress, desc=f"time batch {batch}",
+                                     spread=spread).items():
             setattr(rows[name], attr, sec * 1e3)
+            setattr(rows[name], attr.replace("_ms", "_iqr_ms"), spread[name] * 1e3)
     base = rows["fp32"]
     for r in rows.values():
         if r.available:

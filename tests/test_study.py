@@ -38,6 +38,7 @@ def test_quick_study_end_to_end(tmp_path):
         assert 0.0 <= r["top1"] <= 100.0
         assert abs(r["top1"] * n_test / 100 - round(r["top1"] * n_test / 100)) < 1e-3, (name, r["top1"])
         assert r["latency_b1_ms"] > 0 and r["latency_b32_ms"] > 0 and r["stored_bytes"] > 0
+        assert r["latency_b1_iqr_ms"] >= 0 and r["latency_b32_iqr_ms"] >= 0
         assert r["compression"] == pytest.approx(rows["fp32"]["stored_bytes"] / r["stored_bytes"])
         assert r["speedup_b32"] == pytest.approx(rows["fp32"]["latency_b32_ms"] / r["latency_b32_ms"])
     assert rows["fp32"]["finetune_steps"] == 0 and rows["kmeans4"]["finetune_steps"] > 0
