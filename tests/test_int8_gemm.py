@@ -11,7 +11,7 @@ from conftest import ISAS, run_on_every_isa
 OPS = torch.ops.compress_kernels
 SHAPES = [  # (M, N, K): row tails (M % 6), column tails (N % 16, N % 64) and depth tails (K % 4)
     (1, 1, 1), (1, 64, 64), (2, 17, 3), (5, 15, 5), (6, 16, 4), (7, 63, 130), (13, 65, 131),
-    (12, 130, 257), (33, 200, 64),
+    (12, 130, 257), (33, 200, 64), (8, 70, 40), (8, 200, 9), (14, 48, 33),
 ]
 
 

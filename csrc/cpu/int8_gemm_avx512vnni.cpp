@@ -48,7 +48,7 @@ void tile(const Int8GemmArgs& a, int64_t m0, int64_t n0, int last_rows) {
   const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
 
   __m512i acc[MR][NV];
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
@@ -67,7 +67,7 @@ void tile(const Int8GemmArgs& a, int64_t m0, int64_t n0, int last_rows) {
                                            : _mm512_loadu_si512(wb[v] + g * 64);
     }
     const bool full = g < full_groups;
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const uint8_t* p = x + r * a.ldx + 4 * g;
       __m512i xv = full ? broadcast_x_group(p) : broadcast_x_tail(p, k % 4);
@@ -78,7 +78,7 @@ void tile(const Int8GemmArgs& a, int64_t m0, int64_t n0, int last_rows) {
   }
 
   alignas(64) int32_t sums[MR][NV][16];
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_store_si512(sums[r][v], acc[r][v]);
@@ -147,6 +147,16 @@ template <bool kSigned, bool kPartialLast, int MR>
 constexpr TileFn tile_row[4] = {tile<MR, 1, kSigned, kPartialLast>, tile<MR, 2, kSigned, kPartialLast>,
                                 tile<MR, 3, kSigned, kPartialLast>, tile<MR, 4, kSigned, kPartialLast>};
 
+// Row tails of 7 or 8 rows run as 8-row x 32-column tiles (16 accumulators) over half panels:
+// one pass over the weights instead of a 6-row pass plus a 1- or 2-row pass, which at M = 8 read
+// every weight panel twice for little work.
+template <bool kSigned, bool kPartialLast>
+TileFn pick_tall_tile(int mr, int nv) {
+  static constexpr TileFn tiles[2][2] = {{tile<7, 1, kSigned, kPartialLast>, tile<7, 2, kSigned, kPartialLast>},
+                                         {tile<8, 1, kSigned, kPartialLast>, tile<8, 2, kSigned, kPartialLast>}};
+  return tiles[mr - 7][nv - 1];
+}
+
 template <bool kSigned, bool kPartialLast>
 TileFn pick_tile(int mr, int nv) {
   static constexpr const TileFn* rows[6] = {
@@ -171,6 +181,19 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
     const int last_rows = static_cast<int>(cols - 16 * (nv - 1));
     const bool partial = last_rows < 16;
     for (int64_t m = m_begin; m < m_end; m += kInt8TileRows) {
+      const int64_t rows_left = m_end - m;
+      if (rows_left == 7 || rows_left == 8) {
+        const int mr = static_cast<int>(rows_left);
+        for (int half = 0; 2 * half < nv; ++half) {
+          const int hv = nv - 2 * half < 2 ? nv - 2 * half : 2;
+          const bool last_half = 2 * half + hv == nv;
+          const bool part = partial && last_half;
+          const TileFn fn = args.x_signed ? (part ? pick_tall_tile<true, true>(mr, hv) : pick_tall_tile<true, false>(mr, hv))
+                                          : (part ? pick_tall_tile<false, true>(mr, hv) : pick_tall_tile<false, false>(mr, hv));
+          fn(args, m, n0 + 32 * half, last_half ? last_rows : 16);
+        }
+        break;
+      }
       const int mr = static_cast<int>(m_end - m < kInt8TileRows ? m_end - m : kInt8TileRows);
       const TileFn fn = args.x_signed ? (partial ? pick_tile<true, true>(mr, nv) : pick_tile<true, false>(mr, nv))
                                       : (partial ? pick_tile<false, true>(mr, nv) : pick_tile<false, false>(mr, nv));
