@@ -138,7 +138,6 @@ def int8_conv2d(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
                               out_dtype, pair(stride), pair(padding), pair(dilation), groups, rounding, w_packed)
 
 
-
 # ---------------------------------------------------------------- codebook (issue 4)
 
 
@@ -354,7 +353,6 @@ def sparse24_from_cutlass(sparse: torch.Tensor, meta_reordered: torch.Tensor) ->
     return sparse.contiguous(), words.view(torch.uint8).reshape(n, -1)
 
 
-
 # ---------------------------------------------------------------- fake-quant (issue 6)
 
 
@@ -551,7 +549,6 @@ if NATIVE_ERROR is None:
         return torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=out_dtype, device=x.device,
                            memory_format=torch.channels_last)
 
-
     # ---- fake kernels: codebook (issue 4)
 
     @torch.library.register_fake("compress_kernels::codebook_pack")
@@ -608,7 +605,6 @@ if NATIVE_ERROR is None:
     def _(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,
           rounding="double"):
         return x.new_empty((x.shape[0], meta.shape[0]), dtype=out_dtype)
-
 
     # ---- fake kernels: fake-quant (issue 6)
 

@@ -228,6 +228,55 @@ def codebook_conv2d(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
     return y.float()
 
 
+
+# ---------------------------------------------------------------- 2:4 semi-structured sparsity (issue 5)
+
+
+def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Dense [N, K] from values [N, K/2] and meta uint8 [N, ceil(K/8)]: group g's nibble is
+    (meta[:, g // 2] >> 4 * (g % 2)) & 15 = i0 | i1 << 2, and values[:, 2g + s] sits at 4g + i_s."""
+    n, half = values.shape
+    groups = half // 2
+    g = torch.arange(groups)
+    nib = (meta.long()[:, g // 2] >> (4 * (g % 2))) & 15
+    pos = torch.stack((nib & 3, nib >> 2), dim=-1).reshape(n, half) + 4 * (torch.arange(half) // 2)
+    w = values.new_zeros((n, 2 * half))
+    return w.scatter(1, pos, values)
+
+
+def sparse24_compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, meta) of a 2:4 sparse w [N, K]: per group of four, the non-zeros in order, padded
+    with the lowest unused positions (so an all-zero group keeps positions 0 and 1)."""
+    n, k = w.shape
+    nz = (w != 0).reshape(n, k // 4, 4)
+    if (nz.sum(-1) > 2).any():
+        raise ValueError("sparse24_compress: w is not 2:4 sparse")
+    # Rank positions: non-zeros first, then zeros, each in increasing position; keep the first two.
+    key = (~nz).long() * 4 + torch.arange(4)
+    pos = key.argsort(-1)[..., :2].sort(-1).values
+    values = w.reshape(n, k // 4, 4).gather(-1, pos).reshape(n, k // 2)
+    nib = pos[..., 0] | (pos[..., 1] << 2)
+    if nib.shape[1] % 2:
+        nib = torch.cat((nib, torch.zeros(n, 1, dtype=nib.dtype)), dim=1)
+    meta = (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8)
+    return values, meta
+
+
+def sparse24_linear(x, values, meta, bias=None):
+    """x @ W.T + bias in float64 (the kernels accumulate in fp32 with one FMA per stored value)."""
+    y = x.double() @ sparse24_decompress(values, meta).double().T
+    if bias is not None:
+        y = y + bias.double()
+    return y
+
+
+def sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
+                         out_dtype, rounding="double"):
+    """int8_linear with the weight sparse24_decompress(values, meta)."""
+    return int8_linear(x, x_zero_point, sparse24_decompress(values, meta), bias, m0, shift,
+                       out_zero_point, qmin, qmax, out_dtype, rounding)
+
+
 # ---------------------------------------------------------------- fused fake-quant (issue 6)
 
 
@@ -332,51 +381,3 @@ def fake_quant_observe(x, running_min, running_max, momentum, qmin, qmax, symmet
     scale, zp = observer_qparams(new_min, new_max, qmin, qmax, symmetric)
     y = fake_quant(x, scale, zp, qmin, qmax, axis, mask)
     return y, scale.reshape(running_min.shape), zp.reshape(running_min.shape)
-
-
-# ---------------------------------------------------------------- 2:4 semi-structured sparsity (issue 5)
-
-
-def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """Dense [N, K] from values [N, K/2] and meta uint8 [N, ceil(K/8)]: group g's nibble is
-    (meta[:, g // 2] >> 4 * (g % 2)) & 15 = i0 | i1 << 2, and values[:, 2g + s] sits at 4g + i_s."""
-    n, half = values.shape
-    groups = half // 2
-    g = torch.arange(groups)
-    nib = (meta.long()[:, g // 2] >> (4 * (g % 2))) & 15
-    pos = torch.stack((nib & 3, nib >> 2), dim=-1).reshape(n, half) + 4 * (torch.arange(half) // 2)
-    w = values.new_zeros((n, 2 * half))
-    return w.scatter(1, pos, values)
-
-
-def sparse24_compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, meta) of a 2:4 sparse w [N, K]: per group of four, the non-zeros in order, padded
-    with the lowest unused positions (so an all-zero group keeps positions 0 and 1)."""
-    n, k = w.shape
-    nz = (w != 0).reshape(n, k // 4, 4)
-    if (nz.sum(-1) > 2).any():
-        raise ValueError("sparse24_compress: w is not 2:4 sparse")
-    # Rank positions: non-zeros first, then zeros, each in increasing position; keep the first two.
-    key = (~nz).long() * 4 + torch.arange(4)
-    pos = key.argsort(-1)[..., :2].sort(-1).values
-    values = w.reshape(n, k // 4, 4).gather(-1, pos).reshape(n, k // 2)
-    nib = pos[..., 0] | (pos[..., 1] << 2)
-    if nib.shape[1] % 2:
-        nib = torch.cat((nib, torch.zeros(n, 1, dtype=nib.dtype)), dim=1)
-    meta = (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8)
-    return values, meta
-
-
-def sparse24_linear(x, values, meta, bias=None):
-    """x @ W.T + bias in float64 (the kernels accumulate in fp32 with one FMA per stored value)."""
-    y = x.double() @ sparse24_decompress(values, meta).double().T
-    if bias is not None:
-        y = y + bias.double()
-    return y
-
-
-def sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
-                         out_dtype, rounding="double"):
-    """int8_linear with the weight sparse24_decompress(values, meta)."""
-    return int8_linear(x, x_zero_point, sparse24_decompress(values, meta), bias, m0, shift,
-                       out_zero_point, qmin, qmax, out_dtype, rounding)
