@@ -53,3 +53,73 @@ def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[tor
     w = conv.weight.detach() * factor.reshape(-1, 1, 1, 1)
     b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     return w, (b - bn.running_mean) * factor + bn.bias.detach()
+
+
+class IntegerLayer(torch.nn.Module):
+    """State shared by the integer-only layers (QuantLinear, QuantConv2d): the int8 weight and its
+    scales, the int32 bias, the fixed-point multipliers, the input / output qparams and the output
+    clamp, plus the packed weight, rebuilt after load_state_dict. Subclasses say how to pack
+    (`_pack`) and add their own extra state (`_layer_extra_state` / `_set_layer_extra_state`)."""
+
+    def _init_integer_state(self, weight_shape, out_channels: int, bias: bool, per_channel: bool,
+                            input_dtype: torch.dtype, output_dtype: torch.dtype, rounding: str) -> None:
+        from .. import numerics
+
+        self.per_channel, self.rounding = per_channel, rounding
+        self.input_dtype, self.output_dtype = input_dtype, output_dtype
+        channels = out_channels if per_channel else 1
+        self.register_buffer("weight_q", torch.zeros(*weight_shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(channels))
+        self.register_buffer("bias_q", torch.zeros(out_channels, dtype=torch.int32) if bias else None)
+        self.register_buffer("m0", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("shift", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("output_scale", torch.ones(()))
+        self.input_zero_point = 0
+        self.output_zero_point = 0
+        self.qmin, self.qmax = numerics.dtype_range(output_dtype)
+        self.register_buffer("packed_weight", self._pack(self.weight_q), persistent=False)
+
+    def _pack(self, weight_q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _repack(self) -> None:
+        self.packed_weight = self._pack(self.weight_q.cpu()).to(self.weight_q.device)
+
+    def _set_static_qparams(self, input_scale: float, input_zero_point: int, output_scale: float,
+                            output_zero_point: int, activation: str | None, m0, shift, bias_q) -> None:
+        """The static (integer-only) part of from_float: qparams, fused-activation clamp, multipliers."""
+        from .. import numerics
+
+        self.input_scale.fill_(float(input_scale))
+        self.output_scale.fill_(float(output_scale))
+        self.input_zero_point, self.output_zero_point = int(input_zero_point), int(output_zero_point)
+        self.qmin, self.qmax = numerics.activation_clamp(activation, float(output_scale), int(output_zero_point),
+                                                         self.output_dtype)
+        self.m0.copy_(m0)
+        self.shift.copy_(shift)
+        if bias_q is not None:
+            self.bias_q.copy_(bias_q)
+
+    def _layer_extra_state(self) -> dict:
+        return {}
+
+    def _set_layer_extra_state(self, state: dict) -> None:
+        pass
+
+    def get_extra_state(self):
+        return {"per_channel": self.per_channel, "rounding": self.rounding,
+                "input_dtype": DTYPE_NAMES[self.input_dtype], "output_dtype": DTYPE_NAMES[self.output_dtype],
+                "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
+                "qmin": self.qmin, "qmax": self.qmax, **self._layer_extra_state()}
+
+    def set_extra_state(self, state):
+        self.per_channel, self.rounding = state["per_channel"], state["rounding"]
+        self.input_dtype, self.output_dtype = DTYPES[state["input_dtype"]], DTYPES[state["output_dtype"]]
+        self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
+        self.qmin, self.qmax = state["qmin"], state["qmax"]
+        self._set_layer_extra_state(state)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._repack()

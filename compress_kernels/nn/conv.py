@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import numerics, ops, reference
-from ._common import DTYPE_NAMES, DTYPES, fold_batchnorm, in_reference_mode, quantize_layer
+from .. import ops, reference
+from ._common import DTYPE_NAMES, IntegerLayer, fold_batchnorm, in_reference_mode, quantize_layer
 
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class QuantConv2d(nn.Module):
+class QuantConv2d(IntegerLayer):
     """Integer-only conv2d: int8 / uint8 in (NCHW shape, channels_last memory preferred), int8 /
     uint8 out, symmetric int8 weights per output channel (or per tensor), int32 bias, fixed-point
     requantization, ReLU / ReLU6 fused as the output clamp. Padding is filled with the input zero
@@ -31,20 +31,8 @@ class QuantConv2d(nn.Module):
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), _pair(stride), _pair(padding), _pair(dilation)
-        self.per_channel, self.rounding = per_channel, rounding
-        self.input_dtype, self.output_dtype = input_dtype, output_dtype
-        channels = out_channels if per_channel else 1
-        self.register_buffer("weight_q", torch.zeros(out_channels, in_channels // groups, kh, kw, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(channels))
-        self.register_buffer("bias_q", torch.zeros(out_channels, dtype=torch.int32) if bias else None)
-        self.register_buffer("m0", torch.zeros(channels, dtype=torch.int32))
-        self.register_buffer("shift", torch.zeros(channels, dtype=torch.int32))
-        self.register_buffer("input_scale", torch.ones(()))
-        self.register_buffer("output_scale", torch.ones(()))
-        self.input_zero_point = 0
-        self.output_zero_point = 0
-        self.qmin, self.qmax = numerics.dtype_range(output_dtype)
-        self.register_buffer("packed_weight", ops.int8_conv2d_pack_weight(self.weight_q, groups), persistent=False)
+        self._init_integer_state((out_channels, in_channels // groups, kh, kw), out_channels, bias, per_channel,
+                                 input_dtype, output_dtype, rounding)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, input_scale: float,
@@ -65,38 +53,19 @@ class QuantConv2d(nn.Module):
         w_q, w_scale, bias_q, m0, shift = quantize_layer(weight, bias, input_scale, output_scale, per_channel)
         q.weight_q.copy_(w_q)
         q.weight_scale.copy_(w_scale)
-        if bias_q is not None:
-            q.bias_q.copy_(bias_q)
-        q.m0.copy_(m0)
-        q.shift.copy_(shift)
-        q.input_scale.fill_(float(input_scale))
-        q.output_scale.fill_(float(output_scale))
-        q.input_zero_point, q.output_zero_point = int(input_zero_point), int(output_zero_point)
-        q.qmin, q.qmax = numerics.activation_clamp(activation, float(output_scale), int(output_zero_point),
-                                                   output_dtype)
+        q._set_static_qparams(input_scale, input_zero_point, output_scale, output_zero_point, activation, m0, shift,
+                              bias_q)
         q._repack()
         return q
 
-    def _repack(self) -> None:
-        self.packed_weight = ops.int8_conv2d_pack_weight(self.weight_q.cpu(), self.groups).to(self.weight_q.device)
+    def _pack(self, weight_q: torch.Tensor) -> torch.Tensor:
+        return ops.int8_conv2d_pack_weight(weight_q, self.groups)
 
-    def get_extra_state(self):
-        return {"per_channel": self.per_channel, "rounding": self.rounding,
-                "input_dtype": DTYPE_NAMES[self.input_dtype], "output_dtype": DTYPE_NAMES[self.output_dtype],
-                "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
-                "qmin": self.qmin, "qmax": self.qmax, "stride": self.stride, "padding": self.padding,
-                "dilation": self.dilation}
+    def _layer_extra_state(self) -> dict:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
 
-    def set_extra_state(self, state):
-        self.per_channel, self.rounding = state["per_channel"], state["rounding"]
-        self.input_dtype, self.output_dtype = DTYPES[state["input_dtype"]], DTYPES[state["output_dtype"]]
-        self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
-        self.qmin, self.qmax = state["qmin"], state["qmax"]
+    def _set_layer_extra_state(self, state: dict) -> None:
         self.stride, self.padding, self.dilation = (tuple(state[k]) for k in ("stride", "padding", "dilation"))
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._repack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (x, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift, self.output_zero_point,

@@ -6,13 +6,11 @@ import torch
 from torch import nn
 
 from .. import numerics, ops, reference
-from ._common import in_reference_mode, quantize_layer
-
-_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+from ._common import DTYPE_NAMES, IntegerLayer, in_reference_mode, quantize_layer
 
 
-class QuantLinear(nn.Module):
+
+class QuantLinear(IntegerLayer):
     """int8 linear layer with symmetric int8 weights (per output channel or per tensor).
 
     Two modes:
@@ -37,22 +35,10 @@ class QuantLinear(nn.Module):
         super().__init__()
         if mode not in ("static", "dynamic"):
             raise ValueError(f'QuantLinear: mode must be "static" or "dynamic", got {mode!r}')
-        self.in_features, self.out_features = in_features, out_features
-        self.mode, self.per_channel, self.rounding = mode, per_channel, rounding
-        self.input_dtype, self.output_dtype = input_dtype, output_dtype
-        channels = out_features if per_channel else 1
-        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(channels))
-        self.register_buffer("bias_q", torch.zeros(out_features, dtype=torch.int32) if bias else None)
+        self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        self._init_integer_state((out_features, in_features), out_features, bias, per_channel, input_dtype,
+                                 output_dtype, rounding)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self.register_buffer("m0", torch.zeros(channels, dtype=torch.int32))
-        self.register_buffer("shift", torch.zeros(channels, dtype=torch.int32))
-        self.register_buffer("input_scale", torch.ones(()))
-        self.register_buffer("output_scale", torch.ones(()))
-        self.input_zero_point = 0
-        self.output_zero_point = 0
-        self.qmin, self.qmax = numerics.dtype_range(output_dtype)
-        self.register_buffer("packed_weight", ops.int8_pack_weight(self.weight_q), persistent=False)
 
     # -------------------------------------------------------------- construction
 
@@ -85,42 +71,21 @@ class QuantLinear(nn.Module):
                                  f"for {input_dtype}, got {input_zero_point}")
             w_q, w_scale, bias_q, m0, shift = quantize_layer(linear.weight, linear.bias, input_scale, output_scale,
                                                              per_channel)
-            q.input_scale.fill_(float(input_scale))
-            q.output_scale.fill_(float(output_scale))
-            q.input_zero_point, q.output_zero_point = int(input_zero_point), int(output_zero_point)
-            q.qmin, q.qmax = numerics.activation_clamp(activation, float(output_scale),
-                                                       int(output_zero_point), output_dtype)
-            q.m0.copy_(m0)
-            q.shift.copy_(shift)
-            if bias_q is not None:
-                q.bias_q.copy_(bias_q)
+            q._set_static_qparams(input_scale, input_zero_point, output_scale, output_zero_point, activation, m0,
+                                  shift, bias_q)
         q.weight_q.copy_(w_q)
         q.weight_scale.copy_(w_scale)
         q._repack()
         return q
 
-    def _repack(self) -> None:
-        self.packed_weight = ops.int8_pack_weight(self.weight_q.cpu()).to(self.weight_q.device)
+    def _pack(self, weight_q: torch.Tensor) -> torch.Tensor:
+        return ops.int8_pack_weight(weight_q)
 
-    # -------------------------------------------------------------- state
+    def _layer_extra_state(self) -> dict:
+        return {"mode": self.mode}
 
-    def get_extra_state(self):
-        return {"mode": self.mode, "per_channel": self.per_channel, "rounding": self.rounding,
-                "input_dtype": _DTYPE_NAMES[self.input_dtype],
-                "output_dtype": _DTYPE_NAMES[self.output_dtype],
-                "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
-                "qmin": self.qmin, "qmax": self.qmax}
-
-    def set_extra_state(self, state):
-        self.mode, self.per_channel, self.rounding = state["mode"], state["per_channel"], state["rounding"]
-        self.input_dtype = _DTYPES[state["input_dtype"]]
-        self.output_dtype = _DTYPES[state["output_dtype"]]
-        self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
-        self.qmin, self.qmax = state["qmin"], state["qmax"]
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._repack()
+    def _set_layer_extra_state(self, state: dict) -> None:
+        self.mode = state["mode"]
 
     # -------------------------------------------------------------- compute
 
@@ -156,8 +121,8 @@ class QuantLinear(nn.Module):
         s = (f"in_features={self.in_features}, out_features={self.out_features}, "
              f"bias={self.bias is not None}, mode={self.mode}, per_channel={self.per_channel}")
         if self.mode == "static":
-            s += (f", input={_DTYPE_NAMES[self.input_dtype]}(scale={self.input_scale.item():.4g}, "
-                  f"zp={self.input_zero_point}), output={_DTYPE_NAMES[self.output_dtype]}("
+            s += (f", input={DTYPE_NAMES[self.input_dtype]}(scale={self.input_scale.item():.4g}, "
+                  f"zp={self.input_zero_point}), output={DTYPE_NAMES[self.output_dtype]}("
                   f"scale={self.output_scale.item():.4g}, zp={self.output_zero_point}, "
                   f"clamp=[{self.qmin}, {self.qmax}]), rounding={self.rounding}")
         return s
