@@ -28,5 +28,16 @@ bench: install
 	@$(PYTHON) -c "import torchao" 2>/dev/null || $(PIP) install --no-deps torchao==0.14.1 || true
 	$(PYTHON) benchmarks/run_all.py
 
+# Compile every CUDA kernel file for sm_80 and sm_90 without torch (no GPU needed): a kernel
+# that does not compile never lands. .ci/run calls it where nvcc exists.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+CUDA_ARCH_FLAGS := -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90
+cuda-check:
+	@mkdir -p .make/cuda-check
+	@set -e; for f in $(wildcard csrc/cuda/*.cu); do \
+		echo "nvcc $$f"; \
+		$(NVCC) -std=c++17 -O3 -Werror all-warnings -Icsrc/include $(CUDA_ARCH_FLAGS) -c $$f -o .make/cuda-check/$$(basename $$f .cu).o; \
+	done
+
 clean:
 	rm -rf build .make compress_kernels/_C*.so *.egg-info

@@ -13,12 +13,12 @@ from torch.utils import cpp_extension
 # builds; without the flag every op silently runs on one thread.
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
 LINK_FLAGS = ["-fopenmp"]
-NVCC_FLAGS = ["-O3", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+NVCC_FLAGS = ["-O3", "-std=c++17", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 
 INCLUDE_DIRS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "include")]
 
 cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/ops/registration.cpp"] + sorted(glob.glob("csrc/ops/cpu*.cpp"))
-cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/ops/cuda.cpp"))
+cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/ops/cuda*.cpp"))
 with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and bool(cuda_sources)
 
 if with_cuda:
