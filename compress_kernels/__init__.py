@@ -15,6 +15,8 @@ from . import cluster  # noqa: E402  issue 4
 from .convert import CodebookConfig  # issue 4
 from .nn import CodebookConv2d, CodebookLinear  # issue 4
 from .ops import fake_quant, fake_quant_backward, fake_quant_observe  # issue 6
+from .qat import QATConfig, broadcast_qat_state_, freeze_qat_, prepare_qat_, qat_exact_mode, qat_mismatch_report  # issue 6
+from .nn.fake_quant import FakeQuantize  # issue 6
 from . import prune  # issue 5
 from .convert import Sparse24Config  # issue 5
 from .nn import SparseConv2d, SparseLinear  # issue 5
@@ -40,6 +42,7 @@ __all__ = [
     "Int8StaticConfig", "calibrate", "QuantConv2d", "DeQuantize", "QuantAdd", "QuantAvgPool2d", "QuantMaxPool2d", "Quantize", "QuantReLU", "reference_mode", "models",  # issue 3
     "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
     "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
+    "QATConfig", "broadcast_qat_state_", "freeze_qat_", "prepare_qat_", "qat_exact_mode", "qat_mismatch_report", "FakeQuantize",  # issue 6
     "cluster", "CodebookConfig", "CodebookConv2d", "CodebookLinear",  # issue 4
     "prune", "PruneConfig", "prune_", "Sparse24Config", "SparseConv2d", "SparseLinear",  # issue 5
     "sparse24_compress", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5

@@ -60,12 +60,19 @@ def register_model_handler(config_type: type):
     return wrap
 
 
-def convert_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str], bool] | None = None,
              inplace: bool = True) -> ConversionReport:
     """Swap every module the config's handler accepts (and `filter_fn(module, name)` allows).
     With ``inplace=False`` the model is deep-copied first. The converted model is ``report.model``
     (for whole-model configs such as Int8StaticConfig it is a new torch.fx.GraphModule and the
-    original model is left as it was)."""
+    original model is left as it was). A model prepared by ``prepare_qat_`` converts with no config
+    (its QATConfig) into the integer-only model."""
+    if config is None:
+        from .qat import qat_config
+
+        config = qat_config(model)
+        if config is None:
+            raise TypeError("convert_: a config is needed (only a model prepared by prepare_qat_ converts without one)")
     if type(config) in _MODEL_HANDLERS:
         new_model, converted, skipped = _MODEL_HANDLERS[type(config)](model, config, filter_fn)
         return ConversionReport(converted=converted, skipped=skipped, model=new_model)
@@ -104,6 +111,13 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 from .static_quant import Int8StaticConfig, convert_static  # noqa: E402
 
 register_model_handler(Int8StaticConfig)(convert_static)
+
+
+# ---------------------------------------------------------------- quantization-aware training (issue 6)
+
+from .qat import QATConfig, convert_qat  # noqa: E402
+
+register_model_handler(QATConfig)(convert_qat)
 
 
 # ---------------------------------------------------------------- int8 dynamic (QuantLinear)

@@ -29,6 +29,7 @@ from .nn._common import fold_batchnorm
 from .nn.conv import QuantConv2d
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, QuantMaxPool2d, Quantize, QuantReLU
 from .nn.linear import QuantLinear
+from .nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
 
 _OBSERVED_ATTR = "_compress_kernels_observed"
 
@@ -139,23 +140,33 @@ def calibrate(model: nn.Module, batches, progress: bool = False) -> fx.GraphModu
     return observed
 
 
-def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
-    """The Int8StaticConfig handler of convert_: returns (integer GraphModule, converted, skipped)."""
-    observed: fx.GraphModule | None = getattr(model, _OBSERVED_ATTR, None)
+def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, observed: fx.GraphModule | None = None,
+                   record: dict | None = None):
+    """The Int8StaticConfig handler of convert_: returns (integer GraphModule, converted, skipped).
+
+    `observed` is the probed graph to convert: by default the calibrated copy calibrate() attached to
+    `model`; quantization-aware training passes its own graph, whose fake quantizers (ActFakeQuant) are
+    the probes and whose QAT layers build their integer modules themselves (`to_integer`). `record`, if
+    given, receives {layer target: (integer module, [input (scale, zero_point)...])} for every layer
+    converted from a module call (QAT's exact mode runs those modules one by one)."""
+    if observed is None:
+        observed = getattr(model, _OBSERVED_ATTR, None)
     if observed is None:
         raise RuntimeError("convert_ with Int8StaticConfig needs calibration statistics: run "
                            "compress_kernels.calibrate(model, batches) first")
     modules = dict(observed.named_modules())
     dtype = config.activation_dtype
-    stats_of: dict[fx.Node, TensorStats] = {}
+    probes = (TensorStats, ActFakeQuant)
+    stats_of: dict[fx.Node, TensorStats | ActFakeQuant] = {}
     for node in observed.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], TensorStats):
+        if node.op == "call_module" and isinstance(modules[node.target], probes):
             stats_of[node.args[0]] = modules[node.target]
+    record = {} if record is None else record
 
     def unprobed(node):
         # the probe node stands for its input
         return node.args[0] if (isinstance(node, fx.Node) and node.op == "call_module"
-                                and isinstance(modules[node.target], TensorStats)) else node
+                                and isinstance(modules[node.target], probes)) else node
 
     graph = fx.Graph()
     new_modules: dict[str, nn.Module] = {}
@@ -201,14 +212,14 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
 
     def fused_relu(node):
         users = [u for u in node.users]
-        if len(users) == 1 and isinstance(modules.get(users[0].target), TensorStats):
+        if len(users) == 1 and isinstance(modules.get(users[0].target), probes):
             users = list(users[0].users)
         if len(users) == 1 and _relu_kind(users[0], modules) is not None:
             return users[0], _relu_kind(users[0], modules)
         return None, None
 
     for node in observed.graph.nodes:
-        if node in done or (node.op == "call_module" and isinstance(modules[node.target], TensorStats)):
+        if node in done or (node.op == "call_module" and isinstance(modules[node.target], probes)):
             continue
         mod = modules.get(node.target) if node.op == "call_module" else None
         allowed = filter_fn is None or mod is None or filter_fn(mod, node.target)
@@ -217,7 +228,7 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
             qp[node] = None
         elif node.op == "output":
             graph.output(as_float(node.args[0]))
-        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and allowed and not (
+        elif isinstance(mod, (nn.Conv2d, nn.Linear, QATConv2d, QATLinear)) and allowed and not (
                 isinstance(mod, nn.Conv2d) and (mod.padding_mode != "zeros" or isinstance(mod.padding, str))):
             x, in_p = as_quant(node.args[0])
             relu_node, act = fused_relu(node)
@@ -226,15 +237,19 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
             common = dict(input_scale=in_p[0], input_zero_point=in_p[1], output_scale=out_p[0],
                           output_zero_point=out_p[1], per_channel=config.per_channel, activation=act,
                           input_dtype=dtype, output_dtype=dtype, rounding=config.rounding)
-            q = QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d) else QuantLinear.from_float(mod, **common)
+            if isinstance(mod, (QATConv2d, QATLinear)):
+                q = mod.to_integer(**common)
+            else:
+                q = QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d) else QuantLinear.from_float(mod, **common)
             env[node] = graph.call_module(add_module(node.target, q), (x,))
             qp[node] = out_p
+            record[node.target] = (q, [in_p])
             converted.append((node.target, type(mod).__name__, type(q).__name__ + (f"+{act}" if act else "")))
             if relu_node is not None:
                 env[relu_node], qp[relu_node] = env[node], out_p
                 done.add(relu_node)
-        elif node.op == "call_function" and node.target in _ADD_FUNCTIONS and len(node.args) == 2 and all(
-                isinstance(a, fx.Node) for a in node.args) and not node.kwargs:
+        elif (isinstance(mod, QATAdd) or node.op == "call_function" and node.target in _ADD_FUNCTIONS) and len(
+                node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs:
             (a, pa), (b, pb) = as_quant(node.args[0]), as_quant(node.args[1])
             relu_node, act = fused_relu(node)
             out_node = relu_node if relu_node is not None else node
@@ -242,6 +257,8 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
             q = QuantAdd.from_qparams(pa, pb, out_p, dtype, act)
             env[node] = graph.call_module(add_module(f"{node.name}_add", q), (a, b))
             qp[node] = out_p
+            if mod is not None:
+                record[node.target] = (q, [pa, pb])
             converted.append((node.name, "add", "QuantAdd" + (f"+{act}" if act else "")))
             if relu_node is not None:
                 env[relu_node], qp[relu_node] = env[node], out_p
@@ -256,12 +273,15 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None):
             env[node] = graph.call_module(add_module(node.target, pool), (x,))
             qp[node] = p
             converted.append((node.target, "MaxPool2d", "QuantMaxPool2d"))
-        elif (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))) or (
+        elif isinstance(mod, QATAvgPool2d) or (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))) or (
                 isinstance(mod, nn.AvgPool2d) and mod.padding in (0, (0, 0)) and not mod.ceil_mode):
             x, p = as_quant(node.args[0])
+            if isinstance(mod, QATAvgPool2d):
+                mod = mod.pool
             pool = QuantAvgPool2d() if isinstance(mod, nn.AdaptiveAvgPool2d) else QuantAvgPool2d(mod.kernel_size, mod.stride)
             env[node] = graph.call_module(add_module(node.target, pool), (x,))
             qp[node] = p
+            record[node.target] = (pool, [p])
             converted.append((node.target, type(mod).__name__, "QuantAvgPool2d"))
         elif (isinstance(mod, _PASS_MODULES) or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
               or (node.op == "call_method" and node.target in _PASS_METHODS)) and qp.get(unprobed(node.args[0])) is not None:

@@ -32,11 +32,21 @@ def in_reference_mode() -> bool:
 
 
 def quantize_layer(weight: torch.Tensor, bias: torch.Tensor | None, input_scale: float, output_scale: float,
-                   per_channel: bool):
-    """Symmetric int8 weights (narrow range), int32 bias at scale s_x * s_w[n] (round half to even,
-    saturated), and the fixed-point multipliers s_x * s_w[n] / s_y as (m0, shift).
+                   per_channel: bool, weight_bits: int = 8, weight_scale: torch.Tensor | None = None):
+    """Symmetric weights of `weight_bits` bits (narrow range [-(2^(b-1) - 1), 2^(b-1) - 1], stored as
+    int8), int32 bias at scale s_x * s_w[n] (round half to even, saturated), and the fixed-point
+    multipliers s_x * s_w[n] / s_y as (m0, shift). `weight_scale` (one per output channel, or one)
+    replaces the max|w| / qmax scale, e.g. a scale learned by quantization-aware training.
     Returns (w_q, w_scale, bias_q or None, m0, shift)."""
-    w_q, w_scale = numerics.quantize_weight(weight, per_channel=per_channel)
+    if not 2 <= weight_bits <= 8:
+        raise ValueError(f"weight_bits must be in [2, 8], got {weight_bits}")
+    if weight_scale is None:
+        w_q, w_scale = numerics.quantize_weight(weight, per_channel=per_channel, bits=weight_bits)
+    else:
+        qmax = 2 ** (weight_bits - 1) - 1
+        w_scale = weight_scale.detach().float().reshape(-1)
+        shape = [-1] + [1] * (weight.dim() - 1)
+        w_q = torch.round(weight.detach().float() / w_scale.reshape(shape)).clamp(-qmax, qmax).to(torch.int8)
     acc_scale = torch.tensor(float(input_scale), dtype=torch.float64) * w_scale.double()
     m0, shift = ops.quantize_multiplier(acc_scale / float(output_scale))
     bias_q = None

@@ -38,9 +38,11 @@ class QuantConv2d(IntegerLayer):
     def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, input_scale: float,
                    input_zero_point: int, output_scale: float, output_zero_point: int, per_channel: bool = True,
                    activation: str | None = None, input_dtype: torch.dtype = torch.uint8,
-                   output_dtype: torch.dtype = torch.uint8, rounding: str = "double") -> QuantConv2d:
+                   output_dtype: torch.dtype = torch.uint8, rounding: str = "double", weight_bits: int = 8,
+                   weight_scale: torch.Tensor | None = None) -> QuantConv2d:
         """Quantize a float Conv2d (with an optional BatchNorm2d folded in, evaluation statistics)
-        for the given input / output qparams; ``activation`` "relu" / "relu6" becomes the clamp."""
+        for the given input / output qparams; ``activation`` "relu" / "relu6" becomes the clamp.
+        ``weight_bits`` / ``weight_scale``: see ``nn._common.quantize_layer``."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"QuantConv2d.from_float: expected nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -50,7 +52,8 @@ class QuantConv2d(IntegerLayer):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.groups, bias is not None, per_channel=per_channel, input_dtype=input_dtype,
                 output_dtype=output_dtype, rounding=rounding)
-        w_q, w_scale, bias_q, m0, shift = quantize_layer(weight, bias, input_scale, output_scale, per_channel)
+        w_q, w_scale, bias_q, m0, shift = quantize_layer(weight, bias, input_scale, output_scale, per_channel,
+                                                         weight_bits, weight_scale)
         q.weight_q.copy_(w_q)
         q.weight_scale.copy_(w_scale)
         q._set_static_qparams(input_scale, input_zero_point, output_scale, output_zero_point, activation, m0, shift,

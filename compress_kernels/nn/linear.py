@@ -47,10 +47,12 @@ class QuantLinear(IntegerLayer):
                    input_zero_point: int = 0, output_scale: float | None = None,
                    output_zero_point: int = 0, per_channel: bool = True, dynamic: bool = False,
                    input_dtype: torch.dtype = torch.uint8, output_dtype: torch.dtype = torch.uint8,
-                   activation: str | None = None, rounding: str = "double") -> QuantLinear:
+                   activation: str | None = None, rounding: str = "double", weight_bits: int = 8,
+                   weight_scale: torch.Tensor | None = None) -> QuantLinear:
         """Quantize a float ``nn.Linear``. Static mode needs the input and output scales and zero
         points (from calibration); ``dynamic=True`` needs none. ``activation`` ("relu" or "relu6")
-        is fused into the output clamp of the static mode."""
+        is fused into the output clamp of the static mode. ``weight_bits`` / ``weight_scale`` (static
+        mode): see ``nn._common.quantize_layer``."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantLinear.from_float: expected nn.Linear, got {type(linear).__name__}")
         mode = "dynamic" if dynamic else "static"
@@ -70,7 +72,7 @@ class QuantLinear(IntegerLayer):
                 raise ValueError(f"QuantLinear.from_float: input_zero_point must be in [{in_lo}, {in_hi}] "
                                  f"for {input_dtype}, got {input_zero_point}")
             w_q, w_scale, bias_q, m0, shift = quantize_layer(linear.weight, linear.bias, input_scale, output_scale,
-                                                             per_channel)
+                                                             per_channel, weight_bits, weight_scale)
             q._set_static_qparams(input_scale, input_zero_point, output_scale, output_zero_point, activation, m0,
                                   shift, bias_q)
         q.weight_q.copy_(w_q)
