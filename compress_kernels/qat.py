@@ -168,13 +168,13 @@ def prepare_qat_(model: nn.Module, config: QATConfig | None = None, inplace: boo
             quantize_output(node)
     gm.graph.lint()
     gm.recompile()
-    setattr(gm, _CONFIG_ATTR, config)
+    gm.meta[_CONFIG_ATTR] = config  # GraphModule.meta survives deepcopy (plain attributes do not)
     return gm
 
 
 def _qat_graph(model: nn.Module) -> fx.GraphModule:
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    if getattr(inner, _CONFIG_ATTR, None) is None:
+    if qat_config(inner) is None:
         raise RuntimeError("expected a model prepared by compress_kernels.prepare_qat_ (or its DDP wrapper), "
                            f"got {type(inner).__name__}")
     return inner
@@ -183,7 +183,7 @@ def _qat_graph(model: nn.Module) -> fx.GraphModule:
 def qat_config(model: nn.Module) -> QATConfig | None:
     """The QATConfig a model was prepared with, or None for a model that is not a QAT graph."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return getattr(inner, _CONFIG_ATTR, None)
+    return getattr(inner, "meta", {}).get(_CONFIG_ATTR) if isinstance(inner, fx.GraphModule) else None
 
 
 def freeze_qat_(model: nn.Module, observers: bool = True, batchnorm: bool = True) -> nn.Module:
@@ -216,7 +216,7 @@ def convert_qat(model: nn.Module, config=None, filter_fn=None, record: dict | No
     gm = _qat_graph(model)
     if filter_fn is not None:
         raise ValueError("convert_: filter_fn is not supported for QAT models (choose the layers at prepare_qat_)")
-    return convert_static(gm, getattr(gm, _CONFIG_ATTR).static_config(), observed=gm, record=record)
+    return convert_static(gm, qat_config(gm).static_config(), observed=gm, record=record)
 
 
 @contextlib.contextmanager
@@ -230,7 +230,7 @@ def qat_exact_mode(model: nn.Module, use_kernels: bool = False):
     gm.eval()
     record: dict = {}
     convert_qat(gm, record=record)
-    dtype = getattr(gm, _CONFIG_ATTR).activation_dtype
+    dtype = qat_config(gm).activation_dtype
     touched = []
     for target, (module, in_qparams) in record.items():
         layer = gm.get_submodule(target)

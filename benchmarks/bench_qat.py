@@ -1,0 +1,96 @@
+"""Whole-model cost of quantization-aware training: one SGD step (forward, backward, optimizer) of the
+package's ResNet-18 (CIFAR form) in float, under compress_kernels.prepare_qat_, and under torch.ao's
+prepare_qat_fx (the peer: its default fbgemm QAT qconfig, fused ConvBn, fake-quant modules), all in
+one run on the same batches. Issue 6's goal: a QAT step costs <= 1.3x a float step.
+
+    python benchmarks/bench_qat.py [--quick] [--no-write] [--width 16] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_seconds, machine_line, markdown_table, write_result  # noqa: E402
+
+import compress_kernels as ck  # noqa: E402
+from compress_kernels import models  # noqa: E402
+
+
+def train_step(model, opt, x, y):
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def torch_ao_qat(model, x):
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_qat_fx(copy.deepcopy(model).train(), get_default_qat_qconfig_mapping("fbgemm"), (x,))
+
+
+def measure(width: int, batch: int, min_run_time: float) -> list:
+    torch.manual_seed(0)
+    model = models.resnet18_cifar(width=width).train()
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    contenders = {
+        "float": copy.deepcopy(model),
+        "compress_kernels QAT": ck.prepare_qat_(model, ck.QATConfig(), inplace=False),
+        "compress_kernels QAT (LSQ)": ck.prepare_qat_(model, ck.QATConfig(learnable_scale=True), inplace=False),
+        "torch.ao QAT (prepare_qat_fx)": torch_ao_qat(model, x),
+    }
+    times = {}
+    for name, m in contenders.items():
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+        times[name] = best_seconds(train_step(m, opt, x, y), min_run_time)
+        print(f"{name}: {times[name] * 1e3:.1f} ms", flush=True)
+    base = times["float"]
+    return [[name, width, batch, t * 1e3, t / base, times["torch.ao QAT (prepare_qat_fx)"] / t]
+            for name, t in times.items()]
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="width 8, batch 32, short timing")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/qat.md")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    width, batch = (8, 32) if args.quick else (args.width, args.batch)
+    rows = measure(width, batch, 0.5 if args.quick else 2.0)
+    headers = ["training step", "width", "batch", "ms / step", "x float step", "torch.ao QAT / this"]
+    text = "\n".join([
+        "# QAT: cost of a training step (whole model)",
+        "",
+        f"Machine: {machine_line()}. ResNet-18 (CIFAR form) on 32x32 inputs; one step = forward + "
+        "cross-entropy + backward + SGD step; fastest of repeated steps. compress_kernels QAT: BatchNorm "
+        "folded into fake-quantized per-channel int8 weights, EMA-observed uint8 activations (fused "
+        "fake_quant_observe), or LSQ-learned scales. Goal (issue 6): <= 1.3x the float step.",
+        "",
+        markdown_table(headers, rows),
+        "",
+        "Command: `python benchmarks/bench_qat.py" + (" --quick" if args.quick else "") + "`",
+    ])
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result("qat", text))
+    return text
+
+
+if __name__ == "__main__":
+    main()
