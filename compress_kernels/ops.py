@@ -245,6 +245,15 @@ def _register_codebook_autograd() -> None:
 
 # ---------------------------------------------------------------- 2:4 sparse (issue 5)
 
+# The layout converters (CUTLASS, cuSPARSELt, the padded CUDA pack) live in sparse24_layout.
+from .sparse24_layout import (  # noqa: E402, F401
+    sparse24_cuda_pack,
+    sparse24_from_cusparselt,
+    sparse24_from_cutlass,
+    sparse24_to_cusparselt,
+    sparse24_to_cutlass,
+)
+
 
 def sparse24_compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Compress a 2:4 sparse weight w [N, K] (K % 4 == 0, at most two non-zeros in every group of
@@ -266,12 +275,29 @@ def sparse24_f32_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     return _lib().sparse24_f32_pack(values, meta)
 
 
+def _pad_rows(t: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    if t is None or t.dim() == 0 or t.numel() == 1 or t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0])])
+
+
 def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 y = x @ W.T + bias with W given compressed (sparse24_compress). x: fp32 [M, K];
-    values fp32 [N, K/2] (packed for this call) or the 1-D tensor of sparse24_f32_pack(values,
-    meta) (meta is passed either way); bias fp32 [N] or None. Each output is one fused multiply-add per stored
-    value in k order, then + bias: every CPU path and thread count gives the same bits."""
+    """y = x @ W.T + bias with W given compressed.
+
+    CPU: x fp32 [M, K]; values fp32 [N, K/2] (packed for this call) or the 1-D tensor of
+    sparse24_f32_pack(values, meta) (meta is passed either way); bias fp32 [N] or None. Each output
+    is one fused multiply-add per stored value in k order, then + bias: every CPU path and thread
+    count gives the same bits.
+
+    CUDA (sparse tensor cores, sm_80+): values float16 / bfloat16 [Np, Kp/2] with the CUTLASS int16
+    meta of sparse24_cuda_pack (or torch.sparse.to_sparse_semi_structured's packed / meta); x of the
+    values' dtype, or fp32 (cast to it); output [M, Np] of x's dtype, fp32 accumulation. Given our
+    uint8 meta on CUDA, this wrapper packs per call (fp16 unless x is bf16) and returns [M, N]."""
+    if x.is_cuda and meta.dtype == torch.uint8:
+        n = values.shape[0]
+        vp, mp = sparse24_cuda_pack(values, meta, torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float16)
+        return _lib().sparse24_linear(x, vp, mp, _pad_rows(bias, vp.shape[0]))[:, :n]
     return _lib().sparse24_linear(x, values, meta, bias)
 
 
@@ -291,66 +317,22 @@ def sparse24_int8_linear(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
     x: int8 or uint8 [M, K]; values: symmetric int8 [N, K/2] or the packed int32 tensor of
     sparse24_int8_pack(values, meta) (meta is passed either way); bias int32 [N] or None; m0 /
     shift per tensor or per output channel; out_dtype int8, uint8 or int32. Bit-exact; pruned
-    weights stay exactly zero (they are never stored)."""
-    return _lib().sparse24_int8_linear(x, x_zero_point, values, meta, bias, _int32(m0), _int32(shift),
+    weights stay exactly zero (they are never stored).
+
+    CUDA (sm_80+): values int8 [Np, Kp/2] with the CUTLASS int32 meta of sparse24_cuda_pack (or
+    to_sparse_semi_structured's), output [M, Np], bit-identical to the CPU. Given our uint8 meta on
+    CUDA, this wrapper packs per call (per-channel m0 / shift / bias padded with zeros) and returns
+    [M, N]."""
+    m0, shift = _int32(m0), _int32(shift)
+    if x.is_cuda and meta.dtype == torch.uint8:
+        n = values.shape[0]
+        vp, mp = sparse24_cuda_pack(values, meta, torch.int8)
+        rows = vp.shape[0]
+        return _lib().sparse24_int8_linear(x, x_zero_point, vp, mp, _pad_rows(bias, rows), _pad_rows(m0, rows),
+                                           _pad_rows(shift, rows), out_zero_point, qmin, qmax, out_dtype,
+                                           rounding)[:, :n]
+    return _lib().sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift,
                                        out_zero_point, qmin, qmax, out_dtype, rounding)
-
-
-def _cutlass_meta_offsets(rows: int, meta_cols: int, meta_dtype: torch.dtype) -> torch.Tensor:
-    """Scatter offsets of CUTLASS's metadata reordering (ColumnMajorInterleaved<2> with the 2x2
-    swizzle of cutlass/util/host_reorder.h): element (r, c) of the row-major metadata words goes
-    to flat index offsets[r * meta_cols + c] of the reordered tensor."""
-    r = torch.arange(rows)[:, None].expand(rows, meta_cols)
-    c = torch.arange(meta_cols)[None, :].expand(rows, meta_cols)
-    group, interweave = (32, 4) if meta_dtype == torch.int16 else (16, 2)
-    r = r // group * group + (r % 8) * interweave + (r % group) // 8
-    topright = ((r % 2 == 0) & (c % 2 == 1)).long()
-    bottomleft = ((r % 2 == 1) & (c % 2 == 0)).long()
-    r = r + topright - bottomleft
-    c = c - topright + bottomleft
-    return ((c // 2) * rows * 2 + r * 2 + c % 2).reshape(-1)
-
-
-def _cutlass_meta_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype in (torch.float16, torch.bfloat16):
-        return torch.int16
-    if dtype == torch.int8:
-        return torch.int32
-    raise ValueError(f"sparse24 CUTLASS layout: values must be float16, bfloat16 or int8, got {dtype} "
-                     "(CUTLASS stores fp32 as 1:2 tf32 sparsity; cast the values to float16/bfloat16)")
-
-
-def sparse24_to_cutlass(values: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, meta) -> (sparse, meta_reordered) in the layout of PyTorch's CUTLASS semi-structured
-    backend (torch.sparse.to_sparse_semi_structured / _semi_structured_conversions): the values are
-    the same; the nibbles, read as int16 (fp16/bf16) or int32 (int8) words of 4 or 8 groups, are
-    reordered for the tensor-core tiles. Needs N % 32 == 0 and K % 32 == 0 for fp16/bf16, N % 16 == 0
-    and K % 64 == 0 for int8 (an even number of metadata words per row, which the 2x2 swizzle of
-    the reordering needs; PyTorch's own converter fails on odd counts too)."""
-    meta_dtype = _cutlass_meta_dtype(values.dtype)
-    n, half = values.shape
-    k = 2 * half
-    row_mult, k_mult = (32, 32) if meta_dtype == torch.int16 else (16, 64)
-    if n % row_mult or k % k_mult:
-        raise ValueError(f"sparse24_to_cutlass: CUTLASS needs N % {row_mult} == 0 and K % {k_mult} == 0 "
-                         f"for {values.dtype}, got N={n}, K={k}")
-    words = meta.contiguous().view(meta_dtype)  # little-endian: group 0 in the low nibble
-    offsets = _cutlass_meta_offsets(n, words.shape[1], meta_dtype)
-    reordered = torch.empty(words.numel(), dtype=meta_dtype)
-    reordered.scatter_(0, offsets, words.reshape(-1))
-    return values.contiguous(), reordered.view(n, words.shape[1])
-
-
-def sparse24_from_cutlass(sparse: torch.Tensor, meta_reordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of sparse24_to_cutlass: PyTorch's CUTLASS (sparse, meta_reordered) -> (values, meta)."""
-    meta_dtype = _cutlass_meta_dtype(sparse.dtype)
-    if meta_reordered.dtype != meta_dtype:
-        raise ValueError(f"sparse24_from_cutlass: meta must be {meta_dtype} for {sparse.dtype} values, "
-                         f"got {meta_reordered.dtype}")
-    n, cols = meta_reordered.shape
-    offsets = _cutlass_meta_offsets(n, cols, meta_dtype)
-    words = meta_reordered.reshape(-1).gather(0, offsets).view(n, cols).contiguous()
-    return sparse.contiguous(), words.view(torch.uint8).reshape(n, -1)
 
 
 # ---------------------------------------------------------------- fake-quant (issue 6)

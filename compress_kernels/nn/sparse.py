@@ -45,6 +45,8 @@ class _Sparse24Base(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("weight_scale", torch.ones(out_features) if int8 else None)
         self.register_buffer("packed", torch.zeros(0), persistent=False)
+        # CUDA only: the CUTLASS-layout metadata that goes with `packed` (ops.sparse24_cuda_pack).
+        self.register_buffer("packed_meta", torch.zeros(0, dtype=torch.uint8), persistent=False)
         self._repack()
 
     def _set_weight(self, w2d: torch.Tensor) -> None:
@@ -65,9 +67,23 @@ class _Sparse24Base(nn.Module):
         self._repack()
 
     def _repack(self) -> None:
+        """The kernel layout for the device the weight is on: the CPU kernels' packed buffer, or on
+        CUDA the CUTLASS layout of the sparse tensor cores (float16 values for the fp32 mode, int8
+        for int8; N and K padded to CUTLASS's multiples, the output sliced back to N)."""
+        if self.values.is_cuda:
+            dtype = torch.int8 if self.int8 else torch.float16
+            self.packed, self.packed_meta = ops.sparse24_cuda_pack(self.values, self.meta, dtype)
+            return
         values, meta = self.values.cpu(), self.meta.cpu()
-        packed = ops.sparse24_int8_pack(values, meta) if self.int8 else ops.sparse24_f32_pack(values, meta)
+        packed = ops.sparse24_int8_pack(values, meta) if self.int8 else ops.sparse24_f32_pack(values.float(), meta)
         self.packed = packed.to(self.values.device)
+        self.packed_meta = torch.zeros(0, dtype=torch.uint8, device=self.values.device)
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() / .cpu() move the buffers; the kernel layout depends on the device.
+        super()._apply(fn, recurse)
+        self._repack()
+        return self
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -96,13 +112,18 @@ class _Sparse24Base(nn.Module):
     def _matmul(self, x2: torch.Tensor, s_x: torch.Tensor | None = None) -> torch.Tensor:
         """[M, K] -> [M, N] fp32 through the sparse kernel. int8: x2 is the int8 input quantized
         with scale s_x (quantized here when s_x is None)."""
+        n = self.values.shape[0]
         if not self.int8:
+            if x2.is_cuda:  # fp16 tensor cores, fp32 in and out (x cast to fp16 by the op)
+                y = ops.sparse24_linear(x2.float().contiguous(), self.packed, self.packed_meta, None)[:, :n]
+                return y + self.bias.float() if self.bias is not None else y
             return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, self.bias)
         if s_x is None:
             x2, s_x = self._quantize_input(x2)
         # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator.
-        acc = ops.sparse24_int8_linear(x2.contiguous(), 0, self.packed, self.meta, None, 1 << 30, 1, 0, INT32_MIN,
-                                       INT32_MAX, torch.int32)
+        meta = self.packed_meta if x2.is_cuda else self.meta
+        acc = ops.sparse24_int8_linear(x2.contiguous(), 0, self.packed, meta, None, 1 << 30, 1, 0, INT32_MIN,
+                                       INT32_MAX, torch.int32)[:, :n]
         y = acc.float() * (s_x * self.weight_scale)
         return y + self.bias if self.bias is not None else y
 
