@@ -1,12 +1,18 @@
 """2:4 sparse linear (fp32 and int8) against dense peers, measured side by side in one run.
 
-    python benchmarks/bench_sparse24.py [--quick] [--no-write] [--threads N]
+    python benchmarks/bench_sparse24.py [--quick] [--no-write] [--threads N] [--device cpu|cuda|all]
 
 fp32: sparse24_linear (compressed values + metadata, no packing) vs dense F.linear fp32 (oneDNN /
 MKL) on the same (pruned) weight. int8: sparse24_int8_linear (packed once with sparse24_int8_pack)
 vs our dense int8_linear (packed once with int8_pack_weight), both uint8 in -> uint8 out with the
 fused fixed-point requantization and per-channel multipliers. Bytes: compressed values + metadata
 over the dense weight of the same dtype.
+
+CUDA section (only where torch.cuda.is_available()): our mma.sp kernel (weight packed once with
+sparse24_cuda_pack) vs torch.sparse.to_sparse_semi_structured with the cuSPARSELt and the CUTLASS
+(SparseSemiStructuredTensor._FORCE_CUTLASS) backends and vs dense cuBLAS fp16 (F.linear), all
+fp16 in / fp16 out on the same pruned weight; int8 2:4 (uint8 in, fused requantization, uint8
+out) vs our dense int8_linear on the GPU. Timed with CUDA events (best of blocks of launches).
 """
 
 from __future__ import annotations
@@ -58,6 +64,95 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
     return t
 
 
+CUDA_MS = [16, 256, 1024, 4096, 8192]
+CUDA_KNS = [(4096, 4096), (8192, 8192), (4096, 16384)]
+
+
+def cuda_best_seconds(fn, min_run_time: float = 0.2, block: int = 20) -> float:
+    """Best per-call time over blocks of `block` back-to-back launches, timed with CUDA events."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    best, elapsed = float("inf"), 0.0
+    while elapsed < min_run_time:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(block):
+            fn()
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+        best, elapsed = min(best, seconds / block), elapsed + seconds
+    return best
+
+
+def bench_cuda_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]:
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    dev = "cuda"
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(n, k, generator=g) * random_24_mask(n, k, g)).half().to(dev)
+    x = torch.randn(m, k, generator=g).half().to(dev)
+    values, meta = ck.sparse24_compress(w)
+    vp, mp = ck.ops.sparse24_cuda_pack(values, meta, torch.float16)
+    t: dict[str, float] = {}
+    with torch.no_grad():
+        t["ours_fp16"] = cuda_best_seconds(lambda: ck.sparse24_linear(x, vp, mp, None), min_run_time)
+        t["cublas_fp16"] = cuda_best_seconds(lambda: F.linear(x, w), min_run_time)
+        old = SparseSemiStructuredTensor._FORCE_CUTLASS
+        for backend, force in (("cusparselt", False), ("cutlass", True)):
+            SparseSemiStructuredTensor._FORCE_CUTLASS = force
+            try:
+                ws = to_sparse_semi_structured(w)
+                t[backend] = cuda_best_seconds(lambda ws=ws: F.linear(x, ws), min_run_time)
+            except (RuntimeError, NotImplementedError) as exc:  # e.g. a torch built without cuSPARSELt
+                print(f"  {backend}: unavailable ({exc})")
+                t[backend] = float("nan")
+            finally:
+                SparseSemiStructuredTensor._FORCE_CUTLASS = old
+
+        w_q = (torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int64) * random_24_mask(n, k, g)).to(torch.int8)
+        v_q, meta_q = ck.sparse24_compress(w_q)
+        vq, mq = (tt.to(dev) for tt in ck.ops.sparse24_cuda_pack(v_q, meta_q, torch.int8))
+        x_q = torch.randint(0, 256, (m, k), generator=g, dtype=torch.int64).to(torch.uint8).to(dev)
+        b_q = torch.randint(-1000, 1000, (n,), generator=g, dtype=torch.int32).to(dev)
+        m0, shift = ck.quantize_multiplier(torch.full((n,), 1.0 / (k * 60), dtype=torch.float64))
+        t["ours_int8"] = cuda_best_seconds(
+            lambda: ck.sparse24_int8_linear(x_q, 128, vq, mq, b_q, m0, shift, 128, 0, 255, torch.uint8), min_run_time)
+        try:
+            packed_dense = ck.int8_pack_weight(w_q).to(dev)
+            t["dense_int8"] = cuda_best_seconds(
+                lambda: ck.int8_linear(x_q, 128, packed_dense, b_q, m0, shift, 128, 0, 255, torch.uint8), min_run_time)
+        except (RuntimeError, NotImplementedError) as exc:  # no CUDA int8_linear in this build
+            print(f"  dense int8_linear on CUDA: unavailable ({exc})")
+            t["dense_int8"] = float("nan")
+    return t
+
+
+def cuda_section(quick: bool) -> str:
+    shapes = [(m, k, n) for (k, n) in CUDA_KNS for m in CUDA_MS]
+    if quick:
+        shapes = [(1024, 4096, 4096), (4096, 8192, 8192)]
+    min_run_time = 0.05 if quick else 0.3
+    rows = []
+    for m, k, n in shapes:
+        t = bench_cuda_shape(m, k, n, min_run_time)
+        tflop = 2.0 * m * k * n / 1e12
+        rows.append([m, k, n, tflop / t["ours_fp16"], t["cusparselt"] / t["ours_fp16"], t["cutlass"] / t["ours_fp16"],
+                     t["cublas_fp16"] / t["ours_fp16"], tflop / t["ours_int8"], t["dense_int8"] / t["ours_int8"]])
+        print(rows[-1], flush=True)
+    props = torch.cuda.get_device_properties(0)
+    headers = ["M", "K", "N", "fp16 2:4 dense-equiv TFLOP/s", "vs cuSPARSELt", "vs CUTLASS (torch)",
+               "vs cuBLAS fp16 dense", "int8 2:4 dense-equiv TOP/s", "int8 2:4 vs int8_linear"]
+    return (f"### 2:4 sparse linear (CUDA)\n\n{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}. "
+            "Command: `python benchmarks/bench_sparse24.py --device cuda`.\n"
+            "Ratios are peer time / our time (> 1 means ours is faster), same run, CUDA events. fp16: "
+            "`sparse24_linear` (mma.sp, CUTLASS-layout weight packed once) vs `F.linear` on "
+            "`to_sparse_semi_structured(w)` (cuSPARSELt, and CUTLASS via `_FORCE_CUTLASS`) and vs dense "
+            "`F.linear` fp16 (cuBLAS). int8: `sparse24_int8_linear` vs our dense `int8_linear`, uint8 -> uint8 with "
+            "the fused requantization.\n\n" + markdown_table(headers, rows))
+
+
 def bench_channel_pruning(min_run_time: float) -> str:
     """Latency of ResNet-18 (CIFAR form) before / after removing 30% of every basic block's inner
     channels (prune_channels_), exact and rounded to multiples of 16 channels, fp32 F.conv2d."""
@@ -90,7 +185,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/sparse24.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--channels-only", action="store_true", help="only the channel-pruning speed-up table")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="which sections to run (all runs the CUDA section only where there is a GPU)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     shapes = [(m, k, n) for (k, n) in KNS for m in MS]
@@ -99,6 +198,13 @@ def main() -> None:
     min_run_time = 0.05 if args.quick else 0.3
     if args.channels_only:
         print(bench_channel_pruning(min_run_time))
+        return
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        cuda_text = cuda_section(args.quick)
+        print(cuda_text)
+        if not args.no_write:
+            print("wrote", write_result("sparse24_cuda", cuda_text))
+    if args.device == "cuda":
         return
     rows = []
     for m, k, n in shapes:
