@@ -484,3 +484,21 @@ def test_cusparselt_round_trip(dtype):
     assert torch.equal(packed, torch._cslt_compress(w))
     v2, m2 = ck.ops.sparse24_from_cusparselt(packed, (64, 128))
     assert torch.equal(ck.sparse24_decompress(v2, m2), w)
+
+
+def test_sparse_module_device_moves_on_cpu():
+    from compress_kernels.nn.sparse import SparseLinear
+
+    lin = torch.nn.Linear(16, 8)
+    lin.weight.data = random_24(8, 16, seed=3)
+    m = SparseLinear.from_float(lin)
+    x = torch.randn(3, 16)
+    want, state = m(x), m.state_dict()
+    m.to("meta")  # nothing to pack on the meta device
+    assert m.values.is_meta
+    m.to_empty(device="cpu")  # uninitialized buffers: not packable, forward refuses
+    with pytest.raises(RuntimeError, match="the weight is not packed .* load a state dict first"):
+        m(x)
+    m.load_state_dict(state)
+    assert torch.equal(m(x), want)
+    assert torch.equal(m.double().float()(x), want)  # a dtype round trip repacks the fp32 layout

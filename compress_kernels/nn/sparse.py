@@ -2,8 +2,9 @@
 
 The state dict holds the compressed weight (values [N, K/2] + metadata uint8 [N, ceil(K/8)], layout
 in csrc/include/ck/sparse24.h), the bias and, for int8, the per-channel weight scales; the kernel
-layout (sparse24_f32_pack / sparse24_int8_pack) is rebuilt at construction and after
-load_state_dict, never per call.
+layout (sparse24_f32_pack / sparse24_int8_pack on the CPU, the CUTLASS layout of
+ops.sparse24_cuda_pack on CUDA: fp16 values for fp32 layers, int8 for int8 ones) is rebuilt at
+construction, after load_state_dict and after every device move, never per call.
 
 int8 mode is dynamic quantization with the integer kernel: each call quantizes the layer input
 symmetrically per tensor (s_x = max|x| / 127, round half to even), runs sparse24_int8_linear with
@@ -70,6 +71,8 @@ class _Sparse24Base(nn.Module):
         """The kernel layout for the device the weight is on: the CPU kernels' packed buffer, or on
         CUDA the CUTLASS layout of the sparse tensor cores (float16 values for the fp32 mode, int8
         for int8; N and K padded to CUTLASS's multiples, the output sliced back to N)."""
+        if self.values.device.type not in ("cpu", "cuda"):  # e.g. the meta device: nothing to pack
+            return
         if self.values.is_cuda:
             dtype = torch.int8 if self.int8 else torch.float16
             self.packed, self.packed_meta = ops.sparse24_cuda_pack(self.values, self.meta, dtype)
@@ -82,7 +85,12 @@ class _Sparse24Base(nn.Module):
     def _apply(self, fn, recurse=True):
         # .to(device) / .cuda() / .cpu() move the buffers; the kernel layout depends on the device.
         super()._apply(fn, recurse)
-        self._repack()
+        try:
+            self._repack()
+        except (RuntimeError, ValueError):
+            # to_empty() leaves uninitialized buffers (no valid metadata): nothing to pack until
+            # load_state_dict fills them (it repacks); forward refuses until then.
+            self.packed = torch.zeros(0, device=self.values.device)
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -113,6 +121,9 @@ class _Sparse24Base(nn.Module):
         """[M, K] -> [M, N] fp32 through the sparse kernel. int8: x2 is the int8 input quantized
         with scale s_x (quantized here when s_x is None)."""
         n = self.values.shape[0]
+        if self.packed.numel() == 0:
+            raise RuntimeError(f"{type(self).__name__}: the weight is not packed (buffers left uninitialized by "
+                               "to_empty?); load a state dict first")
         if not self.int8:
             if x2.is_cuda:  # fp16 tensor cores, fp32 in and out (x cast to fp16 by the op)
                 y = ops.sparse24_linear(x2.float().contiguous(), self.packed, self.packed_meta, None)[:, :n]
