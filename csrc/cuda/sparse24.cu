@@ -27,6 +27,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
+
 #include "ck/sparse24.h"
 
 namespace ck::cuda {
@@ -355,8 +357,17 @@ __global__ void __launch_bounds__(kThreads) sparse24_mma_kernel(const MainArgs a
 template <class Tr, class Epilogue, bool kVecX>
 cudaError_t launch(const MainArgs& args, const Epilogue& epilogue, cudaStream_t stream) {
   auto kernel = sparse24_mma_kernel<Tr, Epilogue, kVecX>;
-  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  // The 78 KiB of shared memory need the opt-in, once per device and kernel instance.
+  static std::atomic<uint64_t> opted_in{0};
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
   if (status != cudaSuccess) return status;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if ((opted_in.load() & bit) == 0 || bit == 0) {
+    status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (status != cudaSuccess) return status;
+    opted_in.fetch_or(bit);
+  }
   const dim3 grid(static_cast<unsigned>((args.np + kBlockN - 1) / kBlockN),
                   static_cast<unsigned>((args.m + kBlockM - 1) / kBlockM));
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(args, epilogue);
