@@ -390,6 +390,7 @@ def test_cuda_opcheck():
 def test_cuda_torch_compile_fullgraph():
     x, vp, mp, b = _gpu_fp_args(torch.bfloat16)
     xq, vq, mq, bq, m0, shift = _gpu_int8_args()
+    m0, shift = m0.cuda(), shift.cuda()  # every input on the GPU (the op also takes host multipliers)
 
     def f(x, xq):
         return (ck.sparse24_linear(x, vp, mp, b),
@@ -436,10 +437,11 @@ def test_cuda_bad_input_messages():
     with pytest.raises(RuntimeError, match="values must be Char"):
         OPS.sparse24_int8_linear(xq, 0, vq.half(), mq, None, m0, shift, 0, -128, 127, torch.int8)
     with pytest.raises(RuntimeError, match="could overflow the int32 accumulator"):
-        big = torch.zeros(16, 9000, dtype=torch.int8, device="cuda")
-        OPS.sparse24_int8_linear(torch.zeros(1, 18000, dtype=torch.uint8, device="cuda"), 0, big,
-                                 torch.zeros(16, 18000 // 32, dtype=torch.int32, device="cuda"), None, m0[:1],
-                                 shift[:1], 0, -128, 127, torch.int8)
+        k = 65856  # the first multiple of 64 above the largest safe depth (65793)
+        OPS.sparse24_int8_linear(torch.zeros(1, k, dtype=torch.uint8, device="cuda"), 0,
+                                 torch.zeros(16, k // 2, dtype=torch.int8, device="cuda"),
+                                 torch.zeros(16, k // 32, dtype=torch.int32, device="cuda"), None, m0[:1], shift[:1],
+                                 0, -128, 127, torch.int8)
 
 
 # ---------------------------------------------------------------- GPU: modules and cuSPARSELt
