@@ -164,10 +164,13 @@ def codebook_unpack(packed_idx: torch.Tensor, bits: int, k: int) -> torch.Tensor
 def codebook_linear(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T + bias with W[n, k] = codebook[n // (N // G), idx[n, k]], the lookup fused into
-    the kernel. x: fp32 [M, K]; packed_idx: from codebook_pack (N rows); codebook: fp32 [G, 2^bits]
-    (G divides N: one codebook per group of N // G consecutive output rows); bias: fp32 [N] or None.
-    Per output: acc = 0; acc = fmaf(x[m, k], W[n, k], acc) for k in order; y = acc + bias[n]
-    (identical on every CPU path and thread count). Differentiable in x, codebook and bias; the
+    the kernel. x: fp32 [M, K] (CUDA also fp16 / bf16; the output has x's dtype); packed_idx: from
+    codebook_pack (N rows); codebook: fp32 [G, 2^bits] (G divides N: one codebook per group of N // G
+    consecutive output rows); bias: fp32 [N] or None.
+    CPU, per output: acc = 0; acc = fmaf(x[m, k], W[n, k], acc) for k in order; y = acc + bias[n]
+    (identical on every CPU path and thread count). CUDA: M <= 8 runs a fused GEMV (fp32 sums in
+    another order, one rounding to x's dtype); larger M decodes W to x's dtype and uses cuBLAS
+    (see csrc/ops/cuda_codebook.cpp). Differentiable in x, codebook and bias; the
     codebook gradient is the sum of the weight gradients of each entry's members."""
     return _lib().codebook_linear(x, packed_idx, codebook, bits, bias)
 
@@ -176,7 +179,8 @@ def codebook_conv2d(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
                     bias: torch.Tensor | None, kernel_size, stride=1, padding=0, dilation=1,
                     groups: int = 1) -> torch.Tensor:
     """F.conv2d with a codebook weight: W [C_out, C_in / groups, kh, kw] flattened to
-    [C_out, C_in / groups * kh * kw], its indices packed by codebook_pack. x: fp32 NCHW;
+    [C_out, C_in / groups * kh * kw], its indices packed by codebook_pack. x: fp32 NCHW (CUDA:
+    also fp16 / bf16, computed by decoding W to x's dtype, then cuDNN with TF32 off);
     kernel_size / stride / padding / dilation: int or pair (zero padding); groups: 1, or any
     divisor of both channel counts with C_out / groups a multiple of 16 (depthwise is refused).
     Computed as im2col + the codebook_linear kernel, so each output has the same fmaf order over
@@ -199,8 +203,8 @@ def _codebook_dense(packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int,
 def _codebook_grad(grad_w: torch.Tensor, flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """d loss / d codebook[g, c] = sum of d loss / d W[n, k] over the members (n, k) of entry c of
     group g (Deep Compression's centroid gradient)."""
-    out = torch.zeros(codebook.numel(), dtype=grad_w.dtype, device=grad_w.device)
-    return out.index_add_(0, flat.reshape(-1), grad_w.reshape(-1)).view(codebook.shape)
+    out = torch.zeros(codebook.numel(), dtype=codebook.dtype, device=grad_w.device)
+    return out.index_add_(0, flat.reshape(-1), grad_w.reshape(-1).to(codebook.dtype)).view(codebook.shape)
 
 
 def _register_codebook_autograd() -> None:
@@ -212,7 +216,7 @@ def _register_codebook_autograd() -> None:
     def linear_backward(ctx, grad):
         x, packed_idx, codebook = ctx.saved_tensors
         w, flat = _codebook_dense(packed_idx, codebook, ctx.bits, x.shape[1])
-        grad_x = grad @ w if ctx.needs_input_grad[0] else None
+        grad_x = grad @ w.to(grad.dtype) if ctx.needs_input_grad[0] else None  # fp16 / bf16 x on CUDA
         grad_cb = _codebook_grad(grad.T @ x, flat, codebook) if ctx.needs_input_grad[2] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
         return grad_x, None, grad_cb, None, grad_b
@@ -231,7 +235,7 @@ def _register_codebook_autograd() -> None:
         kernel_size, stride, padding, dilation, groups = ctx.conv
         c_in = x.shape[1] // groups
         w, flat = _codebook_dense(packed_idx, codebook, ctx.bits, c_in * kernel_size[0] * kernel_size[1])
-        w4 = w.view(packed_idx.shape[0], c_in, kernel_size[0], kernel_size[1])
+        w4 = w.view(packed_idx.shape[0], c_in, kernel_size[0], kernel_size[1]).to(x.dtype)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[4]]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad.contiguous(), x, w4, [w4.shape[0]] if ctx.has_bias else None, stride, padding, dilation,
@@ -460,13 +464,13 @@ def _register_fake_quant_autograd() -> None:
 
 
 def cpu_isa() -> str:
-    """The CPU instruction-set path the kernels use now: "avx512vnni" or "portable"."""
+    """The CPU instruction-set path the kernels use now: "avx512vnni", "avx2" or "portable"."""
     return _lib()._cpu_isa("")
 
 
 @contextlib.contextmanager
 def force_cpu_isa(isa: str):
-    """Run the body on one CPU path ("portable", "avx512vnni" or "auto"); every path computes
+    """Run the body on one CPU path ("portable", "avx2", "avx512vnni" or "auto"); every path computes
     bit-identical results, so this is for tests and benchmarks."""
     previous = cpu_isa()
     _lib()._cpu_isa(isa)

@@ -13,6 +13,9 @@ Isa detect() {
       __builtin_cpu_supports("avx512vnni")) {
     return Isa::kAvx512Vnni;
   }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return Isa::kAvx2;
+  }
 #endif
   return Isa::kPortable;
 }
@@ -41,6 +44,8 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512Vnni:
       return "avx512vnni";
+    case Isa::kAvx2:
+      return "avx2";
     case Isa::kPortable:
     default:
       return "portable";

@@ -4,9 +4,12 @@
 
 namespace ck::cpu {
 
+// Ordered: a CPU that runs one path runs every lower one. A family without a kernel for the active
+// path uses the best lower one it has (e.g. AVX2 -> portable).
 enum class Isa : int {
   kPortable = 0,    // plain C++, any CPU
-  kAvx512Vnni = 1,  // AVX-512 F/BW/VL/DQ + VNNI (Intel Cascade Lake+, AMD Zen 4+)
+  kAvx2 = 1,        // AVX2 + FMA + F16C (Intel Haswell+, AMD Zen 1-3)
+  kAvx512Vnni = 2,  // AVX-512 F/BW/VL/DQ + VNNI (Intel Cascade Lake+, AMD Zen 4+)
 };
 
 // The best path this CPU supports.

@@ -240,13 +240,16 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_
 std::string cpu_isa(c10::string_view isa) {
   if (isa == "portable") {
     cpu::set_isa(cpu::Isa::kPortable);
+  } else if (isa == "avx2") {
+    TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx2),
+                "_cpu_isa: this CPU lacks avx2 (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
   } else if (isa == "avx512vnni") {
     TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx512Vnni),
                 "_cpu_isa: this CPU lacks avx512vnni (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
   } else if (isa == "auto") {
     cpu::set_isa(cpu::detected_isa());
   } else {
-    TORCH_CHECK(isa.empty(), "_cpu_isa: isa must be \"\", \"auto\", \"portable\" or \"avx512vnni\", got \"",
+    TORCH_CHECK(isa.empty(), "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\" or \"avx512vnni\", got \"",
                 std::string(isa), "\"");
   }
   return cpu::isa_name(cpu::active_isa());
