@@ -2,7 +2,11 @@
 against F.conv2d fp32 (oneDNN, channels_last) and torch.ops.quantized.conv2d (x86 and fbgemm
 engines, prepacked, the same static uint8 -> uint8 semantics), measured side by side in one run.
 
-    python benchmarks/bench_int8_conv.py [--quick] [--no-write]
+    python benchmarks/bench_int8_conv.py [--quick] [--no-write] [--device cpu|cuda|all]
+
+CUDA section (when a GPU is present): QuantConv2d moved to the GPU against cuDNN fp16 channels_last
+on the ResNet-18 shapes, CIFAR-10 and ImageNet forms, batch 32. The written
+benchmarks/results/int8_conv.md holds the sections that ran.
 """
 
 from __future__ import annotations
@@ -53,14 +57,82 @@ def bench(batch, cin, cout, k, stride, size, min_run_time):
     return t
 
 
+# ResNet-18 ImageNet form: (name, in_channels, out_channels, kernel, stride, input size)
+IMAGENET_SHAPES = [
+    ("conv1 7x7", 3, 64, 7, 2, 224), ("layer1 3x3", 64, 64, 3, 1, 56),
+    ("layer2.0.conv1", 64, 128, 3, 2, 56), ("layer2 3x3", 128, 128, 3, 1, 28), ("layer2 down", 64, 128, 1, 2, 56),
+    ("layer3.0.conv1", 128, 256, 3, 2, 28), ("layer3 3x3", 256, 256, 3, 1, 14), ("layer3 down", 128, 256, 1, 2, 28),
+    ("layer4.0.conv1", 256, 512, 3, 2, 14), ("layer4 3x3", 512, 512, 3, 1, 7), ("layer4 down", 256, 512, 1, 2, 14),
+]
+
+
+def bench_cuda(batch, cin, cout, k, stride, size, min_run_time):
+    from bench_int8_gemm import cuda_best_seconds
+
+    torch.manual_seed(0)
+    pad = k // 2
+    conv = torch.nn.Conv2d(cin, cout, k, stride, pad)
+    q = ck.QuantConv2d.from_float(conv, input_scale=0.05, input_zero_point=128, output_scale=0.1,
+                                  output_zero_point=128).to("cuda")
+    x = torch.randn(batch, cin, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
+    x_u8 = ck.numerics.quantize(x, 0.05, 128, torch.uint8).contiguous(memory_format=torch.channels_last)
+    conv_h = conv.to("cuda").half().to(memory_format=torch.channels_last)
+    x_h = x.half().contiguous(memory_format=torch.channels_last)
+    t = {}
+    with torch.no_grad():
+        t["ours"] = cuda_best_seconds(lambda: q(x_u8), min_run_time)
+        t["fp16"] = cuda_best_seconds(lambda: conv_h(x_h), min_run_time)
+    return t
+
+
+def cuda_section(quick: bool) -> str:
+    torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape
+    min_run_time = 0.05 if quick else 0.3
+    groups = [("CIFAR-10", SHAPES), ("ImageNet", IMAGENET_SHAPES)]
+    if quick:
+        groups = [("CIFAR-10", SHAPES[:3])]
+    rows = []
+    for form, shapes in groups:
+        for name, cin, cout, k, stride, size in tqdm(shapes, desc=f"conv shapes (CUDA, {form})"):
+            batch = 32
+            t = bench_cuda(batch, cin, cout, k, stride, size, min_run_time)
+            out = (size + 2 * (k // 2) - k) // stride + 1
+            tops = 2.0 * batch * out * out * cout * cin * k * k / 1e12
+            rows.append([form, name, batch, f"{cin}->{cout} {k}x{k}/{stride} @{size}", tops / t["ours"],
+                         tops / t["fp16"], t["fp16"] / t["ours"]])
+    headers = ["form", "layer", "batch", "shape", "ours TOP/s", "cuDNN fp16 TOP/s", "vs cuDNN fp16"]
+    props = torch.cuda.get_device_properties(0)
+    return (f"### int8 conv2d, ResNet-18 shapes (CUDA)\n\n{props.name} ({props.multi_processor_count} SMs), torch "
+            f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}. Command: "
+            "`python benchmarks/bench_int8_conv.py`.\nRatios are peer time / our time (> 1: ours faster), "
+            "CUDA-event timing, fastest block, same run. Ours: QuantConv2d on the GPU (uint8 NHWC in -> uint8 out, "
+            "per-channel fused requantization, implicit GEMM on int8 tensor cores; depthwise not in ResNet-18). "
+            "Peer: `nn.Conv2d` in fp16, channels_last, `cudnn.benchmark = True`.\n\n"
+            + markdown_table(headers, rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
     args = parser.parse_args()
-    shapes = SHAPES[:3] if args.quick else SHAPES
-    batches = [1] if args.quick else [1, 32]
-    min_run_time = 0.05 if args.quick else 0.3
+    sections = []
+    if args.device in ("cpu", "all"):
+        sections.append(cpu_section(args.quick))
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        sections.append(cuda_section(args.quick))
+    text = "\n\n".join(sections)
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result("int8_conv", text))
+
+
+def cpu_section(quick: bool) -> str:
+    shapes = SHAPES[:3] if quick else SHAPES
+    batches = [1] if quick else [1, 32]
+    min_run_time = 0.05 if quick else 0.3
     rows = []
     for batch in batches:
         for name, cin, cout, k, stride, size in tqdm(shapes, desc=f"conv shapes, batch {batch}"):
@@ -71,14 +143,11 @@ def main() -> None:
             rows.append([name, batch, f"{cin}->{cout} {k}x{k}/{stride} @{size}", gop / t["ours"], t["fp32"] / t["ours"],
                          t["x86"] / t["ours"], t["fbgemm"] / t["ours"], best_ao / t["ours"]])
     headers = ["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao"]
-    text = (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. Command: "
+    return (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. Command: "
             "`python benchmarks/bench_int8_conv.py`.\nRatios are peer time / our time (> 1: ours faster), same run. "
             "Ours: QuantConv2d (packed weight, uint8 NHWC in -> uint8 out, fused requantization); peers: "
             "`F.conv2d` fp32 channels_last and `torch.ops.quantized.conv2d` prepacked.\n\n"
             + markdown_table(headers, rows))
-    print(text)
-    if not args.no_write:
-        print("wrote", write_result("int8_conv", text))
 
 
 if __name__ == "__main__":

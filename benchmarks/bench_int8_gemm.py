@@ -1,6 +1,9 @@
 """int8 GEMM / linear against its peers, measured side by side in one run.
 
-    python benchmarks/bench_int8_gemm.py [--quick] [--no-write]
+    python benchmarks/bench_int8_gemm.py [--quick] [--no-write] [--device cpu|cuda|all]
+
+The written benchmarks/results/int8_gemm.md holds the sections that ran (--device all, the default,
+runs the CUDA section too when a GPU is present).
 
 Peers: F.linear fp32 (oneDNN / MKL), torch.ops.quantized.linear (x86 and fbgemm engines,
 prepacked, static uint8 -> uint8), torch._int_mm (int8 -> int32), torch.ops.quantized.linear_dynamic
@@ -79,15 +82,106 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
     return t
 
 
+# ---------------------------------------------------------------- CUDA section
+
+CUDA_SHAPES = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192, 4096, 4096), (4096, 11008, 4096),
+               (16384, 1024, 4096)]  # (M, N, K)
+
+
+def cuda_best_seconds(fn, min_run_time: float = 0.2, block: int = 20) -> float:
+    """Fastest per-call GPU time of fn() over timed blocks of `block` calls, from CUDA events around
+    each block (launch overhead included, as a caller sees it back to back)."""
+    fn()
+    torch.cuda.synchronize()
+    best, spent = float("inf"), 0.0
+    while spent < min_run_time:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(block):
+            fn()
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+        best, spent = min(best, seconds / block), spent + seconds
+    return best
+
+
+def bench_cuda_shape(m: int, n: int, k: int, min_run_time: float) -> dict[str, float]:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8, device=dev, generator=g)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device=dev, generator=g)
+    bias = torch.randint(-(2**16), 2**16, (n,), dtype=torch.int32, device=dev, generator=g)
+    packed = ck.int8_pack_weight(w)
+    w_t = w.T  # [K, N] column-major view, as torch._int_mm wants
+    m0, shift = ck.quantize_multiplier(1.0 / (k * 64))
+    m0_i, shift_i = int(m0), int(shift)  # per tensor, passed by value
+    m0_c, shift_c = ck.quantize_multiplier(torch.rand(n, dtype=torch.float64) / (k * 64) + 1e-6)
+    m0_c, shift_c = m0_c.to(dev), shift_c.to(dev)
+    x_h, w_h = x.half(), w.half()
+    assert torch.equal(ck.int8_gemm(x, packed), torch._int_mm(x, w_t)), "int8_gemm differs from torch._int_mm"
+    t: dict[str, float] = {}
+    with torch.no_grad():
+        t["ours_linear"] = cuda_best_seconds(
+            lambda: ck.int8_linear(x, 0, packed, bias, m0_i, shift_i, 0, -128, 127, torch.int8), min_run_time)
+        t["ours_linear_pc"] = cuda_best_seconds(
+            lambda: ck.int8_linear(x, 0, packed, bias, m0_c, shift_c, 0, -128, 127, torch.int8), min_run_time)
+        t["ours_gemm"] = cuda_best_seconds(lambda: ck.int8_gemm(x, packed), min_run_time)
+        t["int_mm"] = cuda_best_seconds(lambda: torch._int_mm(x, w_t), min_run_time)
+        # the unfused peer: cuBLAS int8 GEMM, bias add, then the same fixed-point requantization kernel
+        t["int_mm_requant"] = cuda_best_seconds(
+            lambda: ck.requantize(torch._int_mm(x, w_t) + bias, m0_i, shift_i, 0, -128, 127, torch.int8),
+            min_run_time)
+        t["fp16"] = cuda_best_seconds(lambda: F.linear(x_h, w_h), min_run_time)
+    return t
+
+
+def cuda_section(quick: bool) -> str:
+    shapes = CUDA_SHAPES[:2] if quick else CUDA_SHAPES
+    min_run_time = 0.05 if quick else 0.3
+    rows = []
+    for m, n, k in tqdm(shapes, desc="int8 GEMM shapes (CUDA)"):
+        t = bench_cuda_shape(m, n, k, min_run_time)
+        tops = 2.0 * m * n * k / 1e12
+        rows.append([m, n, k, tops / t["ours_linear"], t["int_mm_requant"] / t["ours_linear"],
+                     t["int_mm"] / t["ours_linear"], t["int_mm_requant"] / t["ours_linear_pc"],
+                     tops / t["ours_gemm"], t["int_mm"] / t["ours_gemm"], t["fp16"] / t["ours_linear"]])
+    headers = ["M", "N", "K", "int8_linear TOP/s", "vs _int_mm + requant", "vs _int_mm alone",
+               "per-channel vs _int_mm + requant", "int8_gemm TOP/s", "gemm vs _int_mm", "vs fp16 F.linear"]
+    props = torch.cuda.get_device_properties(0)
+    return (f"### int8 GEMM / linear (CUDA)\n\n{props.name} ({props.multi_processor_count} SMs), torch "
+            f"{torch.__version__}, CUDA {torch.version.cuda}. Command: `python benchmarks/bench_int8_gemm.py`.\n"
+            "Ratios are peer time / our time (> 1: ours faster), CUDA-event timing of back-to-back calls, "
+            "fastest block, same run. `int8_linear`: int8 x packed int8 weight, int32 bias, fused fixed-point "
+            "requantization (double rounding, per-tensor multiplier by value; per-channel column: multipliers "
+            "on the device) -> int8. Peers: `torch._int_mm` (cuBLAS int8 -> int32) followed by the bias add and "
+            "`compress_kernels.requantize`, `torch._int_mm` alone, and `F.linear` in fp16 (cuBLAS). "
+            "`int8_gemm`: raw int32 output vs `torch._int_mm`.\n\n" + markdown_table(headers, rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_gemm.md")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
     args = parser.parse_args()
+    sections = []
+    if args.device in ("cpu", "all"):
+        sections.append(cpu_section(args.quick))
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        sections.append(cuda_section(args.quick))
+    text = "\n\n".join(sections)
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result("int8_gemm", text))
+
+
+def cpu_section(quick: bool) -> str:
     shapes = [(m, k, n) for (k, n) in KNS for m in MS]
-    if args.quick:
+    if quick:
         shapes = [(64, 1024, 1024), (1, 1024, 1024)]
-    min_run_time = 0.05 if args.quick else 0.3
+    min_run_time = 0.05 if quick else 0.3
     rows = []
     for m, k, n in tqdm(shapes, desc="int8 GEMM shapes"):
         t = bench_shape(m, k, n, min_run_time)
@@ -101,16 +195,13 @@ def main() -> None:
     headers = ["M", "K", "N", "int8_linear GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao",
                "int8_gemm GOP/s", "gemm vs _int_mm", "dynamic vs fp32", "dynamic vs ao dynamic",
                "dynamic vs torchao"]
-    text = (f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. Command: `python benchmarks/bench_int8_gemm.py`.\n"
+    return (f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. Command: `python benchmarks/bench_int8_gemm.py`.\n"
             "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run.\n"
             "`int8_linear`: packed weight, uint8 in -> uint8 out with the fused fixed-point requantization; "
             "peers `torch.ops.quantized.linear` (prepacked, same static uint8 -> uint8 semantics). "
             "`int8_gemm`: int8 x int8 -> int32 with a packed weight vs `torch._int_mm`. "
             "dynamic: float -> float with per-row activation quantization.\n\n"
             + markdown_table(headers, rows))
-    print(text)
-    if not args.no_write:
-        print("wrote", write_result("int8_gemm", text))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 // Fixed-point requantization primitives with gemmlowp / TFLite semantics.
 //
-// Torch-free and usable from CUDA (`__host__ __device__` under nvcc). Every primitive states its
+// Torch-free and usable from CUDA: every run-time primitive is CK_HOST_DEVICE (`__host__ __device__
+// __forceinline__` under nvcc) and uses only integer arithmetic, so the CUDA epilogues
+// (csrc/cuda/int8_*.cu) call the very same definitions as the CPU. Every primitive states its
 // exact rounding and saturation; the SIMD paths in csrc/cpu/*_avx512*.cpp reproduce these scalar
-// definitions bit for bit, and tests/test_requantize.py checks both against an int64 reference.
+// definitions bit for bit, and tests/test_requantize.py checks both against an int64 reference
+// (tests/test_cuda_int8.py checks the GPU against the CPU).
 //
 // Convention: a real multiplier r > 0 is stored as (m0, shift) with r ~= m0 * 2^(shift - 31),
 // m0 in [2^30, 2^31) and shift in [-31, 30]. Zero (and multipliers below 2^-32) are (0, 0).
@@ -98,6 +101,7 @@ CK_HOST_DEVICE int32_t Requantize(int32_t acc, int32_t m0, int shift, int32_t ze
   return static_cast<int32_t>(v < qmin ? qmin : (v > qmax ? qmax : v));
 }
 
+// Host only (it uses <cmath>; multipliers are encoded once, when a layer is built).
 // TFLite QuantizeMultiplier: real = q * 2^e with q in [0.5, 1) (frexp); m0 = round(q * 2^31) with
 // ties away from zero; the q * 2^31 == 2^31 edge becomes (2^30, e + 1). shift = e. A result with
 // shift < -31 (real < ~2^-32) flushes to (0, 0). Returns false for a negative, non-finite or too

@@ -1,0 +1,90 @@
+// Elementwise int8 ops on CUDA: requantize (int32 -> int8 / uint8 / int32) and quantize_rows
+// (fp32 rows -> symmetric int8 with one scale per row).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ck/fixedpoint.h"
+#include "int8_gemm.cuh"
+
+namespace ck::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void requantize_kernel(const int32_t* __restrict__ acc, int64_t total, int64_t cols,
+                                  const Int8EpilogueParams ep, void* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = ep.per_channel ? i % cols : 0;
+    const int32_t m0 = ep.m0 != nullptr ? ep.m0[c] : ep.m0_scalar;
+    int32_t shift = ep.shift != nullptr ? ep.shift[c] : ep.shift_scalar;
+    shift = shift < kMinShift ? kMinShift : (shift > kMaxShift ? kMaxShift : shift);
+    const int32_t v = Requantize(acc[i], m0, shift, ep.zero_point, ep.qmin, ep.qmax, ep.rounding);
+    if (ep.out_type == Int8OutType::kInt8) {
+      static_cast<int8_t*>(out)[i] = static_cast<int8_t>(v);
+    } else if (ep.out_type == Int8OutType::kUInt8) {
+      static_cast<uint8_t*>(out)[i] = static_cast<uint8_t>(v);
+    } else {
+      static_cast<int32_t*>(out)[i] = v;
+    }
+  }
+}
+
+// One block per row: the row's max |x| by a block reduction (fmaxf ignores NaN like the CPU's
+// std::max(amax, |x|), and max is exact in any order), then q = clamp(rint(x / scale)).
+__global__ void quantize_rows_kernel(const float* __restrict__ x, int64_t rows, int64_t cols, int32_t qmin,
+                                     int32_t qmax, int8_t* __restrict__ q, float* __restrict__ scale) {
+  __shared__ float warp_max[kThreads / 32];
+  __shared__ float row_scale;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* xr = x + r * cols;
+    float amax = 0.0f;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(xr[c]));
+    for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float m = 0.0f;
+      for (int w = 0; w < kThreads / 32; ++w) m = fmaxf(m, warp_max[w]);
+      float s = __fdiv_rn(m, static_cast<float>(qmax));  // true division, as on the CPU
+      if (s == 0.0f) s = 1.0f;
+      row_scale = s;
+      scale[r] = s;
+    }
+    __syncthreads();
+    const float s = row_scale;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      float v = rintf(__fdiv_rn(xr[c], s));  // round half to even
+      v = fminf(fmaxf(v, static_cast<float>(qmin)), static_cast<float>(qmax));
+      q[r * cols + c] = static_cast<int8_t>(v);
+    }
+    __syncthreads();  // row_scale and warp_max are reused by the next row
+  }
+}
+
+}  // namespace
+
+cudaError_t int8_requantize(const int32_t* acc, int64_t rows, int64_t cols, const Int8EpilogueParams& epilogue,
+                            void* out, cudaStream_t stream) {
+  if (rows < 0 || cols <= 0 || epilogue.kind != Int8Epilogue::kRequantize || !int8_epilogue_valid(epilogue)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t total = rows * cols;
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  requantize_kernel<<<static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20)), kThreads, 0, stream>>>(
+      acc, total, cols, epilogue, out);
+  return cudaGetLastError();
+}
+
+cudaError_t int8_quantize_rows(const float* x, int64_t rows, int64_t cols, int32_t qmin, int32_t qmax, int8_t* q,
+                               float* scale, cudaStream_t stream) {
+  if (rows < 0 || cols < 0 || qmax < 1 || qmin > qmax) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(rows < 65535 ? rows : 65535);
+  quantize_rows_kernel<<<blocks, kThreads, 0, stream>>>(x, rows, cols, qmin, qmax, q, scale);
+  return cudaGetLastError();
+}
+
+}  // namespace ck::cuda
