@@ -515,3 +515,37 @@ def test_module_fixed_state_dict_deepcopy_and_repr(tmp_path):
 def test_module_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ck.nn.FakeQuantize(**kwargs)
+
+
+# ---------------------------------------------------------------- every SIMD path on awkward inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,axis", [((3, 5, 37), 1), ((77, 19), -1), ((1001,), None), ((16, 1, 7), 0)])
+def test_every_isa_bit_identical_with_mask_specials_and_tails(dtype, shape, axis):
+    """Lengths that leave 1-15 element tails, a mask, NaN / inf / huge values and exact ties: every
+    CPU path (portable, AVX2, AVX-512 where present) must give the same bits, forward and backward
+    (grad_x and the LSQ scale / zero-point gradients)."""
+    x = sample(shape, torch.float32, seed=3) * 3
+    flat = x.view(-1)
+    flat[::97] = float("nan")
+    flat[5::101] = float("inf")
+    flat[7::103] = -1e30
+    flat[9::89] = 0.125 * 2.5  # a tie at scale 0.125
+    x = x.to(dtype)
+    g = sample(shape, torch.float32, seed=4).to(dtype)
+    mask = sample(shape, torch.float32, seed=5) > -0.5
+    scale, zp = qparams(x.float().nan_to_num(0, 10, -10), axis, -128, 127)
+    scale = torch.full_like(scale, 0.125) if axis is None else scale
+    zpf = zp.float()
+
+    def both():
+        y = ops.fake_quant(x, scale, zp, -128, 127, axis, mask)
+        gx, gs, gz = ops.fake_quant_backward(g, x, scale, zpf, -128, 127, axis, mask)
+        return torch.cat([t.double().reshape(-1) for t in (y, gx, gs, gz)]).view(torch.int64)  # NaN-safe
+
+    out = run_on_every_isa(both).view(torch.float64)
+    n = x.numel()
+    assert torch.equal(out[:n].nan_to_num(7.0), ref.fake_quant(x, scale, zp, -128, 127, axis, mask).double()
+                       .reshape(-1).nan_to_num(7.0))
+    assert not out[:n][~mask.reshape(-1)].any()

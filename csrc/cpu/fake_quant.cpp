@@ -1,5 +1,5 @@
 // Portable fake-quant kernels, the work plan and the partial-sum reduction; see fake_quant.h for the
-// exact semantics. The AVX-512 path (fake_quant_avx512.cpp) must equal this one bit for bit, so the
+// exact semantics. The AVX-512 and AVX2 paths (fake_quant_avx512.cpp, fake_quant_avx2.cpp) must equal this one bit for bit, so the
 // order of every floating-point operation here is part of the contract: in particular the LSQ
 // partial sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane
 // k % 16) and the lanes are then added in order 0..15, which is what 16-wide SIMD does.
@@ -275,6 +275,8 @@ void fake_quant_backward_portable(const FqArgs& a, int64_t begin, int64_t end) {
 void fake_quant_forward(const FqArgs& a, int64_t begin, int64_t end) {
   if (active_isa() == Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
     fake_quant_forward_avx512(a, begin, end);
+  } else if (active_isa() == Isa::kAvx2 && a.dtype != FqDtype::kFloat64) {
+    fake_quant_forward_avx2(a, begin, end);
   } else {
     fake_quant_forward_portable(a, begin, end);
   }
@@ -283,6 +285,8 @@ void fake_quant_forward(const FqArgs& a, int64_t begin, int64_t end) {
 void fake_quant_backward(const FqArgs& a, int64_t begin, int64_t end) {
   if (active_isa() == Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
     fake_quant_backward_avx512(a, begin, end);
+  } else if (active_isa() == Isa::kAvx2 && a.dtype != FqDtype::kFloat64) {
+    fake_quant_backward_avx2(a, begin, end);
   } else {
     fake_quant_backward_portable(a, begin, end);
   }

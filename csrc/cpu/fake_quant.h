@@ -91,6 +91,8 @@ void fake_quant_forward_portable(const FqArgs& args, int64_t begin, int64_t end)
 void fake_quant_backward_portable(const FqArgs& args, int64_t begin, int64_t end);
 void fake_quant_forward_avx512(const FqArgs& args, int64_t begin, int64_t end);
 void fake_quant_backward_avx512(const FqArgs& args, int64_t begin, int64_t end);
+void fake_quant_forward_avx2(const FqArgs& args, int64_t begin, int64_t end);
+void fake_quant_backward_avx2(const FqArgs& args, int64_t begin, int64_t end);
 
 // Sums the partials of fake_quant_backward into out[channels], in a fixed order.
 void fake_quant_reduce_partials(const FqLayout& layout, const FqPlan& plan, const double* partial,
