@@ -423,6 +423,11 @@ def test_cuda_bad_input_messages():
         OPS.sparse24_linear(x, vp, mp, b.int())
     with pytest.raises(RuntimeError, match="must be on cuda"):
         OPS.sparse24_linear(x, vp, mp.cpu(), None)
+    with pytest.raises(RuntimeError, match="values must have at least one column"):
+        OPS.sparse24_linear(x, vp[:, :0], mp[:, :0], None)
+    v4, m4 = ck.ops.sparse24_cuda_pack(*ck.sparse24_compress(random_24(32, 4)), torch.float16)
+    with pytest.raises(RuntimeError, match="x may have at most 8388480 rows on CUDA, got 8388481"):
+        OPS.sparse24_linear(torch.zeros(8388481, 4, dtype=torch.float16, device="cuda"), v4.cuda(), m4.cuda(), None)
     xq, vq, mq, bq, m0, shift = _gpu_int8_args()
     with pytest.raises(RuntimeError, match="meta must be the CUTLASS-layout Int metadata"):
         OPS.sparse24_int8_linear(xq, 0, vq, mq.view(torch.int16), None, m0, shift, 0, -128, 127, torch.int8)

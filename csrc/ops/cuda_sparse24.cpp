@@ -142,6 +142,10 @@ int64_t check_cutlass_weight(const at::Tensor& x, const at::Tensor& values, cons
               values.sizes(), " (N=", np, ", K=", kp, "); pad with compress_kernels.ops.sparse24_cuda_pack");
   TORCH_CHECK(meta.size(0) == np && meta.size(1) == kp / (4 * groups_per_word), op, ": meta must have shape [", np,
               ", ", kp / (4 * groups_per_word), "] for values of shape ", values.sizes(), ", got ", meta.sizes());
+  TORCH_CHECK(kp > 0, op, ": values must have at least one column, got shape ", values.sizes());
+  // The grid's second dimension holds the 128-row tiles of x.
+  TORCH_CHECK(x.size(0) <= int64_t{65535} * 128, op, ": x may have at most ", int64_t{65535} * 128,
+              " rows on CUDA, got ", x.size(0), " (split the batch)");
   const int64_t k = x.size(1);
   TORCH_CHECK(k <= kp && kp - k < k_multiple, op, ": K mismatch: x has K=", k, " but the weight holds K=", kp,
               " (x's K must be the weight's K rounded up to a multiple of ", k_multiple, ", padded by zeros)");
