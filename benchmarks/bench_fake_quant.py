@@ -17,7 +17,13 @@ the benchmark sets glibc's mmap / trim thresholds (mallopt) so freed blocks are 
 long-running training process reaches; --fresh-pages measures the default allocator. The setting
 applies to every contender alike.
 
+CUDA section (only where torch.cuda.is_available(); `--device cpu|cuda|all`): the same contenders
+on GPU tensors, where fake_quant / fake_quant_observe run their Triton kernels
+(compress_kernels/triton_kernels.py), timed with CUDA events (best of blocks of back-to-back
+calls); "% of copy" as above against a device-to-device copy_. The issue's goal: >= 70% of copy.
+
     python benchmarks/bench_fake_quant.py [--sizes 1M,16M,64M] [--threads N] [--write] [--fresh-pages]
+                                          [--device cpu|cuda|all]
 """
 
 from __future__ import annotations
@@ -124,6 +130,97 @@ def measure(n: int, per_channel: bool, min_run_time: float) -> dict:
     return t
 
 
+def cuda_best_seconds(fn, min_run_time: float, block: int = 10) -> float:
+    """Best per-call time over blocks of `block` back-to-back calls, timed with CUDA events."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    best, elapsed, blocks = float("inf"), 0.0, 0
+    while blocks < 3 or elapsed < min_run_time:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(block):
+            fn()
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+        best, elapsed, blocks = min(best, seconds / block), elapsed + seconds, blocks + 1
+    return best
+
+
+def measure_cuda(n: int, per_channel: bool, min_run_time: float) -> dict:
+    """measure() on GPU tensors: ours = the Triton kernels; qparams stay on the device (the per-tensor
+    torch op takes Python scalars, converted once here, not per call)."""
+    dev = "cuda"
+    g = torch.Generator().manual_seed(0)
+    shape = (CHANNELS, n // CHANNELS) if per_channel else (n,)
+    axis = 0 if per_channel else None
+    c = CHANNELS if per_channel else 1
+    x0 = (torch.randn(shape, generator=g) * 2).to(dev)
+    grad = torch.randn(shape, generator=g).to(dev)
+    scale = (torch.rand(c, generator=g) * 0.02 + 0.01).to(dev)
+    zp = torch.randint(-10, 10, (c,), generator=g, dtype=torch.int32).to(dev)
+    x = x0.clone().requires_grad_()
+    s_l, z_l = scale.clone().requires_grad_(), zp.float().requires_grad_()
+    dst = torch.empty_like(x0)
+    t = {"copy": cuda_best_seconds(lambda: dst.copy_(x0), min_run_time)}
+    t["ours_ste"] = cuda_best_seconds(fwd_bwd(lambda: ops.fake_quant(x, scale, zp, QMIN, QMAX, axis), [x], grad),
+                                      min_run_time)
+    if per_channel:
+        torch_ste = lambda: torch.fake_quantize_per_channel_affine(x, scale, zp, 0, QMIN, QMAX)  # noqa: E731
+        torch_lsq = lambda: torch._fake_quantize_learnable_per_channel_affine(  # noqa: E731
+            x, s_l, z_l, 0, QMIN, QMAX, 1.0)
+    else:
+        s0, z0 = float(scale), int(zp)
+        torch_ste = lambda: torch.fake_quantize_per_tensor_affine(x, s0, z0, QMIN, QMAX)  # noqa: E731
+        torch_lsq = lambda: torch._fake_quantize_learnable_per_tensor_affine(  # noqa: E731
+            x, s_l, z_l, QMIN, QMAX, 1.0)
+    t["torch_ste"] = cuda_best_seconds(fwd_bwd(torch_ste, [x], grad), min_run_time)
+    t["ours_lsq"] = cuda_best_seconds(
+        fwd_bwd(lambda: ops.fake_quant(x, s_l, z_l, QMIN, QMAX, axis, grad_factor=1.0), [x, s_l, z_l], grad),
+        min_run_time)
+    t["torch_lsq"] = cuda_best_seconds(fwd_bwd(torch_lsq, [x, s_l, z_l], grad), min_run_time)
+    rmin, rmax = torch.full((c,), math.inf, device=dev), torch.full((c,), -math.inf, device=dev)
+    t["ours_obs"] = cuda_best_seconds(lambda: ops.fake_quant_observe(x0, rmin, rmax, 0.01, 0, 255, False, axis),
+                                      min_run_time)
+    on = torch.ones(1, dtype=torch.long, device=dev)
+    tmin, tmax = torch.full((c,), math.inf, device=dev), torch.full((c,), -math.inf, device=dev)
+    ts, tz = torch.ones(c, device=dev), torch.zeros(c, dtype=torch.int32, device=dev)
+    t["torch_obs"] = cuda_best_seconds(lambda: torch.fused_moving_avg_obs_fake_quant(
+        x0, on, on, tmin if per_channel else tmin[0], tmax if per_channel else tmax[0], ts, tz, 0.01, 0, 255, 0,
+        per_channel), min_run_time)
+    return t
+
+
+def cuda_section(sizes: list[int], min_run_time: float, command: str) -> str:
+    rows = []
+    for n in sizes:
+        for per_channel in (False, True):
+            t = measure_cuda(n, per_channel, min_run_time)
+            moved = 5 * n * 4
+            rows.append([
+                f"{n / 2**20:g}M", "per-channel" if per_channel else "per-tensor",
+                t["ours_ste"] * 1e3, moved / t["ours_ste"] / 1e9, 100 * 2.5 * t["copy"] / t["ours_ste"],
+                t["torch_ste"] / t["ours_ste"], t["torch_lsq"] / t["ours_lsq"], t["torch_obs"] / t["ours_obs"],
+                2 * n * 4 / t["copy"] / 1e9,
+            ])
+            print(rows[-1], flush=True)
+    props = torch.cuda.get_device_properties(0)
+    headers = ["elements", "granularity", "ours fwd+bwd ms", "ours GB/s", "% of copy",
+               "x vs torch STE", "x vs torch LSQ", "x vs fused obs", "copy GB/s"]
+    return "\n".join([
+        "# fake_quant on CUDA (Triton): forward + backward vs PyTorch and vs copy",
+        "",
+        f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}. fp32; per channel = [256, n/256] "
+        "along axis 0. Columns as in the CPU table: % of copy = 2.5 * t(dst.copy_(src), device to device) / "
+        "t(ours fwd+bwd); speedups = t(torch op) / t(ours), the same run. CUDA events, best of blocks of 10 calls.",
+        "",
+        markdown_table(headers, rows),
+        "",
+        f"Command: `{command}`",
+    ])
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,16M,64M", help="fp32 element counts, e.g. 1M,16M,64M")
@@ -131,7 +228,20 @@ def main(argv=None) -> str:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--fresh-pages", action="store_true", help="keep glibc's default allocation policy")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/fake_quant.md")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="which sections to run (all runs the CUDA section only where there is a GPU)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        command = "python benchmarks/bench_fake_quant.py --device cuda --write" + (
+            f" --sizes {args.sizes}" if args.sizes != "1M,16M,64M" else "")
+        cuda_text = cuda_section([parse_size(s) for s in args.sizes.split(",")], args.min_run_time, command)
+        print(cuda_text)
+        if args.write:
+            print("wrote", write_result("fake_quant_cuda", cuda_text))
+        if args.device == "cuda":
+            return cuda_text
     reused = False if args.fresh_pages else reuse_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)

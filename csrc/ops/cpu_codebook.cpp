@@ -6,6 +6,7 @@
 
 #include "../cpu/codebook.h"
 #include "checks.h"
+#include "codebook_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -16,23 +17,13 @@ void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
 }
 
-void check_bits(int64_t bits, const char* op) {
-  TORCH_CHECK(bits >= 1 && bits <= 8, op, ": bits must be in [1, 8], got ", bits);
-}
-
 at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
   constexpr const char* op = "codebook_pack";
-  check_bits(bits, op);
+  check_codebook_bits(bits, op);
   check_dim(idx, 2, op, "idx");
   check_cpu_tensor(idx, op, "idx");
-  const auto dt = idx.scalar_type();
-  TORCH_CHECK(dt == at::kByte || dt == at::kInt || dt == at::kLong || dt == at::kShort || dt == at::kChar, op,
-              ": idx must be an integer tensor (uint8, int8, int16, int32 or int64), got ", dt);
+  check_codebook_idx(idx, bits, op);
   const int64_t n = idx.size(0), k = idx.size(1);
-  TORCH_CHECK(n > 0 && k > 0, op, ": idx must have at least one row and one column, got shape ", idx.sizes());
-  const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < (int64_t{1} << bits), op, ": idx values must be in [0, ", (int64_t{1} << bits) - 1,
-              "] for bits=", bits, ", got values in [", lo, ", ", hi, "]");
   const at::Tensor u8 = idx.to(at::kByte).contiguous();
   at::Tensor packed = at::empty({n, bp::words_per_row(k, static_cast<int>(bits))}, idx.options().dtype(at::kInt));
   cpu::codebook_pack(u8.data_ptr<uint8_t>(), n, k, k, static_cast<int>(bits),
@@ -41,20 +32,14 @@ at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
 }
 
 void check_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* op) {
-  check_dtype(packed, at::kInt, op, "packed_idx");
-  check_dim(packed, 2, op, "packed_idx");
+  check_codebook_packed_type(packed, op);
   check_cpu_tensor(packed, op, "packed_idx");
-  TORCH_CHECK(packed.is_contiguous(), op, ": packed_idx must be contiguous (as codebook_pack returns it)");
-  TORCH_CHECK(packed.size(0) > 0, op, ": packed_idx must have at least one row, got shape ", packed.sizes());
-  const int64_t kw = bp::words_per_row(k, static_cast<int>(bits));
-  TORCH_CHECK(packed.size(1) == kw, op, ": packed_idx of shape ", packed.sizes(), " does not hold ", bits,
-              "-bit indices for K=", k, " (expected [N, ", kw, "]); pack them with codebook_pack(idx, ", bits,
-              ")");
+  check_codebook_packed(packed, bits, k, op);
 }
 
 at::Tensor codebook_unpack_cpu(const at::Tensor& packed, int64_t bits, int64_t k) {
   constexpr const char* op = "codebook_unpack";
-  check_bits(bits, op);
+  check_codebook_bits(bits, op);
   TORCH_CHECK(k > 0, op, ": k must be > 0, got ", k);
   check_packed(packed, bits, k, op);
   const int64_t n = packed.size(0);
@@ -68,31 +53,19 @@ at::Tensor codebook_unpack_cpu(const at::Tensor& packed, int64_t bits, int64_t k
 void prepare_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
                     const std::optional<at::Tensor>& bias, int64_t k, const at::Tensor& x, at::Tensor& cb_holder,
                     at::Tensor& bias_holder, cpu::CodebookLinearArgs& args, const char* op) {
-  check_bits(bits, op);
+  check_codebook_bits(bits, op);
   check_packed(packed, bits, k, op);
-  check_same_device(packed, x, op, "packed_idx");
-  const int64_t n = packed.size(0), entries = int64_t{1} << bits;
-  check_dtype(codebook, at::kFloat, op, "codebook");
-  check_dim(codebook, 2, op, "codebook");
-  check_same_device(codebook, x, op, "codebook");
-  TORCH_CHECK(codebook.size(1) == entries, op, ": codebook must have 2^bits = ", entries,
-              " entries per group ([G, ", entries, "]), got shape ", codebook.sizes());
-  const int64_t groups = codebook.size(0);
-  TORCH_CHECK(groups >= 1 && n % groups == 0, op, ": the number of codebooks G=", groups,
-              " must divide the number of output rows N=", n);
+  const int64_t group_rows = check_codebook_weight(packed, codebook, bits, bias, x, op);
+  const int64_t n = packed.size(0);
   cb_holder = codebook.contiguous();
   args.packed = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
   args.n = n;
   args.kw = packed.size(1);
   args.bits = static_cast<int>(bits);
   args.codebook = cb_holder.data_ptr<float>();
-  args.group_rows = n / groups;
+  args.group_rows = group_rows;
   args.k = k;
   if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, op, "bias");
-    check_same_device(*bias, x, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ",
-                bias->sizes());
     bias_holder = bias->contiguous();
     args.bias = bias_holder.data_ptr<float>();
   }
@@ -133,13 +106,6 @@ at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   return out;
 }
 
-std::array<int64_t, 2> pair_arg(at::IntArrayRef v, const char* op, const char* name, int64_t min_value) {
-  TORCH_CHECK(v.size() == 2 || v.size() == 1, op, ": ", name, " must have 1 or 2 elements, got ", v.size());
-  const std::array<int64_t, 2> p = {v[0], v.size() == 2 ? v[1] : v[0]};
-  TORCH_CHECK(p[0] >= min_value && p[1] >= min_value, op, ": ", name, " must be >= ", min_value, ", got ", v);
-  return p;
-}
-
 at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
                                int64_t bits, const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -148,25 +114,10 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 4, op, "x");
   check_cpu_tensor(x, op, "x");
-  const auto ks = pair_arg(kernel_size, op, "kernel_size", 1);
-  const auto st = pair_arg(stride, op, "stride", 1);
-  const auto pd = pair_arg(padding, op, "padding", 0);
-  const auto dl = pair_arg(dilation, op, "dilation", 1);
-  const int64_t batch = x.size(0), channels = x.size(1), h = x.size(2), w = x.size(3);
-  TORCH_CHECK(groups >= 1 && channels % groups == 0, op, ": groups=", groups,
-              " must be >= 1 and divide the input channels C=", channels);
-  const int64_t out_channels = packed_idx.dim() >= 1 ? packed_idx.size(0) : 0;
-  TORCH_CHECK(out_channels % groups == 0, op, ": groups=", groups, " must divide the output channels ",
-              out_channels);
-  const int64_t per_group = out_channels / groups;
-  TORCH_CHECK(groups == 1 || per_group % bp::kBlockRows == 0, op,
-              ": with groups > 1 the output channels per group must be a multiple of 16 (the packed block "
-              "size), got ", per_group, " (depthwise convolution is not supported)");
-  const int64_t ho = (h + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1) / st[0] + 1;
-  const int64_t wo = (w + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1) / st[1] + 1;
-  TORCH_CHECK(h + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1 >= 0 && w + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1 >= 0, op,
-              ": the (padded) input ", h, "x", w, " is smaller than the dilated kernel ", ks[0], "x", ks[1]);
-  const int64_t k = channels / groups * ks[0] * ks[1];
+  const CodebookConvShape s = check_codebook_conv(x, packed_idx, kernel_size, stride, padding, dilation, groups, op);
+  const auto &ks = s.ks, &st = s.st, &pd = s.pd, &dl = s.dl;
+  const int64_t batch = s.batch, channels = s.channels, h = s.h, w = s.w, ho = s.ho, wo = s.wo;
+  const int64_t out_channels = s.out_channels, per_group = s.per_group, k = s.k;
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
   prepare_weight(packed_idx, codebook, bits, bias, k, x, cb_holder, bias_holder, args, op);

@@ -1,0 +1,116 @@
+// Argument checks of the codebook ops shared by the CPU glue (cpu_codebook.cpp) and the CUDA glue
+// (cuda_codebook.cpp): same checks, same messages. Device checks (CPU / CUDA) stay in each glue.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+
+#include "ck/bitpack.h"
+#include "checks.h"
+
+namespace ck::ops {
+
+inline void check_codebook_bits(int64_t bits, const char* op) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, op, ": bits must be in [1, 8], got ", bits);
+}
+
+// codebook_pack's idx: 2-D, an integer dtype, non-empty, values in [0, 2^bits). Reads min / max
+// back (a stream synchronization on CUDA; packing runs once per model, not per call).
+inline void check_codebook_idx(const at::Tensor& idx, int64_t bits, const char* op) {
+  const auto dt = idx.scalar_type();
+  TORCH_CHECK(dt == at::kByte || dt == at::kInt || dt == at::kLong || dt == at::kShort || dt == at::kChar, op,
+              ": idx must be an integer tensor (uint8, int8, int16, int32 or int64), got ", dt);
+  TORCH_CHECK(idx.size(0) > 0 && idx.size(1) > 0, op, ": idx must have at least one row and one column, got shape ",
+              idx.sizes());
+  const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < (int64_t{1} << bits), op, ": idx values must be in [0, ", (int64_t{1} << bits) - 1,
+              "] for bits=", bits, ", got values in [", lo, ", ", hi, "]");
+}
+
+// A packed index tensor as codebook_pack returns it for K=k: int32 [N, ceil(k / (32 / bits))],
+// contiguous, N > 0 (the device is checked by the caller).
+inline void check_codebook_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* op) {
+  TORCH_CHECK(packed.is_contiguous(), op, ": packed_idx must be contiguous (as codebook_pack returns it)");
+  TORCH_CHECK(packed.size(0) > 0, op, ": packed_idx must have at least one row, got shape ", packed.sizes());
+  const int64_t kw = ck::bitpack::words_per_row(k, static_cast<int>(bits));
+  TORCH_CHECK(packed.size(1) == kw, op, ": packed_idx of shape ", packed.sizes(), " does not hold ", bits,
+              "-bit indices for K=", k, " (expected [N, ", kw, "]); pack them with codebook_pack(idx, ", bits, ")");
+}
+
+inline void check_codebook_packed_type(const at::Tensor& packed, const char* op) {
+  check_dtype(packed, at::kInt, op, "packed_idx");
+  check_dim(packed, 2, op, "packed_idx");
+}
+
+// The codebook [G, 2^bits] fp32 (G divides N) and bias [N] fp32 next to packed_idx; all on x's
+// device. Returns the output rows per codebook, N / G.
+inline int64_t check_codebook_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
+                                     const std::optional<at::Tensor>& bias, const at::Tensor& x, const char* op) {
+  check_same_device(packed, x, op, "packed_idx");
+  const int64_t n = packed.size(0), entries = int64_t{1} << bits;
+  check_dtype(codebook, at::kFloat, op, "codebook");
+  check_dim(codebook, 2, op, "codebook");
+  check_same_device(codebook, x, op, "codebook");
+  TORCH_CHECK(codebook.size(1) == entries, op, ": codebook must have 2^bits = ", entries, " entries per group ([G, ",
+              entries, "]), got shape ", codebook.sizes());
+  const int64_t groups = codebook.size(0);
+  TORCH_CHECK(groups >= 1 && n % groups == 0, op, ": the number of codebooks G=", groups,
+              " must divide the number of output rows N=", n);
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kFloat, op, "bias");
+    check_same_device(*bias, x, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
+  }
+  return n / groups;
+}
+
+inline std::array<int64_t, 2> codebook_pair_arg(at::IntArrayRef v, const char* op, const char* name,
+                                                int64_t min_value) {
+  TORCH_CHECK(v.size() == 2 || v.size() == 1, op, ": ", name, " must have 1 or 2 elements, got ", v.size());
+  const std::array<int64_t, 2> p = {v[0], v.size() == 2 ? v[1] : v[0]};
+  TORCH_CHECK(p[0] >= min_value && p[1] >= min_value, op, ": ", name, " must be >= ", min_value, ", got ", v);
+  return p;
+}
+
+// codebook_conv2d's geometry: kernel / stride / padding / dilation pairs, groups, output size and
+// the reduction depth K = C / groups * kh * kw of the flattened weight.
+struct CodebookConvShape {
+  std::array<int64_t, 2> ks, st, pd, dl;
+  int64_t batch, channels, h, w, ho, wo, out_channels, per_group, k;
+};
+
+// x must already be checked 4-D.
+inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const at::Tensor& packed,
+                                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                             const char* op) {
+  CodebookConvShape s;
+  s.ks = codebook_pair_arg(kernel_size, op, "kernel_size", 1);
+  s.st = codebook_pair_arg(stride, op, "stride", 1);
+  s.pd = codebook_pair_arg(padding, op, "padding", 0);
+  s.dl = codebook_pair_arg(dilation, op, "dilation", 1);
+  s.batch = x.size(0), s.channels = x.size(1), s.h = x.size(2), s.w = x.size(3);
+  TORCH_CHECK(groups >= 1 && s.channels % groups == 0, op, ": groups=", groups,
+              " must be >= 1 and divide the input channels C=", s.channels);
+  s.out_channels = packed.dim() >= 1 ? packed.size(0) : 0;
+  TORCH_CHECK(s.out_channels % groups == 0, op, ": groups=", groups, " must divide the output channels ",
+              s.out_channels);
+  s.per_group = s.out_channels / groups;
+  TORCH_CHECK(groups == 1 || s.per_group % ck::bitpack::kBlockRows == 0, op,
+              ": with groups > 1 the output channels per group must be a multiple of 16 (the packed block "
+              "size), got ", s.per_group, " (depthwise convolution is not supported)");
+  const int64_t span_h = s.h + 2 * s.pd[0] - s.dl[0] * (s.ks[0] - 1) - 1;
+  const int64_t span_w = s.w + 2 * s.pd[1] - s.dl[1] * (s.ks[1] - 1) - 1;
+  TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the (padded) input ", s.h, "x", s.w,
+              " is smaller than the dilated kernel ", s.ks[0], "x", s.ks[1]);
+  s.ho = span_h / s.st[0] + 1;
+  s.wo = span_w / s.st[1] + 1;
+  s.k = s.channels / groups * s.ks[0] * s.ks[1];
+  return s;
+}
+
+}  // namespace ck::ops
