@@ -391,7 +391,7 @@ def test_compile_fullgraph_on_cuda():
 
     assert torch.equal(torch.compile(f, fullgraph=True)(x), f(x))
     xc, wt, bc, m0c, shiftc = _conv_case(2, 16, 6, 6, 16, 3, 1, torch.uint8)
-    xc, wt, bc = xc.to(DEV), wt.to(DEV), bc.to(DEV)
+    xc, wt, bc, m0c, shiftc = xc.to(DEV), wt.to(DEV), bc.to(DEV), m0c.to(DEV), shiftc.to(DEV)
 
     def g(xc):
         return ck.int8_conv2d(xc, 5, wt, bc, m0c, shiftc, 1, stride=2, padding=1)

@@ -354,30 +354,44 @@ __device__ __forceinline__ int32_t dot4(uint32_t a, uint32_t b, int32_t acc) {
 
 // ---------------------------------------------------------------- epilogue
 
-// Writes out[m * ldo + ch] for one accumulator (acc already zero-point corrected, bias added).
-__device__ __forceinline__ void store_output(const KernelArgs& args, int64_t m, int64_t ch, int32_t acc,
-                                             int32_t m0, int32_t shift, float w_scale, float bias_f) {
-  const Int8EpilogueParams& ep = args.ep;
-  const int64_t o = m * args.ldo + ch;
+// The output stage parameters of one column (channel).
+struct ColumnParams {
+  bool valid = false;
+  uint32_t corr = 0;  // bias[ch] - a_zero_point * row_sum[n], modulo 2^32
+  int32_t m0 = 0, shift = 0;
+  float w_scale = 0.0f, bias_f = 0.0f;
+};
+
+// The output element for one corrected accumulator, as the bits of its type: the int8 / uint8
+// value in the low byte (after clamping to [qmin, qmax] it fits), int32 as is, fp32 as its bits.
+__device__ __forceinline__ uint32_t output_bits(const Int8EpilogueParams& ep, int64_t m, int32_t acc,
+                                                const ColumnParams& c) {
   if (ep.kind == Int8Epilogue::kFloat) {
     // Three separately rounded fp32 operations in the CPU's order (no contraction into an FMA).
     float y = __fmul_rn(__int2float_rn(acc), ep.x_scale[ep.x_scale_per_row ? m : 0]);
-    y = __fmul_rn(y, w_scale);
-    if (ep.bias_f != nullptr) y = __fadd_rn(y, bias_f);
-    static_cast<float*>(args.out)[o] = y;
-    return;
+    y = __fmul_rn(y, c.w_scale);
+    if (ep.bias_f != nullptr) y = __fadd_rn(y, c.bias_f);
+    return __float_as_uint(y);
   }
-  if (ep.kind == Int8Epilogue::kInt32) {
-    static_cast<int32_t*>(args.out)[o] = acc;
-    return;
-  }
-  const int32_t v = Requantize(acc, m0, shift, ep.zero_point, ep.qmin, ep.qmax, ep.rounding);
-  if (ep.out_type == Int8OutType::kInt8) {
-    static_cast<int8_t*>(args.out)[o] = static_cast<int8_t>(v);
-  } else if (ep.out_type == Int8OutType::kUInt8) {
-    static_cast<uint8_t*>(args.out)[o] = static_cast<uint8_t>(v);
+  if (ep.kind == Int8Epilogue::kInt32) return static_cast<uint32_t>(acc);
+  return static_cast<uint32_t>(Requantize(acc, c.m0, c.shift, ep.zero_point, ep.qmin, ep.qmax, ep.rounding));
+}
+
+// Stores element o (1- or 4-byte elements), or the pair o, o + 1 in one 2- or 8-byte store (o even).
+__device__ __forceinline__ void store_one(void* out, int64_t o, uint32_t bits, bool bytes) {
+  if (bytes) {
+    static_cast<uint8_t*>(out)[o] = static_cast<uint8_t>(bits);
   } else {
-    static_cast<int32_t*>(args.out)[o] = v;
+    static_cast<uint32_t*>(out)[o] = bits;
+  }
+}
+
+__device__ __forceinline__ void store_pair(void* out, int64_t o, uint32_t bits0, uint32_t bits1, bool bytes) {
+  if (bytes) {
+    *reinterpret_cast<uint16_t*>(static_cast<uint8_t*>(out) + o) =
+        static_cast<uint16_t>((bits0 & 0xFFu) | ((bits1 & 0xFFu) << 8));
+  } else {
+    *reinterpret_cast<uint2*>(static_cast<uint32_t*>(out) + o) = make_uint2(bits0, bits1);
   }
 }
 
@@ -491,35 +505,54 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_kernel(const KernelArgs ar
   cp_async_wait<0>();
 
   // Epilogue in registers: acc + (bias[ch] - a_zero_point * row_sum[n]) modulo 2^32, then the
-  // output stage, per (row, column) of this thread's fragments.
+  // output stage. A thread holds columns 2 tig and 2 tig + 1 of each m16n8 tile: both go out in one
+  // 2-byte (int8 / uint8) or 8-byte (int32 / fp32) store where the element offset is even.
   const Int8EpilogueParams& ep = args.ep;
+  const bool bytes = ep.kind == Int8Epilogue::kRequantize &&
+                     (ep.out_type == Int8OutType::kInt8 || ep.out_type == Int8OutType::kUInt8);
   const int32_t* row_sum = w_group + args.n * words_k;
   const int64_t ch0 = group * args.n;  // channel of column n in bias / m0 / shift / scales / out
 #pragma unroll
   for (int nt = 0; nt < kMmaN; ++nt) {
+    const int64_t n_first = tile_n0 + warp_n * kWarpN + nt * 8 + 2 * tig;
+    ColumnParams col[2];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int64_t n = tile_n0 + warp_n * kWarpN + nt * 8 + 2 * tig + j;
+      const int64_t n = n_first + j;
       if (n >= args.n) continue;
       const int64_t ch = ch0 + n;
-      uint32_t corr = 0u - static_cast<uint32_t>(args.a_zero_point) * static_cast<uint32_t>(row_sum[n]);
-      if (ep.bias_i32 != nullptr) corr += static_cast<uint32_t>(ep.bias_i32[ch]);
-      int32_t m0 = 0, shift = 0;
-      float w_scale = 0.0f, bias_f = 0.0f;
+      ColumnParams& c = col[j];
+      c.valid = true;
+      c.corr = 0u - static_cast<uint32_t>(args.a_zero_point) * static_cast<uint32_t>(row_sum[n]);
+      if (ep.bias_i32 != nullptr) c.corr += static_cast<uint32_t>(ep.bias_i32[ch]);
       if (ep.kind == Int8Epilogue::kRequantize) {
-        multiplier(ep, ch, m0, shift);
+        multiplier(ep, ch, c.m0, c.shift);
       } else if (ep.kind == Int8Epilogue::kFloat) {
-        w_scale = ep.w_scale[ep.w_scale_per_channel ? ch : 0];
-        if (ep.bias_f != nullptr) bias_f = ep.bias_f[ch];
+        c.w_scale = ep.w_scale[ep.w_scale_per_channel ? ch : 0];
+        if (ep.bias_f != nullptr) c.bias_f = ep.bias_f[ch];
       }
+    }
+    if (!col[0].valid) continue;  // then column n_first + 1 is past n too
 #pragma unroll
-      for (int mt = 0; mt < kMmaM; ++mt) {
+    for (int mt = 0; mt < kMmaM; ++mt) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t m = tile_m0 + warp_m * kWarpM + mt * 16 + gid + 8 * h;
-          if (m >= args.m) continue;
-          const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(acc[mt][nt][2 * h + j]) + corr);
-          store_output(args, m, ch, v, m0, shift, w_scale, bias_f);
+      for (int h = 0; h < 2; ++h) {
+        const int64_t m = tile_m0 + warp_m * kWarpM + mt * 16 + gid + 8 * h;
+        if (m >= args.m) continue;
+        const int64_t o = m * args.ldo + ch0 + n_first;
+        const int32_t v0 = static_cast<int32_t>(static_cast<uint32_t>(acc[mt][nt][2 * h]) + col[0].corr);
+        const uint32_t bits0 = output_bits(ep, m, v0, col[0]);
+        if (!col[1].valid) {
+          store_one(args.out, o, bits0, bytes);
+          continue;
+        }
+        const int32_t v1 = static_cast<int32_t>(static_cast<uint32_t>(acc[mt][nt][2 * h + 1]) + col[1].corr);
+        const uint32_t bits1 = output_bits(ep, m, v1, col[1]);
+        if ((o & 1) == 0) {
+          store_pair(args.out, o, bits0, bits1, bytes);
+        } else {
+          store_one(args.out, o, bits0, bytes);
+          store_one(args.out, o + 1, bits1, bytes);
         }
       }
     }
