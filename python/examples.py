@@ -62,6 +62,22 @@ def sparse24(model, x_train, y_train, int8: bool = False):
     return ck.convert_(m, ck.Sparse24Config(int8=int8)).model
 
 
+def int8_qat(model, x_train, y_train, weight_bits: int = 8, sparse24: bool = False):
+    """Quantization-aware training (optionally after 2:4 pruning, whose masks QAT keeps), then the exact
+    conversion to the integer-only model; checks that the QAT model's exact mode predicts it bit for bit."""
+    m = copy.deepcopy(model)
+    pruner = ck.prune_(m, ck.PruneConfig(granularity="2:4")) if sparse24 else None
+    qat = ck.prepare_qat_(m, ck.QATConfig(weight_bits=weight_bits))
+    training.train(qat, x_train[:512], y_train[:512], epochs=1, lr=0.01,
+                   after_step=(lambda _: pruner.apply()) if pruner else None)
+    ck.freeze_qat_(qat)
+    int_model = ck.convert_(qat).model
+    with ck.qat_exact_mode(qat, use_kernels=True):
+        assert torch.equal(qat(x_train[:32]), int_model(x_train[:32]))
+    print({k: v for k, v in ck.qat_mismatch_report(qat, [x_train[:64]]).items() if k != "per_layer"})
+    return int_model
+
+
 def channel_pruning_with_distillation(model, x_train, y_train):
     """Remove half of every basic block's inner channels, then recover by distilling from the
     original model."""
@@ -77,6 +93,9 @@ def main() -> None:
     show("fp32", model, x_test, y_test)
     show("int8 static (integer-only)", int8_static(model, x_train), x_test, y_test)
     show("int8 dynamic (Linear only)", int8_dynamic(model), x_test, y_test)
+    show("int8 QAT (integer-only)", int8_qat(model, x_train, y_train), x_test, y_test)
+    show("4-bit weights / 8-bit activations QAT", int8_qat(model, x_train, y_train, weight_bits=4), x_test, y_test)
+    show("2:4 + int8 QAT", int8_qat(model, x_train, y_train, sparse24=True), x_test, y_test)
     show("k-means 4-bit + centroid fine-tune", codebook(model, x_train, y_train), x_test, y_test)
     show("2:4 + fine-tune (fp32 kernels)", sparse24(model, x_train, y_train), x_test, y_test)
     show("2:4 + fine-tune (int8 kernels)", sparse24(model, x_train, y_train, int8=True), x_test, y_test)
