@@ -62,8 +62,8 @@ void set_requant(Int8EpilogueParams& ep, const at::Tensor& m0, const at::Tensor&
   ep.qmax = static_cast<int32_t>(qmax);
   ep.rounding = parse_rounding(std::string(rounding), op);
   if (!per_channel && m0.device().is_cpu() && shift.device().is_cpu()) {
-    ep.m0_scalar = m0.reshape({-1})[0].item<int32_t>();
-    ep.shift_scalar = shift.reshape({-1})[0].item<int32_t>();
+    ep.m0_scalar = *m0.data_ptr<int32_t>();  // one int32 element (checked): read it in place
+    ep.shift_scalar = *shift.data_ptr<int32_t>();
     return;
   }
   holders.push_back(m0.to(x.device()).contiguous());
