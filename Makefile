@@ -36,7 +36,7 @@ cuda-check:
 	@mkdir -p .make/cuda-check
 	@set -e; for f in $(wildcard csrc/cuda/*.cu); do \
 		echo "nvcc $$f"; \
-		$(NVCC) -std=c++17 -O3 -Werror all-warnings -Icsrc/include $(CUDA_ARCH_FLAGS) -c $$f -o .make/cuda-check/$$(basename $$f .cu).o; \
+		$(NVCC) -std=c++17 -O3 --threads 2 -Werror all-warnings -Icsrc/include $(CUDA_ARCH_FLAGS) -c $$f -o .make/cuda-check/$$(basename $$f .cu).o; \
 	done
 
 clean:
