@@ -76,11 +76,11 @@ cudaError_t int8_pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t ldw,
 }
 
 cudaError_t int8_gemm(const Int8GemmParams& p, cudaStream_t stream) {
-  if (p.m < 0 || p.n <= 0 || p.k <= 0 || p.lda < p.k || p.a == nullptr || p.w_packed == nullptr ||
-      p.out == nullptr || p.ldo < p.n || !int8_epilogue_valid(p.epilogue)) {
+  if (p.m < 0 || p.n <= 0 || p.k <= 0 || p.lda < p.k || p.ldo < p.n || !int8_epilogue_valid(p.epilogue)) {
     return cudaErrorInvalidValue;
   }
-  if (p.m == 0) return cudaSuccess;
+  if (p.m == 0) return cudaSuccess;  // (empty tensors may have null data pointers)
+  if (p.a == nullptr || p.w_packed == nullptr || p.out == nullptr) return cudaErrorInvalidValue;
   detail::KernelArgs args;
   args.a = p.a;
   args.m = p.m;
