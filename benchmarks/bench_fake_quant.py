@@ -282,7 +282,9 @@ def main(argv=None) -> str:
     ])
     print(text)
     if args.write:
-        print("wrote", write_result("fake_quant", text))
+        # one table per CPU tier: the AVX-512 figures of another machine are not overwritten by an AVX2 run
+        isa = ops.cpu_isa()
+        print("wrote", write_result("fake_quant" if isa == "avx512vnni" else f"fake_quant_{isa}", text))
     return text
 
 

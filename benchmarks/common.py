@@ -40,7 +40,10 @@ def machine_line() -> str:
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    from compress_kernels import ops
+
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"CPU kernel path {ops.cpu_isa()}")
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

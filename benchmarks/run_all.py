@@ -30,11 +30,13 @@ def assemble() -> str:
              "measured in the same run on the same machine; > 1 means compress_kernels is faster. Times are the "
              "fastest of repeated timed blocks (on a shared machine other processes only ever add time).\n"]
     for fam in families():
-        path = os.path.join(HERE, "results", f"{fam}.md")
-        if os.path.exists(path):
-            parts.append(open(path).read().strip() + "\n")
-        else:
+        # results/<family>.md, then per-machine variants results/<family>_<variant>.md (e.g. _avx2, _cuda)
+        paths = [os.path.join(HERE, "results", f"{fam}.md")]
+        paths += sorted(glob.glob(os.path.join(HERE, "results", f"{fam}_*.md")))
+        found = [p for p in paths if os.path.exists(p)]
+        if not found:
             parts.append(f"### {fam}\n\nNot measured yet: run `python benchmarks/bench_{fam}.py`.\n")
+        parts += [open(p).read().strip() + "\n" for p in found]
     text = "\n".join(parts)
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write(text)
