@@ -248,7 +248,7 @@ def test_2to4_and_int8_accuracy(digits_resnet):
     _, _, x_test, y_test = data
     m = copy.deepcopy(model)
     pruner = prune.prune_(m, PruneConfig(granularity="2:4", filter_fn=_not_stem))
-    _finetune(m, data, 1, pruner)
+    _finetune(m, data, 2, pruner)  # 1 epoch: 96.7% vs fp32 98.0% on an AVX2 machine
     pruner.remove()
     masked_acc = training.evaluate(m, x_test, y_test)
     report = ck.convert_(m, ck.Sparse24Config(), inplace=False)
