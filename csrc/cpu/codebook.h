@@ -48,6 +48,8 @@ void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& pla
                          int64_t task_end);
 void codebook_linear_run_portable(const CodebookLinearArgs& args, const CodebookPlan& plan,
                                   int64_t task_begin, int64_t task_end);
+void codebook_linear_run_avx2(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                              int64_t task_end);
 void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPlan& plan,
                                 int64_t task_begin, int64_t task_end);
 
