@@ -14,6 +14,7 @@ $(STAMP): $(SOURCES)
 	@$(PYTHON) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
 		|| $(PIP) install torch==$(TORCH_VERSION)
 	@$(PYTHON) -c "import ninja" 2>/dev/null || $(PIP) install ninja
+	@$(PYTHON) -c "import wheel, setuptools" 2>/dev/null || $(PIP) install wheel setuptools
 	$(PIP) install --no-build-isolation -e ".[test,bench,demo]"
 	@mkdir -p .make && touch $@
 
