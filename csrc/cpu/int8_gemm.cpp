@@ -155,6 +155,8 @@ void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t t
                    int64_t task_end) {
   if (active_isa() == Isa::kAvx512Vnni) {
     int8_gemm_run_avx512vnni(args, plan, task_begin, task_end);
+  } else if (active_isa() == Isa::kAvx2) {
+    int8_gemm_run_avx2(args, plan, task_begin, task_end);
   } else {
     int8_gemm_run_portable(args, plan, task_begin, task_end);
   }
@@ -165,6 +167,8 @@ void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin
   (void)rows;
   if (active_isa() == Isa::kAvx512Vnni) {
     quantize_rows_avx512(x, cols, row_begin, row_end, qmin, qmax, q, scale);
+  } else if (active_isa() == Isa::kAvx2) {
+    quantize_rows_avx2(x, cols, row_begin, row_end, qmin, qmax, q, scale);
   } else {
     quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
   }

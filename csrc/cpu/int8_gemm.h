@@ -80,6 +80,8 @@ void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
                             int64_t task_begin, int64_t task_end);
 void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
                               int64_t task_begin, int64_t task_end);
+void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                        int64_t task_end);
 
 // Symmetric per-row quantization for dynamic activations: scale[r] = max|x[r, :]| / qmax
 // (1 when the row is all zero), q = clamp(round_half_even(x / scale), qmin, qmax), computed with a
@@ -90,5 +92,7 @@ void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int
                             int32_t qmin, int32_t qmax, int8_t* q, float* scale);
 void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
                           int32_t qmin, int32_t qmax, int8_t* q, float* scale);
+void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                        int32_t qmin, int32_t qmax, int8_t* q, float* scale);
 
 }  // namespace ck::cpu

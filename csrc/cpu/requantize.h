@@ -33,5 +33,7 @@ void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, 
                               int64_t row_end, const RequantParams& p, void* out);
 void requantize_rows_avx512(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
                             int64_t row_end, const RequantParams& p, void* out);
+void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
+                          int64_t row_end, const RequantParams& p, void* out);
 
 }  // namespace ck::cpu
