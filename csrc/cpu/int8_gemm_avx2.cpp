@@ -16,15 +16,20 @@
 //   weights: the int16 words of a row's dword are (w1:w0, w3:w2); srai16(slli16(W, 8), 8) gives
 //            (w0, w2) and srai16(W, 8) gives (w1, w3): three shifts per 8 columns, done in
 //            registers on the packed bytes (the packed weight is never rewritten).
-//   x:       each tile's rows are widened once to int16 in the order (x0, x2, x1, x3) per group,
-//            so `vpbroadcastd` of words 0-1 pairs with (w0, w2) and of words 2-3 with (w1, w3).
-//            Padding k (k % 4 != 0) is widened as 0; the packed weight is 0 there too.
+//   x:       rows are widened to int16 in the order (x0, x2, x1, x3) per group (once per row chunk
+//            of the plan, see int8_gemm_run_avx2), so `vpbroadcastd` of words 0-1 pairs with
+//            (w0, w2) and of words 2-3 with (w1, w3). Padding k (k % 4 != 0) is widened as 0; the
+//            packed weight is 0 there too.
 // Blocking: a tile is MR <= 4 rows of x by one 16-column weight block (two ymm of 8 columns):
-// 8 accumulators + 4 decoded weight vectors + 2 x broadcasts + 1 product = 15 of the 16 ymm
-// registers. Per group and tile: 2 loads, 6 shifts, 8 broadcasts, 16 vpmaddwd, 16 vpaddd. On Zen 3
-// vpmaddwd issues twice per cycle and the FP pipes retire ~3.3 of these uops per cycle, so the
-// multiply-add pairs (not the loads) bound the kernel; wider column tiles would need more
-// registers than AVX2 has (an 8-row x 8-column tile has the same count of broadcasts per product).
+// 8 accumulators + 4 decoded weight vectors + 2 x broadcasts + 2 products = the 16 ymm registers
+// (the full 4 x 16 loop is in assembly, k_loop_4x16). Per group and tile: 2 loads, 6 shifts,
+// 8 broadcasts, 16 vpmaddwd, 16 vpaddd. On Zen 3 vpmaddwd issues twice per cycle and the four FP
+// pipes take ~3.3 of these uops per cycle, so uop count (not loads) bounds the kernel: the loop
+// runs 23.3 multiply-accumulates per cycle with its data in L1/L2 (measured); without the weight
+// shifts it would run 25.5, without the broadcasts 25. Wider or taller tiles need more registers
+// than AVX2 has. Tried and not kept: x broadcasts as memory operands of vpmaddwd from a
+// pre-broadcast buffer (load-bound, 23-24 per cycle), and a 5 x 16 tile with a two-uop weight
+// decode on 256-scaled products flushed every 256 k (24.4 alone, no faster end to end).
 // The fused epilogue (correction, bias, requantization or float scaling, store) is the VNNI one on
 // 8 lanes (requant_avx2.h).
 #include "int8_gemm.h"
@@ -42,12 +47,12 @@ constexpr int kTileRows = 4;  // rows of x per tile (see the register count abov
 
 // Widens rows [m0, m0 + rows) of x ([m, k], row stride ldx) into dst (row stride k_pad int16):
 // dst[r, 4g + {0, 1, 2, 3}] = x[m0 + r, 4g + {0, 2, 1, 3}], zero for k >= the real k.
-void widen_rows(const Int8GemmArgs& a, int64_t m0, int rows, int16_t* dst) {
+void widen_rows(const Int8GemmArgs& a, int64_t m0, int64_t rows, int16_t* dst) {
   const int64_t k = a.w.k, k_pad = a.w.k_pad;
   // Within each 128-bit half: words (0, 1, 2, 3, 4, 5, 6, 7) -> (0, 2, 1, 3, 4, 6, 5, 7).
   const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
                                          0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
-  for (int r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = static_cast<const uint8_t*>(a.x) + (m0 + r) * a.ldx;
     int16_t* d = dst + r * k_pad;
     int64_t c = 0;
@@ -289,25 +294,36 @@ constexpr TileFn kTiles[kTileRows][3] = {
 
 void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                         int64_t task_end) {
-  // The widened rows of one tile: kTileRows * k_pad int16 (at most ~0.5 MB at the largest K),
-  // kept per thread across calls.
+  // Widened rows of x, kept per thread across calls. A task's whole row chunk is widened once and
+  // reused by the following tasks of the same chunk (its other panels: all of them when the plan
+  // has one chunk, as on one thread or in the conv), unless the chunk would take more than
+  // kWholeChunkBytes; then each tile's rows are widened on their own, once per panel.
+  constexpr int64_t kWholeChunkBytes = int64_t{2} << 20;
   thread_local std::vector<int16_t> widened;
-  const size_t need = static_cast<size_t>(kTileRows * args.w.k_pad);
+  const int64_t k_pad = args.w.k_pad;
+  const bool whole_chunk = plan.chunk_rows * k_pad * 2 <= kWholeChunkBytes;
+  const size_t need = static_cast<size_t>((whole_chunk ? plan.chunk_rows : kTileRows) * k_pad);
   if (widened.size() < need) widened.resize(need);
   int16_t* xw = widened.data();
+  int64_t widened_chunk = -1;  // the chunk whose rows xw holds (whole_chunk only)
   for (int64_t t = task_begin; t < task_end; ++t) {
     const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
     const int64_t m_begin = chunk * plan.chunk_rows;
     const int64_t m_end = args.m < m_begin + plan.chunk_rows ? args.m : m_begin + plan.chunk_rows;
     const int64_t n_begin = panel * kInt8PanelCols;
     const int64_t n_end = args.w.n < n_begin + kInt8PanelCols ? args.w.n : n_begin + kInt8PanelCols;
+    if (whole_chunk && chunk != widened_chunk) {
+      widen_rows(args, m_begin, m_end - m_begin, xw);
+      widened_chunk = chunk;
+    }
     for (int64_t m = m_begin; m < m_end; m += kTileRows) {
       const int mr = static_cast<int>(m_end - m < kTileRows ? m_end - m : kTileRows);
-      widen_rows(args, m, mr, xw);
+      const int16_t* tile_x = xw + (whole_chunk ? (m - m_begin) * k_pad : 0);
+      if (!whole_chunk) widen_rows(args, m, mr, xw);
       for (int64_t first = n_begin; first < n_end; first += kInt8BlockRows) {
         const int rows = static_cast<int>(n_end - first < kInt8BlockRows ? n_end - first : kInt8BlockRows);
         const int kind = rows == kInt8BlockRows ? 0 : (rows > 8 ? 1 : 2);
-        kTiles[mr - 1][kind](args, xw, m, first, rows);
+        kTiles[mr - 1][kind](args, tile_x, m, first, rows);
       }
     }
   }
