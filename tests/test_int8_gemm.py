@@ -151,6 +151,41 @@ def test_empty_rows_and_non_contiguous_inputs():
     assert torch.equal(ck.int8_gemm(x_strided, rand_weight(8, 20)), ref.int8_gemm(x_strided, rand_weight(8, 20)))
 
 
+# ---- paths of the AVX2 kernel the cases above do not reach (int8_gemm_avx2.cpp)
+
+
+def test_large_row_chunks_and_row_strides():
+    # One thread, one 64-column panel: the plan's row chunk is ~M/4 rows, here over 2 MB once widened
+    # to int16, so the AVX2 kernel widens each 4-row tile on its own instead of the whole chunk. The
+    # x view has a row stride larger than K (read in place, not copied).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for x_dtype, x_zp in [(torch.uint8, 77), (torch.int8, -3)]:
+            lo, hi = ck.numerics.dtype_range(x_dtype)
+            x = rand_int8(1003, 4203, lo=lo, hi=hi, dtype=x_dtype, seed=5)[:, :4201]
+            w = rand_int8(29, 4201, seed=6)  # a full 16-row block and a 13-row tail
+            m0, shift = ck.quantize_multiplier(torch.rand(29, dtype=torch.float64) / 4201 / 200 + 1e-7)
+            b = torch.randint(-(2**20), 2**20, (29,), dtype=torch.int32)
+            packed = ck.int8_pack_weight(w)
+            want = ref.int8_linear(x, x_zp, w, b, m0, shift, 5, -128, 127, torch.int8)
+            assert torch.equal(run_on_every_isa(ck.int8_linear, x, x_zp, packed, b, m0, shift, 5), want)
+            assert torch.equal(run_on_every_isa(ck.int8_gemm, x, packed), ref.int8_gemm(x, w))
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("m, n, k", [(5, 29, 20), (4, 13, 7), (11, 45, 64)])
+def test_int8_linear_float_partial_blocks(m, n, k):
+    # column tails of 9..15 and 1..8 rows in the float epilogue (masked loads and stores)
+    x, w, _, _, _ = _linear_case(m, n, k, torch.uint8, True, False, seed=4)
+    g = torch.Generator().manual_seed(5)
+    x_scale, w_scale, bias = torch.rand(m, generator=g), torch.rand(n, generator=g), torch.randn(n, generator=g)
+    want = ref.int8_linear_float(x, 3, w, x_scale, w_scale, bias)
+    assert torch.equal(run_on_every_isa(ck.int8_linear_float, x, 3, ck.int8_pack_weight(w), x_scale, w_scale, bias),
+                       want)
+
+
 # ---- bad input
 
 
