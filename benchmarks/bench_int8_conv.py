@@ -3,10 +3,12 @@ against F.conv2d fp32 (oneDNN, channels_last) and torch.ops.quantized.conv2d (x8
 engines, prepacked, the same static uint8 -> uint8 semantics), measured side by side in one run.
 
     python benchmarks/bench_int8_conv.py [--quick] [--no-write] [--device cpu|cuda|all]
+                                         [--threads N] [--isa auto|portable|avx2|avx512vnni]
 
 CUDA section (when a GPU is present): QuantConv2d moved to the GPU against cuDNN fp16 channels_last
 on the ResNet-18 shapes, CIFAR-10 and ImageNet forms, batch 32. The written
-benchmarks/results/int8_conv.md holds the sections that ran.
+benchmarks/results/int8_conv.md holds the sections that ran; a CPU run on another kernel path than
+avx512vnni (--isa, or a CPU without AVX-512) writes benchmarks/results/int8_conv_<path>.md instead.
 """
 
 from __future__ import annotations
@@ -117,19 +119,33 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for the CPU section (default: torch's choice); every contender uses it")
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni"], default="auto",
+                        help="CPU kernel path of ours (default: the best this CPU has)")
     args = parser.parse_args()
     sections = []
+    cpu_isa = None
     if args.device in ("cpu", "all"):
-        sections.append(cpu_section(args.quick))
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        with ck.force_cpu_isa(args.isa):
+            cpu_isa = ck.ops.cpu_isa()
+            command = "python benchmarks/bench_int8_conv.py --device cpu" + (
+                f" --threads {args.threads}" if args.threads else "") + (
+                f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else "")
+            sections.append(cpu_section(args.quick, command))
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         sections.append(cuda_section(args.quick))
     text = "\n\n".join(sections)
     print(text)
     if not args.no_write:
-        print("wrote", write_result("int8_conv", text))
+        # one file per CPU path: an AVX2 run does not overwrite the AVX-512 figures of another machine
+        name = "int8_conv" if cpu_isa in (None, "avx512vnni") else f"int8_conv_{cpu_isa}"
+        print("wrote", write_result(name, text))
 
 
-def cpu_section(quick: bool) -> str:
+def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_conv.py") -> str:
     shapes = SHAPES[:3] if quick else SHAPES
     batches = [1] if quick else [1, 32]
     min_run_time = 0.05 if quick else 0.3
@@ -144,7 +160,7 @@ def cpu_section(quick: bool) -> str:
                          t["x86"] / t["ours"], t["fbgemm"] / t["ours"], best_ao / t["ours"]])
     headers = ["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao"]
     return (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. Command: "
-            "`python benchmarks/bench_int8_conv.py`.\nRatios are peer time / our time (> 1: ours faster), same run. "
+            f"`{command}`.\nRatios are peer time / our time (> 1: ours faster), same run. "
             "Ours: QuantConv2d (packed weight, uint8 NHWC in -> uint8 out, fused requantization); peers: "
             "`F.conv2d` fp32 channels_last and `torch.ops.quantized.conv2d` prepacked.\n\n"
             + markdown_table(headers, rows))

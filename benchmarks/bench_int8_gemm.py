@@ -1,9 +1,12 @@
 """int8 GEMM / linear against its peers, measured side by side in one run.
 
     python benchmarks/bench_int8_gemm.py [--quick] [--no-write] [--device cpu|cuda|all]
+                                         [--threads N] [--isa auto|portable|avx2|avx512vnni]
 
 The written benchmarks/results/int8_gemm.md holds the sections that ran (--device all, the default,
-runs the CUDA section too when a GPU is present).
+runs the CUDA section too when a GPU is present). A CPU run on another kernel path than avx512vnni
+(--isa, or a CPU without AVX-512) writes benchmarks/results/int8_gemm_<path>.md instead, so the
+AVX-512 table of another machine is not overwritten.
 
 Peers: F.linear fp32 (oneDNN / MKL), torch.ops.quantized.linear (x86 and fbgemm engines,
 prepacked, static uint8 -> uint8), torch._int_mm (int8 -> int32), torch.ops.quantized.linear_dynamic
@@ -73,6 +76,11 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
             packed = torch.ops.quantized.linear_prepack(w_q, bias)
             t[f"ao_{engine}"] = best_seconds(lambda: torch.ops.quantized.linear(x_q, packed, 0.1, 128),
                                                min_run_time)
+        # Exactness of the peer on this very input: ours is the exact integer result; fbgemm requantizes
+        # in float (a difference of 1 is rounding), so a larger difference is an inexact accumulator
+        # (its AVX2 kernel's vpmaddubsw saturates int16 pair sums of full-range uint8 x int8).
+        diff = (torch.ops.quantized.linear(x_q, packed, 0.1, 128).int_repr().int() - q(x_u8).int()).abs()
+        t["ao_off_pct"] = 100.0 * (diff > 1).float().mean().item()
         torch.backends.quantized.engine = "x86"
         packed = torch.ops.quantized.linear_prepack(w_q, bias)
         t["ao_dynamic"] = best_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed), min_run_time)
@@ -165,19 +173,33 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_gemm.md")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for the CPU section (default: torch's choice); every contender uses it")
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni"], default="auto",
+                        help="CPU kernel path of ours (default: the best this CPU has)")
     args = parser.parse_args()
     sections = []
+    cpu_isa = None
     if args.device in ("cpu", "all"):
-        sections.append(cpu_section(args.quick))
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        with ck.force_cpu_isa(args.isa):
+            cpu_isa = ck.ops.cpu_isa()
+            command = "python benchmarks/bench_int8_gemm.py --device cpu" + (
+                f" --threads {args.threads}" if args.threads else "") + (
+                f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else "")
+            sections.append(cpu_section(args.quick, command))
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         sections.append(cuda_section(args.quick))
     text = "\n\n".join(sections)
     print(text)
     if not args.no_write:
-        print("wrote", write_result("int8_gemm", text))
+        # one file per CPU path: an AVX2 run does not overwrite the AVX-512 figures of another machine
+        name = "int8_gemm" if cpu_isa in (None, "avx512vnni") else f"int8_gemm_{cpu_isa}"
+        print("wrote", write_result(name, text))
 
 
-def cpu_section(quick: bool) -> str:
+def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.py") -> str:
     shapes = [(m, k, n) for (k, n) in KNS for m in MS]
     if quick:
         shapes = [(64, 1024, 1024), (1, 1024, 1024)]
@@ -191,16 +213,19 @@ def cpu_section(quick: bool) -> str:
                      t["ao_fbgemm"] / t["ours_static"], best_ao / t["ours_static"],
                      gop / t["ours_gemm"], t["int_mm"] / t["ours_gemm"],
                      t["fp32"] / t["ours_dynamic"], t["ao_dynamic"] / t["ours_dynamic"],
-                     (t["torchao_dynamic"] / t["ours_dynamic"]) if "torchao_dynamic" in t else float("nan")])
+                     (t["torchao_dynamic"] / t["ours_dynamic"]) if "torchao_dynamic" in t else float("nan"),
+                     t["ao_off_pct"]])
     headers = ["M", "K", "N", "int8_linear GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao",
                "int8_gemm GOP/s", "gemm vs _int_mm", "dynamic vs fp32", "dynamic vs ao dynamic",
-               "dynamic vs torchao"]
-    return (f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. Command: `python benchmarks/bench_int8_gemm.py`.\n"
+               "dynamic vs torchao", "ao % off by > 1"]
+    return (f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. Command: `{command}`.\n"
             "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run.\n"
             "`int8_linear`: packed weight, uint8 in -> uint8 out with the fused fixed-point requantization; "
             "peers `torch.ops.quantized.linear` (prepacked, same static uint8 -> uint8 semantics). "
             "`int8_gemm`: int8 x int8 -> int32 with a packed weight vs `torch._int_mm`. "
-            "dynamic: float -> float with per-row activation quantization.\n\n"
+            "dynamic: float -> float with per-row activation quantization. `ao % off by > 1`: share of the "
+            "fbgemm outputs that differ from ours (the exact integer result) by more than the 1 that its float "
+            "requantization may round differently, on the same input.\n\n"
             + markdown_table(headers, rows))
 
 
