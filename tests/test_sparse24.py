@@ -14,6 +14,9 @@ OPS = torch.ops.compress_kernels
 SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16, N % 256), K % 8 == 4
     (1, 1, 4), (1, 8, 8), (3, 7, 12), (16, 16, 64), (17, 33, 100), (47, 9, 36), (49, 130, 260),
     (97, 257, 64),
+    # single rows: 4 blocks of 8 columns at a time, then 3 / 2 / 1, a partial last block, a panel
+    # boundary at 256 columns
+    (1, 61, 36), (1, 300, 520), (1, 24, 1028), (1, 16, 20),
 ]
 
 

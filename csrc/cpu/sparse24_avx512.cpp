@@ -1,11 +1,12 @@
 // AVX-512 2:4 sparse kernels; compiled for AVX-512 by the pragma below, chosen at run time.
 //
 // fp32 (vectorized over rows of x, so no shuffles are needed): x is first transposed per tile of
-// 48 rows into xt[k][rows] (the caller's workspace, once per call). A task owns a tile and 256
-// output columns; for each block of 64 k, each output column walks its stored values j in order:
+// 48 rows into xt[k][48] (the caller's workspace, once per call). A task owns a tile and 256
+// output columns; for each block of 512 k, each output column walks its stored values j in order:
 // broadcast values[n, j] and fused-multiply-add it with the 16-row vectors xt[k_j][...]. Every FMA
 // does useful work (half the FMAs of dense) and its x operand is a plain aligned load whose
-// address comes from the metadata nibble. Partial sums live in a transposed accumulator tile
+// address is one byte of the packed offsets area (decoding the nibbles instead took seven scalar
+// instructions per value and held the kernel at half its FMA rate). Partial sums live in a transposed accumulator tile
 // yt[256 columns][48 rows] between k blocks, and are written to out (plus bias) at the end. The accumulation order per
 // output is the order of the portable path, so results are bit-identical.
 //
@@ -32,25 +33,25 @@ namespace {
 // MV: 16-row vectors in use (1..3; fewer for the last rows of x). The eight columns of one packed
 // block are interleaved: 8 x MV independent accumulators hide the FMA latency, and the block's
 // 16 values of a group are one sequential 64-byte read.
-// Runs groups [g_begin, g_end) of packed block `blk` against the transposed x tile `xt` (row
-// stride 16 * MV floats per k, k of the tile's first column = 0), accumulating into yt[8][48].
+// Runs groups [g_begin, g_end) of packed block `blk` (offsets area `ob`) against the transposed x
+// tile `xt` (kS24TileRows floats per k, k of the tile's first column = 0), accumulating into
+// yt[8][48]. Per stored value: one byte load gives the address of its x vector (offset byte * 8
+// bytes past the group's first k), one broadcast gives the weight, MV FMAs with memory operands.
 template <int MV>
-void f32_block(const float* blk, const uint8_t* mb, int64_t g_begin, int64_t g_end, const float* xt,
+void f32_block(const float* blk, const uint8_t* ob, int64_t g_begin, int64_t g_end, const float* xt,
                float* yt, bool first) {
-  constexpr int64_t ls = 16 * MV;
+  constexpr int64_t ls = kS24TileRows;
   constexpr int64_t ys = kS24TileRows;
   __m512 acc[8][MV];
   for (int c = 0; c < 8; ++c)
     for (int q = 0; q < MV; ++q) acc[c][q] = first ? _mm512_setzero_ps() : _mm512_load_ps(yt + c * ys + 16 * q);
   for (int64_t g = g_begin; g < g_end; ++g) {
     const float* vg = blk + 16 * g;
-    const uint8_t* row = mb + (g >> 1) * 8;
-    const int sh = static_cast<int>(g & 1) * 4;
-    const float* xg = xt + 4 * g * ls;
+    const uint8_t* og = ob + 16 * g;
+    const char* xg = reinterpret_cast<const char*>(xt + 4 * g * ls);
     for (int c = 0; c < 8; ++c) {
-      const int nib = (row[c] >> sh) & 0xF;
-      const float* x0 = xg + (nib & 3) * ls;
-      const float* x1 = xg + (nib >> 2) * ls;
+      const float* x0 = reinterpret_cast<const float*>(xg + 8 * static_cast<int64_t>(og[c]));
+      const float* x1 = reinterpret_cast<const float*>(xg + 8 * static_cast<int64_t>(og[8 + c]));
       const __m512 w0 = _mm512_set1_ps(vg[c]);
       const __m512 w1 = _mm512_set1_ps(vg[8 + c]);
       for (int q = 0; q < MV; ++q) acc[c][q] = _mm512_fmadd_ps(w0, _mm512_load_ps(x0 + 16 * q), acc[c][q]);
@@ -63,18 +64,18 @@ void f32_block(const float* blk, const uint8_t* mb, int64_t g_begin, int64_t g_e
 
 template <int MV>
 void f32_task(const Sparse24F32Args& a, int64_t tile, int64_t n_begin, int64_t n_end, float* yt) {
-  const int64_t k = a.k, half = k / 2, block = sparse24_f32_block_floats(k);
+  const int64_t k = a.k, block = sparse24_f32_block_floats(k), offsets_at = sparse24_f32_offsets_at(k);
   const int64_t m_begin = tile * kS24TileRows, rows = std::min(kS24TileRows, a.m - m_begin);
   const float* xt = a.xt + tile * kS24TileRows * k;
   // k blocks of kS24DepthBlock: the transposed x of a block (48 x 512 floats = 96 KiB) stays in L2
-  // while every column block of the panel walks it, and each column block's values and metadata
-  // for the k block are one sequential 8 KiB stream (short interleaved streams defeat the
-  // hardware prefetcher).
+  // while every column block of the panel walks it, and each column block's values and offsets
+  // for the k block are one sequential stream (short interleaved streams defeat the hardware
+  // prefetcher).
   for (int64_t kb = 0; kb < k; kb += kS24DepthBlock) {
     const int64_t g_begin = kb / 4, g_end = std::min(k, kb + kS24DepthBlock) / 4;
     for (int64_t n = n_begin; n < n_end; n += 8) {
       const float* blk = a.packed + (n / 8) * block;
-      f32_block<MV>(blk, reinterpret_cast<const uint8_t*>(blk + 8 * half), g_begin, g_end, xt,
+      f32_block<MV>(blk, reinterpret_cast<const uint8_t*>(blk + offsets_at), g_begin, g_end, xt,
                     yt + (n - n_begin) * kS24TileRows, kb == 0);
     }
   }
@@ -88,33 +89,76 @@ void f32_task(const Sparse24F32Args& a, int64_t tile, int64_t n_begin, int64_t n
   }
 }
 
-// One row of x (a tile of one row), vectorized over the eight columns of a packed block instead
-// of over rows: per group, two 8-lane gathers fetch x[4g + p0[c]] and x[4g + p1[c]] for the
-// eight columns, and two FMAs with the group's 16 packed values (v[2g][c], then v[2g + 1][c],
-// the order of the portable path) update the eight accumulators. No transposition, no wasted
-// lanes: for a single row this replaces 16-lane FMAs of which 15 lanes multiply padding.
-void f32_single_row(const Sparse24F32Args& a, int64_t m, int64_t n_begin, int64_t n_end) {
-  const int64_t k = a.k, half = k / 2, block = sparse24_f32_block_floats(k);
+// One row of x, vectorized over the eight columns of a packed block: the four x of a group are
+// broadcast to both 128-bit lanes and one `vpermilps` per stored value picks each column's x by
+// the low two bits of its metadata (bits [1:0] of the control are the position; the higher bits
+// of the shifted meta byte are ignored by the instruction). NB blocks run side by side so that NB
+// independent FMA chains hide the latency (each column's chain is sequential in k, the order of
+// the portable path). No transposition, no gathers, no padded lanes.
+template <int NB>
+void f32_row_blocks(const Sparse24F32Args& a, int64_t m, int64_t n) {
+  const int64_t k = a.k, half = k / 2, block = sparse24_f32_block_floats(k), groups = k / 4;
   const float* xr = a.x + m * a.ldx;
-  const __m256i three = _mm256_set1_epi32(3);
-  for (int64_t n = n_begin; n < n_end; n += 8) {
-    const float* blk = a.packed + (n / 8) * block;
-    const uint8_t* mb = reinterpret_cast<const uint8_t*>(blk + 8 * half);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t g = 0; g < k / 4; ++g) {
-      // The eight metadata bytes of the block (one per column), nibble of group g.
-      const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mb + (g >> 1) * 8)));
-      const __m256i nib = _mm256_srli_epi32(bytes, static_cast<int>(g & 1) * 4);
-      const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(4 * g));
-      const __m256i i0 = _mm256_add_epi32(base, _mm256_and_si256(nib, three));
-      const __m256i i1 = _mm256_add_epi32(base, _mm256_and_si256(_mm256_srli_epi32(nib, 2), three));
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(blk + 16 * g), _mm256_i32gather_ps(xr, i0, 4), acc);
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(blk + 16 * g + 8), _mm256_i32gather_ps(xr, i1, 4), acc);
+  const float* v[NB];
+  const uint8_t* mb[NB];
+  __m256 acc[NB];
+  for (int b = 0; b < NB; ++b) {
+    v[b] = a.packed + (n / 8 + b) * block;
+    mb[b] = reinterpret_cast<const uint8_t*>(v[b] + 8 * half);
+    acc[b] = _mm256_setzero_ps();
+  }
+  auto meta_lanes = [&](int b, int64_t pair) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mb[b] + pair * 8)));
+  };
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    const __m256 xa = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xr + 4 * g));
+    const __m256 xb = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xr + 4 * g + 4));
+    for (int b = 0; b < NB; ++b) {
+      const __m256i ctl = meta_lanes(b, g / 2);
+      const float* vg = v[b] + 16 * g;
+      acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg), _mm256_permutevar_ps(xa, ctl), acc[b]);
+      acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg + 8), _mm256_permutevar_ps(xa, _mm256_srli_epi32(ctl, 2)), acc[b]);
+      acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg + 16), _mm256_permutevar_ps(xb, _mm256_srli_epi32(ctl, 4)), acc[b]);
+      acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg + 24), _mm256_permutevar_ps(xb, _mm256_srli_epi32(ctl, 6)), acc[b]);
     }
+  }
+  if (g < groups) {  // K % 8 == 4: the last group is the low nibble of the last meta byte
+    const __m256 xa = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xr + 4 * g));
+    for (int b = 0; b < NB; ++b) {
+      const __m256i ctl = meta_lanes(b, g / 2);
+      const float* vg = v[b] + 16 * g;
+      acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg), _mm256_permutevar_ps(xa, ctl), acc[b]);
+      acc[b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg + 8), _mm256_permutevar_ps(xa, _mm256_srli_epi32(ctl, 2)), acc[b]);
+    }
+  }
+  float* o = a.out + m * a.n;
+  for (int b = 0; b < NB; ++b) {
     alignas(32) float y[8];
-    _mm256_store_ps(y, acc);
-    float* o = a.out + m * a.n;
-    for (int64_t c = 0; c < 8 && n + c < n_end; ++c) o[n + c] = a.bias != nullptr ? y[c] + a.bias[n + c] : y[c];
+    _mm256_store_ps(y, acc[b]);
+    const int64_t n0 = n + 8 * b;
+    for (int64_t c = 0; c < 8 && n0 + c < a.n; ++c) o[n0 + c] = a.bias != nullptr ? y[c] + a.bias[n0 + c] : y[c];
+  }
+}
+
+void f32_single_row(const Sparse24F32Args& a, int64_t m, int64_t n_begin, int64_t n_end) {
+  constexpr int64_t kRowBlocks = 4;
+  // Panels are whole blocks; only the block that holds column N - 1 can be partial.
+  const int64_t blocks = (n_end - n_begin + 7) / 8;
+  int64_t b = 0;
+  for (; b + kRowBlocks <= blocks; b += kRowBlocks) f32_row_blocks<kRowBlocks>(a, m, n_begin + 8 * b);
+  switch (blocks - b) {
+    case 3:
+      f32_row_blocks<3>(a, m, n_begin + 8 * b);
+      break;
+    case 2:
+      f32_row_blocks<2>(a, m, n_begin + 8 * b);
+      break;
+    case 1:
+      f32_row_blocks<1>(a, m, n_begin + 8 * b);
+      break;
+    default:
+      break;
   }
 }
 
