@@ -576,7 +576,7 @@ if NATIVE_ERROR is None:
     @torch.library.register_fake("compress_kernels::sparse24_f32_pack")
     def _(values, meta):
         n, k = values.shape[0], 2 * values.shape[1]
-        return values.new_empty(((n + 7) // 8 * (10 * (k // 2) + 2 * ((k + 7) // 8)) + 2,))
+        return values.new_empty(((n + 7) // 8 * (8 * (k // 2) + 2 * ((k + 7) // 8)) + 2,))
 
     @torch.library.register_fake("compress_kernels::sparse24_linear")
     def _(x, values, meta, bias):

@@ -17,6 +17,8 @@ SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16
     # single rows: 4 blocks of 8 columns at a time, then 3 / 2 / 1, a partial last block, a panel
     # boundary at 256 columns
     (1, 61, 36), (1, 300, 520), (1, 24, 1028), (1, 16, 20),
+    # several k blocks of 512 with partial sums kept in out, an odd last group
+    (5, 40, 1028), (50, 19, 644),
 ]
 
 

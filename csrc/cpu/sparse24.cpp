@@ -34,15 +34,9 @@ void sparse24_f32_pack(const float* values, const uint8_t* meta, int64_t n, int6
   for (int64_t b = 0; b < (n + 7) / 8; ++b) {
     float* v = out + b * block;
     uint8_t* mb = reinterpret_cast<uint8_t*>(v + 8 * half);
-    uint8_t* ob = reinterpret_cast<uint8_t*>(v + sparse24_f32_offsets_at(k));
     for (int64_t c = 0; c < 8; ++c) {
       const int64_t r = 8 * b + c;
-      for (int64_t j = 0; j < half; ++j) {
-        v[j * 8 + c] = r < n ? values[r * half + j] : 0.0f;
-        const int pos = r < n ? sparse24::position(sparse24::nibble(meta + r * mcols, j / 2), static_cast<int>(j % 2))
-                              : static_cast<int>(j % 2);
-        ob[j * 8 + c] = static_cast<uint8_t>(24 * pos);
-      }
+      for (int64_t j = 0; j < half; ++j) v[j * 8 + c] = r < n ? values[r * half + j] : 0.0f;
       for (int64_t i = 0; i < mcols; ++i) {
         const bool odd_tail = i == mcols - 1 && (k / 4) % 2 == 1;
         mb[i * 8 + c] = r < n ? meta[r * mcols + i] : static_cast<uint8_t>(odd_tail ? 0x04 : 0x44);
@@ -62,26 +56,6 @@ void sparse24_f32_packed_shape(const float* packed, int64_t floats, int64_t* n, 
   if (sparse24_f32_packed_floats(trailer[1], trailer[0]) != floats) return;
   *k = trailer[0];
   *n = trailer[1];
-}
-
-bool sparse24_f32_needs_workspace() { return active_isa() == Isa::kAvx512Vnni; }
-
-void sparse24_f32_transpose_x(const Sparse24F32Args& a, int64_t tile_begin, int64_t tile_end) {
-  for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t m0 = t * kS24TileRows, rows = std::min(kS24TileRows, a.m - m0);
-    constexpr int64_t stride = kS24TileRows;
-    const int64_t used = (rows + 15) / 16 * 16;
-    float* dst = a.xt + t * kS24TileRows * a.k;
-    for (int64_t kk = 0; kk < a.k; ++kk) {
-      for (int64_t r = rows; r < used; ++r) dst[kk * stride + r] = 0.0f;
-    }
-    // Rows outer so x is read sequentially; the transposed tile (48 floats per k) is written with
-    // a short stride that stays in a few cache lines per k.
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = a.x + (m0 + r) * a.ldx;
-      for (int64_t kk = 0; kk < a.k; ++kk) dst[kk * stride + r] = xr[kk];
-    }
-  }
 }
 
 void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,

@@ -69,24 +69,20 @@ void sparse24_decompress(const T* values, const uint8_t* meta, int64_t n, int64_
 // floats): B = ceil(N / 8) blocks of 8 output columns, block b at float b * block_floats(K):
 //   values [K/2][8]: float j * 8 + c = values[8b + c, j] (0 past N);
 //   meta [ceil(K/8)][8] bytes after them: byte i * 8 + c = meta[8b + c, i] (0x44, positions 0 and
-//   1, past N);
-//   offsets [K/2][8] bytes after the meta: byte j * 8 + c = 24 * (k_j - 4 * (j / 2)), the position
-//   of value j of column 8b + c inside its group of four, pre-scaled so that 8 * byte is the byte
-//   offset of x[k_j] from x[4 * (j / 2)] in the transposed tile (kS24TileRows floats per k). The
-//   tile microkernel addresses x with one byte load per value instead of decoding nibbles (the
-//   nibble decode was its bottleneck); the single-row path reads the meta. +25% over the values.
+//   1, past N).
 // Interleaving eight columns turns their eight value streams (N rows of K/2 floats apart, which
 // alias in L1 when K/2 is a multiple of 1024) into one sequential stream. The last two floats hold
 // K and N as int32 bits.
 
 constexpr int64_t kS24F32BlockCols = 8;   // columns interleaved in the packed layout = microkernel columns
-constexpr int64_t kS24TileRows = 48;      // rows of x per task tile (3 zmm of 16 rows)
+constexpr int64_t kS24TileRows = 48;      // rows of x per task
 constexpr int64_t kS24PanelCols = 256;    // output columns per task
-constexpr int64_t kS24DepthBlock = 512;   // k per block of the transposed x walked by all the panel's columns
+// k per block walked by all of a task's rows and columns before the next (a multiple of 8, so a
+// metadata byte never straddles two blocks): the task's x rows (48 x 2 KiB) and the panel's
+// values (256 x 1 KiB) of a block stay in L2.
+constexpr int64_t kS24DepthBlock = 512;
 
-inline int64_t sparse24_f32_block_floats(int64_t k) { return 10 * (k / 2) + 2 * sparse24::meta_cols(k); }
-// Float index of the offsets area inside a block.
-inline int64_t sparse24_f32_offsets_at(int64_t k) { return 8 * (k / 2) + 2 * sparse24::meta_cols(k); }
+inline int64_t sparse24_f32_block_floats(int64_t k) { return 8 * (k / 2) + 2 * sparse24::meta_cols(k); }
 inline int64_t sparse24_f32_packed_floats(int64_t n, int64_t k) {
   return (n + 7) / 8 * sparse24_f32_block_floats(k) + 2;
 }
@@ -101,26 +97,13 @@ struct Sparse24F32Args {
   int64_t n = 0, k = 0;
   const float* bias = nullptr;  // [n] or null
   float* out = nullptr;         // [m, n] contiguous
-  // Workspace of sparse24_f32_workspace_floats(m, k) floats for the transposed x (SIMD path):
-  // tile t at float t * kS24TileRows * k holds xt[k][r] with row stride kS24TileRows; lanes
-  // [rows_t, 16 * ceil(rows_t / 16)) are zero, lanes above are never read.
-  float* xt = nullptr;
 };
-
-inline int64_t sparse24_f32_workspace_floats(int64_t m, int64_t k) {
-  return (m + kS24TileRows - 1) / kS24TileRows * kS24TileRows * k;
-}
 
 struct Sparse24Plan {
   int64_t row_tiles = 0, panels = 0;
   int64_t tasks() const { return row_tiles * panels; }
 };
 Sparse24Plan sparse24_f32_plan(int64_t m, int64_t n);
-
-// Whether the active path reads the transposed-x workspace (filled by sparse24_f32_transpose_x
-// for row tiles [tile_begin, tile_end) before sparse24_f32_run).
-bool sparse24_f32_needs_workspace();
-void sparse24_f32_transpose_x(const Sparse24F32Args& a, int64_t tile_begin, int64_t tile_end);
 
 void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end);
 void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,

@@ -131,12 +131,6 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   args.bias = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
   args.out = out.data_ptr<float>();
   const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(m, n);
-  at::Tensor workspace;
-  if (cpu::sparse24_f32_needs_workspace()) {
-    workspace = at::empty({cpu::sparse24_f32_workspace_floats(m, k)}, x.options());
-    args.xt = workspace.data_ptr<float>();
-    at::parallel_for(0, plan.row_tiles, 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_transpose_x(args, b, e); });
-  }
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_run(args, plan, b, e); });
   return out;
 }
