@@ -585,7 +585,7 @@ if NATIVE_ERROR is None:
     @torch.library.register_fake("compress_kernels::sparse24_int8_pack")
     def _(values, meta):
         n, k = values.shape[0], 2 * values.shape[1]
-        return values.new_empty(((n + 15) // 16 * ((k + 7) // 8) * 32 + n + 2,), dtype=torch.int32)
+        return values.new_empty(((n + 15) // 16 * ((k + 7) // 8) * 20 + n + 2,), dtype=torch.int32)
 
     @torch.library.register_fake("compress_kernels::sparse24_int8_linear")
     def _(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,

@@ -99,23 +99,18 @@ void sparse24_int8_pack(const int8_t* values, const uint8_t* meta, int64_t n, in
   int8_t* data = reinterpret_cast<int8_t*>(out);
   for (int64_t b = 0; b < blocks; ++b) {
     for (int64_t h = 0; h < pairs; ++h) {
-      int8_t* dst = data + (b * pairs + h) * 128;
+      int8_t* dst = data + (b * pairs + h) * 80;
       for (int64_t i = 0; i < 16; ++i) {
         const int64_t r = 16 * b + i;
         for (int64_t s = 0; s < 4; ++s) {
           const int64_t j = 4 * h + s;  // stored value index
-          const int64_t g = j / 2;      // its group
-          const bool present = r < n && j < half;
-          dst[4 * i + s] = present ? values[r * half + j] : int8_t{0};
-          // Absent values point at x byte 0 of the pair (always readable); their weight is 0.
-          const int pos = present ? sparse24::position(sparse24::nibble(meta + r * mcols, g), static_cast<int>(s & 1))
-                                  : 0;
-          dst[64 + 4 * i + s] = static_cast<int8_t>(present ? 4 * (g & 1) + pos : 0);
+          dst[4 * i + s] = r < n && j < half ? values[r * half + j] : int8_t{0};
         }
+        dst[64 + i] = static_cast<int8_t>(r < n ? meta[r * mcols + h] : 0);
       }
     }
   }
-  int32_t* row_sum = out + blocks * pairs * 32;
+  int32_t* row_sum = out + blocks * pairs * 20;
   for (int64_t r = 0; r < n; ++r) {
     int32_t s = 0;
     for (int64_t j = 0; j < half; ++j) s += values[r * half + j];
@@ -132,7 +127,7 @@ PackedSparse24Int8 sparse24_int8_packed_view(const int32_t* packed, int64_t word
   if (k <= 0 || n <= 0 || k % 4 != 0 || sparse24_int8_packed_words(n, k) != words) return v;
   v.data = reinterpret_cast<const int8_t*>(packed);
   v.pairs = sparse24_int8_pairs(k);
-  v.row_sum = packed + (n + 15) / 16 * v.pairs * 32;
+  v.row_sum = packed + (n + 15) / 16 * v.pairs * 20;
   v.n = n;
   v.k = k;
   return v;
@@ -172,9 +167,10 @@ void int8_portable_typed(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
         const int64_t b = n / 16, i = n % 16;
         int32_t acc = 0;
         for (int64_t h = 0; h < pairs; ++h) {
-          const int8_t* blk = a.w.data + (b * pairs + h) * 128;
+          const int8_t* blk = a.w.data + (b * pairs + h) * 80;
+          const uint8_t nibbles = static_cast<uint8_t>(blk[64 + i]);
           for (int64_t s = 0; s < 4; ++s) {
-            const int64_t kk = 8 * h + blk[64 + 4 * i + s];
+            const int64_t kk = 8 * h + 4 * (s / 2) + ((nibbles >> (2 * s)) & 3);
             if (kk < k) acc += static_cast<int32_t>(xr[kk]) * static_cast<int32_t>(blk[4 * i + s]);
           }
         }

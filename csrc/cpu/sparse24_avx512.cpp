@@ -29,6 +29,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "requant_avx512.h"
 
@@ -223,13 +224,27 @@ inline __m512i broadcast_x_pair(const uint8_t* p, int64_t bytes) {
   return _mm512_set1_epi64(v);
 }
 
+// The vpshufb control of 16 columns from their 16 meta bytes b: dword i = bytes
+// (b & 3, (b >> 2) & 3, 4 + ((b >> 4) & 3), 4 + ((b >> 6) & 3)). OR-ing b shifted by 0, 6, 12 and 18
+// places bits 2j..2j+1 of b at the bottom of byte j (no carries, unlike a multiply); one
+// ternary-logic op keeps those two bits of every byte and sets bit 2 of bytes 2 and 3.
+inline __m512i shuffle_control(const int8_t* meta16) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta16)));
+  const __m512i spread = _mm512_ternarylogic_epi32(b, _mm512_slli_epi32(b, 6), _mm512_slli_epi32(b, 12), 0xFE);
+  const __m512i all = _mm512_or_si512(spread, _mm512_slli_epi32(b, 18));
+  // (all & 0x03030303) | 0x04040000: A = all, B = mask, C = bits to set; imm = (A & B) | C = 0xEA.
+  return _mm512_ternarylogic_epi32(all, _mm512_set1_epi32(0x03030303), _mm512_set1_epi32(0x04040000), 0xEA);
+}
+
 // MR: rows of x in the tile (1..6). NV: blocks of 16 columns (1..2). kSigned: int8 x (sign flip).
+// `controls`: null, or the panel's controls expanded by expand_controls (block v, pair h at
+// controls[v * pairs + h]).
 template <int MR, int NV, bool kSigned>
-void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0) {
+void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i* controls) {
   const int64_t k = a.w.k, pairs = a.w.pairs, full_pairs = k / 8;
   const uint8_t* x = static_cast<const uint8_t*>(a.x) + m0 * a.ldx;
   const int8_t* wb[NV];
-  for (int v = 0; v < NV; ++v) wb[v] = a.w.data + ((n0 / 16 + v) * pairs) * 128;
+  for (int v = 0; v < NV; ++v) wb[v] = a.w.data + ((n0 / 16 + v) * pairs) * 80;
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
 
   __m512i acc[MR][NV];
@@ -239,8 +254,8 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0) {
   auto step = [&](int64_t h, int64_t bytes) {
     __m512i val[NV], ctl[NV];
     for (int v = 0; v < NV; ++v) {
-      val[v] = _mm512_loadu_si512(wb[v] + h * 128);
-      ctl[v] = _mm512_loadu_si512(wb[v] + h * 128 + 64);
+      val[v] = _mm512_loadu_si512(wb[v] + h * 80);
+      ctl[v] = controls != nullptr ? _mm512_load_si512(controls + v * pairs + h) : shuffle_control(wb[v] + h * 80 + 64);
     }
     for (int r = 0; r < MR; ++r) {
       __m512i xb = broadcast_x_pair(x + r * a.ldx + 8 * h, bytes);
@@ -272,7 +287,7 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0) {
   }
 }
 
-using Int8TileFn = void (*)(const Sparse24Int8Args&, int64_t, int64_t);
+using Int8TileFn = void (*)(const Sparse24Int8Args&, int64_t, int64_t, const __m512i*);
 
 template <bool kSigned, int MR>
 constexpr Int8TileFn int8_tile_row[2] = {int8_tile<MR, 1, kSigned>, int8_tile<MR, 2, kSigned>};
@@ -291,15 +306,30 @@ void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8P
                                   int64_t task_end) {
   static_assert(kS24I8TileRows == 6 && kS24I8PanelBlocks == 2, "tile tables assume 6 x 2");
   constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  // A task with more than one tile of rows expands its panel's controls once (64 bytes per block
+  // and pair, K * 16 bytes for the panel, kept in L2) instead of once per tile: the expansion is
+  // seven vector ops per block and pair, as many as the shuffles and dot products of a 6-row tile.
+  // Grown once per thread, reused by every later call.
+  thread_local std::vector<__m512i> controls;
   for (int64_t t = task_begin; t < task_end; ++t) {
     const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
     const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
     const int64_t n0 = panel * panel_cols;
     const int nv = static_cast<int>(std::min<int64_t>(kS24I8PanelBlocks, (a.w.n - n0 + 15) / 16));
+    const __m512i* expanded = nullptr;
+    if (m_end - m_begin > kS24I8TileRows) {
+      const int64_t pairs = a.w.pairs;
+      if (static_cast<int64_t>(controls.size()) < kS24I8PanelBlocks * pairs) controls.resize(kS24I8PanelBlocks * pairs);
+      for (int v = 0; v < nv; ++v) {
+        const int8_t* wb = a.w.data + ((n0 / 16 + v) * pairs) * 80;
+        for (int64_t h = 0; h < pairs; ++h) controls[v * pairs + h] = shuffle_control(wb + h * 80 + 64);
+      }
+      expanded = controls.data();
+    }
     for (int64_t m = m_begin; m < m_end; m += kS24I8TileRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kS24I8TileRows, m_end - m));
       Int8TileFn fn = a.x_signed ? pick_int8_tile<true>(mr, nv) : pick_int8_tile<false>(mr, nv);
-      fn(a, m, n0);
+      fn(a, m, n0, expanded);
     }
   }
 }
