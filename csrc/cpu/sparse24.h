@@ -117,7 +117,7 @@ void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan,
 
 constexpr int64_t kS24I8BlockCols = 16;  // output columns per VNNI vector
 constexpr int64_t kS24I8PanelBlocks = 2; // blocks per microkernel tile
-constexpr int64_t kS24I8TileRows = 6;    // rows of x per microkernel tile
+constexpr int64_t kS24I8TileRows = 8;    // rows of x per microkernel tile
 
 inline int64_t sparse24_int8_pairs(int64_t k) { return (k + 7) / 8; }
 inline int64_t sparse24_int8_packed_words(int64_t n, int64_t k) {

@@ -236,7 +236,7 @@ inline __m512i shuffle_control(const int8_t* meta16) {
   return _mm512_ternarylogic_epi32(all, _mm512_set1_epi32(0x03030303), _mm512_set1_epi32(0x04040000), 0xEA);
 }
 
-// MR: rows of x in the tile (1..6). NV: blocks of 16 columns (1..2). kSigned: int8 x (sign flip).
+// MR: rows of x in the tile (1..8; 16 accumulators + 2 values + 2 controls + x fit the 32 zmm). NV: blocks of 16 columns (1..2). kSigned: int8 x (sign flip).
 // `controls`: null, or the panel's controls expanded by expand_controls (block v, pair h at
 // controls[v * pairs + h]).
 template <int MR, int NV, bool kSigned>
@@ -294,9 +294,10 @@ constexpr Int8TileFn int8_tile_row[2] = {int8_tile<MR, 1, kSigned>, int8_tile<MR
 
 template <bool kSigned>
 Int8TileFn pick_int8_tile(int mr, int nv) {
-  static constexpr const Int8TileFn* rows[6] = {int8_tile_row<kSigned, 1>, int8_tile_row<kSigned, 2>,
+  static constexpr const Int8TileFn* rows[8] = {int8_tile_row<kSigned, 1>, int8_tile_row<kSigned, 2>,
                                                 int8_tile_row<kSigned, 3>, int8_tile_row<kSigned, 4>,
-                                                int8_tile_row<kSigned, 5>, int8_tile_row<kSigned, 6>};
+                                                int8_tile_row<kSigned, 5>, int8_tile_row<kSigned, 6>,
+                                                int8_tile_row<kSigned, 7>, int8_tile_row<kSigned, 8>};
   return rows[mr - 1][nv - 1];
 }
 
@@ -304,11 +305,11 @@ Int8TileFn pick_int8_tile(int mr, int nv) {
 
 void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                   int64_t task_end) {
-  static_assert(kS24I8TileRows == 6 && kS24I8PanelBlocks == 2, "tile tables assume 6 x 2");
+  static_assert(kS24I8TileRows == 8 && kS24I8PanelBlocks == 2, "tile tables assume 8 x 2");
   constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   // A task with more than one tile of rows expands its panel's controls once (64 bytes per block
   // and pair, K * 16 bytes for the panel, kept in L2) instead of once per tile: the expansion is
-  // seven vector ops per block and pair, as many as the shuffles and dot products of a 6-row tile.
+  // seven vector ops per block and pair, nearly as many as the shuffles and dot products of an 8-row tile.
   // Grown once per thread, reused by every later call.
   thread_local std::vector<__m512i> controls;
   for (int64_t t = task_begin; t < task_end; ++t) {
