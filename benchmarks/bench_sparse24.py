@@ -29,6 +29,36 @@ MS = [1, 8, 64, 256, 1024]
 KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
 
 
+NOTES = """
+
+Notes (issue 5). Goals: fp32 2:4 >= 1.3x `F.linear` at M >= 64; int8 2:4 >= 1.2x `int8_linear`;
+compressed bytes <= 56.25% of dense.
+
+- fp32 (values + metadata = 53.1% of dense bytes): vectorized over the eight interleaved columns of
+  a packed block; per stored value one `vpermilps` picks each column's x (the group's four x
+  broadcast to both 128-bit lanes, the control is the column's metadata byte shifted) and one FMA
+  adds it. Every useful FMA needs one shuffle, so on Zen 4 the kernel runs at about half the FMA
+  peak (~105-115 GFLOP/s dense-equivalent on one core); a rows-vectorized design (x transposed, one
+  64-byte x load per FMA at an address taken from the metadata) measured the same ceiling. So at
+  large M, where oneDNN's dense fp32 runs near peak, 2:4 gains 1.1-1.3x; at M <= 64, where dense is
+  bound by the weight stream, 2:4 reads half the bytes and gains 1.3-2.8x (M = 1: 4 blocks side by
+  side, 2.0-2.8x).
+- int8 (values + metadata = 62.5% of dense int8 bytes; the 56.25% goal is the fp16 figure and
+  cannot be met by int8 with 2-bit indices: a 4-bit pattern per group of four int8 is 25% on top of
+  the 50% of values, and even a 3-bit pattern code would be 59.4%). One `vpshufb` (gathers each
+  column's four x bytes out of eight) and one `vpdpbusd` per eight k where dense needs two
+  `vpdpbusd`. The packed weight is 80 bytes per 16 columns x 8 k (the 16 metadata bytes ride with
+  the 64 value bytes and are expanded into shuffle controls in registers, once per task for tasks
+  of more than one 8-row tile), so the weight held in memory is 62.5% of dense int8, not 100%.
+  At M >= 64 the shuffle + dot product pair gives 1.25-1.4x; at M <= 8 the control expansion
+  (seven vector ops per 16 columns and 8 k, shared by at most 8 rows) eats the gain (1.0-1.1x).
+  AVX-512 VBMI's `vpmultishiftqb` would cut the expansion to two ops; it is not used because
+  Cascade Lake, which has VNNI, lacks VBMI.
+- Single-threaded, on a quiet machine (`--threads 1`); 2-thread runs on this shared 2-core VM are
+  dominated by OpenMP barrier waits whenever the second thread is descheduled.
+"""
+
+
 def random_24_mask(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     keep = torch.rand(n, k // 4, 4, generator=generator).argsort(-1)[..., :2]
     return torch.zeros(n, k // 4, 4, dtype=torch.bool).scatter_(-1, keep, True).reshape(n, k)
@@ -225,6 +255,8 @@ def main() -> None:
             + markdown_table(headers, rows))
     with torch.no_grad():
         text += bench_channel_pruning(min_run_time)
+    if not args.quick:
+        text += NOTES
     print(text)
     if not args.no_write:
         print("wrote", write_result("sparse24", text))

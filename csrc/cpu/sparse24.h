@@ -110,6 +110,8 @@ Sparse24Plan sparse24_f32_plan(int64_t m, int64_t n);
 void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end);
 void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
                                int64_t task_end);
+void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
+                           int64_t task_end);
 void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
                              int64_t task_end);
 
