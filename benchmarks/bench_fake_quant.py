@@ -284,7 +284,7 @@ def main(argv=None) -> str:
     if args.write:
         # one table per CPU tier: the AVX-512 figures of another machine are not overwritten by an AVX2 run
         isa = ops.cpu_isa()
-        print("wrote", write_result("fake_quant" if isa == "avx512vnni" else f"fake_quant_{isa}", text))
+        print("wrote", write_result("fake_quant" if isa.startswith("avx512") else f"fake_quant_{isa}", text))
     return text
 
 

@@ -3,7 +3,7 @@ against F.conv2d fp32 (oneDNN, channels_last) and torch.ops.quantized.conv2d (x8
 engines, prepacked, the same static uint8 -> uint8 semantics), measured side by side in one run.
 
     python benchmarks/bench_int8_conv.py [--quick] [--no-write] [--device cpu|cuda|all]
-                                         [--threads N] [--isa auto|portable|avx2|avx512vnni]
+                                         [--threads N] [--isa auto|portable|avx2|avx512vnni|avx512vbmi]
 
 CUDA section (when a GPU is present): QuantConv2d moved to the GPU against cuDNN fp16 channels_last
 on the ResNet-18 shapes, CIFAR-10 and ImageNet forms, batch 32. The written
@@ -121,7 +121,7 @@ def main() -> None:
                         help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for the CPU section (default: torch's choice); every contender uses it")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni"], default="auto",
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi"], default="auto",
                         help="CPU kernel path of ours (default: the best this CPU has)")
     args = parser.parse_args()
     sections = []
@@ -141,7 +141,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         # one file per CPU path: an AVX2 run does not overwrite the AVX-512 figures of another machine
-        name = "int8_conv" if cpu_isa in (None, "avx512vnni") else f"int8_conv_{cpu_isa}"
+        name = "int8_conv" if cpu_isa in (None, "avx512vnni", "avx512vbmi") else f"int8_conv_{cpu_isa}"
         print("wrote", write_result(name, text))
 
 

@@ -1,7 +1,7 @@
 """int8 GEMM / linear against its peers, measured side by side in one run.
 
     python benchmarks/bench_int8_gemm.py [--quick] [--no-write] [--device cpu|cuda|all]
-                                         [--threads N] [--isa auto|portable|avx2|avx512vnni]
+                                         [--threads N] [--isa auto|portable|avx2|avx512vnni|avx512vbmi]
 
 The written benchmarks/results/int8_gemm.md holds the sections that ran (--device all, the default,
 runs the CUDA section too when a GPU is present). A CPU run on another kernel path than avx512vnni
@@ -175,7 +175,7 @@ def main() -> None:
                         help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for the CPU section (default: torch's choice); every contender uses it")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni"], default="auto",
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi"], default="auto",
                         help="CPU kernel path of ours (default: the best this CPU has)")
     args = parser.parse_args()
     sections = []
@@ -195,7 +195,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         # one file per CPU path: an AVX2 run does not overwrite the AVX-512 figures of another machine
-        name = "int8_gemm" if cpu_isa in (None, "avx512vnni") else f"int8_gemm_{cpu_isa}"
+        name = "int8_gemm" if cpu_isa in (None, "avx512vnni", "avx512vbmi") else f"int8_gemm_{cpu_isa}"
         print("wrote", write_result(name, text))
 
 

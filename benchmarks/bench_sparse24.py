@@ -1,6 +1,10 @@
 """2:4 sparse linear (fp32 and int8) against dense peers, measured side by side in one run.
 
     python benchmarks/bench_sparse24.py [--quick] [--no-write] [--threads N] [--device cpu|cuda|all]
+                                        [--isa auto|portable|avx2|avx512vnni|avx512vbmi]
+
+A CPU run on a forced path (--isa other than auto) writes benchmarks/results/sparse24_<path>.md
+(the 2:4 table only) instead of sparse24.md.
 
 fp32: sparse24_linear (compressed values + metadata, no packing) vs dense F.linear fp32 (oneDNN /
 MKL) on the same (pruned) weight. int8: sparse24_int8_linear (packed once with sparse24_int8_pack)
@@ -50,10 +54,12 @@ compressed bytes <= 56.25% of dense.
   `vpdpbusd`. The packed weight is 80 bytes per 16 columns x 8 k (the 16 metadata bytes ride with
   the 64 value bytes and are expanded into shuffle controls in registers, once per task for tasks
   of more than one 8-row tile), so the weight held in memory is 62.5% of dense int8, not 100%.
-  At M >= 64 the shuffle + dot product pair gives 1.25-1.4x; at M <= 8 the control expansion
-  (seven vector ops per 16 columns and 8 k, shared by at most 8 rows) eats the gain (1.0-1.1x).
-  AVX-512 VBMI's `vpmultishiftqb` would cut the expansion to two ops; it is not used because
-  Cascade Lake, which has VNNI, lacks VBMI.
+  The controls cost three vector ops per 16 columns and 8 k with AVX-512 VBMI (`vpmultishiftqb`
+  picks the four 2-bit fields; the avx512vbmi path, Ice Lake / Zen 4 and newer) and seven without
+  (shifts and ORs; the avx512vnni path, for Cascade Lake, which lacks VBMI). At M >= 64 the shuffle
+  + dot product pair gives 1.25-1.4x; at M <= 8, where the controls are shared by few rows, VBMI
+  gives 1.1-1.6x and the seven-op expansion about 1.0x (M = 1, 8 measured with `--isa`-forced
+  avx512vnni in a side run: 0.93-1.16x).
 - Single-threaded, on a quiet machine (`--threads 1`); 2-thread runs on this shared 2-core VM are
   dominated by OpenMP barrier waits whenever the second thread is descheduled.
 """
@@ -214,6 +220,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/sparse24.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi"], default="auto",
+                        help="CPU kernel path of our kernels (2:4 and the dense int8_linear peer; F.linear is oneDNN)")
     parser.add_argument("--channels-only", action="store_true", help="only the channel-pruning speed-up table")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="which sections to run (all runs the CUDA section only where there is a GPU)")
@@ -237,30 +245,32 @@ def main() -> None:
     if args.device == "cuda":
         return
     rows = []
-    for m, k, n in shapes:
-        t = bench_shape(m, k, n, min_run_time)
-        dense_gflop = 2.0 * m * k * n / 1e9
-        rows.append([m, k, n, dense_gflop / t["sparse_fp32"], t["dense_fp32"] / t["sparse_fp32"],
-                     dense_gflop / t["sparse_int8"], t["dense_int8"] / t["sparse_int8"],
-                     f"{100 * t['bytes_fp32']:.2f}%", f"{100 * t['bytes_int8']:.2f}%"])
-        print(rows[-1], flush=True)
+    with ck.force_cpu_isa(args.isa):
+        cpu_isa = ck.ops.cpu_isa()
+        for m, k, n in shapes:
+            t = bench_shape(m, k, n, min_run_time)
+            dense_gflop = 2.0 * m * k * n / 1e9
+            rows.append([m, k, n, dense_gflop / t["sparse_fp32"], t["dense_fp32"] / t["sparse_fp32"],
+                         dense_gflop / t["sparse_int8"], t["dense_int8"] / t["sparse_int8"],
+                         f"{100 * t['bytes_fp32']:.2f}%", f"{100 * t['bytes_int8']:.2f}%"])
+            print(rows[-1], flush=True)
+        machine = machine_line()
     headers = ["M", "K", "N", "fp32 2:4 dense-equiv GFLOP/s", "fp32 2:4 vs F.linear",
                "int8 2:4 dense-equiv GOP/s", "int8 2:4 vs int8_linear", "fp32 bytes", "int8 bytes"]
-    command = "python benchmarks/bench_sparse24.py" + (f" --threads {args.threads}" if args.threads else "")
-    text = (f"### 2:4 sparse linear (CPU)\n\n{machine_line()}. Command: `{command}`.\n"
+    command = "python benchmarks/bench_sparse24.py" + (f" --threads {args.threads}" if args.threads else "") + (
+        f" --isa {args.isa}" if args.isa != "auto" else "")
+    text = (f"### 2:4 sparse linear (CPU)\n\n{machine}. Command: `{command}`.\n"
             "Ratios are dense peer time / our 2:4 time (> 1 means 2:4 is faster), measured in the same run. "
             "fp32: `sparse24_linear` vs `F.linear` fp32 on the same pruned weight. int8: "
             "`sparse24_int8_linear` (packed) vs our dense `int8_linear` (packed), uint8 -> uint8 with the fused "
             "requantization. Bytes: values + metadata over the dense weight of the same dtype.\n\n"
             + markdown_table(headers, rows))
-    with torch.no_grad():
-        text += bench_channel_pruning(min_run_time)
-    if not args.quick:
-        text += NOTES
+    forced = args.isa != "auto"
+    if not forced:
+        with torch.no_grad():
+            text += bench_channel_pruning(min_run_time)
+        if not args.quick:
+            text += NOTES
     print(text)
     if not args.no_write:
-        print("wrote", write_result("sparse24", text))
-
-
-if __name__ == "__main__":
-    main()
+        print("wrote", write_result(f"sparse24_{cpu_isa}" if forced else "sparse24", text))

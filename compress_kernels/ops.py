@@ -464,13 +464,13 @@ def _register_fake_quant_autograd() -> None:
 
 
 def cpu_isa() -> str:
-    """The CPU instruction-set path the kernels use now: "avx512vnni", "avx2" or "portable"."""
+    """The CPU instruction-set path the kernels use now: "avx512vbmi", "avx512vnni", "avx2" or "portable"."""
     return _lib()._cpu_isa("")
 
 
 @contextlib.contextmanager
 def force_cpu_isa(isa: str):
-    """Run the body on one CPU path ("portable", "avx2", "avx512vnni" or "auto"); every path computes
+    """Run the body on one CPU path ("portable", "avx2", "avx512vnni", "avx512vbmi" or "auto"); every path computes
     bit-identical results, so this is for tests and benchmarks."""
     previous = cpu_isa()
     _lib()._cpu_isa(isa)

@@ -7,7 +7,7 @@ import compress_kernels as ck
 def available_isas() -> list[str]:
     """Every CPU path this machine can run, lowest first (the portable one always)."""
     isas = ["portable"]
-    for name in ("avx2", "avx512vnni"):
+    for name in ("avx2", "avx512vnni", "avx512vbmi"):
         try:
             with ck.force_cpu_isa(name):
                 isas.append(name)

@@ -234,5 +234,5 @@ def test_opcheck():
 
 def test_isa_paths_listed():
     assert ISAS[0] == "portable"
-    with pytest.raises(RuntimeError, match='isa must be "", "auto", "portable", "avx2" or "avx512vnni"'):
+    with pytest.raises(RuntimeError, match='isa must be "", "auto", "portable", "avx2", "avx512vnni" or "avx512vbmi"'):
         torch.ops.compress_kernels._cpu_isa("sse9")

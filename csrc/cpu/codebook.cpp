@@ -99,7 +99,7 @@ void codebook_linear_run_portable(const CodebookLinearArgs& a, const CodebookPla
 
 void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
                          int64_t task_end) {
-  if (active_isa() == Isa::kAvx512Vnni) {
+  if (active_isa() >= Isa::kAvx512Vnni) {
     codebook_linear_run_avx512(args, plan, task_begin, task_end);
   } else if (active_isa() == Isa::kAvx2) {
     codebook_linear_run_avx2(args, plan, task_begin, task_end);

@@ -273,7 +273,7 @@ void fake_quant_backward_portable(const FqArgs& a, int64_t begin, int64_t end) {
 }
 
 void fake_quant_forward(const FqArgs& a, int64_t begin, int64_t end) {
-  if (active_isa() == Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
+  if (active_isa() >= Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
     fake_quant_forward_avx512(a, begin, end);
   } else if (active_isa() == Isa::kAvx2 && a.dtype != FqDtype::kFloat64) {
     fake_quant_forward_avx2(a, begin, end);
@@ -283,7 +283,7 @@ void fake_quant_forward(const FqArgs& a, int64_t begin, int64_t end) {
 }
 
 void fake_quant_backward(const FqArgs& a, int64_t begin, int64_t end) {
-  if (active_isa() == Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
+  if (active_isa() >= Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
     fake_quant_backward_avx512(a, begin, end);
   } else if (active_isa() == Isa::kAvx2 && a.dtype != FqDtype::kFloat64) {
     fake_quant_backward_avx2(a, begin, end);

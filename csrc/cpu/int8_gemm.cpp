@@ -153,7 +153,7 @@ void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
 
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                    int64_t task_end) {
-  if (active_isa() == Isa::kAvx512Vnni) {
+  if (active_isa() >= Isa::kAvx512Vnni) {
     int8_gemm_run_avx512vnni(args, plan, task_begin, task_end);
   } else if (active_isa() == Isa::kAvx2) {
     int8_gemm_run_avx2(args, plan, task_begin, task_end);
@@ -165,7 +165,7 @@ void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t t
 void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
                    int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   (void)rows;
-  if (active_isa() == Isa::kAvx512Vnni) {
+  if (active_isa() >= Isa::kAvx512Vnni) {
     quantize_rows_avx512(x, cols, row_begin, row_end, qmin, qmax, q, scale);
   } else if (active_isa() == Isa::kAvx2) {
     quantize_rows_avx2(x, cols, row_begin, row_end, qmin, qmax, q, scale);

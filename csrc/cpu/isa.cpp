@@ -11,7 +11,7 @@ Isa detect() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vnni")) {
-    return Isa::kAvx512Vnni;
+    return __builtin_cpu_supports("avx512vbmi") ? Isa::kAvx512Vbmi : Isa::kAvx512Vnni;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     return Isa::kAvx2;
@@ -42,6 +42,8 @@ bool set_isa(Isa isa) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Vbmi:
+      return "avx512vbmi";
     case Isa::kAvx512Vnni:
       return "avx512vnni";
     case Isa::kAvx2:

@@ -10,6 +10,7 @@ enum class Isa : int {
   kPortable = 0,    // plain C++, any CPU
   kAvx2 = 1,        // AVX2 + FMA + F16C (Intel Haswell+, AMD Zen 1-3)
   kAvx512Vnni = 2,  // AVX-512 F/BW/VL/DQ + VNNI (Intel Cascade Lake+, AMD Zen 4+)
+  kAvx512Vbmi = 3,  // the above + VBMI (Intel Ice Lake+, AMD Zen 4+; not Cascade / Cooper Lake)
 };
 
 // The best path this CPU supports.

@@ -30,7 +30,7 @@ void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, 
 
 void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
                      int64_t row_end, const RequantParams& p, void* out) {
-  if (active_isa() == Isa::kAvx512Vnni) {
+  if (active_isa() >= Isa::kAvx512Vnni) {
     requantize_rows_avx512(acc, ld_acc, cols, row_begin, row_end, p, out);
   } else if (active_isa() == Isa::kAvx2) {
     requantize_rows_avx2(acc, ld_acc, cols, row_begin, row_end, p, out);

@@ -84,7 +84,7 @@ void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& pla
 }
 
 void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
-  if (active_isa() == Isa::kAvx512Vnni) {
+  if (active_isa() >= Isa::kAvx512Vnni) {
     sparse24_f32_run_avx512(a, plan, task_begin, task_end);
   } else if (active_isa() == Isa::kAvx2) {
     sparse24_f32_run_avx2(a, plan, task_begin, task_end);
@@ -208,7 +208,9 @@ void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Pla
 
 void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                        int64_t task_end) {
-  if (active_isa() == Isa::kAvx512Vnni) {
+  if (active_isa() >= Isa::kAvx512Vbmi) {
+    sparse24_int8_run_avx512vbmi(a, plan, task_begin, task_end);
+  } else if (active_isa() >= Isa::kAvx512Vnni) {
     sparse24_int8_run_avx512vnni(a, plan, task_begin, task_end);
   } else {
     sparse24_int8_run_portable(a, plan, task_begin, task_end);

@@ -246,10 +246,13 @@ std::string cpu_isa(c10::string_view isa) {
   } else if (isa == "avx512vnni") {
     TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx512Vnni),
                 "_cpu_isa: this CPU lacks avx512vnni (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
+  } else if (isa == "avx512vbmi") {
+    TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx512Vbmi),
+                "_cpu_isa: this CPU lacks avx512vbmi (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
   } else if (isa == "auto") {
     cpu::set_isa(cpu::detected_isa());
   } else {
-    TORCH_CHECK(isa.empty(), "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\" or \"avx512vnni\", got \"",
+    TORCH_CHECK(isa.empty(), "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\", \"avx512vnni\" or \"avx512vbmi\", got \"",
                 std::string(isa), "\"");
   }
   return cpu::isa_name(cpu::active_isa());

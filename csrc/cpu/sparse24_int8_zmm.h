@@ -1,0 +1,118 @@
+// The int8 2:4 kernel on 512-bit vectors (AVX-512 BW + VNNI), shared by sparse24_avx512.cpp and
+// sparse24_avx512vbmi.cpp: each includes this inside its own anonymous namespace after its target
+// pragma and after defining
+//   __m512i shuffle_control(const int8_t* meta16);   the vpshufb controls of 16 columns (see
+//                                                     the packed layout in sparse24.h)
+// The two differ only there: VBMI's vpmultishiftqb does in one op what takes five without it.
+// Design: see the top of sparse24_avx512.cpp.
+
+// The eight x bytes of pair h in both halves of every 128-bit lane; only `bytes` (4 or 8) exist.
+inline __m512i broadcast_x_pair(const uint8_t* p, int64_t bytes) {
+  int64_t v = 0;
+  std::memcpy(&v, p, static_cast<size_t>(bytes));
+  return _mm512_set1_epi64(v);
+}
+
+// `controls`: null, or the panel's controls expanded by expand_controls (block v, pair h at
+// controls[v * pairs + h]).
+template <int MR, int NV, bool kSigned>
+void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i* controls) {
+  const int64_t k = a.w.k, pairs = a.w.pairs, full_pairs = k / 8;
+  const uint8_t* x = static_cast<const uint8_t*>(a.x) + m0 * a.ldx;
+  const int8_t* wb[NV];
+  for (int v = 0; v < NV; ++v) wb[v] = a.w.data + ((n0 / 16 + v) * pairs) * 80;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+
+  __m512i acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+
+  auto step = [&](int64_t h, int64_t bytes) {
+    __m512i val[NV], ctl[NV];
+    for (int v = 0; v < NV; ++v) {
+      val[v] = _mm512_loadu_si512(wb[v] + h * 80);
+      ctl[v] = controls != nullptr ? _mm512_load_si512(controls + v * pairs + h) : shuffle_control(wb[v] + h * 80 + 64);
+    }
+    for (int r = 0; r < MR; ++r) {
+      __m512i xb = broadcast_x_pair(x + r * a.ldx + 8 * h, bytes);
+      if (kSigned) xb = _mm512_xor_si512(xb, flip);
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], _mm512_shuffle_epi8(xb, ctl[v]), val[v]);
+    }
+  };
+  for (int64_t h = 0; h < full_pairs; ++h) step(h, 8);
+  if (pairs > full_pairs) step(full_pairs, 4);
+
+  // bias[n] - (x_zero_point + 128 * kSigned) * row_sum[n], modulo 2^32.
+  const __m512i zp_total = _mm512_set1_epi32(-(a.x_zero_point + (kSigned ? 128 : 0)));
+  const RequantParams& p = a.requant;
+  const ClampLanes clamp = clamp_lanes(p);
+  const int64_t ldo = a.w.n;
+  for (int v = 0; v < NV; ++v) {
+    const int64_t n = n0 + 16 * v;
+    const __mmask16 valid = lane_mask(a.w.n - n);
+    __m512i column_term = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(valid, a.w.row_sum + n), zp_total);
+    if (a.bias_i32 != nullptr) column_term = _mm512_add_epi32(column_term, _mm512_maskz_loadu_epi32(valid, a.bias_i32 + n));
+    const RequantLanes lanes = p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid, p.m0 + n),
+                                                             _mm512_maskz_loadu_epi32(valid, p.shift + n))
+                                             : requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
+    for (int r = 0; r < MR; ++r) {
+      const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(acc[r][v], column_term), lanes, p.rounding);
+      store_lanes(a.out, (m0 + r) * ldo + n, clamp_add_zero_point(y, clamp), valid, p.out_type);
+    }
+  }
+}
+
+using Int8TileFn = void (*)(const Sparse24Int8Args&, int64_t, int64_t, const __m512i*);
+
+template <bool kSigned, int MR>
+constexpr Int8TileFn int8_tile_row[2] = {int8_tile<MR, 1, kSigned>, int8_tile<MR, 2, kSigned>};
+
+template <bool kSigned>
+Int8TileFn pick_int8_tile(int mr, int nv) {
+  static constexpr const Int8TileFn* rows[8] = {int8_tile_row<kSigned, 1>, int8_tile_row<kSigned, 2>,
+                                                int8_tile_row<kSigned, 3>, int8_tile_row<kSigned, 4>,
+                                                int8_tile_row<kSigned, 5>, int8_tile_row<kSigned, 6>,
+                                                int8_tile_row<kSigned, 7>, int8_tile_row<kSigned, 8>};
+  return rows[mr - 1][nv - 1];
+}
+
+// Tasks [task_begin, task_end) of `plan`.
+inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin, int64_t task_end) {
+  static_assert(kS24I8TileRows == 8 && kS24I8PanelBlocks == 2, "tile tables assume 8 x 2");
+  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  // A task with more than one tile of rows expands its panel's controls once (64 bytes per block
+  // and pair, K * 16 bytes for the panel, kept in L2) instead of once per tile: the expansion is
+  // seven vector ops per block and pair, nearly as many as the shuffles and dot products of an 8-row tile.
+  // Grown once per thread, reused by every later call.
+  struct alignas(64) Control {
+    int8_t bytes[64];
+  };
+  thread_local std::unique_ptr<Control[]> controls;
+  thread_local int64_t capacity = 0;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
+    const int64_t n0 = panel * panel_cols;
+    const int nv = static_cast<int>(std::min<int64_t>(kS24I8PanelBlocks, (a.w.n - n0 + 15) / 16));
+    const __m512i* expanded = nullptr;
+    if (m_end - m_begin > kS24I8TileRows) {
+      const int64_t pairs = a.w.pairs;
+      if (capacity < kS24I8PanelBlocks * pairs) {
+        capacity = kS24I8PanelBlocks * pairs;
+        controls.reset(new Control[capacity]);  // C++17 aligned new: 64-byte aligned
+      }
+      for (int v = 0; v < nv; ++v) {
+        const int8_t* wb = a.w.data + ((n0 / 16 + v) * pairs) * 80;
+        for (int64_t h = 0; h < pairs; ++h)
+          _mm512_store_si512(controls[v * pairs + h].bytes, shuffle_control(wb + h * 80 + 64));
+      }
+      expanded = reinterpret_cast<const __m512i*>(controls.get());
+    }
+    for (int64_t m = m_begin; m < m_end; m += kS24I8TileRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kS24I8TileRows, m_end - m));
+      Int8TileFn fn = a.x_signed ? pick_int8_tile<true>(mr, nv) : pick_int8_tile<false>(mr, nv);
+      fn(a, m, n0, expanded);
+    }
+  }
+}
