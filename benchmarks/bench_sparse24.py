@@ -274,3 +274,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         print("wrote", write_result(f"sparse24_{cpu_isa}" if forced else "sparse24", text))
+
+
+if __name__ == "__main__":
+    main()
