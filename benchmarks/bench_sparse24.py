@@ -60,6 +60,13 @@ compressed bytes <= 56.25% of dense.
   + dot product pair gives 1.25-1.4x; at M <= 8, where the controls are shared by few rows, VBMI
   gives 1.1-1.6x and the seven-op expansion about 1.0x (M = 1, 8 measured with `--isa`-forced
   avx512vnni in a side run: 0.93-1.16x).
+- AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
+  oneDNN's AVX-512 F.linear): fp32 runs the same ymm kernel on 16 registers (2 x 2 accumulators).
+  int8 is exact without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns
+  and 8 k, against 2 `vpmaddwd` for dense. That is 0.9-1.1x our dense AVX2 int8_linear at M >= 64;
+  at M <= 8 the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is
+  not shared by enough rows and 2:4 is slower than dense (0.2-0.8x). It replaced the portable loop
+  (0.03x).
 - Single-threaded, on a quiet machine (`--threads 1`); 2-thread runs on this shared 2-core VM are
   dominated by OpenMP barrier waits whenever the second thread is descheduled.
 """

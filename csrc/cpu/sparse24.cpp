@@ -212,6 +212,8 @@ void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, 
     sparse24_int8_run_avx512vbmi(a, plan, task_begin, task_end);
   } else if (active_isa() >= Isa::kAvx512Vnni) {
     sparse24_int8_run_avx512vnni(a, plan, task_begin, task_end);
+  } else if (active_isa() == Isa::kAvx2) {
+    sparse24_int8_run_avx2(a, plan, task_begin, task_end);
   } else {
     sparse24_int8_run_portable(a, plan, task_begin, task_end);
   }

@@ -161,6 +161,8 @@ void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, 
                        int64_t task_end);
 void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                 int64_t task_end);
+void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                            int64_t task_end);
 void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                   int64_t task_end);
 void sparse24_int8_run_avx512vbmi(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,

@@ -1,7 +1,17 @@
-// AVX2 + FMA 2:4 fp32 kernel (sparse24_f32_ymm.h on 16 ymm registers); compiled for AVX2 by the
-// pragma below, chosen at run time on CPUs without AVX-512. int8 2:4 has no AVX2 kernel (AVX2 has
-// no vpdpbusd: an exact vpmaddwd version would do as many multiplies as dense int8_linear's AVX2
-// path), so it runs the portable path there.
+// AVX2 + FMA 2:4 kernels, compiled for AVX2 by the pragma below, chosen at run time on CPUs
+// without AVX-512.
+//
+// fp32: sparse24_f32_ymm.h on 16 ymm registers (2 rows x 2 blocks of accumulators).
+//
+// int8 (exact: no vpmaddubsw, whose int16 pair sums saturate): per pair of groups h (eight k) the
+// eight x of a row are widened to int16 (sign- or zero-extended) and broadcast to both 128-bit
+// lanes; per 4 output columns one `vpshufb` gathers each column's four x words (control: 8 bytes
+// per column, looked up from its meta byte in a 256-entry table, once per task and pair), and one
+// `vpmaddwd` multiplies them with the column's four stored weights widened to int16, giving two
+// int32 partial sums per column. The pairs of partial sums are added once, in the epilogue
+// (vphaddd + vpermq). Per 8 k and 16 columns a row costs 4 shuffles + 4 multiply-adds + 4 adds,
+// where dense int8_linear's AVX2 path needs 8 multiply-adds + 8 adds. x needs no sign flip: the
+// epilogue subtracts x_zero_point * row_sum as the portable path does.
 #include "sparse24.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -9,6 +19,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
+#include <memory>
+
+#include "requant_avx2.h"
 
 namespace ck::cpu {
 namespace {
@@ -24,10 +39,139 @@ inline void store_columns(float* p, int count, __m256 v) { _mm256_maskstore_ps(p
 
 #include "sparse24_f32_ymm.h"
 
+// ---------------------------------------------------------------- int8
+
+// Control bytes of a column with meta byte b: word positions p_s (s = 0..3: the two stored values of
+// group 2h, then of group 2h + 1, i.e. (b >> 2s) & 3, + 4 for the second group), as byte pairs
+// (2 p_s, 2 p_s + 1) of the widened x.
+constexpr std::array<uint64_t, 256> make_control_table() {
+  std::array<uint64_t, 256> t{};
+  for (int b = 0; b < 256; ++b) {
+    uint64_t v = 0;
+    for (int j = 0; j < 8; ++j) {
+      const int s = j / 2, p = ((b >> (2 * s)) & 3) + (s >= 2 ? 4 : 0);
+      v |= static_cast<uint64_t>(2 * p + (j & 1)) << (8 * j);
+    }
+    t[b] = v;
+  }
+  return t;
+}
+constexpr std::array<uint64_t, 256> kControlTable = make_control_table();
+
+constexpr int64_t kI8ControlBytes = 128;  // per block of 16 columns and pair: 16 x 8 control bytes
+
+// The eight (or, for the last pair of K % 8 == 4, four) x of pair h widened to int16, in both lanes.
+template <bool kSigned>
+inline __m256i widened_x_pair(const uint8_t* p, int64_t bytes) {
+  int64_t v = 0;
+  std::memcpy(&v, p, static_cast<size_t>(bytes));
+  const __m128i b = _mm_cvtsi64_si128(v);
+  return _mm256_broadcastsi128_si256(kSigned ? _mm_cvtepi8_epi16(b) : _mm_cvtepu8_epi16(b));
+}
+
+inline __m256i load_count(const int32_t* p, int64_t count) {
+  return count >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                    : _mm256_maskload_epi32(p, lane_mask8(count));
+}
+
+// MR rows (1..2) x one block of 16 columns starting at n0; `controls` holds the block's
+// kI8ControlBytes per pair.
+template <int MR, bool kSigned>
+void int8_tile_avx2(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const uint8_t* controls) {
+  const int64_t pairs = a.w.pairs, full_pairs = a.w.k / 8;
+  const uint8_t* x = static_cast<const uint8_t*>(a.x) + m0 * a.ldx;
+  const int8_t* wb = a.w.data + (n0 / 16) * pairs * 80;
+  __m256i acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = _mm256_setzero_si256();
+  auto step = [&](int64_t h, int64_t bytes) {
+    __m256i w[4];
+    for (int q = 0; q < 4; ++q)
+      w[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + h * 80 + 16 * q)));
+    const uint8_t* c = controls + h * kI8ControlBytes;
+    for (int r = 0; r < MR; ++r) {
+      const __m256i xw = widened_x_pair<kSigned>(x + r * a.ldx + 8 * h, bytes);
+      for (int q = 0; q < 4; ++q) {
+        const __m256i ctl = _mm256_load_si256(reinterpret_cast<const __m256i*>(c + 32 * q));
+        acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(_mm256_shuffle_epi8(xw, ctl), w[q]));
+      }
+    }
+  };
+  for (int64_t h = 0; h < full_pairs; ++h) step(h, 8);
+  if (pairs > full_pairs) step(full_pairs, 4);
+
+  // bias[n] - x_zero_point * row_sum[n], modulo 2^32.
+  const int64_t cols = std::min<int64_t>(16, a.w.n - n0);
+  const __m256i neg_zp = _mm256_set1_epi32(-a.x_zero_point);
+  __m256i column_term[2];
+  RequantLanes8 lanes[2];
+  const RequantParams& p = a.requant;
+  for (int v = 0; v < 2; ++v) {
+    const int64_t n = n0 + 8 * v, count = cols - 8 * v;
+    column_term[v] = count > 0 ? _mm256_mullo_epi32(load_count(a.w.row_sum + n, count), neg_zp) : _mm256_setzero_si256();
+    if (a.bias_i32 != nullptr && count > 0) column_term[v] = _mm256_add_epi32(column_term[v], load_count(a.bias_i32 + n, count));
+    lanes[v] = p.per_channel ? (count > 0 ? requant_lanes8(load_count(p.m0 + n, count), load_count(p.shift + n, count))
+                                          : requant_lanes8(_mm256_set1_epi32(p.m0[0]), _mm256_set1_epi32(p.shift[0])))
+                             : requant_lanes8(_mm256_set1_epi32(p.m0[0]), _mm256_set1_epi32(p.shift[0]));
+  }
+  const ClampLanes8 clamp = clamp_lanes8(p);
+  for (int r = 0; r < MR; ++r) {
+    __m256i y[2];
+    for (int v = 0; v < 2; ++v) {
+      // Two partial sums per column -> one: columns 8v .. 8v + 7 in order.
+      const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][2 * v], acc[r][2 * v + 1]), 0xD8);
+      y[v] = clamp_add_zero_point8(
+          multiply_by_quantized_multiplier8(_mm256_add_epi32(sums, column_term[v]), lanes[v], p.rounding), clamp);
+    }
+    store_lanes16(a.out, (m0 + r) * a.w.n + n0, y[0], y[1], cols, p.out_type);
+  }
+}
+
 }  // namespace
 
 void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
   f32_run_ymm(a, plan, task_begin, task_end);
+}
+
+void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                            int64_t task_end) {
+  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  // Controls of the task's panel, expanded once per task (grown once per thread, then reused).
+  struct alignas(32) Controls {
+    uint8_t bytes[kI8ControlBytes];
+  };
+  thread_local std::unique_ptr<Controls[]> controls;
+  thread_local int64_t capacity = 0;
+  const int64_t pairs = a.w.pairs;
+  if (capacity < kS24I8PanelBlocks * pairs) {
+    capacity = kS24I8PanelBlocks * pairs;
+    controls.reset(new Controls[capacity]);
+  }
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
+    const int64_t n_begin = panel * panel_cols, n_end = std::min(a.w.n, n_begin + panel_cols);
+    const int64_t blocks = (n_end - n_begin + 15) / 16;
+    for (int64_t v = 0; v < blocks; ++v) {
+      const int8_t* meta = a.w.data + ((n_begin / 16 + v) * pairs) * 80 + 64;
+      for (int64_t h = 0; h < pairs; ++h) {
+        uint8_t* dst = controls[v * pairs + h].bytes;
+        for (int i = 0; i < 16; ++i) {
+          const uint64_t c = kControlTable[static_cast<uint8_t>(meta[h * 80 + i])];
+          std::memcpy(dst + 8 * i, &c, 8);
+        }
+      }
+    }
+    for (int64_t v = 0; v < blocks; ++v) {
+      const uint8_t* ctl = controls[v * pairs].bytes;
+      const int64_t n0 = n_begin + 16 * v;
+      int64_t m = m_begin;
+      for (; m + 2 <= m_end; m += 2) {
+        a.x_signed ? int8_tile_avx2<2, true>(a, m, n0, ctl) : int8_tile_avx2<2, false>(a, m, n0, ctl);
+      }
+      if (m < m_end) a.x_signed ? int8_tile_avx2<1, true>(a, m, n0, ctl) : int8_tile_avx2<1, false>(a, m, n0, ctl);
+    }
+  }
 }
 
 }  // namespace ck::cpu
@@ -37,6 +181,9 @@ void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, i
 namespace ck::cpu {
 void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t b, int64_t e) {
   sparse24_f32_run_portable(a, plan, b, e);
+}
+void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t b, int64_t e) {
+  sparse24_int8_run_portable(a, plan, b, e);
 }
 }  // namespace ck::cpu
 
