@@ -58,8 +58,8 @@ compressed bytes <= 56.25% of dense.
   picks the four 2-bit fields; the avx512vbmi path, Ice Lake / Zen 4 and newer) and seven without
   (shifts and ORs; the avx512vnni path, for Cascade Lake, which lacks VBMI). At M >= 64 the shuffle
   + dot product pair gives 1.25-1.4x; at M <= 8, where the controls are shared by few rows, VBMI
-  gives 1.1-1.6x and the seven-op expansion about 1.0x (M = 1, 8 measured with `--isa`-forced
-  avx512vnni in a side run: 0.93-1.16x).
+  gives 1.1-1.6x and the seven-op expansion about 1.0x (table `sparse24_avx512vnni`: 0.92-1.11x at
+  M = 1 and 8).
 - AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
   oneDNN's AVX-512 F.linear): fp32 runs the same ymm kernel on 16 registers (2 x 2 accumulators).
   int8 is exact without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns
@@ -67,8 +67,10 @@ compressed bytes <= 56.25% of dense.
   at M <= 8 the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is
   not shared by enough rows and 2:4 is slower than dense (0.2-0.8x). It replaced the portable loop
   (0.03x).
-- Single-threaded, on a quiet machine (`--threads 1`); 2-thread runs on this shared 2-core VM are
-  dominated by OpenMP barrier waits whenever the second thread is descheduled.
+- The tables are single-threaded (`--threads 1`): on a shared 2-core VM a descheduled second thread
+  stalls every OpenMP barrier. On a quiet machine both scale to 2 threads: at M >= 64, fp32 2:4
+  204-232 GFLOP/s dense-equivalent vs F.linear 137-199 (1.16-1.54x), int8 2:4 1.02-1.20 TOP/s vs
+  int8_linear 0.78-0.89 (1.28-1.38x) (`python benchmarks/bench_sparse24.py --threads 2 --no-write`).
 """
 
 
