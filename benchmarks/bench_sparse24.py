@@ -69,8 +69,8 @@ compressed bytes <= 56.25% of dense.
   (0.03x).
 - The tables are single-threaded (`--threads 1`): on a shared 2-core VM a descheduled second thread
   stalls every OpenMP barrier. On a quiet machine both scale to 2 threads: at M >= 64, fp32 2:4
-  204-232 GFLOP/s dense-equivalent vs F.linear 137-199 (1.16-1.54x), int8 2:4 1.02-1.20 TOP/s vs
-  int8_linear 0.78-0.89 (1.28-1.38x) (`python benchmarks/bench_sparse24.py --threads 2 --no-write`).
+  198-232 GFLOP/s dense-equivalent, 1.12-1.57x F.linear; int8 2:4 about 1.1-1.2 TOP/s, 1.28-1.38x
+  int8_linear; at M = 1, 3.6-5.8x (fp32) and 1.15-1.48x (int8) (`python benchmarks/bench_sparse24.py --threads 2 --no-write`).
 """
 
 
