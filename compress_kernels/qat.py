@@ -45,7 +45,9 @@ class QATConfig:
     observer: how activation ranges are set, "ema" (moving-average min / max, ``momentum``) — with
     learnable_scale=True the activation and weight scales are LSQ parameters initialized from the
     first batch instead; activation_dtype: torch.uint8 (asymmetric) or torch.int8; rounding of the
-    converted model's requantization: "double" or "single"."""
+    converted model's requantization: "double" or "single"; sparse24: convert layers whose weight is
+    2:4 (pruned with PruneConfig(granularity="2:4") before QAT; the masks keep it so) to the int8
+    2:4 kernel (Int8StaticConfig.sparse24)."""
 
     weight_bits: int = 8
     activation_bits: int = 8
@@ -55,6 +57,7 @@ class QATConfig:
     activation_dtype: torch.dtype = torch.uint8
     rounding: str = "double"
     momentum: float = 0.01
+    sparse24: bool = False
 
     def validate(self) -> None:
         if not 2 <= self.weight_bits <= 8:
@@ -72,7 +75,8 @@ class QATConfig:
 
     def static_config(self) -> Int8StaticConfig:
         return Int8StaticConfig(observer="qat", per_channel=self.per_channel,
-                                activation_dtype=self.activation_dtype, rounding=self.rounding)
+                                activation_dtype=self.activation_dtype, rounding=self.rounding,
+                                sparse24=self.sparse24)
 
 
 def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:

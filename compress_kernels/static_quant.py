@@ -39,12 +39,15 @@ class Int8StaticConfig:
     """Integer-only int8 post-training quantization. observer: "minmax", "ema", "percentile", "mse"
     or "kl" (activations, per tensor); per_channel: weight scales per output channel (else per
     tensor); activation_dtype: torch.uint8 (asymmetric, the default) or torch.int8; rounding:
-    "double" (gemmlowp / TFLite) or "single"."""
+    "double" (gemmlowp / TFLite) or "single"; sparse24: layers whose int8 weight is 2:4 along K
+    (e.g. pruned with PruneConfig(granularity="2:4")) store the compressed weight and run the int8
+    2:4 kernel (same integers as the dense kernel); the others stay dense and the report says why."""
 
     observer: str = "mse"
     per_channel: bool = True
     activation_dtype: torch.dtype = torch.uint8
     rounding: str = "double"
+    sparse24: bool = False
 
 
 class TensorStats(nn.Module):
@@ -241,10 +244,18 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
                 q = mod.to_integer(**common)
             else:
                 q = QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d) else QuantLinear.from_float(mod, **common)
+            kind = type(q).__name__ + (f"+{act}" if act else "")
+            if config.sparse24:
+                reason = q.sparse24_reason()
+                if reason is None:
+                    q.sparse24_()
+                    kind += " (2:4)"
+                else:
+                    kind += f" (dense: {reason})"
             env[node] = graph.call_module(add_module(node.target, q), (x,))
             qp[node] = out_p
             record[node.target] = (q, [in_p])
-            converted.append((node.target, type(mod).__name__, type(q).__name__ + (f"+{act}" if act else "")))
+            converted.append((node.target, type(mod).__name__, kind))
             if relu_node is not None:
                 env[relu_node], qp[relu_node] = env[node], out_p
                 done.add(relu_node)

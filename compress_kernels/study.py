@@ -75,7 +75,7 @@ class StudySettings:
 QUICK = dict(width=4, epochs=1, finetune_epochs=0.1, calibration_batches=1, train_limit=256, eval_limit=64,
              timing_reps_b1=3, timing_reps_b32=2,
              variants=["fp32", "int8_static", "int8_dynamic", "int8_qat", "kmeans4", "sparse24", "sparse24_int8",
-                       "channels50_kd"])
+                       "sparse24_int8_static", "channels50_kd"])
 
 
 @dataclass
@@ -308,8 +308,20 @@ def _sparse24(int8: bool, kd: bool = False):
 
 register_variant("sparse24", "2:4 semi-structured sparsity (magnitude) + knowledge-distillation fine-tune "
                              "(teacher = fp32), fp32 2:4 kernels", _sparse24(False, kd=True))
-register_variant("sparse24_int8", "2:4 + int8 (the same distilled 2:4 weights, int8 2:4 kernels)",
-                 _sparse24(True, kd=True))
+register_variant("sparse24_int8", "2:4 + int8 (the same distilled 2:4 weights, int8 2:4 kernels, activations "
+                                  "quantized per call)", _sparse24(True, kd=True))
+
+
+@register_variant("sparse24_int8_static", "2:4 + int8 integer-only (the same distilled 2:4 weights, calibrated "
+                                         "static int8, int8 2:4 kernels with the fixed-point epilogue)")
+def _sparse24_int8_static(model, data, ctx):
+    import compress_kernels as ck
+
+    m, steps = _sparse24_finetuned(model, data, ctx, kd=True)
+    m.eval()
+    n = ctx.settings.calibration_batches
+    ck.calibrate(m, [data.x_train[i * 64:(i + 1) * 64] for i in range(n) if i * 64 < len(data.x_train)])
+    return ck.convert_(m, ck.Int8StaticConfig(observer="mse", per_channel=True, sparse24=True)).model, steps
 register_variant("sparse24_ce", "2:4 + cross-entropy fine-tune (the ablation of the distillation), fp32 2:4 kernels",
                  _sparse24(False, kd=False))
 
@@ -345,7 +357,7 @@ register_variant("channels50_kd", "channel pruning 50% + knowledge-distillation 
                  _channels(True))
 
 DEFAULT_VARIANTS = ["fp32", "int8_static", "int8_dynamic", "int8_qat", "kmeans4", "kmeans2", "sparse24",
-                    "sparse24_int8", "deep_compression", "channels50", "channels50_kd"]
+                    "sparse24_int8", "sparse24_int8_static", "deep_compression", "channels50", "channels50_kd"]
 
 
 # ---------------------------------------------------------------- timing

@@ -44,7 +44,8 @@ def test_quick_study_end_to_end(tmp_path):
     assert rows["fp32"]["finetune_steps"] == 0 and rows["kmeans4"]["finetune_steps"] > 0
     assert rows["int8_qat"]["finetune_steps"] > 0
     # integer weights, codebooks and 2:4 storage are really smaller than the fp32 model
-    for name in ("int8_static", "int8_qat", "kmeans4", "sparse24", "sparse24_int8", "channels50_kd"):
+    for name in ("int8_static", "int8_qat", "kmeans4", "sparse24", "sparse24_int8", "sparse24_int8_static",
+                 "channels50_kd"):
         assert rows[name]["compression"] > 1.5, name
     md = open(os.path.join(out, "report.md")).read()
     assert "| int8_static |" in md and "| int8_qat |" in md

@@ -68,17 +68,29 @@ def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[tor
 class IntegerLayer(torch.nn.Module):
     """State shared by the integer-only layers (QuantLinear, QuantConv2d): the int8 weight and its
     scales, the int32 bias, the fixed-point multipliers, the input / output qparams and the output
-    clamp, plus the packed weight, rebuilt after load_state_dict. Subclasses say how to pack
-    (`_pack`) and add their own extra state (`_layer_extra_state` / `_set_layer_extra_state`)."""
+    clamp, plus the packed weight, rebuilt after load_state_dict. Subclasses say how to pack a dense
+    weight (`_pack_dense`) and add their own extra state (`_layer_extra_state` / `_set_layer_extra_state`).
+
+    2:4 mode (`sparse24_()`): the weight, seen as [out_channels, K] (K = in_features, or
+    in_channels x kh x kw in PyTorch's flattening order), has at most two non-zeros in every group
+    of four along K; the layer then stores only the compressed int8 values and the metadata
+    (`weight_values` [N, K/2], `weight_meta` [N, ceil(K/8)]; `weight_q` is rebuilt from them and not
+    saved) and runs the int8 2:4 kernel, which computes the same integers as the dense one."""
 
     def _init_integer_state(self, weight_shape, out_channels: int, bias: bool, per_channel: bool,
-                            input_dtype: torch.dtype, output_dtype: torch.dtype, rounding: str) -> None:
+                            input_dtype: torch.dtype, output_dtype: torch.dtype, rounding: str,
+                            sparse24: bool = False) -> None:
         from .. import numerics
 
         self.per_channel, self.rounding = per_channel, rounding
         self.input_dtype, self.output_dtype = input_dtype, output_dtype
+        self.sparse24 = sparse24
         channels = out_channels if per_channel else 1
-        self.register_buffer("weight_q", torch.zeros(*weight_shape, dtype=torch.int8))
+        self.register_buffer("weight_q", torch.zeros(*weight_shape, dtype=torch.int8), persistent=not sparse24)
+        if sparse24:
+            values, meta = ops.sparse24_compress(self.weight_q.reshape(out_channels, -1))
+            self.register_buffer("weight_values", values)
+            self.register_buffer("weight_meta", meta)
         self.register_buffer("weight_scale", torch.ones(channels))
         self.register_buffer("bias_q", torch.zeros(out_channels, dtype=torch.int32) if bias else None)
         self.register_buffer("m0", torch.zeros(channels, dtype=torch.int32))
@@ -91,10 +103,57 @@ class IntegerLayer(torch.nn.Module):
         self.register_buffer("packed_weight", self._pack(self.weight_q), persistent=False)
 
     def _pack(self, weight_q: torch.Tensor) -> torch.Tensor:
+        if self.sparse24:
+            return ops.sparse24_int8_pack(self.weight_values.cpu(), self.weight_meta.cpu())
+        return self._pack_dense(weight_q)
+
+    def _pack_dense(self, weight_q: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _repack(self) -> None:
+        if self.sparse24:  # weight_q -> compressed values + metadata (refuses a weight that is not 2:4)
+            values, meta = ops.sparse24_compress(self.weight_q.reshape(self.weight_q.shape[0], -1).cpu())
+            self.weight_values.copy_(values)
+            self.weight_meta.copy_(meta)
         self.packed_weight = self._pack(self.weight_q.cpu()).to(self.weight_q.device)
+
+    def sparse24_reason(self) -> str | None:
+        """Why this layer cannot run the int8 2:4 kernel (None when it can)."""
+        w = self.weight_q.reshape(self.weight_q.shape[0], -1)
+        if getattr(self, "groups", 1) != 1:
+            return f"grouped convolution (groups={self.groups})"
+        if w.shape[1] % 4 != 0:
+            return f"K = {w.shape[1]} is not a multiple of 4"
+        nonzero = (w.reshape(w.shape[0], -1, 4) != 0).sum(-1)
+        if (nonzero > 2).any():
+            return f"the weight is not 2:4 along K ({int((nonzero > 2).sum())} groups of four with more than two non-zeros)"
+        return None
+
+    def sparse24_(self) -> "IntegerLayer":
+        """Switch to 2:4 mode (see the class docstring); raises ValueError with sparse24_reason()
+        when the weight does not allow it."""
+        if self.sparse24:
+            return self
+        reason = self.sparse24_reason()
+        if reason is not None:
+            raise ValueError(f"{type(self).__name__}.sparse24_: {reason}")
+        values, meta = ops.sparse24_compress(self.weight_q.reshape(self.weight_q.shape[0], -1).cpu())
+        self.sparse24 = True
+        self._non_persistent_buffers_set.add("weight_q")
+        self.register_buffer("weight_values", values.to(self.weight_q.device))
+        self.register_buffer("weight_meta", meta.to(self.weight_q.device))
+        self._repack()
+        return self
+
+    def _integer_matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """[M, K] integer input -> [M, N] integer output through the (dense or 2:4) int8 linear kernel
+        with this layer's requantization."""
+        args = (self.input_zero_point, self.packed_weight)
+        tail = (self.bias_q, self.m0, self.shift, self.output_zero_point, self.qmin, self.qmax, self.output_dtype,
+                self.rounding)
+        if self.sparse24:
+            return ops.sparse24_int8_linear(x2, *args, self.weight_meta, *tail)
+        return ops.int8_linear(x2, *args, *tail)
 
     def _set_static_qparams(self, input_scale: float, input_zero_point: int, output_scale: float,
                             output_zero_point: int, activation: str | None, m0, shift, bias_q) -> None:
@@ -118,12 +177,15 @@ class IntegerLayer(torch.nn.Module):
         pass
 
     def get_extra_state(self):
-        return {"per_channel": self.per_channel, "rounding": self.rounding,
+        return {"per_channel": self.per_channel, "rounding": self.rounding, "sparse24": self.sparse24,
                 "input_dtype": DTYPE_NAMES[self.input_dtype], "output_dtype": DTYPE_NAMES[self.output_dtype],
                 "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
                 "qmin": self.qmin, "qmax": self.qmax, **self._layer_extra_state()}
 
     def set_extra_state(self, state):
+        if state.get("sparse24", False) != self.sparse24:
+            raise ValueError(f"{type(self).__name__}: the state dict is for sparse24={state.get('sparse24', False)}, "
+                             f"this module has sparse24={self.sparse24} (build it with sparse24=...)")
         self.per_channel, self.rounding = state["per_channel"], state["rounding"]
         self.input_dtype, self.output_dtype = DTYPES[state["input_dtype"]], DTYPES[state["output_dtype"]]
         self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
@@ -132,4 +194,7 @@ class IntegerLayer(torch.nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
+        if self.sparse24:  # weight_q is not saved in 2:4 mode: rebuild it from the compressed weight
+            dense = ops.sparse24_decompress(self.weight_values.cpu(), self.weight_meta.cpu())
+            self.weight_q.copy_(dense.reshape(self.weight_q.shape))
         self._repack()

@@ -26,13 +26,15 @@ class QuantConv2d(IntegerLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, per_channel: bool = True,
                  input_dtype: torch.dtype = torch.uint8, output_dtype: torch.dtype = torch.uint8,
-                 rounding: str = "double"):
+                 rounding: str = "double", sparse24: bool = False):
         super().__init__()
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), _pair(stride), _pair(padding), _pair(dilation)
+        if sparse24 and groups != 1:
+            raise ValueError(f"QuantConv2d: sparse24=True needs groups=1, got groups={groups}")
         self._init_integer_state((out_channels, in_channels // groups, kh, kw), out_channels, bias, per_channel,
-                                 input_dtype, output_dtype, rounding)
+                                 input_dtype, output_dtype, rounding, sparse24)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, input_scale: float,
@@ -61,7 +63,7 @@ class QuantConv2d(IntegerLayer):
         q._repack()
         return q
 
-    def _pack(self, weight_q: torch.Tensor) -> torch.Tensor:
+    def _pack_dense(self, weight_q: torch.Tensor) -> torch.Tensor:
         return ops.int8_conv2d_pack_weight(weight_q, self.groups)
 
     def _layer_extra_state(self) -> dict:
@@ -76,11 +78,27 @@ class QuantConv2d(IntegerLayer):
                 self.rounding)
         if in_reference_mode():
             return reference.int8_conv2d(*args)
+        if self.sparse24:
+            return self._sparse24_forward(x)
         return ops.int8_conv2d(*args, w_packed=self.packed_weight)
+
+    def _sparse24_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """2:4 mode: the patches gathered into [N * OH * OW, C * kh * kw] rows (K in PyTorch's weight
+        order: channel, then kernel row, then kernel column; padding = the input zero point), one
+        int8 2:4 linear with the requantization, the result viewed as NCHW-shaped channels_last."""
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        xp = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph), value=self.input_zero_point)
+        span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+        patches = xp.unfold(1, span_h, sh).unfold(2, span_w, sw)[..., ::dh, ::dw]  # [N, OH, OW, C, kh, kw]
+        oh, ow = patches.shape[1], patches.shape[2]
+        y = self._integer_matmul(patches.reshape(n * oh * ow, c * kh * kw))
+        return y.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                + ("sparsity=2:4, " if self.sparse24 else "") +
                 f"per_channel={self.per_channel}, input={DTYPE_NAMES[self.input_dtype]}(scale="
                 f"{self.input_scale.item():.4g}, zp={self.input_zero_point}), output="
                 f"{DTYPE_NAMES[self.output_dtype]}(scale={self.output_scale.item():.4g}, "

@@ -31,13 +31,15 @@ class QuantLinear(IntegerLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  mode: str = "static", per_channel: bool = True,
                  input_dtype: torch.dtype = torch.uint8, output_dtype: torch.dtype = torch.uint8,
-                 rounding: str = "double"):
+                 rounding: str = "double", sparse24: bool = False):
         super().__init__()
         if mode not in ("static", "dynamic"):
             raise ValueError(f'QuantLinear: mode must be "static" or "dynamic", got {mode!r}')
+        if sparse24 and mode != "static":
+            raise ValueError("QuantLinear: sparse24=True needs mode=\"static\" (the 2:4 kernel has the integer epilogue)")
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
         self._init_integer_state((out_features, in_features), out_features, bias, per_channel, input_dtype,
-                                 output_dtype, rounding)
+                                 output_dtype, rounding, sparse24)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     # -------------------------------------------------------------- construction
@@ -80,7 +82,7 @@ class QuantLinear(IntegerLayer):
         q._repack()
         return q
 
-    def _pack(self, weight_q: torch.Tensor) -> torch.Tensor:
+    def _pack_dense(self, weight_q: torch.Tensor) -> torch.Tensor:
         return ops.int8_pack_weight(weight_q)
 
     def _layer_extra_state(self) -> dict:
@@ -98,9 +100,7 @@ class QuantLinear(IntegerLayer):
             y = reference.int8_linear(x2, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift,
                                       self.output_zero_point, self.qmin, self.qmax, self.output_dtype, self.rounding)
         elif self.mode == "static":
-            y = ops.int8_linear(x2, self.input_zero_point, self.packed_weight, self.bias_q, self.m0,
-                                self.shift, self.output_zero_point, self.qmin, self.qmax,
-                                self.output_dtype, self.rounding)
+            y = self._integer_matmul(x2)
         else:
             if in_reference_mode():
                 x_q, x_scale = reference.quantize_rows(x2.float())
@@ -127,4 +127,6 @@ class QuantLinear(IntegerLayer):
                   f"zp={self.input_zero_point}), output={DTYPE_NAMES[self.output_dtype]}("
                   f"scale={self.output_scale.item():.4g}, zp={self.output_zero_point}, "
                   f"clamp=[{self.qmin}, {self.qmax}]), rounding={self.rounding}")
+        if self.sparse24:
+            s += ", sparsity=2:4"
         return s

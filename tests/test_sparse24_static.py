@@ -1,0 +1,133 @@
+"""Integer-only layers on the int8 2:4 kernel (IntegerLayer.sparse24_, Int8StaticConfig(sparse24=True),
+QATConfig(sparse24=True)): the same integers as the dense kernel and the int64 reference, with only the
+compressed weight stored."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import compress_kernels as ck
+from compress_kernels import study
+from compress_kernels.nn import QuantLinear
+from compress_kernels.nn._common import reference_mode
+from compress_kernels.nn.conv import QuantConv2d
+
+
+def prune_24(weight: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The weight with two random entries of every group of four (along weight.reshape(N, -1)) zeroed."""
+    g = torch.Generator().manual_seed(seed)
+    w = weight.detach().reshape(weight.shape[0], -1, 4)
+    keep = torch.rand(w.shape, generator=g).argsort(-1)[..., :2]
+    mask = torch.zeros(w.shape, dtype=torch.bool).scatter_(-1, keep, True)
+    return (w * mask).reshape(weight.shape)
+
+
+def sparse_conv(cin=8, cout=12, k=3, stride=1, padding=1, dilation=1, per_channel=True,
+                dtype=torch.uint8, activation=None):
+    torch.manual_seed(cin + cout + k)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation)
+    conv.weight.data = prune_24(conv.weight)
+    zp = 9 if dtype == torch.uint8 else -3
+    return QuantConv2d.from_float(conv, input_scale=0.04, input_zero_point=zp, output_scale=0.08,
+                                  output_zero_point=zp + 2, per_channel=per_channel, activation=activation,
+                                  input_dtype=dtype, output_dtype=dtype)
+
+
+def random_input(shape, dtype):
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    return torch.randint(lo, hi + 1, shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (1, 0, 1), (1, 2, 2), (2, 3, 1)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quant_conv2d_2to4_equals_dense_and_reference(stride, padding, dilation, dtype, per_channel):
+    q = sparse_conv(stride=stride, padding=padding, dilation=dilation, per_channel=per_channel, dtype=dtype,
+                    activation="relu")
+    x = random_input((2, 8, 11, 9), dtype).contiguous(memory_format=torch.channels_last)
+    dense = q(x)
+    assert q.sparse24_() is q and q.sparse24
+    got = q(x)
+    with reference_mode():
+        want = q(x)
+    assert got.dtype == dtype and got.shape == dense.shape
+    assert torch.equal(got, dense) and torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert "sparsity=2:4" in repr(q)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.uint8, torch.int8])
+def test_quant_linear_2to4_equals_dense_and_reference(out_dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(36, 20)
+    lin.weight.data = prune_24(lin.weight)
+    q = QuantLinear.from_float(lin, input_scale=0.03, input_zero_point=128, output_scale=0.05,
+                               output_zero_point=0 if out_dtype == torch.int8 else 128, input_dtype=torch.uint8,
+                               output_dtype=out_dtype)
+    x = random_input((3, 5, 36), torch.uint8)
+    dense = q(x)
+    q.sparse24_()
+    with reference_mode():
+        want = q(x)
+    assert torch.equal(q(x), dense) and torch.equal(q(x), want)
+    assert "sparsity=2:4" in repr(q)
+
+
+def test_2to4_state_dict_stores_only_the_compressed_weight():
+    q = sparse_conv().sparse24_()
+    x = random_input((1, 8, 7, 7), torch.uint8)
+    sd = q.state_dict()
+    assert "weight_q" not in sd and sd["weight_values"].shape == (12, 36) and sd["weight_meta"].shape == (12, 9)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    fresh = QuantConv2d(8, 12, 3, padding=1, sparse24=True)
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.equal(fresh.weight_q, q.weight_q) and torch.equal(fresh(x), q(x))
+    # values + meta + scales: 36 + 9 of every 72 + ... bytes of the dense int8 weight
+    assert study.stored_bytes(q) < study.stored_bytes(sparse_conv())
+    with pytest.raises(ValueError, match="the state dict is for sparse24=True, this module has sparse24=False"):
+        QuantConv2d(8, 12, 3, padding=1).load_state_dict(sd, strict=False)
+
+
+def test_2to4_refusals_read_their_reason():
+    torch.manual_seed(0)
+    dense_weight = QuantConv2d.from_float(nn.Conv2d(8, 4, 1), input_scale=0.1, input_zero_point=0, output_scale=0.1,
+                                          output_zero_point=0)
+    assert dense_weight.sparse24_reason().startswith("the weight is not 2:4 along K (")
+    with pytest.raises(ValueError, match=r"QuantConv2d.sparse24_: the weight is not 2:4 along K \("):
+        dense_weight.sparse24_()
+    stem = nn.Conv2d(3, 4, 3)
+    stem.weight.data.zero_()
+    q = QuantConv2d.from_float(stem, input_scale=0.1, input_zero_point=0, output_scale=0.1, output_zero_point=0)
+    assert q.sparse24_reason() == "K = 27 is not a multiple of 4"
+    grouped = nn.Conv2d(8, 8, 3, groups=2)
+    grouped.weight.data.zero_()
+    q = QuantConv2d.from_float(grouped, input_scale=0.1, input_zero_point=0, output_scale=0.1, output_zero_point=0)
+    assert q.sparse24_reason() == "grouped convolution (groups=2)"
+    with pytest.raises(ValueError, match="QuantConv2d: sparse24=True needs groups=1, got groups=2"):
+        QuantConv2d(8, 8, 3, groups=2, sparse24=True)
+    with pytest.raises(ValueError, match='QuantLinear: sparse24=True needs mode="static"'):
+        QuantLinear(8, 8, mode="dynamic", sparse24=True)
+
+
+def test_convert_static_with_2to4_gives_the_dense_integers(digits_resnet, digits_data):
+    model, (x_train, _, x_test, _), _ = digits_resnet
+    model = copy.deepcopy(model)
+    ck.prune_(model, ck.PruneConfig(granularity="2:4")).remove()
+    ck.calibrate(model, [x_train[i * 64:(i + 1) * 64] for i in range(2)])
+    dense = ck.convert_(model, ck.Int8StaticConfig())
+    sparse = ck.convert_(model, ck.Int8StaticConfig(sparse24=True))
+    kinds = {name: kind for name, _, kind in sparse.converted}
+    assert kinds["conv1"].endswith("(dense: K = 27 is not a multiple of 4)")
+    assert kinds["layer1.0.conv1"].endswith("(2:4)") and kinds["fc"].endswith("(2:4)")
+    layers = {n: k for n, k in kinds.items() if k.startswith(("QuantConv2d", "QuantLinear"))}
+    assert len(layers) == 21 and all(k.endswith("(2:4)") for n, k in layers.items() if n != "conv1")
+    x = x_test[:64]
+    assert torch.equal(sparse.model(x), dense.model(x))
+    assert study.stored_bytes(sparse.model) < 0.7 * study.stored_bytes(dense.model)
