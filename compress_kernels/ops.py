@@ -339,6 +339,22 @@ def sparse24_int8_linear(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
                                        out_zero_point, qmin, qmax, out_dtype, rounding)
 
 
+def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tensor, meta: torch.Tensor,
+                         bias: torch.Tensor | None, m0, shift, out_zero_point: int = 0, qmin: int = -128,
+                         qmax: int = 127, out_dtype: torch.dtype = torch.int8, kernel_size=1, stride=1, padding=0,
+                         dilation=1, rounding: str = "double") -> torch.Tensor:
+    """int8_conv2d (groups = 1) with a 2:4 sparse weight: the weight [OC, C, KH, KW] is compressed as
+    w.reshape(OC, C * KH * KW) (PyTorch's order: channel, then kernel row, then column), i.e. values
+    [OC, C*KH*KW/2] + meta, or their sparse24_int8_pack. x: int8 / uint8 [N, C, H, W] (channels_last
+    memory preferred); padding holds x_zero_point. The input patches are gathered a chunk of rows at
+    a time into a per-thread buffer in that K order and multiplied by the whole weight with the
+    int8 2:4 kernel and its fused output stage. Output [N, OC, OH, OW], channels_last memory. CPU."""
+    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
+    return _lib().sparse24_int8_conv2d(x, x_zero_point, values, meta, bias, _int32(m0), _int32(shift), out_zero_point,
+                                       qmin, qmax, out_dtype, pair(kernel_size), pair(stride), pair(padding),
+                                       pair(dilation), rounding)
+
+
 # ---------------------------------------------------------------- fake-quant (issue 6)
 
 
@@ -533,6 +549,14 @@ if NATIVE_ERROR is None:
         oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
         ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
         return torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=out_dtype, device=x.device,
+                           memory_format=torch.channels_last)
+
+    @torch.library.register_fake("compress_kernels::sparse24_int8_conv2d")
+    def _(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, kernel_size,
+          stride, padding, dilation, rounding="double"):
+        oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+        ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+        return torch.empty((x.shape[0], meta.shape[0], oh, ow), dtype=out_dtype, device=x.device,
                            memory_format=torch.channels_last)
 
     # ---- fake kernels: codebook (issue 4)

@@ -16,6 +16,7 @@ from compress_kernels import study
 from compress_kernels.nn import QuantLinear
 from compress_kernels.nn._common import reference_mode
 from compress_kernels.nn.conv import QuantConv2d
+from conftest import run_on_every_isa
 
 
 def prune_24(weight: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -131,3 +132,77 @@ def test_convert_static_with_2to4_gives_the_dense_integers(digits_resnet, digits
     x = x_test[:64]
     assert torch.equal(sparse.model(x), dense.model(x))
     assert study.stored_bytes(sparse.model) < 0.7 * study.stored_bytes(dense.model)
+
+
+# ---------------------------------------------------------------- the op: sparse24_int8_conv2d
+
+
+def _conv_case(n, c, h, w, oc, k, x_dtype, per_channel, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (0, 255) if x_dtype == torch.uint8 else (-128, 127)
+    x = torch.randint(lo, hi + 1, (n, c, h, w), generator=g).to(x_dtype)
+    weight = prune_24(torch.randint(-127, 128, (oc, c, k, k), generator=g).float(), seed).to(torch.int8)
+    values, meta = ck.sparse24_compress(weight.reshape(oc, -1))
+    bias = torch.randint(-5000, 5000, (oc,), generator=g, dtype=torch.int32)
+    scales = torch.rand(oc if per_channel else 1, generator=g, dtype=torch.float64) * 1e-3 + 1e-4
+    m0, shift = ck.quantize_multiplier(scales)
+    return x, weight, values, meta, bias, m0, shift
+
+
+@pytest.mark.parametrize("n, c, h, w, oc, k, stride, padding, dilation", [
+    (2, 8, 9, 11, 12, 3, 1, 1, 1), (1, 4, 7, 7, 5, 3, 2, 0, 1), (3, 16, 6, 5, 17, 1, 1, 0, 1),
+    (1, 8, 10, 10, 8, 3, 1, 2, 2), (2, 12, 8, 8, 33, 5, (2, 1), (2, 1), 1), (1, 4, 5, 5, 3, 3, 3, 3, (1, 2)),
+    (2, 4, 64, 64, 6, 3, 1, 1, 1),  # 8192 rows of K = 36: several chunks of gathered patches
+])
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+def test_sparse24_int8_conv2d_matches_reference(n, c, h, w, oc, k, stride, padding, dilation, x_dtype):
+    from compress_kernels import reference
+
+    x, weight, values, meta, bias, m0, shift = _conv_case(n, c, h, w, oc, k, x_dtype, per_channel=oc % 2 == 1)
+    zp = 7 if x_dtype == torch.uint8 else -9  # a negative int8 zero point pads with its two's complement byte
+    out_dtype = torch.int8 if x_dtype == torch.int8 else torch.uint8
+    args = (bias, m0, shift, 3, -128 if out_dtype == torch.int8 else 0, 127 if out_dtype == torch.int8 else 255,
+            out_dtype)
+    want = reference.int8_conv2d(x, zp, weight, *args, stride=stride, padding=padding, dilation=dilation)
+    packed = ck.sparse24_int8_pack(values, meta)
+    got = run_on_every_isa(ck.sparse24_int8_conv2d, x, zp, packed, meta, *args, kernel_size=k, stride=stride,
+                           padding=padding, dilation=dilation)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    nchw = ck.sparse24_int8_conv2d(x.contiguous(), zp, values, meta, *args, kernel_size=k, stride=stride,
+                                   padding=padding, dilation=dilation)  # unpacked values, NCHW input
+    assert torch.equal(nchw, want)
+
+
+def test_sparse24_int8_conv2d_threads_and_opcheck():
+    x, weight, values, meta, bias, m0, shift = _conv_case(2, 8, 40, 40, 16, 3, torch.uint8, per_channel=True)
+    packed = ck.sparse24_int8_pack(values, meta)
+    call = lambda: ck.sparse24_int8_conv2d(x, 5, packed, meta, bias, m0, shift, 0, 0, 255, torch.uint8,  # noqa: E731
+                                           kernel_size=3, padding=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = call()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(call(), one)
+    torch.library.opcheck(torch.ops.compress_kernels.sparse24_int8_conv2d,
+                          (x[:1, :, :9, :9], 5, packed, meta, bias, m0, shift, 0, 0, 255, torch.uint8, [3, 3],
+                           [1, 1], [1, 1], [1, 1]))
+
+
+def test_sparse24_int8_conv2d_refusals_read_their_reason():
+    x, weight, values, meta, bias, m0, shift = _conv_case(1, 4, 6, 6, 8, 3, torch.uint8, per_channel=False)
+    rest = (bias, m0, shift, 0, 0, 255, torch.uint8)
+    with pytest.raises(RuntimeError, match=r"K mismatch: in_channels \* kh \* kw is 16 but the weight holds K=36"):
+        ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=2)
+    with pytest.raises(RuntimeError, match=r"stride must be two integers >= 1, got \[0, 1\]"):
+        ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=3, stride=(0, 1))
+    with pytest.raises(RuntimeError, match=r"padding must be two integers >= 0"):
+        ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=3, padding=-1)
+    with pytest.raises(RuntimeError, match=r"the kernel \(3x3, dilation \[4, 4\]\) does not fit the padded input"):
+        ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=3, dilation=4)
+    with pytest.raises(RuntimeError, match="sparse24_int8_conv2d: x must be 4-D"):
+        ck.sparse24_int8_conv2d(x[0], 0, values, meta, *rest, kernel_size=3)
+    with pytest.raises(RuntimeError, match="sparse24_int8_conv2d: x must be int8 or uint8"):
+        ck.sparse24_int8_conv2d(x.float(), 0, values, meta, *rest, kernel_size=3)

@@ -83,17 +83,10 @@ class QuantConv2d(IntegerLayer):
         return ops.int8_conv2d(*args, w_packed=self.packed_weight)
 
     def _sparse24_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """2:4 mode: the patches gathered into [N * OH * OW, C * kh * kw] rows (K in PyTorch's weight
-        order: channel, then kernel row, then kernel column; padding = the input zero point), one
-        int8 2:4 linear with the requantization, the result viewed as NCHW-shaped channels_last."""
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        xp = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph), value=self.input_zero_point)
-        span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-        patches = xp.unfold(1, span_h, sh).unfold(2, span_w, sw)[..., ::dh, ::dw]  # [N, OH, OW, C, kh, kw]
-        oh, ow = patches.shape[1], patches.shape[2]
-        y = self._integer_matmul(patches.reshape(n * oh * ow, c * kh * kw))
-        return y.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        return ops.sparse24_int8_conv2d(x, self.input_zero_point, self.packed_weight, self.weight_meta, self.bias_q,
+                                        self.m0, self.shift, self.output_zero_point, self.qmin, self.qmax,
+                                        self.output_dtype, self.kernel_size, self.stride, self.padding, self.dilation,
+                                        self.rounding)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

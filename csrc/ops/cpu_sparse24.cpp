@@ -5,8 +5,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "../cpu/isa.h"
 #include "../cpu/sparse24.h"
@@ -148,6 +150,68 @@ at::Tensor sparse24_int8_pack_cpu(const at::Tensor& values, const at::Tensor& me
   return packed;
 }
 
+// The weight, bias and output stage of an int8 2:4 op whose input rows hold K values: checked and
+// filled into args (x, m, ldx and out are the caller's).
+struct Sparse24Int8Call {
+  at::Tensor packed, bias, m0, shift;
+  cpu::Sparse24Int8Args args;
+};
+
+Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Tensor& values, const at::Tensor& meta,
+                                       const std::optional<at::Tensor>& bias, const at::Tensor& m0,
+                                       const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
+                                       at::ScalarType out_dtype, c10::string_view rounding, const char* k_name) {
+  Sparse24Int8Call call;
+  if (values.scalar_type() == at::kInt) {
+    // A packed weight from sparse24_int8_pack; meta gives N and K and is checked against it.
+    check_dim(values, 1, op, "packed values");
+    check_cpu_tensor(values, op, "values");
+    check_dim(meta, 2, op, "meta");
+    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_int8_pack returns them)");
+    call.packed = values;
+  } else {
+    TORCH_CHECK(values.scalar_type() == at::kChar, op,
+                ": values must be int8 [N, K/2] or an int32 packed weight from sparse24_int8_pack, got ",
+                values.scalar_type());
+    call.packed = sparse24_int8_pack_cpu(values, meta);
+  }
+  const cpu::PackedSparse24Int8 w =
+      cpu::sparse24_int8_packed_view(call.packed.data_ptr<int32_t>(), call.packed.numel());
+  TORCH_CHECK(w.n > 0, op, ": packed values of ", call.packed.numel(),
+              " words are not a weight packed by sparse24_int8_pack");
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == w.n && meta.size(1) == sparse24::meta_cols(w.k), op,
+              ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", w.n, ", K=", w.k, ")");
+  TORCH_CHECK(x_k == w.k, op, ": K mismatch: ", k_name, " is ", x_k, " but the weight holds K=", w.k);
+  check_depth(w.k, op);
+  check_cpu_tensor(m0, op, "m0");
+  check_cpu_tensor(shift, op, "shift");
+  const bool per_channel = check_multiplier(m0, shift, w.n, op);
+  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kInt, op, "bias");
+    check_cpu_tensor(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, op, ": bias must have shape [", w.n, "], got ",
+                bias->sizes());
+    call.bias = bias->contiguous();
+  }
+  call.m0 = m0.contiguous();
+  call.shift = shift.contiguous();
+  cpu::Sparse24Int8Args& args = call.args;
+  args.w = w;
+  args.bias_i32 = bias.has_value() ? call.bias.data_ptr<int32_t>() : nullptr;
+  args.requant.m0 = call.m0.data_ptr<int32_t>();
+  args.requant.shift = call.shift.data_ptr<int32_t>();
+  args.requant.per_channel = per_channel;
+  args.requant.zero_point = static_cast<int32_t>(out_zero_point);
+  args.requant.qmin = static_cast<int32_t>(qmin);
+  args.requant.qmax = static_cast<int32_t>(qmax);
+  args.requant.rounding = parse_rounding(std::string(rounding), op);
+  args.requant.out_type = out_dtype == at::kChar   ? cpu::OutType::kInt8
+                          : out_dtype == at::kByte ? cpu::OutType::kUInt8
+                                                   : cpu::OutType::kInt32;
+  return call;
+}
+
 at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
                                     const at::Tensor& meta, const std::optional<at::Tensor>& bias,
                                     const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
@@ -157,63 +221,92 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
   check_dim(x, 2, op, "x");
   check_cpu_tensor(x, op, "x");
   check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  at::Tensor packed;
-  if (values.scalar_type() == at::kInt) {
-    // A packed weight from sparse24_int8_pack; meta gives N and K and is checked against it.
-    check_dim(values, 1, op, "packed values");
-    check_cpu_tensor(values, op, "values");
-    check_dim(meta, 2, op, "meta");
-    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_int8_pack returns them)");
-    packed = values;
-  } else {
-    TORCH_CHECK(values.scalar_type() == at::kChar, op,
-                ": values must be int8 [N, K/2] or an int32 packed weight from sparse24_int8_pack, got ",
-                values.scalar_type());
-    packed = sparse24_int8_pack_cpu(values, meta);
-  }
-  const cpu::PackedSparse24Int8 w = cpu::sparse24_int8_packed_view(packed.data_ptr<int32_t>(), packed.numel());
-  TORCH_CHECK(w.n > 0, op, ": packed values of ", packed.numel(), " words are not a weight packed by sparse24_int8_pack");
-  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == w.n && meta.size(1) == sparse24::meta_cols(w.k), op,
-              ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", w.n, ", K=", w.k, ")");
-  TORCH_CHECK(x.size(1) == w.k, op, ": K mismatch: x has K=", x.size(1), " but the weight holds K=", w.k);
-  check_depth(w.k, op);
-  check_cpu_tensor(m0, op, "m0");
-  check_cpu_tensor(shift, op, "shift");
-  const bool per_channel = check_multiplier(m0, shift, w.n, op);
-  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
-  at::Tensor bias_c;
-  if (bias.has_value()) {
-    check_dtype(*bias, at::kInt, op, "bias");
-    check_cpu_tensor(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, op, ": bias must have shape [", w.n, "], got ",
-                bias->sizes());
-    bias_c = bias->contiguous();
-  }
-  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
+  Sparse24Int8Call call = prepare_sparse24_int8(op, x.size(1), values, meta, bias, m0, shift, out_zero_point, qmin,
+                                                qmax, out_dtype, rounding, "x's K");
   const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
-  cpu::Sparse24Int8Args args;
+  cpu::Sparse24Int8Args& args = call.args;
   args.x = xc.data_ptr();
   args.x_signed = is_signed;
   args.m = x.size(0);
   args.ldx = x.size(0) > 1 ? xc.stride(0) : x.size(1);
   args.x_zero_point = static_cast<int32_t>(x_zero_point);
-  args.w = w;
-  args.bias_i32 = bias.has_value() ? bias_c.data_ptr<int32_t>() : nullptr;
-  args.requant.m0 = m0c.data_ptr<int32_t>();
-  args.requant.shift = shiftc.data_ptr<int32_t>();
-  args.requant.per_channel = per_channel;
-  args.requant.zero_point = static_cast<int32_t>(out_zero_point);
-  args.requant.qmin = static_cast<int32_t>(qmin);
-  args.requant.qmax = static_cast<int32_t>(qmax);
-  args.requant.rounding = parse_rounding(std::string(rounding), op);
-  args.requant.out_type = out_dtype == at::kChar   ? cpu::OutType::kInt8
-                          : out_dtype == at::kByte ? cpu::OutType::kUInt8
-                                                   : cpu::OutType::kInt32;
-  at::Tensor out = at::empty({x.size(0), w.n}, x.options().dtype(out_dtype));
+  at::Tensor out = at::empty({x.size(0), args.w.n}, x.options().dtype(out_dtype));
   args.out = out.data_ptr();
   if (args.m == 0) return out;
-  const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, w.n, at::get_num_threads());
+  const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, args.w.n, at::get_num_threads());
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
+  return out;
+}
+
+// Bytes of gathered patches per chunk of rows (a thread's buffer, reused by every call).
+constexpr int64_t kPatchChunkBytes = 256 * 1024;
+
+at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
+                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias,
+                                    const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
+                                    int64_t qmin, int64_t qmax, at::ScalarType out_dtype, at::IntArrayRef kernel_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    c10::string_view rounding) {
+  constexpr const char* op = "sparse24_int8_conv2d";
+  const bool is_signed = check_int8_input(x, op, "x");
+  check_dim(x, 4, op, "x");
+  check_cpu_tensor(x, op, "x");
+  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
+  for (const auto& [name, v, lo] : {std::tuple<const char*, at::IntArrayRef, int64_t>{"kernel_size", kernel_size, 1},
+                                    {"stride", stride, 1}, {"padding", padding, 0}, {"dilation", dilation, 1}}) {
+    TORCH_CHECK(v.size() == 2 && v[0] >= lo && v[1] >= lo, op, ": ", name, " must be two integers >= ", lo,
+                ", got ", v);
+  }
+  cpu::ConvGeometry g;
+  g.n = x.size(0);
+  g.c = x.size(1);
+  g.h = x.size(2);
+  g.w = x.size(3);
+  g.kh = kernel_size[0];
+  g.kw = kernel_size[1];
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.ph = padding[0];
+  g.pw = padding[1];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.oh > 0 && g.ow > 0, op, ": the kernel (", g.kh, "x", g.kw, ", dilation ", dilation,
+              ") does not fit the padded input of ", x.sizes());
+  Sparse24Int8Call call = prepare_sparse24_int8(op, g.k(), values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
+                                                out_dtype, rounding, "in_channels * kh * kw");
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty({g.n, call.args.w.n, g.oh, g.ow},
+                             x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t rows = g.rows(), k = g.k();
+  if (rows == 0) return out;
+  cpu::Sparse24Int8Args base = call.args;
+  base.x_signed = is_signed;
+  base.x_zero_point = static_cast<int32_t>(x_zero_point);
+  base.ldx = k;
+  const int64_t elem = out.element_size();
+  // Rows gathered a chunk at a time (whole 8-row tiles) into the thread's buffer and multiplied by
+  // every column of the weight before the next chunk: the patches never exist all at once.
+  const int64_t chunk = std::max<int64_t>(8, kPatchChunkBytes / k / 8 * 8);
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const uint8_t pad = static_cast<uint8_t>(x_zero_point);  // int8 zero points wrap to their bit pattern
+  const uint8_t* xp = static_cast<const uint8_t*>(xc.data_ptr());
+  uint8_t* outp = static_cast<uint8_t*>(out.data_ptr());
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<uint8_t> patches;
+    if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      cpu::sparse24_gather_patches(xp, g, r0, r1, pad, patches.data());
+      cpu::Sparse24Int8Args args = base;
+      args.x = patches.data();
+      args.m = r1 - r0;
+      args.out = outp + r0 * args.w.n * elem;
+      const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, args.w.n, 1);
+      cpu::sparse24_int8_run(args, plan, 0, plan.tasks());
+    }
+  });
   return out;
 }
 
@@ -227,4 +320,5 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("sparse24_linear", &ck::ops::sparse24_linear_cpu);
   m.impl("sparse24_int8_pack", &ck::ops::sparse24_int8_pack_cpu);
   m.impl("sparse24_int8_linear", &ck::ops::sparse24_int8_linear_cpu);
+  m.impl("sparse24_int8_conv2d", &ck::ops::sparse24_int8_conv2d_cpu);
 }

@@ -52,6 +52,10 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def(
       "sparse24_int8_linear(Tensor x, int x_zero_point, Tensor values, Tensor meta, Tensor? bias, Tensor m0, "
       "Tensor shift, int out_zero_point, int qmin, int qmax, ScalarType out_dtype, str rounding=\"double\") -> Tensor");
+  m.def(
+      "sparse24_int8_conv2d(Tensor x, int x_zero_point, Tensor values, Tensor meta, Tensor? bias, Tensor m0, "
+      "Tensor shift, int out_zero_point, int qmin, int qmax, ScalarType out_dtype, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, str rounding=\"double\") -> Tensor");
 
   // ---- fused fake-quant (issue 6) ----
   m.def(
