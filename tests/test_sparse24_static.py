@@ -194,7 +194,7 @@ def test_sparse24_int8_conv2d_threads_and_opcheck():
 def test_sparse24_int8_conv2d_refusals_read_their_reason():
     x, weight, values, meta, bias, m0, shift = _conv_case(1, 4, 6, 6, 8, 3, torch.uint8, per_channel=False)
     rest = (bias, m0, shift, 0, 0, 255, torch.uint8)
-    with pytest.raises(RuntimeError, match=r"K mismatch: in_channels \* kh \* kw is 16 but the weight holds K=36"):
+    with pytest.raises(RuntimeError, match=r"K mismatch: the conv \(in_channels \* kh \* kw\) has K=16 but the weight holds K=36"):
         ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=2)
     with pytest.raises(RuntimeError, match=r"stride must be two integers >= 1, got \[0, 1\]"):
         ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=3, stride=(0, 1))

@@ -181,7 +181,7 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
               " words are not a weight packed by sparse24_int8_pack");
   TORCH_CHECK(meta.dim() == 2 && meta.size(0) == w.n && meta.size(1) == sparse24::meta_cols(w.k), op,
               ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", w.n, ", K=", w.k, ")");
-  TORCH_CHECK(x_k == w.k, op, ": K mismatch: ", k_name, " is ", x_k, " but the weight holds K=", w.k);
+  TORCH_CHECK(x_k == w.k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", w.k);
   check_depth(w.k, op);
   check_cpu_tensor(m0, op, "m0");
   check_cpu_tensor(shift, op, "shift");
@@ -222,7 +222,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
   check_cpu_tensor(x, op, "x");
   check_zero_point_for(x, x_zero_point, op, "x_zero_point");
   Sparse24Int8Call call = prepare_sparse24_int8(op, x.size(1), values, meta, bias, m0, shift, out_zero_point, qmin,
-                                                qmax, out_dtype, rounding, "x's K");
+                                                qmax, out_dtype, rounding, "x");
   const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
   cpu::Sparse24Int8Args& args = call.args;
   args.x = xc.data_ptr();
@@ -275,7 +275,7 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   TORCH_CHECK(g.oh > 0 && g.ow > 0, op, ": the kernel (", g.kh, "x", g.kw, ", dilation ", dilation,
               ") does not fit the padded input of ", x.sizes());
   Sparse24Int8Call call = prepare_sparse24_int8(op, g.k(), values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
-                                                out_dtype, rounding, "in_channels * kh * kw");
+                                                out_dtype, rounding, "the conv (in_channels * kh * kw)");
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor out = at::empty({g.n, call.args.w.n, g.oh, g.ow},
                              x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
