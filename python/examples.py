@@ -67,7 +67,8 @@ def int8_qat(model, x_train, y_train, weight_bits: int = 8, sparse24: bool = Fal
     conversion to the integer-only model; checks that the QAT model's exact mode predicts it bit for bit."""
     m = copy.deepcopy(model)
     pruner = ck.prune_(m, ck.PruneConfig(granularity="2:4")) if sparse24 else None
-    qat = ck.prepare_qat_(m, ck.QATConfig(weight_bits=weight_bits))
+    # sparse24=True: the converted 2:4 layers keep only values + metadata and run the int8 2:4 kernels
+    qat = ck.prepare_qat_(m, ck.QATConfig(weight_bits=weight_bits, sparse24=sparse24))
     training.train(qat, x_train[:512], y_train[:512], epochs=1, lr=0.01,
                    after_step=(lambda _: pruner.apply()) if pruner else None)
     ck.freeze_qat_(qat)
@@ -76,6 +77,19 @@ def int8_qat(model, x_train, y_train, weight_bits: int = 8, sparse24: bool = Fal
         assert torch.equal(qat(x_train[:32]), int_model(x_train[:32]))
     print({k: v for k, v in ck.qat_mismatch_report(qat, [x_train[:64]]).items() if k != "per_layer"})
     return int_model
+
+
+def sparse24_int8_static(model, x_train, y_train):
+    """2:4 pruning + fine-tune, then integer-only int8 on the 2:4 kernels: the same integers as the
+    dense int8 conversion, with only the compressed weights stored."""
+    m = copy.deepcopy(model)
+    pruner = ck.prune_(m, ck.PruneConfig(granularity="2:4"))
+    training.train(m, x_train[:512], y_train[:512], epochs=1, lr=0.01, after_step=lambda _: pruner.step())
+    pruner.remove()
+    ck.calibrate(m, [x_train[i:i + 64] for i in range(0, 256, 64)])
+    report = ck.convert_(m, ck.Int8StaticConfig(sparse24=True))
+    print(report)
+    return report.model
 
 
 def channel_pruning_with_distillation(model, x_train, y_train):
@@ -99,6 +113,7 @@ def main() -> None:
     show("k-means 4-bit + centroid fine-tune", codebook(model, x_train, y_train), x_test, y_test)
     show("2:4 + fine-tune (fp32 kernels)", sparse24(model, x_train, y_train), x_test, y_test)
     show("2:4 + fine-tune (int8 kernels)", sparse24(model, x_train, y_train, int8=True), x_test, y_test)
+    show("2:4 + int8 integer-only", sparse24_int8_static(model, x_train, y_train), x_test, y_test)
     show("channel pruning 50% + distillation", channel_pruning_with_distillation(model, x_train, y_train),
          x_test, y_test)
 
