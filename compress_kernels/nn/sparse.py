@@ -211,6 +211,16 @@ class SparseConv2d(_Sparse24Base):
         s_x = None
         if self.int8:
             x_in, s_x = self._quantize_input(x)
+            if not x.is_cuda and self.packed.numel() > 0:
+                # the 2:4 conv op gathers the patches itself, a chunk of rows at a time;
+                # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator
+                acc = ops.sparse24_int8_conv2d(x_in, 0, self.packed, self.meta, None, 1 << 30, 1, 0, INT32_MIN,
+                                               INT32_MAX, torch.int32, self.kernel_size, self.stride, self.padding,
+                                               self.dilation)
+                y = acc.float() * (s_x * self.weight_scale).reshape(1, -1, 1, 1)
+                if self.bias is not None:
+                    y = y + self.bias.reshape(1, -1, 1, 1)
+                return y.to(x.dtype)
         else:
             x_in = x.float()
         # im2col as one strided copy: rows (image, oy, ox), columns (c, ky, kx) = the weight's K order.
