@@ -182,7 +182,7 @@ class Sparse24Config:
     (int8=True: per-channel symmetric int8 weights, dynamic per-tensor int8 activations).
     prune=True applies the 2:4 magnitude mask (the best of the six patterns per group of four)
     to weights that are not 2:4 yet; prune=False skips them. Layers whose K (in_features, or
-    in_channels * kh * kw) is not a multiple of 4, such as a 3-channel 3x3 stem (K = 27), and
+    kh * kw * in_channels) is not a multiple of 4, such as a 3-channel 3x3 stem (K = 27), and
     grouped convolutions are skipped with the reason in the report."""
 
     int8: bool = False
@@ -198,7 +198,7 @@ def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module
 
     k = module.weight[0].numel()
     if k % 4:
-        what = "in_features" if isinstance(module, nn.Linear) else "in_channels * kh * kw"
+        what = "in_features" if isinstance(module, nn.Linear) else "kh * kw * in_channels"
         raise Skip(f"K = {what} = {k} is not a multiple of 4 (2:4 needs groups of four)")
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         raise Skip(f"groups={module.groups}: only groups=1 convolutions are supported")
@@ -208,8 +208,7 @@ def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module
         if not config.prune:
             raise Skip("weight is not 2:4 sparse (prune it first, or pass prune=True)")
         module = copy.deepcopy(module)
-        with torch.no_grad():
-            w2 = module.weight.reshape(module.weight.shape[0], -1)
-            module.weight.mul_(mask_2to4(w2).reshape(module.weight.shape))
+        with torch.no_grad():  # groups along K of sparse24_layout.weight_rows
+            module.weight.mul_(mask_2to4(module.weight))
     cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
     return cls.from_float(module, int8=config.int8)

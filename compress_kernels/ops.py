@@ -344,11 +344,12 @@ def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
                          qmax: int = 127, out_dtype: torch.dtype = torch.int8, kernel_size=1, stride=1, padding=0,
                          dilation=1, rounding: str = "double") -> torch.Tensor:
     """int8_conv2d (groups = 1) with a 2:4 sparse weight: the weight [OC, C, KH, KW] is compressed as
-    w.reshape(OC, C * KH * KW) (PyTorch's order: channel, then kernel row, then column), i.e. values
-    [OC, C*KH*KW/2] + meta, or their sparse24_int8_pack. x: int8 / uint8 [N, C, H, W] (channels_last
-    memory preferred); padding holds x_zero_point. The input patches are gathered a chunk of rows at
-    a time into a per-thread buffer in that K order and multiplied by the whole weight with the
-    int8 2:4 kernel and its fused output stage. Output [N, OC, OH, OW], channels_last memory. CPU."""
+    sparse24_layout.weight_rows(w) = w.permute(0, 2, 3, 1).reshape(OC, KH * KW * C) (groups of four
+    input channels at one kernel tap, NVIDIA's convention), i.e. values [OC, K/2] + meta, or their
+    sparse24_int8_pack. x: int8 / uint8 [N, C, H, W] (channels_last memory preferred); padding holds
+    x_zero_point. The input rows (KH * KW runs of C contiguous NHWC bytes) are gathered a chunk at a
+    time into a per-thread buffer and multiplied by the whole weight with the int8 2:4 kernel and its
+    fused output stage. Output [N, OC, OH, OW], channels_last memory. CPU."""
     pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
     return _lib().sparse24_int8_conv2d(x, x_zero_point, values, meta, bias, _int32(m0), _int32(shift), out_zero_point,
                                        qmin, qmax, out_dtype, pair(kernel_size), pair(stride), pair(padding),

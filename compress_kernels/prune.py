@@ -6,7 +6,8 @@ Masks are computed from scores:
   ``"gradient"`` (|w * dL/dw| accumulated over batches, first-order Taylor saliency);
 * granularities: ``"element"``; ``"n:m"`` (``"2:4"`` by default: in every group of m consecutive
   input weights keep the n whose pattern retains the largest score, i.e. for 2:4 the best of the
-  six patterns); ``"vector"`` (``vector_size`` consecutive input weights); ``"kernel"`` (one
+  six patterns; for a conv the groups are m consecutive input channels at one kernel tap, NVIDIA's
+  convention, see sparse24_layout.weight_rows); ``"vector"`` (``vector_size`` consecutive input weights); ``"kernel"`` (one
   kh x kw kernel of a conv); ``"channel"`` / ``"row"`` (a whole output channel / row);
 * scope: ``"layer"`` (every layer reaches the target sparsity) or ``"global"`` (one threshold over
   the mean per-weight score of every structure in every layer); n:m is always per group.
@@ -59,17 +60,20 @@ def _aggregate(scores: torch.Tensor, criterion: str, dim: int | tuple[int, ...])
 
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
-    """Keep, in every group of m consecutive weights along the input (flattened) dimension, the n
-    whose pattern has the largest total score; the best of the C(m, n) patterns (6 for 2:4),
-    first pattern in lexicographic order on ties. scores: [out, in, ...]; in * prod(...) % m == 0."""
-    flat = scores.reshape(scores.shape[0], -1)
+    """Keep, in every group of m consecutive weights along K of sparse24_layout.weight_rows (a
+    Linear's inputs; a conv's input channels at each kernel tap), the n whose pattern has the
+    largest total score; the best of the C(m, n) patterns (6 for 2:4), first pattern in
+    lexicographic order on ties. scores: [out, in] or [out, in, kh, kw]; K % m == 0."""
+    from .sparse24_layout import weight_from_rows, weight_rows
+
+    flat = weight_rows(scores)
     if flat.shape[1] % m:
         raise ValueError(f"nm_mask: the input size {flat.shape[1]} is not a multiple of m={m}")
     groups = flat.reshape(flat.shape[0], -1, m)
     patterns = torch.tensor([[i in p for i in range(m)] for p in itertools.combinations(range(m), n)],
                             dtype=flat.dtype, device=flat.device)  # [P, m]
     best = (groups @ patterns.T).argmax(-1)  # [out, groups]: argmax returns the first maximum
-    return patterns[best].bool().reshape(scores.shape)
+    return weight_from_rows(patterns[best].bool().reshape(flat.shape), scores.shape).contiguous()
 
 
 def mask_2to4(w: torch.Tensor, criterion: str = "l1") -> torch.Tensor:
@@ -248,7 +252,7 @@ class Pruner:
                 continue
             if config.granularity in ("n:m", "2:4"):
                 m = 4 if config.granularity == "2:4" else config.m
-                k = mod.weight[0].numel()
+                k = mod.weight[0].numel()  # K of sparse24_layout.weight_rows
                 if k % m:
                     self.skipped.append((name, f"input size {k} is not a multiple of {m}"))
                     continue

@@ -32,6 +32,24 @@ CUTLASS_ROW_MULTIPLE = {torch.float16: 32, torch.bfloat16: 32, torch.int8: 16}
 CUTLASS_K_MULTIPLE = {torch.float16: 32, torch.bfloat16: 32, torch.int8: 64}
 
 
+def weight_rows(w: torch.Tensor) -> torch.Tensor:
+    """The [N, K] matrix whose rows 2:4 sparsity groups along K: a Linear weight as it is; a conv
+    weight [OC, C, KH, KW] as w.permute(0, 2, 3, 1).reshape(OC, KH * KW * C), i.e. K in (kernel
+    row, kernel column, channel) order, so every group of four is four consecutive input channels
+    at one kernel tap. That is NVIDIA's convention for 2:4 convolutions (ASP, TensorRT, cuSPARSELt
+    on NHWC) and the order an NHWC input row is read in (C % 4 == 0 keeps groups inside a tap)."""
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1) if w.dim() == 4 else w.reshape(w.shape[0], -1)
+
+
+def weight_from_rows(rows: torch.Tensor, shape) -> torch.Tensor:
+    """The inverse of weight_rows for a weight of `shape`."""
+    shape = tuple(shape)
+    if len(shape) == 4:
+        oc, c, kh, kw = shape
+        return rows.reshape(oc, kh, kw, c).permute(0, 3, 1, 2)
+    return rows.reshape(shape)
+
+
 def _cutlass_meta_offsets(rows: int, meta_cols: int, meta_dtype: torch.dtype, device=None) -> torch.Tensor:
     """Scatter offsets of CUTLASS's metadata reordering (ColumnMajorInterleaved<2> with the 2x2
     swizzle of cutlass/util/host_reorder.h): element (r, c) of the row-major metadata words goes

@@ -456,6 +456,7 @@ def test_cuda_bad_input_messages():
 @pytest.mark.parametrize("int8", [False, True])
 def test_sparse_modules_after_to_cuda(int8):
     from compress_kernels.nn.sparse import SparseConv2d, SparseLinear
+    from compress_kernels.sparse24_layout import weight_from_rows
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(100, 40)
@@ -472,7 +473,8 @@ def test_sparse_modules_after_to_cuda(int8):
     m.cpu()
     assert torch.equal(m(x), want)  # back on the CPU: the CPU packing again
     conv = torch.nn.Conv2d(4, 8, 3, padding=1)
-    conv.weight.data = random_24(8, 36, seed=2).reshape(8, 4, 3, 3)
+    # 2:4 along K of weight_rows: groups of four input channels at each kernel tap
+    conv.weight.data = weight_from_rows(random_24(8, 36, seed=2), (8, 4, 3, 3)).contiguous()
     mc = SparseConv2d.from_float(conv, int8=int8)
     xi = torch.randn(2, 4, 6, 6)
     want = mc(xi)

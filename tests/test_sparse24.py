@@ -337,9 +337,8 @@ def test_bad_int8_input_messages():
 
 
 def _pruned(module):
-    with torch.no_grad():
-        w2 = module.weight.reshape(module.weight.shape[0], -1)
-        module.weight.mul_(ck.prune.mask_2to4(w2).reshape(module.weight.shape))
+    with torch.no_grad():  # a conv's groups of four are input channels at one kernel tap
+        module.weight.mul_(ck.prune.mask_2to4(module.weight))
     return module
 
 
@@ -403,7 +402,7 @@ def test_convert_reports_skipped_layers():
                                 torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 10))
     report = ck.convert_(model, ck.Sparse24Config(), inplace=False)
     reasons = {name: why for name, _, why in report.skipped}
-    assert reasons["0"] == "K = in_channels * kh * kw = 27 is not a multiple of 4 (2:4 needs groups of four)"
+    assert reasons["0"] == "K = kh * kw * in_channels = 27 is not a multiple of 4 (2:4 needs groups of four)"
     assert reasons["1"] == "groups=2: only groups=1 convolutions are supported"
     assert reasons["2"].startswith("weight is not 2:4 sparse")
     assert report.converted == []

@@ -16,16 +16,19 @@ from compress_kernels import study
 from compress_kernels.nn import QuantLinear
 from compress_kernels.nn._common import reference_mode
 from compress_kernels.nn.conv import QuantConv2d
+from compress_kernels.sparse24_layout import weight_from_rows, weight_rows
 from conftest import run_on_every_isa
 
 
 def prune_24(weight: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """The weight with two random entries of every group of four (along weight.reshape(N, -1)) zeroed."""
+    """The weight with two random entries of every group of four along K of weight_rows (a conv's
+    input channels at one kernel tap) zeroed."""
     g = torch.Generator().manual_seed(seed)
-    w = weight.detach().reshape(weight.shape[0], -1, 4)
+    rows = weight_rows(weight.detach())
+    w = rows.reshape(rows.shape[0], -1, 4)
     keep = torch.rand(w.shape, generator=g).argsort(-1)[..., :2]
     mask = torch.zeros(w.shape, dtype=torch.bool).scatter_(-1, keep, True)
-    return (w * mask).reshape(weight.shape)
+    return weight_from_rows((w * mask).reshape(rows.shape), weight.shape).contiguous()
 
 
 def sparse_conv(cin=8, cout=12, k=3, stride=1, padding=1, dilation=1, per_channel=True,
@@ -142,7 +145,7 @@ def _conv_case(n, c, h, w, oc, k, x_dtype, per_channel, seed=0):
     lo, hi = (0, 255) if x_dtype == torch.uint8 else (-128, 127)
     x = torch.randint(lo, hi + 1, (n, c, h, w), generator=g).to(x_dtype)
     weight = prune_24(torch.randint(-127, 128, (oc, c, k, k), generator=g).float(), seed).to(torch.int8)
-    values, meta = ck.sparse24_compress(weight.reshape(oc, -1))
+    values, meta = ck.sparse24_compress(weight_rows(weight).contiguous())
     bias = torch.randint(-5000, 5000, (oc,), generator=g, dtype=torch.int32)
     scales = torch.rand(oc if per_channel else 1, generator=g, dtype=torch.float64) * 1e-3 + 1e-4
     m0, shift = ck.quantize_multiplier(scales)
@@ -194,7 +197,7 @@ def test_sparse24_int8_conv2d_threads_and_opcheck():
 def test_sparse24_int8_conv2d_refusals_read_their_reason():
     x, weight, values, meta, bias, m0, shift = _conv_case(1, 4, 6, 6, 8, 3, torch.uint8, per_channel=False)
     rest = (bias, m0, shift, 0, 0, 255, torch.uint8)
-    with pytest.raises(RuntimeError, match=r"K mismatch: the conv \(in_channels \* kh \* kw\) has K=16 but the weight holds K=36"):
+    with pytest.raises(RuntimeError, match=r"K mismatch: the conv \(kh \* kw \* in_channels\) has K=16 but the weight holds K=36"):
         ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=2)
     with pytest.raises(RuntimeError, match=r"stride must be two integers >= 1, got \[0, 1\]"):
         ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=3, stride=(0, 1))

@@ -8,6 +8,7 @@ import contextlib
 import torch
 
 from .. import numerics, ops
+from ..sparse24_layout import weight_from_rows, weight_rows
 
 DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -71,9 +72,9 @@ class IntegerLayer(torch.nn.Module):
     clamp, plus the packed weight, rebuilt after load_state_dict. Subclasses say how to pack a dense
     weight (`_pack_dense`) and add their own extra state (`_layer_extra_state` / `_set_layer_extra_state`).
 
-    2:4 mode (`sparse24_()`): the weight, seen as [out_channels, K] (K = in_features, or
-    in_channels x kh x kw in PyTorch's flattening order), has at most two non-zeros in every group
-    of four along K; the layer then stores only the compressed int8 values and the metadata
+    2:4 mode (`sparse24_()`): the weight, seen as [out_channels, K] by sparse24_layout.weight_rows
+    (K = in_features, or kh x kw x in_channels: groups of four input channels at one kernel tap),
+    has at most two non-zeros in every group of four along K; the layer then stores only the compressed int8 values and the metadata
     (`weight_values` [N, K/2], `weight_meta` [N, ceil(K/8)]; `weight_q` is rebuilt from them and not
     saved) and runs the int8 2:4 kernel, which computes the same integers as the dense one."""
 
@@ -88,7 +89,7 @@ class IntegerLayer(torch.nn.Module):
         channels = out_channels if per_channel else 1
         self.register_buffer("weight_q", torch.zeros(*weight_shape, dtype=torch.int8), persistent=not sparse24)
         if sparse24:
-            values, meta = ops.sparse24_compress(self.weight_q.reshape(out_channels, -1))
+            values, meta = ops.sparse24_compress(weight_rows(self.weight_q))
             self.register_buffer("weight_values", values)
             self.register_buffer("weight_meta", meta)
         self.register_buffer("weight_scale", torch.ones(channels))
@@ -112,14 +113,14 @@ class IntegerLayer(torch.nn.Module):
 
     def _repack(self) -> None:
         if self.sparse24:  # weight_q -> compressed values + metadata (refuses a weight that is not 2:4)
-            values, meta = ops.sparse24_compress(self.weight_q.reshape(self.weight_q.shape[0], -1).cpu())
+            values, meta = ops.sparse24_compress(weight_rows(self.weight_q.cpu()).contiguous())
             self.weight_values.copy_(values)
             self.weight_meta.copy_(meta)
         self.packed_weight = self._pack(self.weight_q.cpu()).to(self.weight_q.device)
 
     def sparse24_reason(self) -> str | None:
         """Why this layer cannot run the int8 2:4 kernel (None when it can)."""
-        w = self.weight_q.reshape(self.weight_q.shape[0], -1)
+        w = weight_rows(self.weight_q)
         if getattr(self, "groups", 1) != 1:
             return f"grouped convolution (groups={self.groups})"
         if w.shape[1] % 4 != 0:
@@ -137,7 +138,7 @@ class IntegerLayer(torch.nn.Module):
         reason = self.sparse24_reason()
         if reason is not None:
             raise ValueError(f"{type(self).__name__}.sparse24_: {reason}")
-        values, meta = ops.sparse24_compress(self.weight_q.reshape(self.weight_q.shape[0], -1).cpu())
+        values, meta = ops.sparse24_compress(weight_rows(self.weight_q.cpu()).contiguous())
         self.sparse24 = True
         self._non_persistent_buffers_set.add("weight_q")
         self.register_buffer("weight_values", values.to(self.weight_q.device))
@@ -196,5 +197,5 @@ class IntegerLayer(torch.nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         if self.sparse24:  # weight_q is not saved in 2:4 mode: rebuild it from the compressed weight
             dense = ops.sparse24_decompress(self.weight_values.cpu(), self.weight_meta.cpu())
-            self.weight_q.copy_(dense.reshape(self.weight_q.shape))
+            self.weight_q.copy_(weight_from_rows(dense, self.weight_q.shape))
         self._repack()

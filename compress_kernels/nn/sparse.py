@@ -20,21 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops
+from ..sparse24_layout import weight_rows
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def is_24_sparse(w: torch.Tensor) -> bool:
-    """Whether every group of four consecutive input weights (flattened per output row) holds at
-    most two non-zeros."""
-    flat = w.reshape(w.shape[0], -1)
+    """Whether every group of four consecutive weights along K of sparse24_layout.weight_rows (a
+    Linear's inputs; a conv's input channels at one kernel tap) holds at most two non-zeros."""
+    flat = weight_rows(w)
     return flat.shape[1] % 4 == 0 and bool(((flat != 0).reshape(flat.shape[0], -1, 4).sum(-1) <= 2).all())
 
 
 class _Sparse24Base(nn.Module):
     def _init_buffers(self, out_features: int, k: int, bias: bool, int8: bool) -> None:
         if k % 4:
-            raise ValueError(f"{type(self).__name__}: K = {k} (in_features, or in_channels * kh * kw) is not a "
+            raise ValueError(f"{type(self).__name__}: K = {k} (in_features, or kh * kw * in_channels) is not a "
                              "multiple of 4; 2:4 sparsity needs groups of four")
         self.int8 = int8
         self.k = k
@@ -106,7 +107,8 @@ class _Sparse24Base(nn.Module):
                              f"this module has int8={self.int8}")
 
     def dense_weight(self) -> torch.Tensor:
-        """The [N, K] weight the layer computes with (dequantized for int8)."""
+        """The [N, K] weight the layer computes with (dequantized for int8), K in the order of
+        sparse24_layout.weight_rows."""
         w = ops.sparse24_decompress(self.values, self.meta).float()
         return w * self.weight_scale[:, None] if self.int8 else w
 
@@ -173,8 +175,9 @@ class SparseLinear(_Sparse24Base):
 
 
 class SparseConv2d(_Sparse24Base):
-    """nn.Conv2d (groups=1) with a 2:4 sparse weight over K = in_channels * kh * kw, run as im2col
-    (one strided copy) followed by the 2:4 sparse matmul (fp32, or int8 with dynamic per-tensor
+    """nn.Conv2d (groups=1) with a 2:4 sparse weight over K = kh * kw * in_channels (groups of four
+    input channels at one kernel tap: sparse24_layout.weight_rows), run as im2col (one strided copy;
+    for int8 on the CPU, sparse24_int8_conv2d gathers the patches itself) followed by the 2:4 sparse matmul (fp32, or int8 with dynamic per-tensor
     activation quantization of the layer input, whose zero padding is an exact zero)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -197,7 +200,7 @@ class SparseConv2d(_Sparse24Base):
                              "supported (numeric zero padding only)")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.bias is not None, int8=int8)
-        m._set_weight(conv.weight.reshape(conv.out_channels, -1))
+        m._set_weight(weight_rows(conv.weight))
         if conv.bias is not None:
             m.bias.copy_(conv.bias.detach().float())
         return m
@@ -223,12 +226,12 @@ class SparseConv2d(_Sparse24Base):
                 return y.to(x.dtype)
         else:
             x_in = x.float()
-        # im2col as one strided copy: rows (image, oy, ox), columns (c, ky, kx) = the weight's K order.
+        # im2col as one strided copy: rows (image, oy, ox), columns (ky, kx, c) = the weight's K order.
         xp = F.pad(x_in, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
         s_n, s_c, s_h, s_w = xp.stride()
-        patches = xp.as_strided((n, oh, ow, self.in_channels, kh, kw),
-                                (s_n, s_h * self.stride[0], s_w * self.stride[1], s_c, s_h * self.dilation[0],
-                                 s_w * self.dilation[1]))
+        patches = xp.as_strided((n, oh, ow, kh, kw, self.in_channels),
+                                (s_n, s_h * self.stride[0], s_w * self.stride[1], s_h * self.dilation[0],
+                                 s_w * self.dilation[1], s_c))
         y = self._matmul(patches.reshape(n * oh * ow, self.k), s_x)  # [n * oh * ow, N]
         return y.reshape(n, oh, ow, self.out_channels).permute(0, 3, 1, 2).to(x.dtype)
 

@@ -162,9 +162,10 @@ void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, 
 
 // ---------------------------------------------------------------- conv2d as rows of patches
 //
-// A 2:4 conv's K is in_channels x kh x kw in PyTorch's weight order (channel, kernel row, kernel
-// column), the order pruning and compression see in weight.reshape(out_channels, -1). Its input
-// rows are gathered a chunk at a time from the NHWC input into that order.
+// A 2:4 conv's K is kh x kw x in_channels in (kernel row, kernel column, channel) order: every
+// group of four is four input channels at one kernel tap (NVIDIA's convention for 2:4 convs; the
+// Python side's sparse24_layout.weight_rows). An input row is then kh x kw runs of C contiguous
+// NHWC bytes, gathered a chunk of rows at a time.
 struct ConvGeometry {
   int64_t n = 0, h = 0, w = 0, c = 0;  // input [n, h, w, c], contiguous (channels_last)
   int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
@@ -173,7 +174,7 @@ struct ConvGeometry {
   int64_t rows() const { return n * oh * ow; }
 };
 
-// out[r - row_begin][ci * kh * kw + ky * kw + kx] = x[img, oy * sh - ph + ky * dh, ox * sw - pw + kx * dw, ci]
+// out[r - row_begin][(ky * kw + kx) * c + ci] = x[img, oy * sh - ph + ky * dh, ox * sw - pw + kx * dw, ci]
 // for rows r = (img * oh + oy) * ow + ox in [row_begin, row_end); positions in the padding are
 // pad_value (the input zero point). out has row stride g.k() bytes.
 void sparse24_gather_patches(const uint8_t* x, const ConvGeometry& g, int64_t row_begin, int64_t row_end,

@@ -22,7 +22,7 @@ void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
 }
 
 void check_k(int64_t k, const char* op) {
-  TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, in_channels * kh * kw for a conv) must be a ",
+  TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, kh * kw * in_channels for a conv) must be a ",
               "positive multiple of 4 for 2:4 sparsity, got K=", k);
 }
 
@@ -275,7 +275,7 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   TORCH_CHECK(g.oh > 0 && g.ow > 0, op, ": the kernel (", g.kh, "x", g.kw, ", dilation ", dilation,
               ") does not fit the padded input of ", x.sizes());
   Sparse24Int8Call call = prepare_sparse24_int8(op, g.k(), values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
-                                                out_dtype, rounding, "the conv (in_channels * kh * kw)");
+                                                out_dtype, rounding, "the conv (kh * kw * in_channels)");
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor out = at::empty({g.n, call.args.w.n, g.oh, g.ow},
                              x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));

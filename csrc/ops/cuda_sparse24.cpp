@@ -31,7 +31,7 @@ void check_cuda_tensor(const at::Tensor& t, const at::Tensor& ref, const char* o
 }
 
 void check_k4(int64_t k, const char* op) {
-  TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, in_channels * kh * kw for a conv) must be a ",
+  TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, kh * kw * in_channels for a conv) must be a ",
               "positive multiple of 4 for 2:4 sparsity, got K=", k);
 }
 
