@@ -60,6 +60,12 @@ compressed bytes <= 56.25% of dense.
   + dot product pair gives 1.25-1.4x; at M <= 8, where the controls are shared by few rows, VBMI
   gives 1.1-1.6x and the seven-op expansion about 1.0x (table `sparse24_avx512vnni`: 0.92-1.11x at
   M = 1 and 8).
+- int8 2:4 conv2d (`sparse24_int8_conv2d`, second table): the groups of four are input channels at
+  one kernel tap (NVIDIA's convention), so an input row is kh x kw runs of C contiguous NHWC bytes;
+  rows are gathered by memcpy a 256 KB chunk at a time into a per-thread buffer and multiplied by
+  the whole weight. 1.25-1.36x our dense int8 implicit-GEMM conv on ResNet-18 layers, batch 32 and 1.
+  (Grouping along PyTorch's flattening order, (channel, kernel row, kernel column), as this package
+  first did, makes the gather a byte scatter with stride kh x kw: the same conv then ran at 0.54-0.64x.)
 - AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
   oneDNN's AVX-512 F.linear): fp32 runs the same ymm kernel on 16 registers (2 x 2 accumulators).
   int8 is exact without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns
@@ -198,6 +204,43 @@ def cuda_section(quick: bool) -> str:
             "the fused requantization.\n\n" + markdown_table(headers, rows))
 
 
+CONV_SHAPES = [  # (batch, in_channels, height = width, out_channels, kernel, stride): CIFAR ResNet-18 layers
+    (32, 64, 32, 64, 3, 1), (32, 128, 16, 128, 3, 1), (32, 256, 8, 256, 3, 1), (32, 512, 4, 512, 3, 1),
+    (32, 64, 32, 128, 3, 2), (1, 64, 32, 64, 3, 1), (1, 256, 8, 256, 3, 1), (1, 512, 4, 512, 3, 1),
+]
+
+
+def bench_int8_conv(min_run_time: float, quick: bool) -> str:
+    """sparse24_int8_conv2d vs our dense int8_conv2d (implicit GEMM, NHWC), uint8 -> uint8 with the
+    fused requantization, weights 2:4 along the input channels of each kernel tap, packed once."""
+    from compress_kernels.sparse24_layout import weight_rows
+
+    rows = []
+    for n, c, hw, oc, k, stride in (CONV_SHAPES[:2] if quick else CONV_SHAPES):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (n, c, hw, hw), generator=g, dtype=torch.int64).to(torch.uint8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randint(-127, 128, (oc, c, k, k), generator=g, dtype=torch.int64).float()
+        w = (w * ck.prune.mask_2to4(w)).to(torch.int8)
+        values, meta = ck.sparse24_compress(weight_rows(w).contiguous())
+        packed_sparse, packed_dense = ck.sparse24_int8_pack(values, meta), ck.int8_conv2d_pack_weight(w)
+        m0, shift = ck.quantize_multiplier(torch.full((oc,), 1.0 / (c * k * k * 60), dtype=torch.float64))
+        t_dense = best_seconds(lambda: ck.int8_conv2d(x, 128, w, None, m0, shift, 128, 0, 255, torch.uint8, stride, 1,
+                                                      w_packed=packed_dense), min_run_time)
+        t_sparse = best_seconds(lambda: ck.sparse24_int8_conv2d(x, 128, packed_sparse, meta, None, m0, shift, 128, 0,
+                                                                255, torch.uint8, k, stride, 1), min_run_time)
+        oh = (hw + 2 - k) // stride + 1
+        gop = 2.0 * n * oh * oh * oc * c * k * k / 1e9
+        rows.append([n, c, hw, oc, f"{k}x{k}/{stride}", gop / t_dense, gop / t_sparse, t_dense / t_sparse])
+        print(rows[-1], flush=True)
+    return ("\n\n#### int8 2:4 conv2d (ResNet-18 CIFAR layer shapes)\n\n"
+            "`sparse24_int8_conv2d` (input rows gathered a chunk at a time, the int8 2:4 kernel) vs our dense "
+            "`int8_conv2d` (implicit GEMM on NHWC), both uint8 -> uint8 with the fused requantization, packed once; "
+            "ratio = dense time / 2:4 time.\n\n"
+            + markdown_table(["N", "C", "H=W", "OC", "kernel/stride", "dense int8 GOP/s", "2:4 dense-equiv GOP/s",
+                              "2:4 vs dense int8 conv"], rows))
+
+
 def bench_channel_pruning(min_run_time: float) -> str:
     """Latency of ResNet-18 (CIFAR form) before / after removing 30% of every basic block's inner
     channels (prune_channels_), exact and rounded to multiples of 16 channels, fp32 F.conv2d."""
@@ -274,6 +317,8 @@ def main() -> None:
             "`sparse24_int8_linear` (packed) vs our dense `int8_linear` (packed), uint8 -> uint8 with the fused "
             "requantization. Bytes: values + metadata over the dense weight of the same dtype.\n\n"
             + markdown_table(headers, rows))
+    with ck.force_cpu_isa(args.isa):
+        text += bench_int8_conv(min_run_time, args.quick)
     forced = args.isa != "auto"
     if not forced:
         with torch.no_grad():
