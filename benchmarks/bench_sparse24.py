@@ -60,10 +60,12 @@ compressed bytes <= 56.25% of dense.
   + dot product pair gives 1.25-1.4x; at M <= 8, where the controls are shared by few rows, VBMI
   gives 1.1-1.6x and the seven-op expansion about 1.0x (table `sparse24_avx512vnni`: 0.92-1.11x at
   M = 1 and 8).
-- int8 2:4 conv2d (`sparse24_int8_conv2d`, second table): the groups of four are input channels at
+- 2:4 conv2d (`sparse24_int8_conv2d`, `sparse24_conv2d`, second table): the groups of four are input channels at
   one kernel tap (NVIDIA's convention), so an input row is kh x kw runs of C contiguous NHWC bytes;
   rows are gathered by memcpy a 256 KB chunk at a time into a per-thread buffer and multiplied by
-  the whole weight. 1.25-1.36x our dense int8 implicit-GEMM conv on ResNet-18 layers, batch 32 and 1.
+  the whole weight. int8: 1.25-1.36x our dense int8 implicit-GEMM conv on ResNet-18 layers, batch
+  32 and 1. fp32: 0.8-1.2x oneDNN's conv, which runs near the FMA peak here (the fp32 2:4 ceiling
+  of the first bullet, less ~10% for the gather).
   (Grouping along PyTorch's flattening order, (channel, kernel row, kernel column), as this package
   first did, makes the gather a byte scatter with stride kh x kw: the same conv then ran at 0.54-0.64x.)
 - AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
@@ -212,7 +214,8 @@ CONV_SHAPES = [  # (batch, in_channels, height = width, out_channels, kernel, st
 
 def bench_int8_conv(min_run_time: float, quick: bool) -> str:
     """sparse24_int8_conv2d vs our dense int8_conv2d (implicit GEMM, NHWC), uint8 -> uint8 with the
-    fused requantization, weights 2:4 along the input channels of each kernel tap, packed once."""
+    fused requantization, and sparse24_conv2d vs F.conv2d fp32 (oneDNN, channels_last); weights 2:4
+    along the input channels of each kernel tap, packed once."""
     from compress_kernels.sparse24_layout import weight_rows
 
     rows = []
@@ -229,16 +232,27 @@ def bench_int8_conv(min_run_time: float, quick: bool) -> str:
                                                       w_packed=packed_dense), min_run_time)
         t_sparse = best_seconds(lambda: ck.sparse24_int8_conv2d(x, 128, packed_sparse, meta, None, m0, shift, 128, 0,
                                                                 255, torch.uint8, k, stride, 1), min_run_time)
+        xf = torch.randn(n, c, hw, hw, generator=g).contiguous(memory_format=torch.channels_last)
+        wf = torch.randn(oc, c, k, k, generator=g)
+        wf = (wf * ck.prune.mask_2to4(wf)).contiguous(memory_format=torch.channels_last)
+        vf, mf = ck.sparse24_compress(weight_rows(wf).contiguous())
+        packed_f = ck.sparse24_f32_pack(vf, mf)
+        with torch.no_grad():
+            t_conv = best_seconds(lambda: F.conv2d(xf, wf, None, stride, 1), min_run_time)
+            t_sconv = best_seconds(lambda: ck.sparse24_conv2d(xf, packed_f, mf, None, k, stride, 1), min_run_time)
         oh = (hw + 2 - k) // stride + 1
         gop = 2.0 * n * oh * oh * oc * c * k * k / 1e9
-        rows.append([n, c, hw, oc, f"{k}x{k}/{stride}", gop / t_dense, gop / t_sparse, t_dense / t_sparse])
+        rows.append([n, c, hw, oc, f"{k}x{k}/{stride}", gop / t_dense, gop / t_sparse, t_dense / t_sparse,
+                     gop / t_conv, gop / t_sconv, t_conv / t_sconv])
         print(rows[-1], flush=True)
-    return ("\n\n#### int8 2:4 conv2d (ResNet-18 CIFAR layer shapes)\n\n"
-            "`sparse24_int8_conv2d` (input rows gathered a chunk at a time, the int8 2:4 kernel) vs our dense "
-            "`int8_conv2d` (implicit GEMM on NHWC), both uint8 -> uint8 with the fused requantization, packed once; "
-            "ratio = dense time / 2:4 time.\n\n"
-            + markdown_table(["N", "C", "H=W", "OC", "kernel/stride", "dense int8 GOP/s", "2:4 dense-equiv GOP/s",
-                              "2:4 vs dense int8 conv"], rows))
+    return ("\n\n#### 2:4 conv2d (ResNet-18 CIFAR layer shapes)\n\n"
+            "int8: `sparse24_int8_conv2d` (input rows gathered a chunk at a time, the int8 2:4 kernel) vs our dense "
+            "`int8_conv2d` (implicit GEMM on NHWC), both uint8 -> uint8 with the fused requantization, packed once. "
+            "fp32: `sparse24_conv2d` (the same gather, the fp32 2:4 kernel) vs `F.conv2d` fp32 (oneDNN, channels_last). "
+            "Ratios = dense time / 2:4 time; GOP/s count the dense multiply-adds.\n\n"
+            + markdown_table(["N", "C", "H=W", "OC", "kernel/stride", "dense int8 GOP/s", "int8 2:4 GOP/s",
+                              "int8 2:4 vs dense", "F.conv2d GFLOP/s", "fp32 2:4 GFLOP/s", "fp32 2:4 vs F.conv2d"],
+                             rows))
 
 
 def bench_channel_pruning(min_run_time: float) -> str:

@@ -339,6 +339,19 @@ def sparse24_int8_linear(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
                                        out_zero_point, qmin, qmax, out_dtype, rounding)
 
 
+def sparse24_conv2d(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
+                    kernel_size=1, stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """conv2d (groups = 1, zero padding) with a 2:4 sparse fp32 weight compressed as
+    sparse24_layout.weight_rows(w) (values [OC, K/2] + meta, or their sparse24_f32_pack). x: fp32
+    [N, C, H, W] (channels_last memory preferred). Input rows are gathered a chunk at a time into a
+    per-thread buffer and run through the fp32 2:4 kernel: every output is one fused multiply-add per
+    stored value in k order, then + bias (the bits of sparse24_linear on the gathered rows, on every
+    CPU path). Output [N, OC, OH, OW], channels_last memory. CPU."""
+    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
+    return _lib().sparse24_conv2d(x, values, meta, bias, pair(kernel_size), pair(stride), pair(padding),
+                                  pair(dilation))
+
+
 def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tensor, meta: torch.Tensor,
                          bias: torch.Tensor | None, m0, shift, out_zero_point: int = 0, qmin: int = -128,
                          qmax: int = 127, out_dtype: torch.dtype = torch.int8, kernel_size=1, stride=1, padding=0,
@@ -550,6 +563,13 @@ if NATIVE_ERROR is None:
         oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
         ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
         return torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=out_dtype, device=x.device,
+                           memory_format=torch.channels_last)
+
+    @torch.library.register_fake("compress_kernels::sparse24_conv2d")
+    def _(x, values, meta, bias, kernel_size, stride, padding, dilation):
+        oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+        ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+        return torch.empty((x.shape[0], meta.shape[0], oh, ow), dtype=x.dtype, device=x.device,
                            memory_format=torch.channels_last)
 
     @torch.library.register_fake("compress_kernels::sparse24_int8_conv2d")

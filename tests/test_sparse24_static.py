@@ -209,3 +209,59 @@ def test_sparse24_int8_conv2d_refusals_read_their_reason():
         ck.sparse24_int8_conv2d(x[0], 0, values, meta, *rest, kernel_size=3)
     with pytest.raises(RuntimeError, match="sparse24_int8_conv2d: x must be int8 or uint8"):
         ck.sparse24_int8_conv2d(x.float(), 0, values, meta, *rest, kernel_size=3)
+
+
+# ---------------------------------------------------------------- the op: sparse24_conv2d (fp32)
+
+
+def _gathered_rows(x, k, stride, padding, dilation):
+    """[N * OH * OW, KH * KW * C] rows of x in the K order of weight_rows (kernel row, column, channel)."""
+    n, c, h, w = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = [(v, v) if isinstance(v, int) else v for v in (stride, padding, dilation)]
+    xp = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+    patches = xp.unfold(2, (k - 1) * dh + 1, sh).unfold(3, (k - 1) * dw + 1, sw)[..., ::dh, ::dw]
+    oh, ow = patches.shape[2], patches.shape[3]
+    return patches.permute(0, 2, 3, 4, 5, 1).reshape(n * oh * ow, k * k * c), oh, ow
+
+
+@pytest.mark.parametrize("n, c, h, w, oc, k, stride, padding, dilation", [
+    (2, 8, 9, 11, 12, 3, 1, 1, 1), (1, 4, 7, 7, 5, 3, 2, 0, 1), (3, 16, 6, 5, 17, 1, 1, 0, 1),
+    (1, 8, 10, 10, 8, 3, 1, 2, 2), (2, 12, 8, 8, 33, 5, (2, 1), (2, 1), 1),
+    (2, 16, 40, 40, 8, 3, 1, 1, 1),  # 3200 rows of K = 144: several chunks of gathered rows
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse24_conv2d_equals_the_linear_kernel_on_gathered_rows(n, c, h, w, oc, k, stride, padding, dilation,
+                                                                   bias):
+    g = torch.Generator().manual_seed(oc)
+    x = torch.randn(n, c, h, w, generator=g)
+    weight = prune_24(torch.randn(oc, c, k, k, generator=g))
+    b = torch.randn(oc, generator=g) if bias else None
+    values, meta = ck.sparse24_compress(weight_rows(weight).contiguous())
+    packed = ck.sparse24_f32_pack(values, meta)
+    got = run_on_every_isa(ck.sparse24_conv2d, x.contiguous(memory_format=torch.channels_last), packed, meta, b,
+                           kernel_size=k, stride=stride, padding=padding, dilation=dilation)
+    rows, oh, ow = _gathered_rows(x, k, stride, padding, dilation)
+    want = ck.sparse24_linear(rows.contiguous(), packed, meta, b).reshape(n, oh, ow, oc).permute(0, 3, 1, 2)
+    assert torch.equal(got, want)  # the same fused multiply-adds in the same order
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv2d(x, weight, b, stride, padding, dilation)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(ck.sparse24_conv2d(x, values, meta, b, k, stride, padding, dilation), got)  # NCHW, unpacked
+
+
+def test_sparse24_conv2d_opcheck_and_refusals():
+    x = torch.randn(1, 4, 6, 6)
+    weight = prune_24(torch.randn(8, 4, 3, 3))
+    values, meta = ck.sparse24_compress(weight_rows(weight).contiguous())
+    packed = ck.sparse24_f32_pack(values, meta)
+    torch.library.opcheck(torch.ops.compress_kernels.sparse24_conv2d, (x, packed, meta, None, [3, 3], [1, 1], [1, 1],
+                                                                       [1, 1]))
+    with pytest.raises(RuntimeError, match=r"sparse24_conv2d: K mismatch: the conv \(kh \* kw \* in_channels\) has "
+                                           r"K=16 but the weight holds K=36"):
+        ck.sparse24_conv2d(x, packed, meta, None, kernel_size=2)
+    with pytest.raises(RuntimeError, match=r"sparse24_conv2d: the kernel \(3x3, dilation \[1, 1\]\) does not fit"):
+        ck.sparse24_conv2d(x[:, :, :2, :2], packed, meta, None, kernel_size=3, stride=3)
+    with pytest.raises(RuntimeError, match="sparse24_conv2d: x must be Float"):
+        ck.sparse24_conv2d(x.double(), packed, meta, None, kernel_size=3)
+    with pytest.raises(RuntimeError, match="sparse24_conv2d: kernel_size must be two integers >= 1, got \\[0, 3\\]"):
+        ck.sparse24_conv2d(x, packed, meta, None, kernel_size=(0, 3))

@@ -226,6 +226,9 @@ class SparseConv2d(_Sparse24Base):
                 return y.to(x.dtype)
         else:
             x_in = x.float()
+            if not x.is_cuda and self.packed.numel() > 0:
+                return ops.sparse24_conv2d(x_in, self.packed, self.meta, self.bias, self.kernel_size, self.stride,
+                                           self.padding, self.dilation).to(x.dtype)
         # im2col as one strided copy: rows (image, oy, ox), columns (ky, kx, c) = the weight's K order.
         xp = F.pad(x_in, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
         s_n, s_c, s_h, s_w = xp.stride()

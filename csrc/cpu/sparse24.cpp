@@ -219,26 +219,4 @@ void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, 
   }
 }
 
-// ---------------------------------------------------------------- conv2d patches
-
-void sparse24_gather_patches(const uint8_t* x, const ConvGeometry& g, int64_t row_begin, int64_t row_end,
-                             uint8_t pad_value, uint8_t* out) {
-  const int64_t k = g.k();
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const int64_t img = r / (g.oh * g.ow), oy = (r / g.ow) % g.oh, ox = r % g.ow;
-    uint8_t* dst = out + (r - row_begin) * k;
-    for (int64_t ky = 0; ky < g.kh; ++ky) {
-      const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
-      for (int64_t kx = 0; kx < g.kw; ++kx, dst += g.c) {
-        const int64_t ix = ox * g.sw - g.pw + kx * g.dw;
-        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-          std::memset(dst, pad_value, static_cast<size_t>(g.c));
-        } else {
-          std::memcpy(dst, x + ((img * g.h + iy) * g.w + ix) * g.c, static_cast<size_t>(g.c));
-        }
-      }
-    }
-  }
-}
-
 }  // namespace ck::cpu

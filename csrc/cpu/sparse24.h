@@ -20,7 +20,9 @@
 // then int32 K and N (to validate inputs).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "ck/sparse24.h"
 #include "requantize.h"
@@ -176,9 +178,27 @@ struct ConvGeometry {
 
 // out[r - row_begin][(ky * kw + kx) * c + ci] = x[img, oy * sh - ph + ky * dh, ox * sw - pw + kx * dw, ci]
 // for rows r = (img * oh + oy) * ow + ox in [row_begin, row_end); positions in the padding are
-// pad_value (the input zero point). out has row stride g.k() bytes.
-void sparse24_gather_patches(const uint8_t* x, const ConvGeometry& g, int64_t row_begin, int64_t row_end,
-                             uint8_t pad_value, uint8_t* out);
+// pad_value (the input zero point, or 0.0f). out has row stride g.k() elements.
+template <typename T>
+void sparse24_gather_patches(const T* x, const ConvGeometry& g, int64_t row_begin, int64_t row_end, T pad_value,
+                             T* out) {
+  const int64_t k = g.k();
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t img = r / (g.oh * g.ow), oy = (r / g.ow) % g.oh, ox = r % g.ow;
+    T* dst = out + (r - row_begin) * k;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = oy * g.sh - g.ph + ky * g.dh;
+      for (int64_t kx = 0; kx < g.kw; ++kx, dst += g.c) {
+        const int64_t ix = ox * g.sw - g.pw + kx * g.dw;
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+          std::fill(dst, dst + g.c, pad_value);
+        } else {
+          std::memcpy(dst, x + ((img * g.h + iy) * g.w + ix) * g.c, static_cast<size_t>(g.c) * sizeof(T));
+        }
+      }
+    }
+  }
+}
 void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                 int64_t task_end);
 void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,

@@ -90,49 +90,61 @@ at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& met
   return packed;
 }
 
+// The weight and bias of an fp32 2:4 op whose input rows hold K values: checked and filled into
+// args (x, m, ldx and out are the caller's).
+struct Sparse24F32Call {
+  at::Tensor packed, bias;
+  cpu::Sparse24F32Args args;
+};
+
+Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tensor& values, const at::Tensor& meta,
+                                     const std::optional<at::Tensor>& bias, const char* k_name) {
+  Sparse24F32Call call;
+  check_dtype(values, at::kFloat, op, "values");
+  check_cpu_tensor(values, op, "values");
+  if (values.dim() == 1) {
+    // A packed weight from sparse24_f32_pack; meta gives N and K and is checked against it.
+    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_f32_pack returns them)");
+    call.packed = values;
+  } else {
+    call.packed = sparse24_f32_pack_cpu(values, meta);
+  }
+  int64_t n = 0, k = 0;
+  cpu::sparse24_f32_packed_shape(call.packed.data_ptr<float>(), call.packed.numel(), &n, &k);
+  TORCH_CHECK(n > 0, op, ": 1-D values of ", call.packed.numel(), " floats are not a weight packed by sparse24_f32_pack");
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
+              meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
+  TORCH_CHECK(x_k == k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", k);
+  if (bias.has_value()) {
+    check_dtype(*bias, at::kFloat, op, "bias");
+    check_cpu_tensor(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
+    call.bias = bias->contiguous();
+  }
+  call.args.packed = call.packed.data_ptr<float>();
+  call.args.n = n;
+  call.args.k = k;
+  call.args.bias = bias.has_value() ? call.bias.data_ptr<float>() : nullptr;
+  return call;
+}
+
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse24_linear";
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 2, op, "x");
   check_cpu_tensor(x, op, "x");
-  check_dtype(values, at::kFloat, op, "values");
-  check_cpu_tensor(values, op, "values");
-  at::Tensor packed;
-  if (values.dim() == 1) {
-    // A packed weight from sparse24_f32_pack; meta gives N and K and is checked against it.
-    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_f32_pack returns them)");
-    packed = values;
-  } else {
-    packed = sparse24_f32_pack_cpu(values, meta);
-  }
-  int64_t n = 0, k = 0;
-  cpu::sparse24_f32_packed_shape(packed.data_ptr<float>(), packed.numel(), &n, &k);
-  TORCH_CHECK(n > 0, op, ": 1-D values of ", packed.numel(), " floats are not a weight packed by sparse24_f32_pack");
-  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
-              meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
-  TORCH_CHECK(x.size(1) == k, op, ": K mismatch: x has K=", x.size(1), " but the weight holds K=", k);
+  Sparse24F32Call call = prepare_sparse24_f32(op, x.size(1), values, meta, bias, "x");
+  cpu::Sparse24F32Args& args = call.args;
   const int64_t m = x.size(0);
-  at::Tensor bias_c;
-  if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, op, "bias");
-    check_cpu_tensor(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
-    bias_c = bias->contiguous();
-  }
-  at::Tensor out = at::empty({m, n}, x.options());
+  at::Tensor out = at::empty({m, args.n}, x.options());
   if (m == 0) return out;
   const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
-  cpu::Sparse24F32Args args;
   args.x = xc.data_ptr<float>();
   args.m = m;
-  args.ldx = m > 1 ? xc.stride(0) : k;
-  args.packed = packed.data_ptr<float>();
-  args.n = n;
-  args.k = k;
-  args.bias = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
+  args.ldx = m > 1 ? xc.stride(0) : args.k;
   args.out = out.data_ptr<float>();
-  const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(m, n);
+  const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(m, args.n);
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_run(args, plan, b, e); });
   return out;
 }
@@ -238,20 +250,9 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
   return out;
 }
 
-// Bytes of gathered patches per chunk of rows (a thread's buffer, reused by every call).
-constexpr int64_t kPatchChunkBytes = 256 * 1024;
-
-at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
-                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias,
-                                    const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
-                                    int64_t qmin, int64_t qmax, at::ScalarType out_dtype, at::IntArrayRef kernel_size,
-                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                    c10::string_view rounding) {
-  constexpr const char* op = "sparse24_int8_conv2d";
-  const bool is_signed = check_int8_input(x, op, "x");
-  check_dim(x, 4, op, "x");
-  check_cpu_tensor(x, op, "x");
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
+// The geometry of a groups = 1 conv of x [N, C, H, W] (checked).
+cpu::ConvGeometry conv_geometry(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, const char* op) {
   for (const auto& [name, v, lo] : {std::tuple<const char*, at::IntArrayRef, int64_t>{"kernel_size", kernel_size, 1},
                                     {"stride", stride, 1}, {"padding", padding, 0}, {"dilation", dilation, 1}}) {
     TORCH_CHECK(v.size() == 2 && v[0] >= lo && v[1] >= lo, op, ": ", name, " must be two integers >= ", lo,
@@ -270,10 +271,29 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   g.pw = padding[1];
   g.dh = dilation[0];
   g.dw = dilation[1];
-  g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
-  g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  const int64_t span_h = g.dh * (g.kh - 1) + 1, span_w = g.dw * (g.kw - 1) + 1;
+  g.oh = g.h + 2 * g.ph >= span_h ? (g.h + 2 * g.ph - span_h) / g.sh + 1 : 0;
+  g.ow = g.w + 2 * g.pw >= span_w ? (g.w + 2 * g.pw - span_w) / g.sw + 1 : 0;
   TORCH_CHECK(g.oh > 0 && g.ow > 0, op, ": the kernel (", g.kh, "x", g.kw, ", dilation ", dilation,
               ") does not fit the padded input of ", x.sizes());
+  return g;
+}
+
+// Bytes of gathered patches per chunk of rows (a thread's buffer, reused by every call).
+constexpr int64_t kPatchChunkBytes = 256 * 1024;
+
+at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
+                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias,
+                                    const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
+                                    int64_t qmin, int64_t qmax, at::ScalarType out_dtype, at::IntArrayRef kernel_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    c10::string_view rounding) {
+  constexpr const char* op = "sparse24_int8_conv2d";
+  const bool is_signed = check_int8_input(x, op, "x");
+  check_dim(x, 4, op, "x");
+  check_cpu_tensor(x, op, "x");
+  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
+  const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation, op);
   Sparse24Int8Call call = prepare_sparse24_int8(op, g.k(), values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
                                                 out_dtype, rounding, "the conv (kh * kw * in_channels)");
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -298,13 +318,51 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
     if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
     for (int64_t c = b; c < e; ++c) {
       const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-      cpu::sparse24_gather_patches(xp, g, r0, r1, pad, patches.data());
+      cpu::sparse24_gather_patches<uint8_t>(xp, g, r0, r1, pad, patches.data());
       cpu::Sparse24Int8Args args = base;
       args.x = patches.data();
       args.m = r1 - r0;
       args.out = outp + r0 * args.w.n * elem;
       const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, args.w.n, 1);
       cpu::sparse24_int8_run(args, plan, 0, plan.tasks());
+    }
+  });
+  return out;
+}
+
+at::Tensor sparse24_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  constexpr const char* op = "sparse24_conv2d";
+  check_dtype(x, at::kFloat, op, "x");
+  check_dim(x, 4, op, "x");
+  check_cpu_tensor(x, op, "x");
+  const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation, op);
+  Sparse24F32Call call = prepare_sparse24_f32(op, g.k(), values, meta, bias, "the conv (kh * kw * in_channels)");
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty({g.n, call.args.n, g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t rows = g.rows(), k = g.k();
+  if (rows == 0) return out;
+  // Chunks of whole 48-row tiles of gathered rows, each multiplied by every column of the weight.
+  const int64_t chunk = std::max<int64_t>(cpu::kS24TileRows,
+                                          kPatchChunkBytes / (k * 4) / cpu::kS24TileRows * cpu::kS24TileRows);
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const float* xp = xc.data_ptr<float>();
+  float* outp = out.data_ptr<float>();
+  const cpu::Sparse24F32Args base = call.args;
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> patches;
+    if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      cpu::sparse24_gather_patches<float>(xp, g, r0, r1, 0.0f, patches.data());
+      cpu::Sparse24F32Args args = base;
+      args.x = patches.data();
+      args.m = r1 - r0;
+      args.ldx = k;
+      args.out = outp + r0 * args.n;
+      const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(args.m, args.n);
+      cpu::sparse24_f32_run(args, plan, 0, plan.tasks());
     }
   });
   return out;
@@ -321,4 +379,5 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("sparse24_int8_pack", &ck::ops::sparse24_int8_pack_cpu);
   m.impl("sparse24_int8_linear", &ck::ops::sparse24_int8_linear_cpu);
   m.impl("sparse24_int8_conv2d", &ck::ops::sparse24_int8_conv2d_cpu);
+  m.impl("sparse24_conv2d", &ck::ops::sparse24_conv2d_cpu);
 }

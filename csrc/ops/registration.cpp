@@ -48,6 +48,9 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def("sparse24_decompress(Tensor values, Tensor meta) -> Tensor");
   m.def("sparse24_f32_pack(Tensor values, Tensor meta) -> Tensor");
   m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+  m.def(
+      "sparse24_conv2d(Tensor x, Tensor values, Tensor meta, Tensor? bias, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, int[2] dilation) -> Tensor");
   m.def("sparse24_int8_pack(Tensor values, Tensor meta) -> Tensor");
   m.def(
       "sparse24_int8_linear(Tensor x, int x_zero_point, Tensor values, Tensor meta, Tensor? bias, Tensor m0, "
