@@ -313,6 +313,20 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   const uint8_t pad = static_cast<uint8_t>(x_zero_point);  // int8 zero points wrap to their bit pattern
   const uint8_t* xp = static_cast<const uint8_t*>(xc.data_ptr());
   uint8_t* outp = static_cast<uint8_t*>(out.data_ptr());
+  if (chunks < at::get_num_threads()) {
+    // Too few rows to give every thread a chunk (small images, batch 1): gather them all once and
+    // split the weight's columns between the threads instead.
+    thread_local std::vector<uint8_t> all_rows;
+    if (static_cast<int64_t>(all_rows.size()) < rows * k) all_rows.resize(rows * k);
+    cpu::sparse24_gather_patches<uint8_t>(xp, g, 0, rows, pad, all_rows.data());
+    cpu::Sparse24Int8Args args = base;
+    args.x = all_rows.data();
+    args.m = rows;
+    args.out = outp;
+    const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(rows, args.w.n, at::get_num_threads());
+    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
+    return out;
+  }
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<uint8_t> patches;
     if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
@@ -350,6 +364,19 @@ at::Tensor sparse24_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, co
   const float* xp = xc.data_ptr<float>();
   float* outp = out.data_ptr<float>();
   const cpu::Sparse24F32Args base = call.args;
+  if (chunks < at::get_num_threads()) {  // few rows: gather them once, split the columns instead
+    thread_local std::vector<float> all_rows;
+    if (static_cast<int64_t>(all_rows.size()) < rows * k) all_rows.resize(rows * k);
+    cpu::sparse24_gather_patches<float>(xp, g, 0, rows, 0.0f, all_rows.data());
+    cpu::Sparse24F32Args args = base;
+    args.x = all_rows.data();
+    args.m = rows;
+    args.ldx = k;
+    args.out = outp;
+    const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(rows, args.n);
+    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_run(args, plan, b, e); });
+    return out;
+  }
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> patches;
     if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
