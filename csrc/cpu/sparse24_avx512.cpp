@@ -11,16 +11,19 @@
 // vectorized design (x transposed, one broadcast weight times a 16-row x vector whose address
 // comes from the metadata) needs one 64-byte x load per FMA instead. Both measured at the same
 // ~105 GFLOP/s dense-equivalent on one Zen 4 core (about half its FMA peak: the shuffles, or the
-// loads, take the other half), i.e. 1.05-1.3x oneDNN's dense fp32 at M >= 256; at small M, where
-// dense is bound by the weight stream, 2:4 reads half the bytes and gains 1.3-2.7x. This design
+// loads, take the other half), i.e. 1.1-1.25x oneDNN's dense fp32 at M >= 256; at small M, where
+// dense is bound by the weight stream, 2:4 reads half the bytes and gains 1.3-5x. This design
 // was kept because it needs no transposed copy of x (no workspace) and no extra packed bytes.
+// The kernels themselves live in sparse24_f32_ymm.h (shared with the AVX2 path).
 //
 // int8 (VNNI, vectorized over 16 output columns): per pair of groups h (eight k), the eight x bytes
-// of a row are broadcast to every 128-bit lane, one `vpshufb` with the packed per-column control
-// gathers each column's four x bytes, and one `vpdpbusd` multiplies them with the column's four
-// stored weights: one shuffle plus one dot product per eight k, where dense needs two dot
-// products. int8 x is biased to uint8 by flipping its sign bit and corrected in the epilogue, as
-// in int8_gemm_avx512vnni.cpp; the epilogue is the shared fixed-point output stage.
+// of a row are broadcast to every 128-bit lane, one `vpshufb` with a per-column control (expanded
+// from the packed meta bytes, see shuffle_control) gathers each column's four x bytes, and one
+// `vpdpbusd` multiplies them with the column's four stored weights: one shuffle plus one dot
+// product per eight k, where dense needs two dot products. int8 x is biased to uint8 by flipping
+// its sign bit and corrected in the epilogue, as in int8_gemm_avx512vnni.cpp; the epilogue is the
+// shared fixed-point output stage. The kernel lives in sparse24_int8_zmm.h (shared with the
+// avx512vbmi path, which expands the controls with one vpmultishiftqb).
 #include "sparse24.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

@@ -3,7 +3,8 @@
 // pragma and after defining
 //   __m512i shuffle_control(const int8_t* meta16);   the vpshufb controls of 16 columns (see
 //                                                     the packed layout in sparse24.h)
-// The two differ only there: VBMI's vpmultishiftqb does in one op what takes five without it.
+// The two differ only there: with VBMI's vpmultishiftqb the expansion takes three vector ops
+// instead of seven.
 // Design: see the top of sparse24_avx512.cpp.
 
 // The eight x bytes of pair h in both halves of every 128-bit lane; only `bytes` (4 or 8) exist.
@@ -13,8 +14,8 @@ inline __m512i broadcast_x_pair(const uint8_t* p, int64_t bytes) {
   return _mm512_set1_epi64(v);
 }
 
-// `controls`: null, or the panel's controls expanded by expand_controls (block v, pair h at
-// controls[v * pairs + h]).
+// `controls`: null (expand in registers per pair), or the panel's controls expanded once per task
+// by int8_run_zmm (block v, pair h at controls[v * pairs + h]).
 template <int MR, int NV, bool kSigned>
 void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i* controls) {
   const int64_t k = a.w.k, pairs = a.w.pairs, full_pairs = k / 8;
