@@ -41,6 +41,13 @@ def weight_rows(w: torch.Tensor) -> torch.Tensor:
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1) if w.dim() == 4 else w.reshape(w.shape[0], -1)
 
 
+def groups_over_two(w: torch.Tensor) -> int:
+    """How many groups of four along K of weight_rows(w) hold more than two non-zeros (0: the weight
+    is 2:4); K must be a multiple of 4."""
+    rows = weight_rows(w)
+    return int(((rows != 0).reshape(rows.shape[0], -1, 4).sum(-1) > 2).sum())
+
+
 def weight_from_rows(rows: torch.Tensor, shape) -> torch.Tensor:
     """The inverse of weight_rows for a weight of `shape`."""
     shape = tuple(shape)

@@ -238,13 +238,20 @@ def _fp32(model, data, ctx):
     return model, 0
 
 
+def _calibrate(model: nn.Module, data: StudyData, ctx: StudyContext) -> None:
+    """Record int8 static calibration statistics on the first calibration_batches batches of 64."""
+    import compress_kernels as ck
+
+    n = ctx.settings.calibration_batches
+    ck.calibrate(model, [data.x_train[i * 64:(i + 1) * 64] for i in range(n) if i * 64 < len(data.x_train)])
+
+
 @register_variant("int8_static", "int8 post-training, static, per-channel, integer-only (MSE observer, BN folded)")
 def _int8_static(model, data, ctx):
     import compress_kernels as ck
 
     m = copy.deepcopy(model).eval()
-    n = ctx.settings.calibration_batches
-    ck.calibrate(m, [data.x_train[i * 64:(i + 1) * 64] for i in range(n) if i * 64 < len(data.x_train)])
+    _calibrate(m, data, ctx)
     return ck.convert_(m, ck.Int8StaticConfig(observer="mse", per_channel=True)).model, 0
 
 
@@ -319,8 +326,7 @@ def _sparse24_int8_static(model, data, ctx):
 
     m, steps = _sparse24_finetuned(model, data, ctx, kd=True)
     m.eval()
-    n = ctx.settings.calibration_batches
-    ck.calibrate(m, [data.x_train[i * 64:(i + 1) * 64] for i in range(n) if i * 64 < len(data.x_train)])
+    _calibrate(m, data, ctx)
     return ck.convert_(m, ck.Int8StaticConfig(observer="mse", per_channel=True, sparse24=True)).model, steps
 register_variant("sparse24_ce", "2:4 + cross-entropy fine-tune (the ablation of the distillation), fp32 2:4 kernels",
                  _sparse24(False, kd=False))

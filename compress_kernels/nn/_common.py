@@ -8,7 +8,7 @@ import contextlib
 import torch
 
 from .. import numerics, ops
-from ..sparse24_layout import weight_from_rows, weight_rows
+from ..sparse24_layout import groups_over_two, weight_from_rows, weight_rows
 
 DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -125,9 +125,9 @@ class IntegerLayer(torch.nn.Module):
             return f"grouped convolution (groups={self.groups})"
         if w.shape[1] % 4 != 0:
             return f"K = {w.shape[1]} is not a multiple of 4"
-        nonzero = (w.reshape(w.shape[0], -1, 4) != 0).sum(-1)
-        if (nonzero > 2).any():
-            return f"the weight is not 2:4 along K ({int((nonzero > 2).sum())} groups of four with more than two non-zeros)"
+        dense_groups = groups_over_two(self.weight_q)
+        if dense_groups:
+            return f"the weight is not 2:4 along K ({dense_groups} groups of four with more than two non-zeros)"
         return None
 
     def sparse24_(self) -> "IntegerLayer":
@@ -138,11 +138,13 @@ class IntegerLayer(torch.nn.Module):
         reason = self.sparse24_reason()
         if reason is not None:
             raise ValueError(f"{type(self).__name__}.sparse24_: {reason}")
-        values, meta = ops.sparse24_compress(weight_rows(self.weight_q.cpu()).contiguous())
+        w = weight_rows(self.weight_q)
+        n, k = w.shape
         self.sparse24 = True
         self._non_persistent_buffers_set.add("weight_q")
-        self.register_buffer("weight_values", values.to(self.weight_q.device))
-        self.register_buffer("weight_meta", meta.to(self.weight_q.device))
+        # filled by _repack, which compresses weight_q
+        self.register_buffer("weight_values", w.new_empty((n, k // 2)))
+        self.register_buffer("weight_meta", w.new_empty((n, (k + 7) // 8), dtype=torch.uint8))
         self._repack()
         return self
 

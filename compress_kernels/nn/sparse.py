@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops
-from ..sparse24_layout import weight_rows
+from ..sparse24_layout import groups_over_two, weight_rows
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -28,8 +28,7 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 def is_24_sparse(w: torch.Tensor) -> bool:
     """Whether every group of four consecutive weights along K of sparse24_layout.weight_rows (a
     Linear's inputs; a conv's input channels at one kernel tap) holds at most two non-zeros."""
-    flat = weight_rows(w)
-    return flat.shape[1] % 4 == 0 and bool(((flat != 0).reshape(flat.shape[0], -1, 4).sum(-1) <= 2).all())
+    return w[0].numel() % 4 == 0 and groups_over_two(w) == 0
 
 
 class _Sparse24Base(nn.Module):

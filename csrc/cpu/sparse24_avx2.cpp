@@ -31,11 +31,8 @@ namespace {
 constexpr int kF32Rows = 2;    // 2 x 2 accumulators + 8 controls + 2 x: the 16 ymm registers
 constexpr int kF32Blocks = 2;
 
-inline __m256i first_lanes(int count) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-inline __m256 load_columns(const float* p, int count) { return _mm256_maskload_ps(p, first_lanes(count)); }
-inline void store_columns(float* p, int count, __m256 v) { _mm256_maskstore_ps(p, first_lanes(count), v); }
+inline __m256 load_columns(const float* p, int count) { return _mm256_maskload_ps(p, lane_mask8(count)); }
+inline void store_columns(float* p, int count, __m256 v) { _mm256_maskstore_ps(p, lane_mask8(count), v); }
 
 #include "sparse24_f32_ymm.h"
 
@@ -70,8 +67,7 @@ inline __m256i widened_x_pair(const uint8_t* p, int64_t bytes) {
 }
 
 inline __m256i load_count(const int32_t* p, int64_t count) {
-  return count >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
-                    : _mm256_maskload_epi32(p, lane_mask8(count));
+  return count >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskload_epi32(p, lane_mask8(count));
 }
 
 // MR rows (1..2) x one block of 16 columns starting at n0; `controls` holds the block's

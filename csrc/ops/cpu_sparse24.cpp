@@ -282,6 +282,47 @@ cpu::ConvGeometry conv_geometry(const at::Tensor& x, at::IntArrayRef kernel_size
 // Bytes of gathered patches per chunk of rows (a thread's buffer, reused by every call).
 constexpr int64_t kPatchChunkBytes = 256 * 1024;
 
+// The row loop of a 2:4 conv: the conv's input rows (in weight_rows' K order) are gathered a chunk
+// of whole tile_rows-row tiles at a time into the thread's buffer, and multiply(rows, first_row,
+// count, threads) runs the 2:4 kernel on them against every column of the weight (with `threads`
+// threads' worth of tasks), so the patches never exist all at once. When there are fewer chunks
+// than threads (small images, batch 1), all rows are gathered once and the weight's columns are
+// split between the threads instead.
+template <typename T, typename Multiply>
+void run_conv_rows(const T* x, const cpu::ConvGeometry& g, T pad_value, int64_t tile_rows, const Multiply& multiply) {
+  const int64_t rows = g.rows(), k = g.k();
+  const int64_t chunk =
+      std::max<int64_t>(tile_rows, kPatchChunkBytes / (k * static_cast<int64_t>(sizeof(T))) / tile_rows * tile_rows);
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const int64_t threads = at::get_num_threads();
+  if (chunks < threads) {
+    thread_local std::vector<T> all_rows;
+    if (static_cast<int64_t>(all_rows.size()) < rows * k) all_rows.resize(rows * k);
+    cpu::sparse24_gather_patches<T>(x, g, 0, rows, pad_value, all_rows.data());
+    multiply(all_rows.data(), int64_t{0}, rows, threads);
+    return;
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<T> patches;
+    if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      cpu::sparse24_gather_patches<T>(x, g, r0, r1, pad_value, patches.data());
+      multiply(patches.data(), r0, r1 - r0, int64_t{1});
+    }
+  });
+}
+
+// tasks [0, count) of fn, on the calling thread (threads == 1) or spread with at::parallel_for.
+template <typename Fn>
+void run_tasks(int64_t count, int64_t threads, const Fn& fn) {
+  if (threads > 1) {
+    at::parallel_for(0, count, 1, fn);
+  } else {
+    fn(0, count);
+  }
+}
+
 at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
                                     const at::Tensor& meta, const std::optional<at::Tensor>& bias,
                                     const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
@@ -305,42 +346,19 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   base.x_signed = is_signed;
   base.x_zero_point = static_cast<int32_t>(x_zero_point);
   base.ldx = k;
-  const int64_t elem = out.element_size();
-  // Rows gathered a chunk at a time (whole 8-row tiles) into the thread's buffer and multiplied by
-  // every column of the weight before the next chunk: the patches never exist all at once.
-  const int64_t chunk = std::max<int64_t>(8, kPatchChunkBytes / k / 8 * 8);
-  const int64_t chunks = (rows + chunk - 1) / chunk;
-  const uint8_t pad = static_cast<uint8_t>(x_zero_point);  // int8 zero points wrap to their bit pattern
-  const uint8_t* xp = static_cast<const uint8_t*>(xc.data_ptr());
   uint8_t* outp = static_cast<uint8_t*>(out.data_ptr());
-  if (chunks < at::get_num_threads()) {
-    // Too few rows to give every thread a chunk (small images, batch 1): gather them all once and
-    // split the weight's columns between the threads instead.
-    thread_local std::vector<uint8_t> all_rows;
-    if (static_cast<int64_t>(all_rows.size()) < rows * k) all_rows.resize(rows * k);
-    cpu::sparse24_gather_patches<uint8_t>(xp, g, 0, rows, pad, all_rows.data());
-    cpu::Sparse24Int8Args args = base;
-    args.x = all_rows.data();
-    args.m = rows;
-    args.out = outp;
-    const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(rows, args.w.n, at::get_num_threads());
-    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
-    return out;
-  }
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<uint8_t> patches;
-    if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
-    for (int64_t c = b; c < e; ++c) {
-      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-      cpu::sparse24_gather_patches<uint8_t>(xp, g, r0, r1, pad, patches.data());
-      cpu::Sparse24Int8Args args = base;
-      args.x = patches.data();
-      args.m = r1 - r0;
-      args.out = outp + r0 * args.w.n * elem;
-      const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, args.w.n, 1);
-      cpu::sparse24_int8_run(args, plan, 0, plan.tasks());
-    }
-  });
+  const int64_t elem = out.element_size();
+  // int8 zero points pad with their two's complement byte
+  run_conv_rows<uint8_t>(static_cast<const uint8_t*>(xc.data_ptr()), g, static_cast<uint8_t>(x_zero_point),
+                         cpu::kS24I8TileRows, [&](const uint8_t* patches, int64_t r0, int64_t m, int64_t threads) {
+                           cpu::Sparse24Int8Args args = base;
+                           args.x = patches;
+                           args.m = m;
+                           args.out = outp + r0 * args.w.n * elem;
+                           const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(m, args.w.n, threads);
+                           run_tasks(plan.tasks(), threads,
+                                     [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
+                         });
   return out;
 }
 
@@ -357,41 +375,19 @@ at::Tensor sparse24_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, co
   at::Tensor out = at::empty({g.n, call.args.n, g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t rows = g.rows(), k = g.k();
   if (rows == 0) return out;
-  // Chunks of whole 48-row tiles of gathered rows, each multiplied by every column of the weight.
-  const int64_t chunk = std::max<int64_t>(cpu::kS24TileRows,
-                                          kPatchChunkBytes / (k * 4) / cpu::kS24TileRows * cpu::kS24TileRows);
-  const int64_t chunks = (rows + chunk - 1) / chunk;
-  const float* xp = xc.data_ptr<float>();
   float* outp = out.data_ptr<float>();
-  const cpu::Sparse24F32Args base = call.args;
-  if (chunks < at::get_num_threads()) {  // few rows: gather them once, split the columns instead
-    thread_local std::vector<float> all_rows;
-    if (static_cast<int64_t>(all_rows.size()) < rows * k) all_rows.resize(rows * k);
-    cpu::sparse24_gather_patches<float>(xp, g, 0, rows, 0.0f, all_rows.data());
-    cpu::Sparse24F32Args args = base;
-    args.x = all_rows.data();
-    args.m = rows;
-    args.ldx = k;
-    args.out = outp;
-    const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(rows, args.n);
-    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_f32_run(args, plan, b, e); });
-    return out;
-  }
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> patches;
-    if (static_cast<int64_t>(patches.size()) < chunk * k) patches.resize(chunk * k);
-    for (int64_t c = b; c < e; ++c) {
-      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-      cpu::sparse24_gather_patches<float>(xp, g, r0, r1, 0.0f, patches.data());
-      cpu::Sparse24F32Args args = base;
-      args.x = patches.data();
-      args.m = r1 - r0;
-      args.ldx = k;
-      args.out = outp + r0 * args.n;
-      const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(args.m, args.n);
-      cpu::sparse24_f32_run(args, plan, 0, plan.tasks());
-    }
-  });
+  cpu::Sparse24F32Args base = call.args;
+  base.ldx = k;
+  run_conv_rows<float>(xc.data_ptr<float>(), g, 0.0f, cpu::kS24TileRows,
+                       [&](const float* patches, int64_t r0, int64_t m, int64_t threads) {
+                         cpu::Sparse24F32Args args = base;
+                         args.x = patches;
+                         args.m = m;
+                         args.out = outp + r0 * args.n;
+                         const cpu::Sparse24Plan plan = cpu::sparse24_f32_plan(m, args.n);
+                         run_tasks(plan.tasks(), threads,
+                                   [&](int64_t b, int64_t e) { cpu::sparse24_f32_run(args, plan, b, e); });
+                       });
   return out;
 }
 
