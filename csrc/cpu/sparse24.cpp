@@ -62,12 +62,11 @@ void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& pla
                                int64_t task_end) {
   const int64_t half = a.k / 2, block = sparse24_f32_block_floats(a.k);
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t tile = t % plan.row_tiles, panel = t / plan.row_tiles;
-    const int64_t m_end = std::min(a.m, (tile + 1) * kS24TileRows);
-    const int64_t n_end = std::min(a.n, (panel + 1) * kS24PanelCols);
-    for (int64_t m = tile * kS24TileRows; m < m_end; ++m) {
+    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
+    plan.task_bounds(a, t, &m_begin, &m_end, &n_begin, &n_end);
+    for (int64_t m = m_begin; m < m_end; ++m) {
       const float* xr = a.x + m * a.ldx;
-      for (int64_t n = panel * kS24PanelCols; n < n_end; ++n) {
+      for (int64_t n = n_begin; n < n_end; ++n) {
         const float* v = a.packed + (n / 8) * block;
         const uint8_t* mb = reinterpret_cast<const uint8_t*>(v + 8 * half);
         const int64_t c = n % 8;

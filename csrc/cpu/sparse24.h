@@ -106,6 +106,15 @@ struct Sparse24F32Args {
 struct Sparse24Plan {
   int64_t row_tiles = 0, panels = 0;
   int64_t tasks() const { return row_tiles * panels; }
+  // Task t owns rows [*m_begin, *m_end) and columns [*n_begin, *n_end).
+  void task_bounds(const Sparse24F32Args& a, int64_t t, int64_t* m_begin, int64_t* m_end, int64_t* n_begin,
+                   int64_t* n_end) const {
+    const int64_t tile = t % row_tiles, panel = t / row_tiles;
+    *m_begin = tile * kS24TileRows;
+    *m_end = std::min(a.m, *m_begin + kS24TileRows);
+    *n_begin = panel * kS24PanelCols;
+    *n_end = std::min(a.n, *n_begin + kS24PanelCols);
+  }
 };
 Sparse24Plan sparse24_f32_plan(int64_t m, int64_t n);
 

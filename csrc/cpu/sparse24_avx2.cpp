@@ -126,7 +126,11 @@ void int8_tile_avx2(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const uin
 }  // namespace
 
 void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
-  f32_run_ymm(a, plan, task_begin, task_end);
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
+    plan.task_bounds(a, t, &m_begin, &m_end, &n_begin, &n_end);
+    f32_task_ymm(a, m_begin, m_end, n_begin, n_end);
+  }
 }
 
 void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,

@@ -164,17 +164,12 @@ void f32_task_rows(const Sparse24F32Args& a, int64_t m_begin, int64_t m_end, int
   }
 }
 
-// Tasks [task_begin, task_end) of `plan`: 48 rows x 256 columns each.
-inline void f32_run_ymm(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
+// One task's rows [m_begin, m_end) x columns [n_begin, n_end) on the ymm kernels.
+inline void f32_task_ymm(const Sparse24F32Args& a, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
   static_assert(kS24PanelCols % 8 == 0 && kS24DepthBlock % 8 == 0, "panels of 8-column blocks, depth of meta bytes");
-  for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t tile = t % plan.row_tiles, panel = t / plan.row_tiles;
-    const int64_t m_begin = tile * kS24TileRows, m_end = std::min(a.m, m_begin + kS24TileRows);
-    const int64_t n_begin = panel * kS24PanelCols, n_end = std::min(a.n, n_begin + kS24PanelCols);
-    if (m_end - m_begin == 1) {
-      f32_single_row(a, m_begin, n_begin, n_end);
-    } else {
-      f32_task_rows(a, m_begin, m_end, n_begin, n_end);
-    }
+  if (m_end - m_begin == 1) {
+    f32_single_row(a, m_begin, n_begin, n_end);
+  } else {
+    f32_task_rows(a, m_begin, m_end, n_begin, n_end);
   }
 }
