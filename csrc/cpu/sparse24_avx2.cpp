@@ -36,6 +36,66 @@ inline void store_columns(float* p, int count, __m256 v) { _mm256_maskstore_ps(p
 
 #include "sparse24_f32_ymm.h"
 
+// The rows kernel of sparse24_f32_rows.h on ymm: 8 rows per vector, 4 columns x up to 3 vectors of
+// accumulators (12 of the 16 registers).
+using RowsVec = __m256;
+constexpr int64_t kRowsLanes = 8;
+constexpr int kRowsColumns = 2;
+constexpr int kRowsVectors = 4;
+inline __m256 rows_zero() { return _mm256_setzero_ps(); }
+inline __m256 rows_load(const float* p) { return _mm256_load_ps(p); }
+inline void rows_store(float* p, __m256 v) { _mm256_store_ps(p, v); }
+inline __m256 rows_broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline __m256 rows_fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+
+// dst[j * ldd + i] = src[i * lds + j] + add[i] for j < cols and i < dst_lanes (rows, cols <= 8); lanes
+// i >= rows read src as 0. The classic 8 x 8 transpose: unpack, shuffle, 128-bit lane permute.
+inline void transpose_block(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd,
+                            int64_t dst_lanes, const float* add) {
+  __m256 r[8], t[8];
+  const __m256i col_mask = lane_mask8(cols);
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    // AMD runs vmaskmovps slowly (the store form is microcoded): plain moves for whole vectors.
+    if (i >= rows) {
+      r[i] = _mm256_setzero_ps();
+    } else {
+      r[i] = cols == 8 ? _mm256_loadu_ps(src + i * lds) : _mm256_maskload_ps(src + i * lds, col_mask);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+    t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+  }
+  const __m256i lanes = lane_mask8(dst_lanes);
+  const __m256 extra = add != nullptr ? _mm256_maskload_ps(add, lanes) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    if (j >= cols) continue;
+    const __m256 y = add != nullptr ? _mm256_add_ps(t[j], extra) : t[j];
+    if (dst_lanes == 8) {
+      _mm256_storeu_ps(dst + j * ldd, y);
+    } else {
+      _mm256_maskstore_ps(dst + j * ldd, lanes, y);
+    }
+  }
+}
+
+#include "sparse24_f32_rows.h"
+
 // ---------------------------------------------------------------- int8
 
 // Control bytes of a column with meta byte b: word positions p_s (s = 0..3: the two stored values of
@@ -126,11 +186,7 @@ void int8_tile_avx2(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const uin
 }  // namespace
 
 void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
-  for (int64_t t = task_begin; t < task_end; ++t) {
-    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
-    plan.task_bounds(a, t, &m_begin, &m_end, &n_begin, &n_end);
-    f32_task_ymm(a, m_begin, m_end, n_begin, n_end);
-  }
+  f32_run_rows_or_ymm(a, plan, task_begin, task_end);
 }
 
 void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,

@@ -1,20 +1,20 @@
 // AVX-512 2:4 sparse kernels; compiled for AVX-512 by the pragma below, chosen at run time.
 //
-// fp32 (vectorized over the eight interleaved columns of a packed block): the four x of a group
-// are broadcast to both 128-bit lanes of a ymm and one `vpermilps`, controlled by the columns'
-// metadata bytes, picks each column's x for a stored value; one FMA with the eight stored values
-// follows. Each output's chain is acc = fma(v[j], x[k_j], acc) for j in order, then + bias: the
-// order of the portable path, so results are bit-identical. A task owns 48 rows and 256 columns
-// and walks k in blocks of 512, with 4 rows x 2 blocks of accumulators in registers (partial sums
-// wait in out between k blocks); a single row runs 4 blocks side by side instead.
-// Where the cycles go: every useful FMA needs one shuffle (its x differs per column). A rows-
-// vectorized design (x transposed, one broadcast weight times a 16-row x vector whose address
-// comes from the metadata) needs one 64-byte x load per FMA instead. Both measured at the same
-// ~105 GFLOP/s dense-equivalent on one Zen 4 core (about half its FMA peak: the shuffles, or the
-// loads, take the other half), i.e. 1.1-1.25x oneDNN's dense fp32 at M >= 256; at small M, where
-// dense is bound by the weight stream, 2:4 reads half the bytes and gains 1.3-5x. This design
-// was kept because it needs no transposed copy of x (no workspace) and no extra packed bytes.
-// The kernels themselves live in sparse24_f32_ymm.h (shared with the AVX2 path).
+// fp32, two kernels, both computing each output's chain acc = fma(v[j], x[k_j], acc) for j in order,
+// then + bias (the portable path's order, so results are bit-identical):
+// - tasks of >= 16 rows: vectorized over rows (f32_task_rows_zmm below). x is transposed a k block
+//   of 128 at a time; each stored value is broadcast once and multiplied with 1-3 vectors of 16 rows
+//   of x loaded from the k its metadata names (the address is computed in general-purpose
+//   registers). Loads select x, so the FP pipes only do FMAs: ~75% of the FMA peak from L1 with 48
+//   rows (the loads are the limit: two 256-bit loads per cycle on Zen 4, seven per three FMAs).
+// - fewer rows: vectorized over the eight interleaved columns of a packed block
+//   (sparse24_f32_ymm.h, shared with the AVX2 path): the four x of a group are broadcast to both
+//   128-bit lanes and one `vpermilps`, controlled by the columns' metadata bytes, picks each
+//   column's x for a stored value; one FMA with the eight stored values follows. It needs no
+//   transposition, but one shuffle per FMA, and on Zen 4 shuffles and FMAs share a pipe: ~55% of
+//   the FMA peak at best, which is plenty where the weight stream is the limit (small M).
+// Measured on one Zen 4 core (benchmarks/bench_sparse24.py): rows kernel 1.6-1.8x oneDNN's dense
+// fp32 at M >= 64; the shuffle kernel alone reached 1.13-1.34x there, and 2.3-5x at M <= 8.
 //
 // int8 (VNNI, vectorized over 16 output columns): per pair of groups h (eight k), the eight x bytes
 // of a row are broadcast to every 128-bit lane, one `vpshufb` with a per-column control (expanded
@@ -52,22 +52,18 @@ inline void store_columns(float* p, int count, __m256 v) {
 #include "sparse24_f32_ymm.h"
 
 // ---------------------------------------------------------------- fp32, tasks of many rows
-//
-// Vectorized over rows: x of the task is transposed, a k block at a time, into xt [kc][16 RV]
-// (rows padded with zeros to 16 RV, RV = 1..3 vectors of 16 rows), and for every stored value
-// (column c, slot j) one broadcast of the value times the RV row vectors of xt at the k the
-// metadata names: RV FMAs per broadcast, and the x operands are plain loads whose address is
-// computed from the meta byte in general-purpose registers. Loads, not shuffles, select x here;
-// a Zen 4 core sustains two 256-bit loads per cycle, so with RV = 3 (seven 256-bit loads per
-// three zmm FMAs) the kernel runs at ~75% of the FMA peak from L1, where the shuffle design of
-// sparse24_f32_ymm.h stays near 55% (one shuffle per FMA, and shuffles and FMAs share a pipe). The accumulators [8 columns][16 RV rows] of a block live in accT
-// [panel columns][16 RV] between k blocks and are transposed into out (+ bias) at the end.
-// Each output's chain is still acc = fma(v[j], x[k_j], acc) for j in order, then + bias.
 
-constexpr int64_t kRowsDepth = 128;  // k per block: xt (128 x 48 floats = 24 KiB) stays in L1
-constexpr int64_t kRowsMin = 16;     // fewer rows per task run the shuffle kernels (no transposition)
-constexpr int64_t kRowsMaxVectors = kS24TileRows / 16;
-static_assert(kS24TileRows % 16 == 0 && kRowsMaxVectors <= 3, "accumulators: 8 columns x 3 row vectors");
+// The rows kernel of sparse24_f32_rows.h on zmm: 16 rows per vector, 8 columns x up to 3 vectors
+// of accumulators (24 of the 32 registers).
+using RowsVec = __m512;
+constexpr int64_t kRowsLanes = 16;
+constexpr int kRowsColumns = 8;
+constexpr int kRowsVectors = 3;
+inline __m512 rows_zero() { return _mm512_setzero_ps(); }
+inline __m512 rows_load(const float* p) { return _mm512_load_ps(p); }
+inline void rows_store(float* p, __m512 v) { _mm512_store_ps(p, v); }
+inline __m512 rows_broadcast(const float* p) { return _mm512_set1_ps(*p); }
+inline __m512 rows_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 
 // In place: r[j] (row j of a 16 x 16 block) becomes column j (the classic unpack / unpack /
 // 128-bit-lane shuffle transpose, 64 shuffles).
@@ -121,105 +117,13 @@ inline void transpose_block(const float* src, int64_t lds, int64_t rows, int64_t
   }
 }
 
-// One block of 8 columns over a k block: acc [8][16 RV] (loaded unless first) += values x xt.
-// v / mb: the block's values and meta bytes from the k block's first pair; `pairs` full pairs of
-// groups, then one more group when half_pair (the low nibble of the next meta byte).
-template <int RV>
-void f32_rows_kernel(const float* xt, const float* v, const uint8_t* mb, int64_t pairs, bool half_pair, float* acc_io,
-                     bool first) {
-  constexpr int64_t ld = 16 * RV;                  // floats per k of xt
-  constexpr int64_t row_bytes = ld * 4;
-  __m512 acc[8][RV];
-#pragma GCC unroll 8
-  for (int c = 0; c < 8; ++c)
-#pragma GCC unroll 3
-    for (int r = 0; r < RV; ++r) acc[c][r] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc_io + c * ld + 16 * r);
-  const char* xg = reinterpret_cast<const char*>(xt);  // x of the pair's first group
-  auto step = [&](uint64_t meta8, const float* vh, int slots) {
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) {
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        if (j >= slots) break;
-        // Slot j of column c: position (meta >> (8c + 2j)) & 3 in group j / 2 of the pair.
-        const uint64_t position = (meta8 >> (8 * c + 2 * j)) & 3;
-        const float* xp = reinterpret_cast<const float*>(xg + position * row_bytes + (j / 2) * 4 * row_bytes);
-        const __m512 w = _mm512_set1_ps(vh[j * 8 + c]);
-#pragma GCC unroll 3
-        for (int r = 0; r < RV; ++r) acc[c][r] = _mm512_fmadd_ps(w, _mm512_load_ps(xp + 16 * r), acc[c][r]);
-      }
-    }
-  };
-  for (int64_t h = 0; h < pairs; ++h) {
-    uint64_t meta8;
-    std::memcpy(&meta8, mb + 8 * h, 8);
-    step(meta8, v + 32 * h, 4);
-    xg += 8 * row_bytes;
-  }
-  if (half_pair) {
-    uint64_t meta8;
-    std::memcpy(&meta8, mb + 8 * pairs, 8);
-    step(meta8, v + 32 * pairs, 2);
-  }
-#pragma GCC unroll 8
-  for (int c = 0; c < 8; ++c)
-#pragma GCC unroll 3
-    for (int r = 0; r < RV; ++r) _mm512_store_ps(acc_io + c * ld + 16 * r, acc[c][r]);
-}
-
-// Thread-local, 64-byte aligned: xt [kRowsDepth][48] then accT [kS24PanelCols][48].
-float* rows_workspace() {
-  constexpr int64_t floats = (kRowsDepth + kS24PanelCols) * kS24TileRows + 16;
-  thread_local std::unique_ptr<float[]> buffer(new float[floats]);
-  const auto address = reinterpret_cast<uintptr_t>(buffer.get());
-  return reinterpret_cast<float*>((address + 63) & ~static_cast<uintptr_t>(63));
-}
-
-template <int RV>
-void f32_task_rows_zmm(const Sparse24F32Args& a, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
-  constexpr int64_t ld = 16 * RV;
-  const int64_t k = a.k, rows = m_end - m_begin, cols = n_end - n_begin, blocks = (cols + 7) / 8;
-  const int64_t half = k / 2, block = sparse24_f32_block_floats(k);
-  float* xt = rows_workspace();
-  float* acc = xt + kRowsDepth * kS24TileRows;
-  for (int64_t kb = 0; kb < k; kb += kRowsDepth) {
-    const int64_t kc = std::min(kRowsDepth, k - kb);
-    for (int64_t r = 0; r < rows; r += 16) {
-      for (int64_t k0 = 0; k0 < kc; k0 += 16) {
-        transpose_block(a.x + (m_begin + r) * a.ldx + kb + k0, a.ldx, std::min<int64_t>(16, rows - r),
-                        std::min<int64_t>(16, kc - k0), xt + k0 * ld + r, ld, 16, nullptr);
-      }
-    }
-    for (int64_t b = 0; b < blocks; ++b) {
-      const float* v = a.packed + (n_begin / 8 + b) * block;
-      const uint8_t* mb = reinterpret_cast<const uint8_t*>(v + 8 * half);
-      f32_rows_kernel<RV>(xt, v + (kb / 2) * 8, mb + (kb / 8) * 8, kc / 8, kc % 8 != 0, acc + b * 8 * ld, kb == 0);
-    }
-  }
-  for (int64_t r = 0; r < rows; r += 16) {
-    for (int64_t c = 0; c < cols; c += 16) {
-      transpose_block(acc + c * ld + r, ld, std::min<int64_t>(16, cols - c), std::min<int64_t>(16, rows - r),
-                      a.out + (m_begin + r) * a.n + n_begin + c, a.n, std::min<int64_t>(16, cols - c),
-                      a.bias != nullptr ? a.bias + n_begin + c : nullptr);
-    }
-  }
-}
+#include "sparse24_f32_rows.h"
 
 }  // namespace
 
 void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
                              int64_t task_end) {
-  static_assert(kRowsDepth % 8 == 0 && kS24PanelCols % 16 == 0, "k blocks of meta bytes, output blocks of 16");
-  for (int64_t t = task_begin; t < task_end; ++t) {
-    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
-    plan.task_bounds(a, t, &m_begin, &m_end, &n_begin, &n_end);
-    switch (m_end - m_begin < kRowsMin ? 0 : (m_end - m_begin + 15) / 16) {
-      case 1: f32_task_rows_zmm<1>(a, m_begin, m_end, n_begin, n_end); break;
-      case 2: f32_task_rows_zmm<2>(a, m_begin, m_end, n_begin, n_end); break;
-      case 3: f32_task_rows_zmm<3>(a, m_begin, m_end, n_begin, n_end); break;
-      default: f32_task_ymm(a, m_begin, m_end, n_begin, n_end); break;
-    }
-  }
+  f32_run_rows_or_ymm(a, plan, task_begin, task_end);
 }
 
 // ---------------------------------------------------------------- int8
