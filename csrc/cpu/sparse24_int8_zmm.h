@@ -7,16 +7,11 @@
 // instead of seven.
 // Design: see the top of sparse24_avx512.cpp.
 
-// The eight x bytes of pair h in both halves of every 128-bit lane; only `bytes` (4 or 8) exist.
-inline __m512i broadcast_x_pair(const uint8_t* p, int64_t bytes) {
-  int64_t v = 0;
-  std::memcpy(&v, p, static_cast<size_t>(bytes));
-  return _mm512_set1_epi64(v);
-}
-
-// `controls`: null (expand in registers per pair), or the panel's controls expanded once per task
-// by int8_run_zmm (block v, pair h at controls[v * pairs + h]).
-template <int MR, int NV, bool kSigned>
+// kExpanded: `controls` holds the panel's controls expanded once per task by int8_run_zmm (block v,
+// pair h at controls[v * pairs + h]); else they are expanded in registers per pair (controls unused).
+// Every loop over the accumulators is unrolled by pragma: GCC otherwise shuffles them between
+// registers and the stack on every pair.
+template <int MR, int NV, bool kSigned, bool kExpanded>
 void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i* controls) {
   const int64_t k = a.w.k, pairs = a.w.pairs, full_pairs = k / 8;
   const uint8_t* x = static_cast<const uint8_t*>(a.x) + m0 * a.ldx;
@@ -25,30 +20,44 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i*
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
 
   __m512i acc[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
 
-  auto step = [&](int64_t h, int64_t bytes) {
+  // x of the last pair when K % 8 == 4: its four bytes, then four zeros (the packed weights there
+  // are 0), so that every pair reads eight bytes in one loop (one loop keeps the accumulators in
+  // registers; a second copy of the body for the tail made GCC shuffle them).
+  alignas(8) uint8_t tail[MR][8] = {};
+  if (pairs > full_pairs) {
+    for (int r = 0; r < MR; ++r) std::memcpy(tail[r], x + r * a.ldx + 8 * full_pairs, 4);
+  }
+  for (int64_t h = 0; h < pairs; ++h) {
     __m512i val[NV], ctl[NV];
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       val[v] = _mm512_loadu_si512(wb[v] + h * 80);
-      ctl[v] = controls != nullptr ? _mm512_load_si512(controls + v * pairs + h) : shuffle_control(wb[v] + h * 80 + 64);
+      ctl[v] = kExpanded ? _mm512_load_si512(controls + v * pairs + h) : shuffle_control(wb[v] + h * 80 + 64);
     }
+    const bool last = h == full_pairs;
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      __m512i xb = broadcast_x_pair(x + r * a.ldx + 8 * h, bytes);
+      int64_t bytes = 0;
+      std::memcpy(&bytes, last ? tail[r] : x + r * a.ldx + 8 * h, 8);
+      __m512i xb = _mm512_set1_epi64(bytes);
       if (kSigned) xb = _mm512_xor_si512(xb, flip);
+#pragma GCC unroll 2
       for (int v = 0; v < NV; ++v)
         acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], _mm512_shuffle_epi8(xb, ctl[v]), val[v]);
     }
-  };
-  for (int64_t h = 0; h < full_pairs; ++h) step(h, 8);
-  if (pairs > full_pairs) step(full_pairs, 4);
+  }
 
   // bias[n] - (x_zero_point + 128 * kSigned) * row_sum[n], modulo 2^32.
   const __m512i zp_total = _mm512_set1_epi32(-(a.x_zero_point + (kSigned ? 128 : 0)));
   const RequantParams& p = a.requant;
   const ClampLanes clamp = clamp_lanes(p);
   const int64_t ldo = a.w.n;
+#pragma GCC unroll 2
   for (int v = 0; v < NV; ++v) {
     const int64_t n = n0 + 16 * v;
     const __mmask16 valid = lane_mask(a.w.n - n);
@@ -57,6 +66,7 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i*
     const RequantLanes lanes = p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid, p.m0 + n),
                                                              _mm512_maskz_loadu_epi32(valid, p.shift + n))
                                              : requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(acc[r][v], column_term), lanes, p.rounding);
       store_lanes(a.out, (m0 + r) * ldo + n, clamp_add_zero_point(y, clamp), valid, p.out_type);
@@ -66,15 +76,15 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i*
 
 using Int8TileFn = void (*)(const Sparse24Int8Args&, int64_t, int64_t, const __m512i*);
 
-template <bool kSigned, int MR>
-constexpr Int8TileFn int8_tile_row[2] = {int8_tile<MR, 1, kSigned>, int8_tile<MR, 2, kSigned>};
+template <bool kSigned, bool kExpanded, int MR>
+constexpr Int8TileFn int8_tile_row[2] = {int8_tile<MR, 1, kSigned, kExpanded>, int8_tile<MR, 2, kSigned, kExpanded>};
 
-template <bool kSigned>
+template <bool kSigned, bool kExpanded>
 Int8TileFn pick_int8_tile(int mr, int nv) {
-  static constexpr const Int8TileFn* rows[8] = {int8_tile_row<kSigned, 1>, int8_tile_row<kSigned, 2>,
-                                                int8_tile_row<kSigned, 3>, int8_tile_row<kSigned, 4>,
-                                                int8_tile_row<kSigned, 5>, int8_tile_row<kSigned, 6>,
-                                                int8_tile_row<kSigned, 7>, int8_tile_row<kSigned, 8>};
+  static constexpr const Int8TileFn* rows[8] = {
+      int8_tile_row<kSigned, kExpanded, 1>, int8_tile_row<kSigned, kExpanded, 2>, int8_tile_row<kSigned, kExpanded, 3>,
+      int8_tile_row<kSigned, kExpanded, 4>, int8_tile_row<kSigned, kExpanded, 5>, int8_tile_row<kSigned, kExpanded, 6>,
+      int8_tile_row<kSigned, kExpanded, 7>, int8_tile_row<kSigned, kExpanded, 8>};
   return rows[mr - 1][nv - 1];
 }
 
@@ -112,7 +122,8 @@ inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
     }
     for (int64_t m = m_begin; m < m_end; m += kS24I8TileRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kS24I8TileRows, m_end - m));
-      Int8TileFn fn = a.x_signed ? pick_int8_tile<true>(mr, nv) : pick_int8_tile<false>(mr, nv);
+      Int8TileFn fn = a.x_signed ? (expanded != nullptr ? pick_int8_tile<true, true>(mr, nv) : pick_int8_tile<true, false>(mr, nv))
+                                 : (expanded != nullptr ? pick_int8_tile<false, true>(mr, nv) : pick_int8_tile<false, false>(mr, nv));
       fn(a, m, n0, expanded);
     }
   }
