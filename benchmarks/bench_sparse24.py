@@ -38,15 +38,19 @@ NOTES = """
 Notes (issue 5). Goals: fp32 2:4 >= 1.3x `F.linear` at M >= 64; int8 2:4 >= 1.2x `int8_linear`;
 compressed bytes <= 56.25% of dense.
 
-- fp32 (values + metadata = 53.1% of dense bytes): vectorized over the eight interleaved columns of
-  a packed block; per stored value one `vpermilps` picks each column's x (the group's four x
-  broadcast to both 128-bit lanes, the control is the column's metadata byte shifted) and one FMA
-  adds it. Every useful FMA needs one shuffle, so on Zen 4 the kernel runs at about half the FMA
-  peak (~105-115 GFLOP/s dense-equivalent on one core); a rows-vectorized design (x transposed, one
-  64-byte x load per FMA at an address taken from the metadata) measured the same ceiling. So at
-  large M, where oneDNN's dense fp32 runs near peak, 2:4 gains 1.1-1.3x; at M <= 64, where dense is
-  bound by the weight stream, 2:4 reads half the bytes and gains 1.3-2.8x (M = 1: 4 blocks side by
-  side, 2.0-2.8x).
+- fp32 (values + metadata = 53.1% of dense bytes), two kernels. Tasks of >= 16 rows run the rows
+  kernel (`csrc/cpu/sparse24_f32_rows.h`): x is transposed a k block of 128 at a time, and each
+  stored value is broadcast once and multiplied with up to three vectors of 16 rows of x loaded
+  from the k its metadata names (the address comes from the meta byte in general-purpose
+  registers). Loads select x, so the FP pipes only do FMAs; the limit is the load ports (two 256-bit
+  loads per cycle on Zen 4: 3 row vectors + 1 broadcast per 3 FMAs), about 75% of the FMA peak from
+  L1. That gives 1.5-1.8x `F.linear` at M >= 64 (125-157 GFLOP/s dense-equivalent on one core,
+  where oneDNN runs 70-100). Fewer rows run the shuffle kernel (`sparse24_f32_ymm.h`, vectorized
+  over the eight interleaved columns of a block: one `vpermilps` picks each column's x from its
+  metadata byte, one FMA follows, no transposition); it needs one shuffle per FMA, and on Zen 4
+  shuffles and FMAs share a pipe, so it tops out near 55% of the peak (it alone gave 1.1-1.3x at
+  large M), but at M <= 8, where dense is bound by the weight stream, 2:4 reads half the bytes and
+  gains 2.2-3.4x. Both follow the portable path's FMA order: bit-identical results.
 - int8 (values + metadata = 62.5% of dense int8 bytes; the 56.25% goal is the fp16 figure and
   cannot be met by int8 with 2-bit indices: a 4-bit pattern per group of four int8 is 25% on top of
   the 50% of values, and even a 3-bit pattern code would be 59.4%). One `vpshufb` (gathers each
@@ -57,28 +61,33 @@ compressed bytes <= 56.25% of dense.
   The controls cost three vector ops per 16 columns and 8 k with AVX-512 VBMI (`vpmultishiftqb`
   picks the four 2-bit fields; the avx512vbmi path, Ice Lake / Zen 4 and newer) and seven without
   (shifts and ORs; the avx512vnni path, for Cascade Lake, which lacks VBMI). At M >= 64 the shuffle
-  + dot product pair gives 1.25-1.4x; at M <= 8, where the controls are shared by few rows, VBMI
-  gives 1.1-1.6x and the seven-op expansion about 1.0x (table `sparse24_avx512vnni`: 0.92-1.11x at
-  M = 1 and 8).
+  + dot product pair gives 1.27-1.42x. At M = 8 it gives only 1.03-1.2x: a zmm `vpshufb` and a
+  `vpdpbusd` issue at about 0.74 pairs per cycle together (a microbenchmark on this core; each
+  alone runs at 1 per cycle), so 2:4 saves at most ~1.35x of dense's two dot products, and the
+  control expansion, shared by only 8 rows, takes ~20% (with it removed, for timing only, M = 8 ran
+  1.32-1.36x). M = 1 (weight-stream bound): 1.27-1.6x; the seven-op expansion of the avx512vnni
+  path gives 0.96-1.12x at M <= 8 (table `sparse24_avx512vnni`).
 - 2:4 conv2d (`sparse24_int8_conv2d`, `sparse24_conv2d`, second table): the groups of four are input channels at
   one kernel tap (NVIDIA's convention), so an input row is kh x kw runs of C contiguous NHWC bytes;
   rows are gathered by memcpy a 256 KB chunk at a time into a per-thread buffer and multiplied by
-  the whole weight. int8: 1.25-1.36x our dense int8 implicit-GEMM conv on ResNet-18 layers, batch
-  32 and 1. fp32: 0.8-1.2x oneDNN's conv, which runs near the FMA peak here (the fp32 2:4 ceiling
-  of the first bullet, less ~10% for the gather).
+  the whole weight. int8: 1.16-1.40x our dense int8 implicit-GEMM conv on ResNet-18 layers, batch
+  32 and 1. fp32 (the rows kernel on the gathered rows): 1.1-1.3x oneDNN's conv at batch 32,
+  which runs at 105-136 GFLOP/s there, and 1.2-1.65x at batch 1.
   (Grouping along PyTorch's flattening order, (channel, kernel row, kernel column), as this package
   first did, makes the gather a byte scatter with stride kh x kw: the same conv then ran at 0.54-0.64x.)
 - AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
-  oneDNN's AVX-512 F.linear): fp32 runs the same ymm kernel on 16 registers (2 x 2 accumulators).
-  int8 is exact without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns
-  and 8 k, against 2 `vpmaddwd` for dense. That is 0.9-1.1x our dense AVX2 int8_linear at M >= 64;
-  at M <= 8 the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is
-  not shared by enough rows and 2:4 is slower than dense (0.2-0.8x). It replaced the portable loop
-  (0.03x).
+  oneDNN's AVX-512 F.linear): fp32 runs the same two kernels on ymm (rows kernel: 2 columns x 4
+  vectors of 8 rows in the 16 registers; transposes avoid `vmaskmovps` for whole vectors, a
+  microcoded store on AMD that cost 20%): 1.25-1.47x at M >= 64, 2-3x at M <= 8. int8 is exact
+  without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns and 8 k,
+  against 2 `vpmaddwd` for dense. That is 0.89-1.0x our dense AVX2 int8_linear at M >= 64; at M <= 8
+  the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is not shared
+  by enough rows and 2:4 is slower than dense (0.26-0.74x). It replaced the portable loop (0.03x).
 - The tables are single-threaded (`--threads 1`): on a shared 2-core VM a descheduled second thread
   stalls every OpenMP barrier. On a quiet machine both scale to 2 threads: at M >= 64, fp32 2:4
-  198-232 GFLOP/s dense-equivalent, 1.12-1.57x F.linear; int8 2:4 about 1.1-1.2 TOP/s, 1.28-1.38x
-  int8_linear; at M = 1, 3.6-5.8x (fp32) and 1.15-1.48x (int8) (`python benchmarks/bench_sparse24.py --threads 2 --no-write`).
+  243-312 GFLOP/s dense-equivalent, 1.56-2.43x F.linear; int8 2:4 1.0-1.2 TOP/s, 1.23-1.41x
+  int8_linear; at M = 1, 4.1-6.2x (fp32) and 1.19-1.84x (int8) (`python benchmarks/bench_sparse24.py
+  --threads 2 --no-write`).
 """
 
 

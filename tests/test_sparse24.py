@@ -19,6 +19,9 @@ SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16
     (1, 61, 36), (1, 300, 520), (1, 24, 1028), (1, 16, 20),
     # several k blocks of 512 with partial sums kept in out, an odd last group
     (5, 40, 1028), (50, 19, 644),
+    # the rows kernel (tasks of >= 16 rows): 2 and 3 row vectors, k blocks of 128 with the
+    # accumulators kept between them, a last k block of one group, partial blocks of 16 columns
+    (32, 40, 388), (48, 264, 132), (33, 8, 1024),
 ]
 
 
