@@ -21,7 +21,7 @@ from . import prune  # issue 5
 from .convert import Sparse24Config  # issue 5
 from .nn import SparseConv2d, SparseLinear  # issue 5
 from .prune import PruneConfig, prune_  # issue 5
-from .ops import sparse24_compress, sparse24_conv2d, sparse24_decompress, sparse24_f32_pack, sparse24_int8_conv2d, sparse24_int8_linear, sparse24_int8_pack, sparse24_linear  # issue 5
+from .ops import sparse24_bf16_pack, sparse24_compress, sparse24_conv2d, sparse24_decompress, sparse24_f32_pack, sparse24_int8_conv2d, sparse24_int8_linear, sparse24_int8_pack, sparse24_linear  # issue 5
 from .ops import (
     cpu_isa,
     force_cpu_isa,
@@ -45,7 +45,7 @@ __all__ = [
     "QATConfig", "broadcast_qat_state_", "freeze_qat_", "prepare_qat_", "qat_exact_mode", "qat_mismatch_report", "FakeQuantize",  # issue 6
     "cluster", "CodebookConfig", "CodebookConv2d", "CodebookLinear",  # issue 4
     "prune", "PruneConfig", "prune_", "Sparse24Config", "SparseConv2d", "SparseLinear",  # issue 5
-    "sparse24_compress", "sparse24_conv2d", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_conv2d", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5
+    "sparse24_bf16_pack", "sparse24_compress", "sparse24_conv2d", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_conv2d", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5
     "ConversionReport",
     "Int8DynamicConfig",
     "convert_",

@@ -279,6 +279,13 @@ def sparse24_f32_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     return _lib().sparse24_f32_pack(values, meta)
 
 
+def sparse24_bf16_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Pack bf16 values [N, K/2] + meta once into the CPU bf16 kernel's layout (a 1-D bf16 tensor:
+    blocks of 16 columns x 8 k, values as the (k0, k1) pairs vdpbf16ps reads, see
+    csrc/cpu/sparse24.h); sparse24_linear with bf16 x accepts it in place of the values."""
+    return _lib().sparse24_bf16_pack(values, meta)
+
+
 def _pad_rows(t: torch.Tensor | None, rows: int) -> torch.Tensor | None:
     if t is None or t.dim() == 0 or t.numel() == 1 or t.shape[0] == rows:
         return t
@@ -293,6 +300,11 @@ def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     sparse24_f32_pack(values, meta) (meta is passed either way); bias fp32 [N] or None. Each output
     is one fused multiply-add per stored value in k order, then + bias: every CPU path and thread
     count gives the same bits.
+    CPU bf16: x bf16 [M, K]; values bf16 [N, K/2] or sparse24_bf16_pack(values, meta); bias bf16 or
+    fp32; output bf16. fp32 accumulation with AVX512_BF16's vdpbf16ps semantics per group of four
+    (the two products added in k order from the second, denormals flushed), then + bias in fp32 and
+    one rounding to bf16 (nearest even): the AVX-512 kernel (Zen 4, Sapphire Rapids) and the portable
+    emulation give the same bits (reference.sparse24_bf16_linear is the exact model).
 
     CUDA (sparse tensor cores, sm_80+): values float16 / bfloat16 [Np, Kp/2] with the CUTLASS int16
     meta of sparse24_cuda_pack (or torch.sparse.to_sparse_semi_structured's packed / meta); x of the
@@ -622,6 +634,11 @@ if NATIVE_ERROR is None:
     def _(values, meta):
         n, k = values.shape[0], 2 * values.shape[1]
         return values.new_empty(((n + 7) // 8 * (8 * (k // 2) + 2 * ((k + 7) // 8)) + 2,))
+
+    @torch.library.register_fake("compress_kernels::sparse24_bf16_pack")
+    def _(values, meta):
+        n, k = values.shape[0], 2 * values.shape[1]
+        return values.new_empty(((n + 15) // 16 * ((k + 7) // 8) * 72 + 4,))
 
     @torch.library.register_fake("compress_kernels::sparse24_linear")
     def _(x, values, meta, bias):

@@ -270,6 +270,37 @@ def sparse24_linear(x, values, meta, bias=None):
     return y
 
 
+def _flush_denormals(t: torch.Tensor) -> torch.Tensor:
+    """fp32 values below the smallest normal (2^-126) in magnitude -> zero of the same sign."""
+    return torch.where(t.abs() < 2.0 ** -126, torch.copysign(torch.zeros_like(t), t), t)
+
+
+def sparse24_bf16_linear(x, values, meta, bias=None):
+    """The exact bf16 2:4 product of the CPU kernels: per group of four, in order,
+    acc = ftz(acc + v1 * x[k1]), then acc = ftz(acc + v0 * x[k0]) (bf16 inputs widened exactly,
+    denormal inputs read as 0, each sum rounded once to fp32, denormal sums flushed to 0: AVX512_BF16
+    vdpbf16ps), then acc + bias in fp32 and one rounding to bf16 (nearest even; every NaN becomes
+    the quiet NaN 0x7FC0). Each step is computed in float64,
+    where v * x (two 8-bit significands) and acc + v * x are exact or too far from an fp32 rounding
+    tie to round twice, then rounded to fp32."""
+    n, half = values.shape
+    k = 2 * half
+    xs = _flush_denormals(x.float())
+    vs = _flush_denormals(values.float())
+    m = x.shape[0]
+    acc = torch.zeros(m, n, dtype=torch.float32)
+    for g in range(k // 4):
+        nib = (meta[:, g // 2].long() >> (4 * (g % 2))) & 0xF
+        k0, k1 = 4 * g + (nib & 3), 4 * g + ((nib >> 2) & 3)
+        for slot, kk in ((1, k1), (0, k0)):
+            prod = vs[:, 2 * g + slot].double()[None, :] * xs[:, kk].double()  # [M, N], exact
+            acc = _flush_denormals((acc.double() + prod).float())
+    if bias is not None:
+        acc = acc + bias.float()
+    out = acc.to(torch.bfloat16)  # round to nearest even
+    return torch.where(acc.isnan(), torch.tensor(0x7FC0, dtype=torch.int16).view(torch.bfloat16), out)
+
+
 def sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
                          out_dtype, rounding="double"):
     """int8_linear with the weight sparse24_decompress(values, meta)."""

@@ -149,6 +149,56 @@ def test_sparse24_linear_is_independent_of_threads_and_strides():
     assert torch.equal(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None), one)
 
 
+# ---------------------------------------------------------------- bf16 linear
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16)
+
+
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse24_bf16_linear_is_exact(m, n, k, bias):
+    w = random_24(n, k, torch.bfloat16, seed=m)
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    values, meta = ck.sparse24_compress(w)
+    packed = ck.sparse24_bf16_pack(values, meta)
+    got = run_on_every_isa(ck.sparse24_linear, x, packed, meta, b)
+    assert got.dtype == torch.bfloat16 and got.shape == (m, n)
+    assert torch.equal(_bits(got), _bits(ref.sparse24_bf16_linear(x, values, meta, b)))  # the exact model
+    assert torch.equal(_bits(ck.sparse24_linear(x, values, meta, b)), _bits(got))  # unpacked values: same bits
+    if bias:  # an fp32 bias of the same values: same bits
+        assert torch.equal(_bits(ck.sparse24_linear(x, packed, meta, b.float())), _bits(got))
+    want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    # one bf16 rounding (2^-9 relative) plus the fp32 accumulation
+    assert ((got.double() - want).abs() <= 2.0 ** -8 * want.abs() + 1e-5 * k * (x.double().abs() @ w.double().abs().T)).all()
+
+
+def test_sparse24_bf16_special_values():
+    """Denormal inputs (read as 0), denormal partial sums (flushed to 0), infinities, NaN (-> 0x7FC0),
+    signed zeros, overflow: every path equals the exact model bit for bit."""
+    n, k, m = 40, 36, 19
+    g = torch.Generator().manual_seed(5)
+    w = random_24(n, k, torch.bfloat16, seed=3)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    tiny = torch.tensor([1e-39, -3e-39, 2.0 ** -126, -(2.0 ** -126)]).bfloat16()  # denormals, smallest normals
+    x.view(-1)[::7] = tiny.repeat(x.numel() // 28 + 1)[: x.view(-1)[::7].numel()]
+    x[1] = 2.0 ** -70  # products ~2^-140: denormal sums, flushed
+    x[2, :8] = torch.tensor([float("inf"), 1, float("-inf"), 0, float("nan"), 1, 3e38, 3e38]).bfloat16()
+    x[3] = -0.0
+    x[4] = 3e38  # overflow to infinity
+    values, meta = ck.sparse24_compress(w)
+    values.view(-1)[::5] = torch.tensor(-1e-39).bfloat16()  # denormal weights: read as 0 (keeps meta valid)
+    b = torch.randn(n, generator=g)
+    b[0] = -0.0
+    for bias in (None, b):
+        got = run_on_every_isa(lambda *a: _bits(ck.sparse24_linear(*a)), x, ck.sparse24_bf16_pack(values, meta), meta, bias)
+        assert torch.equal(got, _bits(ref.sparse24_bf16_linear(x, values, meta, bias)))
+    assert (got == 0x7FC0).any() and (got.view(torch.bfloat16).isinf()).any()
+
+
 # ---------------------------------------------------------------- int8 linear
 
 
@@ -227,6 +277,9 @@ def test_opcheck():
     torch.library.opcheck(OPS.sparse24_f32_pack, (values, meta))
     torch.library.opcheck(OPS.sparse24_linear, (x, values, meta, b))
     torch.library.opcheck(OPS.sparse24_linear, (x, ck.sparse24_f32_pack(values, meta), meta, None))
+    vb = values.bfloat16()
+    torch.library.opcheck(OPS.sparse24_bf16_pack, (vb, meta))
+    torch.library.opcheck(OPS.sparse24_linear, (x.bfloat16(), ck.sparse24_bf16_pack(vb, meta), meta, b.bfloat16()))
     xq, vq, mq, bq, m0, shift = _int8_args()
     torch.library.opcheck(OPS.sparse24_int8_pack, (vq, mq))
     for w in (vq, ck.sparse24_int8_pack(vq, mq)):
@@ -277,8 +330,28 @@ def test_bad_input_messages():
         ck.sparse24_decompress(torch.zeros(1, 2), bad)
     with pytest.raises(RuntimeError, match="sparse24_linear: K mismatch: x has K=20"):
         ck.sparse24_linear(torch.randn(5, 20), values, meta)
-    with pytest.raises(RuntimeError, match="sparse24_linear: x must be Float"):
+    with pytest.raises(RuntimeError, match="sparse24_linear: x must be float32 or bfloat16 on the CPU, got Double"):
         ck.sparse24_linear(x.double(), values, meta)
+    with pytest.raises(RuntimeError, match="sparse24_linear: with bf16 x, values must be bf16 .* got Float"):
+        ck.sparse24_linear(x.bfloat16(), values, meta)
+    vb = values.bfloat16()
+    with pytest.raises(RuntimeError, match="sparse24_linear: with bf16 x, bias must be bf16 or fp32, got Double"):
+        ck.sparse24_linear(x.bfloat16(), vb, meta, torch.zeros(20, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: bias must have shape \[20\], got \[3\]"):
+        ck.sparse24_linear(x.bfloat16(), vb, meta, torch.zeros(3, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="sparse24_linear: 1-D bf16 values of 7 elements are not a weight packed"):
+        ck.sparse24_linear(x.bfloat16(), torch.zeros(7, dtype=torch.bfloat16), meta)
+    with pytest.raises(RuntimeError, match="sparse24_linear: K mismatch: x has K=20"):
+        ck.sparse24_linear(torch.randn(5, 20).bfloat16(), vb, meta)
+    with pytest.raises(RuntimeError, match="sparse24_linear: meta of shape .* does not belong to the packed weight"):
+        ck.sparse24_linear(x.bfloat16(), ck.sparse24_bf16_pack(vb, meta), meta[:3])
+    with pytest.raises(RuntimeError, match="sparse24_linear: packed values must be contiguous"):
+        p = ck.sparse24_bf16_pack(vb, meta)
+        ck.sparse24_linear(x.bfloat16(), torch.stack((p, p), 1)[:, 0], meta)
+    with pytest.raises(RuntimeError, match="sparse24_bf16_pack: values must be BFloat16"):
+        ck.sparse24_bf16_pack(values, meta)
+    with pytest.raises(RuntimeError, match="sparse24_bf16_pack: values must have at least one row"):
+        ck.sparse24_bf16_pack(torch.zeros(0, 2, dtype=torch.bfloat16), torch.zeros(0, 1, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="sparse24_linear: values must be Float"):
         ck.sparse24_linear(x, values.double(), meta)
     with pytest.raises(RuntimeError, match=r"sparse24_linear: bias must have shape \[20\]"):

@@ -20,5 +20,9 @@ Isa active_isa();
 // Overrides the active path; returns false (and changes nothing) when the CPU lacks it.
 bool set_isa(Isa isa);
 const char* isa_name(Isa isa);
+// AVX512_BF16 (vdpbf16ps; Cooper Lake, Sapphire Rapids+, Zen 4+): not one of the ordered paths
+// (Ice Lake has VBMI without it, Cooper Lake it without VBMI); the bf16 2:4 kernel needs both and
+// runs when the active path is avx512vbmi and this is true.
+bool cpu_has_avx512bf16();
 
 }  // namespace ck::cpu

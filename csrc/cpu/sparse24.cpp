@@ -218,4 +218,81 @@ void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, 
   }
 }
 
+
+// ---------------------------------------------------------------- bf16
+
+void sparse24_bf16_pack(const uint16_t* values, const uint8_t* meta, int64_t n, int64_t k, uint16_t* out) {
+  const int64_t half = k / 2, mcols = sparse24::meta_cols(k), pairs = (k + 7) / 8, blocks = (n + 15) / 16;
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t h = 0; h < pairs; ++h) {
+      uint16_t* dst = out + (b * pairs + h) * 72;
+      uint8_t* mb = reinterpret_cast<uint8_t*>(dst + 64);
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t r = 16 * b + i;
+        for (int64_t s = 0; s < 4; ++s) {  // s: slot of the pair (groups 2h, 2h + 1 x two values)
+          const int64_t j = 4 * h + s;
+          dst[(s / 2) * 32 + 2 * i + (s % 2)] = r < n && j < half ? values[r * half + j] : 0;
+        }
+        const bool odd_tail = h == mcols - 1 && (k / 4) % 2 == 1;
+        mb[i] = r < n ? meta[r * mcols + h] : static_cast<uint8_t>(odd_tail ? 0x04 : 0x44);
+      }
+    }
+  }
+  int32_t trailer[2] = {static_cast<int32_t>(k), static_cast<int32_t>(n)};
+  std::memcpy(out + blocks * pairs * 72, trailer, sizeof(trailer));
+}
+
+void sparse24_bf16_packed_shape(const uint16_t* packed, int64_t halves, int64_t* n, int64_t* k) {
+  *n = *k = 0;
+  if (halves < 4) return;
+  int32_t trailer[2];
+  std::memcpy(trailer, packed + halves - 4, sizeof(trailer));
+  if (trailer[0] <= 0 || trailer[1] <= 0 || trailer[0] % 4 != 0) return;
+  if (sparse24_bf16_packed_halves(trailer[1], trailer[0]) != halves) return;
+  *k = trailer[0];
+  *n = trailer[1];
+}
+
+namespace {
+// A denormal read as 0 (DAZ) / flushed to 0 (FTZ), sign kept.
+inline float flush_denormal(float f) { return std::fabs(f) < 1.17549435e-38f ? std::copysign(0.0f, f) : f; }
+}  // namespace
+
+void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
+                                int64_t task_end) {
+  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  const int64_t pairs = (a.k + 7) / 8, groups = a.k / 4;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_end = std::min(a.m, (chunk + 1) * plan.chunk_rows);
+    const int64_t n_end = std::min(a.n, (panel + 1) * panel_cols);
+    for (int64_t m = chunk * plan.chunk_rows; m < m_end; ++m) {
+      const uint16_t* xr = a.x + m * a.ldx;
+      for (int64_t n = panel * panel_cols; n < n_end; ++n) {
+        const uint16_t* block = a.packed + (n / 16) * pairs * 72;
+        const int64_t i = n % 16;
+        float acc = 0.0f;
+        for (int64_t g = 0; g < groups; ++g) {
+          const uint16_t* pair = block + (g / 2) * 72;
+          const int nib = (reinterpret_cast<const uint8_t*>(pair + 64)[i] >> (4 * (g % 2))) & 0xF;
+          const uint16_t* v = pair + (g % 2) * 32 + 2 * i;
+          const float x0 = flush_denormal(bf16_to_float(xr[4 * g + sparse24::position(nib, 0)]));
+          const float x1 = flush_denormal(bf16_to_float(xr[4 * g + sparse24::position(nib, 1)]));
+          acc = flush_denormal(std::fma(flush_denormal(bf16_to_float(v[1])), x1, acc));
+          acc = flush_denormal(std::fma(flush_denormal(bf16_to_float(v[0])), x0, acc));
+        }
+        a.out[m * a.n + n] = float_to_bf16(a.bias != nullptr ? acc + a.bias[n] : acc);
+      }
+    }
+  }
+}
+
+void sparse24_bf16_run(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin, int64_t task_end) {
+  if (active_isa() >= Isa::kAvx512Vbmi && cpu_has_avx512bf16()) {
+    sparse24_bf16_run_avx512bf16(a, plan, task_begin, task_end);
+  } else {
+    sparse24_bf16_run_portable(a, plan, task_begin, task_end);
+  }
+}
+
 }  // namespace ck::cpu

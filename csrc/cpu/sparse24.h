@@ -171,6 +171,59 @@ Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads);
 void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                        int64_t task_end);
 
+// ---------------------------------------------------------------- bf16
+//
+// y[m, n] = bf16(acc + bias[n]) with acc = 0, then for every group g of four k in order
+//   acc = ftz(acc + v[2g + 1] * x[k1]);  acc = ftz(acc + v[2g] * x[k0])
+// (k0 < k1 the group's two kept positions; bf16 inputs widened to fp32 exactly, a denormal input
+// read as 0, each sum rounded to nearest even and a denormal sum flushed to 0): what AVX512_BF16's
+// vdpbf16ps computes for one pair (the odd element first, DAZ / FTZ; checked bit for bit on Zen 4),
+// so the AVX-512 kernel and the portable emulation give the same bits. bias is fp32 and added with
+// an ordinary fp32 add; bf16() rounds to nearest even and turns every NaN into the quiet NaN 0x7FC0.
+//
+// bf16 packed layout (sparse24_bf16_pack; uint16 elements, sparse24_bf16_packed_halves(n, k) of
+// them): B = ceil(N / 16) blocks of 16 output columns, H = ceil(K / 8) pairs of groups. Block b,
+// pair h is 144 bytes at byte (b * H + h) * 144:
+//   bytes [0, 64):    dword i = (values[16b + i, 4h], values[16b + i, 4h + 1]): group 2h's pair
+//   bytes [64, 128):  the same for values 4h + 2, 4h + 3 (group 2h + 1; 0 past K / 4 groups)
+//   bytes [128, 144): byte i = meta[16b + i, h]
+// (columns past N: values 0, meta 0x44); then int32 K and N.
+inline int64_t sparse24_bf16_packed_halves(int64_t n, int64_t k) { return (n + 15) / 16 * ((k + 7) / 8) * 72 + 4; }
+void sparse24_bf16_pack(const uint16_t* values, const uint8_t* meta, int64_t n, int64_t k, uint16_t* out);
+// Reads K and N back from the trailer; both 0 when the size does not match (callers reject).
+void sparse24_bf16_packed_shape(const uint16_t* packed, int64_t halves, int64_t* n, int64_t* k);
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Round to nearest even; every NaN -> 0x7FC0.
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+struct Sparse24Bf16Args {
+  const uint16_t* x = nullptr;  // bf16 [m, k], row stride ldx
+  int64_t m = 0, ldx = 0;
+  const uint16_t* packed = nullptr;  // sparse24_bf16_pack layout
+  int64_t n = 0, k = 0;
+  const float* bias = nullptr;  // [n] or null
+  uint16_t* out = nullptr;      // bf16 [m, n] contiguous
+};
+
+// Tasks: panels of 32 columns x chunks of whole 8-row tiles (the int8 plan's shape).
+using Sparse24Bf16Plan = Sparse24Int8Plan;
+void sparse24_bf16_run(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin, int64_t task_end);
+void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
+                                int64_t task_end);
+void sparse24_bf16_run_avx512bf16(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
+                                  int64_t task_end);
+
 // ---------------------------------------------------------------- conv2d as rows of patches
 //
 // A 2:4 conv's K is kh x kw x in_channels in (kernel row, kernel column, channel) order: every

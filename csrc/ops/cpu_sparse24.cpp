@@ -128,12 +128,72 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
   return call;
 }
 
+at::Tensor sparse24_bf16_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
+  constexpr const char* op = "sparse24_bf16_pack";
+  check_dtype(values, at::kBFloat16, op, "values");
+  const int64_t k = check_compressed(values, meta, op, true);
+  const int64_t n = values.size(0);
+  TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
+  at::Tensor packed = at::empty({cpu::sparse24_bf16_packed_halves(n, k)}, values.options());
+  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
+  cpu::sparse24_bf16_pack(reinterpret_cast<const uint16_t*>(vc.data_ptr<at::BFloat16>()), mc.data_ptr<uint8_t>(), n,
+                          k, reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>()));
+  return packed;
+}
+
+// sparse24_linear with bf16 x: values bf16 [N, K/2] (packed for this call) or sparse24_bf16_pack's
+// 1-D tensor; bias bf16 or fp32 (added in fp32); output bf16.
+at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse24_linear";
+  TORCH_CHECK(values.scalar_type() == at::kBFloat16, op,
+              ": with bf16 x, values must be bf16 [N, K/2] or sparse24_bf16_pack's packed tensor, got ",
+              values.scalar_type());
+  check_cpu_tensor(values, op, "values");
+  at::Tensor packed = values;
+  if (values.dim() == 1) {
+    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_bf16_pack returns them)");
+  } else {
+    packed = sparse24_bf16_pack_cpu(values, meta);
+  }
+  cpu::Sparse24Bf16Args args;
+  args.packed = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
+  cpu::sparse24_bf16_packed_shape(args.packed, packed.numel(), &args.n, &args.k);
+  TORCH_CHECK(args.n > 0, op, ": 1-D bf16 values of ", packed.numel(),
+              " elements are not a weight packed by sparse24_bf16_pack");
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == args.n && meta.size(1) == sparse24::meta_cols(args.k), op,
+              ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", args.n, ", K=", args.k, ")");
+  TORCH_CHECK(x.size(1) == args.k, op, ": K mismatch: x has K=", x.size(1), " but the weight holds K=", args.k);
+  at::Tensor bias_f32;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 || bias->scalar_type() == at::kFloat, op,
+                ": with bf16 x, bias must be bf16 or fp32, got ", bias->scalar_type());
+    check_cpu_tensor(*bias, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == args.n, op, ": bias must have shape [", args.n, "], got ",
+                bias->sizes());
+    bias_f32 = bias->to(at::kFloat).contiguous();
+    args.bias = bias_f32.data_ptr<float>();
+  }
+  const int64_t m = x.size(0);
+  at::Tensor out = at::empty({m, args.n}, x.options());
+  if (m == 0) return out;
+  const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  args.x = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
+  args.m = m;
+  args.ldx = m > 1 ? xc.stride(0) : args.k;
+  args.out = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const cpu::Sparse24Bf16Plan plan = cpu::sparse24_int8_plan(m, args.n, at::get_num_threads());
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_bf16_run(args, plan, b, e); });
+  return out;
+}
+
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse24_linear";
-  check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 2, op, "x");
   check_cpu_tensor(x, op, "x");
+  if (x.scalar_type() == at::kBFloat16) return sparse24_bf16_linear(x, values, meta, bias);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32 or bfloat16 on the CPU, got ", x.scalar_type());
   Sparse24F32Call call = prepare_sparse24_f32(op, x.size(1), values, meta, bias, "x");
   cpu::Sparse24F32Args& args = call.args;
   const int64_t m = x.size(0);
@@ -398,6 +458,7 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("sparse24_compress", &ck::ops::sparse24_compress_cpu);
   m.impl("sparse24_decompress", &ck::ops::sparse24_decompress_cpu);
   m.impl("sparse24_f32_pack", &ck::ops::sparse24_f32_pack_cpu);
+  m.impl("sparse24_bf16_pack", &ck::ops::sparse24_bf16_pack_cpu);
   m.impl("sparse24_linear", &ck::ops::sparse24_linear_cpu);
   m.impl("sparse24_int8_pack", &ck::ops::sparse24_int8_pack_cpu);
   m.impl("sparse24_int8_linear", &ck::ops::sparse24_int8_linear_cpu);

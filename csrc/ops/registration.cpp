@@ -47,6 +47,7 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def("sparse24_compress(Tensor w) -> (Tensor, Tensor)");
   m.def("sparse24_decompress(Tensor values, Tensor meta) -> Tensor");
   m.def("sparse24_f32_pack(Tensor values, Tensor meta) -> Tensor");
+  m.def("sparse24_bf16_pack(Tensor values, Tensor meta) -> Tensor");
   m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   m.def(
       "sparse24_conv2d(Tensor x, Tensor values, Tensor meta, Tensor? bias, int[2] kernel_size, int[2] stride, "
