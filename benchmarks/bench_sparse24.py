@@ -121,6 +121,11 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
         t["sparse_int8"] = best_seconds(
             lambda: ck.sparse24_int8_linear(x_q, 128, packed_sparse, meta_q, b_q, m0, shift, 128, 0, 255,
                                             torch.uint8), min_run_time)
+        if ck.ops.cpu_bf16_kernel():  # (the portable bf16 emulation is a scalar loop: not timed)
+            x_b, w_b, bias_b = x.bfloat16(), w.bfloat16(), bias.bfloat16()
+            packed_b = ck.sparse24_bf16_pack(values.bfloat16(), meta)
+            t["dense_bf16"] = best_seconds(lambda: F.linear(x_b, w_b, bias_b), min_run_time)
+            t["sparse_bf16"] = best_seconds(lambda: ck.sparse24_linear(x_b, packed_b, meta, bias_b), min_run_time)
     t["bytes_fp32"] = (values.numel() * 4 + meta.numel()) / (w.numel() * 4)
     t["bytes_int8"] = (v_q.numel() + meta_q.numel()) / w_q.numel()
     return t
@@ -325,20 +330,25 @@ def main() -> None:
         for m, k, n in shapes:
             t = bench_shape(m, k, n, min_run_time)
             dense_gflop = 2.0 * m * k * n / 1e9
+            bf16 = ([dense_gflop / t["sparse_bf16"], t["dense_bf16"] / t["sparse_bf16"]] if "sparse_bf16" in t
+                    else ["-", "-"])
             rows.append([m, k, n, dense_gflop / t["sparse_fp32"], t["dense_fp32"] / t["sparse_fp32"],
-                         dense_gflop / t["sparse_int8"], t["dense_int8"] / t["sparse_int8"],
+                         dense_gflop / t["sparse_int8"], t["dense_int8"] / t["sparse_int8"], *bf16,
                          f"{100 * t['bytes_fp32']:.2f}%", f"{100 * t['bytes_int8']:.2f}%"])
             print(rows[-1], flush=True)
         machine = machine_line()
     headers = ["M", "K", "N", "fp32 2:4 dense-equiv GFLOP/s", "fp32 2:4 vs F.linear",
-               "int8 2:4 dense-equiv GOP/s", "int8 2:4 vs int8_linear", "fp32 bytes", "int8 bytes"]
+               "int8 2:4 dense-equiv GOP/s", "int8 2:4 vs int8_linear", "bf16 2:4 dense-equiv GFLOP/s",
+               "bf16 2:4 vs F.linear bf16", "fp32 bytes", "int8 bytes"]
     command = "python benchmarks/bench_sparse24.py" + (f" --threads {args.threads}" if args.threads else "") + (
         f" --isa {args.isa}" if args.isa != "auto" else "")
     text = (f"### 2:4 sparse linear (CPU)\n\n{machine}. Command: `{command}`.\n"
             "Ratios are dense peer time / our 2:4 time (> 1 means 2:4 is faster), measured in the same run. "
             "fp32: `sparse24_linear` vs `F.linear` fp32 on the same pruned weight. int8: "
             "`sparse24_int8_linear` (packed) vs our dense `int8_linear` (packed), uint8 -> uint8 with the fused "
-            "requantization. Bytes: values + metadata over the dense weight of the same dtype.\n\n"
+            "requantization. bf16: `sparse24_linear` on bf16 x with `sparse24_bf16_pack` vs `F.linear` bf16 (oneDNN), "
+            "bf16 in and out (only where the AVX-512 BF16 kernel runs). Bytes: values + metadata over the dense "
+            "weight of the same dtype.\n\n"
             + markdown_table(headers, rows))
     with ck.force_cpu_isa(args.isa):
         text += bench_int8_conv(min_run_time, args.quick)

@@ -510,6 +510,13 @@ def cpu_isa() -> str:
     return _lib()._cpu_isa("")
 
 
+def cpu_bf16_kernel() -> bool:
+    """Whether bf16 ops (sparse24_linear with bf16 x) run their AVX-512 BF16 kernel now (path
+    avx512vbmi on a CPU with AVX512_BF16: Zen 4, Sapphire Rapids); else the portable emulation runs
+    (the same bits, far slower)."""
+    return bool(_lib()._cpu_bf16_kernel())
+
+
 @contextlib.contextmanager
 def force_cpu_isa(isa: str):
     """Run the body on one CPU path ("portable", "avx2", "avx512vnni", "avx512vbmi" or "auto"); every path computes

@@ -443,6 +443,24 @@ def test_sparse_linear_module(int8):
     assert sl.compressed_bytes() == (24 * (32 + 8 + 4) if int8 else 24 * (32 * 4 + 8))
 
 
+def test_sparse_linear_module_bf16():
+    """module.bfloat16() runs the bf16 kernel: the bits of sparse24_linear on the bf16 values."""
+    torch.manual_seed(0)
+    lin = _pruned(torch.nn.Linear(64, 24))
+    sl = ck.SparseLinear.from_float(lin).bfloat16()
+    assert sl.packed.dtype == torch.bfloat16 and sl.values.dtype == torch.bfloat16
+    x = torch.randn(3, 5, 64).bfloat16()
+    got = sl(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (3, 5, 24)
+    want = ck.sparse24_linear(x.reshape(15, 64), sl.values, sl.meta, sl.bias).reshape(3, 5, 24)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    assert torch.allclose(got.float(), lin.bfloat16()(x).float(), atol=3e-2, rtol=3e-2)
+    other = ck.SparseLinear(64, 24).bfloat16()
+    other.load_state_dict(sl.state_dict())
+    assert torch.equal(other(x).view(torch.int16), got.view(torch.int16))
+    assert torch.allclose(sl.float()(x.float()), lin.float()(x.float()), atol=3e-2)  # back to fp32: fp32 kernel
+
+
 @pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_sparse_conv_module(int8, stride, padding, dilation):

@@ -32,6 +32,10 @@ def is_24_sparse(w: torch.Tensor) -> bool:
 
 
 class _Sparse24Base(nn.Module):
+    # Whether bf16 values (after module.bfloat16()) run the CPU bf16 kernel (sparse24_bf16_pack);
+    # otherwise they are widened to fp32 for the fp32 kernel.
+    _bf16_kernel = False
+
     def _init_buffers(self, out_features: int, k: int, bias: bool, int8: bool) -> None:
         if k % 4:
             raise ValueError(f"{type(self).__name__}: K = {k} (in_features, or kh * kw * in_channels) is not a "
@@ -78,7 +82,12 @@ class _Sparse24Base(nn.Module):
             self.packed, self.packed_meta = ops.sparse24_cuda_pack(self.values, self.meta, dtype)
             return
         values, meta = self.values.cpu(), self.meta.cpu()
-        packed = ops.sparse24_int8_pack(values, meta) if self.int8 else ops.sparse24_f32_pack(values.float(), meta)
+        if self.int8:
+            packed = ops.sparse24_int8_pack(values, meta)
+        elif self._bf16_kernel and values.dtype == torch.bfloat16:
+            packed = ops.sparse24_bf16_pack(values, meta)
+        else:
+            packed = ops.sparse24_f32_pack(values.float(), meta)
         self.packed = packed.to(self.values.device)
         self.packed_meta = torch.zeros(0, dtype=torch.uint8, device=self.values.device)
 
@@ -129,6 +138,8 @@ class _Sparse24Base(nn.Module):
             if x2.is_cuda:  # fp16 tensor cores, fp32 in and out (x cast to fp16 by the op)
                 y = ops.sparse24_linear(x2.float().contiguous(), self.packed, self.packed_meta, None)[:, :n]
                 return y + self.bias.float() if self.bias is not None else y
+            if self.packed.dtype == torch.bfloat16:  # bf16 module: bf16 in and out, fp32 accumulation
+                return ops.sparse24_linear(x2.to(torch.bfloat16).contiguous(), self.packed, self.meta, self.bias)
             return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, self.bias)
         if s_x is None:
             x2, s_x = self._quantize_input(x2)
@@ -146,7 +157,10 @@ class _Sparse24Base(nn.Module):
 
 
 class SparseLinear(_Sparse24Base):
-    """nn.Linear with a 2:4 sparse weight (fp32, or int8 with dynamic activation quantization)."""
+    """nn.Linear with a 2:4 sparse weight (fp32, or int8 with dynamic activation quantization).
+    After .bfloat16() (fp32 mode) it runs the CPU bf16 2:4 kernel: bf16 in and out."""
+
+    _bf16_kernel = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, int8: bool = False):
         super().__init__()

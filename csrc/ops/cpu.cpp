@@ -258,6 +258,10 @@ std::string cpu_isa(c10::string_view isa) {
   return cpu::isa_name(cpu::active_isa());
 }
 
+// Whether bf16 kernels (vdpbf16ps) run now: the active path is avx512vbmi and the CPU has
+// AVX512_BF16; otherwise bf16 ops run their portable emulation (same bits, much slower).
+bool cpu_bf16_kernel() { return cpu::active_isa() >= cpu::Isa::kAvx512Vbmi && cpu::cpu_has_avx512bf16(); }
+
 }  // namespace
 }  // namespace ck::ops
 
@@ -273,4 +277,5 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
 
 TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {
   m.impl("_cpu_isa", &ck::ops::cpu_isa);
+  m.impl("_cpu_bf16_kernel", &ck::ops::cpu_bf16_kernel);
 }
