@@ -94,8 +94,15 @@ void bf16_tile(const Sparse24Bf16Args& a, int64_t m0, int64_t n0, const __m512i*
       std::memcpy(tail[r], x + r * a.ldx + 8 * full_pairs, 4 * sizeof(uint16_t));
     }
   }
+  // In-register expansion runs one pair ahead, as in the int8 kernel.
+  __m512i next0[NV], next1[NV];
+  if (!kExpanded) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) pair_controls(reinterpret_cast<const uint8_t*>(wb[v] + 64), &next0[v], &next1[v]);
+  }
   for (int64_t h = 0; h < pairs; ++h) {
     __m512i val0[NV], val1[NV], ctl0[NV], ctl1[NV];
+    const int64_t ahead = std::min(h + 1, pairs - 1);
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       const uint16_t* p = wb[v] + h * 72;
@@ -105,7 +112,9 @@ void bf16_tile(const Sparse24Bf16Args& a, int64_t m0, int64_t n0, const __m512i*
         ctl0[v] = _mm512_load_si512(controls + (v * pairs + h) * 2);
         ctl1[v] = _mm512_load_si512(controls + (v * pairs + h) * 2 + 1);
       } else {
-        pair_controls(reinterpret_cast<const uint8_t*>(p + 64), &ctl0[v], &ctl1[v]);
+        ctl0[v] = next0[v];
+        ctl1[v] = next1[v];
+        pair_controls(reinterpret_cast<const uint8_t*>(wb[v] + ahead * 72 + 64), &next0[v], &next1[v]);
       }
     }
     const bool last = h == full_pairs;
