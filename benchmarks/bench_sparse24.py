@@ -58,22 +58,26 @@ compressed bytes <= 56.25% of dense.
   `vpdpbusd`. The packed weight is 80 bytes per 16 columns x 8 k (the 16 metadata bytes ride with
   the 64 value bytes and are expanded into shuffle controls in registers, once per task for tasks
   of more than one 8-row tile), so the weight held in memory is 62.5% of dense int8, not 100%.
-  The controls cost three vector ops per 16 columns and 8 k with AVX-512 VBMI (`vpmultishiftqb`
-  picks the four 2-bit fields; the avx512vbmi path, Ice Lake / Zen 4 and newer) and seven without
+  The controls cost two vector ops per 16 columns and 8 k with AVX-512 VBMI (two broadcast loads,
+  `vpmultishiftqb` picks the four 2-bit fields, one ternary-logic op; the avx512vbmi path, Ice Lake
+  / Zen 4 and newer) and seven without
   (shifts and ORs; the avx512vnni path, for Cascade Lake, which lacks VBMI). At M >= 64 the shuffle
-  + dot product pair gives 1.2-1.42x. At M = 8 it gives only 1.03-1.2x: a zmm `vpshufb` and a
+  + dot product pair gives 1.3-1.42x. At M = 8 it gives 1.21-1.26x: a zmm `vpshufb` and a
   `vpdpbusd` issue at about 0.74 pairs per cycle together (a microbenchmark on this core; each
-  alone runs at 1 per cycle), so 2:4 saves at most ~1.35x of dense's two dot products, and the
-  control expansion, shared by only 8 rows, takes ~20% (with it removed, for timing only, M = 8 ran
-  1.32-1.36x). M = 1 (weight-stream bound): 1.24-1.6x; the seven-op expansion of the avx512vnni
-  path gives 0.96-1.12x at M <= 8 (table `sparse24_avx512vnni`).
+  alone runs at 1 per cycle), so 2:4 is at most ~1.5x dense's two dot products at 1 per cycle,
+  and the control expansion is shared by only 8 rows. Done in line, the expansion cost 30% (the
+  shuffles waited for it: 0.50 pairs per cycle in an isolated tile, 0.73 with the controls
+  preloaded, for timing only) and M = 8 ran at 1.03-1.1x; expanding one pair ahead (software
+  pipelining) recovers most of it (0.60 pairs per cycle). M = 1 (weight-stream bound): 1.22-1.5x.
+  The seven-op expansion of the avx512vnni path gives 0.93-1.21x at M <= 8 and 1.24-1.42x at
+  M >= 64 (table `sparse24_avx512vnni`).
 - bf16 (`sparse24_linear` with bf16 x; AVX-512 VBMI + BF16, Zen 4 / Sapphire Rapids): vectorized over
   16 columns like int8: per group of four k one `vpshufb` picks each column's two bf16 x and one
   `vdpbf16ps` adds both products, where dense bf16 needs two `vdpbf16ps`. The semantics are
   vdpbf16ps' own (the second product first, denormals flushed), which the portable path emulates
   bit for bit (checked against the instruction on random data with denormals, infinities, NaN);
   `reference.sparse24_bf16_linear` is the exact model. It pays most where dense bf16 is bound by
-  the weight stream: M = 1 4.5-9.4x, M = 8 1.7-2.2x; at M >= 64, where oneDNN's bf16 runs at ~95% of
+  the weight stream: M = 1 4.4-9.3x, M = 8 2.0-2.5x; at M >= 64, where oneDNN's bf16 runs at ~95% of
   the vdpbf16ps peak, the shuffle + dot product pair gives 1.1-1.2x (the controls are expanded once
   per task there; per 8-row tile they cost 15%).
 - 2:4 conv2d (`sparse24_int8_conv2d`, `sparse24_conv2d`, second table): the groups of four are input channels at
