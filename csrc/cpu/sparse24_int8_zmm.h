@@ -3,8 +3,8 @@
 // pragma and after defining
 //   __m512i shuffle_control(const int8_t* meta16);   the vpshufb controls of 16 columns (see
 //                                                     the packed layout in sparse24.h)
-// The two differ only there: with VBMI's vpmultishiftqb the expansion takes three vector ops
-// instead of seven.
+// The two differ only there: with VBMI's vpmultishiftqb the expansion takes two vector ops (after
+// two broadcast loads) instead of seven.
 // Design: see the top of sparse24_avx512.cpp.
 
 // kExpanded: `controls` holds the panel's controls expanded once per task by int8_run_zmm (block v,
@@ -108,7 +108,7 @@ inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
   constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   // A task with more than one tile of rows expands its panel's controls once (64 bytes per block
   // and pair, K * 16 bytes for the panel, kept in L2) instead of once per tile: the expansion is
-  // seven vector ops per block and pair, nearly as many as the shuffles and dot products of an 8-row tile.
+  // two (VBMI) or seven vector ops per block and pair, shared by only the 8 rows of a tile.
   // Grown once per thread, reused by every later call.
   struct alignas(64) Control {
     int8_t bytes[64];
