@@ -47,15 +47,25 @@ void sparse24_f32_pack(const float* values, const uint8_t* meta, int64_t n, int6
   std::memcpy(out + (n + 7) / 8 * block, trailer, sizeof(trailer));
 }
 
-void sparse24_f32_packed_shape(const float* packed, int64_t floats, int64_t* n, int64_t* k) {
+namespace {
+// K and N from the two int32 after the packed data of a buffer of `elements` T, when
+// size(N, K) == elements; else both 0.
+template <typename T, typename Size>
+void read_packed_shape(const T* packed, int64_t elements, Size size, int64_t* n, int64_t* k) {
+  constexpr int64_t trailer_elements = 8 / sizeof(T);
   *n = *k = 0;
-  if (floats < 2) return;
+  if (elements < trailer_elements) return;
   int32_t trailer[2];
-  std::memcpy(trailer, packed + floats - 2, sizeof(trailer));
+  std::memcpy(trailer, packed + elements - trailer_elements, sizeof(trailer));
   if (trailer[0] <= 0 || trailer[1] <= 0 || trailer[0] % 4 != 0) return;
-  if (sparse24_f32_packed_floats(trailer[1], trailer[0]) != floats) return;
+  if (size(trailer[1], trailer[0]) != elements) return;
   *k = trailer[0];
   *n = trailer[1];
+}
+}  // namespace
+
+void sparse24_f32_packed_shape(const float* packed, int64_t floats, int64_t* n, int64_t* k) {
+  read_packed_shape(packed, floats, sparse24_f32_packed_floats, n, k);
 }
 
 void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
@@ -123,9 +133,9 @@ void sparse24_int8_pack(const int8_t* values, const uint8_t* meta, int64_t n, in
 
 PackedSparse24Int8 sparse24_int8_packed_view(const int32_t* packed, int64_t words) {
   PackedSparse24Int8 v;
-  if (words < 2) return v;
-  const int64_t k = packed[words - 2], n = packed[words - 1];
-  if (k <= 0 || n <= 0 || k % 4 != 0 || sparse24_int8_packed_words(n, k) != words) return v;
+  int64_t n = 0, k = 0;
+  read_packed_shape(packed, words, sparse24_int8_packed_words, &n, &k);
+  if (n == 0) return v;
   v.data = reinterpret_cast<const int8_t*>(packed);
   v.pairs = sparse24_int8_pairs(k);
   v.row_sum = packed + (n + 15) / 16 * v.pairs * 20;
@@ -243,14 +253,7 @@ void sparse24_bf16_pack(const uint16_t* values, const uint8_t* meta, int64_t n, 
 }
 
 void sparse24_bf16_packed_shape(const uint16_t* packed, int64_t halves, int64_t* n, int64_t* k) {
-  *n = *k = 0;
-  if (halves < 4) return;
-  int32_t trailer[2];
-  std::memcpy(trailer, packed + halves - 4, sizeof(trailer));
-  if (trailer[0] <= 0 || trailer[1] <= 0 || trailer[0] % 4 != 0) return;
-  if (sparse24_bf16_packed_halves(trailer[1], trailer[0]) != halves) return;
-  *k = trailer[0];
-  *n = trailer[1];
+  read_packed_shape(packed, halves, sparse24_bf16_packed_halves, n, k);
 }
 
 namespace {

@@ -78,16 +78,25 @@ at::Tensor sparse24_decompress_cpu(const at::Tensor& values, const at::Tensor& m
   return w;
 }
 
-at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
-  constexpr const char* op = "sparse24_f32_pack";
-  check_dtype(values, at::kFloat, op, "values");
+// The checks every pack op shares (values of `dtype` [N >= 1, K/2] + valid meta), then
+// pack(values, meta, n, k) -> the packed 1-D tensor.
+template <typename Pack>
+at::Tensor pack_checked(const at::Tensor& values, const at::Tensor& meta, const char* op, at::ScalarType dtype,
+                        Pack pack) {
+  check_dtype(values, dtype, op, "values");
   const int64_t k = check_compressed(values, meta, op, true);
   const int64_t n = values.size(0);
   TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
-  at::Tensor packed = at::empty({cpu::sparse24_f32_packed_floats(n, k)}, values.options());
-  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
-  cpu::sparse24_f32_pack(vc.data_ptr<float>(), mc.data_ptr<uint8_t>(), n, k, packed.data_ptr<float>());
-  return packed;
+  return pack(values.contiguous(), meta.contiguous(), n, k);
+}
+
+at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
+  return pack_checked(values, meta, "sparse24_f32_pack", at::kFloat,
+                      [](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
+                        at::Tensor packed = at::empty({cpu::sparse24_f32_packed_floats(n, k)}, v.options());
+                        cpu::sparse24_f32_pack(v.data_ptr<float>(), m.data_ptr<uint8_t>(), n, k, packed.data_ptr<float>());
+                        return packed;
+                      });
 }
 
 // The weight and bias of an fp32 2:4 op whose input rows hold K values: checked and filled into
@@ -129,16 +138,14 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
 }
 
 at::Tensor sparse24_bf16_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
-  constexpr const char* op = "sparse24_bf16_pack";
-  check_dtype(values, at::kBFloat16, op, "values");
-  const int64_t k = check_compressed(values, meta, op, true);
-  const int64_t n = values.size(0);
-  TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
-  at::Tensor packed = at::empty({cpu::sparse24_bf16_packed_halves(n, k)}, values.options());
-  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
-  cpu::sparse24_bf16_pack(reinterpret_cast<const uint16_t*>(vc.data_ptr<at::BFloat16>()), mc.data_ptr<uint8_t>(), n,
-                          k, reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>()));
-  return packed;
+  return pack_checked(values, meta, "sparse24_bf16_pack", at::kBFloat16,
+                      [](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
+                        at::Tensor packed = at::empty({cpu::sparse24_bf16_packed_halves(n, k)}, v.options());
+                        cpu::sparse24_bf16_pack(reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>()),
+                                                m.data_ptr<uint8_t>(), n, k,
+                                                reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>()));
+                        return packed;
+                      });
 }
 
 // sparse24_linear with bf16 x: values bf16 [N, K/2] (packed for this call) or sparse24_bf16_pack's
@@ -211,15 +218,12 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
 
 at::Tensor sparse24_int8_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
   constexpr const char* op = "sparse24_int8_pack";
-  check_dtype(values, at::kChar, op, "values");
-  const int64_t k = check_compressed(values, meta, op, true);
-  const int64_t n = values.size(0);
-  check_depth(k, op);
-  TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
-  at::Tensor packed = at::empty({cpu::sparse24_int8_packed_words(n, k)}, values.options().dtype(at::kInt));
-  const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
-  cpu::sparse24_int8_pack(vc.data_ptr<int8_t>(), mc.data_ptr<uint8_t>(), n, k, packed.data_ptr<int32_t>());
-  return packed;
+  return pack_checked(values, meta, op, at::kChar, [op](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
+    check_depth(k, op);
+    at::Tensor packed = at::empty({cpu::sparse24_int8_packed_words(n, k)}, v.options().dtype(at::kInt));
+    cpu::sparse24_int8_pack(v.data_ptr<int8_t>(), m.data_ptr<uint8_t>(), n, k, packed.data_ptr<int32_t>());
+    return packed;
+  });
 }
 
 // The weight, bias and output stage of an int8 2:4 op whose input rows hold K values: checked and
