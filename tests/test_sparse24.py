@@ -176,6 +176,23 @@ def test_sparse24_bf16_linear_is_exact(m, n, k, bias):
     assert ((got.double() - want).abs() <= 2.0 ** -8 * want.abs() + 1e-5 * k * (x.double().abs() @ w.double().abs().T)).all()
 
 
+def test_sparse24_bf16_linear_is_independent_of_threads_and_strides():
+    w = random_24(300, 256, torch.bfloat16, seed=1)
+    values, meta = ck.sparse24_compress(w)
+    packed = ck.sparse24_bf16_pack(values, meta)
+    x = torch.randn(200, 512).bfloat16()[:, ::2]  # non-contiguous rows
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_on_every_isa(ck.sparse24_linear, x, packed, meta, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(_bits(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None)), _bits(one))
+    x_rows = torch.randn(200, 300).bfloat16()[:, 20:276]  # rows with a stride > K: read in place
+    assert torch.equal(_bits(ck.sparse24_linear(x_rows, packed, meta, None)),
+                       _bits(ck.sparse24_linear(x_rows.contiguous(), packed, meta, None)))
+
+
 def test_sparse24_bf16_special_values():
     """Denormal inputs (read as 0), denormal partial sums (flushed to 0), infinities, NaN (-> 0x7FC0),
     signed zeros, overflow: every path equals the exact model bit for bit."""
