@@ -91,11 +91,12 @@ compressed bytes <= 56.25% of dense.
 - AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
   oneDNN's AVX-512 F.linear): fp32 runs the same two kernels on ymm (rows kernel: 2 columns x 4
   vectors of 8 rows in the 16 registers; transposes avoid `vmaskmovps` for whole vectors, a
-  microcoded store on AMD that cost 20%): 1.25-1.47x at M >= 64, 2-3x at M <= 8. int8 is exact
+  microcoded store on AMD that cost 20%): 1.27-1.43x at M >= 64 (1.18-1.47x across runs), 1.9-3.2x at
+  M <= 8. int8 is exact
   without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns and 8 k,
-  against 2 `vpmaddwd` for dense. That is 0.89-1.0x our dense AVX2 int8_linear at M >= 64; at M <= 8
+  against 2 `vpmaddwd` for dense. That is 0.88-1.03x our dense AVX2 int8_linear at M >= 64; at M <= 8
   the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is not shared
-  by enough rows and 2:4 is slower than dense (0.26-0.74x). It replaced the portable loop (0.03x).
+  by enough rows and 2:4 is slower than dense (0.26-0.88x): on AVX2, int8 2:4 saves memory, not time. It replaced the portable loop (0.03x).
 - The tables are single-threaded (`--threads 1`): on a shared 2-core VM a descheduled second thread
   stalls every OpenMP barrier. On a quiet machine both scale to 2 threads: at M >= 64, fp32 2:4
   243-312 GFLOP/s dense-equivalent, 1.56-2.43x F.linear; int8 2:4 1.0-1.2 TOP/s, 1.23-1.41x
