@@ -310,14 +310,17 @@ def test_torch_compile_fullgraph():
     xq, vq, mq, bq, m0, shift = _int8_args()
     packed_q = ck.sparse24_int8_pack(vq, mq)
 
+    packed_b = ck.sparse24_bf16_pack(values.bfloat16(), meta)
+
     def f(x, xq):
         y = ck.sparse24_linear(x, packed, meta, b)
         yq = ck.sparse24_int8_linear(xq, 3, packed_q, mq, bq, m0, shift, 0, -128, 127, torch.int8)
-        return y, yq
+        yb = ck.sparse24_linear(x.bfloat16(), packed_b, meta, b)
+        return y, yq, yb
 
     want = f(x, xq)
     got = torch.compile(f, fullgraph=True, backend="eager")(x, xq)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and got[2].dtype == torch.bfloat16
 
 
 # ---------------------------------------------------------------- bad input
