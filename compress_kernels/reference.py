@@ -270,19 +270,39 @@ def sparse24_linear(x, values, meta, bias=None):
     return y
 
 
+_FLT_MIN = 2.0 ** -126
+
+
 def _flush_denormals(t: torch.Tensor) -> torch.Tensor:
     """fp32 values below the smallest normal (2^-126) in magnitude -> zero of the same sign."""
-    return torch.where(t.abs() < 2.0 ** -126, torch.copysign(torch.zeros_like(t), t), t)
+    return torch.where(t.abs() < _FLT_MIN, torch.copysign(torch.zeros_like(t), t), t)
+
+
+def _bf16_dot_step(acc: torch.Tensor, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """One vdpbf16ps step on fp32 tensors (no denormals in): acc + v * x rounded once to fp32 (the
+    product is exact in float64; TwoSum gives the exact sum s + err, s rounds to fp32 without a
+    second rounding error that matters), then flushed to a zero of its sign when tiny: x86 FTZ
+    detects tininess after rounding with an unbounded exponent, i.e. a result that gradual
+    underflow makes denormal, or one that rounds to +-2^-126 from an exact sum below
+    2^-126 - 2^-151 in magnitude (2^-126 - 2^-151 itself ties up to 2^-126)."""
+    a = acc.double()
+    p = v.double() * x.double()
+    s = a + p
+    t = s - a
+    err = (a - (s - t)) + (p - t)
+    r = s.float()
+    below = s.abs() - _FLT_MIN
+    half_step = 2.0 ** -151
+    outward = torch.where(s > 0, err, -err)
+    tiny = (r.abs() < _FLT_MIN) | ((r.abs() == _FLT_MIN) & ((below < -half_step) | ((below == -half_step) & (outward < 0))))
+    return torch.where(tiny, torch.copysign(torch.zeros_like(r), r), r)
 
 
 def sparse24_bf16_linear(x, values, meta, bias=None):
     """The exact bf16 2:4 product of the CPU kernels: per group of four, in order,
-    acc = ftz(acc + v1 * x[k1]), then acc = ftz(acc + v0 * x[k0]) (bf16 inputs widened exactly,
-    denormal inputs read as 0, each sum rounded once to fp32, denormal sums flushed to 0: AVX512_BF16
-    vdpbf16ps), then acc + bias in fp32 and one rounding to bf16 (nearest even; every NaN becomes
-    the quiet NaN 0x7FC0). Each step is computed in float64,
-    where v * x (two 8-bit significands) and acc + v * x are exact or too far from an fp32 rounding
-    tie to round twice, then rounded to fp32."""
+    acc = step(acc, v1, x[k1]), then acc = step(acc, v0, x[k0]) (bf16 inputs widened exactly,
+    denormal inputs read as 0; step is one vdpbf16ps step, _bf16_dot_step), then acc + bias in
+    fp32 and one rounding to bf16 (nearest even; every NaN becomes the quiet NaN 0x7FC0)."""
     n, half = values.shape
     k = 2 * half
     xs = _flush_denormals(x.float())
@@ -293,8 +313,7 @@ def sparse24_bf16_linear(x, values, meta, bias=None):
         nib = (meta[:, g // 2].long() >> (4 * (g % 2))) & 0xF
         k0, k1 = 4 * g + (nib & 3), 4 * g + ((nib >> 2) & 3)
         for slot, kk in ((1, k1), (0, k0)):
-            prod = vs[:, 2 * g + slot].double()[None, :] * xs[:, kk].double()  # [M, N], exact
-            acc = _flush_denormals((acc.double() + prod).float())
+            acc = _bf16_dot_step(acc, vs[:, 2 * g + slot][None, :], xs[:, kk])  # [M, N]
     if bias is not None:
         acc = acc + bias.float()
     out = acc.to(torch.bfloat16)  # round to nearest even

@@ -193,6 +193,26 @@ def test_sparse24_bf16_linear_is_independent_of_threads_and_strides():
                        _bits(ck.sparse24_linear(x_rows.contiguous(), packed, meta, None)))
 
 
+def test_sparse24_bf16_tininess_after_rounding():
+    """Sums next to 2^-126 (odd product -+2^-126, then an even product p): x86 FTZ flushes a sum
+    whose value rounded with an unbounded exponent is below 2^-126, so -2^-126 + 2^-150 -> -0 but
+    -2^-126 + 2^-151 (a tie, rounds to 2^-126) stays -2^-126. Every path equals the exact model."""
+    ps = [2.0 ** -150, 1.5 * 2.0 ** -151, 2.0 ** -151, 2.0 ** -152, 1.5 * 2.0 ** -150, -(2.0 ** -150), 2.0 ** -149, 0.0]
+    x = torch.zeros(len(ps), 4, dtype=torch.float64)  # one group: no later +0 products turn -0 into +0
+    x[:, 1] = 2.0 ** -63
+    x[:, 0] = torch.tensor(ps, dtype=torch.float64) * 2.0 ** 75  # even product v0 * x0 = p
+    x = x.bfloat16()
+    w = torch.zeros(2, 4, dtype=torch.float64)
+    w[:, 0] = 2.0 ** -75
+    w[0, 1], w[1, 1] = -(2.0 ** -63), 2.0 ** -63  # odd product -2^-126 (column 0), +2^-126 (column 1)
+    values, meta = ck.sparse24_compress(w.bfloat16())
+    got = run_on_every_isa(lambda *a: _bits(ck.sparse24_linear(*a)), x, ck.sparse24_bf16_pack(values, meta), meta, None)
+    assert torch.equal(got, _bits(ref.sparse24_bf16_linear(x, values, meta)))
+    neg_min, neg_zero = -0x7F80, -0x8000  # 0x8080 (-2^-126) and 0x8000 (-0.0) as int16
+    assert got[:, 0].tolist() == [neg_zero, neg_zero, neg_min, neg_min, neg_zero, neg_min, neg_zero, neg_min]
+    assert got[:, 1].tolist() == [0x80, 0x80, 0x80, 0x80, 0x80, 0, 0x80, 0x80]  # +2^-126 + p, p >= 0: no flush
+
+
 def test_sparse24_bf16_special_values():
     """Denormal inputs (read as 0), denormal partial sums (flushed to 0), infinities, NaN (-> 0x7FC0),
     signed zeros, overflow: every path equals the exact model bit for bit."""

@@ -176,10 +176,12 @@ void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, 
 // y[m, n] = bf16(acc + bias[n]) with acc = 0, then for every group g of four k in order
 //   acc = ftz(acc + v[2g + 1] * x[k1]);  acc = ftz(acc + v[2g] * x[k0])
 // (k0 < k1 the group's two kept positions; bf16 inputs widened to fp32 exactly, a denormal input
-// read as 0, each sum rounded to nearest even and a denormal sum flushed to 0): what AVX512_BF16's
-// vdpbf16ps computes for one pair (the odd element first, DAZ / FTZ; checked bit for bit on Zen 4),
-// so the AVX-512 kernel and the portable emulation give the same bits. bias is fp32 and added with
-// an ordinary fp32 add; bf16() rounds to nearest even and turns every NaN into the quiet NaN 0x7FC0.
+// read as 0, each sum rounded to nearest even, ftz: a sum that is tiny flushed to a zero of its
+// sign, x86's FTZ with tininess detected after rounding, see bf16_dot_step in sparse24.cpp): what
+// AVX512_BF16's vdpbf16ps computes for one pair (the odd element first; checked bit for bit on
+// Zen 4, including sums next to 2^-126), so the AVX-512 kernel and the portable emulation give the
+// same bits. bias is fp32 and added with an ordinary fp32 add; bf16() rounds to nearest even and
+// turns every NaN into the quiet NaN 0x7FC0.
 //
 // bf16 packed layout (sparse24_bf16_pack; uint16 elements, sparse24_bf16_packed_halves(n, k) of
 // them): B = ceil(N / 16) blocks of 16 output columns, H = ceil(K / 8) pairs of groups. Block b,
