@@ -79,7 +79,11 @@ compressed bytes <= 56.25% of dense.
   `reference.sparse24_bf16_linear` is the exact model. It pays most where dense bf16 is bound by
   the weight stream: M = 1 4.4-9.3x, M = 8 2.0-2.5x; at M >= 64, where oneDNN's bf16 runs at ~95% of
   the vdpbf16ps peak, the shuffle + dot product pair gives 1.1-1.2x (the controls are expanded once
-  per task there; per 8-row tile they cost 15%).
+  per task there; per 8-row tile they cost 15%). x86's FTZ flushes exactly the sums vdpbf16ps
+  flushes (tininess after rounding: -2^-126 + 2^-150 -> -0, -2^-126 + 2^-151 -> -2^-126; 0
+  differences in 30M random and near-2^-126 cases), so CPUs without AVX512_BF16 run the same bits
+  with fp32 FMAs under MXCSR FTZ + DAZ (the AVX2 path, `vpermps` picks x: 25-68 GFLOP/s
+  dense-equivalent here, against a scalar portable loop).
 - 2:4 conv2d (`sparse24_int8_conv2d`, `sparse24_conv2d`, second table): the groups of four are input channels at
   one kernel tap (NVIDIA's convention), so an input row is kh x kw runs of C contiguous NHWC bytes;
   rows are gathered by memcpy a 256 KB chunk at a time into a per-thread buffer and multiplied by
@@ -135,7 +139,7 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
         t["sparse_int8"] = best_seconds(
             lambda: ck.sparse24_int8_linear(x_q, 128, packed_sparse, meta_q, b_q, m0, shift, 128, 0, 255,
                                             torch.uint8), min_run_time)
-        if ck.ops.cpu_bf16_kernel():  # (the portable bf16 emulation is a scalar loop: not timed)
+        if ck.ops.cpu_bf16_path() != "portable":  # (the portable emulation is a scalar loop: not timed)
             x_b, w_b, bias_b = x.bfloat16(), w.bfloat16(), bias.bfloat16()
             packed_b = ck.sparse24_bf16_pack(values.bfloat16(), meta)
             t["dense_bf16"] = best_seconds(lambda: F.linear(x_b, w_b, bias_b), min_run_time)
@@ -361,7 +365,8 @@ def main() -> None:
             "fp32: `sparse24_linear` vs `F.linear` fp32 on the same pruned weight. int8: "
             "`sparse24_int8_linear` (packed) vs our dense `int8_linear` (packed), uint8 -> uint8 with the fused "
             "requantization. bf16: `sparse24_linear` on bf16 x with `sparse24_bf16_pack` vs `F.linear` bf16 (oneDNN), "
-            "bf16 in and out (only where the AVX-512 BF16 kernel runs). Bytes: values + metadata over the dense "
+            "bf16 in and out (`ck.ops.cpu_bf16_path()`: the vdpbf16ps kernel on the avx512vbmi path of a CPU with "
+            "AVX512_BF16, else the AVX2 emulation). Bytes: values + metadata over the dense "
             "weight of the same dtype.\n\n"
             + markdown_table(headers, rows))
     with ck.force_cpu_isa(args.isa):

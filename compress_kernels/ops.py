@@ -510,11 +510,11 @@ def cpu_isa() -> str:
     return _lib()._cpu_isa("")
 
 
-def cpu_bf16_kernel() -> bool:
-    """Whether bf16 ops (sparse24_linear with bf16 x) run their AVX-512 BF16 kernel now (path
-    avx512vbmi on a CPU with AVX512_BF16: Zen 4, Sapphire Rapids); else the portable emulation runs
-    (the same bits, far slower)."""
-    return bool(_lib()._cpu_bf16_kernel())
+def cpu_bf16_path() -> str:
+    """The kernel bf16 ops (sparse24_linear with bf16 x) run now: "avx512bf16" (vdpbf16ps, path
+    avx512vbmi on a CPU with AVX512_BF16: Zen 4, Sapphire Rapids), "avx2" (fp32 FMAs under FTZ/DAZ,
+    any AVX2 CPU) or "portable"; all give the same bits."""
+    return _lib()._cpu_bf16_path()
 
 
 @contextlib.contextmanager

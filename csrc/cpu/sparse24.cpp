@@ -313,9 +313,16 @@ void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Pla
   }
 }
 
+const char* sparse24_bf16_path() {
+  if (active_isa() >= Isa::kAvx512Vbmi && cpu_has_avx512bf16()) return "avx512bf16";
+  return active_isa() >= Isa::kAvx2 ? "avx2" : "portable";
+}
+
 void sparse24_bf16_run(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin, int64_t task_end) {
   if (active_isa() >= Isa::kAvx512Vbmi && cpu_has_avx512bf16()) {
     sparse24_bf16_run_avx512bf16(a, plan, task_begin, task_end);
+  } else if (active_isa() >= Isa::kAvx2) {
+    sparse24_bf16_run_avx2(a, plan, task_begin, task_end);
   } else {
     sparse24_bf16_run_portable(a, plan, task_begin, task_end);
   }

@@ -225,6 +225,12 @@ void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Pla
                                 int64_t task_end);
 void sparse24_bf16_run_avx512bf16(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
                                   int64_t task_end);
+// Without AVX512_BF16 (AVX2 and AVX-512 CPUs before Cooper Lake / Zen 4): the same bits from fp32
+// FMAs under MXCSR FTZ + DAZ.
+void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
+                            int64_t task_end);
+// The bf16 path that runs now: "avx512bf16", "avx2" or "portable".
+const char* sparse24_bf16_path();
 
 // ---------------------------------------------------------------- conv2d as rows of patches
 //

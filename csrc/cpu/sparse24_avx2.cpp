@@ -230,6 +230,108 @@ void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& p
   }
 }
 
+// ---------------------------------------------------------------- bf16 without AVX512_BF16
+
+namespace {
+
+// vdpbf16ps emulated exactly with fp32 FMAs under MXCSR's FTZ and DAZ (x86 FTZ flushes exactly the
+// sums the instruction flushes: tininess after rounding; 0 differences in 30M random and
+// near-2^-126 cases on Zen 4), the odd product first. Set for the accumulation only: the bias add
+// and the bf16 rounding run with the caller's MXCSR (ordinary fp32).
+class FtzDazScope {
+ public:
+  FtzDazScope() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+  ~FtzDazScope() { _mm_setcsr(saved_); }
+  FtzDazScope(const FtzDazScope&) = delete;
+  FtzDazScope& operator=(const FtzDazScope&) = delete;
+
+ private:
+  unsigned saved_;
+};
+
+// The eight bf16 x of a pair widened to fp32 (exact).
+inline __m256 widen_bf16x8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// float_to_bf16 on 8 lanes (nearest even, NaN -> 0x7FC0), the first `count` stored.
+inline void store_bf16x8(uint16_t* out, __m256 y, int64_t count) {
+  const __m256i u = _mm256_castps_si256(y);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(y, y, _CMP_UNORD_Q)));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // 8 words in the low lane
+  alignas(16) uint16_t words[8];
+  _mm_store_si128(reinterpret_cast<__m128i*>(words), _mm256_castsi256_si128(packed));
+  std::memcpy(out, words, static_cast<size_t>(count) * sizeof(uint16_t));
+}
+
+// MR rows (1..4) x 8 columns from n0 (a multiple of 8): per group one vpermps per stored value
+// picks each column's x (index = position + 4 x the group's place in the pair) and one FMA adds it.
+template <int MR>
+void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
+  const int64_t pairs = (a.k + 7) / 8, full_pairs = a.k / 8;
+  const uint16_t* block = a.packed + (n0 / 16) * pairs * 72;
+  const int c0 = static_cast<int>(n0 % 16);
+  __m256 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_ps();
+  {
+    FtzDazScope ftz_daz;
+    alignas(16) uint16_t tail[MR][8] = {};  // x of the last pair when K % 8 == 4 (group 1 unused)
+    if (pairs > full_pairs) {
+      for (int r = 0; r < MR; ++r) std::memcpy(tail[r], a.x + (m0 + r) * a.ldx + 8 * full_pairs, 4 * sizeof(uint16_t));
+    }
+    for (int64_t h = 0; h < pairs; ++h) {
+      const uint16_t* pair = block + h * 72;
+      const __m256i meta = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint8_t*>(pair + 64) + c0)));
+      __m256 xw[MR];
+      for (int r = 0; r < MR; ++r) xw[r] = widen_bf16x8(h < full_pairs ? a.x + (m0 + r) * a.ldx + 8 * h : tail[r]);
+      const int groups = h < full_pairs ? 2 : 1;
+      for (int s = 0; s < groups; ++s) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 32 * s + 2 * c0));
+        const __m256 v0 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+        const __m256 v1 = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+        const __m256i shifted = _mm256_srlv_epi32(meta, _mm256_set1_epi32(4 * s));
+        const __m256i group_base = _mm256_set1_epi32(4 * s);
+        const __m256i i0 = _mm256_add_epi32(_mm256_and_si256(shifted, _mm256_set1_epi32(3)), group_base);
+        const __m256i i1 = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(shifted, 2), _mm256_set1_epi32(3)), group_base);
+        for (int r = 0; r < MR; ++r) {
+          acc[r] = _mm256_fmadd_ps(v1, _mm256_permutevar8x32_ps(xw[r], i1), acc[r]);
+          acc[r] = _mm256_fmadd_ps(v0, _mm256_permutevar8x32_ps(xw[r], i0), acc[r]);
+        }
+      }
+    }
+  }
+  const int64_t count = std::min<int64_t>(8, a.n - n0);
+  const __m256 bias = a.bias != nullptr ? _mm256_maskload_ps(a.bias + n0, lane_mask8(count)) : _mm256_setzero_ps();
+  for (int r = 0; r < MR; ++r)
+    store_bf16x8(a.out + (m0 + r) * a.n + n0, a.bias != nullptr ? _mm256_add_ps(acc[r], bias) : acc[r], count);
+}
+
+}  // namespace
+
+void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
+                            int64_t task_end) {
+  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
+    const int64_t n_end = std::min(a.n, (panel + 1) * panel_cols);
+    for (int64_t n0 = panel * panel_cols; n0 < n_end; n0 += 8) {
+      int64_t m = m_begin;
+      for (; m + 4 <= m_end; m += 4) bf16_tile_avx2<4>(a, m, n0);
+      switch (m_end - m) {
+        case 3: bf16_tile_avx2<3>(a, m, n0); break;
+        case 2: bf16_tile_avx2<2>(a, m, n0); break;
+        case 1: bf16_tile_avx2<1>(a, m, n0); break;
+        default: break;
+      }
+    }
+  }
+}
+
 }  // namespace ck::cpu
 
 #else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
@@ -240,6 +342,9 @@ void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, i
 }
 void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t b, int64_t e) {
   sparse24_int8_run_portable(a, plan, b, e);
+}
+void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t b, int64_t e) {
+  sparse24_bf16_run_portable(a, plan, b, e);
 }
 }  // namespace ck::cpu
 

@@ -9,6 +9,7 @@
 #include "../cpu/int8_gemm.h"
 #include "../cpu/isa.h"
 #include "../cpu/requantize.h"
+#include "../cpu/sparse24.h"
 #include "checks.h"
 
 namespace ck::ops {
@@ -258,9 +259,9 @@ std::string cpu_isa(c10::string_view isa) {
   return cpu::isa_name(cpu::active_isa());
 }
 
-// Whether bf16 kernels (vdpbf16ps) run now: the active path is avx512vbmi and the CPU has
-// AVX512_BF16; otherwise bf16 ops run their portable emulation (same bits, much slower).
-bool cpu_bf16_kernel() { return cpu::active_isa() >= cpu::Isa::kAvx512Vbmi && cpu::cpu_has_avx512bf16(); }
+// The bf16 kernel path that runs now: "avx512bf16" (vdpbf16ps), "avx2" (fp32 FMAs under FTZ/DAZ)
+// or "portable"; all give the same bits.
+std::string cpu_bf16_path() { return cpu::sparse24_bf16_path(); }
 
 }  // namespace
 }  // namespace ck::ops
@@ -277,5 +278,5 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
 
 TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {
   m.impl("_cpu_isa", &ck::ops::cpu_isa);
-  m.impl("_cpu_bf16_kernel", &ck::ops::cpu_bf16_kernel);
+  m.impl("_cpu_bf16_path", &ck::ops::cpu_bf16_path);
 }

@@ -75,5 +75,5 @@ TORCH_LIBRARY(compress_kernels, m) {
 
   // ---- testing / benchmarking control: query or force the CPU ISA path ----
   m.def("_cpu_isa(str isa=\"\") -> str");
-  m.def("_cpu_bf16_kernel() -> bool");
+  m.def("_cpu_bf16_path() -> str");
 }
