@@ -502,6 +502,25 @@ def test_sparse_linear_module_bf16():
 
 
 @pytest.mark.parametrize("int8", [False, True])
+def test_sparse_modules_in_bf16_models(int8):
+    """model.bfloat16() keeps SparseConv2d (fp32 or int8 kernels inside, bf16 bias) and int8
+    SparseLinear working: bf16 in and out, close to the bf16 dense layers."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    rows = ck.sparse24_layout.weight_rows(conv.weight.data)
+    conv.weight.data = ck.sparse24_layout.weight_from_rows(rows * ck.prune.nm_mask(rows.abs(), 2, 4), conv.weight.shape)
+    sc = ck.SparseConv2d.from_float(conv, int8=int8).bfloat16()
+    x = torch.randn(2, 16, 8, 8).bfloat16()
+    y = sc(x)
+    assert y.dtype == torch.bfloat16 and torch.allclose(y.float(), conv.bfloat16()(x).float(), atol=0.1, rtol=0.05)
+    lin = _pruned(torch.nn.Linear(64, 24))
+    sl = ck.SparseLinear.from_float(lin, int8=int8).bfloat16()
+    xl = torch.randn(5, 64).bfloat16()
+    assert sl(xl).dtype == torch.bfloat16
+    assert torch.allclose(sl(xl).float(), lin.bfloat16()(xl).float(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_sparse_conv_module(int8, stride, padding, dilation):
     torch.manual_seed(1)

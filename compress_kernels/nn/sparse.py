@@ -140,7 +140,8 @@ class _Sparse24Base(nn.Module):
                 return y + self.bias.float() if self.bias is not None else y
             if self.packed.dtype == torch.bfloat16:  # bf16 module: bf16 in and out, fp32 accumulation
                 return ops.sparse24_linear(x2.to(torch.bfloat16).contiguous(), self.packed, self.meta, self.bias)
-            return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, self.bias)
+            bias = self.bias.float() if self.bias is not None else None
+            return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, bias)
         if s_x is None:
             x2, s_x = self._quantize_input(x2)
         # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator.
@@ -240,7 +241,8 @@ class SparseConv2d(_Sparse24Base):
         else:
             x_in = x.float()
             if not x.is_cuda and self.packed.numel() > 0:
-                return ops.sparse24_conv2d(x_in, self.packed, self.meta, self.bias, self.kernel_size, self.stride,
+                bias = self.bias.float() if self.bias is not None else None  # (a bf16 module keeps a bf16 bias)
+                return ops.sparse24_conv2d(x_in, self.packed, self.meta, bias, self.kernel_size, self.stride,
                                            self.padding, self.dilation).to(x.dtype)
         # im2col as one strided copy: rows (image, oy, ox), columns (ky, kx, c) = the weight's K order.
         xp = F.pad(x_in, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
