@@ -1,7 +1,10 @@
 // AVX2 + FMA 2:4 kernels, compiled for AVX2 by the pragma below, chosen at run time on CPUs
-// without AVX-512.
+// without AVX-512 (and, for bf16, on AVX-512 CPUs without AVX512_BF16).
 //
-// fp32: sparse24_f32_ymm.h on 16 ymm registers (2 rows x 2 blocks of accumulators).
+// fp32: tasks of >= 16 rows run sparse24_f32_rows.h on ymm (loads select x), fewer rows
+// sparse24_f32_ymm.h on 16 ymm registers (2 rows x 2 blocks of accumulators).
+//
+// bf16: vdpbf16ps' bits from fp32 FMAs under MXCSR FTZ + DAZ (see bf16_tile_avx2).
 //
 // int8 (exact: no vpmaddubsw, whose int16 pair sums saturate): per pair of groups h (eight k) the
 // eight x of a row are widened to int16 (sign- or zero-extended) and broadcast to both 128-bit
