@@ -82,8 +82,8 @@ compressed bytes <= 56.25% of dense.
   per task there; per 8-row tile they cost 15%). x86's FTZ flushes exactly the sums vdpbf16ps
   flushes (tininess after rounding: -2^-126 + 2^-150 -> -0, -2^-126 + 2^-151 -> -2^-126; 0
   differences in 30M random and near-2^-126 cases), so CPUs without AVX512_BF16 run the same bits
-  with fp32 FMAs under MXCSR FTZ + DAZ (the AVX2 path, `vpermps` picks x: 25-68 GFLOP/s
-  dense-equivalent here, against a scalar portable loop).
+  with fp32 FMAs under MXCSR FTZ + DAZ (the AVX2 path, `vpermps` picks x, 8 rows x 8 columns:
+  26-90 GFLOP/s dense-equivalent here, 0.9-1.1x oneDNN's fp32 F.linear at M >= 64).
 - 2:4 conv2d (`sparse24_int8_conv2d`, `sparse24_conv2d`, second table): the groups of four are input channels at
   one kernel tap (NVIDIA's convention), so an input row is kh x kw runs of C contiguous NHWC bytes;
   rows are gathered by memcpy a 256 KB chunk at a time into a per-thread buffer and multiplied by

@@ -270,14 +270,18 @@ inline void store_bf16x8(uint16_t* out, __m256 y, int64_t count) {
   std::memcpy(out, words, static_cast<size_t>(count) * sizeof(uint16_t));
 }
 
-// MR rows (1..4) x 8 columns from n0 (a multiple of 8): per group one vpermps per stored value
-// picks each column's x (index = position + 4 x the group's place in the pair) and one FMA adds it.
+// MR rows (1..8) x 8 columns from n0 (a multiple of 8): per group one vpermps per stored value
+// picks each column's x (index = position + 4 x the group's place in the pair) from the row's eight
+// x widened once per pair (a stack copy, read by vpermps as its memory operand), and one FMA adds
+// it. Eight rows keep eight independent accumulator chains in flight (each takes two dependent
+// FMAs per group).
 template <int MR>
 void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
   const int64_t pairs = (a.k + 7) / 8, full_pairs = a.k / 8;
   const uint16_t* block = a.packed + (n0 / 16) * pairs * 72;
   const int c0 = static_cast<int>(n0 % 16);
   __m256 acc[MR];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_ps();
   {
     FtzDazScope ftz_daz;
@@ -285,12 +289,14 @@ void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
     if (pairs > full_pairs) {
       for (int r = 0; r < MR; ++r) std::memcpy(tail[r], a.x + (m0 + r) * a.ldx + 8 * full_pairs, 4 * sizeof(uint16_t));
     }
+    alignas(32) float xw[MR][8];
     for (int64_t h = 0; h < pairs; ++h) {
       const uint16_t* pair = block + h * 72;
       const __m256i meta = _mm256_cvtepu8_epi32(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint8_t*>(pair + 64) + c0)));
-      __m256 xw[MR];
-      for (int r = 0; r < MR; ++r) xw[r] = widen_bf16x8(h < full_pairs ? a.x + (m0 + r) * a.ldx + 8 * h : tail[r]);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r)
+        _mm256_store_ps(xw[r], widen_bf16x8(h < full_pairs ? a.x + (m0 + r) * a.ldx + 8 * h : tail[r]));
       const int groups = h < full_pairs ? 2 : 1;
       for (int s = 0; s < groups; ++s) {
         const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 32 * s + 2 * c0));
@@ -300,9 +306,11 @@ void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
         const __m256i group_base = _mm256_set1_epi32(4 * s);
         const __m256i i0 = _mm256_add_epi32(_mm256_and_si256(shifted, _mm256_set1_epi32(3)), group_base);
         const __m256i i1 = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(shifted, 2), _mm256_set1_epi32(3)), group_base);
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
-          acc[r] = _mm256_fmadd_ps(v1, _mm256_permutevar8x32_ps(xw[r], i1), acc[r]);
-          acc[r] = _mm256_fmadd_ps(v0, _mm256_permutevar8x32_ps(xw[r], i0), acc[r]);
+          const __m256 x = _mm256_load_ps(xw[r]);
+          acc[r] = _mm256_fmadd_ps(v1, _mm256_permutevar8x32_ps(x, i1), acc[r]);
+          acc[r] = _mm256_fmadd_ps(v0, _mm256_permutevar8x32_ps(x, i0), acc[r]);
         }
       }
     }
@@ -312,6 +320,10 @@ void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
   for (int r = 0; r < MR; ++r)
     store_bf16x8(a.out + (m0 + r) * a.n + n0, a.bias != nullptr ? _mm256_add_ps(acc[r], bias) : acc[r], count);
 }
+
+using Bf16TileAvx2Fn = void (*)(const Sparse24Bf16Args&, int64_t, int64_t);
+constexpr Bf16TileAvx2Fn kBf16TilesAvx2[8] = {bf16_tile_avx2<1>, bf16_tile_avx2<2>, bf16_tile_avx2<3>, bf16_tile_avx2<4>,
+                                              bf16_tile_avx2<5>, bf16_tile_avx2<6>, bf16_tile_avx2<7>, bf16_tile_avx2<8>};
 
 }  // namespace
 
@@ -323,14 +335,7 @@ void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& p
     const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
     const int64_t n_end = std::min(a.n, (panel + 1) * panel_cols);
     for (int64_t n0 = panel * panel_cols; n0 < n_end; n0 += 8) {
-      int64_t m = m_begin;
-      for (; m + 4 <= m_end; m += 4) bf16_tile_avx2<4>(a, m, n0);
-      switch (m_end - m) {
-        case 3: bf16_tile_avx2<3>(a, m, n0); break;
-        case 2: bf16_tile_avx2<2>(a, m, n0); break;
-        case 1: bf16_tile_avx2<1>(a, m, n0); break;
-        default: break;
-      }
+      for (int64_t m = m_begin; m < m_end; m += 8) kBf16TilesAvx2[std::min<int64_t>(8, m_end - m) - 1](a, m, n0);
     }
   }
 }
