@@ -93,10 +93,10 @@ compressed bytes <= 56.25% of dense.
   (Grouping along PyTorch's flattening order, (channel, kernel row, kernel column), as this package
   first did, makes the gather a byte scatter with stride kh x kw: the same conv then ran at 0.54-0.64x.)
 - AVX2 (no AVX-512; table `sparse24_avx2`, forced on the same Zen 4, so its fp32 peer is still
-  oneDNN's AVX-512 F.linear): fp32 runs the same two kernels on ymm (rows kernel: 2 columns x 4
+  oneDNN's AVX-512 F.linear and its bf16 peer oneDNN's AVX512_BF16 kernel, which the bf16 emulation
+  reaches 0.37-0.46x of at M >= 64): fp32 runs the same two kernels on ymm (rows kernel: 2 columns x 4
   vectors of 8 rows in the 16 registers; transposes avoid `vmaskmovps` for whole vectors, a
-  microcoded store on AMD that cost 20%): 1.27-1.43x at M >= 64 (1.18-1.47x across runs), 1.9-3.2x at
-  M <= 8. int8 is exact
+  microcoded store on AMD that cost 20%): 1.18-1.47x at M >= 64 (across runs), 1.9-3.6x at M <= 8. int8 is exact
   without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns and 8 k,
   against 2 `vpmaddwd` for dense. That is 0.88-1.03x our dense AVX2 int8_linear at M >= 64; at M <= 8
   the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is not shared
