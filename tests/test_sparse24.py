@@ -135,18 +135,23 @@ def test_sparse24_linear_matches_reference(m, n, k, bias):
     assert torch.allclose(got, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)
 
 
-def test_sparse24_linear_is_independent_of_threads_and_strides():
-    w = random_24(300, 256, seed=1)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparse24_linear_is_independent_of_threads_and_strides(dtype):
+    w = random_24(300, 256, dtype, seed=1)
     values, meta = ck.sparse24_compress(w)
-    packed = ck.sparse24_f32_pack(values, meta)
-    x = torch.randn(200, 512)[:, ::2]  # non-contiguous rows
+    packed = ck.sparse24_bf16_pack(values, meta) if dtype == torch.bfloat16 else ck.sparse24_f32_pack(values, meta)
+    x = torch.randn(200, 512).to(dtype)[:, ::2]  # non-contiguous rows
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = run_on_every_isa(ck.sparse24_linear, x, packed, meta, None)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None), one)
+    bits = (lambda t: t.view(torch.int16)) if dtype == torch.bfloat16 else (lambda t: t)
+    assert torch.equal(bits(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None)), bits(one))
+    x_rows = torch.randn(200, 300).to(dtype)[:, 20:276]  # rows with a stride > K: read in place
+    assert torch.equal(bits(ck.sparse24_linear(x_rows, packed, meta, None)),
+                       bits(ck.sparse24_linear(x_rows.contiguous(), packed, meta, None)))
 
 
 # ---------------------------------------------------------------- bf16 linear
@@ -174,23 +179,6 @@ def test_sparse24_bf16_linear_is_exact(m, n, k, bias):
     want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
     # one bf16 rounding (2^-9 relative) plus the fp32 accumulation
     assert ((got.double() - want).abs() <= 2.0 ** -8 * want.abs() + 1e-5 * k * (x.double().abs() @ w.double().abs().T)).all()
-
-
-def test_sparse24_bf16_linear_is_independent_of_threads_and_strides():
-    w = random_24(300, 256, torch.bfloat16, seed=1)
-    values, meta = ck.sparse24_compress(w)
-    packed = ck.sparse24_bf16_pack(values, meta)
-    x = torch.randn(200, 512).bfloat16()[:, ::2]  # non-contiguous rows
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run_on_every_isa(ck.sparse24_linear, x, packed, meta, None)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(_bits(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None)), _bits(one))
-    x_rows = torch.randn(200, 300).bfloat16()[:, 20:276]  # rows with a stride > K: read in place
-    assert torch.equal(_bits(ck.sparse24_linear(x_rows, packed, meta, None)),
-                       _bits(ck.sparse24_linear(x_rows.contiguous(), packed, meta, None)))
 
 
 def test_sparse24_bf16_tininess_after_rounding():
