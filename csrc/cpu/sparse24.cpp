@@ -165,17 +165,15 @@ namespace {
 template <typename XT>
 void int8_portable_typed(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                          int64_t task_end) {
-  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   const XT* x = static_cast<const XT*>(a.x);
-  const int64_t k = a.w.k, pairs = a.w.pairs, n_total = a.w.n;
+  const int64_t k = a.w.k, pairs = a.w.pairs;
   const RequantParams& p = a.requant;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_end = std::min(a.m, (chunk + 1) * plan.chunk_rows);
-    const int64_t n_end = std::min(n_total, (panel + 1) * panel_cols);
-    for (int64_t m = chunk * plan.chunk_rows; m < m_end; ++m) {
+    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
+    plan.task_bounds(a.m, a.w.n, t, &m_begin, &m_end, &n_begin, &n_end);
+    for (int64_t m = m_begin; m < m_end; ++m) {
       const XT* xr = x + m * a.ldx;
-      for (int64_t n = panel * panel_cols; n < n_end; ++n) {
+      for (int64_t n = n_begin; n < n_end; ++n) {
         const int64_t b = n / 16, i = n % 16;
         int32_t acc = 0;
         for (int64_t h = 0; h < pairs; ++h) {
@@ -192,7 +190,7 @@ void int8_portable_typed(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
         const int64_t ch = p.per_channel ? n : 0;
         const int32_t y = Requantize(static_cast<int32_t>(v), p.m0[ch], p.shift[ch], p.zero_point, p.qmin,
                                      p.qmax, p.rounding);
-        const int64_t o = m * n_total + n;
+        const int64_t o = m * a.w.n + n;
         if (p.out_type == OutType::kInt8) {
           static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(y);
         } else if (p.out_type == OutType::kUInt8) {
@@ -286,15 +284,13 @@ inline float bf16_dot_step(float a, float b, float acc) {
 
 void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
                                 int64_t task_end) {
-  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   const int64_t pairs = (a.k + 7) / 8, groups = a.k / 4;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_end = std::min(a.m, (chunk + 1) * plan.chunk_rows);
-    const int64_t n_end = std::min(a.n, (panel + 1) * panel_cols);
-    for (int64_t m = chunk * plan.chunk_rows; m < m_end; ++m) {
+    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
+    plan.task_bounds(a.m, a.n, t, &m_begin, &m_end, &n_begin, &n_end);
+    for (int64_t m = m_begin; m < m_end; ++m) {
       const uint16_t* xr = a.x + m * a.ldx;
-      for (int64_t n = panel * panel_cols; n < n_end; ++n) {
+      for (int64_t n = n_begin; n < n_end; ++n) {
         const uint16_t* block = a.packed + (n / 16) * pairs * 72;
         const int64_t i = n % 16;
         float acc = 0.0f;

@@ -165,6 +165,16 @@ struct Sparse24Int8Args {
 struct Sparse24Int8Plan {
   int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
   int64_t tasks() const { return panels * row_chunks; }
+  // Task t of an m x n product owns rows [*m_begin, *m_end) (a chunk of whole 8-row tiles) and
+  // columns [*n_begin, *n_end) (a panel of kS24I8PanelBlocks blocks of 16).
+  void task_bounds(int64_t m, int64_t n, int64_t t, int64_t* m_begin, int64_t* m_end, int64_t* n_begin,
+                   int64_t* n_end) const {
+    const int64_t panel = t / row_chunks, chunk = t % row_chunks;
+    *m_begin = chunk * chunk_rows;
+    *m_end = std::min(m, *m_begin + chunk_rows);
+    *n_begin = panel * kS24I8BlockCols * kS24I8PanelBlocks;
+    *n_end = std::min(n, *n_begin + kS24I8BlockCols * kS24I8PanelBlocks);
+  }
 };
 Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads);
 

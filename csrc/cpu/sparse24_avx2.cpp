@@ -194,7 +194,6 @@ void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, i
 
 void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                             int64_t task_end) {
-  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   // Controls of the task's panel, expanded once per task (grown once per thread, then reused).
   struct alignas(32) Controls {
     uint8_t bytes[kI8ControlBytes];
@@ -207,9 +206,8 @@ void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& p
     controls.reset(new Controls[capacity]);
   }
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n_begin = panel * panel_cols, n_end = std::min(a.w.n, n_begin + panel_cols);
+    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
+    plan.task_bounds(a.m, a.w.n, t, &m_begin, &m_end, &n_begin, &n_end);
     const int64_t blocks = (n_end - n_begin + 15) / 16;
     for (int64_t v = 0; v < blocks; ++v) {
       const int8_t* meta = a.w.data + ((n_begin / 16 + v) * pairs) * 80 + 64;
@@ -329,12 +327,10 @@ constexpr Bf16TileAvx2Fn kBf16TilesAvx2[8] = {bf16_tile_avx2<1>, bf16_tile_avx2<
 
 void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
                             int64_t task_end) {
-  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n_end = std::min(a.n, (panel + 1) * panel_cols);
-    for (int64_t n0 = panel * panel_cols; n0 < n_end; n0 += 8) {
+    int64_t m_begin = 0, m_end = 0, n_begin = 0, n_end = 0;
+    plan.task_bounds(a.m, a.n, t, &m_begin, &m_end, &n_begin, &n_end);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += 8) {
       for (int64_t m = m_begin; m < m_end; m += 8) kBf16TilesAvx2[std::min<int64_t>(8, m_end - m) - 1](a, m, n0);
     }
   }

@@ -155,7 +155,6 @@ constexpr const Bf16TileFn* kBf16Tiles[8] = {
 void sparse24_bf16_run_avx512bf16(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
                                   int64_t task_end) {
   static_assert(kS24I8TileRows == 8 && kS24I8PanelBlocks == 2 && kS24I8BlockCols == 16, "tiles of 8 x 2 x 16");
-  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   // A task with more than one tile of rows expands its panel's controls once (2 x 64 bytes per
   // block and pair, K * 32 bytes for the panel) instead of once per tile. Grown once per thread.
   struct alignas(64) Control {
@@ -165,9 +164,8 @@ void sparse24_bf16_run_avx512bf16(const Sparse24Bf16Args& a, const Sparse24Bf16P
   thread_local int64_t capacity = 0;
   const int64_t pairs = (a.k + 7) / 8;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n0 = panel * panel_cols;
+    int64_t m_begin = 0, m_end = 0, n0 = 0, n_end = 0;
+    plan.task_bounds(a.m, a.n, t, &m_begin, &m_end, &n0, &n_end);
     const int nv = static_cast<int>(std::min<int64_t>(kS24I8PanelBlocks, (a.n - n0 + 15) / 16));
     const bool expand = m_end - m_begin > kS24I8TileRows;
     if (expand) {

@@ -105,7 +105,6 @@ Int8TileFn pick_int8_tile(int mr, int nv) {
 // Tasks [task_begin, task_end) of `plan`.
 inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin, int64_t task_end) {
   static_assert(kS24I8TileRows == 8 && kS24I8PanelBlocks == 2, "tile tables assume 8 x 2");
-  constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   // A task with more than one tile of rows expands its panel's controls once (64 bytes per block
   // and pair, K * 16 bytes for the panel, kept in L2) instead of once per tile: the expansion is
   // two (VBMI) or seven vector ops per block and pair, shared by only the 8 rows of a tile.
@@ -116,9 +115,8 @@ inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
   thread_local std::unique_ptr<Control[]> controls;
   thread_local int64_t capacity = 0;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows, m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n0 = panel * panel_cols;
+    int64_t m_begin = 0, m_end = 0, n0 = 0, n_end = 0;
+    plan.task_bounds(a.m, a.w.n, t, &m_begin, &m_end, &n0, &n_end);
     const int nv = static_cast<int>(std::min<int64_t>(kS24I8PanelBlocks, (a.w.n - n0 + 15) / 16));
     const __m512i* expanded = nullptr;
     if (m_end - m_begin > kS24I8TileRows) {

@@ -99,6 +99,14 @@ at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& met
                       });
 }
 
+// A packed weight of N x K (read from its trailer) belongs to meta and to inputs of x_k values.
+void check_packed_matches(const char* op, const at::Tensor& meta, int64_t n, int64_t k, int64_t x_k,
+                          const char* k_name) {
+  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
+              meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
+  TORCH_CHECK(x_k == k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", k);
+}
+
 // The weight and bias of an fp32 2:4 op whose input rows hold K values: checked and filled into
 // args (x, m, ldx and out are the caller's).
 struct Sparse24F32Call {
@@ -121,9 +129,7 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
   int64_t n = 0, k = 0;
   cpu::sparse24_f32_packed_shape(call.packed.data_ptr<float>(), call.packed.numel(), &n, &k);
   TORCH_CHECK(n > 0, op, ": 1-D values of ", call.packed.numel(), " floats are not a weight packed by sparse24_f32_pack");
-  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
-              meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
-  TORCH_CHECK(x_k == k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", k);
+  check_packed_matches(op, meta, n, k, x_k, k_name);
   if (bias.has_value()) {
     check_dtype(*bias, at::kFloat, op, "bias");
     check_cpu_tensor(*bias, op, "bias");
@@ -168,9 +174,7 @@ at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, c
   cpu::sparse24_bf16_packed_shape(args.packed, packed.numel(), &args.n, &args.k);
   TORCH_CHECK(args.n > 0, op, ": 1-D bf16 values of ", packed.numel(),
               " elements are not a weight packed by sparse24_bf16_pack");
-  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == args.n && meta.size(1) == sparse24::meta_cols(args.k), op,
-              ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", args.n, ", K=", args.k, ")");
-  TORCH_CHECK(x.size(1) == args.k, op, ": K mismatch: x has K=", x.size(1), " but the weight holds K=", args.k);
+  check_packed_matches(op, meta, args.n, args.k, x.size(1), "x");
   at::Tensor bias_f32;
   if (bias.has_value()) {
     TORCH_CHECK(bias->scalar_type() == at::kBFloat16 || bias->scalar_type() == at::kFloat, op,
@@ -255,9 +259,7 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
       cpu::sparse24_int8_packed_view(call.packed.data_ptr<int32_t>(), call.packed.numel());
   TORCH_CHECK(w.n > 0, op, ": packed values of ", call.packed.numel(),
               " words are not a weight packed by sparse24_int8_pack");
-  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == w.n && meta.size(1) == sparse24::meta_cols(w.k), op,
-              ": meta of shape ", meta.sizes(), " does not belong to the packed weight (N=", w.n, ", K=", w.k, ")");
-  TORCH_CHECK(x_k == w.k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", w.k);
+  check_packed_matches(op, meta, w.n, w.k, x_k, k_name);
   check_depth(w.k, op);
   check_cpu_tensor(m0, op, "m0");
   check_cpu_tensor(shift, op, "shift");
