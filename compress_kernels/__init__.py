@@ -24,6 +24,7 @@ from .prune import PruneConfig, prune_  # issue 5
 from .ops import sparse24_bf16_pack, sparse24_compress, sparse24_conv2d, sparse24_decompress, sparse24_f32_pack, sparse24_int8_conv2d, sparse24_int8_linear, sparse24_int8_pack, sparse24_linear  # issue 5
 from .ops import (
     cpu_isa,
+    cpu_isa_report,
     force_cpu_isa,
     int8_conv2d,
     int8_conv2d_pack_weight,
@@ -51,6 +52,7 @@ __all__ = [
     "convert_",
     "QuantLinear",
     "cpu_isa",
+    "cpu_isa_report",
     "force_cpu_isa",
     "int8_conv2d",
     "int8_conv2d_pack_weight",

@@ -506,8 +506,16 @@ def _register_fake_quant_autograd() -> None:
 
 
 def cpu_isa() -> str:
-    """The CPU instruction-set path the kernels use now: "avx512vbmi", "avx512vnni", "avx2" or "portable"."""
+    """The CPU instruction-set path the kernels use now: "amx", "avx512vbmi", "avx512vnni", "avx2",
+    "portable", or "amx_emulated" (the AMX kernels on a scalar model of the tile instructions, every
+    other family on the best non-AMX path; for tests)."""
     return _lib()._cpu_isa("")
+
+
+def cpu_isa_report() -> str:
+    """One line: the CPU path detected and active, and when AMX is not used, why (CPU, OS or the
+    Linux tile-data permission)."""
+    return _lib()._cpu_isa_report()
 
 
 def cpu_bf16_path() -> str:
@@ -519,8 +527,9 @@ def cpu_bf16_path() -> str:
 
 @contextlib.contextmanager
 def force_cpu_isa(isa: str):
-    """Run the body on one CPU path ("portable", "avx2", "avx512vnni", "avx512vbmi" or "auto"); every path computes
-    bit-identical results, so this is for tests and benchmarks."""
+    """Run the body on one CPU path ("portable", "avx2", "avx512vnni", "avx512vbmi", "amx",
+    "amx_emulated" or "auto"); every path computes bit-identical results, so this is for tests and
+    benchmarks."""
     previous = cpu_isa()
     _lib()._cpu_isa(isa)
     try:

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "isa.h"
 
 namespace ck::cpu {
@@ -45,32 +46,24 @@ PackedInt8Weight int8_packed_view(const int32_t* packed, int64_t n, int64_t word
   return v;
 }
 
+bool int8_gemm_uses_amx(int64_t m) { return tile_unit() != TileUnit::kNone && m >= kAmxMinRows; }
+
 Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads) {
   Int8GemmPlan plan;
+  plan.amx = int8_gemm_uses_amx(m);
+  const int64_t tile_rows = plan.amx ? 2 * kAmxTileRows : kInt8TileRows;
   plan.panels = (n + kInt8PanelCols - 1) / kInt8PanelCols;
   const int64_t target_tasks = 4 * std::max<int64_t>(threads, 1);
-  const int64_t tiles = std::max<int64_t>((m + kInt8TileRows - 1) / kInt8TileRows, 1);
+  const int64_t tiles = std::max<int64_t>((m + tile_rows - 1) / tile_rows, 1);
   int64_t chunks = 1;
   if (plan.panels < target_tasks) {
     chunks = std::min(tiles, (target_tasks + plan.panels - 1) / std::max<int64_t>(plan.panels, 1));
   }
   const int64_t tiles_per_chunk = (tiles + chunks - 1) / chunks;
-  plan.chunk_rows = tiles_per_chunk * kInt8TileRows;
+  plan.chunk_rows = tiles_per_chunk * tile_rows;
   plan.row_chunks = std::max<int64_t>((m + plan.chunk_rows - 1) / plan.chunk_rows, 1);
   return plan;
 }
-
-namespace {
-
-// sum_k w[n, k] * (x - x_zero_point) + bias, given acc = sum_k w * x, modulo 2^32.
-inline int32_t corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc) {
-  uint32_t v = static_cast<uint32_t>(acc) -
-               static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
-  if (a.bias_i32 != nullptr) v += static_cast<uint32_t>(a.bias_i32[n]);
-  return static_cast<int32_t>(v);
-}
-
-}  // namespace
 
 void write_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
   const int64_t o = m * a.out_stride() + n;
@@ -133,7 +126,7 @@ void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t
           }
         }
         for (int64_t i = 0; i < rows; ++i) {
-          write_output(a, m, first + i, corrected_acc(a, first + i, acc[i]));
+          write_output(a, m, first + i, int8_corrected_acc(a, first + i, acc[i]));
         }
       }
     }
@@ -153,7 +146,12 @@ void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
 
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                    int64_t task_end) {
-  if (active_isa() >= Isa::kAvx512Vnni) {
+  const TileUnit tiles = plan.amx ? tile_unit() : TileUnit::kNone;
+  if (tiles == TileUnit::kHardware) {
+    int8_gemm_run_amx(args, plan, task_begin, task_end);
+  } else if (tiles == TileUnit::kEmulated) {
+    int8_gemm_run_amx_emulated(args, plan, task_begin, task_end);
+  } else if (active_isa() >= Isa::kAvx512Vnni) {
     int8_gemm_run_avx512vnni(args, plan, task_begin, task_end);
   } else if (active_isa() == Isa::kAvx2) {
     int8_gemm_run_avx2(args, plan, task_begin, task_end);

@@ -65,12 +65,28 @@ struct Int8GemmArgs {
 // The scalar output stage of args for one accumulator: writes out[m, n] (per kind, per channel n).
 void write_output(const Int8GemmArgs& args, int64_t m, int64_t n, int32_t acc);
 
+// sum_k w[n, k] * (x - x_zero_point) + bias[n], given acc = sum_k w[n, k] * x, modulo 2^32.
+inline int32_t int8_corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc) {
+  uint32_t v = static_cast<uint32_t>(acc) -
+               static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
+  if (a.bias_i32 != nullptr) v += static_cast<uint32_t>(a.bias_i32[n]);
+  return static_cast<int32_t>(v);
+}
+
 // Work split: tasks are (panel of 64 columns, chunk of rows), panel-major so that a thread's
-// consecutive tasks reuse one weight panel from L2.
+// consecutive tasks reuse one weight panel from L2. amx: the tasks run on the AMX kernel (hardware or
+// emulated, per tile_unit()); else on the vector kernel of the active ISA.
 struct Int8GemmPlan {
   int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
+  bool amx = false;
   int64_t tasks() const { return panels * row_chunks; }
 };
+// The smallest m that runs on the AMX kernel when the tiles are available: below it the VNNI kernel
+// (6 rows per pass, no tile padding) is faster (measured; see int8_gemm.cpp).
+constexpr int64_t kAmxMinRows = 16;
+// Whether m rows of an int8 GEMM run on the AMX kernel now.
+bool int8_gemm_uses_amx(int64_t m);
+// Rows per chunk are a multiple of 32 (two row tiles) on the AMX kernel, of 6 on the VNNI kernel.
 Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads);
 
 // Runs tasks [task_begin, task_end) on the active ISA path.
@@ -82,6 +98,10 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
                               int64_t task_begin, int64_t task_end);
 void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                         int64_t task_end);
+void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                       int64_t task_end);
+void int8_gemm_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                                int64_t task_end);
 
 // Symmetric per-row quantization for dynamic activations: scale[r] = max|x[r, :]| / qmax
 // (1 when the row is all zero), q = clamp(round_half_even(x / scale), qmin, qmax), computed with a

@@ -13,7 +13,7 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "requant_avx512.h"
+#include "int8_output_avx512.h"
 
 namespace ck::cpu {
 namespace {
@@ -83,62 +83,8 @@ void tile(const Int8GemmArgs& a, int64_t m0, int64_t n0, int last_rows) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_store_si512(sums[r][v], acc[r][v]);
 
-  // Column terms: bias[n] - (x_zero_point + 128 * kSigned) * row_sum[n], modulo 2^32.
-  const __m512i zp_total = _mm512_set1_epi32(-(a.x_zero_point + (kSigned ? 128 : 0)));
-  __m512i column_term[NV];
-  __mmask16 valid[NV];
-  for (int v = 0; v < NV; ++v) {
-    const int64_t n = n0 + 16 * v;
-    valid[v] = (kPartialLast && v == NV - 1) ? lane_mask(last_rows) : static_cast<__mmask16>(0xFFFF);
-    column_term[v] = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(valid[v], a.w.row_sum + n), zp_total);
-    if (a.bias_i32 != nullptr) {
-      column_term[v] = _mm512_add_epi32(column_term[v], _mm512_maskz_loadu_epi32(valid[v], a.bias_i32 + n));
-    }
-  }
-
-  const int64_t ldo = a.out_stride();
-  if (a.kind == EpilogueKind::kInt32) {
-    for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NV; ++v)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(a.out) + (m0 + r) * ldo + n0 + 16 * v, valid[v],
-                                 _mm512_add_epi32(_mm512_load_si512(sums[r][v]), column_term[v]));
-  } else if (a.kind == EpilogueKind::kRequantize) {
-    const RequantParams& p = a.requant;
-    const ClampLanes clamp = clamp_lanes(p);
-    RequantLanes lanes[NV];
-    for (int v = 0; v < NV; ++v) {
-      const int64_t n = n0 + 16 * v;
-      lanes[v] = p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid[v], p.m0 + n),
-                                               _mm512_maskz_loadu_epi32(valid[v], p.shift + n))
-                               : requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
-    }
-    for (int r = 0; r < MR; ++r) {
-      for (int v = 0; v < NV; ++v) {
-        const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(_mm512_load_si512(sums[r][v]), column_term[v]),
-                                                           lanes[v], p.rounding);
-        store_lanes(a.out, (m0 + r) * ldo + n0 + 16 * v, clamp_add_zero_point(y, clamp), valid[v],
-                    p.out_type);
-      }
-    }
-  } else {
-    __m512 w_scale[NV], bias[NV];
-    for (int v = 0; v < NV; ++v) {
-      const int64_t n = n0 + 16 * v;
-      w_scale[v] = a.w_scale_per_channel ? _mm512_maskz_loadu_ps(valid[v], a.w_scale + n)
-                                         : _mm512_set1_ps(a.w_scale[0]);
-      bias[v] = a.bias_f != nullptr ? _mm512_maskz_loadu_ps(valid[v], a.bias_f + n) : _mm512_setzero_ps();
-    }
-    for (int r = 0; r < MR; ++r) {
-      const __m512 xs = _mm512_set1_ps(a.x_scale[a.x_scale_per_row ? m0 + r : 0]);
-      for (int v = 0; v < NV; ++v) {
-        // Same operation order as the portable path and the reference: ((acc * xs) * ws) + b.
-        __m512 y = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_load_si512(sums[r][v]), column_term[v]));
-        y = _mm512_mul_ps(_mm512_mul_ps(y, xs), w_scale[v]);
-        if (a.bias_f != nullptr) y = _mm512_add_ps(y, bias[v]);
-        _mm512_mask_storeu_ps(static_cast<float*>(a.out) + (m0 + r) * ldo + n0 + 16 * v, valid[v], y);
-      }
-    }
-  }
+  const int cols = kPartialLast ? 16 * (NV - 1) + last_rows : 16 * NV;
+  int8_output_block<NV>(a, m0, MR, n0, cols, &sums[0][0][0], NV * 16, kSigned ? 128 : 0);
 }
 
 using TileFn = void (*)(const Int8GemmArgs&, int64_t, int64_t, int);

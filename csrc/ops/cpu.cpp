@@ -239,25 +239,32 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_
 }
 
 std::string cpu_isa(c10::string_view isa) {
-  if (isa == "portable") {
-    cpu::set_isa(cpu::Isa::kPortable);
-  } else if (isa == "avx2") {
-    TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx2),
-                "_cpu_isa: this CPU lacks avx2 (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
-  } else if (isa == "avx512vnni") {
-    TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx512Vnni),
-                "_cpu_isa: this CPU lacks avx512vnni (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
-  } else if (isa == "avx512vbmi") {
-    TORCH_CHECK(cpu::set_isa(cpu::Isa::kAvx512Vbmi),
-                "_cpu_isa: this CPU lacks avx512vbmi (detected: ", cpu::isa_name(cpu::detected_isa()), ")");
+  const std::pair<const char*, cpu::Isa> paths[] = {{"portable", cpu::Isa::kPortable},
+                                                    {"avx2", cpu::Isa::kAvx2},
+                                                    {"avx512vnni", cpu::Isa::kAvx512Vnni},
+                                                    {"avx512vbmi", cpu::Isa::kAvx512Vbmi},
+                                                    {"amx", cpu::Isa::kAmx}};
+  bool known = isa.empty();
+  for (const auto& [name, path] : paths) {
+    if (isa == name) {
+      TORCH_CHECK(cpu::set_isa(path), "_cpu_isa: this CPU lacks ", name, " (detected: ",
+                  cpu::isa_name(cpu::detected_isa()), "; ", cpu::isa_report(), ")");
+      known = true;
+    }
+  }
+  if (isa == "amx_emulated") {
+    cpu::set_amx_emulation();
+    known = true;
   } else if (isa == "auto") {
     cpu::set_isa(cpu::detected_isa());
-  } else {
-    TORCH_CHECK(isa.empty(), "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\", \"avx512vnni\" or \"avx512vbmi\", got \"",
-                std::string(isa), "\"");
+    known = true;
   }
-  return cpu::isa_name(cpu::active_isa());
+  TORCH_CHECK(known, "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\", \"avx512vnni\", \"avx512vbmi\", "
+              "\"amx\" or \"amx_emulated\", got \"", std::string(isa), "\"");
+  return cpu::tile_unit() == cpu::TileUnit::kEmulated ? "amx_emulated" : cpu::isa_name(cpu::active_isa());
 }
+
+std::string cpu_isa_report() { return cpu::isa_report(); }
 
 // The bf16 kernel path that runs now: "avx512bf16" (vdpbf16ps), "avx2" (fp32 FMAs under FTZ/DAZ)
 // or "portable"; all give the same bits.
@@ -279,4 +286,5 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
 TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {
   m.impl("_cpu_isa", &ck::ops::cpu_isa);
   m.impl("_cpu_bf16_path", &ck::ops::cpu_bf16_path);
+  m.impl("_cpu_isa_report", &ck::ops::cpu_isa_report);
 }

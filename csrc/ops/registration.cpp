@@ -76,4 +76,5 @@ TORCH_LIBRARY(compress_kernels, m) {
   // ---- testing / benchmarking control: query or force the CPU ISA path ----
   m.def("_cpu_isa(str isa=\"\") -> str");
   m.def("_cpu_bf16_path() -> str");
+  m.def("_cpu_isa_report() -> str");
 }

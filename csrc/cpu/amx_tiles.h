@@ -1,0 +1,113 @@
+// The small tile interface every AMX kernel here is written against, and its scalar model.
+//
+// A kernel is a template over a `Tiles` policy with these static members (T, C, A, B are tile
+// numbers, compile-time constants because the instructions encode them):
+//   configure(cfg) / release()         ldtilecfg / tilerelease
+//   zero<T>()                          tilezero
+//   load<T>(ptr, stride)               tileloadd: rows[T] rows of colsb[T] bytes, row r at ptr + r * stride
+//   store<T>(ptr, stride)              tilestored
+//   dot_us<C, A, B>()                  tdpbusd: C[m][n] += sum_{k, j<4} u8(A[m][4k+j]) * s8(B[k][4n+j])
+//   dot_ss<C, A, B>()                  tdpbssd: the same with s8 A
+//   dot_bf16<C, A, B>()                tdpbf16ps (see EmulatedTiles for the exact rounding)
+// EmulatedTiles implements them in plain C++ on any CPU, so the blocking, packing, tails and output
+// stages of the AMX kernels are tested bit for bit everywhere; the hardware policy (HardwareTiles,
+// amx_hardware_tiles.h) is only compiled into translation units built for AMX.
+//
+// Every kernel uses one configuration, kAmxFullConfig: palette 1, tiles 0-7 all 16 rows x 64 bytes;
+// tails are handled by zero-padded copies, never by narrower tiles, so one ldtilecfg per call serves.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace ck::cpu {
+
+// The 64-byte operand of ldtilecfg (Intel SDM, "TILECFG").
+struct alignas(64) AmxTileConfig {
+  uint8_t palette_id = 0;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+inline AmxTileConfig amx_full_config() {
+  AmxTileConfig c;
+  c.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  return c;
+}
+
+constexpr int kAmxTileRows = 16;   // rows of A and C per tile
+constexpr int kAmxTileBytes = 64;  // bytes per tile row: 64 int8 k, 16 int32 / fp32 columns
+
+struct EmulatedTiles {
+  struct State {
+    AmxTileConfig cfg;
+    alignas(64) uint8_t tile[8][16][64];
+  };
+  static State& state() {
+    thread_local State s;
+    return s;
+  }
+  static void configure(const AmxTileConfig& c) {
+    state().cfg = c;
+    std::memset(state().tile, 0, sizeof(state().tile));  // ldtilecfg zeroes every tile
+  }
+  static void release() { std::memset(state().tile, 0, sizeof(state().tile)); }
+  template <int T>
+  static void zero() {
+    std::memset(state().tile[T], 0, sizeof(state().tile[T]));
+  }
+  // Bytes past colsb in a row and rows past `rows` read as zero, like the hardware.
+  template <int T>
+  static void load(const void* p, int64_t stride) {
+    State& s = state();
+    std::memset(s.tile[T], 0, sizeof(s.tile[T]));
+    for (int r = 0; r < s.cfg.rows[T]; ++r) {
+      std::memcpy(s.tile[T][r], static_cast<const uint8_t*>(p) + r * stride, s.cfg.colsb[T]);
+    }
+  }
+  template <int T>
+  static void store(void* p, int64_t stride) {
+    State& s = state();
+    for (int r = 0; r < s.cfg.rows[T]; ++r) {
+      std::memcpy(static_cast<uint8_t*>(p) + r * stride, s.tile[T][r], s.cfg.colsb[T]);
+    }
+  }
+  // Integer dot products: each four-product sum and the accumulation wrap modulo 2^32 (the
+  // hardware's int32 adds; exact whenever the true sum fits in int32).
+  template <int C, int A, int B, bool kSignedA>
+  static void dot_int8() {
+    State& s = state();
+    const int m_rows = s.cfg.rows[C], n_cols = s.cfg.colsb[C] / 4, k_groups = s.cfg.colsb[A] / 4;
+    for (int m = 0; m < m_rows; ++m) {
+      for (int n = 0; n < n_cols; ++n) {
+        uint32_t acc;
+        std::memcpy(&acc, &s.tile[C][m][4 * n], 4);
+        for (int k = 0; k < k_groups; ++k) {
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t a_byte = s.tile[A][m][4 * k + j];
+            const int32_t av = kSignedA ? static_cast<int32_t>(static_cast<int8_t>(a_byte)) : static_cast<int32_t>(a_byte);
+            const int32_t bv = static_cast<int8_t>(s.tile[B][k][4 * n + j]);
+            acc += static_cast<uint32_t>(av * bv);
+          }
+        }
+        std::memcpy(&s.tile[C][m][4 * n], &acc, 4);
+      }
+    }
+  }
+  template <int C, int A, int B>
+  static void dot_us() {
+    dot_int8<C, A, B, false>();
+  }
+  template <int C, int A, int B>
+  static void dot_ss() {
+    dot_int8<C, A, B, true>();
+  }
+};
+
+}  // namespace ck::cpu

@@ -1,0 +1,41 @@
+// The AMX int8 GEMM on the tile instructions, with the AVX-512 output stage. Chosen at run time
+// (tile_unit() == kHardware) and only on a CPU whose AMX the OS has enabled for this process.
+#include "int8_gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8,amx-bf16")
+// GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "amx_hardware_tiles.h"
+#include "int8_gemm_amx.h"
+#include "int8_output_avx512.h"
+
+namespace ck::cpu {
+namespace {
+
+struct Avx512Output {
+  static void write(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
+                    int64_t ld) {
+    if (cols > 16) {
+      int8_output_block<2>(a, m0, mr, n0, cols, sums, ld, 0);
+    } else {
+      int8_output_block<1>(a, m0, mr, n0, cols, sums, ld, 0);
+    }
+  }
+};
+
+}  // namespace
+
+void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
+  amx_int8_tasks<HardwareTiles, Avx512Output>(args, plan, task_begin, task_end);
+}
+
+}  // namespace ck::cpu
+#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
+namespace ck::cpu {
+void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
+  int8_gemm_run_portable(args, plan, task_begin, task_end);
+}
+}  // namespace ck::cpu
+#endif

@@ -1,0 +1,199 @@
+// The AMX int8 GEMM, written once against the tile interface of amx_tiles.h and compiled twice:
+// on the tile instructions with the AVX-512 output stage (int8_gemm_amx.cpp) and on the scalar tile
+// model with the scalar output stage (int8_gemm_amx_emulated.cpp). Include only from those two.
+//
+// Operands straight from memory, no repacking on the hot path:
+//   B (weights): a full 16-row block of the VNNI packed layout (int8_gemm.h) is already the B tile
+//     layout of tdpbusd: for each group of four k, 16 columns x 4 bytes = one 64-byte tile row. A K
+//     chunk of 64 k is 16 consecutive groups = 1 KB, loaded with stride 64.
+//   A (activations): rows of x loaded with stride ldx, 64 k per tile row; uint8 x runs tdpbusd,
+//     int8 x tdpbssd, so no sign flip and no correction beyond the zero point.
+// Tails become zero-padded copies in per-thread scratch, prepared once per task: the K chunk past
+// the last whole 64 k (for A and B), the last row tile of a chunk when it has fewer than 16 rows, and
+// the panel's last column block when it has fewer than 16 columns (its packed stride is rows * 4).
+// Zero padding in A makes any B byte beyond k contribute exactly 0.
+//
+// Blocking: C is 2 x 2 tiles (32 rows x 32 columns) in tmm0-3, A in tmm4-5, B in tmm6-7; a task
+// (64-column panel, chunk of rows) walks row pairs outside and column pairs inside, each over all of
+// K. Accumulators are stored to a 32 x 32 int32 buffer and go through the fused output stage.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "amx_tiles.h"
+#include "int8_gemm.h"
+
+namespace ck::cpu {
+namespace {
+
+// A tile operand: the 64-byte column chunks c < full_chunks at main + c * step (row stride
+// stride), the one tail chunk (when k % 64 != 0) at tail (row stride tail_stride).
+struct TileSource {
+  const uint8_t* main = nullptr;
+  const uint8_t* tail = nullptr;
+  int64_t stride = 0, tail_stride = 0;
+};
+
+template <class Tiles, bool kSignedA, int RT, int CT>
+void amx_int8_block(const TileSource (&a_src)[2], const TileSource (&b_src)[2], int64_t full_chunks,
+                    bool has_tail, int32_t* sums, int64_t ld_sums) {
+  Tiles::template zero<0>();
+  if (CT > 1) Tiles::template zero<1>();
+  if (RT > 1) Tiles::template zero<2>();
+  if (RT > 1 && CT > 1) Tiles::template zero<3>();
+  auto step = [&](const uint8_t* a0, const uint8_t* a1, int64_t a_stride, const uint8_t* b0, const uint8_t* b1) {
+    Tiles::template load<4>(a0, a_stride);
+    Tiles::template load<6>(b0, kAmxTileBytes);
+    if (kSignedA) Tiles::template dot_ss<0, 4, 6>(); else Tiles::template dot_us<0, 4, 6>();
+    if (CT > 1) {
+      Tiles::template load<7>(b1, kAmxTileBytes);
+      if (kSignedA) Tiles::template dot_ss<1, 4, 7>(); else Tiles::template dot_us<1, 4, 7>();
+    }
+    if (RT > 1) {
+      Tiles::template load<5>(a1, a_stride);
+      if (kSignedA) Tiles::template dot_ss<2, 5, 6>(); else Tiles::template dot_us<2, 5, 6>();
+      if (CT > 1) {
+        if (kSignedA) Tiles::template dot_ss<3, 5, 7>(); else Tiles::template dot_us<3, 5, 7>();
+      }
+    }
+  };
+  // Both row tiles of a pair share strides (they come from the same source kind).
+  for (int64_t c = 0; c < full_chunks; ++c) {
+    step(a_src[0].main + c * kAmxTileBytes, a_src[1].main + c * kAmxTileBytes, a_src[0].stride,
+         b_src[0].main + c * 1024, b_src[1].main + c * 1024);
+  }
+  if (has_tail) step(a_src[0].tail, a_src[1].tail, a_src[0].tail_stride, b_src[0].tail, b_src[1].tail);
+  const int64_t bytes = ld_sums * 4;
+  Tiles::template store<0>(sums, bytes);
+  if (CT > 1) Tiles::template store<1>(sums + 16, bytes);
+  if (RT > 1) Tiles::template store<2>(sums + 16 * ld_sums, bytes);
+  if (RT > 1 && CT > 1) Tiles::template store<3>(sums + 16 * ld_sums + 16, bytes);
+}
+
+// Per-thread scratch; grows to the largest task seen and is reused (no allocation once warm).
+struct AmxInt8Scratch {
+  std::vector<uint8_t> a_rows;   // the chunk's last row tile when partial: 16 rows x chunks * 64
+  std::vector<uint8_t> a_ktail;  // the K tail chunk of the chunk's whole row tiles: rows x 64
+  std::vector<uint8_t> b_block;  // the panel's partial column block: chunks x 1 KB
+  std::vector<uint8_t> b_ktail;  // the K tail chunk of each whole block of the panel: 4 x 1 KB
+};
+
+inline uint8_t* zeroed(std::vector<uint8_t>& v, size_t bytes) {
+  if (v.size() < bytes) v.resize(bytes);
+  std::memset(v.data(), 0, bytes);
+  return v.data();
+}
+
+// Output(a, m0, mr, n0, cols, sums, ld_sums) writes the output stage of a sums block (raw dot
+// products; the column terms are the output stage's job).
+template <class Tiles, class Output, bool kSignedA>
+void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
+  const int64_t k = a.w.k, k_pad = a.w.k_pad;
+  const int64_t full_chunks = k / 64;
+  const bool has_tail = k % 64 != 0;
+  const int64_t chunks = full_chunks + (has_tail ? 1 : 0);
+  const int64_t tail_k0 = full_chunks * 64;
+  thread_local AmxInt8Scratch scratch;
+  alignas(64) int32_t sums[32 * 32];
+  const uint8_t* x = static_cast<const uint8_t*>(a.x);
+  const uint8_t* w = reinterpret_cast<const uint8_t*>(a.w.data);
+
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t m_begin = chunk * plan.chunk_rows;
+    const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
+    if (m_begin >= m_end) continue;
+    const int64_t n0 = panel * kInt8PanelCols;
+    const int64_t cols = std::min(kInt8PanelCols, a.w.n - n0);
+    const int blocks = static_cast<int>((cols + 15) / 16);
+    const int last_cols = static_cast<int>(cols - 16 * (blocks - 1));
+    const int64_t rows = m_end - m_begin, whole_row_tiles = rows / 16;
+    const int row_tail = static_cast<int>(rows % 16);
+
+    // B sources of the panel's blocks.
+    TileSource b_src[4];
+    uint8_t* b_ktail = has_tail ? zeroed(scratch.b_ktail, 4 * 1024) : nullptr;
+    for (int b = 0; b < blocks; ++b) {
+      const uint8_t* block = w + (n0 + 16 * b) * k_pad;
+      if (b == blocks - 1 && last_cols < 16) {
+        // Regroup the partial block (packed stride last_cols * 4) into 16-column tile rows.
+        uint8_t* dst = zeroed(scratch.b_block, static_cast<size_t>(chunks) * 1024);
+        for (int64_t g = 0; g < k_pad / 4; ++g) std::memcpy(dst + g * 64, block + g * last_cols * 4, last_cols * 4);
+        b_src[b].main = dst;
+        b_src[b].tail = dst + full_chunks * 1024;
+      } else {
+        b_src[b].main = block;
+        if (has_tail) {
+          std::memcpy(b_ktail + b * 1024, block + full_chunks * 1024, (k_pad - tail_k0) * 16);
+          b_src[b].tail = b_ktail + b * 1024;
+        }
+      }
+      b_src[b].stride = kAmxTileBytes;
+    }
+
+    // A sources: whole row tiles read x directly (their K tail from a_ktail); the partial one
+    // reads a zero-padded copy of all of its K.
+    uint8_t* a_ktail = nullptr;
+    if (has_tail && whole_row_tiles > 0) {
+      a_ktail = zeroed(scratch.a_ktail, static_cast<size_t>(whole_row_tiles) * 16 * 64);
+      for (int64_t r = 0; r < whole_row_tiles * 16; ++r)
+        std::memcpy(a_ktail + r * 64, x + (m_begin + r) * a.ldx + tail_k0, k - tail_k0);
+    }
+    TileSource a_partial;
+    if (row_tail > 0) {
+      const int64_t ld = chunks * 64;
+      uint8_t* dst = zeroed(scratch.a_rows, static_cast<size_t>(16 * ld));
+      const int64_t r0 = m_begin + whole_row_tiles * 16;
+      for (int r = 0; r < row_tail; ++r) std::memcpy(dst + r * ld, x + (r0 + r) * a.ldx, k);
+      a_partial.main = dst;
+      a_partial.tail = dst + full_chunks * 64;
+      a_partial.stride = a_partial.tail_stride = ld;
+    }
+    auto a_tile = [&](int64_t i) {
+      if (i == whole_row_tiles) return a_partial;
+      TileSource s;
+      s.main = x + (m_begin + 16 * i) * a.ldx;
+      s.tail = a_ktail != nullptr ? a_ktail + i * 16 * 64 : nullptr;
+      s.stride = a.ldx;
+      s.tail_stride = 64;
+      return s;
+    };
+
+    // Row tiles in pairs of whole tiles (one A stride per pair); the last odd whole tile and the
+    // partial one run alone.
+    const int64_t row_tiles = whole_row_tiles + (row_tail > 0 ? 1 : 0);
+    for (int64_t i = 0; i < row_tiles;) {
+      const int rt = i + 1 < whole_row_tiles ? 2 : 1;
+      const TileSource as[2] = {a_tile(i), a_tile(rt == 2 ? i + 1 : i)};
+      const int64_t m0 = m_begin + 16 * i;
+      const int mr = static_cast<int>(std::min<int64_t>(16 * rt, m_end - m0));
+      for (int b = 0; b < blocks; b += 2) {
+        const int ct = b + 1 < blocks ? 2 : 1;
+        const TileSource bs[2] = {b_src[b], b_src[ct == 2 ? b + 1 : b]};
+        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, bs, full_chunks, has_tail, sums, 32);
+        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, bs, full_chunks, has_tail, sums, 32);
+        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, bs, full_chunks, has_tail, sums, 32);
+        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, bs, full_chunks, has_tail, sums, 32);
+        const int nc = static_cast<int>(std::min<int64_t>(16 * ct, cols - 16 * b));
+        Output::write(a, m0, mr, n0 + 16 * b, nc, sums, 32);
+      }
+      i += rt;
+    }
+  }
+}
+
+template <class Tiles, class Output>
+void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
+  Tiles::configure(amx_full_config());
+  if (a.x_signed) {
+    amx_int8_tasks_typed<Tiles, Output, true>(a, plan, task_begin, task_end);
+  } else {
+    amx_int8_tasks_typed<Tiles, Output, false>(a, plan, task_begin, task_end);
+  }
+  Tiles::release();
+}
+
+}  // namespace
+}  // namespace ck::cpu
