@@ -48,7 +48,7 @@ PackedInt8Weight int8_packed_view(const int32_t* packed, int64_t n, int64_t word
 
 bool int8_gemm_uses_amx(int64_t m) { return tile_unit() != TileUnit::kNone && m >= kAmxMinRows; }
 
-Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads) {
+Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k) {
   Int8GemmPlan plan;
   plan.amx = int8_gemm_uses_amx(m);
   const int64_t tile_rows = plan.amx ? 2 * kAmxTileRows : kInt8TileRows;
@@ -58,6 +58,14 @@ Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads) {
   int64_t chunks = 1;
   if (plan.panels < target_tasks) {
     chunks = std::min(tiles, (target_tasks + plan.panels - 1) / std::max<int64_t>(plan.panels, 1));
+  }
+  if (plan.amx && k > 0) {
+    // The tile kernel streams its chunk of x once per panel: keep the chunk within kAmxChunkBytes
+    // (half of a 2 MB L2) and walk the tasks chunk-major, so a thread's consecutive tasks share
+    // the chunk from L2 and stream the weight panels (without it, M = 1024 and K = N = 4096 read all of x from memory once per 64 columns).
+    const int64_t max_tiles = std::max<int64_t>(1, kAmxChunkBytes / (tile_rows * int8_padded_k(k)));
+    chunks = std::max(chunks, (tiles + max_tiles - 1) / max_tiles);
+    plan.chunk_major = true;
   }
   const int64_t tiles_per_chunk = (tiles + chunks - 1) / chunks;
   plan.chunk_rows = tiles_per_chunk * tile_rows;

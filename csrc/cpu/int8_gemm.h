@@ -76,18 +76,25 @@ inline int32_t int8_corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc)
 // Work split: tasks are (panel of 64 columns, chunk of rows), panel-major so that a thread's
 // consecutive tasks reuse one weight panel from L2. amx: the tasks run on the AMX kernel (hardware or
 // emulated, per tile_unit()); else on the vector kernel of the active ISA.
+// chunk_major: task t is (panel t % panels, chunk t / panels) instead (tasks sharing a chunk of x).
 struct Int8GemmPlan {
   int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
   bool amx = false;
+  bool chunk_major = false;
   int64_t tasks() const { return panels * row_chunks; }
+  int64_t panel_of(int64_t t) const { return chunk_major ? t % panels : t / row_chunks; }
+  int64_t chunk_of(int64_t t) const { return chunk_major ? t / panels : t % row_chunks; }
 };
 // The smallest m that runs on the AMX kernel when the tiles are available: below it the VNNI kernel
 // (6 rows per pass, no tile padding) is faster (measured; see int8_gemm.cpp).
 constexpr int64_t kAmxMinRows = 16;
 // Whether m rows of an int8 GEMM run on the AMX kernel now.
 bool int8_gemm_uses_amx(int64_t m);
+// Bytes of x per row chunk of the AMX kernel (k > 0 given to int8_gemm_plan).
+constexpr int64_t kAmxChunkBytes = 1 << 20;
 // Rows per chunk are a multiple of 32 (two row tiles) on the AMX kernel, of 6 on the VNNI kernel.
-Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads);
+// k (the depth; 0 when unknown) bounds the AMX chunks, see kAmxChunkBytes.
+Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k = 0);
 
 // Runs tasks [task_begin, task_end) on the active ISA path.
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,

@@ -36,9 +36,12 @@ struct TileSource {
   int64_t stride = 0, tail_stride = 0;
 };
 
-template <class Tiles, bool kSignedA, int RT, int CT>
+// One block of RT x CT tiles over all of K, stored to sums (row stride ld_sums int32). between(c)
+// runs after the tile instructions of step c are issued: the vector work placed there (the output
+// stage of the previous block) overlaps the tile unit instead of waiting behind it.
+template <class Tiles, bool kSignedA, int RT, int CT, class Between>
 void amx_int8_block(const TileSource (&a_src)[2], const TileSource (&b_src)[2], int64_t full_chunks,
-                    bool has_tail, int32_t* sums, int64_t ld_sums) {
+                    bool has_tail, int32_t* sums, int64_t ld_sums, Between&& between) {
   Tiles::template zero<0>();
   if (CT > 1) Tiles::template zero<1>();
   if (RT > 1) Tiles::template zero<2>();
@@ -63,8 +66,12 @@ void amx_int8_block(const TileSource (&a_src)[2], const TileSource (&b_src)[2], 
   for (int64_t c = 0; c < full_chunks; ++c) {
     step(a_src[0].main + c * kAmxTileBytes, a_src[1].main + c * kAmxTileBytes, a_src[0].stride,
          b_src[0].main + c * 1024, b_src[1].main + c * 1024);
+    between(c);
   }
-  if (has_tail) step(a_src[0].tail, a_src[1].tail, a_src[0].tail_stride, b_src[0].tail, b_src[1].tail);
+  if (has_tail) {
+    step(a_src[0].tail, a_src[1].tail, a_src[0].tail_stride, b_src[0].tail, b_src[1].tail);
+    between(full_chunks);
+  }
   const int64_t bytes = ld_sums * 4;
   Tiles::template store<0>(sums, bytes);
   if (CT > 1) Tiles::template store<1>(sums + 16, bytes);
@@ -96,12 +103,28 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
   const int64_t chunks = full_chunks + (has_tail ? 1 : 0);
   const int64_t tail_k0 = full_chunks * 64;
   thread_local AmxInt8Scratch scratch;
-  alignas(64) int32_t sums[32 * 32];
+  // Two sums buffers: block j's tiles are stored to one while the output stage of block j - 1 is
+  // written from the other, a few rows per K step of block j.
+  alignas(64) int32_t sums[2][32 * 32];
+  struct Pending {
+    const int32_t* sums = nullptr;
+    int64_t m0 = 0, n0 = 0;
+    int mr = 0, cols = 0, done = 0, rows_per_step = 0;
+  } pending;
+  auto write_rows = [&](int upto) {
+    if (pending.sums == nullptr || pending.done >= upto) return;
+    const int end = upto < pending.mr ? upto : pending.mr;
+    Output::write(a, pending.m0 + pending.done, end - pending.done, pending.n0, pending.cols,
+                  pending.sums + pending.done * 32, 32);
+    pending.done = end;
+  };
+  auto between = [&](int64_t c) { write_rows(static_cast<int>((c + 1) * pending.rows_per_step)); };
+  int parity = 0;
   const uint8_t* x = static_cast<const uint8_t*>(a.x);
   const uint8_t* w = reinterpret_cast<const uint8_t*>(a.w.data);
 
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
+    const int64_t panel = plan.panel_of(t), chunk = plan.chunk_of(t);
     const int64_t m_begin = chunk * plan.chunk_rows;
     const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
     if (m_begin >= m_end) continue;
@@ -172,16 +195,25 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
       for (int b = 0; b < blocks; b += 2) {
         const int ct = b + 1 < blocks ? 2 : 1;
         const TileSource bs[2] = {b_src[b], b_src[ct == 2 ? b + 1 : b]};
-        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, bs, full_chunks, has_tail, sums, 32);
-        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, bs, full_chunks, has_tail, sums, 32);
-        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, bs, full_chunks, has_tail, sums, 32);
-        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, bs, full_chunks, has_tail, sums, 32);
-        const int nc = static_cast<int>(std::min<int64_t>(16 * ct, cols - 16 * b));
-        Output::write(a, m0, mr, n0 + 16 * b, nc, sums, 32);
+        int32_t* out = sums[parity];
+        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, bs, full_chunks, has_tail, out, 32, between);
+        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, bs, full_chunks, has_tail, out, 32, between);
+        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, bs, full_chunks, has_tail, out, 32, between);
+        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, bs, full_chunks, has_tail, out, 32, between);
+        write_rows(32);  // whatever of the previous block the K steps did not cover
+        pending.sums = out;
+        pending.m0 = m0;
+        pending.n0 = n0 + 16 * b;
+        pending.mr = mr;
+        pending.cols = static_cast<int>(std::min<int64_t>(16 * ct, cols - 16 * b));
+        pending.done = 0;
+        pending.rows_per_step = static_cast<int>((mr + chunks - 1) / chunks);
+        parity ^= 1;
       }
       i += rt;
     }
   }
+  write_rows(32);
 }
 
 template <class Tiles, class Output>

@@ -129,7 +129,7 @@ WeightView prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at:
 
 void run_gemm(const cpu::Int8GemmArgs& args) {
   if (args.m == 0) return;
-  const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(args.m, args.w.n, at::get_num_threads());
+  const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(args.m, args.w.n, at::get_num_threads(), args.w.k);
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
     cpu::int8_gemm_run(args, plan, begin, end);
   });

@@ -142,7 +142,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
     a.m = rows;
     a.ldx = s.in_channels;
     a.out = out_bytes;
-    const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(rows, oc, threads);
+    const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(rows, oc, threads, depth);
     at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::int8_gemm_run(a, plan, b, e); });
     return out;
   }
