@@ -525,6 +525,13 @@ def cpu_bf16_path() -> str:
     return _lib()._cpu_bf16_path()
 
 
+def amx_peak(kind: str = "int8", seconds: float = 0.2) -> float:
+    """The AMX limit of this machine now, in operations per second on all torch threads: a
+    register-only loop of tdpbssd ("int8") or tdpbf16ps ("bf16") on four accumulator tiles. Raises
+    where the CPU path has no AMX. Benchmarks report kernels as a share of it."""
+    return _lib()._amx_peak(kind, seconds)
+
+
 @contextlib.contextmanager
 def force_cpu_isa(isa: str):
     """Run the body on one CPU path ("portable", "avx2", "avx512vnni", "avx512vbmi", "amx",

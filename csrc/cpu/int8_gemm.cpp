@@ -46,11 +46,14 @@ PackedInt8Weight int8_packed_view(const int32_t* packed, int64_t n, int64_t word
   return v;
 }
 
-bool int8_gemm_uses_amx(int64_t m) { return tile_unit() != TileUnit::kNone && m >= kAmxMinRows; }
+bool int8_gemm_uses_amx(int64_t m, int64_t n, int64_t k) {
+  if (tile_unit() == TileUnit::kNone) return false;
+  return m >= 9 || (m == 8 && n * k <= (int64_t{4} << 20));
+}
 
 Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k) {
   Int8GemmPlan plan;
-  plan.amx = int8_gemm_uses_amx(m);
+  plan.amx = int8_gemm_uses_amx(m, n, k);
   const int64_t tile_rows = plan.amx ? 2 * kAmxTileRows : kInt8TileRows;
   plan.panels = (n + kInt8PanelCols - 1) / kInt8PanelCols;
   const int64_t target_tasks = 4 * std::max<int64_t>(threads, 1);
@@ -59,7 +62,7 @@ Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k) {
   if (plan.panels < target_tasks) {
     chunks = std::min(tiles, (target_tasks + plan.panels - 1) / std::max<int64_t>(plan.panels, 1));
   }
-  if (plan.amx && k > 0) {
+  if (plan.amx) {
     // The tile kernel streams its chunk of x once per panel: keep the chunk within kAmxChunkBytes
     // (half of a 2 MB L2) and walk the tasks chunk-major, so a thread's consecutive tasks share
     // the chunk from L2 and stream the weight panels (without it, M = 1024 and K = N = 4096 read all of x from memory once per 64 columns).

@@ -85,16 +85,17 @@ struct Int8GemmPlan {
   int64_t panel_of(int64_t t) const { return chunk_major ? t % panels : t / row_chunks; }
   int64_t chunk_of(int64_t t) const { return chunk_major ? t / panels : t % row_chunks; }
 };
-// The smallest m that runs on the AMX kernel when the tiles are available: below it the VNNI kernel
-// (6 rows per pass, no tile padding) is faster (measured; see int8_gemm.cpp).
-constexpr int64_t kAmxMinRows = 16;
-// Whether m rows of an int8 GEMM run on the AMX kernel now.
-bool int8_gemm_uses_amx(int64_t m);
-// Bytes of x per row chunk of the AMX kernel (k > 0 given to int8_gemm_plan).
+// Whether an int8 GEMM of m rows, n columns and depth k runs on the AMX kernel now (tiles
+// available, and the rule measured on Sapphire Rapids, 2 threads, int8_linear against the VNNI
+// kernel): m >= 9 always (M = 12: 1.2-1.3x VNNI); m = 8 while the weight is at most 4 MiB (K = N =
+// 1024: 1.15x, 2048: 1.08x; at 4096 the weight streams from memory and VNNI is 1.15x faster);
+// m < 8 never (M = 4: VNNI 1.1-1.15x; a tile row holds 16 rows, so half or more of it is padding).
+bool int8_gemm_uses_amx(int64_t m, int64_t n, int64_t k);
+// Bytes of x per row chunk of the AMX kernel.
 constexpr int64_t kAmxChunkBytes = 1 << 20;
 // Rows per chunk are a multiple of 32 (two row tiles) on the AMX kernel, of 6 on the VNNI kernel.
-// k (the depth; 0 when unknown) bounds the AMX chunks, see kAmxChunkBytes.
-Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k = 0);
+// k is the depth (int8_gemm_uses_amx, kAmxChunkBytes).
+Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k);
 
 // Runs tasks [task_begin, task_end) on the active ISA path.
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
@@ -107,6 +108,10 @@ void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int6
                         int64_t task_end);
 void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                        int64_t task_end);
+// The register-only tile loop (4 independent accumulator tiles, no memory traffic) that bounds
+// every AMX kernel: runs `iterations` x 4 tdpbssd (or tdpbf16ps) on the calling thread and returns
+// the operations done. Only with tile_unit() == kHardware.
+int64_t amx_register_loop(bool bf16, int64_t iterations);
 void int8_gemm_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                                 int64_t task_end);
 

@@ -31,11 +31,41 @@ void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64
   amx_int8_tasks<HardwareTiles, Avx512Output>(args, plan, task_begin, task_end);
 }
 
+int64_t amx_register_loop(bool bf16, int64_t iterations) {
+  HardwareTiles::configure(amx_full_config());
+  alignas(64) static const uint8_t operand[1024] = {};
+  HardwareTiles::zero<0>();
+  HardwareTiles::zero<1>();
+  HardwareTiles::zero<2>();
+  HardwareTiles::zero<3>();
+  HardwareTiles::load<4>(operand, 64);
+  HardwareTiles::load<5>(operand, 64);
+  HardwareTiles::load<6>(operand, 64);
+  HardwareTiles::load<7>(operand, 64);
+  for (int64_t i = 0; i < iterations; ++i) {
+    if (bf16) {
+      HardwareTiles::dot_bf16<0, 4, 6>();
+      HardwareTiles::dot_bf16<1, 4, 7>();
+      HardwareTiles::dot_bf16<2, 5, 6>();
+      HardwareTiles::dot_bf16<3, 5, 7>();
+    } else {
+      HardwareTiles::dot_ss<0, 4, 6>();
+      HardwareTiles::dot_ss<1, 4, 7>();
+      HardwareTiles::dot_ss<2, 5, 6>();
+      HardwareTiles::dot_ss<3, 5, 7>();
+    }
+  }
+  HardwareTiles::release();
+  // Operations: 4 tiles x 16 x 16 outputs x (64 int8 or 32 bf16 products) x 2 per iteration.
+  return iterations * 4 * 16 * 16 * (bf16 ? 32 : 64) * 2;
+}
+
 }  // namespace ck::cpu
 #else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
 namespace ck::cpu {
 void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   int8_gemm_run_portable(args, plan, task_begin, task_end);
 }
+int64_t amx_register_loop(bool, int64_t) { return 0; }
 }  // namespace ck::cpu
 #endif

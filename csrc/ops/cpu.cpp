@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <chrono>
 #include <tuple>
 
 #include "../cpu/int8_gemm.h"
@@ -266,6 +268,29 @@ std::string cpu_isa(c10::string_view isa) {
 
 std::string cpu_isa_report() { return cpu::isa_report(); }
 
+// The AMX limit of this machine now, in operations per second on every torch thread at once: the
+// register-only tile loop (amx_register_loop) timed for about `seconds`. Benchmarks quote kernel
+// speed as a share of it, because the machines' clocks drift between hours.
+double amx_peak_ops(c10::string_view kind, double seconds) {
+  TORCH_CHECK(kind == "int8" || kind == "bf16", "_amx_peak: kind must be \"int8\" or \"bf16\", got \"", std::string(kind), "\"");
+  TORCH_CHECK(seconds > 0 && seconds <= 10, "_amx_peak: seconds must be in (0, 10], got ", seconds);
+  TORCH_CHECK(cpu::detected_isa() == cpu::Isa::kAmx, "_amx_peak: this CPU path has no AMX (", cpu::isa_report(), ")");
+  const bool bf16 = kind == "bf16";
+  const int64_t threads = at::get_num_threads();
+  cpu::amx_register_loop(bf16, 1 << 16);  // warm-up: the tile unit powers up on first use
+  int64_t iterations = 1 << 18;
+  for (;;) {
+    std::atomic<int64_t> ops{0};
+    const auto start = std::chrono::steady_clock::now();
+    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) ops += cpu::amx_register_loop(bf16, iterations);
+    });
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (elapsed >= seconds || iterations > (int64_t{1} << 34)) return static_cast<double>(ops.load()) / elapsed;
+    iterations *= 2;
+  }
+}
+
 // The bf16 kernel path that runs now: "avx512bf16" (vdpbf16ps), "avx2" (fp32 FMAs under FTZ/DAZ)
 // or "portable"; all give the same bits.
 std::string cpu_bf16_path() { return cpu::sparse24_bf16_path(); }
@@ -287,4 +312,5 @@ TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {
   m.impl("_cpu_isa", &ck::ops::cpu_isa);
   m.impl("_cpu_bf16_path", &ck::ops::cpu_bf16_path);
   m.impl("_cpu_isa_report", &ck::ops::cpu_isa_report);
+  m.impl("_amx_peak", &ck::ops::amx_peak_ops);
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../cpu/amx_tiles.h"
 #include "../cpu/int8_conv.h"
 #include "../cpu/int8_gemm.h"
 #include "checks.h"
@@ -152,9 +153,15 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   // L2) and runs the microkernels over its panels. Panels are split only when there are too few
   // chunks to keep every thread busy (batch 1, late layers); the gather is then repeated per split.
   const int64_t k_pad = cpu::int8_padded_k(depth);
-  const int64_t max_chunk = std::max<int64_t>(cpu::kInt8TileRows, (256 * 1024 / k_pad) / cpu::kInt8TileRows * cpu::kInt8TileRows);
-  int64_t chunk = (rows + 2 * threads - 1) / (2 * threads);
-  chunk = std::min(max_chunk, std::max<int64_t>(cpu::kInt8TileRows, (chunk + 5) / 6 * 6));
+  // Chunks are whole microkernel passes: 6 rows on the vector kernels, 32 (two row tiles) on AMX.
+  auto chunk_for = [&](int64_t tile_rows) {
+    const int64_t max_chunk = std::max<int64_t>(tile_rows, (256 * 1024 / k_pad) / tile_rows * tile_rows);
+    const int64_t per_thread = (rows + 2 * threads - 1) / (2 * threads);
+    return std::min(max_chunk, std::max<int64_t>(tile_rows, (per_thread + tile_rows - 1) / tile_rows * tile_rows));
+  };
+  int64_t chunk = chunk_for(cpu::kInt8TileRows);
+  const bool amx = cpu::int8_gemm_uses_amx(std::min(chunk, rows), ocg, depth);
+  if (amx) chunk = chunk_for(2 * cpu::kAmxTileRows);
   const int64_t chunks = (rows + chunk - 1) / chunk;
   const int64_t panels = (ocg + cpu::kInt8PanelCols - 1) / cpu::kInt8PanelCols;
   int64_t splits = 1;
@@ -179,6 +186,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
       plan.panels = panels;
       plan.row_chunks = 1;
       plan.chunk_rows = r1 - r0;
+      plan.amx = amx;
       cpu::int8_gemm_run(a, plan, p0, p1);
     }
   });

@@ -77,4 +77,5 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def("_cpu_isa(str isa=\"\") -> str");
   m.def("_cpu_bf16_path() -> str");
   m.def("_cpu_isa_report() -> str");
+  m.def("_amx_peak(str kind, float seconds) -> float");
 }
