@@ -5,15 +5,16 @@ import compress_kernels as ck
 
 
 def available_isas() -> list[str]:
-    """Every CPU path this machine can run, lowest first (the portable one always)."""
+    """Every CPU path this machine can run, lowest first (the portable one always), then
+    "amx_emulated" (the AMX kernels on the scalar tile model, which every machine runs)."""
     isas = ["portable"]
-    for name in ("avx2", "avx512vnni", "avx512vbmi"):
+    for name in ("avx2", "avx512vnni", "avx512vbmi", "amx"):
         try:
             with ck.force_cpu_isa(name):
                 isas.append(name)
         except RuntimeError as err:  # this CPU lacks it
             assert "this CPU lacks" in str(err)
-    return isas
+    return isas + ["amx_emulated"]
 
 
 ISAS = available_isas()

@@ -234,5 +234,7 @@ def test_opcheck():
 
 def test_isa_paths_listed():
     assert ISAS[0] == "portable"
-    with pytest.raises(RuntimeError, match='isa must be "", "auto", "portable", "avx2", "avx512vnni" or "avx512vbmi"'):
+    assert ISAS[-1] == "amx_emulated"
+    with pytest.raises(RuntimeError, match='isa must be "", "auto", "portable", "avx2", "avx512vnni", "avx512vbmi", '
+                                           '"amx" or "amx_emulated", got "sse9"'):
         torch.ops.compress_kernels._cpu_isa("sse9")

@@ -1,0 +1,113 @@
+"""The AMX tier: detection and its report, the emulated tile model, and the AMX int8 GEMM's tails
+(row tiles of 16, K chunks of 64, column blocks of 16) checked bit for bit against the reference on
+every path, the real tiles included where the CPU has them."""
+
+import pytest
+import torch
+
+import compress_kernels as ck
+from compress_kernels import reference as ref
+from conftest import ISAS, run_on_every_isa
+
+HAS_AMX = "amx" in ISAS
+
+
+def test_report_names_the_path_and_why_amx_is_not_used():
+    report = ck.cpu_isa_report()
+    assert report.startswith("detected ")
+    if HAS_AMX:
+        assert "detected amx" in report and "AMX not used" not in report
+    else:
+        assert "AMX not used: " in report
+    with ck.force_cpu_isa("amx_emulated"):
+        assert ck.ops.cpu_isa() == "amx_emulated"
+        assert "active amx_emulated" in ck.cpu_isa_report()
+    with ck.force_cpu_isa("portable"):  # any named path ends the emulation
+        assert ck.ops.cpu_isa() == "portable"
+
+
+@pytest.mark.skipif(HAS_AMX, reason="this CPU has AMX")
+def test_amx_is_refused_where_the_cpu_lacks_it():
+    with pytest.raises(RuntimeError, match="this CPU lacks amx .*AMX not used: "):
+        with ck.force_cpu_isa("amx"):
+            pass
+
+
+def test_amx_peak():
+    with pytest.raises(RuntimeError, match='kind must be "int8" or "bf16", got "fp8"'):
+        ck.ops.amx_peak("fp8")
+    with pytest.raises(RuntimeError, match="seconds must be in"):
+        ck.ops.amx_peak("int8", 0.0)
+    if HAS_AMX:
+        assert ck.ops.amx_peak("int8", 0.01) > 1e11
+        assert ck.ops.amx_peak("bf16", 0.01) > 5e10
+    else:
+        with pytest.raises(RuntimeError, match="has no AMX"):
+            ck.ops.amx_peak("int8", 0.01)
+
+
+# m: one partial row tile (9: the smallest m on AMX), whole tiles, a pair plus a partial tile;
+# n: a partial column block alone, one whole block, an odd number of blocks, a partial last panel;
+# k: below one group of four, a partial group, whole and partial 64-byte chunks.
+@pytest.mark.parametrize("m", [9, 16, 33, 77])
+@pytest.mark.parametrize("n", [5, 16, 48, 70])
+@pytest.mark.parametrize("k", [3, 64, 100, 257])
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+def test_amx_int8_gemm_tails(m, n, k, x_dtype):
+    torch.manual_seed(m * 1000 + n * 10 + k)
+    lo, hi = (0, 256) if x_dtype == torch.uint8 else (-128, 128)
+    x = torch.randint(lo, hi, (m, k), dtype=torch.int16).to(x_dtype)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    assert torch.equal(run_on_every_isa(ck.int8_gemm, x, ck.int8_pack_weight(w)), ref.int8_gemm(x, w))
+
+
+def test_amx_int8_linear_epilogues_with_row_stride_and_large_chunks():
+    """Requantized and float outputs through the AMX block pipeline (each block's output stage is
+    written during the next block's K steps) with a row stride != k and chunks of x over 1 MB."""
+    torch.manual_seed(1)
+    m, n, k = 600, 200, 2100
+    wide = torch.randint(0, 256, (m, k + 60), dtype=torch.int16).to(torch.uint8)
+    x = wide[:, 30:30 + k]
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    b = torch.randint(-(2**20), 2**20, (n,), dtype=torch.int32)
+    m0 = torch.randint(2**29, 2**30, (n,), dtype=torch.int32)
+    shift = torch.randint(-12, -8, (n,), dtype=torch.int32)
+    packed = ck.int8_pack_weight(w)
+    want = ref.int8_linear(x, 7, w, b, m0, shift, 3, -128, 127, torch.int8)
+    assert torch.equal(run_on_every_isa(ck.int8_linear, x, 7, packed, b, m0, shift, 3), want)
+    xs = torch.rand(m) + 0.5
+    ws = torch.rand(n) * 0.01
+    bias = torch.randn(n)
+    want_f = ref.int8_linear_float(x, 7, w, xs, ws, bias)
+    assert torch.equal(run_on_every_isa(ck.int8_linear_float, x, 7, packed, xs, ws, bias), want_f)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_amx_results_do_not_depend_on_threads(threads):
+    torch.manual_seed(2)
+    x = torch.randint(-128, 128, (130, 300), dtype=torch.int8)
+    w = torch.randint(-128, 128, (90, 300), dtype=torch.int8)
+    want = ref.int8_gemm(x, w)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(run_on_every_isa(ck.int8_gemm, x, ck.int8_pack_weight(w)), want)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("batch,cin,cout,kernel,stride,size", [(2, 16, 24, 3, 1, 9), (1, 8, 40, 3, 2, 12),
+                                                               (3, 32, 17, 1, 1, 7)])
+def test_amx_int8_conv2d(batch, cin, cout, kernel, stride, size):
+    torch.manual_seed(3)
+    x = torch.randint(0, 256, (batch, cin, size, size), dtype=torch.int16).to(torch.uint8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-128, 128, (cout, cin, kernel, kernel), dtype=torch.int8)
+    b = torch.randint(-1000, 1000, (cout,), dtype=torch.int32)
+    m0 = torch.full((cout,), 2**30, dtype=torch.int32)
+    shift = torch.full((cout,), -10, dtype=torch.int32)
+    args = (x, 100, w, b, m0, shift, 120, 0, 255, torch.uint8)
+    kwargs = dict(stride=stride, padding=kernel // 2)
+    want = ref.int8_conv2d(*args, **kwargs)
+    got = run_on_every_isa(lambda: ck.int8_conv2d(*args, **kwargs))
+    assert torch.equal(got, want)
