@@ -1,14 +1,28 @@
 """int8 conv2d on every distinct conv shape of ResNet-18 (CIFAR-10 form, width 64), batch 1 and 32,
-against F.conv2d fp32 (oneDNN, channels_last) and torch.ops.quantized.conv2d (x86 and fbgemm
-engines, prepacked, the same static uint8 -> uint8 semantics), measured side by side in one run.
+against its peers, measured side by side in one run.
 
-    python benchmarks/bench_int8_conv.py [--quick] [--no-write] [--device cpu|cuda|all]
-                                         [--threads N] [--isa auto|portable|avx2|avx512vnni|avx512vbmi]
+    python benchmarks/bench_int8_conv.py [--quick] [--no-write] [--device cpu|cuda|all] [--threads N]
+                                         [--isa auto|portable|avx2|avx512vnni|avx512vbmi|amx]
+
+    --quick      the first three shapes at batch 1 (CUDA: batch 32), short timing
+    --no-write   print the tables only
+    --device     which sections run: cpu, cuda (needs a GPU) or all (default: CUDA only where there is one)
+    --threads N  torch threads of the CPU section (default: torch's choice); every contender uses them
+    --isa        CPU kernel path of ours (default auto: the best this CPU has, amx on an Intel Xeon with AMX)
+
+CPU peers, all measured in the same run on every machine: F.conv2d in fp32 and in bf16 (oneDNN,
+channels_last; the bf16 weight, bias and input are cast once, outside the timed call) and
+torch.ops.quantized.conv2d (prepacked, the same static uint8 -> uint8 semantics) under each quantized
+engine x86, fbgemm and onednn (an engine that this torch build lacks is skipped). Where the machine
+has AMX, the table's machine line also gives the AMX limit measured in the run (ck.ops.amx_peak).
 
 CUDA section (when a GPU is present): QuantConv2d moved to the GPU against cuDNN fp16 channels_last
-on the ResNet-18 shapes, CIFAR-10 and ImageNet forms, batch 32. The written
-benchmarks/results/int8_conv.md holds the sections that ran; a CPU run on another kernel path than
-avx512vnni (--isa, or a CPU without AVX-512) writes benchmarks/results/int8_conv_<path>.md instead.
+on the ResNet-18 shapes, CIFAR-10 and ImageNet forms, batch 32.
+
+The written file holds the sections that ran, named by the CPU path (common.results_name):
+benchmarks/results/int8_conv_amx.md on the amx path (Intel Xeon with AMX), int8_conv.md on
+avx512vnni / avx512vbmi (the AMD Zen 4 tables) or without a CPU section, int8_conv_<path>.md on
+another path (e.g. avx2).
 """
 
 from __future__ import annotations
@@ -21,7 +35,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import best_seconds, machine_line, markdown_table, write_result
+from common import (QUANTIZED_ENGINES, amx_limit_line, best_seconds, machine_line, markdown_table,
+                    per_quantized_engine, results_name, write_result)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 
@@ -34,7 +49,7 @@ SHAPES = [
 ]
 
 
-def bench(batch, cin, cout, k, stride, size, min_run_time):
+def bench(batch, cin, cout, k, stride, size, min_run_time, failures=None):
     torch.manual_seed(0)
     pad = k // 2
     conv = torch.nn.Conv2d(cin, cout, k, stride, pad)
@@ -44,6 +59,11 @@ def bench(batch, cin, cout, k, stride, size, min_run_time):
     t = {}
     with torch.no_grad():
         t["fp32"] = best_seconds(lambda: F.conv2d(x, w, b, stride, pad), min_run_time)
+        # bf16 peer: input and weight cast once (channels_last kept), outside the timed call
+        x_bf16 = x.bfloat16().contiguous(memory_format=torch.channels_last)
+        w_bf16 = w.bfloat16().contiguous(memory_format=torch.channels_last)
+        b_bf16 = b.bfloat16()
+        t["bf16"] = best_seconds(lambda: F.conv2d(x_bf16, w_bf16, b_bf16, stride, pad), min_run_time)
         q = ck.QuantConv2d.from_float(conv, input_scale=0.05, input_zero_point=128, output_scale=0.1,
                                       output_zero_point=128)
         x_u8 = ck.numerics.quantize(x, 0.05, 128, torch.uint8).contiguous(memory_format=torch.channels_last)
@@ -51,11 +71,12 @@ def bench(batch, cin, cout, k, stride, size, min_run_time):
         w_q = torch.quantize_per_channel(conv.weight.detach(), q.weight_scale.double(),
                                          torch.zeros(cout, dtype=torch.long), 0, torch.qint8)
         x_q = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8).contiguous(memory_format=torch.channels_last)
-        for engine in ("x86", "fbgemm"):
-            torch.backends.quantized.engine = engine
+
+        def time_engine(engine):
             packed = torch.ops.quantized.conv2d_prepack(w_q, b, [stride, stride], [pad, pad], [1, 1], 1)
-            t[engine] = best_seconds(lambda: torch.ops.quantized.conv2d(x_q, packed, 0.1, 128), min_run_time)
-        torch.backends.quantized.engine = "x86"
+            return best_seconds(lambda: torch.ops.quantized.conv2d(x_q, packed, 0.1, 128), min_run_time)
+
+        t.update(per_quantized_engine(time_engine, failures))  # keys "x86", "fbgemm", "onednn"
     return t
 
 
@@ -115,14 +136,14 @@ def cuda_section(quick: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="three shapes, batch 1, short timing")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_conv*.md")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for the CPU section (default: torch's choice); every contender uses it")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi"], default="auto",
-                        help="CPU kernel path of ours (default: the best this CPU has)")
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
+                        default="auto", help="CPU kernel path of ours (default: the best this CPU has)")
     args = parser.parse_args()
     sections = []
     cpu_isa = None
@@ -140,30 +161,42 @@ def main() -> None:
     text = "\n\n".join(sections)
     print(text)
     if not args.no_write:
-        # one file per CPU path: an AVX2 run does not overwrite the AVX-512 figures of another machine
-        name = "int8_conv" if cpu_isa in (None, "avx512vnni", "avx512vbmi") else f"int8_conv_{cpu_isa}"
-        print("wrote", write_result(name, text))
+        # one file per CPU path (common.results_name): the AMX, AVX-512 and AVX2 machines keep their own tables
+        print("wrote", write_result(results_name("int8_conv", cpu_isa), text))
 
 
 def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_conv.py") -> str:
     shapes = SHAPES[:3] if quick else SHAPES
     batches = [1] if quick else [1, 32]
     min_run_time = 0.05 if quick else 0.3
+    limit = amx_limit_line()  # "" without AMX
+    failures: dict[str, str] = {}
     rows = []
     for batch in batches:
         for name, cin, cout, k, stride, size in tqdm(shapes, desc=f"conv shapes, batch {batch}"):
-            t = bench(batch, cin, cout, k, stride, size, min_run_time)
+            t = bench(batch, cin, cout, k, stride, size, min_run_time, failures)
             out = (size + 2 * (k // 2) - k) // stride + 1
             gop = 2.0 * batch * out * out * cout * cin * k * k / 1e9
-            best_ao = min(t["x86"], t["fbgemm"])
+            ao = [t[e] for e in QUANTIZED_ENGINES if e in t]
             rows.append([name, batch, f"{cin}->{cout} {k}x{k}/{stride} @{size}", gop / t["ours"], t["fp32"] / t["ours"],
-                         t["x86"] / t["ours"], t["fbgemm"] / t["ours"], best_ao / t["ours"]])
-    headers = ["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao"]
-    return (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. Command: "
-            f"`{command}`.\nRatios are peer time / our time (> 1: ours faster), same run. "
-            "Ours: QuantConv2d (packed weight, uint8 NHWC in -> uint8 out, fused requantization); peers: "
-            "`F.conv2d` fp32 channels_last and `torch.ops.quantized.conv2d` prepacked.\n\n"
-            + markdown_table(headers, rows))
+                         t["bf16"] / t["ours"]] + [t[e] / t["ours"] if e in t else "n/a" for e in QUANTIZED_ENGINES]
+                        + [min(ao) / t["ours"] if ao else "n/a"])
+    headers = (["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs bf16"] + [f"vs ao {e}" for e in QUANTIZED_ENGINES]
+               + ["vs best ao"])
+    prose = (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. "
+             + (f"{limit}. " if limit else "") + f"Command: `{command}`.\n"
+             "Every `vs` column is peer time / our time, both measured in this run on the same input and threads: "
+             "> 1 means ours is faster, < 1 means the peer is.\n"
+             "Ours: QuantConv2d (packed weight, per-channel scales, uint8 NHWC in -> uint8 out, fused requantization). "
+             "Peers: `F.conv2d` in fp32 (`vs fp32`) and in bf16 (`vs bf16`), both channels_last (oneDNN; bf16 on AMX "
+             "where the CPU has it; bf16 weight, bias and input cast once, outside the timed call), and "
+             "`torch.ops.quantized.conv2d` prepacked with the same static uint8 -> uint8 semantics under each quantized "
+             "engine, x86, fbgemm and onednn (`vs ao <engine>`; `vs best ao` is against the fastest of them on that "
+             "shape; n/a: engine missing from this torch build or failed).\n\n"
+             + markdown_table(headers, rows))
+    if failures:
+        prose += "\n\nPeers that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."
+    return prose
 
 
 if __name__ == "__main__":

@@ -1,23 +1,36 @@
 """int8 GEMM / linear against its peers, measured side by side in one run.
 
-    python benchmarks/bench_int8_gemm.py [--quick] [--no-write] [--device cpu|cuda|all]
-                                         [--threads N] [--isa auto|portable|avx2|avx512vnni|avx512vbmi]
+    python benchmarks/bench_int8_gemm.py [--quick] [--no-write] [--device cpu|cuda|all] [--threads N]
+                                         [--isa auto|portable|avx2|avx512vnni|avx512vbmi|amx] [--inductor]
 
-The written benchmarks/results/int8_gemm.md holds the sections that ran (--device all, the default,
-runs the CUDA section too when a GPU is present). A CPU run on another kernel path than avx512vnni
-(--isa, or a CPU without AVX-512) writes benchmarks/results/int8_gemm_<path>.md instead, so the
-AVX-512 table of another machine is not overwritten.
+    --quick      two shapes (M = 64 and 1 at K = N = 1024), short timing; never runs Inductor
+    --no-write   print the tables only
+    --device     which sections run: cpu, cuda (needs a GPU) or all (default: CUDA only where there is one)
+    --threads N  torch threads of the CPU section (default: torch's choice); every contender uses them
+    --isa        CPU kernel path of ours (default auto: the best this CPU has, amx on an Intel Xeon with AMX)
+    --inductor   also time Inductor's bf16 linear (torch.compile, mode="max-autotune") on the shapes with
+                 M >= 16; compiling takes minutes, so it is off by default and ignored with --quick
 
-Peers: F.linear fp32 (oneDNN / MKL), torch.ops.quantized.linear (x86 and fbgemm engines,
-prepacked, static uint8 -> uint8), torch._int_mm (int8 -> int32), torch.ops.quantized.linear_dynamic
-and torchao Int8DynamicActivationInt8WeightConfig (float -> float). Ours: int8_linear with a packed
-weight and the fused requantization epilogue, int8_gemm (raw int32 out, packed weight), and the
-dynamic QuantLinear.
+The written file holds the sections that ran, named by the CPU path (common.results_name):
+benchmarks/results/int8_gemm_amx.md on the amx path (Intel Xeon with AMX), int8_gemm.md on
+avx512vnni / avx512vbmi (the AMD Zen 4 tables) or without a CPU section, int8_gemm_<path>.md on
+another path (e.g. avx2), so one machine's tables do not overwrite another's.
+
+CPU peers, all measured in the same run on every machine: F.linear fp32 and bf16 (oneDNN / MKL; the
+bf16 weight, bias and input are cast once, outside the timed call), torch.ops.quantized.linear
+(prepacked, static uint8 -> uint8) under each quantized engine x86, fbgemm and onednn (an engine that
+this torch build lacks is skipped), torch._int_mm (int8 -> int32), torch.ops.quantized.linear_dynamic
+and torchao Int8DynamicActivationInt8WeightConfig (float -> float), and with --inductor the compiled
+bf16 linear. Ours: int8_linear with a packed weight and the fused requantization epilogue, int8_gemm
+(raw int32 out, packed weight), and the dynamic QuantLinear. Where the machine has AMX, the int8_linear
+throughput is also given as a share of the AMX int8 limit measured at the start of the section
+(ck.ops.amx_peak). The CUDA section compares against cuBLAS (torch._int_mm) and fp16 F.linear.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 import torch
@@ -25,7 +38,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import machine_line, markdown_table, best_seconds, write_result
+from common import (QUANTIZED_ENGINES, amx_limit_line, amx_limits, best_seconds, error_line, machine_line,
+                    markdown_table, per_quantized_engine, quantized_engine, results_name, write_result)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
@@ -44,7 +58,18 @@ def torchao_dynamic(linear: torch.nn.Linear):
     return model
 
 
-def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]:
+def inductor_bf16_seconds(x_bf16, w_bf16, b_bf16, min_run_time: float) -> float:
+    """Inductor's bf16 linear, compiled with mode="max-autotune" for this one shape (minutes)."""
+    torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no dynamic-M kernel
+    compiled = torch.compile(lambda x: F.linear(x, w_bf16, b_bf16), mode="max-autotune", dynamic=False)
+    out = compiled(x_bf16)  # compiles and autotunes
+    ref = F.linear(x_bf16, w_bf16, b_bf16)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    return best_seconds(lambda: compiled(x_bf16), min_run_time)
+
+
+def bench_shape(m: int, k: int, n: int, min_run_time: float, inductor: bool = False,
+                failures: dict[str, str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     linear = torch.nn.Linear(k, n)
     x = torch.randn(m, k)
@@ -53,6 +78,8 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
     t: dict[str, float] = {}
     with torch.no_grad():
         t["fp32"] = best_seconds(lambda: F.linear(x, w, bias), min_run_time)
+        x_bf16, w_bf16, b_bf16 = x.bfloat16(), w.bfloat16(), bias.bfloat16()  # cast once, not timed
+        t["bf16"] = best_seconds(lambda: F.linear(x_bf16, w_bf16, b_bf16), min_run_time)
 
         # ours, static integer-only: uint8 in -> uint8 out, per-channel weights, fused requant
         q = ck.QuantLinear.from_float(linear, input_scale=0.05, input_zero_point=128, output_scale=0.1,
@@ -71,22 +98,32 @@ def bench_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]
         scales = q.weight_scale.double()
         w_q = torch.quantize_per_channel(w, scales, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
         x_q = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)
-        for engine in ("x86", "fbgemm"):
-            torch.backends.quantized.engine = engine
+
+        def time_engine(engine: str) -> float:
+            packed = torch.ops.quantized.linear_prepack(w_q, bias)  # prepacked for this engine
+            seconds = best_seconds(lambda: torch.ops.quantized.linear(x_q, packed, 0.1, 128), min_run_time)
+            if engine == "fbgemm":
+                # Exactness of the peer on this very input: ours is the exact integer result; fbgemm
+                # requantizes in float (a difference of 1 is rounding), so a larger difference is an inexact
+                # accumulator (its AVX2 kernel's vpmaddubsw saturates int16 pair sums of full-range uint8 x int8).
+                diff = (torch.ops.quantized.linear(x_q, packed, 0.1, 128).int_repr().int() - q(x_u8).int()).abs()
+                t["ao_off_pct"] = 100.0 * (diff > 1).float().mean().item()
+            return seconds
+
+        for engine, seconds in per_quantized_engine(time_engine, failures).items():
+            t[f"ao_{engine}"] = seconds
+        with quantized_engine("x86"):
             packed = torch.ops.quantized.linear_prepack(w_q, bias)
-            t[f"ao_{engine}"] = best_seconds(lambda: torch.ops.quantized.linear(x_q, packed, 0.1, 128),
-                                               min_run_time)
-        # Exactness of the peer on this very input: ours is the exact integer result; fbgemm requantizes
-        # in float (a difference of 1 is rounding), so a larger difference is an inexact accumulator
-        # (its AVX2 kernel's vpmaddubsw saturates int16 pair sums of full-range uint8 x int8).
-        diff = (torch.ops.quantized.linear(x_q, packed, 0.1, 128).int_repr().int() - q(x_u8).int()).abs()
-        t["ao_off_pct"] = 100.0 * (diff > 1).float().mean().item()
-        torch.backends.quantized.engine = "x86"
-        packed = torch.ops.quantized.linear_prepack(w_q, bias)
-        t["ao_dynamic"] = best_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed), min_run_time)
+            t["ao_dynamic"] = best_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed), min_run_time)
         tao = torchao_dynamic(torch.nn.Linear(k, n).requires_grad_(False))
         if tao is not None:
             t["torchao_dynamic"] = best_seconds(lambda: tao(x), min_run_time)
+        if inductor and m >= 16:
+            try:
+                t["inductor"] = inductor_bf16_seconds(x_bf16, w_bf16, b_bf16, min_run_time)
+            except Exception as e:  # noqa: BLE001 - reported in the table's notes
+                if failures is not None:
+                    failures[f"Inductor M={m} K={k} N={n}"] = error_line(e)
     return t
 
 
@@ -169,15 +206,21 @@ def cuda_section(quick: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
-    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_gemm.md")
+    parser.add_argument("--quick", action="store_true", help="two shapes, short timing (never runs Inductor)")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_gemm*.md")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for the CPU section (default: torch's choice); every contender uses it")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi"], default="auto",
-                        help="CPU kernel path of ours (default: the best this CPU has)")
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
+                        default="auto", help="CPU kernel path of ours (default: the best this CPU has)")
+    parser.add_argument("--inductor", action="store_true",
+                        help='also time torch.compile(bf16 F.linear, mode="max-autotune") for M >= 16 '
+                             "(compiles for minutes; ignored with --quick)")
     args = parser.parse_args()
+    inductor = args.inductor and not args.quick
+    if args.inductor and args.quick:
+        print("--inductor is ignored with --quick (compiling takes minutes)", file=sys.stderr)
     sections = []
     cpu_isa = None
     if args.device in ("cpu", "all"):
@@ -187,46 +230,77 @@ def main() -> None:
             cpu_isa = ck.ops.cpu_isa()
             command = "python benchmarks/bench_int8_gemm.py --device cpu" + (
                 f" --threads {args.threads}" if args.threads else "") + (
-                f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else "")
-            sections.append(cpu_section(args.quick, command))
+                f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else "") + (
+                " --inductor" if inductor else "")
+            sections.append(cpu_section(args.quick, command, inductor))
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         sections.append(cuda_section(args.quick))
     text = "\n\n".join(sections)
     print(text)
     if not args.no_write:
-        # one file per CPU path: an AVX2 run does not overwrite the AVX-512 figures of another machine
-        name = "int8_gemm" if cpu_isa in (None, "avx512vnni", "avx512vbmi") else f"int8_gemm_{cpu_isa}"
-        print("wrote", write_result(name, text))
+        # one file per CPU path (common.results_name): the AMX, AVX-512 and AVX2 machines keep their own tables
+        print("wrote", write_result(results_name("int8_gemm", cpu_isa), text))
 
 
-def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.py") -> str:
+def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.py", inductor: bool = False) -> str:
     shapes = [(m, k, n) for (k, n) in KNS for m in MS]
     if quick:
         shapes = [(64, 1024, 1024), (1, 1024, 1024)]
     min_run_time = 0.05 if quick else 0.3
+    amx = amx_limits()  # measured once, before the shapes, on the threads every contender uses
+    failures: dict[str, str] = {}
     rows = []
     for m, k, n in tqdm(shapes, desc="int8 GEMM shapes"):
-        t = bench_shape(m, k, n, min_run_time)
+        t = bench_shape(m, k, n, min_run_time, inductor, failures)
         gop = 2.0 * m * k * n / 1e9
-        best_ao = min(t["ao_x86"], t["ao_fbgemm"])
-        rows.append([m, k, n, gop / t["ours_static"], t["fp32"] / t["ours_static"], t["ao_x86"] / t["ours_static"],
-                     t["ao_fbgemm"] / t["ours_static"], best_ao / t["ours_static"],
-                     gop / t["ours_gemm"], t["int_mm"] / t["ours_gemm"],
-                     t["fp32"] / t["ours_dynamic"], t["ao_dynamic"] / t["ours_dynamic"],
-                     (t["torchao_dynamic"] / t["ours_dynamic"]) if "torchao_dynamic" in t else float("nan"),
-                     t["ao_off_pct"]])
-    headers = ["M", "K", "N", "int8_linear GOP/s", "vs fp32", "vs ao x86", "vs ao fbgemm", "vs best ao",
-               "int8_gemm GOP/s", "gemm vs _int_mm", "dynamic vs fp32", "dynamic vs ao dynamic",
-               "dynamic vs torchao", "ao % off by > 1"]
-    return (f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. Command: `{command}`.\n"
-            "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run.\n"
-            "`int8_linear`: packed weight, uint8 in -> uint8 out with the fused fixed-point requantization; "
-            "peers `torch.ops.quantized.linear` (prepacked, same static uint8 -> uint8 semantics). "
-            "`int8_gemm`: int8 x int8 -> int32 with a packed weight vs `torch._int_mm`. "
-            "dynamic: float -> float with per-row activation quantization. `ao % off by > 1`: share of the "
-            "fbgemm outputs that differ from ours (the exact integer result) by more than the 1 that its float "
-            "requantization may round differently, on the same input.\n\n"
-            + markdown_table(headers, rows))
+        ours = t["ours_static"]
+
+        def vs(key: str, mine: float = ours):
+            return t[key] / mine if key in t else "n/a"
+
+        ao = [t[f"ao_{e}"] for e in QUANTIZED_ENGINES if f"ao_{e}" in t]
+        row = [m, k, n, gop / ours]
+        if amx is not None:
+            row.append(100.0 * gop * 1e9 / ours / amx[0])
+        row += [vs("fp32"), vs("bf16")] + [vs(f"ao_{e}") for e in QUANTIZED_ENGINES]
+        row.append(min(ao) / ours if ao else "n/a")
+        if inductor:
+            row.append("-" if m < 16 else vs("inductor") if "inductor" in t else "failed")
+        row += [gop / t["ours_gemm"], vs("int_mm", t["ours_gemm"]),
+                vs("fp32", t["ours_dynamic"]), vs("bf16", t["ours_dynamic"]), vs("ao_dynamic", t["ours_dynamic"]),
+                vs("torchao_dynamic", t["ours_dynamic"]), t.get("ao_off_pct", "n/a")]
+        rows.append(row)
+    headers = ["M", "K", "N", "int8_linear GOP/s"] + (["% of AMX limit"] if amx is not None else [])
+    headers += ["vs fp32", "vs bf16"] + [f"vs ao {e}" for e in QUANTIZED_ENGINES] + ["vs best ao"]
+    headers += ["vs Inductor bf16"] if inductor else []
+    headers += ["int8_gemm GOP/s", "gemm vs _int_mm", "dynamic vs fp32", "dynamic vs bf16", "dynamic vs ao dynamic",
+                "dynamic vs torchao", "ao % off by > 1"]
+    limit = amx_limit_line(amx)
+    prose = (
+        f"### int8 GEMM / linear (CPU)\n\n{machine_line()}. " + (f"{limit}. " if limit else "")
+        + f"Command: `{command}`.\n"
+        "Every `vs` column is peer time / our time, both measured in this run on the same input and threads: "
+        "> 1 means ours is faster, < 1 means the peer is.\n"
+        "`int8_linear`: our packed int8 weight (per-channel scales), uint8 in -> uint8 out with the fused "
+        "fixed-point requantization. Its peers: `F.linear` in fp32 (`vs fp32`) and in bf16 (`vs bf16`; oneDNN, on "
+        "AMX where the CPU has it; weight, bias and input cast to bf16 once, outside the timed call), and "
+        "`torch.ops.quantized.linear` prepacked with the same static uint8 -> uint8 semantics under each quantized "
+        "engine, x86, fbgemm and onednn (`vs ao <engine>`; `vs best ao` is against the fastest of them on that "
+        "shape; n/a: engine missing from this torch build or failed)"
+        + ("; Inductor's bf16 linear, `torch.compile(lambda x: F.linear(x, w_bf16, b_bf16), mode=\"max-autotune\")` "
+           "compiled per shape for M >= 16 (`vs Inductor bf16`; - where not measured, failed where it did not compile)"
+           if inductor else "") + ". "
+        + ("`% of AMX limit`: int8_linear ops/s (2 * M * K * N per call) over the AMX int8 limit above. " if amx else "")
+        + "`int8_gemm`: int8 x int8 -> int32 with a packed weight vs `torch._int_mm`. "
+        "dynamic: our dynamic QuantLinear, float -> float with per-row activation quantization, vs `F.linear` fp32 "
+        "and bf16, `torch.ops.quantized.linear_dynamic` (x86 engine) and torchao "
+        "`Int8DynamicActivationInt8WeightConfig` (n/a: torchao not installed). `ao % off by > 1`: share of the "
+        "fbgemm outputs that differ from ours (the exact integer result) by more than the 1 that its float "
+        "requantization may round differently, on the same input.\n\n"
+        + markdown_table(headers, rows))
+    if failures:
+        prose += "\n\nPeers that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."
+    return prose
 
 
 if __name__ == "__main__":

@@ -4,10 +4,17 @@ Times come from torch.utils.benchmark (which warms up and picks the repeat count
 fastest of repeated timed blocks, is the figure the tables use, because on a shared machine other
 processes only ever add time; median_seconds is there for latency reports. Every comparison is a
 ratio against a peer measured in the same run.
+
+Also: machine_line (CPU model, cores, threads, torch version, CPU kernel path and whether AMX was used,
+from ck.cpu_isa_report), amx_limits / amx_limit_line (the AMX register-only limit of this run,
+ck.ops.amx_peak; nothing without AMX), results_name (the results file of a CPU path: <family>_amx on
+Intel AMX, <family> on the AMD Zen 4 AVX-512 paths, <family>_<path> otherwise), and
+per_quantized_engine (a torch.ops.quantized peer timed under each engine x86, fbgemm and onednn).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -30,20 +37,80 @@ def best_seconds(fn, min_run_time: float = 0.2) -> float:
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
-def machine_line() -> str:
+def cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def amx_usage() -> str:
+    """Whether our kernels ran on the AMX tiles, and if not why, from ck.cpu_isa_report() (one line:
+    "detected <path>, active <path>[; AMX not used: <reason>][; avx512bf16]")."""
+    import compress_kernels as ck
+
+    report = ck.cpu_isa_report()
+    fields = [f.strip() for f in report.split(";")]
+    active = fields[0].split("active", 1)[1].strip() if "active" in fields[0] else ck.ops.cpu_isa()
+    refusal = next((f for f in fields if f.startswith("AMX not used")), "")
+    if active == "amx":
+        return "AMX tile kernels used"
+    if active == "amx_emulated":
+        return "AMX not used (amx_emulated: the scalar model of the tile unit, a correctness path)"
+    if refusal:
+        return refusal  # "AMX not used: <why>" (CPU, OS or the Linux tile-data permission)
+    if fields[0].startswith("detected amx"):
+        return f"AMX not used (the CPU has AMX; path {active} forced)"
+    return "AMX not used"
+
+
+def machine_line() -> str:
+    """CPU model, cores, torch threads, torch version, the CPU kernel path ours ran and whether it
+    used AMX (call it inside the force_cpu_isa block of the run it describes)."""
+    import compress_kernels as ck
+
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"CPU kernel path {ck.ops.cpu_isa()}, {amx_usage()} (`cpu_isa_report`: {ck.cpu_isa_report()})")
+
+
+def amx_limits(seconds: float = 0.2) -> tuple[float, float] | None:
+    """(int8 ops/s, bf16 FLOP/s) of the AMX register-only loop on all torch threads, measured now
+    (ck.ops.amx_peak); None on a machine without AMX."""
     from compress_kernels import ops
 
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"CPU kernel path {ops.cpu_isa()}")
+    try:
+        return ops.amx_peak("int8", seconds), ops.amx_peak("bf16", seconds)
+    except RuntimeError:
+        return None
+
+
+def amx_limit_line(limits: tuple[float, float] | None = None) -> str:
+    """"AMX limit measured in this run: X int8 TOP/s, Y bf16 TFLOP/s on N threads", or "" where there
+    is no AMX. Pass limits already measured by amx_limits() to avoid timing the loop twice."""
+    if limits is None:
+        limits = amx_limits()
+    if limits is None:
+        return ""
+    int8, bf16 = limits
+    return (f"AMX limit measured in this run: {int8 / 1e12:.1f} int8 TOP/s, {bf16 / 1e12:.1f} bf16 TFLOP/s "
+            f"on {torch.get_num_threads()} threads")
+
+
+def results_name(family: str, cpu_isa: str | None) -> str:
+    """Results file name (benchmarks/results/<name>.md) of a run on CPU path cpu_isa: "amx" ->
+    <family>_amx (the Intel AMX tables), "avx512vnni" / "avx512vbmi" / None (no CPU section) ->
+    <family> (the AMD Zen 4 tables), any other path -> <family>_<path> (e.g. _avx2, _portable), so a
+    run on one machine or path does not overwrite the tables of another."""
+    if cpu_isa == "amx":
+        return f"{family}_amx"
+    if cpu_isa in (None, "avx512vnni", "avx512vbmi"):
+        return family
+    return f"{family}_{cpu_isa}"
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -65,3 +132,43 @@ def write_result(name: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text.rstrip() + "\n")
     return path
+
+
+# ---------------------------------------------------------------- quantized-engine peers
+
+QUANTIZED_ENGINES = ("x86", "fbgemm", "onednn")
+
+
+def error_line(e: BaseException) -> str:
+    """The exception's type and the first line of its message, for a table's notes."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str):
+    """Runs the body with torch.backends.quantized.engine = engine, restoring the previous engine."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def per_quantized_engine(time_engine, failures: dict[str, str] | None = None) -> dict[str, float]:
+    """{engine: time_engine(engine)} for the x86, fbgemm and onednn engines of torch.ops.quantized,
+    each called under its own torch.backends.quantized.engine (so time_engine prepacks per engine);
+    an engine not in torch.backends.quantized.supported_engines is skipped, one that raises is left
+    out with its error in failures[engine]. The engine in use before is restored afterwards."""
+    times: dict[str, float] = {}
+    for engine in QUANTIZED_ENGINES:
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        try:
+            with quantized_engine(engine):
+                times[engine] = time_engine(engine)
+        except Exception as e:  # noqa: BLE001 - a peer that fails is reported, not fatal
+            if failures is not None:
+                failures.setdefault(engine, error_line(e))
+    return times
