@@ -111,3 +111,34 @@ def test_amx_int8_conv2d(batch, cin, cout, kernel, stride, size):
     want = ref.int8_conv2d(*args, **kwargs)
     got = run_on_every_isa(lambda: ck.int8_conv2d(*args, **kwargs))
     assert torch.equal(got, want)
+
+
+def _random_24(n, k, gen):
+    """An int8 [n, k] weight with every group of four holding at most two non-zeros, at random
+    positions (each of the six patterns, also fewer non-zeros)."""
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    keep = torch.zeros(n, k // 4, 4, dtype=torch.bool)
+    order = torch.rand(n, k // 4, 4, generator=gen).argsort(-1)[..., :2]
+    keep.scatter_(-1, order, True)
+    return w * keep.reshape(n, k).to(torch.int8)
+
+
+# k % 8 == 4 (a last group without a pair), k % 64 != 0 (a tile tail), partial column blocks.
+@pytest.mark.parametrize("m", [9, 40])
+@pytest.mark.parametrize("n", [5, 16, 70])
+@pytest.mark.parametrize("k", [4, 12, 64, 100, 200])
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+def test_amx_sparse24_int8_expands_every_pattern(m, n, k, x_dtype):
+    gen = torch.Generator().manual_seed(m + n + k)
+    lo, hi = (0, 256) if x_dtype == torch.uint8 else (-128, 128)
+    x = torch.randint(lo, hi, (m, k), dtype=torch.int16, generator=gen).to(x_dtype)
+    w = _random_24(n, k, gen)
+    values, meta = ck.sparse24_compress(w)
+    packed = ck.sparse24_int8_pack(values, meta)
+    b = torch.randint(-5000, 5000, (n,), dtype=torch.int32, generator=gen)
+    m0 = torch.randint(2**29, 2**30, (n,), dtype=torch.int32, generator=gen)
+    shift = torch.full((n,), -8, dtype=torch.int32)
+    zp = 0 if x_dtype == torch.int8 else 77
+    want = ref.int8_linear(x, zp, w, b, m0, shift, 3, -128, 127, torch.int8)
+    got = run_on_every_isa(ck.sparse24_int8_linear, x, zp, packed, meta, b, m0, shift, 3, -128, 127, torch.int8)
+    assert torch.equal(got, want)

@@ -13,8 +13,10 @@
 // stages of the AMX kernels are tested bit for bit everywhere; the hardware policy (HardwareTiles,
 // amx_hardware_tiles.h) is only compiled into translation units built for AMX.
 //
-// Every kernel uses one configuration, kAmxFullConfig: palette 1, tiles 0-7 all 16 rows x 64 bytes;
-// tails are handled by zero-padded copies, never by narrower tiles, so one ldtilecfg per call serves.
+// The kernels use one configuration per call, amx_config(rows): palette 1, every tile 64 bytes
+// wide, the accumulator and A tiles (0-5) `rows` high, the B tiles (6-7) 16 high. rows is 16 except
+// for an operand of fewer than 16 rows in all (M < 16), whose tiles then read exactly its rows;
+// other tails are padded copies, never narrower tiles, so one ldtilecfg per call serves.
 #pragma once
 
 #include <cstdint>
@@ -31,12 +33,12 @@ struct alignas(64) AmxTileConfig {
   uint8_t rows[16] = {};
 };
 
-inline AmxTileConfig amx_full_config() {
+inline AmxTileConfig amx_config(int rows) {
   AmxTileConfig c;
   c.palette_id = 1;
   for (int t = 0; t < 8; ++t) {
     c.colsb[t] = 64;
-    c.rows[t] = 16;
+    c.rows[t] = static_cast<uint8_t>(t < 6 ? rows : 16);
   }
   return c;
 }

@@ -24,10 +24,13 @@ constexpr int64_t kInt8TileRows = 6;     // rows of A per microkernel: 6 x 4 = 2
 inline int64_t int8_padded_k(int64_t k) { return (k + 3) / 4 * 4; }
 inline int64_t int8_packed_words_per_row(int64_t k) { return int8_padded_k(k) / 4 + 2; }
 
+// padded_blocks: every block holds 16 rows, the last one zero past n (a scratch layout of the AMX
+// kernel only: the 2:4 weights expanded to tiles; packed weights never are).
 struct PackedInt8Weight {
   const int8_t* data;
   const int32_t* row_sum;
   int64_t n, k, k_pad;
+  bool padded_blocks = false;
 };
 
 // Writes the packed layout of w [n, k] (row stride ldw) into out (n * int8_packed_words_per_row(k)).

@@ -12,27 +12,13 @@
 #include "int8_output_avx512.h"
 
 namespace ck::cpu {
-namespace {
-
-struct Avx512Output {
-  static void write(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
-                    int64_t ld) {
-    if (cols > 16) {
-      int8_output_block<2>(a, m0, mr, n0, cols, sums, ld, 0);
-    } else {
-      int8_output_block<1>(a, m0, mr, n0, cols, sums, ld, 0);
-    }
-  }
-};
-
-}  // namespace
 
 void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   amx_int8_tasks<HardwareTiles, Avx512Output>(args, plan, task_begin, task_end);
 }
 
 int64_t amx_register_loop(bool bf16, int64_t iterations) {
-  HardwareTiles::configure(amx_full_config());
+  HardwareTiles::configure(amx_config(kAmxTileRows));
   alignas(64) static const uint8_t operand[1024] = {};
   HardwareTiles::zero<0>();
   HardwareTiles::zero<1>();

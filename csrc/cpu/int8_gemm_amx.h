@@ -8,10 +8,10 @@
 //     chunk of 64 k is 16 consecutive groups = 1 KB, loaded with stride 64.
 //   A (activations): rows of x loaded with stride ldx, 64 k per tile row; uint8 x runs tdpbusd,
 //     int8 x tdpbssd, so no sign flip and no correction beyond the zero point.
-// Tails become zero-padded copies in per-thread scratch, prepared once per task: the K chunk past
+// Tails become padded copies in per-thread scratch, prepared once per task: the K chunk past
 // the last whole 64 k (for A and B), the last row tile of a chunk when it has fewer than 16 rows, and
 // the panel's last column block when it has fewer than 16 columns (its packed stride is rows * 4).
-// Zero padding in A makes any B byte beyond k contribute exactly 0.
+// Zero K padding in A makes any B byte beyond k contribute exactly 0 (see scratch_of).
 //
 // Blocking: C is 2 x 2 tiles (32 rows x 32 columns) in tmm0-3, A in tmm4-5, B in tmm6-7; a task
 // (64-column panel, chunk of rows) walks row pairs outside and column pairs inside, each over all of
@@ -39,8 +39,11 @@ struct TileSource {
 // One block of RT x CT tiles over all of K, stored to sums (row stride ld_sums int32). between(c)
 // runs after the tile instructions of step c are issued: the vector work placed there (the output
 // stage of the previous block) overlaps the tile unit instead of waiting behind it.
-template <class Tiles, bool kSignedA, int RT, int CT, class Between>
-void amx_int8_block(const TileSource (&a_src)[2], const TileSource (&b_src)[2], int64_t full_chunks,
+// B tiles come from `bt` (see PackedBTiles): bt.main(b, c) for the K chunks c < full_chunks of the
+// task's column block b, bt.tail(b) for the K tail chunk; this block's columns are blocks b0 and
+// b0 + 1 (CT = 2).
+template <class Tiles, bool kSignedA, int RT, int CT, class BTiles, class Between>
+void amx_int8_block(const TileSource (&a_src)[2], BTiles& bt, int b0, int64_t full_chunks,
                     bool has_tail, int32_t* sums, int64_t ld_sums, Between&& between) {
   Tiles::template zero<0>();
   if (CT > 1) Tiles::template zero<1>();
@@ -63,13 +66,17 @@ void amx_int8_block(const TileSource (&a_src)[2], const TileSource (&b_src)[2], 
     }
   };
   // Both row tiles of a pair share strides (they come from the same source kind).
+  const int b1 = CT > 1 ? b0 + 1 : b0;
   for (int64_t c = 0; c < full_chunks; ++c) {
-    step(a_src[0].main + c * kAmxTileBytes, a_src[1].main + c * kAmxTileBytes, a_src[0].stride,
-         b_src[0].main + c * 1024, b_src[1].main + c * 1024);
+    const uint8_t* t0 = bt.main(b0, c);
+    const uint8_t* t1 = CT > 1 ? bt.main(b1, c) : t0;
+    step(a_src[0].main + c * kAmxTileBytes, a_src[1].main + c * kAmxTileBytes, a_src[0].stride, t0, t1);
     between(c);
   }
   if (has_tail) {
-    step(a_src[0].tail, a_src[1].tail, a_src[0].tail_stride, b_src[0].tail, b_src[1].tail);
+    const uint8_t* t0 = bt.tail(b0);
+    const uint8_t* t1 = CT > 1 ? bt.tail(b1) : t0;
+    step(a_src[0].tail, a_src[1].tail, a_src[0].tail_stride, t0, t1);
     between(full_chunks);
   }
   const int64_t bytes = ld_sums * 4;
@@ -79,6 +86,10 @@ void amx_int8_block(const TileSource (&a_src)[2], const TileSource (&b_src)[2], 
   if (RT > 1 && CT > 1) Tiles::template store<3>(sums + 16 * ld_sums + 16, bytes);
 }
 
+// Rows of the A and C tiles for an operand of m rows: m itself below 16, so that a small operand is
+// read in place instead of copied into a padded tile.
+inline int amx_tile_rows(int64_t m) { return m < kAmxTileRows ? static_cast<int>(m) : kAmxTileRows; }
+
 // Per-thread scratch; grows to the largest task seen and is reused (no allocation once warm).
 struct AmxInt8Scratch {
   std::vector<uint8_t> a_rows;   // the chunk's last row tile when partial: 16 rows x chunks * 64
@@ -87,21 +98,65 @@ struct AmxInt8Scratch {
   std::vector<uint8_t> b_ktail;  // the K tail chunk of each whole block of the panel: 4 x 1 KB
 };
 
-inline uint8_t* zeroed(std::vector<uint8_t>& v, size_t bytes) {
+// Scratch of at least `bytes`. Its contents are whatever earlier tasks left: only the bytes a
+// result depends on are written per task. That is A's K padding of valid rows (zero, so that any B
+// byte past k contributes exactly 0); B's padding past k multiplies those zeros, and A rows past m
+// or B columns past n only reach accumulators the output stage never writes.
+inline uint8_t* scratch_of(std::vector<uint8_t>& v, size_t bytes) {
   if (v.size() < bytes) v.resize(bytes);
-  std::memset(v.data(), 0, bytes);
   return v.data();
+}
+
+// The B tiles of a task read from the packed int8 weight: a whole block's chunk c is its 1 KB at
+// byte c * 1024 (the VNNI packed layout is the tile layout); the K tail chunk and a partial last
+// block (packed stride cols * 4) come from padded copies in per-thread scratch.
+struct PackedBTiles {
+  TileSource src[4];
+  const uint8_t* main(int b, int64_t c) const { return src[b].main + c * 1024; }
+  const uint8_t* tail(int b) const { return src[b].tail; }
+};
+
+inline PackedBTiles packed_b_tiles(const Int8GemmArgs& a, AmxInt8Scratch& scratch, int64_t n0, int blocks,
+                                   int last_cols) {
+  const int64_t k = a.w.k, k_pad = a.w.k_pad, full_chunks = k / 64, tail_k0 = full_chunks * 64;
+  const bool has_tail = k % 64 != 0;
+  const int64_t chunks = full_chunks + (has_tail ? 1 : 0);
+  const uint8_t* w = reinterpret_cast<const uint8_t*>(a.w.data);
+  PackedBTiles bt;
+  uint8_t* b_ktail = has_tail ? scratch_of(scratch.b_ktail, 4 * 1024) : nullptr;
+  for (int b = 0; b < blocks; ++b) {
+    const uint8_t* block = w + (n0 + 16 * b) * k_pad;
+    if (b == blocks - 1 && last_cols < 16 && !a.w.padded_blocks) {
+      // Regroup the partial block (packed stride last_cols * 4) into 16-column tile rows.
+      uint8_t* dst = scratch_of(scratch.b_block, static_cast<size_t>(chunks) * 1024);
+      for (int64_t g = 0; g < k_pad / 4; ++g) std::memcpy(dst + g * 64, block + g * last_cols * 4, last_cols * 4);
+      bt.src[b].main = dst;
+      bt.src[b].tail = dst + full_chunks * 1024;
+    } else {
+      bt.src[b].main = block;
+      if (has_tail) {
+        std::memcpy(b_ktail + b * 1024, block + full_chunks * 1024, (k_pad - tail_k0) * 16);
+        bt.src[b].tail = b_ktail + b * 1024;
+      }
+    }
+    bt.src[b].stride = kAmxTileBytes;
+  }
+  return bt;
 }
 
 // Output(a, m0, mr, n0, cols, sums, ld_sums) writes the output stage of a sums block (raw dot
 // products; the column terms are the output stage's job).
-template <class Tiles, class Output, bool kSignedA>
-void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
-  const int64_t k = a.w.k, k_pad = a.w.k_pad;
+// b_tiles_for(scratch, n0, blocks, last_cols) returns the B-tile policy of a task's panel (by
+// value or reference; PackedBTiles for the packed int8 weight).
+template <class Tiles, class Output, bool kSignedA, class BTilesFor>
+void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
+                          BTilesFor&& b_tiles_for) {
+  const int64_t k = a.w.k;
   const int64_t full_chunks = k / 64;
   const bool has_tail = k % 64 != 0;
   const int64_t chunks = full_chunks + (has_tail ? 1 : 0);
   const int64_t tail_k0 = full_chunks * 64;
+  const int tile_rows = amx_tile_rows(a.m);
   thread_local AmxInt8Scratch scratch;
   // Two sums buffers: block j's tiles are stored to one while the output stage of block j - 1 is
   // written from the other, a few rows per K step of block j.
@@ -121,7 +176,6 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
   auto between = [&](int64_t c) { write_rows(static_cast<int>((c + 1) * pending.rows_per_step)); };
   int parity = 0;
   const uint8_t* x = static_cast<const uint8_t*>(a.x);
-  const uint8_t* w = reinterpret_cast<const uint8_t*>(a.w.data);
 
   for (int64_t t = task_begin; t < task_end; ++t) {
     const int64_t panel = plan.panel_of(t), chunk = plan.chunk_of(t);
@@ -132,44 +186,31 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
     const int64_t cols = std::min(kInt8PanelCols, a.w.n - n0);
     const int blocks = static_cast<int>((cols + 15) / 16);
     const int last_cols = static_cast<int>(cols - 16 * (blocks - 1));
-    const int64_t rows = m_end - m_begin, whole_row_tiles = rows / 16;
-    const int row_tail = static_cast<int>(rows % 16);
+    const int64_t rows = m_end - m_begin, whole_row_tiles = rows / tile_rows;
+    const int row_tail = static_cast<int>(rows % tile_rows);
 
-    // B sources of the panel's blocks.
-    TileSource b_src[4];
-    uint8_t* b_ktail = has_tail ? zeroed(scratch.b_ktail, 4 * 1024) : nullptr;
-    for (int b = 0; b < blocks; ++b) {
-      const uint8_t* block = w + (n0 + 16 * b) * k_pad;
-      if (b == blocks - 1 && last_cols < 16) {
-        // Regroup the partial block (packed stride last_cols * 4) into 16-column tile rows.
-        uint8_t* dst = zeroed(scratch.b_block, static_cast<size_t>(chunks) * 1024);
-        for (int64_t g = 0; g < k_pad / 4; ++g) std::memcpy(dst + g * 64, block + g * last_cols * 4, last_cols * 4);
-        b_src[b].main = dst;
-        b_src[b].tail = dst + full_chunks * 1024;
-      } else {
-        b_src[b].main = block;
-        if (has_tail) {
-          std::memcpy(b_ktail + b * 1024, block + full_chunks * 1024, (k_pad - tail_k0) * 16);
-          b_src[b].tail = b_ktail + b * 1024;
-        }
-      }
-      b_src[b].stride = kAmxTileBytes;
-    }
+    auto&& bt = b_tiles_for(scratch, n0, blocks, last_cols);
 
     // A sources: whole row tiles read x directly (their K tail from a_ktail); the partial one
-    // reads a zero-padded copy of all of its K.
+    // reads a padded copy of all of its K.
     uint8_t* a_ktail = nullptr;
     if (has_tail && whole_row_tiles > 0) {
-      a_ktail = zeroed(scratch.a_ktail, static_cast<size_t>(whole_row_tiles) * 16 * 64);
-      for (int64_t r = 0; r < whole_row_tiles * 16; ++r)
-        std::memcpy(a_ktail + r * 64, x + (m_begin + r) * a.ldx + tail_k0, k - tail_k0);
+      a_ktail = scratch_of(scratch.a_ktail, static_cast<size_t>(whole_row_tiles) * 16 * 64);
+      for (int64_t r = 0; r < whole_row_tiles * tile_rows; ++r) {
+        uint8_t* dst = a_ktail + (r / tile_rows) * 16 * 64 + (r % tile_rows) * 64;
+        std::memcpy(dst, x + (m_begin + r) * a.ldx + tail_k0, k - tail_k0);
+        std::memset(dst + (k - tail_k0), 0, 64 - (k - tail_k0));
+      }
     }
     TileSource a_partial;
     if (row_tail > 0) {
       const int64_t ld = chunks * 64;
-      uint8_t* dst = zeroed(scratch.a_rows, static_cast<size_t>(16 * ld));
-      const int64_t r0 = m_begin + whole_row_tiles * 16;
-      for (int r = 0; r < row_tail; ++r) std::memcpy(dst + r * ld, x + (r0 + r) * a.ldx, k);
+      uint8_t* dst = scratch_of(scratch.a_rows, static_cast<size_t>(16 * ld));
+      const int64_t r0 = m_begin + whole_row_tiles * tile_rows;
+      for (int r = 0; r < row_tail; ++r) {
+        std::memcpy(dst + r * ld, x + (r0 + r) * a.ldx, k);
+        std::memset(dst + r * ld + k, 0, ld - k);
+      }
       a_partial.main = dst;
       a_partial.tail = dst + full_chunks * 64;
       a_partial.stride = a_partial.tail_stride = ld;
@@ -177,7 +218,7 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
     auto a_tile = [&](int64_t i) {
       if (i == whole_row_tiles) return a_partial;
       TileSource s;
-      s.main = x + (m_begin + 16 * i) * a.ldx;
+      s.main = x + (m_begin + tile_rows * i) * a.ldx;
       s.tail = a_ktail != nullptr ? a_ktail + i * 16 * 64 : nullptr;
       s.stride = a.ldx;
       s.tail_stride = 64;
@@ -190,16 +231,15 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
     for (int64_t i = 0; i < row_tiles;) {
       const int rt = i + 1 < whole_row_tiles ? 2 : 1;
       const TileSource as[2] = {a_tile(i), a_tile(rt == 2 ? i + 1 : i)};
-      const int64_t m0 = m_begin + 16 * i;
+      const int64_t m0 = m_begin + tile_rows * i;
       const int mr = static_cast<int>(std::min<int64_t>(16 * rt, m_end - m0));
       for (int b = 0; b < blocks; b += 2) {
         const int ct = b + 1 < blocks ? 2 : 1;
-        const TileSource bs[2] = {b_src[b], b_src[ct == 2 ? b + 1 : b]};
         int32_t* out = sums[parity];
-        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, bs, full_chunks, has_tail, out, 32, between);
-        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, bs, full_chunks, has_tail, out, 32, between);
-        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, bs, full_chunks, has_tail, out, 32, between);
-        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, bs, full_chunks, has_tail, out, 32, between);
+        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, bt, b, full_chunks, has_tail, out, 32, between);
+        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, bt, b, full_chunks, has_tail, out, 32, between);
+        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, bt, b, full_chunks, has_tail, out, 32, between);
+        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, bt, b, full_chunks, has_tail, out, 32, between);
         write_rows(32);  // whatever of the previous block the K steps did not cover
         pending.sums = out;
         pending.m0 = m0;
@@ -216,15 +256,26 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
   write_rows(32);
 }
 
-template <class Tiles, class Output>
-void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
-  Tiles::configure(amx_full_config());
+// Tasks [task_begin, task_end) of plan; the tile configuration is loaded on entry (another library
+// may have left its own on this thread) and released on exit.
+template <class Tiles, class Output, class BTilesFor>
+void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
+                    BTilesFor&& b_tiles_for) {
+  Tiles::configure(amx_config(amx_tile_rows(a.m)));
   if (a.x_signed) {
-    amx_int8_tasks_typed<Tiles, Output, true>(a, plan, task_begin, task_end);
+    amx_int8_tasks_typed<Tiles, Output, true>(a, plan, task_begin, task_end, b_tiles_for);
   } else {
-    amx_int8_tasks_typed<Tiles, Output, false>(a, plan, task_begin, task_end);
+    amx_int8_tasks_typed<Tiles, Output, false>(a, plan, task_begin, task_end, b_tiles_for);
   }
   Tiles::release();
+}
+
+template <class Tiles, class Output>
+void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
+  amx_int8_tasks<Tiles, Output>(a, plan, task_begin, task_end,
+                                [&](AmxInt8Scratch& scratch, int64_t n0, int blocks, int last_cols) {
+                                  return packed_b_tiles(a, scratch, n0, blocks, last_cols);
+                                });
 }
 
 }  // namespace

@@ -3,22 +3,9 @@
 #include "amx_tiles.h"
 #include "int8_gemm.h"
 #include "int8_gemm_amx.h"
+#include "int8_output_scalar.h"
 
 namespace ck::cpu {
-namespace {
-
-struct ScalarOutput {
-  static void write(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
-                    int64_t ld) {
-    for (int r = 0; r < mr; ++r) {
-      for (int j = 0; j < cols; ++j) {
-        write_output(a, m0 + r, n0 + j, int8_corrected_acc(a, n0 + j, sums[r * ld + j]));
-      }
-    }
-  }
-};
-
-}  // namespace
 
 void int8_gemm_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                                 int64_t task_end) {

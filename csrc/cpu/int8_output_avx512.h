@@ -75,5 +75,17 @@ inline void int8_output_block(const Int8GemmArgs& a, int64_t m0, int mr, int64_t
   }
 }
 
+// The output stage of a block of at most 32 columns (the AMX kernels' blocks).
+struct Avx512Output {
+  static void write(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
+                    int64_t ld) {
+    if (cols > 16) {
+      int8_output_block<2>(a, m0, mr, n0, cols, sums, ld, 0);
+    } else {
+      int8_output_block<1>(a, m0, mr, n0, cols, sums, ld, 0);
+    }
+  }
+};
+
 }  // namespace
 }  // namespace ck::cpu

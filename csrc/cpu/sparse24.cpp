@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "int8_gemm.h"
 #include "isa.h"
 
 namespace ck::cpu {
@@ -145,7 +146,18 @@ PackedSparse24Int8 sparse24_int8_packed_view(const int32_t* packed, int64_t word
   return v;
 }
 
-Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads) {
+Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads, int64_t k) {
+  if (k > 0 && int8_gemm_uses_amx(m, n, k)) {
+    const Int8GemmPlan gemm = int8_gemm_plan(m, n, threads, k);
+    Sparse24Int8Plan plan;
+    plan.panels = gemm.panels;
+    plan.row_chunks = gemm.row_chunks;
+    plan.chunk_rows = gemm.chunk_rows;
+    plan.panel_cols = kInt8PanelCols;
+    plan.amx = true;
+    plan.chunk_major = gemm.chunk_major;
+    return plan;
+  }
   constexpr int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
   Sparse24Int8Plan plan;
   plan.panels = (n + panel_cols - 1) / panel_cols;
@@ -216,7 +228,12 @@ void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Pla
 
 void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                        int64_t task_end) {
-  if (active_isa() >= Isa::kAvx512Vbmi) {
+  const TileUnit tiles = plan.amx ? tile_unit() : TileUnit::kNone;
+  if (tiles == TileUnit::kHardware) {
+    sparse24_int8_run_amx(a, plan, task_begin, task_end);
+  } else if (tiles == TileUnit::kEmulated) {
+    sparse24_int8_run_amx_emulated(a, plan, task_begin, task_end);
+  } else if (active_isa() >= Isa::kAvx512Vbmi) {
     sparse24_int8_run_avx512vbmi(a, plan, task_begin, task_end);
   } else if (active_isa() >= Isa::kAvx512Vnni) {
     sparse24_int8_run_avx512vnni(a, plan, task_begin, task_end);

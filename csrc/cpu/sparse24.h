@@ -164,19 +164,27 @@ struct Sparse24Int8Args {
 
 struct Sparse24Int8Plan {
   int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
+  int64_t panel_cols = kS24I8BlockCols * kS24I8PanelBlocks;
+  // amx: the tasks run on the AMX kernel (hardware or emulated, per tile_unit()): panels of 64
+  // columns, chunks of whole 32-row tile pairs walked chunk-major (the int8 GEMM's AMX plan).
+  bool amx = false;
+  bool chunk_major = false;
   int64_t tasks() const { return panels * row_chunks; }
-  // Task t of an m x n product owns rows [*m_begin, *m_end) (a chunk of whole 8-row tiles) and
-  // columns [*n_begin, *n_end) (a panel of kS24I8PanelBlocks blocks of 16).
+  // Task t of an m x n product owns rows [*m_begin, *m_end) (a chunk of whole 8-row tiles, or
+  // 32-row tile pairs on AMX) and columns [*n_begin, *n_end) (a panel of panel_cols).
   void task_bounds(int64_t m, int64_t n, int64_t t, int64_t* m_begin, int64_t* m_end, int64_t* n_begin,
                    int64_t* n_end) const {
-    const int64_t panel = t / row_chunks, chunk = t % row_chunks;
+    const int64_t panel = chunk_major ? t % panels : t / row_chunks;
+    const int64_t chunk = chunk_major ? t / panels : t % row_chunks;
     *m_begin = chunk * chunk_rows;
     *m_end = std::min(m, *m_begin + chunk_rows);
-    *n_begin = panel * kS24I8BlockCols * kS24I8PanelBlocks;
-    *n_end = std::min(n, *n_begin + kS24I8BlockCols * kS24I8PanelBlocks);
+    *n_begin = panel * panel_cols;
+    *n_end = std::min(n, *n_begin + panel_cols);
   }
 };
-Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads);
+// k: the depth when the int8 kernels run the plan (the AMX choice needs it); 0 for the bf16 kernel,
+// which has no AMX form.
+Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads, int64_t k = 0);
 
 void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                        int64_t task_end);
@@ -285,6 +293,35 @@ void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& p
                             int64_t task_end);
 void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                   int64_t task_end);
+// AMX (plan.amx): each task expands its panel's 2:4 blocks into dense int8 tiles in a per-thread
+// buffer (sparse24_int8_block_to_tiles), then runs the AMX int8 GEMM on them; the weight in memory
+// stays compressed. Same integers as every other path.
+void sparse24_int8_run_amx(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                           int64_t task_end);
+void sparse24_int8_run_amx_emulated(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                                    int64_t task_end);
+
+// Expands block `block` (the 80-byte pairs of one 16-column block of the int8 packed layout, `pairs`
+// of them) into the tile layout of the AMX int8 GEMM: group g (k 4g .. 4g + 3) of column i at
+// tiles[g * 64 + 4 * i + j], for g < groups (a multiple of 16, >= 2 * pairs; groups past the
+// packed ones are zero). A stored value goes to its meta position; every other byte is 0. Where a
+// nibble names one position twice (only in zero padding), the second value is the one kept.
+inline void sparse24_int8_block_to_tiles_portable(const int8_t* block, int64_t pairs, int64_t groups, uint8_t* tiles) {
+  std::memset(tiles, 0, static_cast<size_t>(groups) * 64);
+  for (int64_t h = 0; h < pairs; ++h) {
+    const uint8_t* v = reinterpret_cast<const uint8_t*>(block + h * 80);
+    for (int i = 0; i < 16; ++i) {
+      const uint8_t m = v[64 + i];
+      for (int half = 0; half < 2; ++half) {
+        const int nibble = (m >> (4 * half)) & 15;
+        uint8_t* dst = tiles + (2 * h + half) * 64 + 4 * i;
+        dst[nibble & 3] = v[4 * i + 2 * half];
+        dst[nibble >> 2] = v[4 * i + 2 * half + 1];
+      }
+    }
+  }
+}
+
 void sparse24_int8_run_avx512vbmi(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                   int64_t task_end);
 

@@ -311,7 +311,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
   at::Tensor out = at::empty({x.size(0), args.w.n}, x.options().dtype(out_dtype));
   args.out = out.data_ptr();
   if (args.m == 0) return out;
-  const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, args.w.n, at::get_num_threads());
+  const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(args.m, args.w.n, at::get_num_threads(), args.w.k);
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
   return out;
 }
@@ -421,7 +421,7 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
                            args.x = patches;
                            args.m = m;
                            args.out = outp + r0 * args.w.n * elem;
-                           const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(m, args.w.n, threads);
+                           const cpu::Sparse24Int8Plan plan = cpu::sparse24_int8_plan(m, args.w.n, threads, args.w.k);
                            run_tasks(plan.tasks(), threads,
                                      [&](int64_t b, int64_t e) { cpu::sparse24_int8_run(args, plan, b, e); });
                          });

@@ -1,0 +1,22 @@
+// The int8 GEMM output stage of a block of raw dot products, one element at a time (the AMX
+// kernels' output stage on the scalar tile model). Internal linkage.
+#pragma once
+
+#include "int8_gemm.h"
+
+namespace ck::cpu {
+namespace {
+
+struct ScalarOutput {
+  static void write(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
+                    int64_t ld) {
+    for (int r = 0; r < mr; ++r) {
+      for (int j = 0; j < cols; ++j) {
+        write_output(a, m0 + r, n0 + j, int8_corrected_acc(a, n0 + j, sums[r * ld + j]));
+      }
+    }
+  }
+};
+
+}  // namespace
+}  // namespace ck::cpu
