@@ -142,3 +142,25 @@ def test_amx_sparse24_int8_expands_every_pattern(m, n, k, x_dtype):
     want = ref.int8_linear(x, zp, w, b, m0, shift, 3, -128, 127, torch.int8)
     got = run_on_every_isa(ck.sparse24_int8_linear, x, zp, packed, meta, b, m0, shift, 3, -128, 127, torch.int8)
     assert torch.equal(got, want)
+
+
+# The direct AMX conv (stride 1, groups 1, C % 64 == 0): taps read in place from a padded copy of
+# the input, the padding's rows and columns computed and dropped.
+@pytest.mark.parametrize("batch,cin,cout,kernel,padding,dilation,size", [
+    (2, 64, 24, 3, 1, 1, 9), (1, 128, 70, 3, 2, 2, 5), (3, 64, 16, 5, 0, 1, 7), (2, 64, 33, (1, 3), (0, 1), 1, 6)])
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+def test_amx_direct_int8_conv2d(batch, cin, cout, kernel, padding, dilation, size, x_dtype):
+    torch.manual_seed(4)
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    lo, hi, zp = (0, 256, 100) if x_dtype == torch.uint8 else (-128, 128, -3)
+    x = torch.randint(lo, hi, (batch, cin, size, size), dtype=torch.int16).to(x_dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-128, 128, (cout, cin, kh, kw), dtype=torch.int8)
+    b = torch.randint(-1000, 1000, (cout,), dtype=torch.int32)
+    m0 = torch.randint(2**29, 2**30, (cout,), dtype=torch.int32)
+    shift = torch.full((cout,), -12, dtype=torch.int32)
+    args = (x, zp, w, b, m0, shift, 5, -128, 127, torch.int8)
+    kwargs = dict(stride=1, padding=padding, dilation=dilation)
+    want = ref.int8_conv2d(*args, **kwargs)
+    got = run_on_every_isa(lambda: ck.int8_conv2d(*args, **kwargs))
+    assert torch.equal(got, want)

@@ -111,6 +111,30 @@ void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int6
                         int64_t task_end);
 void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                        int64_t task_end);
+// The rows of the direct AMX conv (stride 1, groups 1, in_channels % 64 == 0): the input is copied
+// once into a zero-point-padded NHWC image of height hp and width wp, and GEMM row v is the padded
+// pixel v (all images one after another). The output pixel (img, oh, ow) then reads padded pixel
+// v + kh * dilation_h * wp + kw * dilation_w for tap (kh, kw) with v = (img * hp + oh) * wp + ow, so
+// every tap of every row tile is one tile load of stride C: no gathered rows. Rows with oh >= out_h
+// or ow >= out_w (the padding's rows and columns) are computed and dropped.
+struct VirtualConvRows {
+  int64_t images = 0, hp = 0, wp = 0, out_h = 0, out_w = 0;
+  int64_t rows() const { return images * hp * wp; }
+  // The output row (img * out_h + oh) * out_w + ow of GEMM row v, or -1.
+  int64_t out_row(int64_t v) const {
+    const int64_t img = v / (hp * wp), rem = v % (hp * wp), oh = rem / wp, ow = rem % wp;
+    if (img >= images || oh >= out_h || ow >= out_w) return -1;
+    return (img * out_h + oh) * out_w + ow;
+  }
+};
+// Tasks of plan over args (x: the padded image, ldx = C, m: a multiple of 16 >= rows.rows(), the
+// image followed by enough readable bytes for the last tile's taps) with A chunk c at byte
+// a_offsets[c] of each row, on the AMX kernel of tile_unit().
+void int8_conv_direct_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                              const VirtualConvRows& rows, int64_t task_begin, int64_t task_end);
+void int8_conv_direct_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                                       const VirtualConvRows& rows, int64_t task_begin, int64_t task_end);
+
 // The register-only tile loop (4 independent accumulator tiles, no memory traffic) that bounds
 // every AMX kernel: runs `iterations` x 4 tdpbssd (or tdpbf16ps) on the calling thread and returns
 // the operations done. Only with tile_unit() == kHardware.

@@ -17,6 +17,14 @@ void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64
   amx_int8_tasks<HardwareTiles, Avx512Output>(args, plan, task_begin, task_end);
 }
 
+void int8_conv_direct_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                              const VirtualConvRows& rows, int64_t task_begin, int64_t task_end) {
+  AmxInt8Options options;
+  options.a_offsets = a_offsets;
+  options.rows = &rows;
+  amx_int8_tasks<HardwareTiles, Avx512Output>(args, plan, task_begin, task_end, options);
+}
+
 int64_t amx_register_loop(bool bf16, int64_t iterations) {
   HardwareTiles::configure(amx_config(kAmxTileRows));
   alignas(64) static const uint8_t operand[1024] = {};
@@ -53,5 +61,7 @@ void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64
   int8_gemm_run_portable(args, plan, task_begin, task_end);
 }
 int64_t amx_register_loop(bool, int64_t) { return 0; }
+void int8_conv_direct_run_amx(const Int8GemmArgs&, const Int8GemmPlan&, const int64_t*, const VirtualConvRows&,
+                              int64_t, int64_t) {}
 }  // namespace ck::cpu
 #endif

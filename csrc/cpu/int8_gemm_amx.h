@@ -42,8 +42,10 @@ struct TileSource {
 // B tiles come from `bt` (see PackedBTiles): bt.main(b, c) for the K chunks c < full_chunks of the
 // task's column block b, bt.tail(b) for the K tail chunk; this block's columns are blocks b0 and
 // b0 + 1 (CT = 2).
+// a_offsets: null (A chunk c at byte c * 64 of its rows) or the byte offset of each chunk (the
+// direct conv's taps).
 template <class Tiles, bool kSignedA, int RT, int CT, class BTiles, class Between>
-void amx_int8_block(const TileSource (&a_src)[2], BTiles& bt, int b0, int64_t full_chunks,
+void amx_int8_block(const TileSource (&a_src)[2], const int64_t* a_offsets, BTiles& bt, int b0, int64_t full_chunks,
                     bool has_tail, int32_t* sums, int64_t ld_sums, Between&& between) {
   Tiles::template zero<0>();
   if (CT > 1) Tiles::template zero<1>();
@@ -70,7 +72,8 @@ void amx_int8_block(const TileSource (&a_src)[2], BTiles& bt, int b0, int64_t fu
   for (int64_t c = 0; c < full_chunks; ++c) {
     const uint8_t* t0 = bt.main(b0, c);
     const uint8_t* t1 = CT > 1 ? bt.main(b1, c) : t0;
-    step(a_src[0].main + c * kAmxTileBytes, a_src[1].main + c * kAmxTileBytes, a_src[0].stride, t0, t1);
+    const int64_t off = a_offsets != nullptr ? a_offsets[c] : c * kAmxTileBytes;
+    step(a_src[0].main + off, a_src[1].main + off, a_src[0].stride, t0, t1);
     between(c);
   }
   if (has_tail) {
@@ -144,13 +147,21 @@ inline PackedBTiles packed_b_tiles(const Int8GemmArgs& a, AmxInt8Scratch& scratc
   return bt;
 }
 
+// How the AMX int8 driver reads A and writes rows beyond a plain GEMM (the direct conv, see
+// VirtualConvRows): A chunk c of a row at byte a_offsets[c] of it, and row m written to output row
+// rows->out_row(m) (rows it maps to -1 are not written).
+struct AmxInt8Options {
+  const int64_t* a_offsets = nullptr;
+  const VirtualConvRows* rows = nullptr;
+};
+
 // Output(a, m0, mr, n0, cols, sums, ld_sums) writes the output stage of a sums block (raw dot
 // products; the column terms are the output stage's job).
 // b_tiles_for(scratch, n0, blocks, last_cols) returns the B-tile policy of a task's panel (by
 // value or reference; PackedBTiles for the packed int8 weight).
 template <class Tiles, class Output, bool kSignedA, class BTilesFor>
 void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
-                          BTilesFor&& b_tiles_for) {
+                          BTilesFor&& b_tiles_for, const AmxInt8Options& options) {
   const int64_t k = a.w.k;
   const int64_t full_chunks = k / 64;
   const bool has_tail = k % 64 != 0;
@@ -169,8 +180,21 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
   auto write_rows = [&](int upto) {
     if (pending.sums == nullptr || pending.done >= upto) return;
     const int end = upto < pending.mr ? upto : pending.mr;
-    Output::write(a, pending.m0 + pending.done, end - pending.done, pending.n0, pending.cols,
-                  pending.sums + pending.done * 32, 32);
+    if (options.rows == nullptr) {
+      Output::write(a, pending.m0 + pending.done, end - pending.done, pending.n0, pending.cols,
+                    pending.sums + pending.done * 32, 32);
+    } else {
+      // Runs of rows that map to consecutive output rows, each written as one block.
+      for (int r = pending.done; r < end;) {
+        const int64_t first = options.rows->out_row(pending.m0 + r);
+        int run = 1;
+        if (first >= 0) {
+          while (r + run < end && options.rows->out_row(pending.m0 + r + run) == first + run) ++run;
+          Output::write(a, first, run, pending.n0, pending.cols, pending.sums + r * 32, 32);
+        }
+        r += run;
+      }
+    }
     pending.done = end;
   };
   auto between = [&](int64_t c) { write_rows(static_cast<int>((c + 1) * pending.rows_per_step)); };
@@ -236,10 +260,10 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
       for (int b = 0; b < blocks; b += 2) {
         const int ct = b + 1 < blocks ? 2 : 1;
         int32_t* out = sums[parity];
-        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, bt, b, full_chunks, has_tail, out, 32, between);
-        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, bt, b, full_chunks, has_tail, out, 32, between);
-        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, bt, b, full_chunks, has_tail, out, 32, between);
-        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, bt, b, full_chunks, has_tail, out, 32, between);
+        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
         write_rows(32);  // whatever of the previous block the K steps did not cover
         pending.sums = out;
         pending.m0 = m0;
@@ -259,23 +283,27 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
 // Tasks [task_begin, task_end) of plan; the tile configuration is loaded on entry (another library
 // may have left its own on this thread) and released on exit.
 template <class Tiles, class Output, class BTilesFor>
-void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
-                    BTilesFor&& b_tiles_for) {
+void amx_int8_tasks_with(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
+                         BTilesFor&& b_tiles_for, const AmxInt8Options& options = {}) {
   Tiles::configure(amx_config(amx_tile_rows(a.m)));
   if (a.x_signed) {
-    amx_int8_tasks_typed<Tiles, Output, true>(a, plan, task_begin, task_end, b_tiles_for);
+    amx_int8_tasks_typed<Tiles, Output, true>(a, plan, task_begin, task_end, b_tiles_for, options);
   } else {
-    amx_int8_tasks_typed<Tiles, Output, false>(a, plan, task_begin, task_end, b_tiles_for);
+    amx_int8_tasks_typed<Tiles, Output, false>(a, plan, task_begin, task_end, b_tiles_for, options);
   }
   Tiles::release();
 }
 
+// The packed int8 weight's B tiles (PackedBTiles).
 template <class Tiles, class Output>
-void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
-  amx_int8_tasks<Tiles, Output>(a, plan, task_begin, task_end,
-                                [&](AmxInt8Scratch& scratch, int64_t n0, int blocks, int last_cols) {
-                                  return packed_b_tiles(a, scratch, n0, blocks, last_cols);
-                                });
+void amx_int8_tasks(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
+                    const AmxInt8Options& options = {}) {
+  amx_int8_tasks_with<Tiles, Output>(
+      a, plan, task_begin, task_end,
+      [&](AmxInt8Scratch& scratch, int64_t n0, int blocks, int last_cols) {
+        return packed_b_tiles(a, scratch, n0, blocks, last_cols);
+      },
+      options);
 }
 
 }  // namespace

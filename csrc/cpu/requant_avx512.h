@@ -15,20 +15,29 @@
 namespace ck::cpu {
 namespace {
 
-// Per-lane multiplier state, loaded once per 16 channels (or broadcast for per-tensor).
+// Per-lane multiplier state, loaded once per 16 channels (or broadcast for per-tensor); everything
+// that depends only on the channel is computed here, once, not per accumulator vector.
 struct RequantLanes {
   __m512i m0;
+  __m512i m0_odd;       // the odd lanes of m0 in the low halves of the 64-bit lanes
   __m512i left;         // double rounding: max(shift, 0)
   __m512i right;        // double rounding: max(-shift, 0)
+  __m512i right_mask;   // (1 << right) - 1: the bits RoundingDivideByPOT rounds away
+  __m512i right_half;   // right_mask >> 1: its round-half threshold for x >= 0
+  bool any_left;        // some lane shifts left (else SaturatingLeftShift is the identity)
   __m512i total_shift;  // single rounding: 31 - shift, in [1, 62]
 };
 
 inline RequantLanes requant_lanes(__m512i m0, __m512i shift) {
-  const __m512i zero = _mm512_setzero_si512();
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
   RequantLanes l;
   l.m0 = m0;
+  l.m0_odd = _mm512_srli_epi64(m0, 32);
   l.left = _mm512_max_epi32(shift, zero);
   l.right = _mm512_max_epi32(_mm512_sub_epi32(zero, shift), zero);
+  l.right_mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, l.right), one);
+  l.right_half = _mm512_srli_epi32(l.right_mask, 1);
+  l.any_left = _mm512_test_epi32_mask(l.left, l.left) != 0;
   l.total_shift = _mm512_sub_epi32(_mm512_set1_epi32(31), shift);
   return l;
 }
@@ -50,24 +59,23 @@ inline __m512i saturating_left_shift(__m512i x, __m512i left) {
   return _mm512_mask_mov_epi32(r, overflow & negative, _mm512_set1_epi32(INT32_MIN));
 }
 
-// SaturatingRoundingDoublingHighMul(a, b) for b >= 0: (a * b + 2^30) >> 31 in 64 bits.
-inline __m512i rounding_doubling_high_mul(__m512i a, __m512i b) {
+// SaturatingRoundingDoublingHighMul(a, m0) for m0 >= 0: (a * m0 + 2^30) >> 31 in 64 bits, whose
+// low 32 bits are bits 31..62 of the sum: the even lanes shift it right by 31; the odd lanes shift
+// it left by 1, which puts those bits in the high half where the blend takes them.
+inline __m512i rounding_doubling_high_mul(__m512i a, const RequantLanes& l) {
   const __m512i nudge = _mm512_set1_epi64(int64_t{1} << 30);
-  const __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, b), nudge), 31);
-  const __m512i odd = _mm512_srai_epi64(
-      _mm512_add_epi64(_mm512_mul_epi32(odd_lanes(a), odd_lanes(b)), nudge), 31);
-  return interleave_low_halves(even, odd);
+  const __m512i even = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, l.m0), nudge), 31);
+  const __m512i odd = _mm512_slli_epi64(_mm512_add_epi64(_mm512_mul_epi32(odd_lanes(a), l.m0_odd), nudge), 1);
+  return _mm512_mask_blend_epi32(0xAAAA, even, odd);
 }
 
-// RoundingDivideByPOT(x, e), e in [0, 31]: ties away from zero.
-inline __m512i rounding_divide_by_pot(__m512i x, __m512i e) {
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, e), one);
-  const __m512i remainder = _mm512_and_si512(x, mask);
-  // threshold = (mask >> 1) + (x < 0); srai(x, 31) is -1 for negative x.
-  const __m512i threshold = _mm512_sub_epi32(_mm512_srli_epi32(mask, 1), _mm512_srai_epi32(x, 31));
-  const __m512i q = _mm512_srav_epi32(x, e);
-  return _mm512_mask_add_epi32(q, _mm512_cmpgt_epi32_mask(remainder, threshold), q, one);
+// RoundingDivideByPOT(x, right), right in [0, 31]: ties away from zero. The threshold is
+// right_half + (x < 0); srai(x, 31) is -1 for negative x.
+inline __m512i rounding_divide_by_pot(__m512i x, const RequantLanes& l) {
+  const __m512i remainder = _mm512_and_si512(x, l.right_mask);
+  const __m512i threshold = _mm512_sub_epi32(l.right_half, _mm512_srai_epi32(x, 31));
+  const __m512i q = _mm512_srav_epi32(x, l.right);
+  return _mm512_mask_add_epi32(q, _mm512_cmpgt_epi32_mask(remainder, threshold), q, _mm512_set1_epi32(1));
 }
 
 // MultiplyByQuantizedMultiplierSingle: (x * m0 + 2^(total - 1)) >> total, saturated to int32.
@@ -90,8 +98,8 @@ inline __m512i multiply_single(__m512i x, const RequantLanes& l) {
 inline __m512i multiply_by_quantized_multiplier(__m512i x, const RequantLanes& l,
                                                 Rounding rounding) {
   if (rounding == Rounding::kSingle) return multiply_single(x, l);
-  return rounding_divide_by_pot(rounding_doubling_high_mul(saturating_left_shift(x, l.left), l.m0),
-                                l.right);
+  if (l.any_left) x = saturating_left_shift(x, l.left);
+  return rounding_divide_by_pot(rounding_doubling_high_mul(x, l), l);
 }
 
 // Bounds that make clamp(v + zp, qmin, qmax) == clamp(v, lo, hi) + zp without int32 overflow.

@@ -87,7 +87,7 @@ void sparse24_int8_amx_tasks(const Sparse24Int8Args& a, const Sparse24Int8Plan& 
       bt.pairs = pairs;
       bt.chunks = chunks;
       bt.slots = slots;
-      amx_int8_tasks<Tiles, Output>(g, one, 0, 1, [&](AmxInt8Scratch&, int64_t, int, int) -> ExpandingBTiles<Expand>& {
+      amx_int8_tasks_with<Tiles, Output>(g, one, 0, 1, [&](AmxInt8Scratch&, int64_t, int, int) -> ExpandingBTiles<Expand>& {
         return bt;
       });
     } else {

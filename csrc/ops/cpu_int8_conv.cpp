@@ -5,11 +5,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../cpu/amx_tiles.h"
 #include "../cpu/int8_conv.h"
 #include "../cpu/int8_gemm.h"
+#include "../cpu/isa.h"
 #include "checks.h"
 
 namespace ck::ops {
@@ -145,6 +147,62 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
     a.out = out_bytes;
     const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(rows, oc, threads, depth);
     at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::int8_gemm_run(a, plan, b, e); });
+    return out;
+  }
+
+  // Direct conv on AMX (VirtualConvRows): the input once into a zero-point-padded image, then every
+  // tap of a row tile is one tile load from it; no gathered rows. It computes the padding's rows and
+  // columns too, so it runs while at least half of its rows are output pixels (ResNet-18 at 32x32:
+  // 89% for layer1, 79% at 16x16 and 64% at 8x8, all faster than gathering; 44% at 4x4, where the
+  // gathered GEMM is 1.3x faster; Sapphire Rapids, batch 32).
+  const int64_t padded_pixels = (s.height + 2 * s.pad_h) * (s.width + 2 * s.pad_w);
+  if (s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 && s.in_channels % 64 == 0 &&
+      2 * s.out_h() * s.out_w() >= padded_pixels && cpu::int8_gemm_uses_amx(rows, oc, depth)) {
+    cpu::VirtualConvRows grid;
+    grid.images = s.batch;
+    grid.hp = s.height + 2 * s.pad_h;
+    grid.wp = s.width + 2 * s.pad_w;
+    grid.out_h = s.out_h();
+    grid.out_w = s.out_w();
+    const int64_t c = s.in_channels, m = (grid.rows() + 31) / 32 * 32;
+    const int64_t reach = (s.kernel_h - 1) * s.dilation_h * grid.wp + (s.kernel_w - 1) * s.dilation_w;
+    thread_local std::vector<uint8_t> padded;
+    if (padded.size() < static_cast<size_t>((m + reach) * c)) padded.resize((m + reach) * c);
+    const uint8_t zp_byte = static_cast<uint8_t>(x_zero_point & 0xFF);
+    const uint8_t* src = static_cast<const uint8_t*>(xc.data_ptr());
+    uint8_t* dst = padded.data();
+    at::parallel_for(0, s.batch * grid.hp, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t img = r / grid.hp, ih = r % grid.hp - s.pad_h;
+        uint8_t* row = dst + r * grid.wp * c;
+        if (ih < 0 || ih >= s.height) {
+          std::memset(row, zp_byte, grid.wp * c);
+          continue;
+        }
+        std::memset(row, zp_byte, s.pad_w * c);
+        std::memcpy(row + s.pad_w * c, src + (img * s.height + ih) * s.width * c, s.width * c);
+        std::memset(row + (s.pad_w + s.width) * c, zp_byte, s.pad_w * c);
+      }
+    });
+    std::memset(dst + grid.rows() * c, zp_byte, (m + reach - grid.rows()) * c);  // read by dropped rows only
+    std::vector<int64_t> a_offsets;
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        for (int64_t cc = 0; cc < c; cc += 64) a_offsets.push_back((kh * s.dilation_h * grid.wp + kw * s.dilation_w) * c + cc);
+    cpu::Int8GemmArgs a = group_args(0);
+    a.x = dst;
+    a.m = m;
+    a.ldx = c;
+    a.out = out_bytes;
+    const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(m, oc, threads, depth);
+    const bool hardware = cpu::tile_unit() == cpu::TileUnit::kHardware;
+    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) {
+      if (hardware) {
+        cpu::int8_conv_direct_run_amx(a, plan, a_offsets.data(), grid, b, e);
+      } else {
+        cpu::int8_conv_direct_run_amx_emulated(a, plan, a_offsets.data(), grid, b, e);
+      }
+    });
     return out;
   }
 
