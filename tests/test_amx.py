@@ -144,10 +144,11 @@ def test_amx_sparse24_int8_expands_every_pattern(m, n, k, x_dtype):
     assert torch.equal(got, want)
 
 
-# The direct AMX conv (stride 1, groups 1, C % 64 == 0): taps read in place from a padded copy of
+# The direct AMX conv (stride 1, groups 1, C % 64 == 0, at least half of the padded grid is output:
+# every shape here): taps read in place from a padded copy of
 # the input, the padding's rows and columns computed and dropped.
 @pytest.mark.parametrize("batch,cin,cout,kernel,padding,dilation,size", [
-    (2, 64, 24, 3, 1, 1, 9), (1, 128, 70, 3, 2, 2, 5), (3, 64, 16, 5, 0, 1, 7), (2, 64, 33, (1, 3), (0, 1), 1, 6)])
+    (2, 64, 24, 3, 1, 1, 9), (1, 128, 70, 3, 2, 2, 12), (3, 64, 16, 5, 0, 1, 16), (2, 64, 33, (1, 3), (0, 1), 1, 6)])
 @pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
 def test_amx_direct_int8_conv2d(batch, cin, cout, kernel, padding, dilation, size, x_dtype):
     torch.manual_seed(4)
