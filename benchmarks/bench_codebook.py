@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import compress_kernels as ck
-from common import best_seconds, machine_line, markdown_table, write_result
+from common import best_seconds, machine_line, markdown_table, results_name, write_result
 
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
 warnings.filterwarnings("ignore", message=".*index_reduce.*")
@@ -234,7 +234,7 @@ def main() -> None:
     text = "\n\n".join(parts)
     print(text)
     if not args.no_write:
-        print("wrote", write_result("codebook", text))
+        print("wrote", write_result(results_name("codebook", ck.ops.cpu_isa()), text))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_seconds, machine_line, markdown_table, write_result  # noqa: E402
+from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
 
 import compress_kernels as ck  # noqa: E402
 from compress_kernels import models  # noqa: E402
@@ -98,7 +98,7 @@ def main(argv=None) -> str:
     ])
     print(text)
     if not args.no_write:
-        print("wrote", write_result("qat", text))
+        print("wrote", write_result(results_name("qat", ck.ops.cpu_isa()), text))
     return text
 
 

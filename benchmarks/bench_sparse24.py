@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import compress_kernels as ck
-from common import best_seconds, machine_line, markdown_table, write_result
+from common import best_seconds, machine_line, markdown_table, results_name, write_result
 
 MS = [1, 8, 64, 256, 1024]
 KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/sparse24.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi"], default="auto",
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"], default="auto",
                         help="CPU kernel path of our kernels (2:4 and the dense int8_linear peer; F.linear is oneDNN)")
     parser.add_argument("--channels-only", action="store_true", help="only the channel-pruning speed-up table")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
@@ -375,11 +375,14 @@ def main() -> None:
     if not forced:
         with torch.no_grad():
             text += bench_channel_pruning(min_run_time)
-        if not args.quick:
+        if not args.quick and cpu_isa != "amx":  # the notes are about the Zen 4 kernels
             text += NOTES
     print(text)
     if not args.no_write:
-        print("wrote", write_result(f"sparse24_{cpu_isa}" if forced else "sparse24", text))
+        name = results_name("sparse24", cpu_isa)
+        if forced and name == "sparse24":  # a forced AVX-512 path on the AMD machine keeps its own file
+            name = f"sparse24_{cpu_isa}"
+        print("wrote", write_result(name, text))
 
 
 if __name__ == "__main__":

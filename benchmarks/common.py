@@ -101,13 +101,28 @@ def amx_limit_line(limits: tuple[float, float] | None = None) -> str:
             f"on {torch.get_num_threads()} threads")
 
 
+def cpu_vendor() -> str:
+    """vendor_id of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def results_name(family: str, cpu_isa: str | None) -> str:
-    """Results file name (benchmarks/results/<name>.md) of a run on CPU path cpu_isa: "amx" ->
-    <family>_amx (the Intel AMX tables), "avx512vnni" / "avx512vbmi" / None (no CPU section) ->
-    <family> (the AMD Zen 4 tables), any other path -> <family>_<path> (e.g. _avx2, _portable), so a
-    run on one machine or path does not overwrite the tables of another."""
+    """Results file name (benchmarks/results/<name>.md) of a run on CPU path cpu_isa, so that a run on
+    one machine or path never overwrites the tables of another: on an Intel CPU, <family>_amx for the
+    amx path and <family>_amx_<path> for any other (all in the Intel section of RESULTS.md); elsewhere
+    (the AMD machines) <family> for "avx512vnni" / "avx512vbmi" / None (no CPU section) and
+    <family>_<path> for any other path (e.g. _avx2, _portable)."""
     if cpu_isa == "amx":
         return f"{family}_amx"
+    if cpu_vendor() == "GenuineIntel":
+        return f"{family}_amx_{cpu_isa}" if cpu_isa else f"{family}_amx"
     if cpu_isa in (None, "avx512vnni", "avx512vbmi"):
         return family
     return f"{family}_{cpu_isa}"

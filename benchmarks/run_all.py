@@ -40,7 +40,9 @@ def result_files(fam: str) -> list[str]:
 
 
 def is_amx(path: str) -> bool:
-    return os.path.basename(path).endswith("_amx.md")
+    """A table of the Intel Xeon with AMX: <family>_amx.md, or <family>_amx_<path>.md for another
+    CPU path measured on that machine."""
+    return "_amx" in os.path.basename(path)
 
 
 def read_table(path: str) -> str:
