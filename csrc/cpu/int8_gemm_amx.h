@@ -155,8 +155,9 @@ struct AmxInt8Options {
   const VirtualConvRows* rows = nullptr;
 };
 
-// Output(a, m0, mr, n0, cols, sums, ld_sums) writes the output stage of a sums block (raw dot
-// products; the column terms are the output stage's job).
+// Output: Output::prepare(a, n0, cols, columns) computes the per-column state of a block's columns
+// once; Output::write(a, columns, m0, mr, sums, ld_sums) writes rows [m0, m0 + mr) from raw dot
+// products (the column terms are the output stage's job).
 // b_tiles_for(scratch, n0, blocks, last_cols) returns the B-tile policy of a task's panel (by
 // value or reference; PackedBTiles for the packed int8 weight).
 template <class Tiles, class Output, bool kSignedA, class BTilesFor>
@@ -174,15 +175,15 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
   alignas(64) int32_t sums[2][32 * 32];
   struct Pending {
     const int32_t* sums = nullptr;
-    int64_t m0 = 0, n0 = 0;
-    int mr = 0, cols = 0, done = 0, rows_per_step = 0;
+    int64_t m0 = 0;
+    int mr = 0, done = 0, rows_per_step = 0;
+    typename Output::Columns columns;
   } pending;
   auto write_rows = [&](int upto) {
     if (pending.sums == nullptr || pending.done >= upto) return;
     const int end = upto < pending.mr ? upto : pending.mr;
     if (options.rows == nullptr) {
-      Output::write(a, pending.m0 + pending.done, end - pending.done, pending.n0, pending.cols,
-                    pending.sums + pending.done * 32, 32);
+      Output::write(a, pending.columns, pending.m0 + pending.done, end - pending.done, pending.sums + pending.done * 32, 32);
     } else {
       // Runs of rows that map to consecutive output rows, each written as one block.
       for (int r = pending.done; r < end;) {
@@ -190,7 +191,7 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
         int run = 1;
         if (first >= 0) {
           while (r + run < end && options.rows->out_row(pending.m0 + r + run) == first + run) ++run;
-          Output::write(a, first, run, pending.n0, pending.cols, pending.sums + r * 32, 32);
+          Output::write(a, pending.columns, first, run, pending.sums + r * 32, 32);
         }
         r += run;
       }
@@ -267,9 +268,8 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
         write_rows(32);  // whatever of the previous block the K steps did not cover
         pending.sums = out;
         pending.m0 = m0;
-        pending.n0 = n0 + 16 * b;
         pending.mr = mr;
-        pending.cols = static_cast<int>(std::min<int64_t>(16 * ct, cols - 16 * b));
+        Output::prepare(a, n0 + 16 * b, static_cast<int>(std::min<int64_t>(16 * ct, cols - 16 * b)), pending.columns);
         pending.done = 0;
         pending.rows_per_step = static_cast<int>((mr + chunks - 1) / chunks);
         parity ^= 1;

@@ -8,11 +8,18 @@ namespace ck::cpu {
 namespace {
 
 struct ScalarOutput {
-  static void write(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
-                    int64_t ld) {
+  struct Columns {
+    int64_t n0 = 0;
+    int cols = 0;
+  };
+  static void prepare(const Int8GemmArgs&, int64_t n0, int cols, Columns& c) {
+    c.n0 = n0;
+    c.cols = cols;
+  }
+  static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
     for (int r = 0; r < mr; ++r) {
-      for (int j = 0; j < cols; ++j) {
-        write_output(a, m0 + r, n0 + j, int8_corrected_acc(a, n0 + j, sums[r * ld + j]));
+      for (int j = 0; j < c.cols; ++j) {
+        write_output(a, m0 + r, c.n0 + j, int8_corrected_acc(a, c.n0 + j, sums[r * ld + j]));
       }
     }
   }
