@@ -144,13 +144,15 @@ def test_amx_sparse24_int8_expands_every_pattern(m, n, k, x_dtype):
     assert torch.equal(got, want)
 
 
-# The direct AMX conv (stride 1, groups 1, C % 64 == 0, at least half of the padded grid is output:
-# every shape here): taps read in place from a padded copy of
-# the input, the padding's rows and columns computed and dropped.
-@pytest.mark.parametrize("batch,cin,cout,kernel,padding,dilation,size", [
-    (2, 64, 24, 3, 1, 1, 9), (1, 128, 70, 3, 2, 2, 12), (3, 64, 16, 5, 0, 1, 16), (2, 64, 33, (1, 3), (0, 1), 1, 6)])
+# The direct AMX conv (stride 1, groups 1, C % 64 == 0, at least half of the padded grid is output)
+# for the stride-1 shapes here: taps read in place from a padded copy of the input, the padding's
+# rows and columns computed and dropped; the strided shapes next to them take the gathered rows.
+@pytest.mark.parametrize("batch,cin,cout,kernel,stride,padding,dilation,size", [
+    (2, 64, 24, 3, 1, 1, 1, 9), (1, 128, 70, 3, 1, 2, 2, 12), (3, 64, 16, 5, 1, 0, 1, 16),
+    (2, 64, 33, (1, 3), 1, (0, 1), 1, 6), (2, 64, 40, 3, 2, 1, 1, 16), (1, 64, 20, 1, 2, 0, 1, 12),
+    (2, 128, 17, 3, (2, 1), 1, 1, 10), (1, 64, 16, 3, 3, 1, 1, 17)])
 @pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
-def test_amx_direct_int8_conv2d(batch, cin, cout, kernel, padding, dilation, size, x_dtype):
+def test_amx_direct_int8_conv2d(batch, cin, cout, kernel, stride, padding, dilation, size, x_dtype):
     torch.manual_seed(4)
     kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
     lo, hi, zp = (0, 256, 100) if x_dtype == torch.uint8 else (-128, 128, -3)
@@ -161,7 +163,7 @@ def test_amx_direct_int8_conv2d(batch, cin, cout, kernel, padding, dilation, siz
     m0 = torch.randint(2**29, 2**30, (cout,), dtype=torch.int32)
     shift = torch.full((cout,), -12, dtype=torch.int32)
     args = (x, zp, w, b, m0, shift, 5, -128, 127, torch.int8)
-    kwargs = dict(stride=1, padding=padding, dilation=dilation)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
     want = ref.int8_conv2d(*args, **kwargs)
     got = run_on_every_isa(lambda: ck.int8_conv2d(*args, **kwargs))
     assert torch.equal(got, want)
