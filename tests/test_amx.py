@@ -167,3 +167,32 @@ def test_amx_direct_int8_conv2d(batch, cin, cout, kernel, stride, padding, dilat
     want = ref.int8_conv2d(*args, **kwargs)
     got = run_on_every_isa(lambda: ck.int8_conv2d(*args, **kwargs))
     assert torch.equal(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:.*quantize_per.*deprecated")
+def test_amx_alongside_onednn_tiles():
+    """oneDNN (bf16 F.linear, int8 quantized.linear under the onednn engine) uses the tile unit with
+    its own tile configuration on the same threads; every AMX call here loads its own configuration
+    first, so results stay exact when the two interleave."""
+    torch.manual_seed(5)
+    x = torch.randint(0, 256, (40, 300), dtype=torch.int16).to(torch.uint8)
+    w = torch.randint(-128, 128, (70, 300), dtype=torch.int8)
+    packed = ck.int8_pack_weight(w)
+    want = ref.int8_gemm(x, w)
+    xf, wf = torch.randn(64, 256, dtype=torch.bfloat16), torch.randn(96, 256, dtype=torch.bfloat16)
+    previous = torch.backends.quantized.engine
+    try:
+        if "onednn" in torch.backends.quantized.supported_engines:
+            torch.backends.quantized.engine = "onednn"
+        w_q = torch.quantize_per_tensor(torch.randn(32, 64), 0.05, 0, torch.qint8)
+        prepacked = torch.ops.quantized.linear_prepack(w_q, None)
+        x_q = torch.quantize_per_tensor(torch.rand(48, 64), 0.01, 0, torch.quint8)
+        for isa in [name for name in ISAS if name.startswith("amx")]:
+            with ck.force_cpu_isa(isa):
+                for _ in range(3):
+                    torch.nn.functional.linear(xf, wf)
+                    assert torch.equal(ck.int8_gemm(x, packed), want)
+                    torch.ops.quantized.linear(x_q, prepacked, 0.1, 0)
+                    assert torch.equal(ck.int8_gemm(x, packed), want)
+    finally:
+        torch.backends.quantized.engine = previous
