@@ -44,7 +44,7 @@ from common import (QUANTIZED_ENGINES, amx_limit_line, amx_limits, best_seconds,
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
 
-MS = [1, 8, 64, 256, 1024]
+MS = [1, 8, 16, 64, 256, 1024]
 KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
 
 
@@ -300,7 +300,30 @@ def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.p
         + markdown_table(headers, rows))
     if failures:
         prose += "\n\nPeers that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."
+    if amx and not quick:
+        prose += AMX_NOTES
     return prose
+
+
+AMX_NOTES = """
+
+#### Where the cycles go on AMX (Sapphire Rapids class, measured with single-purpose microbenchmarks)
+
+- The register-only loop (4 accumulator tiles, no loads) runs at the limit above. With four tile loads
+  per four `tdpbusd` (2 x 2 accumulator tiles, the most the 8 tiles allow) the loop still reaches
+  the limit while all operands sit in L1, but only 45-50% of it once A and B stream from L2: every
+  `tdpbusd` needs 1 KB of operands and L2 delivers about 48 B per cycle. oneDNN is bound the same way.
+- Two blockings that move an operand into L1 were measured and not kept: K passes with the
+  accumulators stored between them (0.85-0.95x) and x packed into compact 1 KB tiles once per chunk
+  (0.75-0.85x at K = N = 1024).
+- The fixed-point output stage (exact gemmlowp double rounding, about 20 vector ops per 16 outputs) is
+  the other cost: it is written a few rows per K step of the next block, so it overlaps the tile
+  unit, and its per-channel constants are prepared once per block. With K <= 1024 each output gets
+  too few multiply-adds to hide it fully: int8_gemm (int32 out) runs 1.2-1.6x faster than int8_linear
+  there, while oneDNN requantizes in fp32. That is the gap at K = 1024.
+- M <= 8 stays on the VNNI kernel (a tile row of 16 would be half padding), except M = 8 with a weight
+  of at most 4 MiB, where the tiles win; the rule is in `int8_gemm_uses_amx`.
+"""
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import compress_kernels as ck
 from common import best_seconds, machine_line, markdown_table, results_name, write_result
 
-MS = [1, 8, 64, 256, 1024]
+MS = [1, 8, 16, 64, 256, 1024]
 KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
 
 
