@@ -126,6 +126,14 @@ struct VirtualConvRows {
     if (img >= images || oh >= out_h || ow >= out_w) return -1;
     return (img * out_h + oh) * out_w + ow;
   }
+  // The run of at most `limit` GEMM rows from v that are all output rows, consecutive from
+  // *first, or all dropped (*first = -1): its length (>= 1; runs end where a padded row does).
+  int64_t run(int64_t v, int64_t limit, int64_t* first) const {
+    const int64_t ow = v % wp;
+    *first = out_row(v);
+    const int64_t end = *first >= 0 ? out_w : wp;
+    return end - ow < limit ? end - ow : limit;
+  }
 };
 // Tasks of plan over args (x: the padded image, ldx = C, m: a multiple of 16 >= rows.rows(), the
 // image followed by enough readable bytes for the last tile's taps) with A chunk c at byte

@@ -191,12 +191,9 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
     } else {
       // Runs of rows that map to consecutive output rows, each written as one block.
       for (int r = pending.done; r < end;) {
-        const int64_t first = options.rows->out_row(pending.m0 + r);
-        int run = 1;
-        if (first >= 0) {
-          while (r + run < end && options.rows->out_row(pending.m0 + r + run) == first + run) ++run;
-          Output::write(a, pending.columns, first, run, pending.sums + r * 32, 32);
-        }
+        int64_t first = -1;
+        const int run = static_cast<int>(options.rows->run(pending.m0 + r, end - r, &first));
+        if (first >= 0) Output::write(a, pending.columns, first, run, pending.sums + r * 32, 32);
         r += run;
       }
     }
