@@ -49,6 +49,23 @@ def quantize_multiplier(real) -> tuple[torch.Tensor, torch.Tensor]:
     return _lib().quantize_multiplier(real_t.cpu())
 
 
+def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor, b_zero_point: int, b_m0, b_shift,
+             out_m0, out_shift, out_zero_point: int = 0, qmin: int = -128, qmax: int = 127,
+             out_dtype: torch.dtype = torch.int8, left_shift: int = 20) -> torch.Tensor:
+    """TFLite's quantized ADD, elementwise, in one pass:
+
+    s_i = MultiplyByQuantizedMultiplier((x_i - zero_point_i) << left_shift, m0_i, shift_i) for i = a, b
+    y = clamp(MultiplyByQuantizedMultiplier(s_a + s_b, out_m0, out_shift) + out_zero_point, qmin, qmax)
+
+    a, b: int8 / uint8 tensors of one shape (the output keeps a's layout when b shares it, so
+    channels_last activations stay channels_last); every multiplier per tensor, double rounding,
+    int32 intermediates. What QuantAdd computes; bit-exact against reference.int8_add.
+    """
+    return _lib().int8_add(a, a_zero_point, _int32(a_m0), _int32(a_shift), b, b_zero_point, _int32(b_m0),
+                           _int32(b_shift), _int32(out_m0), _int32(out_shift), out_zero_point, qmin, qmax,
+                           out_dtype, left_shift)
+
+
 def requantize(acc: torch.Tensor, m0, shift, zero_point: int = 0, qmin: int = -128,
                qmax: int = 127, out_dtype: torch.dtype = torch.int8,
                rounding: str = "double") -> torch.Tensor:
@@ -557,6 +574,19 @@ if NATIVE_ERROR is None:
     @torch.library.register_fake("compress_kernels::quantize_multiplier")
     def _(real):
         return real.new_empty(real.shape, dtype=torch.int32), real.new_empty(real.shape, dtype=torch.int32)
+
+    @torch.library.register_fake("compress_kernels::int8_add")
+    def _(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift, out_zero_point, qmin,
+          qmax, out_dtype, left_shift=20):
+        for name, t in (("a", a), ("b", b)):
+            torch._check(t.dtype in (torch.int8, torch.uint8),
+                         lambda: f"int8_add: {name} must be int8 or uint8, got {t.dtype}")
+        torch._check(a.shape == b.shape, lambda: f"int8_add: a and b must have the same shape, got {tuple(a.shape)} "
+                                                 f"and {tuple(b.shape)}")
+        torch._check(0 <= left_shift <= 22, lambda: f"int8_add: left_shift must be in [0, 22], got {left_shift}")
+        if a.stride() == b.stride():
+            return torch.empty_like(a, dtype=out_dtype)
+        return a.new_empty(a.shape, dtype=out_dtype)
 
     @torch.library.register_fake("compress_kernels::requantize")
     def _(acc, m0, shift, zero_point, qmin, qmax, out_dtype, rounding="double"):

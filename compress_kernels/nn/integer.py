@@ -10,7 +10,6 @@ from torch import nn
 from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, DTYPES, in_reference_mode
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class _QParams(nn.Module):
@@ -148,13 +147,10 @@ class QuantAdd(nn.Module):
         self.qmin, self.qmax, self.output_dtype = state["qmin"], state["qmax"], DTYPES[state["output_dtype"]]
 
     def forward(self, a, b):
-        requant = reference.requantize if in_reference_mode() else ops.requantize
+        add = reference.int8_add if in_reference_mode() else ops.int8_add
         za, zb, zy = self.zero_points
-        sa = requant((a.to(torch.int32) - za) << self.LEFT_SHIFT, self.m0_a, self.shift_a, 0, INT32_MIN, INT32_MAX,
-                     torch.int32)
-        sb = requant((b.to(torch.int32) - zb) << self.LEFT_SHIFT, self.m0_b, self.shift_b, 0, INT32_MIN, INT32_MAX,
-                     torch.int32)
-        return requant(sa + sb, self.m0_out, self.shift_out, zy, self.qmin, self.qmax, self.output_dtype)
+        return add(a, za, self.m0_a, self.shift_a, b, zb, self.m0_b, self.shift_b, self.m0_out, self.shift_out, zy,
+                   self.qmin, self.qmax, self.output_dtype, self.LEFT_SHIFT)
 
     def extra_repr(self):
         return (f"scales={[round(v, 5) for v in self.scales.tolist()]}, zero_points={list(self.zero_points)}, "

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <limits>
 #include <tuple>
 
 #include "../cpu/int8_gemm.h"
@@ -59,6 +60,71 @@ at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at:
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     cpu::requantize_rows(ap, cols, cols, begin, end, p, op_out);
+  });
+  return out;
+}
+
+// One per-tensor multiplier of int8_add: int32 m0 / shift of one element each, m0 >= 0, shift in range.
+cpu::RequantParams add_multiplier(const at::Tensor& m0, const at::Tensor& shift, const char* m0_name,
+                                  const char* shift_name, const char* op) {
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{m0, m0_name}, {shift, shift_name}}) {
+    check_dtype(t, at::kInt, op, name);
+    check_cpu(t, op, name);
+    TORCH_CHECK(t.numel() == 1, op, ": ", name, " must have one element (a per-tensor multiplier), got shape ",
+                t.sizes());
+  }
+  const int32_t m = m0.item<int32_t>(), e = shift.item<int32_t>();
+  TORCH_CHECK(m >= 0, op, ": ", m0_name, " must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ", m);
+  TORCH_CHECK(e >= kMinShift && e <= kMaxShift, op, ": ", shift_name, " must be in [", kMinShift, ", ", kMaxShift,
+              "], got ", e);
+  cpu::RequantParams p;
+  p.rounding = Rounding::kDouble;
+  return p;
+}
+
+at::Tensor int8_add_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Tensor& a_m0, const at::Tensor& a_shift,
+                        const at::Tensor& b, int64_t b_zero_point, const at::Tensor& b_m0, const at::Tensor& b_shift,
+                        const at::Tensor& out_m0, const at::Tensor& out_shift, int64_t out_zero_point, int64_t qmin,
+                        int64_t qmax, at::ScalarType out_dtype, int64_t left_shift) {
+  constexpr const char* op = "int8_add";
+  cpu::Int8AddParams p;
+  p.a_signed = check_int8_input(a, op, "a");
+  p.b_signed = check_int8_input(b, op, "b");
+  check_cpu(a, op, "a");
+  check_cpu(b, op, "b");
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": a and b must have the same shape, got ", a.sizes(), " and ", b.sizes());
+  check_zero_point_for(a, a_zero_point, op, "a_zero_point");
+  check_zero_point_for(b, b_zero_point, op, "b_zero_point");
+  TORCH_CHECK(left_shift >= 0 && left_shift <= 22, op,
+              ": left_shift must be in [0, 22] (255 << left_shift must fit in int32), got ", left_shift);
+  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  const int32_t int32_min = std::numeric_limits<int32_t>::min(), int32_max = std::numeric_limits<int32_t>::max();
+  const at::Tensor ma = a_m0.contiguous(), sa = a_shift.contiguous(), mb = b_m0.contiguous(),
+                   sb = b_shift.contiguous(), mo = out_m0.contiguous(), so = out_shift.contiguous();
+  p.a = add_multiplier(ma, sa, "a_m0", "a_shift", op);
+  p.b = add_multiplier(mb, sb, "b_m0", "b_shift", op);
+  p.out = add_multiplier(mo, so, "out_m0", "out_shift", op);
+  p.a.m0 = ma.data_ptr<int32_t>(), p.a.shift = sa.data_ptr<int32_t>();
+  p.b.m0 = mb.data_ptr<int32_t>(), p.b.shift = sb.data_ptr<int32_t>();
+  p.out.m0 = mo.data_ptr<int32_t>(), p.out.shift = so.data_ptr<int32_t>();
+  for (cpu::RequantParams* q : {&p.a, &p.b}) {
+    q->qmin = int32_min, q->qmax = int32_max, q->zero_point = 0, q->out_type = cpu::OutType::kInt32;
+  }
+  p.out.zero_point = static_cast<int32_t>(out_zero_point);
+  p.out.qmin = static_cast<int32_t>(qmin), p.out.qmax = static_cast<int32_t>(qmax);
+  p.out.out_type = out_dtype == at::kChar ? cpu::OutType::kInt8 : out_dtype == at::kByte ? cpu::OutType::kUInt8
+                                                                                         : cpu::OutType::kInt32;
+  p.a_zero_point = static_cast<int32_t>(a_zero_point), p.b_zero_point = static_cast<int32_t>(b_zero_point);
+  p.left_shift = static_cast<int>(left_shift);
+  // Elementwise in storage order when a and b share one dense layout (channels_last activations
+  // stay channels_last, no copy); otherwise on contiguous copies.
+  const bool same_layout = a.strides() == b.strides() && a.is_non_overlapping_and_dense();
+  const at::Tensor ac = same_layout ? a : a.contiguous(), bc = same_layout ? b : b.contiguous();
+  at::Tensor out = at::empty_strided(ac.sizes(), ac.strides(), ac.options().dtype(out_dtype));
+  const int64_t n = ac.numel();
+  if (n == 0) return out;
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    cpu::int8_add_range(ac.data_ptr(), bc.data_ptr(), p, begin, end, out.data_ptr());
   });
   return out;
 }
@@ -306,6 +372,7 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("int8_linear", &ck::ops::int8_linear_cpu);
   m.impl("int8_linear_float", &ck::ops::int8_linear_float_cpu);
   m.impl("quantize_rows", &ck::ops::quantize_rows_cpu);
+  m.impl("int8_add", &ck::ops::int8_add_cpu);
 }
 
 TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {

@@ -17,6 +17,11 @@ TORCH_LIBRARY(compress_kernels, m) {
       "requantize(Tensor acc, Tensor m0, Tensor shift, int zero_point, int qmin, int qmax, "
       "ScalarType out_dtype, str rounding=\"double\") -> Tensor");
 
+  m.def(
+      "int8_add(Tensor a, int a_zero_point, Tensor a_m0, Tensor a_shift, Tensor b, int b_zero_point, Tensor b_m0, "
+      "Tensor b_shift, Tensor out_m0, Tensor out_shift, int out_zero_point, int qmin, int qmax, ScalarType out_dtype, "
+      "int left_shift=20) -> Tensor");
+
   // ---- int8 GEMM / linear ----
   m.def("int8_pack_weight(Tensor w) -> Tensor");
   m.def("int8_gemm(Tensor a, Tensor b) -> Tensor");
