@@ -54,6 +54,15 @@ void shifted_difference(const void* x, int64_t begin, int64_t count, int32_t zer
 }  // namespace
 
 void int8_add_range(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end, void* out) {
+  if (active_isa() >= Isa::kAvx512Vnni) {
+    int8_add_range_avx512(a, b, p, begin, end, out);
+  } else {
+    int8_add_range_portable(a, b, p, begin, end, out);
+  }
+}
+
+void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                             void* out) {
   constexpr int64_t kChunk = 2048;  // three int32 chunks stay in L1
   alignas(64) int32_t sa[kChunk], sb[kChunk];
   const int64_t out_elem = p.out.out_type == OutType::kInt32 ? 4 : 1;

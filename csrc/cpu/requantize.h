@@ -32,8 +32,8 @@ void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t r
 //   s_i = MultiplyByQuantizedMultiplier((x_i - zero_point_i) << left_shift, m0_i, shift_i)  (i = a, b)
 //   out = clamp(MultiplyByQuantizedMultiplier(s_a + s_b, m0_out, shift_out) + out zero_point, qmin, qmax)
 // every multiplier per tensor with the rounding of its params (int32 intermediates; callers keep
-// 255 << left_shift within int32). The rescales run through requantize_rows a chunk at a time, so
-// every ISA path gives the same bits.
+// 255 << left_shift within int32). Portable form: a chunk at a time through requantize_rows (so the
+// AVX2 path is its vector rescale); AVX-512: one fused pass. Every path gives the same bits.
 struct Int8AddParams {
   bool a_signed = false, b_signed = false;
   int32_t a_zero_point = 0, b_zero_point = 0;
@@ -42,6 +42,10 @@ struct Int8AddParams {
   RequantParams out{};
 };
 void int8_add_range(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end, void* out);
+void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                             void* out);
+void int8_add_range_avx512(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                           void* out);
 
 // Per-ISA implementations (same contract); requantize_rows dispatches between them.
 void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
