@@ -154,9 +154,11 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   // tap of a row tile is one tile load from it; no gathered rows. It computes the padding's rows and
   // columns too, so it runs while at least half of its rows are output pixels (ResNet-18 at 32x32:
   // 89% for layer1, 79% at 16x16 and 64% at 8x8, all faster than gathering; 44% at 4x4, where the
-  // gathered GEMM is 1.3x faster; Sapphire Rapids, batch 32). Strided convs gather: splitting the
-  // padded input into stride x stride planes makes them direct too, but the pixel-by-pixel copy into
-  // the planes cost more than the gather saves (layer4.0.conv1 at batch 32: 469 vs 321 us).
+  // gathered GEMM is 1.3x faster; Sapphire Rapids, batch 32). Strided convs gather. Two direct forms
+  // of them were measured and not kept: the padded input split into stride x stride planes (the
+  // pixel-by-pixel copy into the planes costs more than the gather saves: layer4.0.conv1 at batch 32,
+  // 469 vs 321 us), and GEMM row v read at padded pixel stride * v with the grid rows between outputs
+  // dropped (3x3 / 2: 1.2-2x slower; 1x1 / 2 read in place: the same time as the gather).
   const int64_t padded_pixels = (s.height + 2 * s.pad_h) * (s.width + 2 * s.pad_w);
   if (s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 && s.in_channels % 64 == 0 &&
       2 * s.out_h() * s.out_w() >= padded_pixels && cpu::int8_gemm_uses_amx(rows, oc, depth)) {
