@@ -60,8 +60,10 @@ namespace ck::cpu {
 void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   int8_gemm_run_portable(args, plan, task_begin, task_end);
 }
-int64_t amx_register_loop(bool, int64_t) { return 0; }
-void int8_conv_direct_run_amx(const Int8GemmArgs&, const Int8GemmPlan&, const int64_t*, const VirtualConvRows&,
-                              int64_t, int64_t) {}
+int64_t amx_register_loop(bool, int64_t) { return 0; }  // never called: amx_peak refuses without AMX
+void int8_conv_direct_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                              const VirtualConvRows& rows, int64_t task_begin, int64_t task_end) {
+  int8_conv_direct_run_amx_emulated(args, plan, a_offsets, rows, task_begin, task_end);
+}
 }  // namespace ck::cpu
 #endif
