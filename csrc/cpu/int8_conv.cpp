@@ -14,8 +14,18 @@ void int8_conv_gather_rows(const uint8_t* x, const Int8ConvShape& s, int64_t gro
     const int64_t n = row / (oh_count * ow_count);
     const int64_t oh = (row / ow_count) % oh_count, ow = row % ow_count;
     uint8_t* dst = buf + (row - row_begin) * ld_buf;
+    const int64_t iw_first = ow * s.stride_w - s.pad_w, iw_last = iw_first + (s.kernel_w - 1) * s.dilation_w;
+    // With one group and undilated columns, a kernel row inside the image is kernel_w adjacent
+    // NHWC pixels: one copy of kernel_w * C bytes instead of kernel_w copies of C.
+    const bool whole_rows = s.groups == 1 && s.dilation_w == 1 && iw_first >= 0 && iw_last < s.width;
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
       const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
+      if (whole_rows && ih >= 0 && ih < s.height) {
+        std::memcpy(dst, x + ((n * s.height + ih) * s.width + iw_first) * s.in_channels,
+                    static_cast<size_t>(s.kernel_w * cg));
+        dst += s.kernel_w * cg;
+        continue;
+      }
       for (int64_t kw = 0; kw < s.kernel_w; ++kw, dst += cg) {
         const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
         if (ih < 0 || ih >= s.height || iw < 0 || iw >= s.width) {
