@@ -222,7 +222,9 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
     return std::min(max_chunk, std::max<int64_t>(tile_rows, (per_thread + tile_rows - 1) / tile_rows * tile_rows));
   };
   int64_t chunk = chunk_for(cpu::kInt8TileRows);
-  const bool amx = cpu::int8_gemm_uses_amx(std::min(chunk, rows), ocg, depth);
+  // The tile kernel is chosen on all the rows (a small image at batch 1 then splits its columns, not
+  // its rows, between the threads).
+  const bool amx = cpu::int8_gemm_uses_amx(rows, ocg, depth);
   if (amx) chunk = chunk_for(2 * cpu::kAmxTileRows);
   const int64_t chunks = (rows + chunk - 1) / chunk;
   const int64_t panels = (ocg + cpu::kInt8PanelCols - 1) / cpu::kInt8PanelCols;
