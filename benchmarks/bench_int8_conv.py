@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import (QUANTIZED_ENGINES, amx_limit_line, best_seconds, machine_line, markdown_table,
+from common import (QUANTIZED_ENGINES, amx_limit_line, best_seconds, failures_line, machine_line, markdown_table,
                     per_quantized_engine, results_name, write_result)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
@@ -194,8 +194,7 @@ def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_conv.p
              "engine, x86, fbgemm and onednn (`vs ao <engine>`; `vs best ao` is against the fastest of them on that "
              "shape; n/a: engine missing from this torch build or failed).\n\n"
              + markdown_table(headers, rows))
-    if failures:
-        prose += "\n\nPeers that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."
+    prose += failures_line(failures)
     return prose
 
 

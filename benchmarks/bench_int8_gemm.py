@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import (QUANTIZED_ENGINES, amx_limit_line, amx_limits, best_seconds, error_line, machine_line,
-                    markdown_table, per_quantized_engine, quantized_engine, results_name, write_result)
+from common import (QUANTIZED_ENGINES, amx_limit_line, amx_limits, best_seconds, error_line, failures_line,
+                    machine_line, markdown_table, per_quantized_engine, quantized_engine, results_name, write_result)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
@@ -298,8 +298,7 @@ def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.p
         "fbgemm outputs that differ from ours (the exact integer result) by more than the 1 that its float "
         "requantization may round differently, on the same input.\n\n"
         + markdown_table(headers, rows))
-    if failures:
-        prose += "\n\nPeers that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."
+    prose += failures_line(failures)
     if amx and not quick:
         prose += AMX_NOTES
     return prose

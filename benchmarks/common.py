@@ -37,16 +37,20 @@ def best_seconds(fn, min_run_time: float = 0.2) -> float:
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
-def cpu_model() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpuinfo_field(name: str) -> str:
+    """The first `name` field of /proc/cpuinfo ("model name", "vendor_id"), "" where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return cpu
+    return ""
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def amx_usage() -> str:
@@ -103,14 +107,14 @@ def amx_limit_line(limits: tuple[float, float] | None = None) -> str:
 
 def cpu_vendor() -> str:
     """vendor_id of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), "" where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id")
+
+
+def failures_line(failures: dict) -> str:
+    """The sentence under a table naming the peers that failed in the run ("" when none did)."""
+    if not failures:
+        return ""
+    return "\n\nPeers that failed in this run: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."
 
 
 def results_name(family: str, cpu_isa: str | None) -> str:
