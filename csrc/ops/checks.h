@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -88,10 +89,19 @@ inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int6
               ": m0 and shift must have 1 (per-tensor) or ", channels,
               " (per-channel) elements, got ", m0.numel());
   if (m0.numel() > 0 && m0.device().is_cpu()) {
-    const int64_t m0_min = m0.min().item<int32_t>();
+    // A plain loop over the values: min() / item() dispatch and allocate per call, which at batch 1
+    // cost more than a small layer's kernel.
+    const at::Tensor mc = m0.contiguous(), sc = shift.contiguous();
+    const int32_t* mp = mc.data_ptr<int32_t>();
+    const int32_t* sp = sc.data_ptr<int32_t>();
+    int64_t m0_min = mp[0], s_min = sp[0], s_max = sp[0];
+    for (int64_t i = 1; i < mc.numel(); ++i) {
+      m0_min = std::min<int64_t>(m0_min, mp[i]);
+      s_min = std::min<int64_t>(s_min, sp[i]);
+      s_max = std::max<int64_t>(s_max, sp[i]);
+    }
     TORCH_CHECK(m0_min >= 0, op, ": m0 must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ",
                 m0_min);
-    const int64_t s_min = shift.min().item<int32_t>(), s_max = shift.max().item<int32_t>();
     TORCH_CHECK(s_min >= kMinShift && s_max <= kMaxShift, op, ": shift must be in [", kMinShift, ", ",
                 kMaxShift, "], got values in [", s_min, ", ", s_max, "]");
   }

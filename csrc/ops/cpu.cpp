@@ -73,7 +73,7 @@ cpu::RequantParams add_multiplier(const at::Tensor& m0, const at::Tensor& shift,
     TORCH_CHECK(t.numel() == 1, op, ": ", name, " must have one element (a per-tensor multiplier), got shape ",
                 t.sizes());
   }
-  const int32_t m = m0.item<int32_t>(), e = shift.item<int32_t>();
+  const int32_t m = *m0.data_ptr<int32_t>(), e = *shift.data_ptr<int32_t>();  // item() would dispatch per call
   TORCH_CHECK(m >= 0, op, ": ", m0_name, " must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ", m);
   TORCH_CHECK(e >= kMinShift && e <= kMaxShift, op, ": ", shift_name, " must be in [", kMinShift, ", ", kMaxShift,
               "], got ", e);
