@@ -11,11 +11,13 @@
 // Tails become padded copies in per-thread scratch, prepared once per task: the K chunk past
 // the last whole 64 k (for A and B), the last row tile of a chunk when it has fewer than 16 rows, and
 // the panel's last column block when it has fewer than 16 columns (its packed stride is rows * 4).
-// Zero K padding in A makes any B byte beyond k contribute exactly 0 (see scratch_of).
+// Zero K padding in A makes any B byte beyond k contribute exactly 0 (see scratch_of). An operand of
+// fewer than 16 rows in all is read in place instead: its A and C tiles are configured to its rows.
 //
 // Blocking: C is 2 x 2 tiles (32 rows x 32 columns) in tmm0-3, A in tmm4-5, B in tmm6-7; a task
 // (64-column panel, chunk of rows) walks row pairs outside and column pairs inside, each over all of
-// K. Accumulators are stored to a 32 x 32 int32 buffer and go through the fused output stage.
+// K. Accumulators are stored to a 32 x 32 int32 buffer (two, alternating) and go through the fused
+// output stage a few rows per K step of the next block, so the vector work overlaps the tile unit.
 // Measured on Sapphire Rapids and not kept: K passes of 8 or 16 chunks with the accumulators stored
 // between passes (so a column pair's B chunks stay in L1 across row tiles; 0.85-0.95x of one pass),
 // and x packed once per chunk into compact 1 KB tiles (0.75-0.85x at K = N = 1024); the kernel is
@@ -32,7 +34,7 @@
 namespace ck::cpu {
 namespace {
 
-// A tile operand: the 64-byte column chunks c < full_chunks at main + c * step (row stride
+// A tile operand: the 64-byte column chunks c < full_chunks at main + c * 64 (row stride
 // stride), the one tail chunk (when k % 64 != 0) at tail (row stride tail_stride).
 struct TileSource {
   const uint8_t* main = nullptr;
