@@ -126,13 +126,31 @@ struct VirtualConvRows {
     if (img >= images || oh >= out_h || ow >= out_w) return -1;
     return (img * out_h + oh) * out_w + ow;
   }
-  // The run of at most `limit` GEMM rows from v that are all output rows, consecutive from
+  // A position on the grid, advanced without divisions (the output stage walks rows in order).
+  struct Cursor {
+    int64_t img = 0, oh = 0, ow = 0;
+  };
+  Cursor cursor(int64_t v) const {
+    const int64_t rem = v % (hp * wp);
+    return {v / (hp * wp), rem / wp, rem % wp};
+  }
+  // The run of at most `limit` GEMM rows from c that are all output rows, consecutive from
   // *first, or all dropped (*first = -1): its length (>= 1; runs end where a padded row does).
-  int64_t run(int64_t v, int64_t limit, int64_t* first) const {
-    const int64_t ow = v % wp;
-    *first = out_row(v);
-    const int64_t end = *first >= 0 ? out_w : wp;
-    return end - ow < limit ? end - ow : limit;
+  // Advances c past the run.
+  int64_t run(Cursor& c, int64_t limit, int64_t* first) const {
+    const bool out = c.img < images && c.oh < out_h && c.ow < out_w;
+    *first = out ? (c.img * out_h + c.oh) * out_w + c.ow : -1;
+    const int64_t end = out ? out_w : wp;  // a dropped run reaches the padded row's end
+    const int64_t length = end - c.ow < limit ? end - c.ow : limit;
+    c.ow += length;
+    if (c.ow == wp) {
+      c.ow = 0;
+      if (++c.oh == hp) {
+        c.oh = 0;
+        ++c.img;
+      }
+    }
+    return length;
   }
 };
 // Tasks of plan over args (x: the padded image, ldx = C, m: a multiple of 16 >= rows.rows(), the

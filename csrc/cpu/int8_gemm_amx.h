@@ -184,6 +184,7 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
     int64_t m0 = 0;
     int mr = 0, done = 0, rows_per_step = 0;
     typename Output::Columns columns;
+    VirtualConvRows::Cursor cursor;  // the grid position of row m0 + done (options.rows only)
   } pending;
   auto write_rows = [&](int upto) {
     if (pending.sums == nullptr || pending.done >= upto) return;
@@ -194,7 +195,7 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
       // Runs of rows that map to consecutive output rows, each written as one block.
       for (int r = pending.done; r < end;) {
         int64_t first = -1;
-        const int run = static_cast<int>(options.rows->run(pending.m0 + r, end - r, &first));
+        const int run = static_cast<int>(options.rows->run(pending.cursor, end - r, &first));
         if (first >= 0) Output::write(a, pending.columns, first, run, pending.sums + r * 32, 32);
         r += run;
       }
@@ -272,6 +273,7 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
         pending.sums = out;
         pending.m0 = m0;
         pending.mr = mr;
+        if (options.rows != nullptr) pending.cursor = options.rows->cursor(m0);
         Output::prepare(a, n0 + 16 * b, static_cast<int>(std::min<int64_t>(16 * ct, cols - 16 * b)), pending.columns);
         pending.done = 0;
         pending.rows_per_step = static_cast<int>((mr + chunks - 1) / chunks);
