@@ -63,12 +63,10 @@ def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor,
     a CPU one; on other devices the same integers come from three `requantize` calls.
     """
     if a.device.type != "cpu":
-        int32_min, int32_max = -(2**31), 2**31 - 1
-        sa = requantize((a.to(torch.int32) - a_zero_point) << left_shift, a_m0, a_shift, 0, int32_min, int32_max,
-                        torch.int32)
-        sb = requantize((b.to(torch.int32) - b_zero_point) << left_shift, b_m0, b_shift, 0, int32_min, int32_max,
-                        torch.int32)
-        return requantize(sa + sb, out_m0, out_shift, out_zero_point, qmin, qmax, out_dtype)
+        from . import reference
+
+        return reference.int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift,
+                                  out_zero_point, qmin, qmax, out_dtype, left_shift, requant=requantize)
     return _lib().int8_add(a, a_zero_point, _int32(a_m0), _int32(a_shift), b, b_zero_point, _int32(b_m0),
                            _int32(b_shift), _int32(out_m0), _int32(out_shift), out_zero_point, qmin, qmax,
                            out_dtype, left_shift)

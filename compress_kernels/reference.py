@@ -103,15 +103,18 @@ def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_po
 
 def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor, b_zero_point: int, b_m0, b_shift,
              out_m0, out_shift, out_zero_point: int, qmin: int, qmax: int, out_dtype: torch.dtype,
-             left_shift: int = 20) -> torch.Tensor:
+             left_shift: int = 20, requant=None) -> torch.Tensor:
     """TFLite's quantized ADD: each input's (x - zero_point) << left_shift rescaled by its multiplier
-    to int32, the int32 sum rescaled by out's multiplier, plus the zero point, clamped."""
-    sa = requantize((a.to(torch.int32) - a_zero_point) << left_shift, a_m0, a_shift, 0, INT32_MIN, INT32_MAX,
+    to int32, the int32 sum rescaled by out's multiplier, plus the zero point, clamped. `requant`: the
+    requantize to compose (this module's by default; ops.int8_add passes its kernels on devices
+    without an int8_add kernel)."""
+    requantize_ = requant or requantize
+    sa = requantize_((a.to(torch.int32) - a_zero_point) << left_shift, a_m0, a_shift, 0, INT32_MIN, INT32_MAX,
                     torch.int32)
-    sb = requantize((b.to(torch.int32) - b_zero_point) << left_shift, b_m0, b_shift, 0, INT32_MIN, INT32_MAX,
+    sb = requantize_((b.to(torch.int32) - b_zero_point) << left_shift, b_m0, b_shift, 0, INT32_MIN, INT32_MAX,
                     torch.int32)
-    return requantize(wrap_int32(sa.long() + sb.long()).int(), out_m0, out_shift, out_zero_point, qmin, qmax,
-                      out_dtype)
+    return requantize_(wrap_int32(sa.long() + sb.long()).int(), out_m0, out_shift, out_zero_point, qmin, qmax,
+                       out_dtype)
 
 
 # ---------------------------------------------------------------- int8 GEMM / linear

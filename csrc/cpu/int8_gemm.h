@@ -24,13 +24,10 @@ constexpr int64_t kInt8TileRows = 6;     // rows of A per microkernel: 6 x 4 = 2
 inline int64_t int8_padded_k(int64_t k) { return (k + 3) / 4 * 4; }
 inline int64_t int8_packed_words_per_row(int64_t k) { return int8_padded_k(k) / 4 + 2; }
 
-// padded_blocks: every block holds 16 rows, the last one zero past n (a scratch layout of the AMX
-// kernel only: the 2:4 weights expanded to tiles; packed weights never are).
 struct PackedInt8Weight {
   const int8_t* data;
   const int32_t* row_sum;
   int64_t n, k, k_pad;
-  bool padded_blocks = false;
 };
 
 // Writes the packed layout of w [n, k] (row stride ldw) into out (n * int8_packed_words_per_row(k)).
@@ -120,12 +117,6 @@ void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64
 struct VirtualConvRows {
   int64_t images = 0, hp = 0, wp = 0, out_h = 0, out_w = 0;
   int64_t rows() const { return images * hp * wp; }
-  // The output row (img * out_h + oh) * out_w + ow of GEMM row v, or -1.
-  int64_t out_row(int64_t v) const {
-    const int64_t img = v / (hp * wp), rem = v % (hp * wp), oh = rem / wp, ow = rem % wp;
-    if (img >= images || oh >= out_h || ow >= out_w) return -1;
-    return (img * out_h + oh) * out_w + ow;
-  }
   // A position on the grid, advanced without divisions (the output stage walks rows in order).
   struct Cursor {
     int64_t img = 0, oh = 0, ow = 0;

@@ -120,9 +120,10 @@ inline uint8_t* scratch_of(std::vector<uint8_t>& v, size_t bytes) {
 // byte c * 1024 (the VNNI packed layout is the tile layout); the K tail chunk and a partial last
 // block (packed stride cols * 4) come from padded copies in per-thread scratch.
 struct PackedBTiles {
-  TileSource src[4];
-  const uint8_t* main(int b, int64_t c) const { return src[b].main + c * 1024; }
-  const uint8_t* tail(int b) const { return src[b].tail; }
+  const uint8_t* block[4] = {};  // chunk c of block b at block[b] + c * 1024
+  const uint8_t* tail_chunk[4] = {};
+  const uint8_t* main(int b, int64_t c) const { return block[b] + c * 1024; }
+  const uint8_t* tail(int b) const { return tail_chunk[b]; }
 };
 
 inline PackedBTiles packed_b_tiles(const Int8GemmArgs& a, AmxInt8Scratch& scratch, int64_t n0, int blocks,
@@ -135,27 +136,26 @@ inline PackedBTiles packed_b_tiles(const Int8GemmArgs& a, AmxInt8Scratch& scratc
   uint8_t* b_ktail = has_tail ? scratch_of(scratch.b_ktail, 4 * 1024) : nullptr;
   for (int b = 0; b < blocks; ++b) {
     const uint8_t* block = w + (n0 + 16 * b) * k_pad;
-    if (b == blocks - 1 && last_cols < 16 && !a.w.padded_blocks) {
+    if (b == blocks - 1 && last_cols < 16) {
       // Regroup the partial block (packed stride last_cols * 4) into 16-column tile rows.
       uint8_t* dst = scratch_of(scratch.b_block, static_cast<size_t>(chunks) * 1024);
       for (int64_t g = 0; g < k_pad / 4; ++g) std::memcpy(dst + g * 64, block + g * last_cols * 4, last_cols * 4);
-      bt.src[b].main = dst;
-      bt.src[b].tail = dst + full_chunks * 1024;
+      bt.block[b] = dst;
+      bt.tail_chunk[b] = dst + full_chunks * 1024;
     } else {
-      bt.src[b].main = block;
+      bt.block[b] = block;
       if (has_tail) {
         std::memcpy(b_ktail + b * 1024, block + full_chunks * 1024, (k_pad - tail_k0) * 16);
-        bt.src[b].tail = b_ktail + b * 1024;
+        bt.tail_chunk[b] = b_ktail + b * 1024;
       }
     }
-    bt.src[b].stride = kAmxTileBytes;
   }
   return bt;
 }
 
 // How the AMX int8 driver reads A and writes rows beyond a plain GEMM (the direct conv, see
-// VirtualConvRows): A chunk c of a row at byte a_offsets[c] of it, and row m written to output row
-// rows->out_row(m) (rows it maps to -1 are not written).
+// VirtualConvRows): A chunk c of a row at byte a_offsets[c] of it, and rows written to the output
+// rows the grid maps them to (rows it drops are not written).
 struct AmxInt8Options {
   const int64_t* a_offsets = nullptr;
   const VirtualConvRows* rows = nullptr;

@@ -64,7 +64,8 @@ at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at:
   return out;
 }
 
-// One per-tensor multiplier of int8_add: int32 m0 / shift of one element each, m0 >= 0, shift in range.
+// One per-tensor multiplier of int8_add (int32 m0 / shift of one element each, m0 >= 0, shift in
+// range) as the requantization parameters that read it (double rounding, the default).
 cpu::RequantParams add_multiplier(const at::Tensor& m0, const at::Tensor& shift, const char* m0_name,
                                   const char* shift_name, const char* op) {
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{m0, m0_name}, {shift, shift_name}}) {
@@ -73,12 +74,13 @@ cpu::RequantParams add_multiplier(const at::Tensor& m0, const at::Tensor& shift,
     TORCH_CHECK(t.numel() == 1, op, ": ", name, " must have one element (a per-tensor multiplier), got shape ",
                 t.sizes());
   }
-  const int32_t m = *m0.data_ptr<int32_t>(), e = *shift.data_ptr<int32_t>();  // item() would dispatch per call
-  TORCH_CHECK(m >= 0, op, ": ", m0_name, " must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ", m);
-  TORCH_CHECK(e >= kMinShift && e <= kMaxShift, op, ": ", shift_name, " must be in [", kMinShift, ", ", kMaxShift,
-              "], got ", e);
   cpu::RequantParams p;
-  p.rounding = Rounding::kDouble;
+  p.m0 = m0.data_ptr<int32_t>();  // read directly: item() would dispatch per call
+  p.shift = shift.data_ptr<int32_t>();
+  TORCH_CHECK(*p.m0 >= 0, op, ": ", m0_name, " must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ",
+              *p.m0);
+  TORCH_CHECK(*p.shift >= kMinShift && *p.shift <= kMaxShift, op, ": ", shift_name, " must be in [", kMinShift, ", ",
+              kMaxShift, "], got ", *p.shift);
   return p;
 }
 
@@ -99,15 +101,10 @@ at::Tensor int8_add_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Ten
               ": left_shift must be in [0, 22] (255 << left_shift must fit in int32), got ", left_shift);
   check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
   const int32_t int32_min = std::numeric_limits<int32_t>::min(), int32_max = std::numeric_limits<int32_t>::max();
-  const at::Tensor ma = a_m0.contiguous(), sa = a_shift.contiguous(), mb = b_m0.contiguous(),
-                   sb = b_shift.contiguous(), mo = out_m0.contiguous(), so = out_shift.contiguous();
-  p.a = add_multiplier(ma, sa, "a_m0", "a_shift", op);
-  p.b = add_multiplier(mb, sb, "b_m0", "b_shift", op);
-  p.out = add_multiplier(mo, so, "out_m0", "out_shift", op);
-  p.a.m0 = ma.data_ptr<int32_t>(), p.a.shift = sa.data_ptr<int32_t>();
-  p.b.m0 = mb.data_ptr<int32_t>(), p.b.shift = sb.data_ptr<int32_t>();
-  p.out.m0 = mo.data_ptr<int32_t>(), p.out.shift = so.data_ptr<int32_t>();
-  for (cpu::RequantParams* q : {&p.a, &p.b}) {
+  p.a = add_multiplier(a_m0, a_shift, "a_m0", "a_shift", op);
+  p.b = add_multiplier(b_m0, b_shift, "b_m0", "b_shift", op);
+  p.out = add_multiplier(out_m0, out_shift, "out_m0", "out_shift", op);
+  for (cpu::RequantParams* q : {&p.a, &p.b}) {  // int32 intermediates
     q->qmin = int32_min, q->qmax = int32_max, q->zero_point = 0, q->out_type = cpu::OutType::kInt32;
   }
   p.out.zero_point = static_cast<int32_t>(out_zero_point);
