@@ -199,6 +199,15 @@ class CubicSchedule:
     end_step: int = 100
     frequency: int = 10
 
+    def __post_init__(self):
+        from ._config_checks import check_float, check_int
+
+        check_float(self, "initial_sparsity", "in [0, 1)", lambda v: 0 <= v < 1)
+        check_float(self, "final_sparsity", "in [0, 1)", lambda v: 0 <= v < 1)
+        check_int(self, "begin_step", 0)
+        check_int(self, "end_step", self.begin_step)
+        check_int(self, "frequency", 1)
+
     def sparsity(self, step: int) -> float:
         if step <= self.begin_step:
             return self.initial_sparsity
@@ -235,6 +244,28 @@ class PruneConfig:
     module_types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
     filter_fn: Callable[[nn.Module, str], bool] | None = None
     gradient_batches: int = 8
+
+    def __post_init__(self):
+        from ._config_checks import check_choice, check_float, check_int
+
+        check_float(self, "sparsity", "in [0, 1)", lambda v: 0 <= v < 1)
+        check_choice(self, "granularity", GRANULARITIES)
+        check_choice(self, "criterion", CRITERIA)
+        check_choice(self, "scope", ("layer", "global"))
+        check_int(self, "m", 1)
+        check_int(self, "n", 1, self.m)
+        check_int(self, "vector_size", 1)
+        if self.schedule is not None and not isinstance(self.schedule, CubicSchedule):
+            raise TypeError(f"PruneConfig: schedule must be None or a CubicSchedule, got {self.schedule!r}")
+        types = self.module_types
+        if not (isinstance(types, tuple) and types
+                and all(isinstance(t, type) and issubclass(t, nn.Module) for t in types)):
+            raise TypeError(f"PruneConfig: module_types must be a non-empty tuple of nn.Module subclasses, "
+                            f"got {types!r}")
+        if self.filter_fn is not None and not callable(self.filter_fn):
+            raise TypeError(f"PruneConfig: filter_fn must be None or a callable (module, name) -> bool, "
+                            f"got {self.filter_fn!r}")
+        check_int(self, "gradient_batches", 1)
 
 
 class Pruner:
