@@ -66,7 +66,134 @@ def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[tor
     return w, (b - bn.running_mean) * factor + bn.bias.detach()
 
 
-class IntegerLayer(torch.nn.Module):
+# ---------------------------------------------------------------- state checks
+#
+# load_state_dict refuses tampered or unknown state before it touches the module: every module that
+# keeps modes or switches as extra state checks that dict (unknown or missing keys, wrong types,
+# out-of-range values) and the dtypes / values of its integer buffers, raising with the module's
+# class and path, the key, the value and what is expected. Shape mismatches of buffers are reported
+# by torch itself ("size mismatch for ...").
+
+
+def module_label(module: torch.nn.Module, prefix: str) -> str:
+    """'QuantLinear at "fc"' (the module's path in the state dict being loaded)."""
+    return f"{type(module).__name__} at {(prefix[:-1] if prefix else '<root>')!r}"
+
+
+class ExtraStateChecker:
+    """Checks one module's `_extra_state` dict at load time; every failure names the module, the
+    key, the value and the rule. `checked` collects the validated values."""
+
+    def __init__(self, module: torch.nn.Module, prefix: str, state, expected_keys):
+        self.label = f"{module_label(module, prefix)}: load_state_dict"
+        self.key = prefix + "_extra_state"
+        if not isinstance(state, dict):
+            raise TypeError(f"{self.label}: {self.key} must be a dict, got {type(state).__name__} {state!r}")
+        unknown = sorted(set(state) - set(expected_keys), key=str)
+        if unknown:
+            raise ValueError(f"{self.label}: {self.key} has unknown key(s) {unknown}; expected exactly "
+                             f"{sorted(expected_keys)}")
+        missing = sorted(set(expected_keys) - set(state))
+        if missing:
+            raise ValueError(f"{self.label}: {self.key} lacks key(s) {missing}; expected exactly "
+                             f"{sorted(expected_keys)}")
+        self.state = state
+
+    def fail(self, name: str, rule: str, error: type = ValueError):
+        raise error(f"{self.label}: {self.key}[{name!r}] = {self.state[name]!r}: expected {rule}")
+
+    def bool(self, name: str) -> bool:
+        if not isinstance(self.state[name], bool):
+            self.fail(name, "a bool", TypeError)
+        return self.state[name]
+
+    def int(self, name: str, lo: int | None = None, hi: int | None = None) -> int:
+        v = self.state[name]
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(name, "an int", TypeError)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.fail(name, f"an int in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
+        return v
+
+    def choice(self, name: str, choices):
+        v = self.state[name]
+        if not any(type(v) is type(c) and v == c for c in choices):
+            self.fail(name, f"one of {list(choices)}")
+        return v
+
+    def number(self, name: str, rule: str, ok) -> float:
+        v = self.state[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.fail(name, f"a number {rule}", TypeError)
+        if v != v or not ok(v):
+            self.fail(name, f"a number {rule}")
+        return float(v)
+
+    def int_pair(self, name: str, lo: int) -> tuple[int, int]:
+        v = self.state[name]
+        if (not isinstance(v, (tuple, list)) or len(v) != 2
+                or any(isinstance(e, bool) or not isinstance(e, int) or e < lo for e in v)):
+            self.fail(name, f"a pair of ints >= {lo}")
+        return tuple(v)
+
+    def equal(self, name: str, current, hint: str):
+        if self.state[name] != current:
+            self.fail(name, f"{current!r} as this module was built ({hint})")
+        return current
+
+
+def check_state_tensors(module: torch.nn.Module, prefix: str, state_dict: dict, *, exact: dict | None = None,
+                        positive_float: tuple = (), int_ranges: dict | None = None) -> None:
+    """Before loading: tensors of `exact` {name: dtype} must have that dtype (an int8 weight loaded
+    from a float tensor would be silently truncated by copy_); `positive_float` names must be
+    floating point, finite and > 0 (scales); `int_ranges` {name: (lo, hi)} bound integer values."""
+    label = f"{module_label(module, prefix)}: load_state_dict"
+    for name, dtype in (exact or {}).items():
+        t = state_dict.get(prefix + name)
+        if isinstance(t, torch.Tensor) and t.dtype != dtype:
+            raise TypeError(f"{label}: {prefix + name} has dtype {t.dtype}, expected {dtype}")
+    for name in positive_float:
+        t = state_dict.get(prefix + name)
+        if not isinstance(t, torch.Tensor):
+            continue
+        if not t.is_floating_point():
+            raise TypeError(f"{label}: {prefix + name} has dtype {t.dtype}, expected a floating-point scale")
+        bad = ~(torch.isfinite(t) & (t > 0))
+        if bool(bad.any()):
+            raise ValueError(f"{label}: {prefix + name} holds {t[bad].flatten()[0].item()!r}, expected finite "
+                             "scales > 0")
+    for name, (lo, hi) in (int_ranges or {}).items():
+        t = state_dict.get(prefix + name)
+        if isinstance(t, torch.Tensor) and t.numel():
+            bad = (t < lo) | (t > hi)
+            if bool(bad.any()):
+                raise ValueError(f"{label}: {prefix + name} holds {int(t[bad].flatten()[0])}, expected values in "
+                                 f"[{lo}, {hi}]")
+
+
+class Float32State(torch.nn.Module):
+    """Floating-point dtype conversions (.double(), .half(), .bfloat16(), .to(dtype)) keep this
+    module's own floating-point parameters and buffers in float32: they are quantization parameters
+    (scales, ranges) that the kernels read as fp32, not activations. Device moves apply as usual.
+    Float outputs follow the input's dtype where the module's forward says so."""
+
+    def _apply(self, fn, recurse=True):
+        if recurse:
+            for child in self.children():
+                child._apply(fn)
+
+        def same_dtype(t: torch.Tensor) -> torch.Tensor:
+            # the conversion's device move without its dtype change (converting and converting back
+            # would round the scales through the narrower type)
+            out = fn(t)
+            if t.is_floating_point() and out.dtype != t.dtype:
+                return t.to(device=out.device)
+            return out
+
+        return super()._apply(same_dtype, recurse=False)
+
+
+class IntegerLayer(Float32State):
     """State shared by the integer-only layers (QuantLinear, QuantConv2d): the int8 weight and its
     scales, the int32 bias, the fixed-point multipliers, the input / output qparams and the output
     clamp, plus the packed weight, rebuilt after load_state_dict. Subclasses say how to pack a dense
@@ -185,18 +312,47 @@ class IntegerLayer(torch.nn.Module):
                 "input_zero_point": self.input_zero_point, "output_zero_point": self.output_zero_point,
                 "qmin": self.qmin, "qmax": self.qmax, **self._layer_extra_state()}
 
+    def _layer_extra_state_check(self, check: ExtraStateChecker) -> None:
+        """Subclasses check their own extra-state keys (those of _layer_extra_state)."""
+
+    def _check_extra_state(self, state, prefix: str) -> None:
+        from .. import numerics
+
+        keys = {"per_channel", "rounding", "sparse24", "input_dtype", "output_dtype", "input_zero_point",
+                "output_zero_point", "qmin", "qmax", *self._layer_extra_state()}
+        check = ExtraStateChecker(self, prefix, state, keys)
+        check.bool("sparse24")
+        check.equal("sparse24", self.sparse24, "build it with sparse24=...")
+        check.bool("per_channel")
+        check.equal("per_channel", self.per_channel, "build it with per_channel=...; the scales' shapes depend on it")
+        check.choice("rounding", ("double", "single"))
+        in_lo, in_hi = numerics.dtype_range(DTYPES[check.choice("input_dtype", ("int8", "uint8"))])
+        out_lo, out_hi = numerics.dtype_range(DTYPES[check.choice("output_dtype", ("int8", "uint8", "int32"))])
+        check.int("input_zero_point", in_lo, in_hi)
+        check.int("output_zero_point", out_lo, out_hi)
+        qmin = check.int("qmin", out_lo, out_hi)
+        check.int("qmax", qmin, out_hi)
+        self._layer_extra_state_check(check)
+
     def set_extra_state(self, state):
-        if state.get("sparse24", False) != self.sparse24:
-            raise ValueError(f"{type(self).__name__}: the state dict is for sparse24={state.get('sparse24', False)}, "
-                             f"this module has sparse24={self.sparse24} (build it with sparse24=...)")
+        # checked by _load_from_state_dict before any of the module is changed
         self.per_channel, self.rounding = state["per_channel"], state["rounding"]
         self.input_dtype, self.output_dtype = DTYPES[state["input_dtype"]], DTYPES[state["output_dtype"]]
         self.input_zero_point, self.output_zero_point = state["input_zero_point"], state["output_zero_point"]
         self.qmin, self.qmax = state["qmin"], state["qmax"]
         self._set_layer_extra_state(state)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if prefix + "_extra_state" in state_dict:
+            self._check_extra_state(state_dict[prefix + "_extra_state"], prefix)
+        check_state_tensors(self, prefix, state_dict,
+                            exact={"weight_q": torch.int8, "weight_values": torch.int8, "weight_meta": torch.uint8,
+                                   "bias_q": torch.int32, "m0": torch.int32, "shift": torch.int32},
+                            positive_float=("weight_scale", "input_scale", "output_scale"),
+                            int_ranges={"m0": (0, 2**31 - 1), "shift": (-31, 30)})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         if self.sparse24:  # weight_q is not saved in 2:4 mode: rebuild it from the compressed weight
             dense = ops.sparse24_decompress(self.weight_values.cpu(), self.weight_meta.cpu())
             self.weight_q.copy_(weight_from_rows(dense, self.weight_q.shape))

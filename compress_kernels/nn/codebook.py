@@ -51,6 +51,24 @@ class _CodebookBase(nn.Module):
             if bias is not None:
                 self.bias.copy_(bias.detach().float())
 
+    # `bits` fixes how packed_idx is read: a state packed with other bits could have the same shape and
+    # would decode to garbage, so it is saved and must match at load_state_dict.
+    def get_extra_state(self):
+        return {"bits": self.bits}
+
+    def set_extra_state(self, state):
+        pass  # checked by _load_from_state_dict (it must match the module's)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        from ._common import ExtraStateChecker, check_state_tensors
+
+        if prefix + "_extra_state" in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"bits"})
+            check.int("bits", 1, 8)
+            check.equal("bits", self.bits, "build it with bits=...")
+        check_state_tensors(self, prefix, state_dict, exact={"packed_idx": torch.int32, "zero_mask": torch.bool})
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def effective_codebook(self) -> torch.Tensor:
         """The codebook the kernel uses: pinned zero entries forced to exactly 0."""
         # unconditional (a [G, 2^bits] select costs nothing) so torch.compile sees no data-dependent branch

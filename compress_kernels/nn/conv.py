@@ -69,6 +69,11 @@ class QuantConv2d(IntegerLayer):
     def _layer_extra_state(self) -> dict:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
 
+    def _layer_extra_state_check(self, check) -> None:
+        check.int_pair("stride", 1)
+        check.int_pair("padding", 0)
+        check.int_pair("dilation", 1)
+
     def _set_layer_extra_state(self, state: dict) -> None:
         self.stride, self.padding, self.dilation = (tuple(state[k]) for k in ("stride", "padding", "dilation"))
 

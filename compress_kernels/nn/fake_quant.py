@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from .. import ops, reference
+from ._common import ExtraStateChecker, Float32State, check_state_tensors
 
 OBSERVERS = ("ema", "fixed", "lsq")
 
 
-class FakeQuantize(nn.Module):
+class FakeQuantize(Float32State):
     """y = (clamp(round_half_even(x / s) + z, qmin, qmax) - z) * s with a straight-through gradient.
 
     Granularity: per tensor (``axis=None``) or per channel along ``axis`` with ``channels``
@@ -31,8 +32,14 @@ class FakeQuantize(nn.Module):
 
     ``forward(x, mask=None)``: ``mask`` (bool, x's shape) keeps pruned weights exactly zero, in
     the output and the gradient. ``enable_fake_quant(False)`` makes the module the identity
-    (the observer still runs when enabled). Everything that defines the quantizer is a buffer or
-    parameter, so ``state_dict`` / ``load_state_dict``, ``copy.deepcopy``, ``.to()`` and DDP work.
+    (the observer still runs when enabled). Everything that defines the quantizer is in the state
+    dict: the qparams and observer ranges as buffers / parameters, the settings and switches
+    (``observer_enabled``, ``fake_quant_enabled``, qmin / qmax, symmetric, momentum, grad_factor)
+    as extra state, so a frozen module loads frozen. ``load_state_dict`` refuses a state whose
+    observer / axis / channels / learnable_zero_point differ from the module's (they fix its
+    buffers), unknown keys and out-of-range values. Floating-point dtype conversions (``.half()``,
+    ``.double()``, ...) keep the qparams and ranges in fp32 (nn._common.Float32State); the output
+    has the input's dtype.
     """
 
     def __init__(self, qmin: int = -128, qmax: int = 127, *, axis: int | None = None, channels: int = 1,
@@ -149,6 +156,50 @@ class FakeQuantize(nn.Module):
             return x
         scale, zero_point = self._qparams()
         return ops.fake_quant(x, scale, zero_point, self.qmin, self.qmax, self.axis, mask, self.grad_factor)
+
+    # -------------------------------------------------------------- state
+
+    def get_extra_state(self):
+        return {"observer": self.observer, "axis": self.axis, "channels": self.channels,
+                "learnable_zero_point": self.learnable_zero_point, "qmin": self.qmin, "qmax": self.qmax,
+                "symmetric": self.symmetric, "momentum": self.momentum, "grad_factor": self.grad_factor,
+                "fake_quant_enabled": self.fake_quant_enabled, "observer_enabled": self.observer_enabled}
+
+    def set_extra_state(self, state):
+        # checked by _load_from_state_dict before any of the module is changed
+        self.qmin, self.qmax, self.symmetric = state["qmin"], state["qmax"], state["symmetric"]
+        self.momentum, self.grad_factor = state["momentum"], state["grad_factor"]
+        self.fake_quant_enabled, self.observer_enabled = state["fake_quant_enabled"], state["observer_enabled"]
+
+    def _check_extra_state(self, check: ExtraStateChecker) -> None:
+        hint = "it fixes the module's buffers; build the module with the same value"
+        check.equal("observer", self.observer, hint)
+        check.equal("axis", self.axis, hint)
+        check.equal("channels", self.channels, hint)
+        check.equal("learnable_zero_point", self.learnable_zero_point, hint)
+        check.int("qmax", check.int("qmin") + 1)
+        check.bool("symmetric")
+        check.number("momentum", "in (0, 1]", lambda v: 0 < v <= 1)
+        if check.state["grad_factor"] is not None:
+            check.number("grad_factor", "> 0 (or None: the LSQ default)", lambda v: v > 0)
+        check.bool("fake_quant_enabled")
+        if check.bool("observer_enabled") and self.observer != "ema":
+            check.fail("observer_enabled", f'False: observer={self.observer!r} has no observer to run (only "ema" does)')
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[key], set(self.get_extra_state()))
+            self._check_extra_state(check)
+            zero_point = state_dict.get(prefix + "zero_point")
+            if isinstance(zero_point, torch.Tensor) and zero_point.numel() and bool(
+                    ((zero_point < check.state["qmin"]) | (zero_point > check.state["qmax"])).any()):
+                raise ValueError(f"{check.label}: {prefix}zero_point holds {zero_point.flatten().tolist()[:8]}, "
+                                 f"expected values in [qmin, qmax] = [{check.state['qmin']}, {check.state['qmax']}]")
+        check_state_tensors(self, prefix, state_dict,
+                            exact={} if self.learnable_zero_point else {"zero_point": torch.int32},
+                            positive_float=() if self.observer == "lsq" else ("scale",))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         granularity = "per_tensor" if self.axis is None else f"axis={self.axis}, channels={self.channels}"

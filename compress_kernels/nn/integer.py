@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops, reference
-from ._common import DTYPE_NAMES, DTYPES, in_reference_mode
+from ._common import DTYPE_NAMES, DTYPES, ExtraStateChecker, Float32State, check_state_tensors, in_reference_mode
 
 
 
-class _QParams(nn.Module):
-    """Holds one tensor's qparams: scale as a buffer, zero point / dtype as extra state."""
+class _QParams(Float32State):
+    """Holds one tensor's qparams: scale as a buffer (kept fp32 by dtype conversions), zero point /
+    dtype as extra state, both checked at load_state_dict."""
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0, dtype: torch.dtype = torch.uint8):
         super().__init__()
@@ -25,6 +26,13 @@ class _QParams(nn.Module):
 
     def set_extra_state(self, state):
         self.zero_point, self.dtype = state["zero_point"], DTYPES[state["dtype"]]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if prefix + "_extra_state" in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"zero_point", "dtype"})
+            check.int("zero_point", *numerics.dtype_range(DTYPES[check.choice("dtype", tuple(DTYPES))]))
+        check_state_tensors(self, prefix, state_dict, positive_float=("scale",))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class Quantize(_QParams):
@@ -60,6 +68,11 @@ class QuantReLU(nn.Module):
     def set_extra_state(self, state):
         self.zero_point = state["zero_point"]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if prefix + "_extra_state" in state_dict:  # int8 or uint8 activations
+            ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"zero_point"}).int("zero_point", -128, 255)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, q):
         return q.clamp(min=self.zero_point)
 
@@ -89,6 +102,21 @@ class QuantAvgPool2d(nn.Module):
     def set_extra_state(self, state):
         self.kernel_size, self.stride = state["kernel_size"], state["stride"]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if prefix + "_extra_state" in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"kernel_size", "stride"})
+            for name in ("kernel_size", "stride"):
+                v = check.state[name]
+                if v is None and check.state["kernel_size"] is None:
+                    continue  # global average
+                ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (
+                    isinstance(v, (tuple, list)) and len(v) == 2
+                    and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v))
+                if not ok:
+                    check.fail(name, "an int >= 1 or a pair of them (kernel_size None: the global average, "
+                                     "stride None too)")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, q):
         if self.kernel_size is None:
             total = q.to(torch.int32).sum(dim=(2, 3), keepdim=True)
@@ -104,7 +132,7 @@ class QuantAvgPool2d(nn.Module):
         return "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-class QuantAdd(nn.Module):
+class QuantAdd(Float32State):
     """Residual addition of two integer tensors with their own qparams, TFLite's ADD exactly:
     each input is shifted left by 20 bits and rescaled by s_i / (2 max(s_a, s_b)), the int32 sum is
     rescaled by 2 max(s_a, s_b) / (2^20 s_y), then zero point and clamp (ReLU fused as the clamp).
@@ -141,6 +169,24 @@ class QuantAdd(nn.Module):
     def get_extra_state(self):
         return {"zero_points": list(self.zero_points), "qmin": self.qmin, "qmax": self.qmax,
                 "output_dtype": DTYPE_NAMES[self.output_dtype]}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if prefix + "_extra_state" in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"],
+                                      {"zero_points", "qmin", "qmax", "output_dtype"})
+            lo, hi = numerics.dtype_range(DTYPES[check.choice("output_dtype", ("int8", "uint8"))])
+            zps = check.state["zero_points"]
+            if (not isinstance(zps, (list, tuple)) or len(zps) != 3
+                    or any(isinstance(z, bool) or not isinstance(z, int) or not -128 <= z <= 255 for z in zps)
+                    or not lo <= zps[2] <= hi):
+                check.fail("zero_points", f"three ints (a, b: int8 or uint8 zero points; out in [{lo}, {hi}])")
+            check.int("qmax", check.int("qmin", lo, hi), hi)
+        names = [f"{kind}_{x}" for kind in ("m0", "shift") for x in ("a", "b", "out")]
+        check_state_tensors(self, prefix, state_dict, exact={n: torch.int32 for n in names},
+                            positive_float=("scales",),
+                            int_ranges={**{f"m0_{x}": (0, 2**31 - 1) for x in ("a", "b", "out")},
+                                        **{f"shift_{x}": (-31, 30) for x in ("a", "b", "out")}})
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def set_extra_state(self, state):
         self.zero_points = tuple(state["zero_points"])

@@ -25,7 +25,10 @@ class QuantLinear(IntegerLayer):
 
     Inputs may have any leading dimensions (``[*, in_features]``). The weight is packed once (at
     build and after ``load_state_dict``), never per call. The state dict holds the int8 weight, the
-    scales, the integer bias and the multipliers; zero points and ranges are extra state.
+    scales, the integer bias and the multipliers; the mode, zero points and ranges are extra state,
+    checked at ``load_state_dict``. Floating-point dtype conversions (``.double()``, ``.half()``,
+    ``.to(dtype)``) keep the scales and the float bias in fp32 (nn._common.Float32State); the dynamic
+    mode returns its input's dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
@@ -87,6 +90,11 @@ class QuantLinear(IntegerLayer):
 
     def _layer_extra_state(self) -> dict:
         return {"mode": self.mode}
+
+    def _layer_extra_state_check(self, check) -> None:
+        mode = check.choice("mode", ("static", "dynamic"))
+        if mode != "static" and check.state["sparse24"]:
+            check.fail("mode", '"static" (sparse24=True runs the integer-only 2:4 kernel)')
 
     def _set_layer_extra_state(self, state: dict) -> None:
         self.mode = state["mode"]

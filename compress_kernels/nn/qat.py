@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops
-from ._common import fold_batchnorm, reference_mode
+from ._common import ExtraStateChecker, fold_batchnorm, reference_mode
 from .conv import QuantConv2d
 from .fake_quant import FakeQuantize
 from .integer import QuantAdd
@@ -78,6 +78,19 @@ class ActFakeQuant(FakeQuantize):
         self.dtype = dtype
         self._exact = False
 
+    def get_extra_state(self):
+        return {**super().get_extra_state(), "dtype": numerics_dtype_name(self.dtype)}
+
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        self.dtype = _ACT_DTYPES[state["dtype"]]
+
+    def _check_extra_state(self, check) -> None:
+        super()._check_extra_state(check)
+        dtype = _ACT_DTYPES[check.choice("dtype", tuple(_ACT_DTYPES))]
+        if (check.state["qmin"], check.state["qmax"]) != numerics.dtype_range(dtype):
+            check.fail("qmin", f"qmin, qmax = {numerics.dtype_range(dtype)}, the range of dtype {check.state['dtype']!r}")
+
     def qparams(self, observer: str | None = None, dtype: torch.dtype | None = None) -> tuple[float, int]:
         """(scale, zero_point) as the integer model will use them (the `observer` argument of the
         calibration probes is ignored: QAT learned or observed its own)."""
@@ -99,6 +112,13 @@ class ActFakeQuant(FakeQuantize):
         return super().forward(x, mask)
 
 
+_ACT_DTYPES = {"uint8": torch.uint8, "int8": torch.int8}
+
+
+def numerics_dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _ACT_DTYPES.items()}[dtype]
+
+
 class _QATWeightLayer(_ExactMode, nn.Module):
     """Weight fake-quantization shared by QATConv2d and QATLinear: symmetric, narrow range
     [-(2^(b-1) - 1), 2^(b-1) - 1], per output channel or per tensor. The scale is max|w| / qmax of the
@@ -115,6 +135,35 @@ class _QATWeightLayer(_ExactMode, nn.Module):
         self.weight_quant = (FakeQuantize(-self.weight_qmax, self.weight_qmax, axis=0 if per_channel else None,
                                           channels=out_channels if per_channel else 1, observer="lsq",
                                           symmetric=True) if learnable_scale else None)
+
+    # extra state: the weight quantizer's settings and (QATConv2d) whether BatchNorm is frozen, so a
+    # frozen QAT model loads frozen; learnable_scale must match the module (it decides whether the
+    # `weight_quant` submodule exists).
+    def get_extra_state(self):
+        state = {"weight_bits": self.weight_bits, "per_channel": self.per_channel,
+                 "learnable_scale": self.weight_quant is not None}
+        if isinstance(self, QATConv2d):
+            state["bn_frozen"] = self.bn_frozen
+        return state
+
+    def set_extra_state(self, state):
+        self.weight_bits, self.per_channel = state["weight_bits"], state["per_channel"]
+        self.weight_qmax = 2 ** (self.weight_bits - 1) - 1
+        if isinstance(self, QATConv2d):
+            self.bn_frozen = state["bn_frozen"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[key], set(self.get_extra_state()))
+            check.int("weight_bits", 2, 8)
+            check.bool("per_channel")
+            check.bool("learnable_scale")
+            check.equal("learnable_scale", self.weight_quant is not None,
+                        "prepare the model with the same QATConfig.learnable_scale")
+            if isinstance(self, QATConv2d):
+                check.bool("bn_frozen")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _fake_quant_weight(self, w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.weight_quant is not None:

@@ -102,17 +102,27 @@ class _Sparse24Base(nn.Module):
             self.packed = torch.zeros(0, device=self.values.device)
         return self
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        from ._common import ExtraStateChecker, check_state_tensors, module_label
+
+        if prefix + "_extra_state" in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"int8"})
+            check.bool("int8")
+            check.equal("int8", self.int8, "build it with int8=...")
+        check_state_tensors(self, prefix, state_dict, exact={"meta": torch.uint8, **({"values": torch.int8} if self.int8 else {})},
+                            positive_float=("weight_scale",))
+        values = state_dict.get(prefix + "values")
+        if not self.int8 and isinstance(values, torch.Tensor) and not values.is_floating_point():
+            raise TypeError(f"{module_label(self, prefix)}: load_state_dict: {prefix}values has dtype {values.dtype}, "
+                            "expected a floating-point dtype (int8=False)")
+        super()._load_from_state_dict(state_dict, prefix, *args)
         self._repack()
 
     def get_extra_state(self):
         return {"int8": self.int8}
 
     def set_extra_state(self, state):
-        if state["int8"] != self.int8:
-            raise ValueError(f"{type(self).__name__}: the state dict is for int8={state['int8']}, "
-                             f"this module has int8={self.int8}")
+        pass  # int8 is checked by _load_from_state_dict (it must match the module's)
 
     def dense_weight(self) -> torch.Tensor:
         """The [N, K] weight the layer computes with (dequantized for int8), K in the order of
