@@ -23,11 +23,16 @@ class Skip(Exception):
 class ConversionReport:
     converted: list[tuple[str, str, str]] = field(default_factory=list)  # (name, from, to)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)    # (name, type, reason)
+    # (path, first path): a module reached by several paths is converted once, at its first path; the
+    # converted module is set at every other path too (the tie kept), and those paths are listed here.
+    aliases: list[tuple[str, str]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)  # the converted model
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.converted)} module(s), skipped {len(self.skipped)}"]
         lines += [f"  + {name}: {src} -> {dst}" for name, src, dst in self.converted]
+        lines += [f"  = {name}: the same module as {first} (converted once, still shared)"
+                  for name, first in self.aliases]
         lines += [f"  - {name} ({kind}): {why}" for name, kind, why in self.skipped]
         return "\n".join(lines)
 
@@ -83,8 +88,34 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
         model = copy.deepcopy(model)
     module_types, handler = _HANDLERS[type(config)]
     report = ConversionReport()
-    for name, module in list(model.named_modules()):
-        if not name or type(module) not in module_types:
+    # Every path to every module (remove_duplicate=False): a module reached twice (Sequential(lin,
+    # ReLU(), lin), or self.dec = self.enc) is converted once, at its first path, and the same converted
+    # module is set at every other path, so the tie survives; the report lists the other paths as aliases.
+    done: dict[int, tuple[str, nn.Module | None]] = {}  # id(module) -> (first path, converted or None)
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if not name or not isinstance(module, module_types):
+            continue
+        if id(module) in done:
+            first, new = done[id(module)]
+            if new is not None:
+                _set_submodule(model, name, new)
+                report.aliases.append((name, first))
+            else:
+                report.skipped.append((name, type(module).__name__, f"the same module as {first!r}, which was skipped"))
+            continue
+        done[id(module)] = (name, None)
+        parent_name = name.rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(parent, nn.MultiheadAttention):
+            report.skipped.append((name, type(module).__name__,
+                                   "MultiheadAttention reads its projection weights directly (F.multi_head_attention_"
+                                   "forward), not through this module's forward: a swapped module would be bypassed"))
+            continue
+        if type(module) not in module_types:
+            base = next(t for t in module_types if isinstance(module, t))
+            report.skipped.append((name, type(module).__name__,
+                                   f"a subclass of {base.__module__}.{base.__name__}: its forward may differ from "
+                                   f"{base.__name__}'s, so it is not converted (convert an exact {base.__name__})"))
             continue
         if filter_fn is not None and not filter_fn(module, name):
             report.skipped.append((name, type(module).__name__, "excluded by filter_fn"))
@@ -95,6 +126,7 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
             report.skipped.append((name, type(module).__name__, str(why)))
             continue
         _set_submodule(model, name, new)
+        done[id(module)] = (name, new)
         report.converted.append((name, type(module).__name__, type(new).__name__))
     report.model = model
     return report
@@ -130,6 +162,11 @@ class Int8DynamicConfig:
 
     per_channel: bool = True
 
+    def __post_init__(self):
+        from ._config_checks import check_bool
+
+        check_bool(self, "per_channel")
+
 
 @register_handler(Int8DynamicConfig, (nn.Linear,))
 def _int8_dynamic(module: nn.Module, config: Int8DynamicConfig, name: str) -> nn.Module:
@@ -156,6 +193,22 @@ class CodebookConfig:
     seed: int = 0
     zero_centroid: bool | None = None
     min_weights: int = 0
+
+    def __post_init__(self):
+        from ._config_checks import check_bool, check_choice, check_int
+
+        check_int(self, "bits", 1, 8)
+        check_choice(self, "granularity", ("layer", "group"))
+        if self.granularity == "group":
+            check_int(self, "group_size", 1)
+        elif self.group_size is not None:
+            raise ValueError(f'CodebookConfig: group_size must be None with granularity="layer" (one codebook '
+                             f'per layer), got {self.group_size!r}; pass granularity="group" to use it')
+        check_choice(self, "init", ("linear", "kmeans++", "best"))
+        check_int(self, "seed", 0)
+        if self.zero_centroid is not None:
+            check_bool(self, "zero_centroid")
+        check_int(self, "min_weights", 0)
 
 
 @register_handler(CodebookConfig, (nn.Linear, nn.Conv2d))
@@ -187,6 +240,12 @@ class Sparse24Config:
 
     int8: bool = False
     prune: bool = False
+
+    def __post_init__(self):
+        from ._config_checks import check_bool
+
+        check_bool(self, "int8")
+        check_bool(self, "prune")
 
 
 @register_handler(Sparse24Config, (nn.Linear, nn.Conv2d))

@@ -115,8 +115,16 @@ class Observer:
         self.min_val = None
         self.max_val = None
 
-    def observe(self, x: torch.Tensor) -> None:
+    def _finite(self, x: torch.Tensor) -> torch.Tensor:
+        """x as fp32; NaN / inf are refused (a non-finite range gives garbage qparams)."""
         x = x.detach().float()
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{type(self).__name__}.observe: the batch holds NaN or infinite values; an "
+                             "activation range cannot be observed from them (check the calibration data)")
+        return x
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = self._finite(x)
         lo, hi = x.min(), x.max()
         self.min_val = lo if self.min_val is None else torch.minimum(self.min_val, lo)
         self.max_val = hi if self.max_val is None else torch.maximum(self.max_val, hi)
@@ -148,7 +156,7 @@ class EMAObserver(Observer):
         self.momentum = momentum
 
     def observe(self, x: torch.Tensor) -> None:
-        x = x.detach().float()
+        x = self._finite(x)
         lo, hi = x.min(), x.max()
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi

@@ -59,19 +59,26 @@ class QATConfig:
     momentum: float = 0.01
     sparse24: bool = False
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
-        if not 2 <= self.weight_bits <= 8:
-            raise ValueError(f"QATConfig: weight_bits must be in [2, 8], got {self.weight_bits}")
-        if self.activation_bits != 8:
+        """Check every field (also called by prepare_qat_, in case a field was changed after construction)."""
+        from ._config_checks import check_bool, check_choice, check_float, check_int
+
+        check_int(self, "weight_bits", 2, 8)
+        if isinstance(self.activation_bits, bool) or self.activation_bits != 8:
             raise ValueError(f"QATConfig: activation_bits must be 8 (the integer kernels carry 8-bit "
-                             f"activations), got {self.activation_bits}")
+                             f"activations), got {self.activation_bits!r}")
+        check_bool(self, "per_channel")
         if self.observer != "ema":
             raise ValueError(f'QATConfig: observer must be "ema" (use learnable_scale=True for LSQ), '
                              f"got {self.observer!r}")
-        if self.activation_dtype not in (torch.uint8, torch.int8):
-            raise ValueError(f"QATConfig: activation_dtype must be torch.uint8 or torch.int8, got {self.activation_dtype}")
-        if self.rounding not in ("double", "single"):
-            raise ValueError(f'QATConfig: rounding must be "double" or "single", got {self.rounding!r}')
+        check_bool(self, "learnable_scale")
+        check_choice(self, "activation_dtype", (torch.uint8, torch.int8))
+        check_choice(self, "rounding", ("double", "single"))
+        check_float(self, "momentum", "in (0, 1]", lambda v: 0 < v <= 1)
+        check_bool(self, "sparse24")
 
     def static_config(self) -> Int8StaticConfig:
         return Int8StaticConfig(observer="qat", per_channel=self.per_channel,
@@ -89,9 +96,13 @@ def prepare_qat_(model: nn.Module, config: QATConfig | None = None, inplace: boo
     model). In place (the default), the graph uses the model's own Conv2d / BatchNorm2d / Linear modules,
     so their parameters, BatchNorm statistics and pruning masks are shared; ``inplace=False`` works on a
     deep copy. The returned model is in the training mode of `model`."""
+    from .static_quant import trace
+
     config = config or QATConfig()
+    if not isinstance(config, QATConfig):
+        raise TypeError(f"prepare_qat_: config must be a QATConfig, got {type(config).__name__}")
     config.validate()
-    gm = fx.symbolic_trace(model if inplace else copy.deepcopy(model))
+    gm = trace(model if inplace else copy.deepcopy(model), "prepare_qat_")
     gm.train(model.training)
     modules = dict(gm.named_modules())
     layer = dict(weight_bits=config.weight_bits, per_channel=config.per_channel,

@@ -41,7 +41,9 @@ class Int8StaticConfig:
     tensor); activation_dtype: torch.uint8 (asymmetric, the default) or torch.int8; rounding:
     "double" (gemmlowp / TFLite) or "single"; sparse24: layers whose int8 weight is 2:4 along K
     (e.g. pruned with PruneConfig(granularity="2:4")) store the compressed weight and run the int8
-    2:4 kernel (same integers as the dense kernel); the others stay dense and the report says why."""
+    2:4 kernel (same integers as the dense kernel); the others stay dense and the report says why.
+    observer="qat" is the QAT graph's own fake quantizers (QATConfig.static_config builds it; a
+    calibrated float model has no such probes). Every field is checked when the config is built."""
 
     observer: str = "mse"
     per_channel: bool = True
@@ -49,18 +51,41 @@ class Int8StaticConfig:
     rounding: str = "double"
     sparse24: bool = False
 
+    def __post_init__(self):
+        from ._config_checks import check_bool, check_choice
+
+        check_choice(self, "observer", (*numerics.OBSERVERS, "qat"))
+        check_bool(self, "per_channel")
+        check_choice(self, "activation_dtype", (torch.uint8, torch.int8))
+        check_choice(self, "rounding", ("double", "single"))
+        check_bool(self, "sparse24")
+
+
+class CalibrationError(ValueError):
+    """Calibration data the observers cannot use (NaN or infinite values)."""
+
 
 class TensorStats(nn.Module):
-    """Calibration probe inserted after every tensor of the traced model: feeds all observers."""
+    """Calibration probe inserted after every tensor of the traced model: feeds all observers.
+    `node` says which tensor it observes, e.g. "output of module 'layer1.0.conv1'" (for error messages). Non-finite values are refused:
+    a NaN or infinite range would turn into garbage qparams at convert_."""
 
-    def __init__(self, sample_size: int = 1 << 16):
+    def __init__(self, sample_size: int = 1 << 16, node: str = "observed tensor"):
         super().__init__()
+        self.node = node
         self.observers = {name: (cls(sample_size=sample_size) if issubclass(cls, numerics._SampleObserver) else cls())
                           for name, cls in numerics.OBSERVERS.items()}
         self.cache: dict = {}
 
     def forward(self, x):
         if isinstance(x, torch.Tensor) and x.is_floating_point():
+            finite = torch.isfinite(x.detach())
+            if not bool(finite.all()):
+                bad = x.detach()[~finite]
+                raise CalibrationError(
+                    f"calibrate: the {self.node} holds {bad.numel()} non-finite value(s) "
+                    f"(first {bad[0].item()}): activation ranges cannot be observed from NaN / inf; check the "
+                    "calibration batches (and the layers up to this node) for NaN / inf")
             for obs in self.observers.values():
                 obs.observe(x)
         return x
@@ -114,16 +139,92 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+_NO_TRACE_ADVICE = ("Int8DynamicConfig, CodebookConfig and Sparse24Config need no tracing (they swap "
+                    "nn.Linear / nn.Conv2d modules in place): use one of them, or make the model traceable")
+
+
+class _PathTracer(fx.Tracer):
+    """fx.Tracer that remembers the innermost module whose forward was being traced when tracing failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_in: str | None = None
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                try:
+                    self.failed_in = self.path_of_module(m) or "<root>"
+                except NameError:
+                    self.failed_in = type(m).__name__
+            raise
+
+
+def refuse_prepared_model(model: nn.Module, what: str) -> None:
+    """Refuse a model that was already converted to integers or prepared for QAT (tracing it again
+    would fail inside torch.fx, or wrap fake quantizers in more fake quantizers)."""
+    from .nn._common import IntegerLayer
+    from .nn.codebook import _CodebookBase
+    from .nn.fake_quant import FakeQuantize
+    from .nn.integer import _QParams
+    from .nn.sparse import _Sparse24Base
+    from .qat import qat_config
+
+    if qat_config(model) is not None:
+        raise ValueError(f"{what}: the model is already a QAT graph (returned by prepare_qat_): train it and "
+                         "convert it with convert_(qat_model), with no config; do not prepare or calibrate it again")
+    for name, m in model.named_modules():
+        if isinstance(m, (FakeQuantize, QATConv2d, QATLinear, QATAdd)):
+            raise ValueError(f"{what}: module {name!r} is a {type(m).__name__}: the model was already prepared for "
+                             "QAT; convert the QAT graph with convert_(qat_model) instead")
+        if isinstance(m, (IntegerLayer, _QParams, QuantAdd, _CodebookBase, _Sparse24Base)):
+            raise ValueError(f"{what}: module {name!r} is a {type(m).__name__}: the model was already converted; "
+                             "start from the float model")
+
+
+def trace(model: nn.Module, what: str) -> fx.GraphModule:
+    """torch.fx.symbolic_trace(model) for the workflows that need the graph (calibrate / Int8StaticConfig,
+    prepare_qat_), with errors that say what failed, where, and what to do instead."""
+    import inspect
+
+    refuse_prepared_model(model, what)
+    for pname, param in inspect.signature(model.forward).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.KEYWORD_ONLY) or param.default is None:
+            form = {param.VAR_POSITIONAL: f"*{pname}", param.VAR_KEYWORD: f"**{pname}"}.get(
+                param.kind, f"{pname}={param.default!r}" if param.default is not param.empty else f"*, {pname}")
+            raise TypeError(
+                f"{what}: {type(model).__name__}.forward takes {form}: torch.fx traces every forward argument as a "
+                "tensor (an `is None` test on it is fixed to the tensor case) and the workflow feeds the model "
+                "positional tensors only; wrap the model in a module whose forward takes the tensors it needs "
+                f"positionally, e.g. forward(self, x): return model({pname}=x). " + _NO_TRACE_ADVICE)
+    tracer = _PathTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:
+        where = (f"in the forward of module {tracer.failed_in!r}" if tracer.failed_in
+                 else f"in {type(model).__name__}.forward")
+        raise RuntimeError(
+            f"{what}: torch.fx cannot trace {type(model).__name__} ({where}): {type(err).__name__}: {err}. Data-"
+            "dependent control flow (if / for on tensor values) cannot be traced: move it out of forward, or "
+            f"quantize the traceable part. {_NO_TRACE_ADVICE}") from err
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def prepare_static(model: nn.Module) -> fx.GraphModule:
     """Trace a copy of `model` (evaluation mode), fold Conv2d + BatchNorm2d, and insert a
     TensorStats probe after every node."""
-    gm = fx.symbolic_trace(copy.deepcopy(model).eval())
+    refuse_prepared_model(model, "calibrate")
+    gm = trace(copy.deepcopy(model).eval(), "calibrate")
     _fold_batchnorms(gm)
     for node in list(gm.graph.nodes):
         if node.op in ("output", "get_attr"):
             continue
         name = f"stats_{node.name}"
-        gm.add_submodule(name, TensorStats())
+        where = (f"model input {node.target!r}" if node.op == "placeholder" else
+                 f"output of module {node.target!r}" if node.op == "call_module" else f"output of node {node.name!r}")
+        gm.add_submodule(name, TensorStats(node=where))
         with gm.graph.inserting_after(node):
             probe = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(probe, delete_user_cb=lambda user: user is not probe)
@@ -137,8 +238,11 @@ def calibrate(model: nn.Module, batches, progress: bool = False) -> fx.GraphModu
     """Run calibration batches (an iterable of input tensors, or of (input, label) pairs) through
     an observed copy of `model` and attach it to `model` for convert_. Returns the observed copy."""
     observed = prepare_static(model)
-    for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
-        observed(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    for index, batch in enumerate(tqdm(batches, desc="calibrate", disable=not progress, leave=False)):
+        try:
+            observed(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        except CalibrationError as err:
+            raise CalibrationError(f"{err} (batch {index})") from err
     object.__setattr__(model, _OBSERVED_ATTR, observed)
     return observed
 
@@ -155,6 +259,12 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
     if observed is None:
         observed = getattr(model, _OBSERVED_ATTR, None)
     if observed is None:
+        from .qat import qat_config
+
+        if qat_config(model) is not None:
+            raise ValueError("convert_: the model is a QAT graph (prepare_qat_): convert it with convert_(qat_model), "
+                             "with no config (its QATConfig), not with Int8StaticConfig")
+        refuse_prepared_model(model, "convert_ with Int8StaticConfig")
         raise RuntimeError("convert_ with Int8StaticConfig needs calibration statistics: run "
                            "compress_kernels.calibrate(model, batches) first")
     modules = dict(observed.named_modules())
@@ -177,6 +287,7 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
     qp: dict[fx.Node, tuple[float, int] | None] = {}
     cache: dict[tuple, fx.Node] = {}
     converted, skipped = [], []
+    uses: dict[str, int] = {}
     done: set[fx.Node] = set()
 
     def add_module(name: str, module: nn.Module) -> str:
@@ -255,7 +366,11 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
             env[node] = graph.call_module(add_module(node.target, q), (x,))
             qp[node] = out_p
             record[node.target] = (q, [in_p])
-            converted.append((node.target, type(mod).__name__, kind))
+            # A module called at several places (shared, e.g. Sequential(lin, ReLU(), lin)) gets one integer
+            # module per call: each call has its own activation qparams, so the integers cannot be shared.
+            uses[node.target] = uses.get(node.target, 0) + 1
+            label = node.target if uses[node.target] == 1 else f"{node.target} (call {uses[node.target]})"
+            converted.append((label, type(mod).__name__, kind))
             if relu_node is not None:
                 env[relu_node], qp[relu_node] = env[node], out_p
                 done.add(relu_node)
