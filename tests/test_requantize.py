@@ -72,15 +72,18 @@ def test_reference_matches_literal_gemmlowp():
                 assert got.tolist() == want, (rounding, shift, m0)
 
 
-def test_ties_round_as_specified():
+def test_ties_round_as_specified(isa):
     # m0 = 2^30, shift = -1 is the multiplier 1/4: x = 2 -> 0.5, x = -2 -> -0.5, x = 6 -> 1.5.
-    x = torch.tensor([2, -2, 6, -6], dtype=torch.int32)
+    # 4 values run the scalar tail of every SIMD path; the repeated copy (67 values) runs the vector body too.
+    x = torch.tensor([2, -2, 6, -6] * 17, dtype=torch.int32)[:67]
     double = ck.requantize(x, 1 << 30, -1, 0, INT32_MIN, INT32_MAX, torch.int32, "double")
     single = ck.requantize(x, 1 << 30, -1, 0, INT32_MIN, INT32_MAX, torch.int32, "single")
     # double: the high mul is exact (x / 2), RoundingDivideByPOT rounds ties away from zero.
-    assert double.tolist() == [1, -1, 2, -2]
+    assert double.tolist() == ([1, -1, 2, -2] * 17)[:67]
     # single: one rounding, ties toward +infinity.
-    assert single.tolist() == [1, 0, 2, -1]
+    assert single.tolist() == ([1, 0, 2, -1] * 17)[:67]
+    for n in (4, 16, 17):  # lengths at and around one vector
+        assert ck.requantize(x[:n], 1 << 30, -1, 0, INT32_MIN, INT32_MAX, torch.int32, "double").tolist() == double.tolist()[:n]
 
 
 @pytest.mark.parametrize("rounding", ["double", "single"])
