@@ -1,4 +1,4 @@
-"""The study: compress one trained ResNet every way and compare accuracy, speed and size.
+"""The study runner: compress one trained ResNet every way and compare accuracy, speed and size.
 
     python -m compress_kernels study                 # digits, no download, a few minutes
     python -m compress_kernels study --quick         # smoke configuration (well under a minute)
@@ -164,7 +164,7 @@ def _module_stored_bytes(mod: nn.Module) -> int:
     """Bytes a module itself (not its children) needs to run: its parameters and persistent buffers,
     minus what a converted module keeps only for inspection or training. Non-persistent buffers
     (the kernels' packed copies, rebuilt from the stored tensors at load time) are not counted."""
-    from .nn.linear import QuantLinear
+    from ..nn.linear import QuantLinear
 
     skip = {"weight_mask"}  # pruning masks: training-time only
     if isinstance(mod, QuantLinear):
@@ -225,7 +225,7 @@ def _finetune(model: nn.Module, data: StudyData, ctx: StudyContext, kd: bool = F
 
 
 def _finetune_codebooks(model: nn.Module, data: StudyData, ctx: StudyContext) -> int:
-    from .nn.codebook import finetune_codebooks
+    from ..nn.codebook import finetune_codebooks
 
     x, y = ctx.finetune_set(data)
     epochs = ctx.finetune_epochs()
@@ -290,7 +290,7 @@ register_variant("kmeans2", "k-means 2-bit codebooks per layer + centroid fine-t
 def _sparse24_finetuned(model, data, ctx, kd: bool):
     """The 2:4-pruned, fine-tuned float model (cached: the fp32 and int8 2:4 variants share it).
     Layers whose K is not a multiple of 4 (the 3-channel stem) are left dense."""
-    from .prune import PruneConfig, prune_
+    from ..prune import PruneConfig, prune_
 
     key = ("sparse24", kd)
     if key not in ctx.cache:
@@ -336,7 +336,7 @@ register_variant("sparse24_ce", "2:4 + cross-entropy fine-tune (the ablation of 
                                       "(zero centroid) + centroid fine-tune (Deep Compression)")
 def _deep_compression(model, data, ctx):
     import compress_kernels as ck
-    from .prune import PruneConfig, prune_
+    from ..prune import PruneConfig, prune_
 
     m = copy.deepcopy(model)
     pruner = prune_(m, PruneConfig(sparsity=0.8, granularity="element", scope="global"))
@@ -348,7 +348,7 @@ def _deep_compression(model, data, ctx):
 
 def _channels(kd: bool):
     def fn(model, data, ctx):
-        from .prune import prune_channels_
+        from ..prune import prune_channels_
 
         m = copy.deepcopy(model)
         prune_channels_(m, amount=0.5)
@@ -495,7 +495,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def machine_info() -> dict:
-    from . import ops
+    from .. import ops
 
     try:
         isa = ops.cpu_isa()
