@@ -12,7 +12,7 @@ the time to cluster every weight of a ResNet-18 (11M weights) at 4 bits.
 CUDA section (only where torch.cuda.is_available(); `--device cuda|cpu|all`): codebook_linear at
 batch 1 and 8 (the fused GEMV kernel) vs dense F.linear (cuBLAS GEMV) on the dequantized weight,
 fp16 and fp32 x, K = N in {4096, 8192}; CUDA-event timing, best of blocks of back-to-back
-launches. The issue's goal: >= 3x dense fp16 at batch 1 for 4-bit.
+launches. The goal: >= 3x dense fp16 at batch 1 for 4-bit.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import compress_kernels as ck
+
 from common import best_seconds, machine_line, markdown_table, results_name, write_result
 
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
@@ -192,7 +193,7 @@ def bench_cluster(quick: bool) -> str:
                  "`cluster.kmeans_1d` (k-means++ on a fine histogram, Lloyd on the histogram, exact polish):\n")
     lines.append(markdown_table(["weights", "bits", "ours ms", "sklearn ms", "speed-up", "SSE ours / sklearn"], rows))
 
-    from compress_kernels.models import resnet18_cifar
+    from compress_kernels.study.models import resnet18_cifar
 
     model = resnet18_cifar(num_classes=10, width=64)
     layers = [mod for mod in model.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]

@@ -20,7 +20,7 @@ applies to every contender alike.
 CUDA section (only where torch.cuda.is_available(); `--device cpu|cuda|all`): the same contenders
 on GPU tensors, where fake_quant / fake_quant_observe run their Triton kernels
 (compress_kernels/triton_kernels.py), timed with CUDA events (best of blocks of back-to-back
-calls); "% of copy" as above against a device-to-device copy_. The issue's goal: >= 70% of copy.
+calls); "% of copy" as above against a device-to-device copy_. The goal: >= 70% of copy.
 
     python benchmarks/bench_fake_quant.py [--sizes 1M,16M,64M] [--threads N] [--write] [--fresh-pages]
                                           [--device cpu|cuda|all]

@@ -35,8 +35,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import (QUANTIZED_ENGINES, amx_limit_line, best_seconds, failures_line, machine_line, markdown_table,
-                    per_quantized_engine, results_name, write_result)
+
+from common import (
+    QUANTIZED_ENGINES,
+    amx_limit_line,
+    best_seconds,
+    failures_line,
+    machine_line,
+    markdown_table,
+    per_quantized_engine,
+    results_name,
+    write_result,
+)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 

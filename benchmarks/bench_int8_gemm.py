@@ -38,8 +38,21 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import compress_kernels as ck
-from common import (QUANTIZED_ENGINES, amx_limit_line, amx_limits, best_seconds, error_line, failures_line,
-                    machine_line, markdown_table, per_quantized_engine, quantized_engine, results_name, write_result)
+
+from common import (
+    QUANTIZED_ENGINES,
+    amx_limit_line,
+    amx_limits,
+    best_seconds,
+    error_line,
+    failures_line,
+    machine_line,
+    markdown_table,
+    per_quantized_engine,
+    quantized_engine,
+    results_name,
+    write_result,
+)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")

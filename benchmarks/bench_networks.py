@@ -20,10 +20,10 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
-
 import compress_kernels as ck  # noqa: E402
-from compress_kernels import models  # noqa: E402
+from compress_kernels.study import models  # noqa: E402
+
+from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 

@@ -1,7 +1,7 @@
 """Whole-model cost of quantization-aware training: one SGD step (forward, backward, optimizer) of the
 package's ResNet-18 (CIFAR form) in float, under compress_kernels.prepare_qat_, and under torch.ao's
 prepare_qat_fx (the peer: its default fbgemm QAT qconfig, fused ConvBn, fake-quant modules), all in
-one run on the same batches. Issue 6's goal: a QAT step costs <= 1.3x a float step.
+one run on the same batches. The goal: a QAT step costs <= 1.3x a float step.
 
     python benchmarks/bench_qat.py [--quick] [--no-write] [--width 16] [--batch 64] [--threads 1]
 """
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
-
 import compress_kernels as ck  # noqa: E402
-from compress_kernels import models  # noqa: E402
+from compress_kernels.study import models  # noqa: E402
+
+from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
 
 
 def train_step(model, opt, x, y):
@@ -89,7 +89,7 @@ def main(argv=None) -> str:
         f"Machine: {machine_line()}. ResNet-18 (CIFAR form) on 32x32 inputs; one step = forward + "
         "cross-entropy + backward + SGD step; fastest of repeated steps. compress_kernels QAT: BatchNorm "
         "folded into fake-quantized per-channel int8 weights, EMA-observed uint8 activations (fused "
-        "fake_quant_observe), or LSQ-learned scales. Goal (issue 6): <= 1.3x the float step.",
+        "fake_quant_observe), or LSQ-learned scales. Goal: <= 1.3x the float step.",
         "",
         markdown_table(headers, rows),
         "",

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import compress_kernels as ck
+
 from common import best_seconds, machine_line, markdown_table, results_name, write_result
 
 MS = [1, 8, 16, 64, 256, 1024]
@@ -35,7 +36,7 @@ KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
 
 NOTES = """
 
-Notes (issue 5). Goals: fp32 2:4 >= 1.3x `F.linear` at M >= 64; int8 2:4 >= 1.2x `int8_linear`;
+Notes. Goals: fp32 2:4 >= 1.3x `F.linear` at M >= 64; int8 2:4 >= 1.2x `int8_linear`;
 compressed bytes <= 56.25% of dense.
 
 - fp32 (values + metadata = 53.1% of dense bytes), two kernels. Tasks of >= 16 rows run the rows
@@ -290,7 +291,8 @@ def bench_int8_conv(min_run_time: float, quick: bool) -> str:
 def bench_channel_pruning(min_run_time: float) -> str:
     """Latency of ResNet-18 (CIFAR form) before / after removing 30% of every basic block's inner
     channels (prune_channels_), exact and rounded to multiples of 16 channels, fp32 F.conv2d."""
-    from compress_kernels import models, prune
+    from compress_kernels import prune
+    from compress_kernels.study import models
 
     rows = []
     for width, batch in [(16, 256), (64, 32)]:

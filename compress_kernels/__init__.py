@@ -2,29 +2,23 @@
 requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
 into trained models."""
 
-from . import convert, nn, numerics, ops, reference
-from .convert import ConversionReport, Int8DynamicConfig, convert_
-from .nn import QuantLinear
-from .static_quant import Int8StaticConfig, calibrate  # issue 3
-from .nn.conv import QuantConv2d  # issue 3
-from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, QuantMaxPool2d, Quantize, QuantReLU  # issue 3
-from .nn._common import reference_mode  # issue 3
-from . import models  # noqa: E402  issue 3
-from .ops import codebook_conv2d, codebook_linear, codebook_pack, codebook_unpack  # issue 4
-from . import cluster  # noqa: E402  issue 4
-from .convert import CodebookConfig  # issue 4
-from .nn import CodebookConv2d, CodebookLinear  # issue 4
-from .ops import fake_quant, fake_quant_backward, fake_quant_observe  # issue 6
-from .qat import QATConfig, broadcast_qat_state_, freeze_qat_, prepare_qat_, qat_exact_mode, qat_mismatch_report  # issue 6
-from .nn.fake_quant import FakeQuantize  # issue 6
-from . import prune  # issue 5
-from .convert import Sparse24Config  # issue 5
-from .nn import SparseConv2d, SparseLinear  # issue 5
-from .prune import PruneConfig, prune_  # issue 5
-from .ops import sparse24_bf16_pack, sparse24_compress, sparse24_conv2d, sparse24_decompress, sparse24_f32_pack, sparse24_int8_conv2d, sparse24_int8_linear, sparse24_int8_pack, sparse24_linear  # issue 5
+from . import cluster, convert, nn, numerics, ops, prune, reference, study
+from .convert import CodebookConfig, ConversionReport, Int8DynamicConfig, Sparse24Config, convert_
+from .nn import CodebookConv2d, CodebookLinear, QuantLinear, SparseConv2d, SparseLinear
+from .nn._common import reference_mode
+from .nn.conv import QuantConv2d
+from .nn.fake_quant import FakeQuantize
+from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .ops import (
+    codebook_conv2d,
+    codebook_linear,
+    codebook_pack,
+    codebook_unpack,
     cpu_isa,
     cpu_isa_report,
+    fake_quant,
+    fake_quant_backward,
+    fake_quant_observe,
     force_cpu_isa,
     int8_conv2d,
     int8_conv2d_pack_weight,
@@ -35,36 +29,106 @@ from .ops import (
     quantize_multiplier,
     quantize_rows,
     requantize,
+    sparse24_bf16_pack,
+    sparse24_compress,
+    sparse24_conv2d,
+    sparse24_decompress,
+    sparse24_f32_pack,
+    sparse24_int8_conv2d,
+    sparse24_int8_linear,
+    sparse24_int8_pack,
+    sparse24_linear,
 )
+from .prune import PruneConfig, prune_
+from .qat import QATConfig, broadcast_qat_state_, freeze_qat_, prepare_qat_, qat_exact_mode, qat_mismatch_report
+from .static_quant import Int8StaticConfig, calibrate
+
+# The demo application's parts, also reachable from the top as before they moved into
+# compress_kernels.study: ck.data, ck.models and ck.training are the modules
+# compress_kernels.study.data, .models and .training (the same objects).
+from .study import data, models, training
 
 __version__ = "0.1.0"
 
+# Grouped by purpose; sorted within each group.
 __all__ = [
-    "Int8StaticConfig", "calibrate", "QuantConv2d", "DeQuantize", "QuantAdd", "QuantAvgPool2d", "QuantMaxPool2d", "Quantize", "QuantReLU", "reference_mode", "models",  # issue 3
-    "codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack",  # issue 4
-    "fake_quant", "fake_quant_backward", "fake_quant_observe",  # issue 6
-    "QATConfig", "broadcast_qat_state_", "freeze_qat_", "prepare_qat_", "qat_exact_mode", "qat_mismatch_report", "FakeQuantize",  # issue 6
-    "cluster", "CodebookConfig", "CodebookConv2d", "CodebookLinear",  # issue 4
-    "prune", "PruneConfig", "prune_", "Sparse24Config", "SparseConv2d", "SparseLinear",  # issue 5
-    "sparse24_bf16_pack", "sparse24_compress", "sparse24_conv2d", "sparse24_decompress", "sparse24_f32_pack", "sparse24_int8_conv2d", "sparse24_int8_linear", "sparse24_int8_pack", "sparse24_linear",  # issue 5
-    "ConversionReport",
-    "Int8DynamicConfig",
-    "convert_",
-    "QuantLinear",
+    # submodules
+    "cluster",
+    "convert",
+    "nn",
+    "numerics",
+    "ops",
+    "prune",
+    "reference",
+    # the CPU path the kernels run on
     "cpu_isa",
     "cpu_isa_report",
     "force_cpu_isa",
+    # fixed-point requantization and int8 GEMM / conv ops
     "int8_conv2d",
     "int8_conv2d_pack_weight",
     "int8_gemm",
     "int8_linear",
     "int8_linear_float",
     "int8_pack_weight",
-    "nn",
-    "numerics",
-    "ops",
     "quantize_multiplier",
     "quantize_rows",
-    "reference",
     "requantize",
+    # k-means codebook ops
+    "codebook_conv2d",
+    "codebook_linear",
+    "codebook_pack",
+    "codebook_unpack",
+    # 2:4 sparse ops
+    "sparse24_bf16_pack",
+    "sparse24_compress",
+    "sparse24_conv2d",
+    "sparse24_decompress",
+    "sparse24_f32_pack",
+    "sparse24_int8_conv2d",
+    "sparse24_int8_linear",
+    "sparse24_int8_pack",
+    "sparse24_linear",
+    # fused fake-quant ops
+    "fake_quant",
+    "fake_quant_backward",
+    "fake_quant_observe",
+    # drop-in modules: integer-only, dynamic int8, codebook, 2:4, fake-quant
+    "CodebookConv2d",
+    "CodebookLinear",
+    "DeQuantize",
+    "FakeQuantize",
+    "QuantAdd",
+    "QuantAvgPool2d",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantMaxPool2d",
+    "QuantReLU",
+    "Quantize",
+    "SparseConv2d",
+    "SparseLinear",
+    # conversion of trained models (post-training)
+    "CodebookConfig",
+    "ConversionReport",
+    "Int8DynamicConfig",
+    "Int8StaticConfig",
+    "Sparse24Config",
+    "calibrate",
+    "convert_",
+    "reference_mode",
+    # quantization-aware training
+    "QATConfig",
+    "broadcast_qat_state_",
+    "freeze_qat_",
+    "prepare_qat_",
+    "qat_exact_mode",
+    "qat_mismatch_report",
+    # pruning
+    "PruneConfig",
+    "prune_",
+    # the demo application (compress_kernels.study) and its parts
+    "data",
+    "models",
+    "study",
+    "training",
 ]

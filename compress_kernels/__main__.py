@@ -20,7 +20,7 @@ def _tour(args) -> int:
     from torch import nn
 
     import compress_kernels as ck
-    from compress_kernels import data, training
+    from compress_kernels.study import data, training
 
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = data.load_digits(size=8, channels=1)
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     tour = sub.add_parser("tour", help="int8 linear tour on the bundled digits")
     tour.add_argument("--epochs", type=int, default=15)
     sub.add_parser("isa", help="print the CPU path in use")
-    from .study import add_arguments as _study_arguments  # issue 8
+    from .study import add_arguments as _study_arguments
 
     _study_arguments(sub.add_parser("study", help="compress a trained ResNet every way; accuracy, speed, size"))
     args = parser.parse_args(argv)
     if args.command == "tour":
         return _tour(args)
-    if args.command == "study":  # issue 8
+    if args.command == "study":
         from .study import main_study
 
         return main_study(args)

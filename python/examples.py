@@ -13,8 +13,9 @@ import copy
 import torch
 
 import compress_kernels as ck
-from compress_kernels import data, models, prune, study, training
+from compress_kernels import prune, study
 from compress_kernels.nn.codebook import finetune_codebooks
+from compress_kernels.study import data, models, training
 
 
 def trained_model(width: int = 4, epochs: int = 2):

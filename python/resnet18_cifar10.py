@@ -21,7 +21,8 @@ from compress_kernels import study
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", os.path.expanduser("~/data/cifar-10-batches-py")))
+    p.add_argument("--data-dir",
+                   default=os.environ.get("CIFAR10_DIR", os.path.expanduser("~/data/cifar-10-batches-py")))
     p.add_argument("--width", type=int, default=16, help="base width (64 = the standard 11M-parameter ResNet-18)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--finetune-epochs", type=float, default=1.0)

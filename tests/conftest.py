@@ -1,40 +1,20 @@
+"""Fixtures shared by the tests. Plain helpers (the CPU paths, run_on_every_isa, seeded random
+operands) live in compress_kernels.testing, imported by the test files directly."""
+
+import os
+
 import pytest
 import torch
 
 import compress_kernels as ck
-
-
-def available_isas() -> list[str]:
-    """Every CPU path this machine can run, lowest first (the portable one always), then
-    "amx_emulated" (the AMX kernels on the scalar tile model, which every machine runs)."""
-    isas = ["portable"]
-    for name in ("avx2", "avx512vnni", "avx512vbmi", "amx"):
-        try:
-            with ck.force_cpu_isa(name):
-                isas.append(name)
-        except RuntimeError as err:  # this CPU lacks it
-            assert "this CPU lacks" in str(err)
-    return isas + ["amx_emulated"]
-
-
-ISAS = available_isas()
+from compress_kernels.testing import ISAS
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
+    """Runs the test once under each CPU path of this machine (ISAS), with that path forced."""
     with ck.force_cpu_isa(request.param):
         yield request.param
-
-
-def run_on_every_isa(fn, *args, **kwargs):
-    """fn(*args) on every CPU path; asserts the results are bit-identical and returns one."""
-    results = []
-    for name in ISAS:
-        with ck.force_cpu_isa(name):
-            results.append(fn(*args, **kwargs))
-    for name, r in zip(ISAS[1:], results[1:]):
-        assert torch.equal(results[0], r), f"{name} differs from the portable path"
-    return results[0]
 
 
 DIGITS_WIDTH = 16
@@ -43,7 +23,7 @@ DIGITS_EPOCHS = 8
 
 @pytest.fixture(scope="session")
 def digits_data():
-    from compress_kernels import data
+    from compress_kernels.study import data
 
     return data.load_digits()
 
@@ -53,9 +33,7 @@ def digits_resnet(request, digits_data):
     """(model, data, fp32_accuracy): the package's ResNet-18 (CIFAR form, width 16) trained on the
     bundled digits. Trained once per session (cached under .pytest_cache between local runs);
     deep-copy the model before changing it."""
-    import os
-
-    from compress_kernels import models, training
+    from compress_kernels.study import models, training
 
     x_train, y_train, x_test, y_test = digits_data
     torch.manual_seed(0)

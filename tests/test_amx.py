@@ -7,7 +7,7 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from conftest import ISAS, run_on_every_isa
+from compress_kernels.testing import ISAS, run_on_every_isa
 
 HAS_AMX = "amx" in ISAS
 

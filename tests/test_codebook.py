@@ -9,24 +9,10 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from conftest import run_on_every_isa
+from compress_kernels.testing import rand_codebook, rand_idx, rand_x, run_on_every_isa
 
 OPS = torch.ops.compress_kernels
 ALL_BITS = list(range(1, 9))
-
-
-def rand_idx(n, k, bits, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.int64).to(torch.uint8)
-
-
-def rand_codebook(groups, bits, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(groups, 1 << bits, generator=g)
-
-
-def rand_x(*shape, seed=2):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_close_to_reference(got, want, x, w, bias):
@@ -485,7 +471,7 @@ def _convert_copy(model, **config):
 
 @pytest.mark.slow
 def test_digits_resnet_4bit_without_finetuning_and_size(digits_resnet):
-    from compress_kernels import training
+    from compress_kernels.study import training
 
     model, (_, _, x_test, y_test), fp32_acc = digits_resnet
     q = _convert_copy(model, bits=4)
@@ -497,7 +483,7 @@ def test_digits_resnet_4bit_without_finetuning_and_size(digits_resnet):
 
 @pytest.mark.slow
 def test_digits_resnet_2bit_with_centroid_finetuning(digits_resnet):
-    from compress_kernels import training
+    from compress_kernels.study import training
 
     model, (x_train, y_train, x_test, y_test), fp32_acc = digits_resnet
     q = _convert_copy(model, bits=2)
@@ -514,7 +500,8 @@ def test_digits_resnet_2bit_with_centroid_finetuning(digits_resnet):
 def test_digits_resnet_prune_80_then_4bit_with_finetuning(digits_resnet):
     import copy
 
-    from compress_kernels import cluster, training
+    from compress_kernels import cluster
+    from compress_kernels.study import training
 
     model, (x_train, y_train, x_test, y_test), fp32_acc = digits_resnet
     pruned = copy.deepcopy(model)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
+from compress_kernels.testing import rand_codebook, rand_idx, rand_x
 
 OPS = torch.ops.compress_kernels
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -32,19 +33,6 @@ DEV = "cuda"
 ALL_BITS = list(range(1, 9))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 UNIT = {torch.float32: 0.0, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # unit roundoff
-
-
-def rand_idx(n, k, bits, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.int64).to(torch.uint8)
-
-
-def rand_codebook(groups, bits, seed=1):
-    return torch.randn(groups, 1 << bits, generator=torch.Generator().manual_seed(seed))
-
-
-def rand_x(*shape, seed=2):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------- kernel index math, on the CPU

@@ -10,15 +10,11 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
+from compress_kernels.testing import rand_int
 
 OPS = torch.ops.compress_kernels
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEV = "cuda"
-
-
-def rand_int(*shape, lo=-128, hi=127, dtype=torch.int8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.int64).to(dtype)
 
 
 # ---------------------------------------------------------------- kernel index math, on the CPU

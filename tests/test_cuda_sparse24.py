@@ -9,20 +9,10 @@ import torch
 import compress_kernels as ck
 from compress_kernels import reference as ref
 from compress_kernels import sparse24_layout as layout
+from compress_kernels.testing import random_24
 
 OPS = torch.ops.compress_kernels
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def random_24(n, k, dtype=torch.float32, seed=0, keep=2):
-    """A random weight with `keep` (<= 2) non-zeros at random positions of every group of four."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.rand(n, k // 4, 4, generator=g).argsort(-1)[..., :keep]
-    mask = torch.zeros(n, k // 4, 4, dtype=torch.bool).scatter_(-1, idx, True).reshape(n, k)
-    if dtype == torch.int8:
-        w = torch.randint(-127, 128, (n, k), generator=g).masked_fill(~mask, 0)
-        return torch.where(mask & (w == 0), torch.ones_like(w), w).to(torch.int8)
-    return (torch.randn(n, k, generator=g) * mask).to(dtype)
 
 
 # ---------------------------------------------------------------- the padded CUTLASS pack (any device)

@@ -10,7 +10,7 @@ import torch
 import compress_kernels as ck
 from compress_kernels import ops
 from compress_kernels import reference as ref
-from conftest import run_on_every_isa
+from compress_kernels.testing import run_on_every_isa
 
 torch.manual_seed(0)
 

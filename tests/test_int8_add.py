@@ -6,7 +6,7 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from conftest import run_on_every_isa
+from compress_kernels.testing import run_on_every_isa
 
 
 def _multipliers(*reals):

@@ -6,22 +6,14 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from conftest import ISAS, run_on_every_isa
+from compress_kernels.testing import rand_int as rand_int8
+from compress_kernels.testing import rand_weight, run_on_every_isa
 
 OPS = torch.ops.compress_kernels
 SHAPES = [  # (M, N, K): row tails (M % 6), column tails (N % 16, N % 64) and depth tails (K % 4)
     (1, 1, 1), (1, 64, 64), (2, 17, 3), (5, 15, 5), (6, 16, 4), (7, 63, 130), (13, 65, 131),
     (12, 130, 257), (33, 200, 64), (8, 70, 40), (8, 200, 9), (14, 48, 33),
 ]
-
-
-def rand_int8(*shape, lo=-128, hi=127, dtype=torch.int8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.int64).to(dtype)
-
-
-def rand_weight(n, k, seed=1):
-    return rand_int8(n, k, lo=-127, hi=127, seed=seed)
 
 
 @pytest.mark.parametrize("m, n, k", SHAPES)

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import compress_kernels as ck
-from compress_kernels import prune, training
+from compress_kernels import prune
 from compress_kernels.prune import CubicSchedule, PruneConfig
+from compress_kernels.study import training
 
 
 def small_model(seed=0):

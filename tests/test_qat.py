@@ -1,7 +1,7 @@
 """Quantization-aware training: prepare_qat_ / convert_ / exact mode (compress_kernels/qat.py).
 
 The converted integer model must equal the QAT model's exact evaluation mode bit for bit (not
-approximately), for every configuration; accuracy targets on the bundled digits (issue 6): int8 QAT
+approximately), for every configuration; accuracy targets on the bundled digits: int8 QAT
 within 0.3 points of fp32, 4-bit weights / 8-bit activations within 1, 2:4-pruned + int8 within 1 with
 the pruned weights exactly zero in the integer model.
 """
@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import compress_kernels as ck
-from compress_kernels.sparse24_layout import weight_rows
-from compress_kernels import models, numerics, training
+from compress_kernels import numerics
 from compress_kernels.nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
+from compress_kernels.sparse24_layout import weight_rows
+from compress_kernels.study import models, training
 
 
 class TorchvisionStyleNet(nn.Module):
@@ -209,7 +210,7 @@ def test_pruning_masks_survive_qat_and_conversion(digits_data):
         assert not q.weight_q[~mod.weight_mask].any(), name
 
 
-# ---------------------------------------------------------------- accuracy on the digits (issue 6 targets)
+# ---------------------------------------------------------------- accuracy on the digits (the targets above)
 
 
 def qat_accuracy(model, data, config, epochs, after_step=None):
@@ -259,7 +260,7 @@ DDP_SCRIPT = textwrap.dedent("""
     import sys
     import torch, torch.distributed as dist, torch.nn.functional as F
     import compress_kernels as ck
-    from compress_kernels import models
+    from compress_kernels.study import models
 
     rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

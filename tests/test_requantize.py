@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from conftest import ISAS, run_on_every_isa
+from compress_kernels.testing import ISAS, run_on_every_isa
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 

@@ -8,7 +8,7 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from conftest import run_on_every_isa
+from compress_kernels.testing import random_24, run_on_every_isa
 
 OPS = torch.ops.compress_kernels
 SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16, N % 256), K % 8 == 4
@@ -23,18 +23,6 @@ SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16
     # accumulators kept between them, a last k block of one group, partial blocks of 16 columns
     (32, 40, 388), (48, 264, 132), (33, 8, 1024),
 ]
-
-
-def random_24(n, k, dtype=torch.float32, seed=0, keep=2):
-    """A random weight with `keep` (<= 2) non-zeros at random positions of every group of four."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.rand(n, k // 4, 4, generator=g).argsort(-1)[..., :keep]
-    mask = torch.zeros(n, k // 4, 4, dtype=torch.bool).scatter_(-1, idx, True).reshape(n, k)
-    if dtype == torch.int8:
-        w = torch.randint(-127, 128, (n, k), generator=g).masked_fill(~mask, 0)
-        w = torch.where(mask & (w == 0), torch.ones_like(w), w)
-        return w.to(torch.int8)
-    return (torch.randn(n, k, generator=g) * mask).to(dtype)
 
 
 # ---------------------------------------------------------------- layout

@@ -17,7 +17,7 @@ from compress_kernels.nn import QuantLinear
 from compress_kernels.nn._common import reference_mode
 from compress_kernels.nn.conv import QuantConv2d
 from compress_kernels.sparse24_layout import weight_from_rows, weight_rows
-from conftest import run_on_every_isa
+from compress_kernels.testing import run_on_every_isa
 
 
 def prune_24(weight: torch.Tensor, seed: int = 0) -> torch.Tensor:

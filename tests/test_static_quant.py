@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import compress_kernels as ck
-from compress_kernels import training
-from compress_kernels.nn import QuantLinear
+from compress_kernels.study import training
 
 
 class TorchvisionStyleBlock(nn.Module):
-    """Written here, independently of compress_kernels.models: torchvision's BasicBlock layout with
+    """Written here, independently of compress_kernels.study.models: torchvision's BasicBlock layout with
     a max-pool stem around it, F.relu calls and `out = out + identity`."""
 
     def __init__(self, cin, cout, stride):

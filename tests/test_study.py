@@ -1,4 +1,4 @@
-"""The study (issue 8): end to end in --quick mode, accuracy from real evaluation, stored bytes,
+"""The study: end to end in --quick mode, accuracy from real evaluation, stored bytes,
 the CIFAR-10 pickle path, the checkpoint cache."""
 
 import copy
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 import compress_kernels as ck
-from compress_kernels import models, study, training
 from compress_kernels.__main__ import main
+from compress_kernels.study import models, training
+from compress_kernels.study import runner as study
 
 
 def _report(out):

@@ -1,4 +1,4 @@
-"""The study: compress one trained ResNet every way and compare accuracy, speed and size.
+"""The study runner: compress one trained ResNet every way and compare accuracy, speed and size.
 
     python -m compress_kernels study                 # digits, no download, a few minutes
     python -m compress_kernels study --quick         # smoke configuration (well under a minute)
@@ -26,8 +26,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ def _module_stored_bytes(mod: nn.Module) -> int:
     """Bytes a module itself (not its children) needs to run: its parameters and persistent buffers,
     minus what a converted module keeps only for inspection or training. Non-persistent buffers
     (the kernels' packed copies, rebuilt from the stored tensors at load time) are not counted."""
-    from .nn.linear import QuantLinear
+    from ..nn.linear import QuantLinear
 
     skip = {"weight_mask"}  # pruning masks: training-time only
     if isinstance(mod, QuantLinear):
@@ -225,7 +225,7 @@ def _finetune(model: nn.Module, data: StudyData, ctx: StudyContext, kd: bool = F
 
 
 def _finetune_codebooks(model: nn.Module, data: StudyData, ctx: StudyContext) -> int:
-    from .nn.codebook import finetune_codebooks
+    from ..nn.codebook import finetune_codebooks
 
     x, y = ctx.finetune_set(data)
     epochs = ctx.finetune_epochs()
@@ -290,7 +290,7 @@ register_variant("kmeans2", "k-means 2-bit codebooks per layer + centroid fine-t
 def _sparse24_finetuned(model, data, ctx, kd: bool):
     """The 2:4-pruned, fine-tuned float model (cached: the fp32 and int8 2:4 variants share it).
     Layers whose K is not a multiple of 4 (the 3-channel stem) are left dense."""
-    from .prune import PruneConfig, prune_
+    from ..prune import PruneConfig, prune_
 
     key = ("sparse24", kd)
     if key not in ctx.cache:
@@ -336,7 +336,8 @@ register_variant("sparse24_ce", "2:4 + cross-entropy fine-tune (the ablation of 
                                       "(zero centroid) + centroid fine-tune (Deep Compression)")
 def _deep_compression(model, data, ctx):
     import compress_kernels as ck
-    from .prune import PruneConfig, prune_
+
+    from ..prune import PruneConfig, prune_
 
     m = copy.deepcopy(model)
     pruner = prune_(m, PruneConfig(sparsity=0.8, granularity="element", scope="global"))
@@ -348,7 +349,7 @@ def _deep_compression(model, data, ctx):
 
 def _channels(kd: bool):
     def fn(model, data, ctx):
-        from .prune import prune_channels_
+        from ..prune import prune_channels_
 
         m = copy.deepcopy(model)
         prune_channels_(m, amount=0.5)
@@ -476,8 +477,9 @@ COLUMNS = ["variant", "top-1 %", "ms b=1", "ms b=32", "KiB stored", "compression
 def _cells(r: Row) -> list[str]:
     if not r.available:
         return [r.name, "n/a", "", "", "", "", "", "", r.note]
-    return [r.name, f"{r.top1:.2f}", f"{r.latency_b1_ms:.2f}", f"{r.latency_b32_ms:.2f}", f"{r.stored_bytes / 1024:.1f}",
-            f"{r.compression:.2f}x", f"{r.speedup_b1:.2f}x", f"{r.speedup_b32:.2f}x", str(r.finetune_steps)]
+    return [r.name, f"{r.top1:.2f}", f"{r.latency_b1_ms:.2f}", f"{r.latency_b32_ms:.2f}",
+            f"{r.stored_bytes / 1024:.1f}", f"{r.compression:.2f}x", f"{r.speedup_b1:.2f}x", f"{r.speedup_b32:.2f}x",
+            str(r.finetune_steps)]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -495,7 +497,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def machine_info() -> dict:
-    from . import ops
+    from .. import ops
 
     try:
         isa = ops.cpu_isa()
@@ -514,14 +516,15 @@ def write_reports(rows: list[Row], settings: StudySettings, fp32_cached: bool, o
     paths = {"md": os.path.join(out, "report.md"), "json": os.path.join(out, "report.json"),
              "png": os.path.join(out, "study.png")}
     with open(paths["json"], "w") as f:
-        json.dump({"settings": asdict(settings), "machine": info, "fp32_checkpoint_reused": fp32_cached, "test_images": n_test,
-                   "total_seconds": total_seconds, "variants": [asdict(r) for r in rows]}, f, indent=2)
+        json.dump({"settings": asdict(settings), "machine": info, "fp32_checkpoint_reused": fp32_cached,
+                   "test_images": n_test, "total_seconds": total_seconds, "variants": [asdict(r) for r in rows]},
+                  f, indent=2)
     md = [f"# Compression study: {settings.model} (width {settings.width}) on {settings.data}", "",
           f"Machine: {info['processor']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads, "
           f"torch {info['torch']}, kernel path {info['kernel_isa']}, 1-minute load average "
           f"{info['load_average_1min']} (latencies are only comparable within one run).", "",
-          f"Top-1 on the held-out split ({n_test} images); latency is the median of repeated forwards at batch 1 and 32, every "
-          "variant timed in the same run (round-robin); bytes are what the converted model stores "
+          f"Top-1 on the held-out split ({n_test} images); latency is the median of repeated forwards at batch 1 "
+          "and 32, every variant timed in the same run (round-robin); bytes are what the converted model stores "
           "(int8 weights + scales, packed indices + codebooks, 2:4 values + metadata, biases, unfolded "
           "BatchNorm, fp32 layers left as they were); ratios are against fp32.", "",
           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -585,9 +588,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", choices=["digits", "cifar10"], default=d.data)
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 python-pickle folder (data_batch_1..5, test_batch)")
     parser.add_argument("--model", default=d.model, choices=sorted(MODELS))
-    parser.add_argument("--width", type=int, default=None, help=f"base width (default {d.width}; --quick: {QUICK['width']})")
+    parser.add_argument("--width", type=int, default=None,
+                        help=f"base width (default {d.width}; --quick: {QUICK['width']})")
     parser.add_argument("--epochs", type=int, default=None, help=f"fp32 training epochs (default {d.epochs})")
-    parser.add_argument("--variants", default=None, help=f"comma list (default: {','.join(DEFAULT_VARIANTS)}); known: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma list (default: {','.join(DEFAULT_VARIANTS)}); known: {', '.join(VARIANTS)}")
     parser.add_argument("--finetune-epochs", type=float, default=None, help="fine-tuning passes per variant")
     parser.add_argument("--quick", action="store_true", help="smoke configuration: tiny model, 1 epoch, few variants")
     parser.add_argument("--out", default=d.out, help="output folder (report.md, report.json, study.png)")
