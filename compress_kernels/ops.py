@@ -71,7 +71,8 @@ def _int32(v, name: str, op: str) -> torch.Tensor:
         return t
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise TypeError(f"{op}: {name} must be an integer (int32, or an integer tensor), got {_describe(v)}{hint}")
-    if t.numel() and (int(t.min()) < INT32_MIN or int(t.max()) > INT32_MAX):
+    # (the range check reads the values: skipped while torch.compile traces, where they are symbolic)
+    if t.numel() and not torch.compiler.is_compiling() and (int(t.min()) < INT32_MIN or int(t.max()) > INT32_MAX):
         raise ValueError(f"{op}: {name} must hold int32 integers in [{INT32_MIN}, {INT32_MAX}], got values in "
                          f"[{int(t.min())}, {int(t.max())}]")
     return t.to(torch.int32)

@@ -366,7 +366,7 @@ def quantize_over_finite_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.T
 def sparse24_int8_dynamic_linear(x, values, meta, weight_scale, bias=None):
     """SparseLinear(int8=True).forward on x [M, K] (fp32): the exact int32 accumulator of the
     quantize_over_finite_rows input with the int8 weight, times (s_x * weight_scale[n]) in fp32,
-    + bias; a non-finite row is instead F.linear(x[m], W_q * weight_scale, bias) in fp32."""
+    + bias; a non-finite row is instead row m of F.linear(x, W_q * weight_scale, bias) in fp32."""
     import torch.nn.functional as F
 
     x_q, s_x, nonfinite_rows = quantize_over_finite_rows(x)
@@ -375,8 +375,7 @@ def sparse24_int8_dynamic_linear(x, values, meta, weight_scale, bias=None):
     if bias is not None:
         y = y + bias
     w = sparse24_decompress(values, meta).float() * weight_scale[:, None]
-    y[nonfinite_rows] = F.linear(x[nonfinite_rows].float(), w, bias)
-    return y
+    return torch.where(nonfinite_rows[:, None], F.linear(x.float(), w, bias), y)
 
 
 # ---------------------------------------------------------------- fused fake-quant (issue 6)

@@ -137,7 +137,7 @@ def test_dynamic_quant_linear_nonfinite_rows(per_channel):
     # finite rows: bit for bit the batch without the bad rows
     assert torch.equal(bits(y[finite]), bits(q(x[finite])))
     # non-finite rows: exactly the float layer on the dequantized weight, nn.Linear's NaN / +-Inf pattern
-    want = F.linear(x[bad], q.dequantized_weight(), q.bias)
+    want = F.linear(x, q.dequantized_weight(), q.bias)[bad]
     assert torch.equal(bits(y[bad]), bits(want))
     with torch.no_grad():
         assert_same_nonfinite_pattern(y[bad], lin(x[bad]))
@@ -207,9 +207,21 @@ def test_sparse_conv_int8_nonfinite_image_stays_in_its_image():
     good = torch.cat([x[:1], x[2:]])
     assert torch.equal(bits(torch.cat([y[:1], y[2:]])), bits(sc(good)))
     dense = ck.sparse24_layout.weight_from_rows(sc.dense_weight(), conv.weight.shape)
-    assert torch.equal(bits(y[1:2]), bits(F.conv2d(x[1:2], dense, sc.bias, 1, 1)))
+    assert torch.equal(bits(y[1]), bits(F.conv2d(x, dense, sc.bias, 1, 1)[1]))
     # the Inf reaches exactly the outputs whose window holds it
     assert (~torch.isfinite(y[1])).any() and torch.isfinite(y[1, :, 0, 0]).all()
+
+
+def test_compiled_layers_keep_the_nonfinite_semantics():
+    """Under torch.compile (fullgraph) the data-dependent float pass is a torch.cond: same bits."""
+    lin = _linear_away_from_zero(40, 24)
+    q = ck.QuantLinear.from_float(lin, dynamic=True)
+    _, sl = _sparse_linear(40, 12)
+    x, finite = bad_rows_batch(40, seed=5)
+    for layer in (q, sl):
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        assert torch.equal(bits(compiled(x)), bits(layer(x)))
+        assert torch.equal(bits(compiled(x[finite])), bits(layer(x[finite])))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

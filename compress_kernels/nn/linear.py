@@ -11,6 +11,18 @@ from ._common import DTYPE_NAMES, IntegerLayer, in_reference_mode, quantize_laye
 
 
 
+def float_rows_where(nonfinite_rows: torch.Tensor, y: torch.Tensor, float_path) -> torch.Tensor:
+    """y with the rows (along dim 0) flagged in nonfinite_rows replaced by those of float_path(),
+    a float computation of the whole batch, run only when some row is flagged: eagerly by a Python
+    test, under torch.compile / export by torch.cond (the flag is data-dependent)."""
+    def replace(mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.reshape(-1, *[1] * (y.dim() - 1)), float_path().to(y.dtype), y)
+
+    if torch.compiler.is_compiling():
+        return torch.cond(nonfinite_rows.any(), replace, lambda mask, y: y.clone(), (nonfinite_rows, y))
+    return replace(nonfinite_rows, y) if bool(nonfinite_rows.any()) else y
+
+
 class QuantLinear(IntegerLayer):
     """int8 linear layer with symmetric int8 weights (per output channel or per tensor).
 
@@ -23,11 +35,12 @@ class QuantLinear(IntegerLayer):
     * ``"dynamic"``: float in, float out; each row of x is quantized symmetrically on the fly
       (``s_x[m] = max|x[m]| / 127``) and the GEMM ends in ``acc * s_x[m] * s_w[n] + bias``.
       A drop-in replacement for ``nn.Linear`` in any model. A row of x holding a NaN or +-Inf is
-      computed in float instead: its outputs are exactly ``F.linear(x[m], dequantized_weight(),
+      computed in float instead: its outputs are exactly row m of ``F.linear(x, dequantized_weight(),
       bias)`` in fp32, so they are non-finite as nn.Linear's would be (every output NaN when the
       row holds a NaN; +-Inf with the sign of x * w for an infinite x; NaN where +Inf and -Inf
       meet or an infinite x meets a weight that is (or quantized to) zero). The other rows are
-      computed exactly as in a batch without that row (per-row scales).
+      computed exactly as in a batch without that row (per-row scales). The float pass runs only
+      when some row is non-finite (under torch.compile / export: a torch.cond).
 
     Inputs may have any leading dimensions (``[*, in_features]``). The weight is packed once (at
     build and after ``load_state_dict``), never per call. The state dict holds the int8 weight, the
@@ -128,10 +141,8 @@ class QuantLinear(IntegerLayer):
                 y = ops.int8_linear_float(x_q, 0, self.packed_weight, x_scale, self.weight_scale, self.bias)
             # quantize_rows marks a row holding NaN / +-Inf with scale NaN (its outputs are all NaN):
             # recompute those rows in float for nn.Linear's non-finite pattern (see the class docstring).
-            nonfinite_rows = torch.isnan(x_scale)
-            if bool(nonfinite_rows.any()):
-                y[nonfinite_rows] = F.linear(x2[nonfinite_rows].float(), self.dequantized_weight(), self.bias)
-            y = y.to(x.dtype)
+            y = float_rows_where(torch.isnan(x_scale), y,
+                                 lambda: F.linear(x2.float(), self.dequantized_weight(), self.bias)).to(x.dtype)
         return y.reshape(*lead, self.out_features)
 
     def dequantized_weight(self) -> torch.Tensor:

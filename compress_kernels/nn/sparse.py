@@ -16,8 +16,9 @@ Non-finite inputs in int8 mode: the per-tensor max is taken over the finite rows
 row of the [M, K] input of SparseLinear, an image of SparseConv2d's input; a row is finite when it
 holds no NaN and no +-Inf), so one bad row never changes another row's result: the finite rows
 give exactly the bits of a batch without the bad rows. A non-finite row is computed in float
-instead, exactly F.linear / F.conv2d with dense_weight() (the dequantized weight) and the bias in
-fp32, so its outputs are non-finite as the float layer's would be (NaN where a NaN reaches them,
+instead: its outputs are exactly those of F.linear / F.conv2d of the whole input with
+dense_weight() (the dequantized weight) and the bias in fp32 (run only when some row is
+non-finite), so they are non-finite as the float layer's would be (NaN where a NaN reaches them,
 +-Inf with the sign of x * w, NaN where opposite infinities or an infinity and a zero weight meet).
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from .. import numerics, ops
 from ..sparse24_layout import groups_over_two, weight_from_rows, weight_rows
+from .linear import float_rows_where
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -141,19 +143,19 @@ class _Sparse24Base(nn.Module):
         """Symmetric per-tensor int8 over the finite rows (x.shape[0]; see the module docstring):
         s_x = max|x[finite rows]| / 127 (1 when that max is 0), round half to even. Returns
         (x_q, s_x, nonfinite_rows): x_q is 0 on the non-finite rows, nonfinite_rows the bool mask of
-        those rows, or None when every row is finite."""
+        those rows (None for an empty x)."""
         if x.numel() == 0:
             amax, nonfinite_rows = torch.zeros((), device=x.device), None
         else:
             # the per-row max|x| is NaN / Inf exactly for the non-finite rows: detection rides along the max
             row_amax = x.detach().abs().reshape(x.shape[0], -1).amax(dim=1)
-            finite_rows = torch.isfinite(row_amax)
-            nonfinite_rows = None if bool(finite_rows.all()) else ~finite_rows
-            amax = row_amax.amax() if nonfinite_rows is None else torch.where(finite_rows, row_amax, 0).amax()
+            nonfinite_rows = ~torch.isfinite(row_amax)
+            amax = torch.where(nonfinite_rows, 0, row_amax).amax()
         s_x = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
         x_q = torch.round(x.float() / s_x).clamp(-127, 127)
-        if nonfinite_rows is not None:
-            x_q[nonfinite_rows] = 0
+        # NaN has no int8 value: those rows become 0 (eagerly only when there is one: no extra pass)
+        if nonfinite_rows is not None and (torch.compiler.is_compiling() or bool(nonfinite_rows.any())):
+            x_q = torch.where(nonfinite_rows.reshape(-1, *[1] * (x.dim() - 1)), 0, x_q)
         return x_q.to(torch.int8), s_x, nonfinite_rows
 
     def _dense_float_weight(self, device) -> torch.Tensor:
@@ -187,7 +189,8 @@ class _Sparse24Base(nn.Module):
         y = y + self.bias if self.bias is not None else y
         if nonfinite_rows is not None:
             bias = self.bias.float() if self.bias is not None else None
-            y[nonfinite_rows] = F.linear(x_float[nonfinite_rows].float(), self._dense_float_weight(y.device), bias)
+            y = float_rows_where(nonfinite_rows, y,
+                                 lambda: F.linear(x_float.float(), self._dense_float_weight(y.device), bias))
         return y
 
     def compressed_bytes(self) -> int:
@@ -282,7 +285,7 @@ class SparseConv2d(_Sparse24Base):
             else:
                 y = self._im2col_forward(x_in, s_x, n, oh, ow)
             if nonfinite_images is not None:
-                y[nonfinite_images] = self._float_conv(x[nonfinite_images].float())
+                y = float_rows_where(nonfinite_images, y, lambda: self._float_conv(x.float()))
             return y.to(x.dtype)
         x_in = x.float()
         if not x.is_cuda and self.packed.numel() > 0:
