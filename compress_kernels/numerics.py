@@ -7,6 +7,10 @@ representable and pruned (zero) weights stay exactly zero.
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import torch
 
 DTYPE_RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int32: (-(2**31), 2**31 - 1)}
@@ -16,6 +20,68 @@ def dtype_range(dtype: torch.dtype) -> tuple[int, int]:
     if dtype not in DTYPE_RANGES:
         raise ValueError(f"dtype must be one of {list(DTYPE_RANGES)}, got {dtype}")
     return DTYPE_RANGES[dtype]
+
+
+# ---------------------------------------------------------------- argument checks
+#
+# Scales, zero points and float weights are checked where they enter a quantized layer: a zero,
+# negative, NaN or infinite scale, or a NaN weight, would otherwise build a layer that silently
+# outputs a constant (a scale of 0 or inf makes every multiplier 0) or zeroes an output row.
+
+
+def check_scale(scale, name: str, where: str) -> float:
+    """A quantization scale as a Python float: a real number (Python / NumPy number or one-element
+    float tensor) that is finite and > 0. TypeError for bools and non-numbers, ValueError otherwise."""
+    if isinstance(scale, torch.Tensor):
+        is_real = scale.numel() == 1 and (scale.is_floating_point() or scale.dtype in DTYPE_RANGES)
+    else:
+        is_real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+    if not is_real:
+        raise TypeError(f"{where}: {name} must be a finite positive float, got {type(scale).__name__} {scale!r}")
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: {name} must be a finite positive float, got {value}")
+    return value
+
+
+def check_scales(scales: torch.Tensor, name: str, where: str) -> None:
+    """Every element of a scale tensor (e.g. per-channel weight scales) finite and > 0."""
+    bad = ~(torch.isfinite(scales) & (scales > 0))
+    if bool(bad.any()):
+        idx = first_index(bad)
+        raise ValueError(f"{where}: {name} must hold finite positive scales, got {scales[idx].item()} at index "
+                         f"{list(idx)}")
+
+
+def check_zero_point(zero_point, dtype: torch.dtype, name: str, where: str) -> int:
+    """A zero point as a Python int in dtype's range (int8 [-128, 127], uint8 [0, 255], int32).
+    TypeError for floats (even integral ones), float tensors and bools; ValueError out of range."""
+    lo, hi = dtype_range(dtype)
+    if isinstance(zero_point, bool) or (isinstance(zero_point, torch.Tensor) and zero_point.dtype == torch.bool):
+        raise TypeError(f"{where}: {name} must be an integer in [{lo}, {hi}] for {dtype}, got {zero_point!r}")
+    try:
+        value = operator.index(zero_point)
+    except TypeError:
+        raise TypeError(f"{where}: {name} must be an integer in [{lo}, {hi}] for {dtype}, got "
+                        f"{type(zero_point).__name__} {zero_point!r}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"{where}: {name} must be an integer in [{lo}, {hi}] for {dtype}, got {value}")
+    return value
+
+
+def first_index(mask: torch.Tensor) -> tuple[int, ...]:
+    """The index (row-major order) of the first True element of a boolean tensor that has one."""
+    flat = int(torch.nonzero(mask.reshape(-1))[0, 0])
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), mask.shape)) if mask.dim() else ()
+
+
+def check_finite(t: torch.Tensor, name: str, where: str) -> None:
+    """ValueError naming `where`, `name` and the first non-finite element (index and value) of t."""
+    bad = ~torch.isfinite(t.detach())
+    if bool(bad.any()):
+        idx = first_index(bad)
+        raise ValueError(f"{where}: {name} must be finite to be quantized, got {t.detach()[idx].item()} at index "
+                         f"{list(idx)}")
 
 
 def quantize(x: torch.Tensor, scale, zero_point, dtype: torch.dtype = torch.int8, qmin=None,
@@ -50,10 +116,14 @@ def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> t
 def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, dtype: torch.dtype = torch.uint8,
                    symmetric: bool = False, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine qparams covering [min_val, max_val] (the range is widened to include 0, so that zero
-    is exactly representable). Symmetric: zero point 0 (int8) or 128 (uint8)."""
+    is exactly representable). Symmetric: zero point 0 (int8) or 128 (uint8). A NaN or infinite
+    bound is refused (ValueError): it has no finite scale."""
     qmin, qmax = dtype_range(dtype)
-    min_val = torch.as_tensor(min_val, dtype=torch.float32).clamp(max=0)
-    max_val = torch.as_tensor(max_val, dtype=torch.float32).clamp(min=0)
+    min_val = torch.as_tensor(min_val, dtype=torch.float32)
+    max_val = torch.as_tensor(max_val, dtype=torch.float32)
+    check_finite(min_val, "min_val", "choose_qparams")
+    check_finite(max_val, "max_val", "choose_qparams")
+    min_val, max_val = min_val.clamp(max=0), max_val.clamp(min=0)
     if symmetric:
         amax = torch.maximum(-min_val, max_val)
         scale = (amax / ((qmax - qmin) / 2)).clamp(min=eps)
@@ -67,7 +137,8 @@ def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, dtype: torch.dt
 def weight_scale(w: torch.Tensor, per_channel: bool = True, bits: int = 8,
                  narrow_range: bool = True) -> torch.Tensor:
     """Symmetric weight scale max|w| / qmax per output channel (dim 0) or per tensor; qmax is
-    2^(bits-1) - 1. An all-zero channel gets scale 1 (its weights quantize to 0 either way)."""
+    2^(bits-1) - 1. An all-zero channel gets scale 1 (its weights quantize to 0 either way).
+    Unchecked (it runs per step in quantization-aware training): a NaN weight gives a NaN scale."""
     del narrow_range  # the symmetric scale uses qmax = 2^(bits-1) - 1 in both ranges
     qmax = 2 ** (bits - 1) - 1
     amax = w.detach().abs().flatten(1).amax(dim=1) if per_channel else w.detach().abs().amax().reshape(1)
@@ -78,7 +149,9 @@ def weight_scale(w: torch.Tensor, per_channel: bool = True, bits: int = 8,
 def quantize_weight(w: torch.Tensor, per_channel: bool = True, bits: int = 8,
                     narrow_range: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 weights: (w_q, scale) with w_q = clamp(round(w / scale), qmin, qmax),
-    [qmin, qmax] = [-(2^(b-1) - 1), 2^(b-1) - 1] (narrow) or [-2^(b-1), 2^(b-1) - 1]."""
+    [qmin, qmax] = [-(2^(b-1) - 1), 2^(b-1) - 1] (narrow) or [-2^(b-1), 2^(b-1) - 1]. A NaN or
+    infinite weight is refused (ValueError naming its index): one would zero its whole channel."""
+    check_finite(w, "the weight", "quantize_weight")
     scale = weight_scale(w, per_channel, bits, narrow_range)
     qmax = 2 ** (bits - 1) - 1
     qmin = -qmax if narrow_range else -qmax - 1
@@ -96,6 +169,7 @@ def activation_clamp(activation: str | None, scale: float, zero_point: int,
     if activation == "relu":
         return max(qmin, zero_point), qmax
     if activation == "relu6":
+        scale = check_scale(scale, "scale", "activation_clamp")
         return max(qmin, zero_point), min(qmax, zero_point + round(6.0 / scale))
     raise ValueError(f'activation must be None, "relu" or "relu6", got {activation!r}')
 

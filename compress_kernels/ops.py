@@ -8,6 +8,7 @@ in compress_kernels.reference.
 from __future__ import annotations
 
 import contextlib
+import operator
 import warnings
 
 import torch
@@ -34,8 +35,72 @@ def _lib():
     return torch.ops.compress_kernels
 
 
-def _int32(v, device=None) -> torch.Tensor:
-    return torch.as_tensor(v, dtype=torch.int32, device=device)
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+# Integer arguments are checked before they reach the kernels: a float, a float tensor or a bool
+# where an integer is meant is refused instead of being truncated (requantize(acc, 0.0123, 0) would
+# otherwise run with m0 = 0 and return the zero point everywhere), and so are values outside int32.
+_MULTIPLIER_HINT = ("; for a real multiplier r, quantize_multiplier(r) returns the (m0, shift) pair "
+                    "(r ~= m0 * 2^(shift - 31))")
+
+
+def _describe(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    return f"{type(v).__name__} {v!r}"
+
+
+def _int32(v, name: str, op: str) -> torch.Tensor:
+    """m0 / shift (a Python or NumPy integer, a sequence of them, or an integer tensor) as an int32
+    tensor on v's device. TypeError for floats, float / complex tensors and bools (Python, NumPy or
+    tensor); ValueError for values outside [-2^31, 2^31 - 1]. An int32 tensor passes unchanged."""
+    if type(v) is int and INT32_MIN <= v <= INT32_MAX:  # the common per-tensor case, without a min / max pass
+        return torch.tensor(v, dtype=torch.int32)
+    hint = _MULTIPLIER_HINT if name.endswith(("m0", "shift")) else ""
+    if isinstance(v, torch.Tensor):
+        t = v
+    else:
+        if isinstance(v, (bool, float)):
+            raise TypeError(f"{op}: {name} must be an integer (int32, or an integer tensor), got {_describe(v)}{hint}")
+        try:
+            t = torch.as_tensor(v)
+        except (RuntimeError, TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond int64
+            raise ValueError(f"{op}: {name} must hold int32 integers in [{INT32_MIN}, {INT32_MAX}], got {v!r} "
+                             f"({exc})") from None
+    if t.dtype == torch.int32:
+        return t
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{op}: {name} must be an integer (int32, or an integer tensor), got {_describe(v)}{hint}")
+    # (the range check reads the values: skipped while torch.compile traces, where they are symbolic)
+    if t.numel() and not torch.compiler.is_compiling() and (int(t.min()) < INT32_MIN or int(t.max()) > INT32_MAX):
+        raise ValueError(f"{op}: {name} must hold int32 integers in [{INT32_MIN}, {INT32_MAX}], got values in "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return t.to(torch.int32)
+
+
+def _int_arg(v, name: str, op: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> int:
+    """A scalar integer argument (zero point, qmin / qmax, shift amounts, conv geometry) as a Python
+    int: a Python / NumPy integer or a one-element integer tensor. TypeError for floats (even
+    integral ones such as 3.0), float tensors and bools; ValueError outside [lo, hi]."""
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        raise TypeError(f"{op}: {name} must be an integer, got {_describe(v)}")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an integer, got {_describe(v)}") from None
+    if not lo <= i <= hi:
+        raise ValueError(f"{op}: {name} must be an integer in [{lo}, {hi}], got {i}")
+    return i
+
+
+def _int_pair(v, name: str, op: str, lo: int = 0) -> list[int]:
+    """An int or a pair of ints (conv stride / padding / dilation / kernel size), each >= lo."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        return [_int_arg(e, name, op, lo) for e in v]
+    i = _int_arg(v, name, op, lo)
+    return [i, i]
 
 
 # ---------------------------------------------------------------- fixed-point requantization
@@ -62,14 +127,21 @@ def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor,
     int32 intermediates. What QuantAdd computes; bit-exact against reference.int8_add. The kernel is
     a CPU one; on other devices the same integers come from three `requantize` calls.
     """
+    op = "int8_add"
+    a_m0, a_shift = _int32(a_m0, "a_m0", op), _int32(a_shift, "a_shift", op)
+    b_m0, b_shift = _int32(b_m0, "b_m0", op), _int32(b_shift, "b_shift", op)
+    out_m0, out_shift = _int32(out_m0, "out_m0", op), _int32(out_shift, "out_shift", op)
+    a_zero_point, b_zero_point = _int_arg(a_zero_point, "a_zero_point", op), _int_arg(b_zero_point, "b_zero_point", op)
+    out_zero_point = _int_arg(out_zero_point, "out_zero_point", op)
+    qmin, qmax = _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op)
+    left_shift = _int_arg(left_shift, "left_shift", op)
     if a.device.type != "cpu":
         from . import reference
 
         return reference.int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift,
                                   out_zero_point, qmin, qmax, out_dtype, left_shift, requant=requantize)
-    return _lib().int8_add(a, a_zero_point, _int32(a_m0), _int32(a_shift), b, b_zero_point, _int32(b_m0),
-                           _int32(b_shift), _int32(out_m0), _int32(out_shift), out_zero_point, qmin, qmax,
-                           out_dtype, left_shift)
+    return _lib().int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift,
+                           out_zero_point, qmin, qmax, out_dtype, left_shift)
 
 
 def requantize(acc: torch.Tensor, m0, shift, zero_point: int = 0, qmin: int = -128,
@@ -80,9 +152,16 @@ def requantize(acc: torch.Tensor, m0, shift, zero_point: int = 0, qmin: int = -1
     acc: int32 accumulators of any shape. m0 / shift: int32, one element (per tensor) or one per
     element of acc's last dimension (per channel). rounding: "double" (gemmlowp / TFLite default)
     or "single" (TFLite single rounding). out_dtype: int8, uint8 or int32. Bit-exact.
+
+    Every op wrapper takes m0 / shift as Python / NumPy integers, sequences of them or integer
+    tensors, and zero points / qmin / qmax as integers; floats (even integral ones such as 3.0),
+    float tensors, bools and values outside int32 raise TypeError / ValueError naming the argument
+    rather than being truncated (a real multiplier such as 0.0123 would become m0 = 0): encode a
+    real multiplier with quantize_multiplier.
     """
-    return _lib().requantize(acc, _int32(m0), _int32(shift), zero_point, qmin, qmax, out_dtype,
-                             rounding)
+    op = "requantize"
+    return _lib().requantize(acc, _int32(m0, "m0", op), _int32(shift, "shift", op), _int_arg(zero_point, "zero_point", op),
+                             _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op), out_dtype, rounding)
 
 
 # ---------------------------------------------------------------- int8 GEMM / linear
@@ -113,8 +192,10 @@ def int8_linear(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
     fuses ReLU / ReLU6; out_dtype int8, uint8 or int32. The accumulator wraps modulo 2^32 like
     int32 hardware; K is refused where K * 255 * 128 could overflow it.
     """
-    return _lib().int8_linear(x, x_zero_point, w, bias, _int32(m0), _int32(shift), out_zero_point,
-                              qmin, qmax, out_dtype, rounding)
+    op = "int8_linear"
+    return _lib().int8_linear(x, _int_arg(x_zero_point, "x_zero_point", op), w, bias, _int32(m0, "m0", op),
+                              _int32(shift, "shift", op), _int_arg(out_zero_point, "out_zero_point", op),
+                              _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op), out_dtype, rounding)
 
 
 def int8_linear_float(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, x_scale: torch.Tensor,
@@ -122,13 +203,16 @@ def int8_linear_float(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, x_sca
     """int8 GEMM with a float epilogue for dynamic quantization:
     y[m, n] = ((float(acc[m, n]) * x_scale[m]) * w_scale[n]) + bias[n] in fp32,
     acc = sum_k w[n, k] * (x[m, k] - x_zero_point). x_scale: [M] or [1]; w_scale: [N] or [1]."""
-    return _lib().int8_linear_float(x, x_zero_point, w, x_scale, w_scale, bias)
+    return _lib().int8_linear_float(x, _int_arg(x_zero_point, "x_zero_point", "int8_linear_float"), w, x_scale,
+                                    w_scale, bias)
 
 
 def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 quantization of fp32 x [M, K]: returns (q, scale[M]) with
-    scale = max|x[m]| / qmax (1 for an all-zero row), q = clamp(round_half_even(x / scale), ±qmax)."""
-    return _lib().quantize_rows(x, qmax)
+    scale = max|x[m]| / qmax (1 for an all-zero row), q = clamp(round_half_even(x / scale), ±qmax).
+    A row holding any NaN or ±Inf gets scale NaN and q = 0 (int8_linear_float then gives NaN for
+    every output of that row); no row affects another. Bit-identical on every path and the reference."""
+    return _lib().quantize_rows(x, _int_arg(qmax, "qmax", "quantize_rows"))
 
 
 # ---------------------------------------------------------------- int8 conv2d (issue 3)
@@ -156,9 +240,12 @@ def int8_conv2d(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
     padding / dilation: int or pair; groups >= 1 (depthwise runs a direct kernel). The output is
     [N, OC, OH, OW] in channels_last memory.
     """
-    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
-    return _lib().int8_conv2d(x, x_zero_point, w, bias, _int32(m0), _int32(shift), out_zero_point, qmin, qmax,
-                              out_dtype, pair(stride), pair(padding), pair(dilation), groups, rounding, w_packed)
+    op = "int8_conv2d"
+    return _lib().int8_conv2d(x, _int_arg(x_zero_point, "x_zero_point", op), w, bias, _int32(m0, "m0", op),
+                              _int32(shift, "shift", op), _int_arg(out_zero_point, "out_zero_point", op),
+                              _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op), out_dtype,
+                              _int_pair(stride, "stride", op), _int_pair(padding, "padding", op),
+                              _int_pair(dilation, "dilation", op), _int_arg(groups, "groups", op), rounding, w_packed)
 
 
 # ---------------------------------------------------------------- codebook (issue 4)
@@ -208,9 +295,11 @@ def codebook_conv2d(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
     divisor of both channel counts with C_out / groups a multiple of 16 (depthwise is refused).
     Computed as im2col + the codebook_linear kernel, so each output has the same fmaf order over
     (c, i, j). Differentiable in x, codebook and bias."""
-    pair = (lambda v: [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v])
-    return _lib().codebook_conv2d(x, packed_idx, codebook, bits, bias, pair(kernel_size), pair(stride),
-                                  pair(padding), pair(dilation), groups)
+    op = "codebook_conv2d"
+    return _lib().codebook_conv2d(x, packed_idx, codebook, _int_arg(bits, "bits", op), bias,
+                                  _int_pair(kernel_size, "kernel_size", op), _int_pair(stride, "stride", op),
+                                  _int_pair(padding, "padding", op), _int_pair(dilation, "dilation", op),
+                                  _int_arg(groups, "groups", op))
 
 
 def _codebook_dense(packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> tuple[
@@ -362,7 +451,10 @@ def sparse24_int8_linear(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
     to_sparse_semi_structured's), output [M, Np], bit-identical to the CPU. Given our uint8 meta on
     CUDA, this wrapper packs per call (per-channel m0 / shift / bias padded with zeros) and returns
     [M, N]."""
-    m0, shift = _int32(m0), _int32(shift)
+    op = "sparse24_int8_linear"
+    m0, shift = _int32(m0, "m0", op), _int32(shift, "shift", op)
+    x_zero_point, out_zero_point = _int_arg(x_zero_point, "x_zero_point", op), _int_arg(out_zero_point, "out_zero_point", op)
+    qmin, qmax = _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op)
     if x.is_cuda and meta.dtype == torch.uint8:
         n = values.shape[0]
         vp, mp = sparse24_cuda_pack(values, meta, torch.int8)
@@ -382,9 +474,10 @@ def sparse24_conv2d(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, b
     per-thread buffer and run through the fp32 2:4 kernel: every output is one fused multiply-add per
     stored value in k order, then + bias (the bits of sparse24_linear on the gathered rows, on every
     CPU path). Output [N, OC, OH, OW], channels_last memory. CPU."""
-    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
-    return _lib().sparse24_conv2d(x, values, meta, bias, pair(kernel_size), pair(stride), pair(padding),
-                                  pair(dilation))
+    op = "sparse24_conv2d"
+    return _lib().sparse24_conv2d(x, values, meta, bias, _int_pair(kernel_size, "kernel_size", op),
+                                  _int_pair(stride, "stride", op), _int_pair(padding, "padding", op),
+                                  _int_pair(dilation, "dilation", op))
 
 
 def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tensor, meta: torch.Tensor,
@@ -398,10 +491,13 @@ def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
     x_zero_point. The input rows (KH * KW runs of C contiguous NHWC bytes) are gathered a chunk at a
     time into a per-thread buffer and multiplied by the whole weight with the int8 2:4 kernel and its
     fused output stage. Output [N, OC, OH, OW], channels_last memory. CPU."""
-    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]  # noqa: E731
-    return _lib().sparse24_int8_conv2d(x, x_zero_point, values, meta, bias, _int32(m0), _int32(shift), out_zero_point,
-                                       qmin, qmax, out_dtype, pair(kernel_size), pair(stride), pair(padding),
-                                       pair(dilation), rounding)
+    op = "sparse24_int8_conv2d"
+    return _lib().sparse24_int8_conv2d(x, _int_arg(x_zero_point, "x_zero_point", op), values, meta, bias,
+                                       _int32(m0, "m0", op), _int32(shift, "shift", op),
+                                       _int_arg(out_zero_point, "out_zero_point", op), _int_arg(qmin, "qmin", op),
+                                       _int_arg(qmax, "qmax", op), out_dtype, _int_pair(kernel_size, "kernel_size", op),
+                                       _int_pair(stride, "stride", op), _int_pair(padding, "padding", op),
+                                       _int_pair(dilation, "dilation", op), rounding)
 
 
 # ---------------------------------------------------------------- fake-quant (issue 6)

@@ -174,11 +174,16 @@ def int8_conv2d(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax,
 
 def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row quantization: scale = max|x[r]| / qmax (1 for an all-zero row),
-    q = clamp(round_half_even(x / scale), -qmax, qmax) as int8."""
-    amax = x.abs().amax(dim=1)
+    q = clamp(round_half_even(x / scale), -qmax, qmax) as int8. A row holding any NaN or +-Inf
+    gets scale NaN and q = 0 (so acc * scale is NaN for every output of that row); the other rows
+    are untouched by it."""
+    amax = x.abs().amax(dim=1)  # NaN when the row holds a NaN, Inf when it holds an Inf
+    finite_row = torch.isfinite(amax)
     scale = amax / qmax
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = torch.round(x / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    scale = torch.where(finite_row, scale, torch.full_like(scale, float("nan")))
+    q = torch.round(x / scale[:, None]).clamp(-qmax, qmax)
+    q = torch.where(finite_row[:, None], q, torch.zeros_like(q)).to(torch.int8)
     return q, scale
 
 
@@ -341,6 +346,36 @@ def sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift, out_zer
     """int8_linear with the weight sparse24_decompress(values, meta)."""
     return int8_linear(x, x_zero_point, sparse24_decompress(values, meta), bias, m0, shift,
                        out_zero_point, qmin, qmax, out_dtype, rounding)
+
+
+def quantize_over_finite_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dynamic activation quantization of the int8 SparseLinear / SparseConv2d: one symmetric
+    scale for the tensor, taken over its finite rows (rows along dim 0; a row is finite when it
+    holds no NaN and no +-Inf): s = max|x[finite rows]| / qmax (1 when that max is 0 or no row is
+    finite), q = clamp(round_half_even(x / s), -qmax, qmax) on the finite rows, 0 on the others.
+    Returns (q int8, s fp32 0-D, nonfinite_rows bool [x.shape[0]])."""
+    rows = x.reshape(x.shape[0], -1)
+    finite_rows = torch.isfinite(rows).all(dim=1)
+    amax = rows[finite_rows].abs().amax() if bool(finite_rows.any()) and rows.shape[1] else x.new_zeros(())
+    s = (amax / qmax if amax > 0 else torch.ones_like(amax)).float()
+    q = torch.round(x.float() / s).clamp(-qmax, qmax)
+    q[~finite_rows] = 0
+    return q.to(torch.int8), s, ~finite_rows
+
+
+def sparse24_int8_dynamic_linear(x, values, meta, weight_scale, bias=None):
+    """SparseLinear(int8=True).forward on x [M, K] (fp32): the exact int32 accumulator of the
+    quantize_over_finite_rows input with the int8 weight, times (s_x * weight_scale[n]) in fp32,
+    + bias; a non-finite row is instead row m of F.linear(x, W_q * weight_scale, bias) in fp32."""
+    import torch.nn.functional as F
+
+    x_q, s_x, nonfinite_rows = quantize_over_finite_rows(x)
+    acc = sparse24_int8_linear(x_q, 0, values, meta, None, 1 << 30, 1, 0, INT32_MIN, INT32_MAX, torch.int32)
+    y = acc.float() * (s_x * weight_scale)
+    if bias is not None:
+        y = y + bias
+    w = sparse24_decompress(values, meta).float() * weight_scale[:, None]
+    return torch.where(nonfinite_rows[:, None], F.linear(x.float(), w, bias), y)
 
 
 # ---------------------------------------------------------------- fused fake-quant (issue 6)

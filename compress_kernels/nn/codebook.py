@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import numerics, ops
 from ..cluster import cluster_weight
 from ..reference import codebook_dequantize
 
@@ -114,9 +114,12 @@ class CodebookLinear(_CodebookBase):
                    group_size: int | None = None, **cluster_args) -> CodebookLinear:
         """Cluster a float nn.Linear's weight (compress_kernels.cluster.cluster_weight):
         granularity "layer" (one codebook) or "group" (one per ``group_size`` output features);
-        cluster_args: init, seed, zero_centroid (default: on when >= 1% of weights are exact zeros)."""
+        cluster_args: init, seed, zero_centroid (default: on when >= 1% of weights are exact zeros).
+        A NaN or infinite weight or bias is refused (ValueError naming the layer and the first bad
+        index): k-means would turn it into a NaN centroid shared by many weights."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"CodebookLinear.from_float: expected nn.Linear, got {type(linear).__name__}")
+        _check_float_layer(linear, f"CodebookLinear.from_float({linear!r})")
         codebook, idx, zero_centroid = _cluster(linear.weight.detach(), bits, granularity, group_size, cluster_args)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, bits=bits,
                 codebooks=codebook.shape[0])
@@ -132,6 +135,12 @@ class CodebookLinear(_CodebookBase):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, bits={self.bits}, codebooks={self.codebook.shape[0]}")
+
+
+def _check_float_layer(layer: nn.Module, where: str) -> None:
+    numerics.check_finite(layer.weight, "weight", where)
+    if layer.bias is not None:
+        numerics.check_finite(layer.bias, "bias", where)
 
 
 def _cluster(weight: torch.Tensor, bits: int, granularity: str, group_size: int | None, cluster_args: dict):
@@ -174,9 +183,10 @@ class CodebookConv2d(_CodebookBase):
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int = 4, granularity: str = "layer",
                    group_size: int | None = None, **cluster_args) -> CodebookConv2d:
-        """Cluster a float nn.Conv2d's weight; arguments as CodebookLinear.from_float."""
+        """Cluster a float nn.Conv2d's weight; arguments and refusals as CodebookLinear.from_float."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"CodebookConv2d.from_float: expected nn.Conv2d, got {type(conv).__name__}")
+        _check_float_layer(conv, f"CodebookConv2d.from_float({conv!r})")
         if conv.padding_mode != "zeros":
             raise ValueError(f'CodebookConv2d.from_float: padding_mode must be "zeros", got {conv.padding_mode!r}')
         padding = conv.padding

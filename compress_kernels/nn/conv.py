@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops, reference
+from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, IntegerLayer, fold_batchnorm, in_reference_mode, quantize_layer
 
 
@@ -44,13 +44,29 @@ class QuantConv2d(IntegerLayer):
                    weight_scale: torch.Tensor | None = None) -> QuantConv2d:
         """Quantize a float Conv2d (with an optional BatchNorm2d folded in, evaluation statistics)
         for the given input / output qparams; ``activation`` "relu" / "relu6" becomes the clamp.
-        ``weight_bits`` / ``weight_scale``: see ``nn._common.quantize_layer``."""
+        ``weight_bits`` / ``weight_scale``: see ``nn._common.quantize_layer``.
+
+        Refused (ValueError naming the argument; TypeError for a non-number): a NaN or infinite
+        weight or bias after BatchNorm folding (the message gives the layer and the first bad
+        index), a scale that is not finite and > 0 (input_scale, output_scale, every weight_scale)
+        and a zero point that is not an integer in its dtype's range."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"QuantConv2d.from_float: expected nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"QuantConv2d.from_float: only numeric zero padding is supported, got "
                              f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+        where = f"QuantConv2d.from_float({conv!r}" + (f", {bn!r})" if bn is not None else ")")
+        input_scale = numerics.check_scale(input_scale, "input_scale", where)
+        output_scale = numerics.check_scale(output_scale, "output_scale", where)
+        input_zero_point = numerics.check_zero_point(input_zero_point, input_dtype, "input_zero_point", where)
+        output_zero_point = numerics.check_zero_point(output_zero_point, output_dtype, "output_zero_point", where)
+        if weight_scale is not None:
+            numerics.check_scales(weight_scale.detach().float(), "weight_scale", where)
         weight, bias = fold_batchnorm(conv, bn) if bn is not None else (conv.weight.detach(), conv.bias)
+        folded = " (BatchNorm folded)" if bn is not None else ""
+        numerics.check_finite(weight, "weight" + folded, where)
+        if bias is not None:
+            numerics.check_finite(bias, "bias" + folded, where)
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.groups, bias is not None, per_channel=per_channel, input_dtype=input_dtype,
                 output_dtype=output_dtype, rounding=rounding)

@@ -17,9 +17,12 @@ class _QParams(Float32State):
     dtype as extra state, both checked at load_state_dict."""
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0, dtype: torch.dtype = torch.uint8):
+        """scale: finite and > 0; zero_point: an integer in dtype's range (ValueError / TypeError
+        naming the argument otherwise)."""
         super().__init__()
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.zero_point, self.dtype = int(zero_point), dtype
+        where = type(self).__name__
+        self.register_buffer("scale", torch.tensor(numerics.check_scale(scale, "scale", where)))
+        self.zero_point, self.dtype = numerics.check_zero_point(zero_point, dtype, "zero_point", where), dtype
 
     def get_extra_state(self):
         return {"zero_point": self.zero_point, "dtype": DTYPE_NAMES[self.dtype]}
@@ -59,8 +62,9 @@ class QuantReLU(nn.Module):
     """ReLU on an integer tensor: max(q, zero_point) (same qparams in and out)."""
 
     def __init__(self, zero_point: int = 0):
+        """zero_point: an integer in [-2^31, 2^31 - 1] (the clamp applies to any integer dtype)."""
         super().__init__()
-        self.zero_point = int(zero_point)
+        self.zero_point = numerics.check_zero_point(zero_point, torch.int32, "zero_point", "QuantReLU")
 
     def get_extra_state(self):
         return {"zero_point": self.zero_point}
@@ -132,6 +136,14 @@ class QuantAvgPool2d(nn.Module):
         return "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
+def _input_zero_point(zero_point, name: str, where: str) -> int:
+    """An integer zero point of an int8 or uint8 input: in [-128, 255]."""
+    value = numerics.check_zero_point(zero_point, torch.int32, name, where)
+    if not -128 <= value <= 255:
+        raise ValueError(f"{where}: {name} must be an integer in [-128, 255] (int8 or uint8 input), got {value}")
+    return value
+
+
 class QuantAdd(Float32State):
     """Residual addition of two integer tensors with their own qparams, TFLite's ADD exactly:
     each input is shifted left by 20 bits and rescaled by s_i / (2 max(s_a, s_b)), the int32 sum is
@@ -153,6 +165,17 @@ class QuantAdd(Float32State):
     @classmethod
     def from_qparams(cls, a: tuple[float, int], b: tuple[float, int], out: tuple[float, int],
                      output_dtype: torch.dtype = torch.uint8, activation: str | None = None) -> QuantAdd:
+        """a, b, out: (scale, zero_point) of each input and of the output. Scales must be finite and
+        > 0; the input zero points integers in [-128, 255] (int8 or uint8 inputs; the kernel checks
+        each against its tensor's dtype), the output one in output_dtype's range."""
+        where = "QuantAdd.from_qparams"
+        checked = []
+        for name, (scale, zero_point) in (("a", a), ("b", b)):
+            checked.append((numerics.check_scale(scale, f"{name} scale", where),
+                            _input_zero_point(zero_point, f"{name} zero_point", where)))
+        a, b = checked
+        out = (numerics.check_scale(out[0], "out scale", where),
+               numerics.check_zero_point(out[1], output_dtype, "out zero_point", where))
         q = cls()
         twice_max = 2 * max(a[0], b[0])
         for name, real in (("a", a[0] / twice_max), ("b", b[0] / twice_max),

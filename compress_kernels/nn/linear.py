@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, IntegerLayer, in_reference_mode, quantize_layer
 
+
+
+def float_rows_where(nonfinite_rows: torch.Tensor, y: torch.Tensor, float_path) -> torch.Tensor:
+    """y with the rows (along dim 0) flagged in nonfinite_rows replaced by those of float_path(),
+    a float computation of the whole batch, run only when some row is flagged: eagerly by a Python
+    test, under torch.compile / export by torch.cond (the flag is data-dependent)."""
+    def replace(mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.reshape(-1, *[1] * (y.dim() - 1)), float_path().to(y.dtype), y)
+
+    if torch.compiler.is_compiling():
+        return torch.cond(nonfinite_rows.any(), replace, lambda mask, y: y.clone(), (nonfinite_rows, y))
+    return replace(nonfinite_rows, y) if bool(nonfinite_rows.any()) else y
 
 
 class QuantLinear(IntegerLayer):
@@ -21,7 +34,13 @@ class QuantLinear(IntegerLayer):
       ``s_x * s_w[n] / s_y`` encoded as ``(m0, shift)``. No floating point at run time.
     * ``"dynamic"``: float in, float out; each row of x is quantized symmetrically on the fly
       (``s_x[m] = max|x[m]| / 127``) and the GEMM ends in ``acc * s_x[m] * s_w[n] + bias``.
-      A drop-in replacement for ``nn.Linear`` in any model.
+      A drop-in replacement for ``nn.Linear`` in any model. A row of x holding a NaN or +-Inf is
+      computed in float instead: its outputs are exactly row m of ``F.linear(x, dequantized_weight(),
+      bias)`` in fp32, so they are non-finite as nn.Linear's would be (every output NaN when the
+      row holds a NaN; +-Inf with the sign of x * w for an infinite x; NaN where +Inf and -Inf
+      meet or an infinite x meets a weight that is (or quantized to) zero). The other rows are
+      computed exactly as in a batch without that row (per-row scales). The float pass runs only
+      when some row is non-finite (under torch.compile / export: a torch.cond).
 
     Inputs may have any leading dimensions (``[*, in_features]``). The weight is packed once (at
     build and after ``load_state_dict``), never per call. The state dict holds the int8 weight, the
@@ -57,13 +76,29 @@ class QuantLinear(IntegerLayer):
         """Quantize a float ``nn.Linear``. Static mode needs the input and output scales and zero
         points (from calibration); ``dynamic=True`` needs none. ``activation`` ("relu" or "relu6")
         is fused into the output clamp of the static mode. ``weight_bits`` / ``weight_scale`` (static
-        mode): see ``nn._common.quantize_layer``."""
+        mode): see ``nn._common.quantize_layer``.
+
+        Refused (ValueError naming the argument; TypeError for a non-number): a NaN or infinite
+        weight or bias (the message gives the layer and the first bad index), and in static mode a
+        scale that is not finite and > 0 (input_scale, output_scale, every weight_scale) and a zero
+        point that is not an integer in its dtype's range."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantLinear.from_float: expected nn.Linear, got {type(linear).__name__}")
         mode = "dynamic" if dynamic else "static"
         if mode == "static" and (input_scale is None or output_scale is None):
             raise ValueError("QuantLinear.from_float: static mode needs input_scale and output_scale "
                              "(or pass dynamic=True)")
+        where = f"QuantLinear.from_float({linear!r})"
+        numerics.check_finite(linear.weight, "weight", where)
+        if linear.bias is not None:
+            numerics.check_finite(linear.bias, "bias", where)
+        if mode == "static":
+            input_scale = numerics.check_scale(input_scale, "input_scale", where)
+            output_scale = numerics.check_scale(output_scale, "output_scale", where)
+            input_zero_point = numerics.check_zero_point(input_zero_point, input_dtype, "input_zero_point", where)
+            output_zero_point = numerics.check_zero_point(output_zero_point, output_dtype, "output_zero_point", where)
+            if weight_scale is not None:
+                numerics.check_scales(weight_scale.detach().float(), "weight_scale", where)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
                 per_channel=per_channel, input_dtype=input_dtype, output_dtype=output_dtype,
                 rounding=rounding)
@@ -72,10 +107,6 @@ class QuantLinear(IntegerLayer):
         if mode == "dynamic":
             w_q, w_scale = numerics.quantize_weight(linear.weight, per_channel=per_channel)
         else:
-            in_lo, in_hi = numerics.dtype_range(input_dtype)
-            if not in_lo <= input_zero_point <= in_hi:
-                raise ValueError(f"QuantLinear.from_float: input_zero_point must be in [{in_lo}, {in_hi}] "
-                                 f"for {input_dtype}, got {input_zero_point}")
             w_q, w_scale, bias_q, m0, shift = quantize_layer(linear.weight, linear.bias, input_scale, output_scale,
                                                              per_channel, weight_bits, weight_scale)
             q._set_static_qparams(input_scale, input_zero_point, output_scale, output_zero_point, activation, m0,
@@ -116,8 +147,16 @@ class QuantLinear(IntegerLayer):
             else:
                 x_q, x_scale = ops.quantize_rows(x2.float().contiguous())
                 y = ops.int8_linear_float(x_q, 0, self.packed_weight, x_scale, self.weight_scale, self.bias)
-            y = y.to(x.dtype)
+            # quantize_rows marks a row holding NaN / +-Inf with scale NaN (its outputs are all NaN):
+            # recompute those rows in float for nn.Linear's non-finite pattern (see the class docstring).
+            y = float_rows_where(torch.isnan(x_scale), y,
+                                 lambda: F.linear(x2.float(), self.dequantized_weight(), self.bias)).to(x.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """weight_q * weight_scale (per output channel or per tensor) in fp32: the weight the
+        integer GEMM stands for."""
+        return self.weight_q.float() * self.weight_scale.reshape(-1, 1)
 
     def dequantize_output(self, y_q: torch.Tensor) -> torch.Tensor:
         """Static mode: the real values an integer output stands for."""

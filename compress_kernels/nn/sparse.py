@@ -11,6 +11,15 @@ symmetrically per tensor (s_x = max|x| / 127, round half to even), runs sparse24
 an identity fixed-point multiplier (int32 out: the exact accumulator sum_k w_q * x_q), and scales
 it back with s_x * s_w[n] in fp32, adding the float bias. Pruned weights are never stored, so they
 stay exactly zero after quantization (symmetric weights: zero maps to zero).
+
+Non-finite inputs in int8 mode: the per-tensor max is taken over the finite rows only (a row is a
+row of the [M, K] input of SparseLinear, an image of SparseConv2d's input; a row is finite when it
+holds no NaN and no +-Inf), so one bad row never changes another row's result: the finite rows
+give exactly the bits of a batch without the bad rows. A non-finite row is computed in float
+instead: its outputs are exactly those of F.linear / F.conv2d of the whole input with
+dense_weight() (the dequantized weight) and the bias in fp32 (run only when some row is
+non-finite), so they are non-finite as the float layer's would be (NaN where a NaN reaches them,
++-Inf with the sign of x * w, NaN where opposite infinities or an infinity and a zero weight meet).
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops
-from ..sparse24_layout import groups_over_two, weight_rows
+from ..sparse24_layout import groups_over_two, weight_from_rows, weight_rows
+from .linear import float_rows_where
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -29,6 +39,14 @@ def is_24_sparse(w: torch.Tensor) -> bool:
     """Whether every group of four consecutive weights along K of sparse24_layout.weight_rows (a
     Linear's inputs; a conv's input channels at one kernel tap) holds at most two non-zeros."""
     return w[0].numel() % 4 == 0 and groups_over_two(w) == 0
+
+
+def _check_quantizable(layer: nn.Module, where: str) -> None:
+    """int8 conversion: a NaN or infinite weight would zero its whole output channel (its scale is
+    not finite), a non-finite bias would make every output of its channel non-finite: refused."""
+    numerics.check_finite(layer.weight, "weight", where)
+    if layer.bias is not None:
+        numerics.check_finite(layer.bias, "bias", where)
 
 
 class _Sparse24Base(nn.Module):
@@ -131,15 +149,33 @@ class _Sparse24Base(nn.Module):
         return w * self.weight_scale[:, None] if self.int8 else w
 
     @staticmethod
-    def _quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Symmetric per-tensor int8: s_x = max|x| / 127 (1 for an all-zero x), round half to even."""
-        amax = x.detach().abs().amax() if x.numel() else torch.zeros((), device=x.device)
+    def _quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Symmetric per-tensor int8 over the finite rows (x.shape[0]; see the module docstring):
+        s_x = max|x[finite rows]| / 127 (1 when that max is 0), round half to even. Returns
+        (x_q, s_x, nonfinite_rows): x_q is 0 on the non-finite rows, nonfinite_rows the bool mask of
+        those rows (None for an empty x)."""
+        if x.numel() == 0:
+            amax, nonfinite_rows = torch.zeros((), device=x.device), None
+        else:
+            # the per-row max|x| is NaN / Inf exactly for the non-finite rows: detection rides along the max
+            row_amax = x.detach().abs().reshape(x.shape[0], -1).amax(dim=1)
+            nonfinite_rows = ~torch.isfinite(row_amax)
+            amax = torch.where(nonfinite_rows, 0, row_amax).amax()
         s_x = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
-        return torch.round(x.float() / s_x).clamp(-127, 127).to(torch.int8), s_x
+        x_q = torch.round(x.float() / s_x).clamp(-127, 127)
+        # NaN has no int8 value: those rows become 0 (eagerly only when there is one: no extra pass)
+        if nonfinite_rows is not None and (torch.compiler.is_compiling() or bool(nonfinite_rows.any())):
+            x_q = torch.where(nonfinite_rows.reshape(-1, *[1] * (x.dim() - 1)), 0, x_q)
+        return x_q.to(torch.int8), s_x, nonfinite_rows
+
+    def _dense_float_weight(self, device) -> torch.Tensor:
+        """dense_weight() (the dequantized [N, K] weight) in fp32 on `device`."""
+        w = ops.sparse24_decompress(self.values.cpu(), self.meta.cpu()).float()
+        return (w * self.weight_scale.cpu()[:, None] if self.int8 else w).to(device)
 
     def _matmul(self, x2: torch.Tensor, s_x: torch.Tensor | None = None) -> torch.Tensor:
         """[M, K] -> [M, N] fp32 through the sparse kernel. int8: x2 is the int8 input quantized
-        with scale s_x (quantized here when s_x is None)."""
+        with scale s_x (quantized here when s_x is None, its non-finite rows then computed in float)."""
         n = self.values.shape[0]
         if self.packed.numel() == 0:
             raise RuntimeError(f"{type(self).__name__}: the weight is not packed (buffers left uninitialized by "
@@ -152,14 +188,20 @@ class _Sparse24Base(nn.Module):
                 return ops.sparse24_linear(x2.to(torch.bfloat16).contiguous(), self.packed, self.meta, self.bias)
             bias = self.bias.float() if self.bias is not None else None
             return ops.sparse24_linear(x2.float().contiguous(), self.packed, self.meta, bias)
+        x_float, nonfinite_rows = x2, None
         if s_x is None:
-            x2, s_x = self._quantize_input(x2)
+            x2, s_x, nonfinite_rows = self._quantize_input(x2)
         # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator.
         meta = self.packed_meta if x2.is_cuda else self.meta
         acc = ops.sparse24_int8_linear(x2.contiguous(), 0, self.packed, meta, None, 1 << 30, 1, 0, INT32_MIN,
                                        INT32_MAX, torch.int32)[:, :n]
         y = acc.float() * (s_x * self.weight_scale)
-        return y + self.bias if self.bias is not None else y
+        y = y + self.bias if self.bias is not None else y
+        if nonfinite_rows is not None:
+            bias = self.bias.float() if self.bias is not None else None
+            y = float_rows_where(nonfinite_rows, y,
+                                 lambda: F.linear(x_float.float(), self._dense_float_weight(y.device), bias))
+        return y
 
     def compressed_bytes(self) -> int:
         """Bytes of the stored weight (values + metadata, + scales for int8)."""
@@ -182,6 +224,8 @@ class SparseLinear(_Sparse24Base):
     def from_float(cls, linear: nn.Linear, int8: bool = False) -> SparseLinear:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"SparseLinear.from_float: expected nn.Linear, got {type(linear).__name__}")
+        if int8:
+            _check_quantizable(linear, f"SparseLinear.from_float({linear!r})")
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, int8=int8)
         m._set_weight(linear.weight)
         if linear.bias is not None:
@@ -222,6 +266,8 @@ class SparseConv2d(_Sparse24Base):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"SparseConv2d: padding={conv.padding!r} / padding_mode={conv.padding_mode!r} is not "
                              "supported (numeric zero padding only)")
+        if int8:
+            _check_quantizable(conv, f"SparseConv2d.from_float({conv!r})")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                 conv.bias is not None, int8=int8)
         m._set_weight(weight_rows(conv.weight))
@@ -235,9 +281,8 @@ class SparseConv2d(_Sparse24Base):
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         # int8: quantize the input once (not its kh*kw-times larger im2col); zero padding is an exact 0.
-        s_x = None
         if self.int8:
-            x_in, s_x = self._quantize_input(x)
+            x_in, s_x, nonfinite_images = self._quantize_input(x)
             if not x.is_cuda and self.packed.numel() > 0:
                 # the 2:4 conv op gathers the patches itself, a chunk of rows at a time;
                 # (m0, shift) = (2^30, 1) is the identity multiplier: the int32 output is the accumulator
@@ -247,13 +292,28 @@ class SparseConv2d(_Sparse24Base):
                 y = acc.float() * (s_x * self.weight_scale).reshape(1, -1, 1, 1)
                 if self.bias is not None:
                     y = y + self.bias.reshape(1, -1, 1, 1)
-                return y.to(x.dtype)
-        else:
-            x_in = x.float()
-            if not x.is_cuda and self.packed.numel() > 0:
-                bias = self.bias.float() if self.bias is not None else None  # (a bf16 module keeps a bf16 bias)
-                return ops.sparse24_conv2d(x_in, self.packed, self.meta, bias, self.kernel_size, self.stride,
-                                           self.padding, self.dilation).to(x.dtype)
+            else:
+                y = self._im2col_forward(x_in, s_x, n, oh, ow)
+            if nonfinite_images is not None:
+                y = float_rows_where(nonfinite_images, y, lambda: self._float_conv(x.float()))
+            return y.to(x.dtype)
+        x_in = x.float()
+        if not x.is_cuda and self.packed.numel() > 0:
+            bias = self.bias.float() if self.bias is not None else None  # (a bf16 module keeps a bf16 bias)
+            return ops.sparse24_conv2d(x_in, self.packed, self.meta, bias, self.kernel_size, self.stride,
+                                       self.padding, self.dilation).to(x.dtype)
+        return self._im2col_forward(x_in, None, n, oh, ow).to(x.dtype)
+
+    def _float_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """F.conv2d in fp32 with the dequantized dense weight and the bias: the non-finite images."""
+        w = weight_from_rows(self._dense_float_weight(x.device), (self.out_channels, self.in_channels,
+                                                                  *self.kernel_size))
+        bias = self.bias.float() if self.bias is not None else None
+        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation)
+
+    def _im2col_forward(self, x_in: torch.Tensor, s_x: torch.Tensor | None, n: int, oh: int, ow: int) -> torch.Tensor:
+        """The conv as im2col + _matmul: fp32 [n, OC, oh, ow]; x_in is int8 (quantized with s_x) or fp32."""
+        kh, kw = self.kernel_size
         # im2col as one strided copy: rows (image, oy, ox), columns (ky, kx, c) = the weight's K order.
         xp = F.pad(x_in, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
         s_n, s_c, s_h, s_w = xp.stride()
@@ -261,7 +321,7 @@ class SparseConv2d(_Sparse24Base):
                                 (s_n, s_h * self.stride[0], s_w * self.stride[1], s_h * self.dilation[0],
                                  s_w * self.dilation[1], s_c))
         y = self._matmul(patches.reshape(n * oh * ow, self.k), s_x)  # [n * oh * ow, N]
-        return y.reshape(n, oh, ow, self.out_channels).permute(0, 3, 1, 2).to(x.dtype)
+        return y.reshape(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

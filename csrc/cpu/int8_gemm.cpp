@@ -187,8 +187,19 @@ void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int
                             int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const float* xr = x + r * cols;
-    float amax = 0.0f;
-    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(xr[c]));
+    uint32_t amax_bits = 0;  // max of the bit patterns of |x|: see kFloatExponentMask in int8_gemm.h
+    for (int64_t c = 0; c < cols; ++c) {
+      uint32_t bits;
+      std::memcpy(&bits, xr + c, sizeof(bits));
+      amax_bits = std::max(amax_bits, bits & kFloatAbsMask);
+    }
+    if (amax_bits >= kFloatExponentMask) {  // a NaN or +-Inf in the row
+      scale[r] = kNonFiniteRowScale;
+      std::memset(q + r * cols, 0, static_cast<size_t>(cols));
+      continue;
+    }
+    float amax;
+    std::memcpy(&amax, &amax_bits, sizeof(amax));
     float s = amax / static_cast<float>(qmax);
     if (s == 0.0f) s = 1.0f;
     scale[r] = s;

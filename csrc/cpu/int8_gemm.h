@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "requantize.h"
 
@@ -162,6 +163,14 @@ void int8_gemm_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& pl
 // Symmetric per-row quantization for dynamic activations: scale[r] = max|x[r, :]| / qmax
 // (1 when the row is all zero), q = clamp(round_half_even(x / scale), qmin, qmax), computed with a
 // true fp32 division so every path and the reference agree exactly.
+// A row holding any NaN or +-Inf gets scale[r] = NaN (kNonFiniteRowScale) and q[r, :] = 0, so the
+// float epilogue acc * scale gives NaN for every output of that row and never touches another row.
+// Detection rides along the max pass: max|x| is taken over the bit patterns of |x| as integers
+// (the same order as the floats for non-negative values, exact in any order), and a row is
+// non-finite exactly when that maximum is >= kFloatExponentMask (Inf is 0x7f800000, NaN above).
+constexpr uint32_t kFloatAbsMask = 0x7fffffffu;
+constexpr uint32_t kFloatExponentMask = 0x7f800000u;
+constexpr float kNonFiniteRowScale = std::numeric_limits<float>::quiet_NaN();
 void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
                    int32_t qmin, int32_t qmax, int8_t* q, float* scale);
 void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,

@@ -36,6 +36,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma")
+#include <cstring>
 #include <vector>
 
 #include "requant_avx2.h"
@@ -331,23 +332,31 @@ void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int6
 
 void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
                         int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
-  // Same arithmetic as quantize_rows_portable: max |x| (exact in any order; vmaxps returns its
-  // second operand when one is NaN, so NaN is skipped as std::max skips it), one correctly rounded
-  // fp32 division per element, round half to even (vroundps), clamp, narrow. The last cols % 8
-  // elements run the same vector code on masked loads and a partial store.
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  // Same arithmetic as quantize_rows_portable: max |x| as the integer max of the bit patterns of
+  // |x| (exact in any order; non-finite rows are those whose maximum reaches the exponent mask),
+  // one correctly rounded fp32 division per element, round half to even (vroundps), clamp, narrow.
+  // The last cols % 8 elements run the same vector code on masked loads (zeros) and a partial store.
+  const __m256i abs_mask = _mm256_set1_epi32(static_cast<int32_t>(kFloatAbsMask));
   const __m256 lo = _mm256_set1_ps(static_cast<float>(qmin)), hi = _mm256_set1_ps(static_cast<float>(qmax));
   for (int64_t r = row_begin; r < row_end; ++r) {
     const float* xr = x + r * cols;
-    __m256 amax = _mm256_setzero_ps();
+    __m256i amax = _mm256_setzero_si256();
     for (int64_t c = 0; c < cols; c += 8) {
       const __m256 v = cols - c >= 8 ? _mm256_loadu_ps(xr + c) : _mm256_maskload_ps(xr + c, lane_mask8(cols - c));
-      amax = _mm256_max_ps(_mm256_and_ps(v, abs_mask), amax);
+      amax = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v), abs_mask), amax);
     }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    float s = _mm_cvtss_f32(m4) / static_cast<float>(qmax);
+    __m128i m4 = _mm_max_epi32(_mm256_castsi256_si128(amax), _mm256_extracti128_si256(amax, 1));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(1, 0, 3, 2)));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(2, 3, 0, 1)));
+    const uint32_t amax_bits = static_cast<uint32_t>(_mm_cvtsi128_si32(m4));
+    if (amax_bits >= kFloatExponentMask) {  // a NaN or +-Inf in the row
+      scale[r] = kNonFiniteRowScale;
+      std::memset(q + r * cols, 0, static_cast<size_t>(cols));
+      continue;
+    }
+    float amax_f;
+    std::memcpy(&amax_f, &amax_bits, sizeof(amax_f));
+    float s = amax_f / static_cast<float>(qmax);
     if (s == 0.0f) s = 1.0f;
     scale[r] = s;
     const __m256 sv = _mm256_set1_ps(s);

@@ -13,6 +13,8 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#include <cstring>
+
 #include "int8_output_avx512.h"
 
 namespace ck::cpu {
@@ -150,18 +152,27 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
 
 void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
                           int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
-  // Same arithmetic as quantize_rows_portable: max |x| (exact in any order), one correctly rounded
-  // fp32 division per element, round half to even (roundscale), clamp, narrow.
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  // Same arithmetic as quantize_rows_portable: max |x| as the integer max of the bit patterns of
+  // |x| (exact in any order; non-finite rows are those whose maximum reaches the exponent mask),
+  // one correctly rounded fp32 division per element, round half to even (roundscale), clamp, narrow.
+  const __m512i abs_mask = _mm512_set1_epi32(static_cast<int32_t>(kFloatAbsMask));
   const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
   for (int64_t r = row_begin; r < row_end; ++r) {
     const float* xr = x + r * cols;
-    __m512 amax = _mm512_setzero_ps();
+    __m512i amax = _mm512_setzero_si512();
     for (int64_t c = 0; c < cols; c += 16) {
       const __mmask16 valid = lane_mask(cols - c);
-      amax = _mm512_max_ps(amax, _mm512_and_ps(_mm512_maskz_loadu_ps(valid, xr + c), abs_mask));
+      amax = _mm512_max_epi32(amax, _mm512_and_si512(_mm512_maskz_loadu_epi32(valid, xr + c), abs_mask));
     }
-    float s = _mm512_reduce_max_ps(amax) / static_cast<float>(qmax);
+    const uint32_t amax_bits = static_cast<uint32_t>(_mm512_reduce_max_epi32(amax));
+    if (amax_bits >= kFloatExponentMask) {  // a NaN or +-Inf in the row
+      scale[r] = kNonFiniteRowScale;
+      std::memset(q + r * cols, 0, static_cast<size_t>(cols));
+      continue;
+    }
+    float amax_f;
+    std::memcpy(&amax_f, &amax_bits, sizeof(amax_f));
+    float s = amax_f / static_cast<float>(qmax);
     if (s == 0.0f) s = 1.0f;
     scale[r] = s;
     const __m512 sv = _mm512_set1_ps(s);

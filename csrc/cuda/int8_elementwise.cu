@@ -31,33 +31,40 @@ __global__ void requantize_kernel(const int32_t* __restrict__ acc, int64_t total
   }
 }
 
-// One block per row: the row's max |x| by a block reduction (fmaxf ignores NaN like the CPU's
-// std::max(amax, |x|), and max is exact in any order), then q = clamp(rint(x / scale)).
+// One block per row: the row's max |x| by a block reduction over the bit patterns of |x| as
+// integers (the float order for non-negative values, exact in any order, as on the CPU), then
+// q = clamp(rint(x / scale)). A row holding NaN or +-Inf (maximum >= 0x7f800000) gets scale NaN and
+// q = 0, like csrc/cpu's quantize_rows.
 __global__ void quantize_rows_kernel(const float* __restrict__ x, int64_t rows, int64_t cols, int32_t qmin,
                                      int32_t qmax, int8_t* __restrict__ q, float* __restrict__ scale) {
-  __shared__ float warp_max[kThreads / 32];
+  constexpr int kAbsMask = 0x7fffffff, kExponentMask = 0x7f800000;
+  __shared__ int warp_max[kThreads / 32];
   __shared__ float row_scale;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * cols;
-    float amax = 0.0f;
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(xr[c]));
-    for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+    int amax = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = max(amax, __float_as_int(xr[c]) & kAbsMask);
+    for (int offset = 16; offset > 0; offset >>= 1) amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
     if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
     __syncthreads();
     if (threadIdx.x == 0) {
-      float m = 0.0f;
-      for (int w = 0; w < kThreads / 32; ++w) m = fmaxf(m, warp_max[w]);
-      float s = __fdiv_rn(m, static_cast<float>(qmax));  // true division, as on the CPU
-      if (s == 0.0f) s = 1.0f;
+      int m = 0;
+      for (int w = 0; w < kThreads / 32; ++w) m = max(m, warp_max[w]);
+      float s = __int_as_float(0x7fc00000);  // the non-finite row marker: quiet NaN
+      if (m < kExponentMask) {
+        s = __fdiv_rn(__int_as_float(m), static_cast<float>(qmax));  // true division, as on the CPU
+        if (s == 0.0f) s = 1.0f;
+      }
       row_scale = s;
       scale[r] = s;
     }
     __syncthreads();
     const float s = row_scale;
+    const bool finite_row = !isnan(s);
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
       float v = rintf(__fdiv_rn(xr[c], s));  // round half to even
       v = fminf(fmaxf(v, static_cast<float>(qmin)), static_cast<float>(qmax));
-      q[r * cols + c] = static_cast<int8_t>(v);
+      q[r * cols + c] = finite_row ? static_cast<int8_t>(v) : int8_t{0};
     }
     __syncthreads();  // row_scale and warp_max are reused by the next row
   }

@@ -75,12 +75,22 @@ inline Rounding parse_rounding(const std::string& rounding, const char* op) {
   TORCH_CHECK(false, op, ": rounding must be \"double\" or \"single\", got \"", rounding, "\"");
 }
 
+// m0 or shift of a fixed-point multiplier: an int32 tensor. A float tensor is refused with a pointer
+// to quantize_multiplier (a real multiplier such as 0.0123 is not an m0: truncated it would be 0).
+inline void check_multiplier_dtype(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be an int32 tensor (the fixed-point multiplier ",
+              "real ~= m0 * 2^(shift - 31)), got ", t.scalar_type(),
+              at::isFloatingType(t.scalar_type())
+                  ? "; for a real multiplier r, compress_kernels.quantize_multiplier(r) returns (m0, shift)"
+                  : "");
+}
+
 // m0 / shift: int32, numel 1 (per tensor) or `channels` (per channel), m0 >= 0, shift in [-31, 30].
 // Returns true when per channel. Reads the values, so call it on CPU copies.
 inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int64_t channels,
                              const char* op) {
-  check_dtype(m0, at::kInt, op, "m0");
-  check_dtype(shift, at::kInt, op, "shift");
+  check_multiplier_dtype(m0, op, "m0");
+  check_multiplier_dtype(shift, op, "shift");
   TORCH_CHECK(m0.dim() <= 1 && shift.dim() <= 1, op, ": m0 and shift must be 0-D or 1-D, got shapes ",
               m0.sizes(), " and ", shift.sizes());
   TORCH_CHECK(m0.numel() == shift.numel(), op, ": m0 and shift must have the same numel, got ",

@@ -69,7 +69,7 @@ at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at:
 cpu::RequantParams add_multiplier(const at::Tensor& m0, const at::Tensor& shift, const char* m0_name,
                                   const char* shift_name, const char* op) {
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{m0, m0_name}, {shift, shift_name}}) {
-    check_dtype(t, at::kInt, op, name);
+    check_multiplier_dtype(t, op, name);
     check_cpu(t, op, name);
     TORCH_CHECK(t.numel() == 1, op, ": ", name, " must have one element (a per-tensor multiplier), got shape ",
                 t.sizes());
