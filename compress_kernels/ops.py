@@ -26,7 +26,6 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         stacklevel=2,
     )
 
-INT8_PACKED_EXTRA_WORDS = 2  # row sums and the unpadded K, after the packed weight bytes
 
 
 def _lib():
@@ -103,6 +102,48 @@ def _int_pair(v, name: str, op: str, lo: int = 0) -> list[int]:
     return [i, i]
 
 
+# ---------------------------------------------------------------- packed weights
+#
+# Every pack op writes a header (csrc/include/ck/packed_header.h: magic, family, layout version, N,
+# K, family parameter, payload size, check value) where any slice, truncation or partial copy of
+# the tensor loses or contradicts it, and every op that reads a pack validates it (O(1), header
+# words only). 2-D packs (int8_pack_weight, int8_conv2d_pack_weight, codebook_pack) are
+# [header_rows + N, W] with header_rows = 16 / gcd(W, 16); the 1-D sparse24 packs start with a
+# 64-byte header. The shapes are computed in C++ only (the packed_shape op).
+
+PACKED_FAMILIES = ("int8_pack_weight", "int8_conv2d_pack_weight", "codebook_pack", "sparse24_f32_pack",
+                   "sparse24_bf16_pack", "sparse24_int8_pack")
+_PACKED_1D_HEADER_BYTES = 64
+
+
+def packed_shape(family: str, n: int, k: int, param: int = 0) -> tuple[int, ...]:
+    """The shape of the tensor the pack op `family` (one of PACKED_FAMILIES) returns for an N x K
+    weight; param: bits for codebook_pack, groups for int8_conv2d_pack_weight, 0 otherwise.
+    Symbolic sizes are specialized (packing is not traced with dynamic weight shapes)."""
+    return tuple(_lib().packed_shape(family, int(n), int(k), int(param)))
+
+
+def packed_n(family: str, shape) -> int:
+    """N (output rows) of a 2-D pack of that family and shape: shape[0] minus its header rows."""
+    return _lib().packed_n(family, [int(d) for d in shape])
+
+
+def packed_payload(packed: torch.Tensor, family: str) -> torch.Tensor:
+    """The payload of a pack (a view past its header): what the kernels read, the layout of
+    csrc/cpu/int8_gemm.h, ck/bitpack.h or csrc/cpu/sparse24.h. For inspection and tests."""
+    if packed.dim() == 2:
+        return packed[packed.shape[0] - packed_n(family, packed.shape):]
+    return packed[_PACKED_1D_HEADER_BYTES // packed.element_size():]
+
+
+def _packed_rows(w: torch.Tensor, family: str) -> int:
+    """N of a weight argument as the fake kernels see it: a raw [N, K] weight's rows, or the rows
+    of a 2-D int32 pack after its header."""
+    if w.dtype == torch.int32 and w.dim() == 2:
+        return packed_n(family, w.shape)
+    return w.shape[0]
+
+
 # ---------------------------------------------------------------- fixed-point requantization
 
 
@@ -168,9 +209,11 @@ def requantize(acc: torch.Tensor, m0, shift, zero_point: int = 0, qmin: int = -1
 
 
 def int8_pack_weight(w: torch.Tensor) -> torch.Tensor:
-    """Pack an int8 weight [N, K] once into the kernel's blocked layout (an int32 tensor
-    [N, ceil(K/4) + 2]: VNNI-ordered bytes, then the row sums and K; see csrc/cpu/int8_gemm.h).
-    Every int8 GEMM op accepts the packed tensor in place of the raw weight."""
+    """Pack an int8 weight [N, K] once into the kernel's blocked layout: an int32 tensor
+    packed_shape("int8_pack_weight", N, K) = [header_rows + N, ceil(K/4) + 2], the header rows
+    (see "packed weights" above), then VNNI-ordered bytes, the row sums and K (csrc/cpu/int8_gemm.h).
+    Every int8 GEMM op accepts the packed tensor in place of the raw weight and validates its
+    header (a slice, truncation, another family's pack or a pack for another K is refused)."""
     return _lib().int8_pack_weight(w)
 
 
@@ -221,7 +264,8 @@ def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch
 def int8_conv2d_pack_weight(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """Pack an int8 conv weight [OC, C/groups, KH, KW] once for int8_conv2d: per group, the
     [OC/groups, KH*KW*C/groups] matrix in (o, kh, kw, c) order packed like int8_pack_weight,
-    stacked into an int32 tensor [OC, ceil(KH*KW*C/groups / 4) + 2]."""
+    stacked after the header rows into an int32 tensor
+    packed_shape("int8_conv2d_pack_weight", OC, KH*KW*C/groups, groups)."""
     return _lib().int8_conv2d_pack_weight(w, groups)
 
 
@@ -252,14 +296,17 @@ def int8_conv2d(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
 
 
 def codebook_words_per_row(k: int, bits: int) -> int:
-    """int32 words per packed row of k indices of `bits` bits: ceil(k / (32 // bits))."""
+    """int32 words per packed row of k indices of `bits` bits: ceil(k / (32 // bits)) (the second
+    dimension of codebook_pack's result)."""
     per_word = 32 // bits
     return (k + per_word - 1) // per_word
 
 
 def codebook_pack(idx: torch.Tensor, bits: int) -> torch.Tensor:
     """Bit-pack codebook indices idx [N, K] (integers in [0, 2^bits), bits in 1..8) into the kernel
-    layout: an int32 tensor [N, ceil(K / (32 // bits))]. Each 32-bit word holds 32 // bits indices
+    layout: an int32 tensor packed_shape("codebook_pack", N, K, bits) = [header_rows + N,
+    ceil(K / (32 // bits))], the header rows first (see "packed weights" above; payload:
+    packed_payload(p, "codebook_pack")). Each 32-bit word holds 32 // bits indices
     of one row (index j at bits [j*bits, (j+1)*bits), no index straddles two words; bits 3/5/6/7
     leave 32 mod bits bits unused), and rows are interleaved in blocks of 16 so that one 64-byte
     load gives a 16-lane vector of indices (full description: csrc/include/ck/bitpack.h)."""
@@ -305,7 +352,7 @@ def codebook_conv2d(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
 def _codebook_dense(packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> tuple[
         torch.Tensor, torch.Tensor]:
     """(W [N, k], flat index [N, k] into codebook.view(-1)) for the backward passes."""
-    n, entries = packed_idx.shape[0], 1 << bits
+    n, entries = packed_n("codebook_pack", packed_idx.shape), 1 << bits
     idx = codebook_unpack(packed_idx, bits, k).long()
     group = torch.arange(n, device=idx.device) // (n // codebook.shape[0])
     flat = group[:, None] * entries + idx
@@ -347,7 +394,7 @@ def _register_codebook_autograd() -> None:
         kernel_size, stride, padding, dilation, groups = ctx.conv
         c_in = x.shape[1] // groups
         w, flat = _codebook_dense(packed_idx, codebook, ctx.bits, c_in * kernel_size[0] * kernel_size[1])
-        w4 = w.view(packed_idx.shape[0], c_in, kernel_size[0], kernel_size[1]).to(x.dtype)
+        w4 = w.view(w.shape[0], c_in, kernel_size[0], kernel_size[1]).to(x.dtype)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[4]]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad.contiguous(), x, w4, [w4.shape[0]] if ctx.has_bias else None, stride, padding, dilation,
@@ -385,15 +432,15 @@ def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor) -> torch.Tenso
 
 
 def sparse24_f32_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """Pack fp32 values [N, K/2] + meta once into the fp32 kernel's layout (a 1-D float tensor:
-    blocks of eight interleaved columns, see csrc/cpu/sparse24.h); sparse24_linear accepts it in
-    place of the values."""
+    """Pack fp32 values [N, K/2] + meta once into the fp32 kernel's layout (a 1-D float tensor of
+    packed_shape("sparse24_f32_pack", N, K): the 64-byte header, then blocks of eight interleaved
+    columns, see csrc/cpu/sparse24.h); sparse24_linear accepts it in place of the values."""
     return _lib().sparse24_f32_pack(values, meta)
 
 
 def sparse24_bf16_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """Pack bf16 values [N, K/2] + meta once into the CPU bf16 kernel's layout (a 1-D bf16 tensor:
-    blocks of 16 columns x 8 k, values as the (k0, k1) pairs vdpbf16ps reads, see
+    """Pack bf16 values [N, K/2] + meta once into the CPU bf16 kernel's layout (a 1-D bf16 tensor of
+    packed_shape("sparse24_bf16_pack", N, K): the 64-byte header, then blocks of 16 columns x 8 k, values as the (k0, k1) pairs vdpbf16ps reads, see
     csrc/cpu/sparse24.h); sparse24_linear with bf16 x accepts it in place of the values."""
     return _lib().sparse24_bf16_pack(values, meta)
 
@@ -430,7 +477,8 @@ def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 
 def sparse24_int8_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """Pack int8 values [N, K/2] + meta once into the int8 kernel's layout (an int32 tensor, see
+    """Pack int8 values [N, K/2] + meta once into the int8 kernel's layout (a 1-D int32 tensor of
+    packed_shape("sparse24_int8_pack", N, K): the 64-byte header, then the layout of
     csrc/cpu/sparse24.h); sparse24_int8_linear accepts it in place of the int8 values."""
     return _lib().sparse24_int8_pack(values, meta)
 
@@ -667,10 +715,6 @@ def force_cpu_isa(isa: str):
 # ---------------------------------------------------------------- fake kernels
 
 
-def _packed_n(w: torch.Tensor) -> int:
-    return w.shape[0]
-
-
 if NATIVE_ERROR is None:
 
     @torch.library.register_fake("compress_kernels::quantize_multiplier")
@@ -697,21 +741,20 @@ if NATIVE_ERROR is None:
 
     @torch.library.register_fake("compress_kernels::int8_pack_weight")
     def _(w):
-        return w.new_empty((w.shape[0], (w.shape[1] + 3) // 4 + INT8_PACKED_EXTRA_WORDS),
-                           dtype=torch.int32)
+        return w.new_empty(packed_shape("int8_pack_weight", w.shape[0], w.shape[1]), dtype=torch.int32)
 
     @torch.library.register_fake("compress_kernels::int8_gemm")
     def _(a, b):
-        return a.new_empty((a.shape[0], _packed_n(b)), dtype=torch.int32)
+        return a.new_empty((a.shape[0], _packed_rows(b, "int8_pack_weight")), dtype=torch.int32)
 
     @torch.library.register_fake("compress_kernels::int8_linear")
     def _(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,
           rounding="double"):
-        return x.new_empty((x.shape[0], _packed_n(w)), dtype=out_dtype)
+        return x.new_empty((x.shape[0], _packed_rows(w, "int8_pack_weight")), dtype=out_dtype)
 
     @torch.library.register_fake("compress_kernels::int8_linear_float")
     def _(x, x_zero_point, w, x_scale, w_scale, bias):
-        return x.new_empty((x.shape[0], _packed_n(w)), dtype=torch.float32)
+        return x.new_empty((x.shape[0], _packed_rows(w, "int8_pack_weight")), dtype=torch.float32)
 
     @torch.library.register_fake("compress_kernels::quantize_rows")
     def _(x, qmax=127):
@@ -722,7 +765,7 @@ if NATIVE_ERROR is None:
     @torch.library.register_fake("compress_kernels::int8_conv2d_pack_weight")
     def _(w, groups=1):
         depth = w.shape[1] * w.shape[2] * w.shape[3]
-        return w.new_empty((w.shape[0], (depth + 3) // 4 + INT8_PACKED_EXTRA_WORDS), dtype=torch.int32)
+        return w.new_empty(packed_shape("int8_conv2d_pack_weight", w.shape[0], depth, groups), dtype=torch.int32)
 
     @torch.library.register_fake("compress_kernels::int8_conv2d")
     def _(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride=(1, 1),
@@ -752,16 +795,16 @@ if NATIVE_ERROR is None:
     @torch.library.register_fake("compress_kernels::codebook_pack")
     def _(idx, bits):
         torch._check(1 <= bits <= 8, lambda: f"codebook_pack: bits must be in [1, 8], got {bits}")
-        return idx.new_empty((idx.shape[0], codebook_words_per_row(idx.shape[1], bits)), dtype=torch.int32)
+        return idx.new_empty(packed_shape("codebook_pack", idx.shape[0], idx.shape[1], bits), dtype=torch.int32)
 
     @torch.library.register_fake("compress_kernels::codebook_unpack")
     def _(packed_idx, bits, k):
-        return packed_idx.new_empty((packed_idx.shape[0], k), dtype=torch.uint8)
+        return packed_idx.new_empty((_packed_rows(packed_idx, "codebook_pack"), k), dtype=torch.uint8)
 
     @torch.library.register_fake("compress_kernels::codebook_linear")
     def _(x, packed_idx, codebook, bits, bias):
         torch._check(x.dim() == 2, lambda: f"codebook_linear: x must be 2-D, got {x.dim()}-D")
-        return x.new_empty((x.shape[0], packed_idx.shape[0]))
+        return x.new_empty((x.shape[0], _packed_rows(packed_idx, "codebook_pack")))
 
     @torch.library.register_fake("compress_kernels::codebook_conv2d")
     def _(x, packed_idx, codebook, bits, bias, kernel_size, stride=(1, 1), padding=(0, 0),
@@ -769,7 +812,7 @@ if NATIVE_ERROR is None:
         torch._check(x.dim() == 4, lambda: f"codebook_conv2d: x must be 4-D, got {x.dim()}-D")
         ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
         wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
-        return x.new_empty((x.shape[0], packed_idx.shape[0], ho, wo))
+        return x.new_empty((x.shape[0], _packed_rows(packed_idx, "codebook_pack"), ho, wo))
 
     _register_codebook_autograd()
 
@@ -787,13 +830,11 @@ if NATIVE_ERROR is None:
 
     @torch.library.register_fake("compress_kernels::sparse24_f32_pack")
     def _(values, meta):
-        n, k = values.shape[0], 2 * values.shape[1]
-        return values.new_empty(((n + 7) // 8 * (8 * (k // 2) + 2 * ((k + 7) // 8)) + 2,))
+        return values.new_empty(packed_shape("sparse24_f32_pack", values.shape[0], 2 * values.shape[1]))
 
     @torch.library.register_fake("compress_kernels::sparse24_bf16_pack")
     def _(values, meta):
-        n, k = values.shape[0], 2 * values.shape[1]
-        return values.new_empty(((n + 15) // 16 * ((k + 7) // 8) * 72 + 4,))
+        return values.new_empty(packed_shape("sparse24_bf16_pack", values.shape[0], 2 * values.shape[1]))
 
     @torch.library.register_fake("compress_kernels::sparse24_linear")
     def _(x, values, meta, bias):
@@ -801,8 +842,8 @@ if NATIVE_ERROR is None:
 
     @torch.library.register_fake("compress_kernels::sparse24_int8_pack")
     def _(values, meta):
-        n, k = values.shape[0], 2 * values.shape[1]
-        return values.new_empty(((n + 15) // 16 * ((k + 7) // 8) * 20 + n + 2,), dtype=torch.int32)
+        return values.new_empty(packed_shape("sparse24_int8_pack", values.shape[0], 2 * values.shape[1]),
+                                dtype=torch.int32)
 
     @torch.library.register_fake("compress_kernels::sparse24_int8_linear")
     def _(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,

@@ -35,8 +35,10 @@ class _CodebookBase(nn.Module):
             raise ValueError(f"{type(self).__name__}: codebooks={codebooks} must divide the {out_channels} "
                              "output channels")
         self.bits, self.out_channels_, self.depth_ = bits, out_channels, depth
-        words = ops.codebook_words_per_row(depth, bits)
-        self.register_buffer("packed_idx", torch.zeros(out_channels, words, dtype=torch.int32))
+        # Zeros until _set_clusters or load_state_dict fills it: no pack header, so the ops refuse
+        # the layer until then instead of computing with made-up indices.
+        self.register_buffer("packed_idx", torch.zeros(ops.packed_shape("codebook_pack", out_channels, depth, bits),
+                                                       dtype=torch.int32))
         self.codebook = nn.Parameter(torch.zeros(codebooks, 1 << bits))
         self.register_buffer("zero_mask", torch.zeros(codebooks, 1 << bits, dtype=torch.bool))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -62,6 +64,22 @@ class _CodebookBase(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args):
         from ._common import ExtraStateChecker, check_state_tensors
 
+        # packed_idx is what the kernels read, header included (csrc/include/ck/packed_header.h). A
+        # state dict saved before packs had a header holds [N, W] without the header rows: refused
+        # here, at load, naming the fix. A right-shaped packed_idx whose header is wrong (another
+        # layer's indices, a corrupted file) is refused by the first forward, where the op reads it.
+        key = prefix + "packed_idx"
+        if key in state_dict and isinstance(state_dict[key], torch.Tensor):
+            got, want = tuple(state_dict[key].shape), tuple(self.packed_idx.shape)
+            if got != want:
+                legacy = got == (self.out_channels_, ops.codebook_words_per_row(self.depth_, self.bits))
+                why = ("it was saved by an older packed layout without a header" if legacy else
+                       "it does not belong to this layer")
+                raise RuntimeError(
+                    f"{type(self).__name__}.load_state_dict: {key} has shape {list(got)}, expected {list(want)} "
+                    f"(codebook_pack of {self.out_channels_} x {self.depth_} {self.bits}-bit indices with its header "
+                    f"rows): {why}; rebuild the layer with from_float (or repack its indices with "
+                    f"compress_kernels.codebook_pack) and save it again")
         if prefix + "_extra_state" in state_dict:
             check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"bits"})
             check.int("bits", 1, 8)

@@ -11,6 +11,7 @@
 
 #include "ck/bitpack.h"
 #include "checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 
@@ -31,27 +32,26 @@ inline void check_codebook_idx(const at::Tensor& idx, int64_t bits, const char* 
               "] for bits=", bits, ", got values in [", lo, ", ", hi, "]");
 }
 
-// A packed index tensor as codebook_pack returns it for K=k: int32 [N, ceil(k / (32 / bits))],
-// contiguous, N > 0 (the device is checked by the caller).
-inline void check_codebook_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* op) {
-  TORCH_CHECK(packed.is_contiguous(), op, ": packed_idx must be contiguous (as codebook_pack returns it)");
-  TORCH_CHECK(packed.size(0) > 0, op, ": packed_idx must have at least one row, got shape ", packed.sizes());
-  const int64_t kw = ck::bitpack::words_per_row(k, static_cast<int>(bits));
-  TORCH_CHECK(packed.size(1) == kw, op, ": packed_idx of shape ", packed.sizes(), " does not hold ", bits,
-              "-bit indices for K=", k, " (expected [N, ", kw, "]); pack them with codebook_pack(idx, ", bits, ")");
-}
-
-inline void check_codebook_packed_type(const at::Tensor& packed, const char* op) {
-  check_dtype(packed, at::kInt, op, "packed_idx");
-  check_dim(packed, 2, op, "packed_idx");
+// A packed index tensor as codebook_pack returns it, validated (packed_checks.h) for `bits`-bit
+// indices of K=k taken from k_from (k < 0: any K, for the conv, which checks it with
+// check_packed_k once N gave it the depth); returns what its header says (N, the payload offset). On CUDA
+// the header is read back to the host (see read_packed_header). The device is the caller's check.
+inline PackedInfo check_codebook_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* k_from,
+                                        const char* op) {
+  PackedExpect expect;
+  expect.k = k;
+  expect.k_from = k_from;
+  expect.param = bits;
+  return check_packed(packed, PackedFamily::kCodebook, expect, op, "packed_idx");
 }
 
 // The codebook [G, 2^bits] fp32 (G divides N) and bias [N] fp32 next to packed_idx; all on x's
 // device. Returns the output rows per codebook, N / G.
-inline int64_t check_codebook_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
-                                     const std::optional<at::Tensor>& bias, const at::Tensor& x, const char* op) {
+inline int64_t check_codebook_weight(const at::Tensor& packed, const PackedInfo& info, const at::Tensor& codebook,
+                                     int64_t bits, const std::optional<at::Tensor>& bias, const at::Tensor& x,
+                                     const char* op) {
   check_same_device(packed, x, op, "packed_idx");
-  const int64_t n = packed.size(0), entries = int64_t{1} << bits;
+  const int64_t n = info.n, entries = int64_t{1} << bits;
   check_dtype(codebook, at::kFloat, op, "codebook");
   check_dim(codebook, 2, op, "codebook");
   check_same_device(codebook, x, op, "codebook");
@@ -83,8 +83,8 @@ struct CodebookConvShape {
   int64_t batch, channels, h, w, ho, wo, out_channels, per_group, k;
 };
 
-// x must already be checked 4-D.
-inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const at::Tensor& packed,
+// x must already be checked 4-D and packed_idx validated (its N is the output channels).
+inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const PackedInfo& packed,
                                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                              const char* op) {
@@ -96,7 +96,7 @@ inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const at::Tens
   s.batch = x.size(0), s.channels = x.size(1), s.h = x.size(2), s.w = x.size(3);
   TORCH_CHECK(groups >= 1 && s.channels % groups == 0, op, ": groups=", groups,
               " must be >= 1 and divide the input channels C=", s.channels);
-  s.out_channels = packed.dim() >= 1 ? packed.size(0) : 0;
+  s.out_channels = packed.n;
   TORCH_CHECK(s.out_channels % groups == 0, op, ": groups=", groups, " must divide the output channels ",
               s.out_channels);
   s.per_group = s.out_channels / groups;

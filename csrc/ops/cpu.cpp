@@ -14,6 +14,7 @@
 #include "../cpu/requantize.h"
 #include "../cpu/sparse24.h"
 #include "checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -134,16 +135,17 @@ at::Tensor pack_weight(const at::Tensor& w, const char* op) {
               w.sizes());
   check_depth(w.size(1), op);
   const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
-  at::Tensor packed =
-      at::empty({w.size(0), cpu::int8_packed_words_per_row(w.size(1))}, w.options().dtype(at::kInt));
+  at::Tensor packed = new_packed(PackedFamily::kInt8, w.size(0), w.size(1), 0, w.options(), op);
+  const int64_t header = packed_header_elements(PackedFamily::kInt8, packed.size(1));
   cpu::int8_pack_weight(wc.data_ptr<int8_t>(), wc.size(0), wc.size(1), wc.stride(0),
-                        packed.data_ptr<int32_t>());
+                        packed.data_ptr<int32_t>() + header);
   return packed;
 }
 
 at::Tensor int8_pack_weight_cpu(const at::Tensor& w) { return pack_weight(w, "int8_pack_weight"); }
 
-// A packed weight (int32, from int8_pack_weight) or a raw int8 [N, K] weight packed for this call.
+// A packed weight (int32, from int8_pack_weight; its header checked against K) or a raw int8
+// [N, K] weight packed for this call.
 struct WeightView {
   at::Tensor holder;
   cpu::PackedInt8Weight view;
@@ -153,11 +155,6 @@ WeightView weight_for(const at::Tensor& w, int64_t k, const char* op) {
   check_cpu(w, op, "w");
   WeightView out;
   if (w.scalar_type() == at::kInt) {
-    check_dim(w, 2, op, "packed w");
-    TORCH_CHECK(w.is_contiguous(), op, ": a packed w must be contiguous (as int8_pack_weight returns it)");
-    TORCH_CHECK(w.size(0) > 0 && w.size(1) == cpu::int8_packed_words_per_row(k), op,
-                ": packed w of shape ", w.sizes(), " does not hold a weight with K=", k,
-                " (expected [N, ", cpu::int8_packed_words_per_row(k), "]); pack it with int8_pack_weight");
     out.holder = w;
   } else {
     TORCH_CHECK(w.scalar_type() == at::kChar, op,
@@ -166,7 +163,11 @@ WeightView weight_for(const at::Tensor& w, int64_t k, const char* op) {
     TORCH_CHECK(w.size(1) == k, op, ": K mismatch: x has K=", k, " but w has shape ", w.sizes());
     out.holder = pack_weight(w, op);
   }
-  out.view = cpu::int8_packed_view(out.holder.data_ptr<int32_t>(), out.holder.size(0), out.holder.size(1));
+  PackedExpect expect;
+  expect.k = k;
+  expect.k_from = "x";
+  const PackedInfo info = check_packed(out.holder, PackedFamily::kInt8, expect, op, "w");
+  out.view = cpu::int8_packed_view(packed_payload<int32_t>(out.holder, info), info.n, out.holder.size(1));
   TORCH_CHECK(out.view.k == k, op, ": K mismatch: x has K=", k, " but the packed w was built for K=",
               out.view.k);
   return out;

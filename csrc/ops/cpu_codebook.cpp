@@ -7,6 +7,7 @@
 #include "../cpu/codebook.h"
 #include "checks.h"
 #include "codebook_checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -25,40 +26,41 @@ at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
   check_codebook_idx(idx, bits, op);
   const int64_t n = idx.size(0), k = idx.size(1);
   const at::Tensor u8 = idx.to(at::kByte).contiguous();
-  at::Tensor packed = at::empty({n, bp::words_per_row(k, static_cast<int>(bits))}, idx.options().dtype(at::kInt));
-  cpu::codebook_pack(u8.data_ptr<uint8_t>(), n, k, k, static_cast<int>(bits),
-                     reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()));
+  at::Tensor packed = new_packed(PackedFamily::kCodebook, n, k, bits, idx.options(), op);
+  int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kCodebook, packed.size(1));
+  cpu::codebook_pack(u8.data_ptr<uint8_t>(), n, k, k, static_cast<int>(bits), reinterpret_cast<uint32_t*>(payload));
   return packed;
 }
 
-void check_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* op) {
-  check_codebook_packed_type(packed, op);
+PackedInfo check_packed_cpu(const at::Tensor& packed, int64_t bits, int64_t k, const char* k_from, const char* op) {
   check_cpu_tensor(packed, op, "packed_idx");
-  check_codebook_packed(packed, bits, k, op);
+  return check_codebook_packed(packed, bits, k, k_from, op);
+}
+
+const uint32_t* payload_words(const at::Tensor& packed, const PackedInfo& info) {
+  return reinterpret_cast<const uint32_t*>(packed_payload<int32_t>(packed, info));
 }
 
 at::Tensor codebook_unpack_cpu(const at::Tensor& packed, int64_t bits, int64_t k) {
   constexpr const char* op = "codebook_unpack";
   check_codebook_bits(bits, op);
   TORCH_CHECK(k > 0, op, ": k must be > 0, got ", k);
-  check_packed(packed, bits, k, op);
-  const int64_t n = packed.size(0);
+  const PackedInfo info = check_packed_cpu(packed, bits, k, "the k argument", op);
+  const int64_t n = info.n;
   at::Tensor idx = at::empty({n, k}, packed.options().dtype(at::kByte));
-  cpu::codebook_unpack(reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), n, k,
-                       static_cast<int>(bits), idx.data_ptr<uint8_t>());
+  cpu::codebook_unpack(payload_words(packed, info), n, k, static_cast<int>(bits), idx.data_ptr<uint8_t>());
   return idx;
 }
 
 // Checks the weight operands shared by linear and conv2d; fills the weight part of args.
-void prepare_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
+// packed is validated (check_packed_cpu) and info is what its header says.
+void prepare_weight(const at::Tensor& packed, const PackedInfo& info, const at::Tensor& codebook, int64_t bits,
                     const std::optional<at::Tensor>& bias, int64_t k, const at::Tensor& x, at::Tensor& cb_holder,
                     at::Tensor& bias_holder, cpu::CodebookLinearArgs& args, const char* op) {
-  check_codebook_bits(bits, op);
-  check_packed(packed, bits, k, op);
-  const int64_t group_rows = check_codebook_weight(packed, codebook, bits, bias, x, op);
-  const int64_t n = packed.size(0);
+  const int64_t group_rows = check_codebook_weight(packed, info, codebook, bits, bias, x, op);
+  const int64_t n = info.n;
   cb_holder = codebook.contiguous();
-  args.packed = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
+  args.packed = payload_words(packed, info);
   args.n = n;
   args.kw = packed.size(1);
   args.bits = static_cast<int>(bits);
@@ -92,7 +94,9 @@ at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
-  prepare_weight(packed_idx, codebook, bits, bias, x.size(1), x, cb_holder, bias_holder, args, op);
+  check_codebook_bits(bits, op);
+  const PackedInfo info = check_packed_cpu(packed_idx, bits, x.size(1), "x", op);
+  prepare_weight(packed_idx, info, codebook, bits, bias, x.size(1), x, cb_holder, bias_holder, args, op);
   const at::Tensor xc = x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1)) ? x : x.contiguous();
   at::Tensor out = at::empty({x.size(0), args.n}, x.options());
   args.x = xc.data_ptr<float>();
@@ -114,13 +118,18 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 4, op, "x");
   check_cpu_tensor(x, op, "x");
-  const CodebookConvShape s = check_codebook_conv(x, packed_idx, kernel_size, stride, padding, dilation, groups, op);
+  check_codebook_bits(bits, op);
+  const PackedInfo info = check_packed_cpu(packed_idx, bits, -1, nullptr, op);
+  const CodebookConvShape s = check_codebook_conv(x, info, kernel_size, stride, padding, dilation, groups, op);
+  PackedExpect expect;
+  expect.param = bits;
+  check_packed_k(info, expect, s.k, "x and kernel_size: C/groups * kh * kw", op, "packed_idx");
   const auto &ks = s.ks, &st = s.st, &pd = s.pd, &dl = s.dl;
   const int64_t batch = s.batch, channels = s.channels, h = s.h, w = s.w, ho = s.ho, wo = s.wo;
   const int64_t out_channels = s.out_channels, per_group = s.per_group, k = s.k;
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
-  prepare_weight(packed_idx, codebook, bits, bias, k, x, cb_holder, bias_holder, args, op);
+  prepare_weight(packed_idx, info, codebook, bits, bias, k, x, cb_holder, bias_holder, args, op);
   // im2col into rows of x for the linear kernel (one row per output pixel, columns in the (c, i, j)
   // order of the weight's [C/groups, kh, kw] flattening).
   const at::Tensor xc = x.contiguous();

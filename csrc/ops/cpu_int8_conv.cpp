@@ -13,6 +13,7 @@
 #include "../cpu/int8_gemm.h"
 #include "../cpu/isa.h"
 #include "checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -29,23 +30,25 @@ void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
   check_depth(w.size(1) * w.size(2) * w.size(3), op);
 }
 
-// [OC, Cg, KH, KW] -> per group g, int8_pack_weight of w[g*OCg:(g+1)*OCg] permuted to (o, kh, kw, c),
-// stacked along dim 0 into [OC, int8_packed_words_per_row(KH * KW * Cg)].
-at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
+// [OC, Cg, KH, KW] -> per group g, int8_pack_weight's payload of w[g*OCg:(g+1)*OCg] permuted to
+// (o, kh, kw, c), stacked along dim 0 after the header rows: int32
+// [header_rows + OC, int8_packed_words_per_row(KH * KW * Cg)] (ck/packed_header.h).
+at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
   const int64_t oc = w.size(0), ocg = oc / groups, depth = w.size(1) * w.size(2) * w.size(3);
   const at::Tensor rows = w.permute({0, 2, 3, 1}).contiguous().reshape({oc, depth});
-  const int64_t words = cpu::int8_packed_words_per_row(depth);
-  at::Tensor packed = at::empty({oc, words}, w.options().dtype(at::kInt));
+  at::Tensor packed = new_packed(PackedFamily::kInt8Conv2d, oc, depth, groups, w.options(), op);
+  const int64_t words = packed.size(1);
+  int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kInt8Conv2d, words);
   for (int64_t g = 0; g < groups; ++g) {
-    cpu::int8_pack_weight(rows.data_ptr<int8_t>() + g * ocg * depth, ocg, depth, depth,
-                          packed.data_ptr<int32_t>() + g * ocg * words);
+    cpu::int8_pack_weight(rows.data_ptr<int8_t>() + g * ocg * depth, ocg, depth, depth, payload + g * ocg * words);
   }
   return packed;
 }
 
 at::Tensor int8_conv2d_pack_weight_cpu(const at::Tensor& w, int64_t groups) {
-  check_conv_weight(w, groups, "int8_conv2d_pack_weight");
-  return pack_conv_weight(w, groups);
+  constexpr const char* op = "int8_conv2d_pack_weight";
+  check_conv_weight(w, groups, op);
+  return pack_conv_weight(w, groups, op);
 }
 
 at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
@@ -101,6 +104,22 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   const int64_t out_elem = out.element_size();
   char* out_bytes = static_cast<char*>(out.data_ptr());
 
+  // A given w_packed is validated even where the depthwise kernel reads w instead, so that a pack
+  // that does not belong to w is never silently accepted.
+  at::Tensor w_packed_checked;
+  if (w_packed.has_value()) {
+    check_cpu(*w_packed, op, "w_packed");
+    check_dtype(*w_packed, at::kInt, op, "w_packed");
+    PackedExpect expect;
+    expect.n = oc;
+    expect.n_from = "w";
+    expect.k = s.group_depth();
+    expect.k_from = "w: C/groups * KH * KW";
+    expect.param = groups;
+    check_packed(*w_packed, PackedFamily::kInt8Conv2d, expect, op, "w_packed");
+    w_packed_checked = *w_packed;
+  }
+
   // Depthwise: one input channel per output channel; a GEMM would waste 15 of 16 lanes.
   if (groups == s.in_channels && ocg == 1) {
     const at::Tensor w_dw = w.reshape({oc, s.kernel_h * s.kernel_w}).contiguous();
@@ -115,18 +134,9 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
 
   const int64_t depth = s.group_depth();
   const int64_t words = cpu::int8_packed_words_per_row(depth);
-  at::Tensor packed;
-  if (w_packed.has_value()) {
-    check_dtype(*w_packed, at::kInt, op, "w_packed");
-    check_cpu(*w_packed, op, "w_packed");
-    TORCH_CHECK(w_packed->dim() == 2 && w_packed->size(0) == oc && w_packed->size(1) == words && w_packed->is_contiguous(),
-                op, ": w_packed must be the contiguous [", oc, ", ", words, "] tensor from int8_conv2d_pack_weight(w, groups=",
-                groups, "), got shape ", w_packed->sizes());
-    packed = *w_packed;
-  } else {
-    packed = pack_conv_weight(w, groups);
-  }
-  const int32_t* packed_ptr = packed.data_ptr<int32_t>();
+  const at::Tensor packed = w_packed_checked.defined() ? w_packed_checked : pack_conv_weight(w, groups, op);
+  const int32_t* packed_ptr =
+      packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kInt8Conv2d, packed.size(1));
   auto group_args = [&](int64_t g) {
     cpu::Int8GemmArgs a = base;
     a.w = cpu::int8_packed_view(packed_ptr + g * ocg * words, ocg, words);

@@ -13,6 +13,7 @@
 #include "../cpu/isa.h"
 #include "../cpu/sparse24.h"
 #include "checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -93,10 +94,25 @@ at::Tensor pack_checked(const at::Tensor& values, const at::Tensor& meta, const 
 at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
   return pack_checked(values, meta, "sparse24_f32_pack", at::kFloat,
                       [](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
-                        at::Tensor packed = at::empty({cpu::sparse24_f32_packed_floats(n, k)}, v.options());
-                        cpu::sparse24_f32_pack(v.data_ptr<float>(), m.data_ptr<uint8_t>(), n, k, packed.data_ptr<float>());
+                        at::Tensor packed =
+                            new_packed(PackedFamily::kSparse24F32, n, k, 0, v.options(), "sparse24_f32_pack");
+                        float* payload = packed.data_ptr<float>() + packed_header_elements(PackedFamily::kSparse24F32, 0);
+                        cpu::sparse24_f32_pack(v.data_ptr<float>(), m.data_ptr<uint8_t>(), n, k, payload);
                         return packed;
                       });
+}
+
+// A 1-D pack of family f given as `values`, validated against meta's N and the x_k values of the
+// op's input rows; returns what its header says.
+PackedInfo check_sparse24_packed(const at::Tensor& values, PackedFamily f, const at::Tensor& meta, int64_t x_k,
+                                 const char* k_name, const char* op) {
+  check_cpu_tensor(values, op, "values");
+  PackedExpect expect;
+  expect.n = meta.dim() == 2 ? meta.size(0) : -1;
+  expect.n_from = "meta";
+  expect.k = x_k;
+  expect.k_from = k_name;
+  return check_packed(values, f, expect, op, "values");
 }
 
 // A packed weight of N x K (read from its trailer) belongs to meta and to inputs of x_k values.
@@ -117,18 +133,19 @@ struct Sparse24F32Call {
 Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tensor& values, const at::Tensor& meta,
                                      const std::optional<at::Tensor>& bias, const char* k_name) {
   Sparse24F32Call call;
-  check_dtype(values, at::kFloat, op, "values");
   check_cpu_tensor(values, op, "values");
-  if (values.dim() == 1) {
-    // A packed weight from sparse24_f32_pack; meta gives N and K and is checked against it.
-    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_f32_pack returns them)");
-    call.packed = values;
-  } else {
+  if (values.dim() != 1) {
+    check_dtype(values, at::kFloat, op, "values");
     call.packed = sparse24_f32_pack_cpu(values, meta);
+  } else {
+    call.packed = values;  // a packed weight from sparse24_f32_pack; meta's N and x's K are checked against it
   }
+  const PackedInfo info = check_sparse24_packed(call.packed, PackedFamily::kSparse24F32, meta, x_k, k_name, op);
+  const float* payload = packed_payload<float>(call.packed, info);
   int64_t n = 0, k = 0;
-  cpu::sparse24_f32_packed_shape(call.packed.data_ptr<float>(), call.packed.numel(), &n, &k);
-  TORCH_CHECK(n > 0, op, ": 1-D values of ", call.packed.numel(), " floats are not a weight packed by sparse24_f32_pack");
+  cpu::sparse24_f32_packed_shape(payload, call.packed.numel() - info.header_elements, &n, &k);
+  TORCH_CHECK(n == info.n && k == info.k, op, ": the trailer of the sparse24_f32_pack payload (N=", n, ", K=", k,
+              ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_f32_pack");
   check_packed_matches(op, meta, n, k, x_k, k_name);
   if (bias.has_value()) {
     check_dtype(*bias, at::kFloat, op, "bias");
@@ -136,7 +153,7 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
     call.bias = bias->contiguous();
   }
-  call.args.packed = call.packed.data_ptr<float>();
+  call.args.packed = payload;
   call.args.n = n;
   call.args.k = k;
   call.args.bias = bias.has_value() ? call.bias.data_ptr<float>() : nullptr;
@@ -146,10 +163,12 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
 at::Tensor sparse24_bf16_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
   return pack_checked(values, meta, "sparse24_bf16_pack", at::kBFloat16,
                       [](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
-                        at::Tensor packed = at::empty({cpu::sparse24_bf16_packed_halves(n, k)}, v.options());
+                        at::Tensor packed =
+                            new_packed(PackedFamily::kSparse24Bf16, n, k, 0, v.options(), "sparse24_bf16_pack");
+                        at::BFloat16* payload =
+                            packed.data_ptr<at::BFloat16>() + packed_header_elements(PackedFamily::kSparse24Bf16, 0);
                         cpu::sparse24_bf16_pack(reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>()),
-                                                m.data_ptr<uint8_t>(), n, k,
-                                                reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>()));
+                                                m.data_ptr<uint8_t>(), n, k, reinterpret_cast<uint16_t*>(payload));
                         return packed;
                       });
 }
@@ -159,21 +178,21 @@ at::Tensor sparse24_bf16_pack_cpu(const at::Tensor& values, const at::Tensor& me
 at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                 const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse24_linear";
-  TORCH_CHECK(values.scalar_type() == at::kBFloat16, op,
-              ": with bf16 x, values must be bf16 [N, K/2] or sparse24_bf16_pack's packed tensor, got ",
-              values.scalar_type());
   check_cpu_tensor(values, op, "values");
-  at::Tensor packed = values;
-  if (values.dim() == 1) {
-    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_bf16_pack returns them)");
-  } else {
+  at::Tensor packed = values;  // 1-D: a packed weight from sparse24_bf16_pack
+  if (values.dim() != 1) {
+    TORCH_CHECK(values.scalar_type() == at::kBFloat16, op,
+                ": with bf16 x, values must be bf16 [N, K/2] or sparse24_bf16_pack's packed tensor, got ",
+                values.scalar_type());
     packed = sparse24_bf16_pack_cpu(values, meta);
   }
+  const PackedInfo info = check_sparse24_packed(packed, PackedFamily::kSparse24Bf16, meta, x.size(1), "x", op);
   cpu::Sparse24Bf16Args args;
-  args.packed = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
-  cpu::sparse24_bf16_packed_shape(args.packed, packed.numel(), &args.n, &args.k);
-  TORCH_CHECK(args.n > 0, op, ": 1-D bf16 values of ", packed.numel(),
-              " elements are not a weight packed by sparse24_bf16_pack");
+  args.packed = reinterpret_cast<const uint16_t*>(packed_payload<at::BFloat16>(packed, info));
+  cpu::sparse24_bf16_packed_shape(args.packed, packed.numel() - info.header_elements, &args.n, &args.k);
+  TORCH_CHECK(args.n == info.n && args.k == info.k, op, ": the trailer of the sparse24_bf16_pack payload (N=", args.n,
+              ", K=", args.k, ") contradicts its header (N=", info.n, ", K=", info.k,
+              "): repack it with sparse24_bf16_pack");
   check_packed_matches(op, meta, args.n, args.k, x.size(1), "x");
   at::Tensor bias_f32;
   if (bias.has_value()) {
@@ -224,8 +243,9 @@ at::Tensor sparse24_int8_pack_cpu(const at::Tensor& values, const at::Tensor& me
   constexpr const char* op = "sparse24_int8_pack";
   return pack_checked(values, meta, op, at::kChar, [op](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
     check_depth(k, op);
-    at::Tensor packed = at::empty({cpu::sparse24_int8_packed_words(n, k)}, v.options().dtype(at::kInt));
-    cpu::sparse24_int8_pack(v.data_ptr<int8_t>(), m.data_ptr<uint8_t>(), n, k, packed.data_ptr<int32_t>());
+    at::Tensor packed = new_packed(PackedFamily::kSparse24Int8, n, k, 0, v.options(), op);
+    int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kSparse24Int8, 0);
+    cpu::sparse24_int8_pack(v.data_ptr<int8_t>(), m.data_ptr<uint8_t>(), n, k, payload);
     return packed;
   });
 }
@@ -242,23 +262,20 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
                                        const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
                                        at::ScalarType out_dtype, c10::string_view rounding, const char* k_name) {
   Sparse24Int8Call call;
-  if (values.scalar_type() == at::kInt) {
-    // A packed weight from sparse24_int8_pack; meta gives N and K and is checked against it.
-    check_dim(values, 1, op, "packed values");
-    check_cpu_tensor(values, op, "values");
-    check_dim(meta, 2, op, "meta");
-    TORCH_CHECK(values.is_contiguous(), op, ": packed values must be contiguous (as sparse24_int8_pack returns them)");
-    call.packed = values;
+  check_cpu_tensor(values, op, "values");
+  if (values.dim() == 1) {
+    call.packed = values;  // a packed weight from sparse24_int8_pack; meta's N and x's K are checked against it
   } else {
     TORCH_CHECK(values.scalar_type() == at::kChar, op,
-                ": values must be int8 [N, K/2] or an int32 packed weight from sparse24_int8_pack, got ",
-                values.scalar_type());
+                ": values must be int8 [N, K/2] or the 1-D int32 packed weight from sparse24_int8_pack, got ",
+                values.scalar_type(), " of shape ", values.sizes());
     call.packed = sparse24_int8_pack_cpu(values, meta);
   }
-  const cpu::PackedSparse24Int8 w =
-      cpu::sparse24_int8_packed_view(call.packed.data_ptr<int32_t>(), call.packed.numel());
-  TORCH_CHECK(w.n > 0, op, ": packed values of ", call.packed.numel(),
-              " words are not a weight packed by sparse24_int8_pack");
+  const PackedInfo info = check_sparse24_packed(call.packed, PackedFamily::kSparse24Int8, meta, x_k, k_name, op);
+  const cpu::PackedSparse24Int8 w = cpu::sparse24_int8_packed_view(packed_payload<int32_t>(call.packed, info),
+                                                                  call.packed.numel() - info.header_elements);
+  TORCH_CHECK(w.n == info.n && w.k == info.k, op, ": the trailer of the sparse24_int8_pack payload (N=", w.n, ", K=",
+              w.k, ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_int8_pack");
   check_packed_matches(op, meta, w.n, w.k, x_k, k_name);
   check_depth(w.k, op);
   check_cpu_tensor(m0, op, "m0");

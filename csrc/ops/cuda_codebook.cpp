@@ -27,6 +27,7 @@
 #include "../cuda/codebook.cuh"
 #include "checks.h"
 #include "codebook_checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -47,8 +48,9 @@ cuda::CodebookType x_type(const at::Tensor& x, const char* op) {
                           : dt == at::kHalf ? cuda::CodebookType::kFloat16 : cuda::CodebookType::kBFloat16;
 }
 
-const uint32_t* words(const at::Tensor& packed) {
-  return reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
+// The payload of a validated pack: the words the kernels read.
+const uint32_t* words(const at::Tensor& packed, const PackedInfo& info) {
+  return reinterpret_cast<const uint32_t*>(packed_payload<int32_t>(packed, info));
 }
 
 at::Tensor codebook_pack_cuda(const at::Tensor& idx, int64_t bits) {
@@ -59,11 +61,10 @@ at::Tensor codebook_pack_cuda(const at::Tensor& idx, int64_t bits) {
   const c10::cuda::CUDAGuard guard(idx.device());  // idx is the only tensor: the dispatcher chose CUDA for it
   const int64_t n = idx.size(0), k = idx.size(1);
   const at::Tensor u8 = idx.to(at::kByte).contiguous();
-  at::Tensor packed =
-      at::empty({n, ck::bitpack::words_per_row(k, static_cast<int>(bits))}, idx.options().dtype(at::kInt));
+  at::Tensor packed = new_packed(PackedFamily::kCodebook, n, k, bits, idx.options(), op);  // header copied in
+  int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kCodebook, packed.size(1));
   check_launch(cuda::codebook_pack(u8.data_ptr<uint8_t>(), n, k, static_cast<int>(bits),
-                                   reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()),
-                                   at::cuda::getCurrentCUDAStream()),
+                                   reinterpret_cast<uint32_t*>(payload), at::cuda::getCurrentCUDAStream()),
                op);
   return packed;
 }
@@ -72,32 +73,34 @@ at::Tensor codebook_unpack_cuda(const at::Tensor& packed, int64_t bits, int64_t 
   constexpr const char* op = "codebook_unpack";
   check_codebook_bits(bits, op);
   TORCH_CHECK(k > 0, op, ": k must be > 0, got ", k);
-  check_codebook_packed_type(packed, op);
-  check_codebook_packed(packed, bits, k, op);
   const c10::cuda::CUDAGuard guard(packed.device());  // the only tensor: on CUDA
-  const int64_t n = packed.size(0);
+  const PackedInfo info = check_codebook_packed(packed, bits, k, "the k argument", op);  // reads the header back
+  const int64_t n = info.n;
   at::Tensor idx = at::empty({n, k}, packed.options().dtype(at::kByte));
-  check_launch(cuda::codebook_unpack(words(packed), n, k, static_cast<int>(bits), idx.data_ptr<uint8_t>(),
+  check_launch(cuda::codebook_unpack(words(packed, info), n, k, static_cast<int>(bits), idx.data_ptr<uint8_t>(),
                                      at::cuda::getCurrentCUDAStream()),
                op);
   return idx;
 }
 
-// Checks packed_idx / codebook / bias against x (K = k) and returns the rows per codebook.
-int64_t check_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
-                     const std::optional<at::Tensor>& bias, int64_t k, const at::Tensor& x, const char* op) {
+// Checks packed_idx (its header: read back to the host) / codebook / bias against x (K = k);
+// returns what the header says and sets the rows per codebook.
+PackedInfo check_weight(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits,
+                        const std::optional<at::Tensor>& bias, int64_t k, const at::Tensor& x, int64_t* group_rows,
+                        const char* op) {
   check_codebook_bits(bits, op);
-  check_codebook_packed_type(packed, op);
-  check_codebook_packed(packed, bits, k, op);
-  return check_codebook_weight(packed, codebook, bits, bias, x, op);
+  check_same_device(packed, x, op, "packed_idx");
+  const PackedInfo info = check_codebook_packed(packed, bits, k, "x", op);
+  *group_rows = check_codebook_weight(packed, info, codebook, bits, bias, x, op);
+  return info;
 }
 
 // W [N, k] in dtype: codebook[n / group_rows, idx[n, kk]] rounded to nearest even.
-at::Tensor dequantize(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits, int64_t k,
-                      int64_t group_rows, const at::Tensor& x, const char* op) {
+at::Tensor dequantize(const at::Tensor& packed, const PackedInfo& info, const at::Tensor& codebook, int64_t bits,
+                      int64_t k, int64_t group_rows, const at::Tensor& x, const char* op) {
   const at::Tensor cb = codebook.contiguous();
-  at::Tensor w = at::empty({packed.size(0), k}, x.options());
-  check_launch(cuda::codebook_dequantize(words(packed), packed.size(0), k, static_cast<int>(bits), cb.data_ptr<float>(),
+  at::Tensor w = at::empty({info.n, k}, x.options());
+  check_launch(cuda::codebook_dequantize(words(packed, info), info.n, k, static_cast<int>(bits), cb.data_ptr<float>(),
                                          group_rows, x_type(x, op), w.data_ptr(), at::cuda::getCurrentCUDAStream()),
                op);
   return w;
@@ -111,11 +114,12 @@ at::Tensor codebook_linear_cuda(const at::Tensor& x, const at::Tensor& packed_id
   check_cuda_tensor(x, op, "x");
   TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
   const int64_t m = x.size(0), k = x.size(1);
-  const int64_t group_rows = check_weight(packed_idx, codebook, bits, bias, k, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n = packed_idx.size(0);
+  int64_t group_rows = 0;
+  const PackedInfo info = check_weight(packed_idx, codebook, bits, bias, k, x, &group_rows, op);
+  const int64_t n = info.n;
   if (m > cuda::kCodebookGemvMaxRows) {
-    const at::Tensor w = dequantize(packed_idx, codebook, bits, k, group_rows, x, op);
+    const at::Tensor w = dequantize(packed_idx, info, codebook, bits, k, group_rows, x, op);
     return bias.has_value() ? at::addmm(bias->to(x.scalar_type()), x, w.t()) : at::mm(x, w.t());
   }
   at::Tensor out = at::empty({m, n}, x.options());
@@ -146,7 +150,7 @@ at::Tensor codebook_linear_cuda(const at::Tensor& x, const at::Tensor& packed_id
   p.k = k;
   p.ldx = xc_ld;
   p.type = type;
-  p.packed = words(packed_idx);
+  p.packed = words(packed_idx, info);
   p.n = n;
   p.kw = packed_idx.size(1);
   p.bits = static_cast<int>(bits);
@@ -167,10 +171,16 @@ at::Tensor codebook_conv2d_cuda(const at::Tensor& x, const at::Tensor& packed_id
   (void)x_type(x, op);
   check_dim(x, 4, op, "x");
   check_cuda_tensor(x, op, "x");
-  const CodebookConvShape s = check_codebook_conv(x, packed_idx, kernel_size, stride, padding, dilation, groups, op);
-  const int64_t group_rows = check_weight(packed_idx, codebook, bits, bias, s.k, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor w = dequantize(packed_idx, codebook, bits, s.k, group_rows, x, op)
+  check_codebook_bits(bits, op);
+  check_same_device(packed_idx, x, op, "packed_idx");
+  const PackedInfo info = check_codebook_packed(packed_idx, bits, -1, nullptr, op);  // reads the header back
+  const CodebookConvShape s = check_codebook_conv(x, info, kernel_size, stride, padding, dilation, groups, op);
+  PackedExpect expect;
+  expect.param = bits;
+  check_packed_k(info, expect, s.k, "x and kernel_size: C/groups * kh * kw", op, "packed_idx");
+  const int64_t group_rows = check_codebook_weight(packed_idx, info, codebook, bits, bias, x, op);
+  const at::Tensor w = dequantize(packed_idx, info, codebook, bits, s.k, group_rows, x, op)
                            .view({s.out_channels, s.channels / groups, s.ks[0], s.ks[1]});
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(x.scalar_type());

@@ -8,7 +8,10 @@
 //    value and a per-channel one is copied to the device) or tensors on x's device (shape and dtype
 //    checked; their values are not read back: the kernels clamp shift into [-31, 30], so a bad value
 //    gives a wrong result, never undefined behavior). Modules keep them on the device.
-//  - A packed weight is checked by shape ([N, ceil(K / 4) + 2]); its K trailer is not read back.
+//  - Exception: a packed weight carries the header of ck/packed_header.h, validated like on the CPU
+//    (packed_checks.h, same messages); its 32 header bytes are copied to the host per call, one
+//    device-to-host copy that waits for the work already queued on the current stream. The K
+//    trailer of the payload is not read back. Pack ops copy the header in (host-to-device).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -19,9 +22,11 @@
 #include <string>
 #include <vector>
 #include <tuple>
+#include <utility>
 
 #include "../cuda/int8_gemm.cuh"
 #include "checks.h"
+#include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
@@ -124,15 +129,18 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x, int64
 
 // ---------------------------------------------------------------- int8 GEMM / linear
 
-// w [rows, k] int8 (any row stride) -> the packed int32 layout; groups > 1 packs each block of
-// rows / groups rows separately (the conv2d pack).
-at::Tensor pack_rows(const at::Tensor& w, int64_t groups, const char* op) {
+// w [rows, k] int8 (any row stride) -> a pack of `family` (int8_pack_weight, or with groups > 1
+// possible int8_conv2d_pack_weight, which packs each block of rows / groups rows separately):
+// the header rows, then the payload the CPU writes.
+at::Tensor pack_rows(const at::Tensor& w, PackedFamily family, int64_t groups, const char* op) {
   const bool rows_ok = w.stride(1) == 1 && (w.size(0) == 1 || w.stride(0) >= w.size(1));
   const at::Tensor wc = rows_ok ? w : w.contiguous();
   const int64_t ldw = wc.size(0) == 1 ? wc.size(1) : wc.stride(0);
-  at::Tensor packed = at::empty({w.size(0), cuda::int8_words_per_row(w.size(1))}, w.options().dtype(at::kInt));
-  check_launch(cuda::int8_pack_weight(wc.data_ptr<int8_t>(), wc.size(0), wc.size(1), ldw, groups,
-                                      packed.data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream()),
+  const int64_t param = family == PackedFamily::kInt8Conv2d ? groups : 0;
+  at::Tensor packed = new_packed(family, w.size(0), w.size(1), param, w.options(), op);
+  int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(family, packed.size(1));
+  check_launch(cuda::int8_pack_weight(wc.data_ptr<int8_t>(), wc.size(0), wc.size(1), ldw, groups, payload,
+                                      at::cuda::getCurrentCUDAStream()),
                op);
   return packed;
 }
@@ -144,28 +152,29 @@ at::Tensor pack_weight(const at::Tensor& w, const char* op) {
               w.sizes());
   check_depth(w.size(1), op);
   const c10::cuda::CUDAGuard guard(w.device());
-  return pack_rows(w, 1, op);
+  return pack_rows(w, PackedFamily::kInt8, 1, op);
 }
 
 at::Tensor int8_pack_weight_cuda(const at::Tensor& w) { return pack_weight(w, "int8_pack_weight"); }
 
-// The packed weight on x's device: the given packed int32 tensor, or a raw int8 [N, K] weight
-// packed for this call.
-at::Tensor packed_weight_for(const at::Tensor& w, const at::Tensor& x, int64_t k, const char* op) {
+// The packed weight on x's device, validated against K (header read back to the host): the given
+// packed int32 tensor, or a raw int8 [N, K] weight packed for this call.
+std::pair<at::Tensor, PackedInfo> packed_weight_for(const at::Tensor& w, const at::Tensor& x, int64_t k,
+                                                    const char* op) {
   check_device_of(w, x, op, "w");
-  if (w.scalar_type() == at::kInt) {
-    check_dim(w, 2, op, "packed w");
-    TORCH_CHECK(w.is_contiguous(), op, ": a packed w must be contiguous (as int8_pack_weight returns it)");
-    TORCH_CHECK(w.size(0) > 0 && w.size(1) == cuda::int8_words_per_row(k), op, ": packed w of shape ", w.sizes(),
-                " does not hold a weight with K=", k, " (expected [N, ", cuda::int8_words_per_row(k),
-                "]); pack it with int8_pack_weight");
-    return w;
+  at::Tensor packed = w;
+  if (w.scalar_type() != at::kInt) {
+    TORCH_CHECK(w.scalar_type() == at::kChar, op,
+                ": w must be int8 [N, K] or a packed int32 weight from int8_pack_weight, got ", w.scalar_type());
+    check_dim(w, 2, op, "w");
+    TORCH_CHECK(w.size(1) == k, op, ": K mismatch: x has K=", k, " but w has shape ", w.sizes());
+    packed = pack_weight(w, op);
   }
-  TORCH_CHECK(w.scalar_type() == at::kChar, op,
-              ": w must be int8 [N, K] or a packed int32 weight from int8_pack_weight, got ", w.scalar_type());
-  check_dim(w, 2, op, "w");
-  TORCH_CHECK(w.size(1) == k, op, ": K mismatch: x has K=", k, " but w has shape ", w.sizes());
-  return pack_weight(w, op);
+  PackedExpect expect;
+  expect.k = k;
+  expect.k_from = "x";
+  const PackedInfo info = check_packed(packed, PackedFamily::kInt8, expect, op, "w");
+  return {packed, info};
 }
 
 // The ops dispatch to CUDA when any tensor argument is on CUDA; x must be.
@@ -181,15 +190,15 @@ at::Tensor prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at:
   check_zero_point_for(x, x_zero_point, op, "x_zero_point");
   TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
   check_depth(x.size(1), op);
-  at::Tensor packed = packed_weight_for(w, x, x.size(1), op);
+  const auto [packed, info] = packed_weight_for(w, x, x.size(1), op);
   x_holder = x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1)) ? x : x.contiguous();
   p.a = x_holder.data_ptr();
   p.a_signed = is_signed;
   p.m = x.size(0);
   p.lda = x_holder.size(0) > 1 ? x_holder.stride(0) : x.size(1);
   p.a_zero_point = static_cast<int32_t>(x_zero_point);
-  p.w_packed = packed.data_ptr<int32_t>();
-  p.n = packed.size(0);
+  p.w_packed = packed_payload<int32_t>(packed, info);
+  p.n = info.n;
   p.k = x.size(1);
   return packed;
 }
@@ -287,7 +296,7 @@ void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
 at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
   const int64_t oc = w.size(0), depth = w.size(1) * w.size(2) * w.size(3);
   const at::Tensor rows = w.permute({0, 2, 3, 1}).contiguous().reshape({oc, depth});
-  return pack_rows(rows, groups, op);
+  return pack_rows(rows, PackedFamily::kInt8Conv2d, groups, op);
 }
 
 at::Tensor int8_conv2d_pack_weight_cuda(const at::Tensor& w, int64_t groups) {
@@ -341,23 +350,30 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   p.x = xc.data_ptr();
   p.out = out.data_ptr();
+  // A given w_packed is validated (header read back to the host) even where the depthwise kernel
+  // reads w instead, so that a pack that does not belong to w is never silently accepted.
+  PackedInfo packed_info;
+  if (w_packed.has_value()) {
+    check_dtype(*w_packed, at::kInt, op, "w_packed");
+    check_device_of(*w_packed, x, op, "w_packed");
+    PackedExpect expect;
+    expect.n = oc;
+    expect.n_from = "w";
+    expect.k = w.size(1) * p.kernel_h * p.kernel_w;
+    expect.k_from = "w: C/groups * KH * KW";
+    expect.param = groups;
+    packed_info = check_packed(*w_packed, PackedFamily::kInt8Conv2d, expect, op, "w_packed");
+  }
   at::Tensor weight;
   if (groups == p.in_channels && oc == groups) {  // depthwise: direct kernel on w [C, KH * KW]
     weight = w.reshape({oc, p.kernel_h * p.kernel_w}).contiguous();
     p.w_depthwise = weight.data_ptr<int8_t>();
   } else if (w_packed.has_value()) {
-    const int64_t words = cuda::int8_words_per_row(w.size(1) * p.kernel_h * p.kernel_w);
-    check_dtype(*w_packed, at::kInt, op, "w_packed");
-    check_device_of(*w_packed, x, op, "w_packed");
-    TORCH_CHECK(w_packed->dim() == 2 && w_packed->size(0) == oc && w_packed->size(1) == words &&
-                    w_packed->is_contiguous(),
-                op, ": w_packed must be the contiguous [", oc, ", ", words,
-                "] tensor from int8_conv2d_pack_weight(w, groups=", groups, "), got shape ", w_packed->sizes());
     weight = *w_packed;
-    p.w_packed = weight.data_ptr<int32_t>();
+    p.w_packed = packed_payload<int32_t>(weight, packed_info);
   } else {
     weight = pack_conv_weight(w, groups, op);
-    p.w_packed = weight.data_ptr<int32_t>();
+    p.w_packed = weight.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kInt8Conv2d, weight.size(1));
   }
   check_launch(cuda::int8_conv2d(p, at::cuda::getCurrentCUDAStream()), op);
   return out;

@@ -78,6 +78,12 @@ TORCH_LIBRARY(compress_kernels, m) {
       "fake_quant_observe(Tensor x, Tensor(a!) running_min, Tensor(b!) running_max, float momentum, int qmin, "
       "int qmax, bool symmetric=False, int? axis=None, Tensor? mask=None) -> (Tensor, Tensor, Tensor)");
 
+  // ---- packed weights (csrc/include/ck/packed_header.h): the shape a pack op returns for N x K
+  // (param: bits for codebook_pack, groups for int8_conv2d_pack_weight, else 0), and N back from a
+  // 2-D pack's shape; family is the pack op's name ----
+  m.def("packed_shape(str family, int n, int k, int param) -> int[]");
+  m.def("packed_n(str family, int[] shape) -> int");
+
   // ---- testing / benchmarking control: query or force the CPU ISA path ----
   m.def("_cpu_isa(str isa=\"\") -> str");
   m.def("_cpu_bf16_path() -> str");
