@@ -71,7 +71,15 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
     With ``inplace=False`` the model is deep-copied first. The converted model is ``report.model``
     (for whole-model configs such as Int8StaticConfig it is a new torch.fx.GraphModule and the
     original model is left as it was). A model prepared by ``prepare_qat_`` converts with no config
-    (its QATConfig) into the integer-only model."""
+    (its QATConfig) into the integer-only model.
+
+    Module handlers (Int8DynamicConfig, CodebookConfig, Sparse24Config) visit every path to every
+    module: a module reached by several paths (``Sequential(lin, ReLU(), lin)``, ``self.dec = self.enc``)
+    is converted once, at its first path (where filter_fn decides for all of them), and the same
+    converted module is set at every path, so the tie is kept; ``report.aliases`` lists the other paths.
+    Every module of a handled type that is not converted is in ``report.skipped`` with the reason:
+    excluded by filter_fn, declined by the handler, a subclass (its forward may differ, so only exact
+    types convert), or a projection of nn.MultiheadAttention (which reads the weights directly)."""
     if config is None:
         from .qat import qat_config
 

@@ -298,3 +298,21 @@ def test_lsq_scale_parameter_stays_fp32():
     y = fq(torch.linspace(-1, 1, 9, dtype=torch.float64, requires_grad=True))
     y.sum().backward()
     assert fq.scale.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_codebook_and_sparse_layers_after_dtype_conversion(dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    with torch.no_grad():
+        lin.weight.mul_(ck.prune.mask_2to4(lin.weight))
+    x = torch.randn(3, 16).to(dtype)
+    book = CodebookLinear.from_float(lin, bits=4)
+    want = book(x.float()).to(dtype)
+    book.to(dtype)
+    assert book.codebook.dtype == torch.float32 and isinstance(book.codebook, nn.Parameter)
+    assert torch.equal(book(x), want)  # computed in fp32, returned in the input's dtype
+    sparse = ck.SparseLinear.from_float(lin).to(dtype)  # SparseLinear's own semantics: bf16 runs the bf16 kernel
+    y = sparse(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), lin(x.float()), rtol=2e-2, atol=2e-2)

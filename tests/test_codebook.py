@@ -421,7 +421,7 @@ def test_module_state_dict_save_load_deepcopy_compile(tmp_path):
         assert torch.equal(fresh(x), y)
         assert torch.equal(copy.deepcopy(q)(x), y)
         assert torch.equal(torch.compile(q, fullgraph=True)(x), y)
-    assert set(q.state_dict()) == {"packed_idx", "codebook", "zero_mask", "bias"}
+    assert set(q.state_dict()) == {"packed_idx", "codebook", "zero_mask", "bias", "_extra_state"}  # extra: bits
 
 
 def test_convert_report_and_refusals():

@@ -21,9 +21,13 @@ from torch import nn
 from .. import numerics, ops
 from ..cluster import cluster_weight
 from ..reference import codebook_dequantize
+from ._common import Float32State
 
 
-class _CodebookBase(nn.Module):
+class _CodebookBase(Float32State):
+    """Floating-point dtype conversions (.half(), .double(), ...) keep the codebook and bias in fp32
+    (the kernels read fp32 codebooks); the layers compute in fp32 and return the input's dtype."""
+
     bits: int
     out_channels_: int
     depth_: int  # K: weights per output channel
@@ -227,8 +231,8 @@ class CodebookConv2d(_CodebookBase):
             # Training: the backward needs the dense d loss / d W (a full convolution) whatever the
             # forward does, so the forward uses the dense reconstruction too and the fast dense conv;
             # autograd through codebook[g, idx] gives each entry the sum of its members' gradients.
-            return F.conv2d(x, self.reconstructed_weight(), self.bias, self.stride, self.padding, self.dilation,
-                            self.groups)
+            return F.conv2d(x.float(), self.reconstructed_weight(), self.bias, self.stride, self.padding,
+                            self.dilation, self.groups).to(x.dtype)
         y = ops.codebook_conv2d(x.float(), self.packed_idx, self.effective_codebook(), self.bits, self.bias,
                                 self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         return y.to(x.dtype)

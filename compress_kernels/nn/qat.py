@@ -79,7 +79,7 @@ class ActFakeQuant(FakeQuantize):
         self._exact = False
 
     def get_extra_state(self):
-        return {**super().get_extra_state(), "dtype": numerics_dtype_name(self.dtype)}
+        return {**super().get_extra_state(), "dtype": _act_dtype_name(self.dtype)}
 
     def set_extra_state(self, state):
         super().set_extra_state(state)
@@ -115,7 +115,7 @@ class ActFakeQuant(FakeQuantize):
 _ACT_DTYPES = {"uint8": torch.uint8, "int8": torch.int8}
 
 
-def numerics_dtype_name(dtype: torch.dtype) -> str:
+def _act_dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _ACT_DTYPES.items()}[dtype]
 
 
