@@ -65,7 +65,7 @@ def check_zero_point(zero_point, dtype: torch.dtype, name: str, where: str) -> i
         raise TypeError(f"{where}: {name} must be an integer in [{lo}, {hi}] for {dtype}, got "
                         f"{type(zero_point).__name__} {zero_point!r}") from None
     if not lo <= value <= hi:
-        raise ValueError(f"{where}: {name} must be an integer in [{lo}, {hi}] for {dtype}, got {value}")
+        raise ValueError(f"{where}: {name} must be in [{lo}, {hi}] for {dtype}, got {value}")
     return value
 
 

@@ -92,13 +92,14 @@ def _int_arg(v, name: str, op: str, lo: int = INT32_MIN, hi: int = INT32_MAX) ->
     return i
 
 
-def _int_pair(v, name: str, op: str, lo: int = 0) -> list[int]:
-    """An int or a pair of ints (conv stride / padding / dilation / kernel size), each >= lo."""
+def _int_pair(v, name: str, op: str) -> list[int]:
+    """An int or a pair of ints (conv stride / padding / dilation / kernel size); the ops check the
+    values against the geometry."""
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-        return [_int_arg(e, name, op, lo) for e in v]
-    i = _int_arg(v, name, op, lo)
+        return [_int_arg(e, name, op) for e in v]
+    i = _int_arg(v, name, op)
     return [i, i]
 
 

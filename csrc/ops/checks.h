@@ -78,8 +78,8 @@ inline Rounding parse_rounding(const std::string& rounding, const char* op) {
 // m0 or shift of a fixed-point multiplier: an int32 tensor. A float tensor is refused with a pointer
 // to quantize_multiplier (a real multiplier such as 0.0123 is not an m0: truncated it would be 0).
 inline void check_multiplier_dtype(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be an int32 tensor (the fixed-point multiplier ",
-              "real ~= m0 * 2^(shift - 31)), got ", t.scalar_type(),
+  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be Int, got ", t.scalar_type(),
+              " (an int32 tensor: the fixed-point multiplier real ~= m0 * 2^(shift - 31))",
               at::isFloatingType(t.scalar_type())
                   ? "; for a real multiplier r, compress_kernels.quantize_multiplier(r) returns (m0, shift)"
                   : "");
