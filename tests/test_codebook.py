@@ -36,10 +36,12 @@ def test_pack_matches_reference_and_roundtrips(bits, n, k):
     idx = rand_idx(n, k, bits, seed=bits * 100 + n)
     packed = ck.codebook_pack(idx, bits)
     assert packed.dtype == torch.int32
-    assert packed.shape == (n, ck.ops.codebook_words_per_row(k, bits))
-    assert torch.equal(packed, ref.codebook_pack(idx, bits))
+    assert packed.shape == ck.ops.packed_shape("codebook_pack", n, k, bits)
+    payload = ck.ops.packed_payload(packed, "codebook_pack")  # after the header rows
+    assert payload.shape == (n, ck.ops.codebook_words_per_row(k, bits))
+    assert torch.equal(payload, ref.codebook_pack(idx, bits))
     assert torch.equal(ck.codebook_unpack(packed, bits, k), idx)
-    assert torch.equal(ref.codebook_unpack(packed, bits, k), idx)
+    assert torch.equal(ref.codebook_unpack(payload, bits, k), idx)
 
 
 def test_pack_accepts_integer_dtypes():
@@ -52,13 +54,13 @@ def test_pack_accepts_integer_dtypes():
 def test_pack_layout_is_as_documented():
     # 4 bits: 8 indices per word, index j at bits [4j, 4j + 4); rows interleaved in blocks of 16.
     idx = torch.arange(17 * 8, dtype=torch.int64).remainder(16).view(17, 8)
-    packed = ck.codebook_pack(idx, 4).view(-1)
+    packed = ck.ops.packed_payload(ck.codebook_pack(idx, 4), "codebook_pack").reshape(-1)
     for r in range(17):
         word = int(packed[r]) & 0xFFFFFFFF  # one word per row: offset r in both blocks
         assert [(word >> (4 * j)) & 15 for j in range(8)] == idx[r].tolist()
     # 2 rows x 2 words: word g of row i at g * 2 + i (a partial block of 2 rows)
     idx = torch.tensor([[1] * 16 + [2] * 16, [3] * 16 + [0] * 16])
-    packed = ck.codebook_pack(idx, 2).view(-1).tolist()
+    packed = ck.ops.packed_payload(ck.codebook_pack(idx, 2), "codebook_pack").reshape(-1).tolist()
     assert packed == [0x55555555, -1, -0x55555556, 0]  # rows 0,1 of word 0, then of word 1
 
 
@@ -270,9 +272,10 @@ def test_bad_unpack_arguments():
         OPS.codebook_unpack(packed.view(-1), 3, 8)
     with pytest.raises(RuntimeError, match="codebook_unpack: packed_idx must be contiguous"):
         OPS.codebook_unpack(torch.zeros(2, 4, dtype=torch.int32).T, 3, 20)
-    with pytest.raises(RuntimeError, match="codebook_unpack: packed_idx must have at least one row"):
+    with pytest.raises(RuntimeError, match="codebook_unpack: packed_idx is not a packed weight of any family"):
         OPS.codebook_unpack(packed[:0], 3, 8)
-    with pytest.raises(RuntimeError, match=r"does not hold 3-bit indices for K=30 \(expected \[N, 3\]\)"):
+    with pytest.raises(RuntimeError, match=r"packed_idx is a codebook_pack \(bits=3, N=4, K=8\), expected a "
+                                           r"codebook_pack for bits=3, K=30"):
         OPS.codebook_unpack(packed, 3, 30)
 
 
@@ -286,7 +289,8 @@ def test_bad_linear_arguments():
         OPS.codebook_linear(x[:, :0], packed, cb, bits, bias)
     with pytest.raises(RuntimeError, match=r"codebook_linear: bits must be in \[1, 8\], got 0"):
         OPS.codebook_linear(x, packed, cb, 0, bias)
-    with pytest.raises(RuntimeError, match=r"does not hold 4-bit indices for K=40 \(expected \[N, 5\]\)"):
+    with pytest.raises(RuntimeError, match=r"packed_idx is a codebook_pack \(bits=4, N=40, K=50\), expected a "
+                                           r"codebook_pack for bits=4, K=40 \(from x\)"):
         OPS.codebook_linear(x[:, :40], packed, cb, bits, bias)
     with pytest.raises(RuntimeError, match="codebook_linear: codebook must be Float, got Double"):
         OPS.codebook_linear(x, packed, cb.double(), bits, bias)
@@ -331,7 +335,8 @@ def test_bad_conv2d_arguments():
         call(packed=ck.codebook_pack(rand_idx(16, 2 * 9, 2), 2), groups=2)
     with pytest.raises(RuntimeError, match="the \\(padded\\) input 6x6 is smaller than the dilated kernel 7x7"):
         call(kernel=(7, 7))
-    with pytest.raises(RuntimeError, match=r"does not hold 2-bit indices for K=8"):
+    with pytest.raises(RuntimeError, match=r"packed_idx is a codebook_pack \(bits=2, N=32, K=18\), expected a "
+                                           r"codebook_pack for bits=2, K=8"):
         call(kernel=(2, 2))
 
 
@@ -349,7 +354,7 @@ def test_codebook_linear_module(granularity, group_size):
     lin = torch.nn.Linear(70, 48)
     q = ck.CodebookLinear.from_float(lin, bits=3, granularity=granularity, group_size=group_size)
     assert q.codebook.shape == (1 if granularity == "layer" else 3, 8)
-    assert q.packed_idx.dtype == torch.int32 and q.packed_idx.shape == (48, 7)
+    assert q.packed_idx.dtype == torch.int32 and q.packed_idx.shape == ck.ops.packed_shape("codebook_pack", 48, 70, 3)
     assert "bits=3" in repr(q)
     x = rand_x(2, 5, 70)
     with torch.no_grad():

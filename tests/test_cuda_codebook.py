@@ -86,7 +86,7 @@ def _gemv_reads(packed: torch.Tensor, n: int, aligned: bool = True) -> dict:
 def test_gemv_lane_mapping_decodes_the_weight(bits, n, k, groups, aligned):
     idx = rand_idx(n, k, bits, seed=n + k)
     cb = rand_codebook(groups, bits)
-    packed = ck.codebook_pack(idx, bits)
+    packed = ck.ops.packed_payload(ck.codebook_pack(idx, bits), "codebook_pack")  # what the kernel reads
     reads = _gemv_reads(packed, n, aligned)
     c, kw = 32 // bits, packed.shape[1]
     assert len(reads) == n * kw  # every word read exactly once
@@ -147,7 +147,8 @@ def test_pack_kernel_inverts_the_layout(n, k, bits):
         for j in range(min(c, k - g * c)):
             word |= int(idx[r, g * c + j]) << (j * bits)
         words.append(word - (1 << 32) if word >= 1 << 31 else word)
-    assert torch.equal(torch.tensor(words, dtype=torch.int32).view(n, kw), ck.codebook_pack(idx, bits))
+    payload = ck.ops.packed_payload(ck.codebook_pack(idx, bits), "codebook_pack")  # past the header rows
+    assert torch.equal(torch.tensor(words, dtype=torch.int32).view(n, kw), payload)
 
 
 # ---------------------------------------------------------------- GPU: helpers
@@ -246,13 +247,15 @@ def test_cuda_linear_strided_misaligned_and_large_depth(dtype):
     for view in (misaligned[:, 1:4100], strided[:, :4099], xd.T.contiguous().T, misaligned[:1, 1:4100]):
         got = ck.codebook_linear(view, packed, cbd, 3, bd)
         assert torch.equal(got, want[: view.shape[0]])
-    # a packed tensor whose base is 4 but not 16-byte aligned takes the 4-byte-load path
+    # a packed tensor whose base is 4 but not 16-byte aligned is a view into a larger tensor: refused
+    # (a pack is its own allocation, so its payload past the header rows is 64-byte aligned)
     n_words = packed.numel()
     buf = torch.zeros(n_words + 1, dtype=torch.int32, device=DEV)
     buf[1:] = packed.reshape(-1)
     shifted = buf[1:].view(packed.shape)
     assert shifted.data_ptr() % 16 != 0
-    assert torch.equal(ck.codebook_linear(x.to(DEV), shifted, cbd, 3, bd), want)
+    with pytest.raises(RuntimeError, match="codebook_linear: packed_idx is a view at storage offset 1"):
+        ck.codebook_linear(x.to(DEV), shifted, cbd, 3, bd)
 
 
 @requires_cuda
@@ -447,8 +450,11 @@ def test_cuda_bad_arguments():
     with pytest.raises(RuntimeError, match="codebook_linear: bias must be on cuda:0 like x, got cpu"):
         ck.codebook_linear(x, packed, cb, bits, bias.cpu())
     # the checks shared with the CPU glue give the same messages on CUDA
-    with pytest.raises(RuntimeError, match=r"does not hold 4-bit indices for K=50 \(expected \[N, 7\]\)"):
+    with pytest.raises(RuntimeError, match=r"codebook_linear: the header of packed_idx is corrupted"):
         ck.codebook_linear(x, packed[:, :6].contiguous(), cb, bits, bias)
+    with pytest.raises(RuntimeError, match=r"codebook_linear: packed_idx is a codebook_pack \(bits=4, N=40, K=50\), "
+                                           r"expected a codebook_pack for bits=4, K=49 \(from x\)"):
+        ck.codebook_linear(x[:, :49], packed, cb, bits, bias)
     with pytest.raises(RuntimeError, match="the number of codebooks G=3 must divide the number of output rows N=40"):
         ck.codebook_linear(x, packed, torch.zeros(3, 16, device=DEV), bits, bias)
     with pytest.raises(RuntimeError, match=r"codebook_pack: idx values must be in \[0, 3\] for bits=2"):

@@ -461,7 +461,7 @@ def test_cuda_refuses_what_the_cpu_refuses():
         ((x, 0, w, None, -1, 0), r"m0 must be >= 0"),
         ((x, 0, w, None, 2**30, 0, 0, 10, 5), r"qmin must be <= qmax"),
         ((x, 0, w[:, :8], None, 2**30, 0), r"K mismatch"),
-        ((x, 0, ck.int8_pack_weight(w[:, :8]), None, 2**30, 0), r"does not hold a weight with K=16"),
+        ((x, 0, ck.int8_pack_weight(w[:, :8]), None, 2**30, 0), r"w is an int8_pack_weight \(N=\d+, K=8\), expected an int8_pack_weight for K=16"),
         ((x, 0, w, None, torch.full((3,), 2**30), torch.zeros(3, dtype=torch.int32)), r"per-channel\) elements"),
     ]
     for args, message in cases:

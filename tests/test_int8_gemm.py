@@ -122,7 +122,9 @@ def test_results_do_not_depend_on_thread_count(threads):
 def test_pack_weight_layout():
     w = rand_weight(20, 6)
     packed = ck.int8_pack_weight(w)
-    assert packed.dtype == torch.int32 and packed.shape == (20, 2 + 2)
+    assert packed.dtype == torch.int32 and packed.shape == ck.ops.packed_shape("int8_pack_weight", 20, 6)
+    packed = ck.ops.packed_payload(packed, "int8_pack_weight")  # after the header rows
+    assert packed.shape == (20, 2 + 2)
     k_pad = 8
     data = packed.flatten()[: 20 * k_pad // 4].view(torch.int8)
     # block 0 holds rows 0..15, group 0 = k 0..3 of each row, 4 bytes per row
@@ -197,7 +199,7 @@ def _lin(x=None, x_zp=0, w=None, bias=None, m0=2**30, shift=-10, zp=0, qmin=-128
     (dict(w=torch.zeros(5, 8)), "w must be int8 \\[N, K\\] or a packed int32 weight"),
     (dict(w=torch.zeros(5, 9, dtype=torch.int8)), "K mismatch: x has K=8 but w has shape \\[5, 9\\]"),
     (dict(w=torch.zeros(5, 8, 1, dtype=torch.int8)), "w must be 2-D, got 3-D"),
-    (dict(w=torch.zeros(5, 7, dtype=torch.int32)), "packed w of shape \\[5, 7\\] does not hold a weight with K=8"),
+    (dict(w=torch.zeros(5, 7, dtype=torch.int32)), "w is not a packed weight of any family \\(no header"),
     (dict(bias=torch.zeros(5)), "bias must be Int, got Float"),
     (dict(bias=torch.zeros(4, dtype=torch.int32)), "bias must have shape \\[5\\], got \\[4\\]"),
     (dict(m0=[2**30] * 3, shift=[0] * 3), "must have 1 \\(per-tensor\\) or 5 \\(per-channel\\) elements, got 3"),
@@ -213,7 +215,8 @@ def test_int8_linear_refuses(kwargs, message):
 
 def test_packed_weight_for_another_k_is_refused():
     packed = ck.int8_pack_weight(rand_weight(5, 7))  # K=7 pads to 8, same width as K=8
-    with pytest.raises(RuntimeError, match="x has K=8 but the packed w was built for K=7"):
+    with pytest.raises(RuntimeError, match=r"w is an int8_pack_weight \(N=5, K=7\), expected an int8_pack_weight for "
+                                           r"K=8 \(from x\)"):
         _lin(w=packed)
 
 

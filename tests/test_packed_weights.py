@@ -206,7 +206,7 @@ def test_row_slices_are_refused(family):
 def test_column_slices_and_non_contiguous_packs_are_refused(family):
     case = default_case(family)
     p = case.pack
-    pattern = rf"{case.op}: {case.arg} must be contiguous as {family} returns it"
+    pattern = rf"{case.op}: packed {case.arg} must be contiguous \(as {family} returns it\)"
     if p.dim() == 2:
         refused(case, p[:, :-1], pattern)
         refused(case, p.t().contiguous().t(), pattern)  # same values, column-major
@@ -249,7 +249,7 @@ def _dtype_refusal(case: Case, other: torch.Tensor) -> str | None:
     if case.family == "sparse24_bf16_pack" and other.dim() != 1:
         return r"sparse24_linear: with bf16 x, values must be bf16 \[N, K/2\] or sparse24_bf16_pack's packed tensor"
     if case.family == "sparse24_int8_pack" and other.dim() != 1:
-        return r"sparse24_int8_linear: values must be int8 \[N, K/2\] or the 1-D int32 packed weight"
+        return r"sparse24_int8_linear: values must be int8 \[N, K/2\] or an int32 packed weight from sparse24_int8_pack"
     return None
 
 
@@ -314,11 +314,11 @@ def test_codebook_conv2d_checks_the_depth_from_the_header():
 def test_sparse24_pack_for_another_n_or_k(family):
     case = make_case(family, 32, 24)
     other_n = make_case(family, 16, 24, seed=3).pack
-    refused(case, other_n, rf"{case.op}: values is {ARTICLE[family]} {family} \(N=16, K=24\), expected "
-                           rf"{ARTICLE[family]} {family} for N=32 \(from meta\), K=24 \(from x\)")
+    refused(case, other_n, rf"{case.op}: meta of shape \[32, 3\] does not belong to the packed weight \(N=16, K=24\)")
     other_k = make_case(family, 32, 16, seed=3).pack
-    refused(case, other_k, rf"{case.op}: values is {ARTICLE[family]} {family} \(N=32, K=16\), expected "
-                           rf"{ARTICLE[family]} {family} for N=32 \(from meta\), K=24 \(from x\)")
+    refused(case, other_k, rf"{case.op}: meta of shape \[32, 3\] does not belong to the packed weight \(N=32, K=16\)")
+    same_meta_other_k = make_case(family, 32, 20, seed=3).pack  # meta of K=20 and K=24 both have 3 columns
+    refused(case, same_meta_other_k, rf"{case.op}: K mismatch: x has K=24 but the weight holds K=20")
 
 
 def test_int8_conv2d_w_packed_for_another_weight():
@@ -395,11 +395,13 @@ def test_wrong_dtype_views_are_refused(family):
     case = default_case(family)
     p = case.pack
     other_dtype = {torch.int32: torch.float32, torch.float32: torch.int32, torch.bfloat16: torch.float16}[p.dtype]
-    view = p.view(other_dtype)
+    view = p.view(other_dtype)  # the same bytes: a valid header of the right family, the wrong dtype
+    names = {torch.int32: "Int", torch.float32: "Float", torch.bfloat16: "BFloat16", torch.float16: "Half"}
     pattern = _dtype_refusal(case, view) or (
-        rf"{case.op}: {case.arg} \(\w+ of shape \[.*\]\) contradicts its header: {ARTICLE[family]} {family} "
-        rf"\(.*\) is \w+ of shape")
+        rf"{case.op}: {case.arg} must be {names[p.dtype]}, got {names[other_dtype]}")
     refused(case, view, pattern)
+    converted = p.double()  # a dtype no family packs into: refused before any header is read
+    refused(case, converted, _dtype_refusal(case, converted) or rf"{case.op}: {case.arg} must be {names[p.dtype]}, got Double")
 
 
 # ---------------------------------------------------------------- property: refused or exact

@@ -102,25 +102,23 @@ at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& met
                       });
 }
 
-// A 1-D pack of family f given as `values`, validated against meta's N and the x_k values of the
-// op's input rows; returns what its header says.
-PackedInfo check_sparse24_packed(const at::Tensor& values, PackedFamily f, const at::Tensor& meta, int64_t x_k,
-                                 const char* k_name, const char* op) {
-  check_cpu_tensor(values, op, "values");
-  PackedExpect expect;
-  expect.n = meta.dim() == 2 ? meta.size(0) : -1;
-  expect.n_from = "meta";
-  expect.k = x_k;
-  expect.k_from = k_name;
-  return check_packed(values, f, expect, op, "values");
-}
-
-// A packed weight of N x K (read from its trailer) belongs to meta and to inputs of x_k values.
+// A packed weight of N x K (read from its header) belongs to meta and to inputs of x_k values.
 void check_packed_matches(const char* op, const at::Tensor& meta, int64_t n, int64_t k, int64_t x_k,
                           const char* k_name) {
   TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
               meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
   TORCH_CHECK(x_k == k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", k);
+}
+
+// A 1-D pack of family f given as `values` (or packed from them for this call), validated
+// (packed_checks.h); then the N and K of its header against meta's shape and the x_k values of the
+// op's input rows (check_packed_matches, whose messages name meta and x).
+PackedInfo check_sparse24_packed(const at::Tensor& values, PackedFamily f, const at::Tensor& meta, int64_t x_k,
+                                 const char* k_name, const char* op) {
+  check_cpu_tensor(values, op, "values");
+  const PackedInfo info = check_packed(values, f, PackedExpect{}, op, "values");
+  check_packed_matches(op, meta, info.n, info.k, x_k, k_name);
+  return info;
 }
 
 // The weight and bias of an fp32 2:4 op whose input rows hold K values: checked and filled into
@@ -146,7 +144,6 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
   cpu::sparse24_f32_packed_shape(payload, call.packed.numel() - info.header_elements, &n, &k);
   TORCH_CHECK(n == info.n && k == info.k, op, ": the trailer of the sparse24_f32_pack payload (N=", n, ", K=", k,
               ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_f32_pack");
-  check_packed_matches(op, meta, n, k, x_k, k_name);
   if (bias.has_value()) {
     check_dtype(*bias, at::kFloat, op, "bias");
     check_cpu_tensor(*bias, op, "bias");
@@ -193,7 +190,6 @@ at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, c
   TORCH_CHECK(args.n == info.n && args.k == info.k, op, ": the trailer of the sparse24_bf16_pack payload (N=", args.n,
               ", K=", args.k, ") contradicts its header (N=", info.n, ", K=", info.k,
               "): repack it with sparse24_bf16_pack");
-  check_packed_matches(op, meta, args.n, args.k, x.size(1), "x");
   at::Tensor bias_f32;
   if (bias.has_value()) {
     TORCH_CHECK(bias->scalar_type() == at::kBFloat16 || bias->scalar_type() == at::kFloat, op,
@@ -267,7 +263,7 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
     call.packed = values;  // a packed weight from sparse24_int8_pack; meta's N and x's K are checked against it
   } else {
     TORCH_CHECK(values.scalar_type() == at::kChar, op,
-                ": values must be int8 [N, K/2] or the 1-D int32 packed weight from sparse24_int8_pack, got ",
+                ": values must be int8 [N, K/2] or an int32 packed weight from sparse24_int8_pack, got ",
                 values.scalar_type(), " of shape ", values.sizes());
     call.packed = sparse24_int8_pack_cpu(values, meta);
   }
@@ -276,7 +272,6 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
                                                                   call.packed.numel() - info.header_elements);
   TORCH_CHECK(w.n == info.n && w.k == info.k, op, ": the trailer of the sparse24_int8_pack payload (N=", w.n, ", K=",
               w.k, ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_int8_pack");
-  check_packed_matches(op, meta, w.n, w.k, x_k, k_name);
   check_depth(w.k, op);
   check_cpu_tensor(m0, op, "m0");
   check_cpu_tensor(shift, op, "shift");

@@ -17,6 +17,7 @@
 
 #include "../cpu/int8_gemm.h"
 #include "../cpu/sparse24.h"
+#include "checks.h"
 #include "ck/bitpack.h"
 #include "ck/packed_header.h"
 
@@ -160,16 +161,21 @@ inline std::array<int32_t, packed::kHeaderWords> read_packed_header(const at::Te
 }
 
 // The one validation of a packed weight `name` given to `op`, which wants a pack of family `want`
-// matching `e`. O(1): reads the header words only, never the payload. Checks, in order: contiguous
-// and at storage offset 0 (not a slice or view of a pack), large enough to hold a header, the magic
-// word, the check value, the layout version, the family, the dtype and shape the header implies
-// (a truncated or row-sliced copy contradicts it), then N, K and the family parameter against
-// what the op derived from its other arguments.
+// matching `e`. O(1): reads the header words only, never the payload. Checks, in order: a dtype
+// that some family packs into, contiguous and at storage offset 0 (not a slice or view of a pack),
+// large enough to hold a header, the magic word (without it: the wanted dtype and rank, then "not
+// a packed weight"), the check value, the layout version, the family, the wanted dtype and rank,
+// the shape the header implies (a truncated or row-sliced copy contradicts it), then N, K and the
+// family parameter against what the op derived from its other arguments.
 inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const PackedExpect& e, const char* op,
                                const char* name) {
   const char* want_fn = packed::family_name(want);
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous as ", want_fn,
-              " returns it, got shape ", t.sizes(), " with strides ", t.strides(),
+  const at::ScalarType dt = t.scalar_type();
+  if (dt != at::kInt && dt != at::kFloat && dt != at::kBFloat16) {
+    check_dtype(t, packed_dtype(want), op, name);  // no family packs into this dtype
+  }
+  TORCH_CHECK(t.is_contiguous(), op, ": packed ", name, " must be contiguous (as ", want_fn,
+              " returns it), got shape ", t.sizes(), " with strides ", t.strides(),
               " (a column slice or transpose of a packed weight?)");
   TORCH_CHECK(t.storage_offset() == 0, op, ": ", name, " is a view at storage offset ", t.storage_offset(),
               " into a larger tensor (a slice of a packed weight?): pass the whole tensor ", want_fn, " returned");
@@ -182,7 +188,11 @@ inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const Pac
               " (it holds ", t.numel() * static_cast<int64_t>(t.element_size()), " bytes, fewer than the ",
               packed::kHeaderWords * 4, "-byte header)");
   const std::array<int32_t, packed::kHeaderWords> h = read_packed_header(t);
-  TORCH_CHECK(h[packed::kWordMagic] == packed::kMagic, no_header);
+  if (h[packed::kWordMagic] != packed::kMagic) {  // not a pack: say first what is plainly wrong with it
+    check_dtype(t, packed_dtype(want), op, name);
+    check_dim(t, packed::family_is_2d(want) ? 2 : 1, op, name);
+    TORCH_CHECK(false, no_header);
+  }
   const int32_t check = packed::header_check(h.data());
   TORCH_CHECK(h[packed::kWordCheck] == check, op, ": the header of ", name, " is corrupted (check value ",
               h[packed::kWordCheck], ", the header words hash to ", check, "): repack it with ", want_fn);
@@ -199,6 +209,8 @@ inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const Pac
   info.param = h[packed::kWordParam];
   const std::string have = describe_packed(info.family, info.n, info.k, info.param);
   TORCH_CHECK(info.family == want, op, ": ", name, " is ", have, ", expected ", describe_expected(want, e));
+  check_dtype(t, packed_dtype(want), op, name);
+  check_dim(t, packed::family_is_2d(want) ? 2 : 1, op, name);
   std::vector<int64_t> shape;
   try {
     shape = packed_shape(info.family, info.n, info.k, info.param, op);
