@@ -20,4 +20,7 @@ void int8_conv_direct_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmP
   amx_int8_tasks<EmulatedTiles, ScalarOutput>(args, plan, task_begin, task_end, options);
 }
 
+const Int8GemmKernels int8_gemm_kernels_amx_emulated = {&int8_gemm_run_amx_emulated,
+                                                        &int8_conv_direct_run_amx_emulated};
+
 }  // namespace ck::cpu

@@ -384,3 +384,8 @@ void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_avx2, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_avx2};
+}  // namespace ck::cpu

@@ -48,3 +48,7 @@ void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int6
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const RequantizeKernels requantize_kernels_avx2 = {&requantize_rows_avx2, &int8_add_range_portable};
+}  // namespace ck::cpu

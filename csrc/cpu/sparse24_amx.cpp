@@ -74,3 +74,7 @@ void sparse24_int8_run_amx(const Sparse24Int8Args& a, const Sparse24Int8Plan& pl
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const Sparse24Int8Kernels sparse24_int8_kernels_amx = {&sparse24_int8_run_amx};
+}  // namespace ck::cpu

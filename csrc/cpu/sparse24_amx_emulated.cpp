@@ -22,4 +22,6 @@ void sparse24_int8_run_amx_emulated(const Sparse24Int8Args& a, const Sparse24Int
   sparse24_int8_amx_tasks<EmulatedTiles, ScalarOutput, PortableExpand>(a, plan, task_begin, task_end);
 }
 
+const Sparse24Int8Kernels sparse24_int8_kernels_amx_emulated = {&sparse24_int8_run_amx_emulated};
+
 }  // namespace ck::cpu

@@ -353,3 +353,9 @@ void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& p
 }  // namespace ck::cpu
 
 #endif
+
+namespace ck::cpu {
+const Sparse24F32Kernels sparse24_f32_kernels_avx2 = {&sparse24_f32_run_avx2};
+const Sparse24Int8Kernels sparse24_int8_kernels_avx2 = {&sparse24_int8_run_avx2};
+const Sparse24Bf16Kernels sparse24_bf16_kernels_avx2 = {&sparse24_bf16_run_avx2};
+}  // namespace ck::cpu

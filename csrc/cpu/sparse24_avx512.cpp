@@ -121,8 +121,8 @@ inline void transpose_block(const float* src, int64_t lds, int64_t rows, int64_t
 
 }  // namespace
 
-void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
-                             int64_t task_end) {
+void sparse24_f32_run_avx512vnni(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
+                                 int64_t task_end) {
   f32_run_rows_or_ymm(a, plan, task_begin, task_end);
 }
 
@@ -157,7 +157,7 @@ void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8P
 #else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
 
 namespace ck::cpu {
-void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t b, int64_t e) {
+void sparse24_f32_run_avx512vnni(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t b, int64_t e) {
   sparse24_f32_run_portable(a, plan, b, e);
 }
 void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t b, int64_t e) {
@@ -166,3 +166,8 @@ void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8P
 }  // namespace ck::cpu
 
 #endif
+
+namespace ck::cpu {
+const Sparse24F32Kernels sparse24_f32_kernels_avx512vnni = {&sparse24_f32_run_avx512vnni};
+const Sparse24Int8Kernels sparse24_int8_kernels_avx512vnni = {&sparse24_int8_run_avx512vnni};
+}  // namespace ck::cpu

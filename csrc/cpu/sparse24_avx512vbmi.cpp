@@ -57,3 +57,7 @@ void sparse24_int8_run_avx512vbmi(const Sparse24Int8Args& a, const Sparse24Int8P
 }  // namespace ck::cpu
 
 #endif
+
+namespace ck::cpu {
+const Sparse24Int8Kernels sparse24_int8_kernels_avx512vbmi = {&sparse24_int8_run_avx512vbmi};
+}  // namespace ck::cpu
