@@ -13,15 +13,11 @@ namespace {
 
 namespace bp = ck::bitpack;
 
-void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
-
 at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
   constexpr const char* op = "codebook_pack";
   check_codebook_bits(bits, op);
   check_dim(idx, 2, op, "idx");
-  check_cpu_tensor(idx, op, "idx");
+  check_cpu(idx, op, "idx");
   check_codebook_idx(idx, bits, op);
   const int64_t n = idx.size(0), k = idx.size(1);
   const at::Tensor u8 = idx.to(at::kByte).contiguous();
@@ -33,7 +29,7 @@ at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
 
 void check_packed(const at::Tensor& packed, int64_t bits, int64_t k, const char* op) {
   check_codebook_packed_type(packed, op);
-  check_cpu_tensor(packed, op, "packed_idx");
+  check_cpu(packed, op, "packed_idx");
   check_codebook_packed(packed, bits, k, op);
 }
 
@@ -88,7 +84,7 @@ at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   constexpr const char* op = "codebook_linear";
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 2, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
@@ -113,7 +109,7 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   constexpr const char* op = "codebook_conv2d";
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 4, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   const CodebookConvShape s = check_codebook_conv(x, packed_idx, kernel_size, stride, padding, dilation, groups, op);
   const auto &ks = s.ks, &st = s.st, &pd = s.pd, &dl = s.dl;
   const int64_t batch = s.batch, channels = s.channels, h = s.h, w = s.w, ho = s.ho, wo = s.wo;
