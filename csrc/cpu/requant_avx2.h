@@ -1,3 +1,4 @@
+// Included by int8_gemm_avx2.cpp, requantize_avx2.cpp and sparse24_avx2.cpp only (avx2 tier: target avx2,fma).
 // AVX2 versions of the ck/fixedpoint.h output stage, 8 int32 lanes at a time (the port of
 // requant_avx512.h to a CPU without AVX-512: no mask registers, no 64-bit arithmetic shifts,
 // 64-bit min/max or int32 -> int8 narrowing stores, so those are built from compares and blends).

@@ -1,3 +1,4 @@
+// Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma) only.
 // The fp32 2:4 kernel for tasks of many rows, vectorized over rows, shared by sparse24_avx512.cpp
 // (zmm) and sparse24_avx2.cpp (ymm): each includes it inside its own namespace, after its target
 // pragma, sparse24_f32_ymm.h and the definitions of

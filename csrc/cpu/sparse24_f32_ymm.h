@@ -1,3 +1,4 @@
+// Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma) only.
 // The fp32 2:4 kernels on 256-bit vectors (AVX2 + FMA), shared by sparse24_avx512.cpp and
 // sparse24_avx2.cpp: each includes this inside its own namespace after its target pragma and
 // after defining

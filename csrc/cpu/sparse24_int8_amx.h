@@ -1,3 +1,4 @@
+// Included by sparse24_amx.cpp (amx tier) and sparse24_amx_emulated.cpp (amx_emulated tier: no target flags) only.
 // The AMX int8 2:4 kernel, written once over the tile interface and compiled twice like the AMX
 // int8 GEMM (sparse24_amx.cpp: tile instructions, AVX-512 expansion and output stage;
 // sparse24_amx_emulated.cpp: the scalar models). Include only from those two, after

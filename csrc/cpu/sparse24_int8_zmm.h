@@ -1,3 +1,4 @@
+// Included by sparse24_avx512vnni.cpp and sparse24_avx512vbmi.cpp only (targets with avx512f/bw/vl/dq/vnni).
 // The int8 2:4 kernel on 512-bit vectors (AVX-512 BW + VNNI), shared by sparse24_avx512.cpp and
 // sparse24_avx512vbmi.cpp: each includes this inside its own anonymous namespace after its target
 // pragma and after defining
