@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "isa.h"
+#include "dispatch.h"
 
 namespace ck::cpu {
 
@@ -99,13 +99,14 @@ void codebook_linear_run_portable(const CodebookLinearArgs& a, const CodebookPla
 
 void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
                          int64_t task_end) {
-  if (active_isa() >= Isa::kAvx512Vnni) {
-    codebook_linear_run_avx512(args, plan, task_begin, task_end);
-  } else if (active_isa() == Isa::kAvx2) {
-    codebook_linear_run_avx2(args, plan, task_begin, task_end);
-  } else {
-    codebook_linear_run_portable(args, plan, task_begin, task_end);
-  }
+  codebook_tiers.active().linear_run(args, plan, task_begin, task_end);
 }
+
+const CodebookKernels codebook_kernels_portable = {&codebook_linear_run_portable};
+
+constexpr TierTable<CodebookKernels> codebook_tiers{codebook_kernels_portable, {
+    {Tier::kAvx2, &codebook_kernels_avx2},
+    {Tier::kAvx512Vnni, &codebook_kernels_avx512vnni},
+}};
 
 }  // namespace ck::cpu

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "ck/bitpack.h"
+#include "dispatch.h"
 
 namespace ck::cpu {
 
@@ -43,15 +44,19 @@ struct CodebookPlan {
 };
 CodebookPlan codebook_plan(const CodebookLinearArgs& args, int64_t threads);
 
-// Runs tasks [task_begin, task_end) on the active ISA path.
+// Runs tasks [task_begin, task_end) on the kernel of the active tier.
 void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
                          int64_t task_end);
 void codebook_linear_run_portable(const CodebookLinearArgs& args, const CodebookPlan& plan,
                                   int64_t task_begin, int64_t task_end);
-void codebook_linear_run_avx2(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
-                              int64_t task_end);
-void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPlan& plan,
-                                int64_t task_begin, int64_t task_end);
+
+// The codebook kernels of one tier (dispatch.h).
+struct CodebookKernels {
+  void (*linear_run)(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                     int64_t task_end);
+};
+extern const CodebookKernels codebook_kernels_portable, codebook_kernels_avx2, codebook_kernels_avx512vnni;
+extern const TierTable<CodebookKernels> codebook_tiers;
 
 // im2col for codebook_conv2d: rows [row_begin, row_end) of cols [batch * ho * wo, c * kh * kw],
 // row (b, oy, ox), column (ch, i, j) = x[b, ch, oy * sh - ph + i * dh, ox * sw - pw + j * dw], or 0

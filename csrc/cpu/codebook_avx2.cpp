@@ -96,3 +96,7 @@ void codebook_linear_run_avx2(const CodebookLinearArgs& args, const CodebookPlan
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const CodebookKernels codebook_kernels_avx2 = {&codebook_linear_run_avx2};
+}  // namespace ck::cpu

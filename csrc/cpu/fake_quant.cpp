@@ -1,5 +1,5 @@
 // Portable fake-quant kernels, the work plan and the partial-sum reduction; see fake_quant.h for the
-// exact semantics. The AVX-512 and AVX2 paths (fake_quant_avx512.cpp, fake_quant_avx2.cpp) must equal this one bit for bit, so the
+// exact semantics. The AVX-512 and AVX2 tiers (fake_quant_avx512vnni.cpp, fake_quant_avx2.cpp) must equal this one bit for bit, so the
 // order of every floating-point operation here is part of the contract: in particular the LSQ
 // partial sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane
 // k % 16) and the lanes are then added in order 0..15, which is what 16-wide SIMD does.
@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "isa.h"
+#include "dispatch.h"
 
 namespace ck::cpu {
 namespace {
@@ -107,10 +107,9 @@ void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
   const FqLayout& l = a.layout;
   if (plan.by_spans) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
-      const Q<C> k = qparams_at<C>(a.params, span % l.channels);
-      const int64_t start = span * l.inner + block * FqPlan::kBlock;
-      const int64_t n = std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
+      const Q<C> k = qparams_at<C>(a.params, unit.channel);
+      const int64_t start = unit.begin, n = unit.end - unit.begin;
       for (int64_t i = start; i < start + n; ++i) {
         const C out = quantize<C>(S::load(x[i]), k).y;
         y[i] = S::store((mask == nullptr || mask[i]) ? out : C(0));
@@ -119,9 +118,8 @@ void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
     return;
   }
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
-    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
-    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    const FqPlan::RowUnit unit = plan.row_unit(u);
+    const int64_t r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t i = r * plan.row_len + p;
@@ -146,10 +144,9 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
   const bool sums = a.partial_scale != nullptr;
   if (plan.by_spans) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
-      const Q<C> k = qparams_at<C>(a.params, span % l.channels);
-      const int64_t start = span * l.inner + block * FqPlan::kBlock;
-      const int64_t n = std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
+      const Q<C> k = qparams_at<C>(a.params, unit.channel);
+      const int64_t start = unit.begin, n = unit.end - unit.begin;
       double lane_s[16] = {0}, lane_z[16] = {0};
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = start + j;
@@ -175,9 +172,8 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
     return;
   }
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
-    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
-    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    const FqPlan::RowUnit unit = plan.row_unit(u);
+    const int64_t g = unit.group, r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
     double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
     double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
     if (sums) {
@@ -273,23 +269,18 @@ void fake_quant_backward_portable(const FqArgs& a, int64_t begin, int64_t end) {
 }
 
 void fake_quant_forward(const FqArgs& a, int64_t begin, int64_t end) {
-  if (active_isa() >= Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
-    fake_quant_forward_avx512(a, begin, end);
-  } else if (active_isa() == Isa::kAvx2 && a.dtype != FqDtype::kFloat64) {
-    fake_quant_forward_avx2(a, begin, end);
-  } else {
-    fake_quant_forward_portable(a, begin, end);
-  }
+  fake_quant_tiers.active().forward(a, begin, end);
 }
 
 void fake_quant_backward(const FqArgs& a, int64_t begin, int64_t end) {
-  if (active_isa() >= Isa::kAvx512Vnni && a.dtype != FqDtype::kFloat64) {
-    fake_quant_backward_avx512(a, begin, end);
-  } else if (active_isa() == Isa::kAvx2 && a.dtype != FqDtype::kFloat64) {
-    fake_quant_backward_avx2(a, begin, end);
-  } else {
-    fake_quant_backward_portable(a, begin, end);
-  }
+  fake_quant_tiers.active().backward(a, begin, end);
 }
+
+const FakeQuantKernels fake_quant_kernels_portable = {&fake_quant_forward_portable, &fake_quant_backward_portable};
+
+constexpr TierTable<FakeQuantKernels> fake_quant_tiers{fake_quant_kernels_portable, {
+    {Tier::kAvx2, &fake_quant_kernels_avx2},
+    {Tier::kAvx512Vnni, &fake_quant_kernels_avx512vnni},
+}};
 
 }  // namespace ck::cpu

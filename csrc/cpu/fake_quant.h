@@ -20,8 +20,11 @@
 // Layout: x contiguous, viewed as [outer, channels, inner] (per tensor: channels = 1).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+
+#include "dispatch.h"
 
 namespace ck::cpu {
 
@@ -51,6 +54,30 @@ struct FqPlan {
   int64_t partial_len = 0;  // doubles per partial-sum buffer
   // Entries per qparam array: channels (by_spans) or row_len (by rows: repeated per position).
   int64_t param_len = 0;
+
+  // The task split, written once for every tier's kernels: the elements of work unit u.
+  // by_spans: unit u is block u % blocks_per_span of span u / blocks_per_span (the span-th run of
+  // `inner` elements, channel span % channels): elements [begin, end), at most kBlock of them.
+  struct SpanUnit {
+    int64_t channel, begin, end;
+  };
+  SpanUnit span_unit(const FqLayout& layout, int64_t u) const {
+    const int64_t span = u / blocks_per_span, block = u % blocks_per_span;
+    const int64_t begin = span * layout.inner + block * kBlock;
+    return {span % layout.channels, begin, begin + std::min(kBlock, layout.inner - block * kBlock)};
+  }
+  // By rows: unit u is column chunk u % column_chunks of row group u / column_chunks: rows
+  // [row_begin, row_end) x positions [pos_begin, pos_end) (element r * row_len + p), whose
+  // partial sums go to row group `group`.
+  struct RowUnit {
+    int64_t group, row_begin, row_end, pos_begin, pos_end;
+  };
+  RowUnit row_unit(int64_t u) const {
+    const int64_t group = u / column_chunks, chunk = u % column_chunks;
+    const int64_t row_begin = group * rows_per_group, pos_begin = chunk * kColumnChunk;
+    return {group, row_begin, std::min(rows, row_begin + rows_per_group), pos_begin,
+            std::min(row_len, pos_begin + kColumnChunk)};
+  }
 };
 
 FqPlan fake_quant_plan(const FqLayout& layout);
@@ -82,17 +109,21 @@ struct FqArgs {
   double* partial_zero_point = nullptr;
 };
 
-// Work units [begin, end) of the plan; dispatch on the active ISA.
+// Work units [begin, end) of the plan, on the kernels of the active tier.
 void fake_quant_forward(const FqArgs& args, int64_t begin, int64_t end);
 void fake_quant_backward(const FqArgs& args, int64_t begin, int64_t end);
 
-// Per-ISA implementations (same contract).
+// The fake-quant kernels of one tier (dispatch.h; same contract). Every tier's kernels run float64
+// inputs on the portable ones.
+struct FakeQuantKernels {
+  void (*forward)(const FqArgs& args, int64_t begin, int64_t end);
+  void (*backward)(const FqArgs& args, int64_t begin, int64_t end);
+};
+extern const FakeQuantKernels fake_quant_kernels_portable, fake_quant_kernels_avx2, fake_quant_kernels_avx512vnni;
+extern const TierTable<FakeQuantKernels> fake_quant_tiers;
+
 void fake_quant_forward_portable(const FqArgs& args, int64_t begin, int64_t end);
 void fake_quant_backward_portable(const FqArgs& args, int64_t begin, int64_t end);
-void fake_quant_forward_avx512(const FqArgs& args, int64_t begin, int64_t end);
-void fake_quant_backward_avx512(const FqArgs& args, int64_t begin, int64_t end);
-void fake_quant_forward_avx2(const FqArgs& args, int64_t begin, int64_t end);
-void fake_quant_backward_avx2(const FqArgs& args, int64_t begin, int64_t end);
 
 // Sums the partials of fake_quant_backward into out[channels], in a fixed order.
 void fake_quant_reduce_partials(const FqLayout& layout, const FqPlan& plan, const double* partial,

@@ -196,18 +196,16 @@ void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
   };
   if (plan.by_spans) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
-      const Lanes k = broadcast(a.params, span % l.channels);
-      const int64_t start = span * l.inner + block * FqPlan::kBlock;
-      const int64_t stop = start + std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
+      const Lanes k = broadcast(a.params, unit.channel);
+      const int64_t start = unit.begin, stop = unit.end;
       for (int64_t i = start; i < stop; i += 8) run(k, i, std::min<int64_t>(8, stop - i));
     }
     return;
   }
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
-    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
-    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    const FqPlan::RowUnit unit = plan.row_unit(u);
+    const int64_t r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t p = p0; p < p1; p += 8) {
         const int64_t n = std::min<int64_t>(8, p1 - p);
@@ -242,10 +240,9 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
   };
   if (plan.by_spans) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
-      const Lanes k = broadcast(a.params, span % l.channels);
-      const int64_t start = span * l.inner + block * FqPlan::kBlock;
-      const int64_t stop = start + std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
+      const Lanes k = broadcast(a.params, unit.channel);
+      const int64_t start = unit.begin, stop = unit.end;
       __m256d s[4], z[4];  // fp64 lanes 0-3, 4-7, 8-11, 12-15
       for (int q = 0; q < 4; ++q) s[q] = z[q] = _mm256_setzero_pd();
       for (int64_t i = start; i < stop; i += 8) {
@@ -277,9 +274,8 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
     return;
   }
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
-    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
-    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    const FqPlan::RowUnit unit = plan.row_unit(u);
+    const int64_t g = unit.group, r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
     double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
     double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
     if (sums) {
@@ -351,3 +347,7 @@ void fake_quant_forward_avx2(const FqArgs& a, int64_t begin, int64_t end) { fake
 void fake_quant_backward_avx2(const FqArgs& a, int64_t begin, int64_t end) { fake_quant_backward_portable(a, begin, end); }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const FakeQuantKernels fake_quant_kernels_avx2 = {&fake_quant_forward_avx2, &fake_quant_backward_avx2};
+}  // namespace ck::cpu

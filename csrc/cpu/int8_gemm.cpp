@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "amx_tiles.h"
-#include "isa.h"
+#include "dispatch.h"
 
 namespace ck::cpu {
 
@@ -47,7 +47,7 @@ PackedInt8Weight int8_packed_view(const int32_t* packed, int64_t n, int64_t word
 }
 
 bool int8_gemm_uses_amx(int64_t m, int64_t n, int64_t k) {
-  if (tile_unit() == TileUnit::kNone) return false;
+  if ((tier_bit(int8_gemm_tiers.select(enabled_tiers())) & kTileTiers) == 0) return false;
   return m >= 9 || (m == 8 && n * k <= (int64_t{4} << 20));
 }
 
@@ -157,30 +157,27 @@ void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
 
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                    int64_t task_end) {
-  const TileUnit tiles = plan.amx ? tile_unit() : TileUnit::kNone;
-  if (tiles == TileUnit::kHardware) {
-    int8_gemm_run_amx(args, plan, task_begin, task_end);
-  } else if (tiles == TileUnit::kEmulated) {
-    int8_gemm_run_amx_emulated(args, plan, task_begin, task_end);
-  } else if (active_isa() >= Isa::kAvx512Vnni) {
-    int8_gemm_run_avx512vnni(args, plan, task_begin, task_end);
-  } else if (active_isa() == Isa::kAvx2) {
-    int8_gemm_run_avx2(args, plan, task_begin, task_end);
-  } else {
-    int8_gemm_run_portable(args, plan, task_begin, task_end);
-  }
+  int8_gemm_tiers.kernels(enabled_tiers(plan.amx)).run(args, plan, task_begin, task_end);
 }
+
+void int8_conv_direct_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                          const VirtualConvRows& rows, int64_t task_begin, int64_t task_end) {
+  int8_gemm_tiers.kernels(enabled_tiers(plan.amx)).conv_direct_run(args, plan, a_offsets, rows, task_begin, task_end);
+}
+
+const Int8GemmKernels int8_gemm_kernels_portable = {&int8_gemm_run_portable, nullptr};
+
+constexpr TierTable<Int8GemmKernels> int8_gemm_tiers{int8_gemm_kernels_portable, {
+    {Tier::kAvx2, &int8_gemm_kernels_avx2},
+    {Tier::kAvx512Vnni, &int8_gemm_kernels_avx512vnni},
+    {Tier::kAmx, &int8_gemm_kernels_amx},
+    {Tier::kAmxEmulated, &int8_gemm_kernels_amx_emulated},
+}};
 
 void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
                    int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   (void)rows;
-  if (active_isa() >= Isa::kAvx512Vnni) {
-    quantize_rows_avx512(x, cols, row_begin, row_end, qmin, qmax, q, scale);
-  } else if (active_isa() == Isa::kAvx2) {
-    quantize_rows_avx2(x, cols, row_begin, row_end, qmin, qmax, q, scale);
-  } else {
-    quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
-  }
+  quantize_rows_tiers.active().rows(x, cols, row_begin, row_end, qmin, qmax, q, scale);
 }
 
 void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
@@ -210,5 +207,12 @@ void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int
     }
   }
 }
+
+const QuantizeRowsKernels quantize_rows_kernels_portable = {&quantize_rows_portable};
+
+constexpr TierTable<QuantizeRowsKernels> quantize_rows_tiers{quantize_rows_kernels_portable, {
+    {Tier::kAvx2, &quantize_rows_kernels_avx2},
+    {Tier::kAvx512Vnni, &quantize_rows_kernels_avx512vnni},
+}};
 
 }  // namespace ck::cpu

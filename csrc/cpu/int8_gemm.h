@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "dispatch.h"
 #include "requantize.h"
 
 namespace ck::cpu {
@@ -98,17 +99,12 @@ constexpr int64_t kAmxChunkBytes = 1 << 20;
 // k is the depth (int8_gemm_uses_amx, kAmxChunkBytes).
 Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k);
 
-// Runs tasks [task_begin, task_end) on the active ISA path.
+// Runs tasks [task_begin, task_end) on the kernel of the active tier (a tile tier only when
+// plan.amx).
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
                    int64_t task_end);
 void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
                             int64_t task_begin, int64_t task_end);
-void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
-                              int64_t task_begin, int64_t task_end);
-void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                        int64_t task_end);
-void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                       int64_t task_end);
 // The rows of the direct AMX conv (stride 1, groups 1, in_channels % 64 == 0): the input is copied
 // once into a zero-point-padded NHWC image of height hp and width wp, and GEMM row v is the padded
 // pixel v (all images one after another). The output pixel (img, oh, ow) then reads padded pixel
@@ -147,18 +143,27 @@ struct VirtualConvRows {
 };
 // Tasks of plan over args (x: the padded image, ldx = C, m: a multiple of 16 >= rows.rows(), the
 // image followed by enough readable bytes for the last tile's taps) with A chunk c at byte
-// a_offsets[c] of each row, on the AMX kernel of tile_unit().
-void int8_conv_direct_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
-                              const VirtualConvRows& rows, int64_t task_begin, int64_t task_end);
-void int8_conv_direct_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
-                                       const VirtualConvRows& rows, int64_t task_begin, int64_t task_end);
+// a_offsets[c] of each row, on the AMX kernel of the active tile tier. Only for a plan with
+// plan.amx (int8_gemm_uses_amx), which guarantees that a tile tier is enabled.
+void int8_conv_direct_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                          const VirtualConvRows& rows, int64_t task_begin, int64_t task_end);
+
+// The int8 GEMM kernels of one tier (dispatch.h).
+struct Int8GemmKernels {
+  void (*run)(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
+  // int8_conv_direct_run's kernel; null on the vector tiers (the direct conv runs only on a plan
+  // with plan.amx).
+  void (*conv_direct_run)(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
+                          const VirtualConvRows& rows, int64_t task_begin, int64_t task_end);
+};
+extern const Int8GemmKernels int8_gemm_kernels_portable, int8_gemm_kernels_avx2, int8_gemm_kernels_avx512vnni,
+    int8_gemm_kernels_amx, int8_gemm_kernels_amx_emulated;
+extern const TierTable<Int8GemmKernels> int8_gemm_tiers;
 
 // The register-only tile loop (4 independent accumulator tiles, no memory traffic) that bounds
 // every AMX kernel: runs `iterations` x 4 tdpbssd (or tdpbf16ps) on the calling thread and returns
 // the operations done. Only with tile_unit() == kHardware.
 int64_t amx_register_loop(bool bf16, int64_t iterations);
-void int8_gemm_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                                int64_t task_end);
 
 // Symmetric per-row quantization for dynamic activations: scale[r] = max|x[r, :]| / qmax
 // (1 when the row is all zero), q = clamp(round_half_even(x / scale), qmin, qmax), computed with a
@@ -175,9 +180,13 @@ void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin
                    int32_t qmin, int32_t qmax, int8_t* q, float* scale);
 void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
                             int32_t qmin, int32_t qmax, int8_t* q, float* scale);
-void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                          int32_t qmin, int32_t qmax, int8_t* q, float* scale);
-void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                        int32_t qmin, int32_t qmax, int8_t* q, float* scale);
+// The quantize_rows kernels of one tier (dispatch.h).
+struct QuantizeRowsKernels {
+  void (*rows)(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax,
+               int8_t* q, float* scale);
+};
+extern const QuantizeRowsKernels quantize_rows_kernels_portable, quantize_rows_kernels_avx2,
+    quantize_rows_kernels_avx512vnni;
+extern const TierTable<QuantizeRowsKernels> quantize_rows_tiers;
 
 }  // namespace ck::cpu

@@ -7,9 +7,9 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "amx_hardware_tiles.h"
-#include "int8_gemm_amx.h"
-#include "int8_output_avx512.h"
+#include "amx_hardware_tiles-inl.h"
+#include "int8_gemm_amx-inl.h"
+#include "int8_output_avx512vnni-inl.h"
 
 namespace ck::cpu {
 
@@ -63,7 +63,11 @@ void int8_gemm_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64
 int64_t amx_register_loop(bool, int64_t) { return 0; }  // never called: amx_peak refuses without AMX
 void int8_conv_direct_run_amx(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
                               const VirtualConvRows& rows, int64_t task_begin, int64_t task_end) {
-  int8_conv_direct_run_amx_emulated(args, plan, a_offsets, rows, task_begin, task_end);
+  int8_gemm_kernels_amx_emulated.conv_direct_run(args, plan, a_offsets, rows, task_begin, task_end);
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const Int8GemmKernels int8_gemm_kernels_amx = {&int8_gemm_run_amx, &int8_conv_direct_run_amx};
+}  // namespace ck::cpu

@@ -2,8 +2,8 @@
 // tests check the AMX blocking, padding and tails bit for bit against the portable path everywhere.
 #include "amx_tiles.h"
 #include "int8_gemm.h"
-#include "int8_gemm_amx.h"
-#include "int8_output_scalar.h"
+#include "int8_gemm_amx-inl.h"
+#include "int8_output_scalar-inl.h"
 
 namespace ck::cpu {
 
@@ -19,5 +19,8 @@ void int8_conv_direct_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmP
   options.rows = &rows;
   amx_int8_tasks<EmulatedTiles, ScalarOutput>(args, plan, task_begin, task_end, options);
 }
+
+const Int8GemmKernels int8_gemm_kernels_amx_emulated = {&int8_gemm_run_amx_emulated,
+                                                        &int8_conv_direct_run_amx_emulated};
 
 }  // namespace ck::cpu

@@ -31,7 +31,7 @@
 // pre-broadcast buffer (load-bound, 23-24 per cycle), and a 5 x 16 tile with a two-uop weight
 // decode on 256-scaled products flushed every 256 k (24.4 alone, no faster end to end).
 // The fused epilogue (correction, bias, requantization or float scaling, store) is the VNNI one on
-// 8 lanes (requant_avx2.h).
+// 8 lanes (requant_avx2-inl.h).
 #include "int8_gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -39,7 +39,7 @@
 #include <cstring>
 #include <vector>
 
-#include "requant_avx2.h"
+#include "requant_avx2-inl.h"
 
 namespace ck::cpu {
 namespace {
@@ -393,3 +393,8 @@ void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_avx2, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_avx2};
+}  // namespace ck::cpu

@@ -15,7 +15,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <cstring>
 
-#include "int8_output_avx512.h"
+#include "int8_output_avx512vnni-inl.h"
 
 namespace ck::cpu {
 namespace {
@@ -150,8 +150,8 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
   }
 }
 
-void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                          int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                              int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   // Same arithmetic as quantize_rows_portable: max |x| as the integer max of the bit patterns of
   // |x| (exact in any order; non-finite rows are those whose maximum reaches the exponent mask),
   // one correctly rounded fp32 division per element, round half to even (roundscale), clamp, narrow.
@@ -193,9 +193,14 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
                               int64_t task_begin, int64_t task_end) {
   int8_gemm_run_portable(args, plan, task_begin, task_end);
 }
-void quantize_rows_avx512(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                          int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                              int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
   quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const Int8GemmKernels int8_gemm_kernels_avx512vnni = {&int8_gemm_run_avx512vnni, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_avx512vnni};
+}  // namespace ck::cpu

@@ -6,8 +6,9 @@
 
 namespace ck::cpu {
 
-// Ordered: a CPU that runs one path runs every lower one. A family without a kernel for the active
-// path uses the best lower one it has (e.g. AVX2 -> portable).
+// Ordered: a CPU that runs one path runs every lower one. Kernels are chosen from the path by the
+// tier tables of dispatch.h: a family without a kernel for the active path uses the best lower one
+// it has (e.g. AVX2 -> portable).
 enum class Isa : int {
   kPortable = 0,    // plain C++, any CPU
   kAvx2 = 1,        // AVX2 + FMA + F16C (Intel Haswell+, AMD Zen 1-3)

@@ -1,6 +1,6 @@
 #include "requantize.h"
 
-#include "isa.h"
+#include "dispatch.h"
 
 namespace ck::cpu {
 
@@ -30,13 +30,7 @@ void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, 
 
 void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
                      int64_t row_end, const RequantParams& p, void* out) {
-  if (active_isa() >= Isa::kAvx512Vnni) {
-    requantize_rows_avx512(acc, ld_acc, cols, row_begin, row_end, p, out);
-  } else if (active_isa() == Isa::kAvx2) {
-    requantize_rows_avx2(acc, ld_acc, cols, row_begin, row_end, p, out);
-  } else {
-    requantize_rows_portable(acc, ld_acc, cols, row_begin, row_end, p, out);
-  }
+  requantize_tiers.active().rows(acc, ld_acc, cols, row_begin, row_end, p, out);
 }
 
 namespace {
@@ -54,11 +48,7 @@ void shifted_difference(const void* x, int64_t begin, int64_t count, int32_t zer
 }  // namespace
 
 void int8_add_range(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end, void* out) {
-  if (active_isa() >= Isa::kAvx512Vnni) {
-    int8_add_range_avx512(a, b, p, begin, end, out);
-  } else {
-    int8_add_range_portable(a, b, p, begin, end, out);
-  }
+  requantize_tiers.active().int8_add_range(a, b, p, begin, end, out);
 }
 
 void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
@@ -80,5 +70,12 @@ void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& 
     requantize_rows(sa, n, n, 0, 1, p.out, static_cast<uint8_t*>(out) + c0 * out_elem);
   }
 }
+
+const RequantizeKernels requantize_kernels_portable = {&requantize_rows_portable, &int8_add_range_portable};
+
+constexpr TierTable<RequantizeKernels> requantize_tiers{requantize_kernels_portable, {
+    {Tier::kAvx2, &requantize_kernels_avx2},
+    {Tier::kAvx512Vnni, &requantize_kernels_avx512vnni},
+}};
 
 }  // namespace ck::cpu

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "ck/fixedpoint.h"
+#include "dispatch.h"
 
 namespace ck::cpu {
 
@@ -42,17 +43,23 @@ struct Int8AddParams {
   RequantParams out{};
 };
 void int8_add_range(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end, void* out);
-void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
-                             void* out);
-void int8_add_range_avx512(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
-                           void* out);
 
-// Per-ISA implementations (same contract); requantize_rows dispatches between them.
+// The requantize kernels of one tier (dispatch.h); requantize_rows and int8_add_range call the
+// entry of the active tier. The avx2 tier's int8_add_range is the portable one (its rescales run
+// through requantize_rows, i.e. on the avx2 kernel).
+struct RequantizeKernels {
+  void (*rows)(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+               const RequantParams& p, void* out);
+  void (*int8_add_range)(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                         void* out);
+};
+extern const RequantizeKernels requantize_kernels_portable, requantize_kernels_avx2, requantize_kernels_avx512vnni;
+extern const TierTable<RequantizeKernels> requantize_tiers;
+
+// The portable kernels (the other tiers' non-x86 builds delegate to them).
 void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
                               int64_t row_end, const RequantParams& p, void* out);
-void requantize_rows_avx512(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                            int64_t row_end, const RequantParams& p, void* out);
-void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                          int64_t row_end, const RequantParams& p, void* out);
+void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                             void* out);
 
 }  // namespace ck::cpu

@@ -6,7 +6,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma")
-#include "requant_avx2.h"
+#include "requant_avx2-inl.h"
 
 namespace ck::cpu {
 
@@ -48,3 +48,7 @@ void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int6
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const RequantizeKernels requantize_kernels_avx2 = {&requantize_rows_avx2, &int8_add_range_portable};
+}  // namespace ck::cpu

@@ -5,8 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "dispatch.h"
 #include "int8_gemm.h"
-#include "isa.h"
 
 namespace ck::cpu {
 
@@ -95,14 +95,15 @@ void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& pla
 }
 
 void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end) {
-  if (active_isa() >= Isa::kAvx512Vnni) {
-    sparse24_f32_run_avx512(a, plan, task_begin, task_end);
-  } else if (active_isa() == Isa::kAvx2) {
-    sparse24_f32_run_avx2(a, plan, task_begin, task_end);
-  } else {
-    sparse24_f32_run_portable(a, plan, task_begin, task_end);
-  }
+  sparse24_f32_tiers.active().run(a, plan, task_begin, task_end);
 }
+
+const Sparse24F32Kernels sparse24_f32_kernels_portable = {&sparse24_f32_run_portable};
+
+constexpr TierTable<Sparse24F32Kernels> sparse24_f32_tiers{sparse24_f32_kernels_portable, {
+    {Tier::kAvx2, &sparse24_f32_kernels_avx2},
+    {Tier::kAvx512Vnni, &sparse24_f32_kernels_avx512vnni},
+}};
 
 // ---------------------------------------------------------------- int8
 
@@ -228,21 +229,18 @@ void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Pla
 
 void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                        int64_t task_end) {
-  const TileUnit tiles = plan.amx ? tile_unit() : TileUnit::kNone;
-  if (tiles == TileUnit::kHardware) {
-    sparse24_int8_run_amx(a, plan, task_begin, task_end);
-  } else if (tiles == TileUnit::kEmulated) {
-    sparse24_int8_run_amx_emulated(a, plan, task_begin, task_end);
-  } else if (active_isa() >= Isa::kAvx512Vbmi) {
-    sparse24_int8_run_avx512vbmi(a, plan, task_begin, task_end);
-  } else if (active_isa() >= Isa::kAvx512Vnni) {
-    sparse24_int8_run_avx512vnni(a, plan, task_begin, task_end);
-  } else if (active_isa() == Isa::kAvx2) {
-    sparse24_int8_run_avx2(a, plan, task_begin, task_end);
-  } else {
-    sparse24_int8_run_portable(a, plan, task_begin, task_end);
-  }
+  sparse24_int8_tiers.kernels(enabled_tiers(plan.amx)).run(a, plan, task_begin, task_end);
 }
+
+const Sparse24Int8Kernels sparse24_int8_kernels_portable = {&sparse24_int8_run_portable};
+
+constexpr TierTable<Sparse24Int8Kernels> sparse24_int8_tiers{sparse24_int8_kernels_portable, {
+    {Tier::kAvx2, &sparse24_int8_kernels_avx2},
+    {Tier::kAvx512Vnni, &sparse24_int8_kernels_avx512vnni},
+    {Tier::kAvx512Vbmi, &sparse24_int8_kernels_avx512vbmi},
+    {Tier::kAmx, &sparse24_int8_kernels_amx},
+    {Tier::kAmxEmulated, &sparse24_int8_kernels_amx_emulated},
+}};
 
 
 // ---------------------------------------------------------------- bf16
@@ -326,19 +324,17 @@ void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Pla
   }
 }
 
-const char* sparse24_bf16_path() {
-  if (active_isa() >= Isa::kAvx512Vbmi && cpu_has_avx512bf16()) return "avx512bf16";
-  return active_isa() >= Isa::kAvx2 ? "avx2" : "portable";
-}
+const Sparse24Bf16Kernels sparse24_bf16_kernels_portable = {&sparse24_bf16_run_portable};
+
+constexpr TierTable<Sparse24Bf16Kernels> sparse24_bf16_tiers{sparse24_bf16_kernels_portable, {
+    {Tier::kAvx2, &sparse24_bf16_kernels_avx2},
+    {Tier::kAvx512Bf16, &sparse24_bf16_kernels_avx512bf16},
+}};
+
+const char* sparse24_bf16_path() { return tier_name(sparse24_bf16_tiers.select(enabled_tiers())); }
 
 void sparse24_bf16_run(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin, int64_t task_end) {
-  if (active_isa() >= Isa::kAvx512Vbmi && cpu_has_avx512bf16()) {
-    sparse24_bf16_run_avx512bf16(a, plan, task_begin, task_end);
-  } else if (active_isa() >= Isa::kAvx2) {
-    sparse24_bf16_run_avx2(a, plan, task_begin, task_end);
-  } else {
-    sparse24_bf16_run_portable(a, plan, task_begin, task_end);
-  }
+  sparse24_bf16_tiers.active().run(a, plan, task_begin, task_end);
 }
 
 }  // namespace ck::cpu

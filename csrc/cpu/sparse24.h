@@ -25,6 +25,7 @@
 #include <cstring>
 
 #include "ck/sparse24.h"
+#include "dispatch.h"
 #include "requantize.h"
 
 namespace ck::cpu {
@@ -118,13 +119,18 @@ struct Sparse24Plan {
 };
 Sparse24Plan sparse24_f32_plan(int64_t m, int64_t n);
 
+// Runs tasks [task_begin, task_end) on the kernel of the active tier.
 void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end);
 void sparse24_f32_run_portable(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
                                int64_t task_end);
-void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
-                           int64_t task_end);
-void sparse24_f32_run_avx512(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
-                             int64_t task_end);
+
+// The fp32 2:4 kernels of one tier (dispatch.h).
+struct Sparse24F32Kernels {
+  void (*run)(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin, int64_t task_end);
+};
+extern const Sparse24F32Kernels sparse24_f32_kernels_portable, sparse24_f32_kernels_avx2,
+    sparse24_f32_kernels_avx512vnni;
+extern const TierTable<Sparse24F32Kernels> sparse24_f32_tiers;
 
 // ---------------------------------------------------------------- int8
 
@@ -186,8 +192,22 @@ struct Sparse24Int8Plan {
 // which has no AMX form.
 Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads, int64_t k = 0);
 
+// Runs tasks [task_begin, task_end) on the kernel of the active tier (a tile tier only when
+// plan.amx).
 void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                        int64_t task_end);
+
+// The int8 2:4 kernels of one tier (dispatch.h). The tile tiers (plan.amx): each task expands its
+// panel's 2:4 blocks into dense int8 tiles in a per-thread buffer (sparse24_int8_block_to_tiles),
+// then runs the AMX int8 GEMM on them; the weight in memory stays compressed. Same integers as
+// every other tier.
+struct Sparse24Int8Kernels {
+  void (*run)(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin, int64_t task_end);
+};
+extern const Sparse24Int8Kernels sparse24_int8_kernels_portable, sparse24_int8_kernels_avx2,
+    sparse24_int8_kernels_avx512vnni, sparse24_int8_kernels_avx512vbmi, sparse24_int8_kernels_amx,
+    sparse24_int8_kernels_amx_emulated;
+extern const TierTable<Sparse24Int8Kernels> sparse24_int8_tiers;
 
 // ---------------------------------------------------------------- bf16
 //
@@ -238,16 +258,21 @@ struct Sparse24Bf16Args {
 
 // Tasks: panels of 32 columns x chunks of whole 8-row tiles (the int8 plan's shape).
 using Sparse24Bf16Plan = Sparse24Int8Plan;
+// Runs tasks [task_begin, task_end) on the kernel of the active tier.
 void sparse24_bf16_run(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin, int64_t task_end);
 void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
                                 int64_t task_end);
-void sparse24_bf16_run_avx512bf16(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
-                                  int64_t task_end);
-// Without AVX512_BF16 (AVX2 and AVX-512 CPUs before Cooper Lake / Zen 4): the same bits from fp32
-// FMAs under MXCSR FTZ + DAZ.
-void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin,
-                            int64_t task_end);
-// The bf16 path that runs now: "avx512bf16", "avx2" or "portable".
+
+// The bf16 2:4 kernels of one tier (dispatch.h): avx512bf16 (vdpbf16ps), avx2 (without
+// AVX512_BF16: AVX2 and AVX-512 CPUs before Cooper Lake / Zen 4; the same bits from fp32 FMAs under
+// MXCSR FTZ + DAZ) and portable.
+struct Sparse24Bf16Kernels {
+  void (*run)(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t task_begin, int64_t task_end);
+};
+extern const Sparse24Bf16Kernels sparse24_bf16_kernels_portable, sparse24_bf16_kernels_avx2,
+    sparse24_bf16_kernels_avx512bf16;
+extern const TierTable<Sparse24Bf16Kernels> sparse24_bf16_tiers;
+// The tier of the bf16 kernel that runs now: "avx512bf16", "avx2" or "portable".
 const char* sparse24_bf16_path();
 
 // ---------------------------------------------------------------- conv2d as rows of patches
@@ -289,17 +314,6 @@ void sparse24_gather_patches(const T* x, const ConvGeometry& g, int64_t row_begi
 }
 void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
                                 int64_t task_end);
-void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                            int64_t task_end);
-void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                                  int64_t task_end);
-// AMX (plan.amx): each task expands its panel's 2:4 blocks into dense int8 tiles in a per-thread
-// buffer (sparse24_int8_block_to_tiles), then runs the AMX int8 GEMM on them; the weight in memory
-// stays compressed. Same integers as every other path.
-void sparse24_int8_run_amx(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                           int64_t task_end);
-void sparse24_int8_run_amx_emulated(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                                    int64_t task_end);
 
 // Expands block `block` (the 80-byte pairs of one 16-column block of the int8 packed layout, `pairs`
 // of them) into the tile layout of the AMX int8 GEMM: group g (k 4g .. 4g + 3) of column i at
@@ -321,8 +335,5 @@ inline void sparse24_int8_block_to_tiles_portable(const int8_t* block, int64_t p
     }
   }
 }
-
-void sparse24_int8_run_avx512vbmi(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                                  int64_t task_end);
 
 }  // namespace ck::cpu

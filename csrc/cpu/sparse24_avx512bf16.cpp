@@ -206,3 +206,7 @@ void sparse24_bf16_run_avx512bf16(const Sparse24Bf16Args& a, const Sparse24Bf16P
 }  // namespace ck::cpu
 
 #endif
+
+namespace ck::cpu {
+const Sparse24Bf16Kernels sparse24_bf16_kernels_avx512bf16 = {&sparse24_bf16_run_avx512bf16};
+}  // namespace ck::cpu

@@ -14,15 +14,11 @@ namespace {
 
 namespace bp = ck::bitpack;
 
-void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
-
 at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
   constexpr const char* op = "codebook_pack";
   check_codebook_bits(bits, op);
   check_dim(idx, 2, op, "idx");
-  check_cpu_tensor(idx, op, "idx");
+  check_cpu(idx, op, "idx");
   check_codebook_idx(idx, bits, op);
   const int64_t n = idx.size(0), k = idx.size(1);
   const at::Tensor u8 = idx.to(at::kByte).contiguous();
@@ -33,7 +29,7 @@ at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
 }
 
 PackedInfo check_packed_cpu(const at::Tensor& packed, int64_t bits, int64_t k, const char* k_from, const char* op) {
-  check_cpu_tensor(packed, op, "packed_idx");
+  check_cpu(packed, op, "packed_idx");
   return check_codebook_packed(packed, bits, k, k_from, op);
 }
 
@@ -90,7 +86,7 @@ at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   constexpr const char* op = "codebook_linear";
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 2, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
@@ -117,7 +113,7 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   constexpr const char* op = "codebook_conv2d";
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 4, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   check_codebook_bits(bits, op);
   const PackedInfo info = check_packed_cpu(packed_idx, bits, -1, nullptr, op);
   const CodebookConvShape s = check_codebook_conv(x, info, kernel_size, stride, padding, dilation, groups, op);

@@ -209,13 +209,8 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
     a.ldx = c;
     a.out = out_bytes;
     const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(m, oc, threads, depth);
-    const bool hardware = cpu::tile_unit() == cpu::TileUnit::kHardware;
     at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) {
-      if (hardware) {
-        cpu::int8_conv_direct_run_amx(a, plan, a_offsets.data(), grid, b, e);
-      } else {
-        cpu::int8_conv_direct_run_amx_emulated(a, plan, a_offsets.data(), grid, b, e);
-      }
+      cpu::int8_conv_direct_run(a, plan, a_offsets.data(), grid, b, e);
     });
     return out;
   }

@@ -18,10 +18,6 @@
 namespace ck::ops {
 namespace {
 
-void check_cpu_tensor(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
-
 void check_k(int64_t k, const char* op) {
   TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, kh * kw * in_channels for a conv) must be a ",
               "positive multiple of 4 for 2:4 sparsity, got K=", k);
@@ -30,7 +26,7 @@ void check_k(int64_t k, const char* op) {
 std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& w) {
   constexpr const char* op = "sparse24_compress";
   check_dim(w, 2, op, "w");
-  check_cpu_tensor(w, op, "w");
+  check_cpu(w, op, "w");
   const int64_t n = w.size(0), k = w.size(1);
   check_k(k, op);
   const at::Tensor wc = w.contiguous();
@@ -52,8 +48,8 @@ int64_t check_compressed(const at::Tensor& values, const at::Tensor& meta, const
   check_dim(values, 2, op, "values");
   check_dim(meta, 2, op, "meta");
   check_dtype(meta, at::kByte, op, "meta");
-  check_cpu_tensor(values, op, "values");
-  check_cpu_tensor(meta, op, "meta");
+  check_cpu(values, op, "values");
+  check_cpu(meta, op, "meta");
   const int64_t n = values.size(0), k = 2 * values.size(1);
   check_k(k, op);
   TORCH_CHECK(meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta must have shape [", n, ", ",
@@ -115,7 +111,7 @@ void check_packed_matches(const char* op, const at::Tensor& meta, int64_t n, int
 // op's input rows (check_packed_matches, whose messages name meta and x).
 PackedInfo check_sparse24_packed(const at::Tensor& values, PackedFamily f, const at::Tensor& meta, int64_t x_k,
                                  const char* k_name, const char* op) {
-  check_cpu_tensor(values, op, "values");
+  check_cpu(values, op, "values");
   const PackedInfo info = check_packed(values, f, PackedExpect{}, op, "values");
   check_packed_matches(op, meta, info.n, info.k, x_k, k_name);
   return info;
@@ -131,7 +127,7 @@ struct Sparse24F32Call {
 Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tensor& values, const at::Tensor& meta,
                                      const std::optional<at::Tensor>& bias, const char* k_name) {
   Sparse24F32Call call;
-  check_cpu_tensor(values, op, "values");
+  check_cpu(values, op, "values");
   if (values.dim() != 1) {
     check_dtype(values, at::kFloat, op, "values");
     call.packed = sparse24_f32_pack_cpu(values, meta);
@@ -146,7 +142,7 @@ Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tens
               ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_f32_pack");
   if (bias.has_value()) {
     check_dtype(*bias, at::kFloat, op, "bias");
-    check_cpu_tensor(*bias, op, "bias");
+    check_cpu(*bias, op, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
     call.bias = bias->contiguous();
   }
@@ -175,7 +171,7 @@ at::Tensor sparse24_bf16_pack_cpu(const at::Tensor& values, const at::Tensor& me
 at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                 const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse24_linear";
-  check_cpu_tensor(values, op, "values");
+  check_cpu(values, op, "values");
   at::Tensor packed = values;  // 1-D: a packed weight from sparse24_bf16_pack
   if (values.dim() != 1) {
     TORCH_CHECK(values.scalar_type() == at::kBFloat16, op,
@@ -194,7 +190,7 @@ at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, c
   if (bias.has_value()) {
     TORCH_CHECK(bias->scalar_type() == at::kBFloat16 || bias->scalar_type() == at::kFloat, op,
                 ": with bf16 x, bias must be bf16 or fp32, got ", bias->scalar_type());
-    check_cpu_tensor(*bias, op, "bias");
+    check_cpu(*bias, op, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == args.n, op, ": bias must have shape [", args.n, "], got ",
                 bias->sizes());
     bias_f32 = bias->to(at::kFloat).contiguous();
@@ -217,7 +213,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse24_linear";
   check_dim(x, 2, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   if (x.scalar_type() == at::kBFloat16) return sparse24_bf16_linear(x, values, meta, bias);
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32 or bfloat16 on the CPU, got ", x.scalar_type());
   Sparse24F32Call call = prepare_sparse24_f32(op, x.size(1), values, meta, bias, "x");
@@ -258,7 +254,7 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
                                        const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
                                        at::ScalarType out_dtype, c10::string_view rounding, const char* k_name) {
   Sparse24Int8Call call;
-  check_cpu_tensor(values, op, "values");
+  check_cpu(values, op, "values");
   if (values.dim() == 1) {
     call.packed = values;  // a packed weight from sparse24_int8_pack; meta's N and x's K are checked against it
   } else {
@@ -273,13 +269,13 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
   TORCH_CHECK(w.n == info.n && w.k == info.k, op, ": the trailer of the sparse24_int8_pack payload (N=", w.n, ", K=",
               w.k, ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_int8_pack");
   check_depth(w.k, op);
-  check_cpu_tensor(m0, op, "m0");
-  check_cpu_tensor(shift, op, "shift");
+  check_cpu(m0, op, "m0");
+  check_cpu(shift, op, "shift");
   const bool per_channel = check_multiplier(m0, shift, w.n, op);
   check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
   if (bias.has_value()) {
     check_dtype(*bias, at::kInt, op, "bias");
-    check_cpu_tensor(*bias, op, "bias");
+    check_cpu(*bias, op, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, op, ": bias must have shape [", w.n, "], got ",
                 bias->sizes());
     call.bias = bias->contiguous();
@@ -309,7 +305,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
   constexpr const char* op = "sparse24_int8_linear";
   const bool is_signed = check_int8_input(x, op, "x");
   check_dim(x, 2, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   check_zero_point_for(x, x_zero_point, op, "x_zero_point");
   Sparse24Int8Call call = prepare_sparse24_int8(op, x.size(1), values, meta, bias, m0, shift, out_zero_point, qmin,
                                                 qmax, out_dtype, rounding, "x");
@@ -410,7 +406,7 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   constexpr const char* op = "sparse24_int8_conv2d";
   const bool is_signed = check_int8_input(x, op, "x");
   check_dim(x, 4, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   check_zero_point_for(x, x_zero_point, op, "x_zero_point");
   const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation, op);
   Sparse24Int8Call call = prepare_sparse24_int8(op, g.k(), values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
@@ -446,7 +442,7 @@ at::Tensor sparse24_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, co
   constexpr const char* op = "sparse24_conv2d";
   check_dtype(x, at::kFloat, op, "x");
   check_dim(x, 4, op, "x");
-  check_cpu_tensor(x, op, "x");
+  check_cpu(x, op, "x");
   const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation, op);
   Sparse24F32Call call = prepare_sparse24_f32(op, g.k(), values, meta, bias, "the conv (kh * kw * in_channels)");
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);

@@ -1,5 +1,6 @@
 // The one place where every op's schema is declared. Implementations register per backend in
-// cpu.cpp / cuda.cpp; fake (meta) kernels and autograd live in compress_kernels/ops.py.
+// cpu_*.cpp / cuda_*.cpp beside this file (cpu_isa.cpp: the CPU path control ops); fake (meta)
+// kernels and autograd live in compress_kernels/ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -88,5 +89,6 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def("_cpu_isa(str isa=\"\") -> str");
   m.def("_cpu_bf16_path() -> str");
   m.def("_cpu_isa_report() -> str");
+  m.def("_cpu_kernel_tiers() -> str[]");
   m.def("_amx_peak(str kind, float seconds) -> float");
 }

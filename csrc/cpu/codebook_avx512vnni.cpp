@@ -297,8 +297,8 @@ void run_bits(const CodebookLinearArgs& a, const CodebookPlan& plan, int64_t tas
 
 }  // namespace
 
-void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPlan& plan,
-                                int64_t task_begin, int64_t task_end) {
+void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan,
+                                    int64_t task_begin, int64_t task_end) {
   switch (args.bits) {
     case 1: run_bits<1>(args, plan, task_begin, task_end); break;
     case 2: run_bits<2>(args, plan, task_begin, task_end); break;
@@ -314,9 +314,13 @@ void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPl
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void codebook_linear_run_avx512(const CodebookLinearArgs& args, const CodebookPlan& plan,
-                                int64_t task_begin, int64_t task_end) {
+void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan,
+                                    int64_t task_begin, int64_t task_end) {
   codebook_linear_run_portable(args, plan, task_begin, task_end);
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const CodebookKernels codebook_kernels_avx512vnni = {&codebook_linear_run_avx512vnni};
+}  // namespace ck::cpu

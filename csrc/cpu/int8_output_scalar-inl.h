@@ -1,3 +1,4 @@
+// Included by int8_gemm_amx_emulated.cpp and sparse24_amx_emulated.cpp only (amx_emulated tier: no target flags).
 // The int8 GEMM output stage of a block of raw dot products, one element at a time (the AMX
 // kernels' output stage on the scalar tile model). Internal linkage.
 #pragma once

@@ -6,12 +6,12 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "requant_avx512.h"
+#include "requant_avx512vnni-inl.h"
 
 namespace ck::cpu {
 
-void requantize_rows_avx512(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                            int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
+                                int64_t row_end, const RequantParams& p, void* out) {
   const ClampLanes clamp = clamp_lanes(p);
   const RequantLanes tensor_lanes =
       requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
@@ -45,8 +45,8 @@ inline __m512i shifted_lanes(const void* x, bool is_signed, int64_t i, __mmask16
 
 // int8_add_range in one pass over the elements, 16 at a time (the same operations as the chunked
 // portable form: both rescales, the wrapping int32 sum, the output stage).
-void int8_add_range_avx512(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
-                           void* out) {
+void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                               void* out) {
   const RequantLanes la = requant_lanes(_mm512_set1_epi32(p.a.m0[0]), _mm512_set1_epi32(p.a.shift[0]));
   const RequantLanes lb = requant_lanes(_mm512_set1_epi32(p.b.m0[0]), _mm512_set1_epi32(p.b.shift[0]));
   const RequantLanes lo = requant_lanes(_mm512_set1_epi32(p.out.m0[0]), _mm512_set1_epi32(p.out.shift[0]));
@@ -66,13 +66,17 @@ void int8_add_range_avx512(const void* a, const void* b, const Int8AddParams& p,
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void int8_add_range_avx512(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
-                           void* out) {
+void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
+                               void* out) {
   int8_add_range_portable(a, b, p, begin, end, out);
 }
-void requantize_rows_avx512(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                            int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
+                                int64_t row_end, const RequantParams& p, void* out) {
   requantize_rows_portable(acc, ld_acc, cols, row_begin, row_end, p, out);
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const RequantizeKernels requantize_kernels_avx512vnni = {&requantize_rows_avx512vnni, &int8_add_range_avx512vnni};
+}  // namespace ck::cpu

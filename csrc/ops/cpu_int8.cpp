@@ -1,18 +1,14 @@
-// CPU implementations: argument checks, output allocation, threading. The kernels themselves are
-// torch-free (csrc/cpu/); this file is the only CPU code that sees at::Tensor.
+// CPU implementations of the int8 GEMM / linear, requantize, int8_add and quantize_rows ops:
+// argument checks, output allocation, threading. The kernels themselves are torch-free (csrc/cpu/).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
-#include <chrono>
 #include <limits>
 #include <tuple>
 
 #include "../cpu/int8_gemm.h"
-#include "../cpu/isa.h"
 #include "../cpu/requantize.h"
-#include "../cpu/sparse24.h"
 #include "checks.h"
 #include "packed_checks.h"
 
@@ -304,61 +300,6 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_
   return {q, scale};
 }
 
-std::string cpu_isa(c10::string_view isa) {
-  const std::pair<const char*, cpu::Isa> paths[] = {{"portable", cpu::Isa::kPortable},
-                                                    {"avx2", cpu::Isa::kAvx2},
-                                                    {"avx512vnni", cpu::Isa::kAvx512Vnni},
-                                                    {"avx512vbmi", cpu::Isa::kAvx512Vbmi},
-                                                    {"amx", cpu::Isa::kAmx}};
-  bool known = isa.empty();
-  for (const auto& [name, path] : paths) {
-    if (isa == name) {
-      TORCH_CHECK(cpu::set_isa(path), "_cpu_isa: this CPU lacks ", name, " (detected: ",
-                  cpu::isa_name(cpu::detected_isa()), "; ", cpu::isa_report(), ")");
-      known = true;
-    }
-  }
-  if (isa == "amx_emulated") {
-    cpu::set_amx_emulation();
-    known = true;
-  } else if (isa == "auto") {
-    cpu::set_isa(cpu::detected_isa());
-    known = true;
-  }
-  TORCH_CHECK(known, "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\", \"avx512vnni\", \"avx512vbmi\", "
-              "\"amx\" or \"amx_emulated\", got \"", std::string(isa), "\"");
-  return cpu::tile_unit() == cpu::TileUnit::kEmulated ? "amx_emulated" : cpu::isa_name(cpu::active_isa());
-}
-
-std::string cpu_isa_report() { return cpu::isa_report(); }
-
-// The AMX limit of this machine now, in operations per second on every torch thread at once: the
-// register-only tile loop (amx_register_loop) timed for about `seconds`. Benchmarks quote kernel
-// speed as a share of it, because the machines' clocks drift between hours.
-double amx_peak_ops(c10::string_view kind, double seconds) {
-  TORCH_CHECK(kind == "int8" || kind == "bf16", "_amx_peak: kind must be \"int8\" or \"bf16\", got \"", std::string(kind), "\"");
-  TORCH_CHECK(seconds > 0 && seconds <= 10, "_amx_peak: seconds must be in (0, 10], got ", seconds);
-  TORCH_CHECK(cpu::detected_isa() == cpu::Isa::kAmx, "_amx_peak: this CPU path has no AMX (", cpu::isa_report(), ")");
-  const bool bf16 = kind == "bf16";
-  const int64_t threads = at::get_num_threads();
-  cpu::amx_register_loop(bf16, 1 << 16);  // warm-up: the tile unit powers up on first use
-  int64_t iterations = 1 << 18;
-  for (;;) {
-    std::atomic<int64_t> ops{0};
-    const auto start = std::chrono::steady_clock::now();
-    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) ops += cpu::amx_register_loop(bf16, iterations);
-    });
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (elapsed >= seconds || iterations > (int64_t{1} << 34)) return static_cast<double>(ops.load()) / elapsed;
-    iterations *= 2;
-  }
-}
-
-// The bf16 kernel path that runs now: "avx512bf16" (vdpbf16ps), "avx2" (fp32 FMAs under FTZ/DAZ)
-// or "portable"; all give the same bits.
-std::string cpu_bf16_path() { return cpu::sparse24_bf16_path(); }
-
 }  // namespace
 }  // namespace ck::ops
 
@@ -371,11 +312,4 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("int8_linear_float", &ck::ops::int8_linear_float_cpu);
   m.impl("quantize_rows", &ck::ops::quantize_rows_cpu);
   m.impl("int8_add", &ck::ops::int8_add_cpu);
-}
-
-TORCH_LIBRARY_IMPL(compress_kernels, CompositeExplicitAutograd, m) {
-  m.impl("_cpu_isa", &ck::ops::cpu_isa);
-  m.impl("_cpu_bf16_path", &ck::ops::cpu_bf16_path);
-  m.impl("_cpu_isa_report", &ck::ops::cpu_isa_report);
-  m.impl("_amx_peak", &ck::ops::amx_peak_ops);
 }

@@ -125,10 +125,9 @@ void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
   const FqLayout& l = a.layout;
   if (plan.by_spans) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
-      const Lanes k = broadcast(a.params, span % l.channels);
-      const int64_t start = span * l.inner + block * FqPlan::kBlock;
-      const int64_t stop = start + std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
+      const Lanes k = broadcast(a.params, unit.channel);
+      const int64_t start = unit.begin, stop = unit.end;
       for (int64_t i = start; i < stop; i += 16) {
         const __mmask16 m = lane_mask(stop - i);
         const Element e = quantize(load<D>(a.x, i, m), k);
@@ -138,9 +137,8 @@ void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
     return;
   }
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
-    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
-    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    const FqPlan::RowUnit unit = plan.row_unit(u);
+    const int64_t r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t p = p0; p < p1; p += 16) {
         const __mmask16 m = lane_mask(p1 - p);
@@ -159,10 +157,9 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
   const bool sums = a.partial_scale != nullptr;
   if (plan.by_spans) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t span = u / plan.blocks_per_span, block = u % plan.blocks_per_span;
-      const Lanes k = broadcast(a.params, span % l.channels);
-      const int64_t start = span * l.inner + block * FqPlan::kBlock;
-      const int64_t stop = start + std::min(FqPlan::kBlock, l.inner - block * FqPlan::kBlock);
+      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
+      const Lanes k = broadcast(a.params, unit.channel);
+      const int64_t start = unit.begin, stop = unit.end;
       __m512d s_lo = _mm512_setzero_pd(), s_hi = _mm512_setzero_pd();
       __m512d z_lo = _mm512_setzero_pd(), z_hi = _mm512_setzero_pd();
       for (int64_t i = start; i < stop; i += 16) {
@@ -198,9 +195,8 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
     return;
   }
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t g = u / plan.column_chunks, chunk = u % plan.column_chunks;
-    const int64_t r0 = g * plan.rows_per_group, r1 = std::min(plan.rows, r0 + plan.rows_per_group);
-    const int64_t p0 = chunk * FqPlan::kColumnChunk, p1 = std::min(plan.row_len, p0 + FqPlan::kColumnChunk);
+    const FqPlan::RowUnit unit = plan.row_unit(u);
+    const int64_t g = unit.group, r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
     double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
     double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
     if (sums) {
@@ -234,7 +230,7 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
 
 }  // namespace
 
-void fake_quant_forward_avx512(const FqArgs& a, int64_t begin, int64_t end) {
+void fake_quant_forward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
   switch (a.dtype) {
     case FqDtype::kFloat32:
       return forward_impl<FqDtype::kFloat32>(a, begin, end);
@@ -247,7 +243,7 @@ void fake_quant_forward_avx512(const FqArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-void fake_quant_backward_avx512(const FqArgs& a, int64_t begin, int64_t end) {
+void fake_quant_backward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
   switch (a.dtype) {
     case FqDtype::kFloat32:
       return backward_impl<FqDtype::kFloat32>(a, begin, end);
@@ -263,11 +259,16 @@ void fake_quant_backward_avx512(const FqArgs& a, int64_t begin, int64_t end) {
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void fake_quant_forward_avx512(const FqArgs& a, int64_t begin, int64_t end) {
+void fake_quant_forward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
   fake_quant_forward_portable(a, begin, end);
 }
-void fake_quant_backward_avx512(const FqArgs& a, int64_t begin, int64_t end) {
+void fake_quant_backward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
   fake_quant_backward_portable(a, begin, end);
 }
 }  // namespace ck::cpu
 #endif
+
+namespace ck::cpu {
+const FakeQuantKernels fake_quant_kernels_avx512vnni = {&fake_quant_forward_avx512vnni,
+                                                         &fake_quant_backward_avx512vnni};
+}  // namespace ck::cpu

@@ -1,10 +1,11 @@
+// Included by int8_gemm_avx512vnni.cpp (avx512vnni tier) and int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier): targets with avx512f/bw/vl/dq.
 // The fused output stage of the int8 GEMM on AVX-512, shared by the VNNI and the AMX kernels.
 // Include only from a translation unit compiled for AVX-512 (after its `#pragma GCC target`);
 // everything here has internal linkage. Equal to write_output(corrected acc) bit for bit.
 #pragma once
 
 #include "int8_gemm.h"
-#include "requant_avx512.h"
+#include "requant_avx512vnni-inl.h"
 
 namespace ck::cpu {
 namespace {

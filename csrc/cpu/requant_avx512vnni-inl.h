@@ -1,3 +1,4 @@
+// Included by requantize_avx512vnni.cpp, sparse24_avx512vnni.cpp, sparse24_avx512vbmi.cpp and int8_output_avx512vnni-inl.h only (targets with avx512f/bw/vl/dq).
 // AVX-512 versions of the ck/fixedpoint.h output stage, 16 int32 lanes at a time.
 // Include only from a translation unit compiled for AVX-512 (after its `#pragma GCC target`);
 // everything here has internal linkage so no AVX-512 code can leak into a portable caller.

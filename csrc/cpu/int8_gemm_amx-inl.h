@@ -1,3 +1,4 @@
+// Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier) and int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp, sparse24_int8_amx-inl.h (amx_emulated tier: no target flags).
 // The AMX int8 GEMM, written once against the tile interface of amx_tiles.h and compiled twice:
 // on the tile instructions with the AVX-512 output stage (int8_gemm_amx.cpp) and on the scalar tile
 // model with the scalar output stage (int8_gemm_amx_emulated.cpp). Include only from those two.
