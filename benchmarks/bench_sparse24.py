@@ -39,13 +39,13 @@ Notes (issue 5). Goals: fp32 2:4 >= 1.3x `F.linear` at M >= 64; int8 2:4 >= 1.2x
 compressed bytes <= 56.25% of dense.
 
 - fp32 (values + metadata = 53.1% of dense bytes), two kernels. Tasks of >= 16 rows run the rows
-  kernel (`csrc/cpu/sparse24_f32_rows.h`): x is transposed a k block of 128 at a time, and each
+  kernel (`csrc/cpu/sparse24_f32_rows-inl.h`): x is transposed a k block of 128 at a time, and each
   stored value is broadcast once and multiplied with up to three vectors of 16 rows of x loaded
   from the k its metadata names (the address comes from the meta byte in general-purpose
   registers). Loads select x, so the FP pipes only do FMAs; the limit is the load ports (two 256-bit
   loads per cycle on Zen 4: 3 row vectors + 1 broadcast per 3 FMAs), about 75% of the FMA peak from
   L1. That gives 1.5-1.8x `F.linear` at M >= 64 (125-157 GFLOP/s dense-equivalent on one core,
-  where oneDNN runs 70-100). Fewer rows run the shuffle kernel (`sparse24_f32_ymm.h`, vectorized
+  where oneDNN runs 70-100). Fewer rows run the shuffle kernel (`sparse24_f32_avx2-inl.h`, vectorized
   over the eight interleaved columns of a block: one `vpermilps` picks each column's x from its
   metadata byte, one FMA follows, no transposition); it needs one shuffle per FMA, and on Zen 4
   shuffles and FMAs share a pipe, so it tops out near 55% of the peak (it alone gave 1.1-1.3x at

@@ -11,7 +11,7 @@
 //   dot_bf16<C, A, B>()                tdpbf16ps (see EmulatedTiles for the exact rounding)
 // EmulatedTiles implements them in plain C++ on any CPU, so the blocking, packing, tails and output
 // stages of the AMX kernels are tested bit for bit everywhere; the hardware policy (HardwareTiles,
-// amx_hardware_tiles.h) is only compiled into translation units built for AMX.
+// amx_hardware_tiles-inl.h) is only compiled into translation units built for AMX.
 //
 // The kernels use one configuration per call, amx_config(rows): palette 1, every tile 64 bytes
 // wide, the accumulator and A tiles (0-5) `rows` high, the B tiles (6-7) 16 high. rows is 16 except

@@ -7,9 +7,9 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "amx_hardware_tiles.h"
-#include "int8_gemm_amx.h"
-#include "int8_output_avx512.h"
+#include "amx_hardware_tiles-inl.h"
+#include "int8_gemm_amx-inl.h"
+#include "int8_output_avx512vnni-inl.h"
 
 namespace ck::cpu {
 

@@ -2,8 +2,8 @@
 // tests check the AMX blocking, padding and tails bit for bit against the portable path everywhere.
 #include "amx_tiles.h"
 #include "int8_gemm.h"
-#include "int8_gemm_amx.h"
-#include "int8_output_scalar.h"
+#include "int8_gemm_amx-inl.h"
+#include "int8_output_scalar-inl.h"
 
 namespace ck::cpu {
 

@@ -31,14 +31,14 @@
 // pre-broadcast buffer (load-bound, 23-24 per cycle), and a 5 x 16 tile with a two-uop weight
 // decode on 256-scaled products flushed every 256 k (24.4 alone, no faster end to end).
 // The fused epilogue (correction, bias, requantization or float scaling, store) is the VNNI one on
-// 8 lanes (requant_avx2.h).
+// 8 lanes (requant_avx2-inl.h).
 #include "int8_gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma")
 #include <vector>
 
-#include "requant_avx2.h"
+#include "requant_avx2-inl.h"
 
 namespace ck::cpu {
 namespace {

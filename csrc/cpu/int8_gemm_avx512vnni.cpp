@@ -13,7 +13,7 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "int8_output_avx512.h"
+#include "int8_output_avx512vnni-inl.h"
 
 namespace ck::cpu {
 namespace {

@@ -6,7 +6,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma")
-#include "requant_avx2.h"
+#include "requant_avx2-inl.h"
 
 namespace ck::cpu {
 

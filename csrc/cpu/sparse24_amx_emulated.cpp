@@ -1,10 +1,10 @@
 // The AMX int8 2:4 kernel on the scalar tile model with the scalar expansion and output stage
 // (any CPU; the tests' amx_emulated path).
 #include "amx_tiles.h"
-#include "int8_gemm_amx.h"
-#include "int8_output_scalar.h"
+#include "int8_gemm_amx-inl.h"
+#include "int8_output_scalar-inl.h"
 #include "sparse24.h"
-#include "sparse24_int8_amx.h"
+#include "sparse24_int8_amx-inl.h"
 
 namespace ck::cpu {
 namespace {

@@ -1,8 +1,8 @@
 // AVX2 + FMA 2:4 kernels, compiled for AVX2 by the pragma below, chosen at run time on CPUs
 // without AVX-512 (and, for bf16, on AVX-512 CPUs without AVX512_BF16).
 //
-// fp32: tasks of >= 16 rows run sparse24_f32_rows.h on ymm (loads select x), fewer rows
-// sparse24_f32_ymm.h on 16 ymm registers (2 rows x 2 blocks of accumulators).
+// fp32: tasks of >= 16 rows run sparse24_f32_rows-inl.h on ymm (loads select x), fewer rows
+// sparse24_f32_avx2-inl.h on 16 ymm registers (2 rows x 2 blocks of accumulators).
 //
 // bf16: vdpbf16ps' bits from fp32 FMAs under MXCSR FTZ + DAZ (see bf16_tile_avx2).
 //
@@ -26,7 +26,7 @@
 #include <cstring>
 #include <memory>
 
-#include "requant_avx2.h"
+#include "requant_avx2-inl.h"
 
 namespace ck::cpu {
 namespace {
@@ -37,9 +37,9 @@ constexpr int kF32Blocks = 2;
 inline __m256 load_columns(const float* p, int count) { return _mm256_maskload_ps(p, lane_mask8(count)); }
 inline void store_columns(float* p, int count, __m256 v) { _mm256_maskstore_ps(p, lane_mask8(count), v); }
 
-#include "sparse24_f32_ymm.h"
+#include "sparse24_f32_avx2-inl.h"
 
-// The rows kernel of sparse24_f32_rows.h on ymm: 8 rows per vector, 2 columns x up to 4 vectors of
+// The rows kernel of sparse24_f32_rows-inl.h on ymm: 8 rows per vector, 2 columns x up to 4 vectors of
 // accumulators (8 of the 16 registers; 4 columns x 3 vectors ran 10% slower on Zen 4).
 using RowsVec = __m256;
 constexpr int64_t kRowsLanes = 8;
@@ -97,7 +97,7 @@ inline void transpose_block(const float* src, int64_t lds, int64_t rows, int64_t
   }
 }
 
-#include "sparse24_f32_rows.h"
+#include "sparse24_f32_rows-inl.h"
 
 // ---------------------------------------------------------------- int8
 

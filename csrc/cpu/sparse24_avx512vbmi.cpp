@@ -1,4 +1,4 @@
-// int8 2:4 kernel for AVX-512 VNNI + VBMI CPUs (sparse24_int8_zmm.h); compiled for VBMI by the
+// int8 2:4 kernel for AVX-512 VNNI + VBMI CPUs (sparse24_int8_avx512vnni-inl.h); compiled for VBMI by the
 // pragma below, chosen at run time. Identical to the avx512vnni kernel except for the expansion of
 // the metadata into vpshufb controls: one vpmultishiftqb picks every 2-bit position of a column's
 // meta byte into its own control byte.
@@ -12,7 +12,7 @@
 #include <cstring>
 #include <memory>
 
-#include "requant_avx512.h"
+#include "requant_avx512vnni-inl.h"
 
 namespace ck::cpu {
 namespace {
@@ -37,7 +37,7 @@ inline __m512i shuffle_control(const int8_t* meta16) {
   return _mm512_ternarylogic_epi32(fields, _mm512_set1_epi32(0x03030303), _mm512_set1_epi32(0x04040000), 0xEA);
 }
 
-#include "sparse24_int8_zmm.h"
+#include "sparse24_int8_avx512vnni-inl.h"
 
 }  // namespace
 

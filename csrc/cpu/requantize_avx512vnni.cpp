@@ -6,7 +6,7 @@
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "requant_avx512.h"
+#include "requant_avx512vnni-inl.h"
 
 namespace ck::cpu {
 

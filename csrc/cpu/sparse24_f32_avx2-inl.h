@@ -1,11 +1,11 @@
 // Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma) only.
-// The fp32 2:4 kernels on 256-bit vectors (AVX2 + FMA), shared by sparse24_avx512.cpp and
+// The fp32 2:4 kernels on 256-bit vectors (AVX2 + FMA), shared by sparse24_avx512vnni.cpp and
 // sparse24_avx2.cpp: each includes this inside its own namespace after its target pragma and
 // after defining
 //   constexpr int kF32Rows, kF32Blocks;      rows (<= 4) x blocks of accumulators per microkernel
 //   __m256 load_columns(const float* p, int count);          the first `count` (1..8) floats, 0 after
 //   void store_columns(float* p, int count, __m256 v);       the first `count` lanes of v
-// Design and cost: see the top of sparse24_avx512.cpp. Every path computes each output as
+// Design and cost: see the top of sparse24_avx512vnni.cpp. Every path computes each output as
 // acc = fma(v[j], x[k_j], acc) for j = 0 .. K/2 - 1 in order, then + bias, like the portable path.
 
 // One row of x, vectorized over the eight columns of a packed block: the four x of a group are

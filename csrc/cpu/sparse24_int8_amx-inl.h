@@ -2,7 +2,7 @@
 // The AMX int8 2:4 kernel, written once over the tile interface and compiled twice like the AMX
 // int8 GEMM (sparse24_amx.cpp: tile instructions, AVX-512 expansion and output stage;
 // sparse24_amx_emulated.cpp: the scalar models). Include only from those two, after
-// int8_gemm_amx.h.
+// int8_gemm_amx-inl.h.
 //
 // The plan's tasks (64-column panel, chunk of rows) run on the AMX int8 GEMM's driver with B tiles
 // expanded from the 2:4 blocks (Sparse24BTiles). The weight read from memory stays the 2:4
@@ -12,7 +12,7 @@
 
 #include <vector>
 
-#include "int8_gemm_amx.h"
+#include "int8_gemm_amx-inl.h"
 #include "sparse24.h"
 
 namespace ck::cpu {

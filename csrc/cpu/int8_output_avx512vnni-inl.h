@@ -5,7 +5,7 @@
 #pragma once
 
 #include "int8_gemm.h"
-#include "requant_avx512.h"
+#include "requant_avx512vnni-inl.h"
 
 namespace ck::cpu {
 namespace {

@@ -1,7 +1,7 @@
 // Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma) only.
-// The fp32 2:4 kernel for tasks of many rows, vectorized over rows, shared by sparse24_avx512.cpp
+// The fp32 2:4 kernel for tasks of many rows, vectorized over rows, shared by sparse24_avx512vnni.cpp
 // (zmm) and sparse24_avx2.cpp (ymm): each includes it inside its own namespace, after its target
-// pragma, sparse24_f32_ymm.h and the definitions of
+// pragma, sparse24_f32_avx2-inl.h and the definitions of
 //   RowsVec, kRowsLanes (floats per vector), kRowsColumns (columns per microkernel, 8 or 4),
 //   kRowsVectors (row vectors per microkernel, <= 3), rows_zero / rows_load (aligned) /
 //   rows_store (aligned) / rows_broadcast / rows_fma(a, b, c) = a * b + c, and
@@ -15,7 +15,7 @@
 // names (the address is computed in general-purpose registers from the meta byte). Loads select x,
 // so the FP pipes do nothing but FMAs; the limit is the load ports (Zen 4: two 256-bit loads per
 // cycle; 3 row vectors + 1 broadcast per 3 FMAs), ~75% of the FMA peak from L1 where the shuffle
-// kernels of sparse24_f32_ymm.h stay near 55% (one shuffle per FMA, and shuffles share a pipe with
+// kernels of sparse24_f32_avx2-inl.h stay near 55% (one shuffle per FMA, and shuffles share a pipe with
 // FMAs). The accumulators of a block wait in accT [panel columns][ld] between k blocks and are
 // transposed into out (+ bias) at the end. Each output's chain is acc = fma(v[j], x[k_j], acc) for
 // j in order, then + bias: the portable path's order, so the results are bit-identical.
@@ -118,7 +118,7 @@ inline void f32_task_rows_vec(const Sparse24F32Args& a, int64_t m_begin, int64_t
 }
 
 // Tasks [task_begin, task_end) of `plan`: the rows kernel for tasks of >= kRowsMin rows, the
-// shuffle kernels of sparse24_f32_ymm.h for fewer.
+// shuffle kernels of sparse24_f32_avx2-inl.h for fewer.
 inline void f32_run_rows_or_ymm(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t task_begin,
                                 int64_t task_end) {
   for (int64_t t = task_begin; t < task_end; ++t) {

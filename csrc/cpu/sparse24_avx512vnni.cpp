@@ -8,7 +8,7 @@
 //   registers). Loads select x, so the FP pipes only do FMAs: ~75% of the FMA peak from L1 with 48
 //   rows (the loads are the limit: two 256-bit loads per cycle on Zen 4, seven per three FMAs).
 // - fewer rows: vectorized over the eight interleaved columns of a packed block
-//   (sparse24_f32_ymm.h, shared with the AVX2 path): the four x of a group are broadcast to both
+//   (sparse24_f32_avx2-inl.h, shared with the AVX2 path): the four x of a group are broadcast to both
 //   128-bit lanes and one `vpermilps`, controlled by the columns' metadata bytes, picks each
 //   column's x for a stored value; one FMA with the eight stored values follows. It needs no
 //   transposition, but one shuffle per FMA, and on Zen 4 shuffles and FMAs share a pipe: ~55% of
@@ -22,7 +22,7 @@
 // `vpdpbusd` multiplies them with the column's four stored weights: one shuffle plus one dot
 // product per eight k, where dense needs two dot products. int8 x is biased to uint8 by flipping
 // its sign bit and corrected in the epilogue, as in int8_gemm_avx512vnni.cpp; the epilogue is the
-// shared fixed-point output stage. The kernel lives in sparse24_int8_zmm.h (shared with the
+// shared fixed-point output stage. The kernel lives in sparse24_int8_avx512vnni-inl.h (shared with the
 // avx512vbmi path, which expands the controls with one vpmultishiftqb).
 #include "sparse24.h"
 
@@ -34,7 +34,7 @@
 #include <cstring>
 #include <memory>
 
-#include "requant_avx512.h"
+#include "requant_avx512vnni-inl.h"
 
 namespace ck::cpu {
 namespace {
@@ -49,11 +49,11 @@ inline void store_columns(float* p, int count, __m256 v) {
   _mm256_mask_storeu_ps(p, static_cast<__mmask8>((1u << count) - 1), v);
 }
 
-#include "sparse24_f32_ymm.h"
+#include "sparse24_f32_avx2-inl.h"
 
 // ---------------------------------------------------------------- fp32, tasks of many rows
 
-// The rows kernel of sparse24_f32_rows.h on zmm: 16 rows per vector, 8 columns x up to 3 vectors
+// The rows kernel of sparse24_f32_rows-inl.h on zmm: 16 rows per vector, 8 columns x up to 3 vectors
 // of accumulators (24 of the 32 registers).
 using RowsVec = __m512;
 constexpr int64_t kRowsLanes = 16;
@@ -117,7 +117,7 @@ inline void transpose_block(const float* src, int64_t lds, int64_t rows, int64_t
   }
 }
 
-#include "sparse24_f32_rows.h"
+#include "sparse24_f32_rows-inl.h"
 
 }  // namespace
 
@@ -143,7 +143,7 @@ inline __m512i shuffle_control(const int8_t* meta16) {
 }
 
 // MR: rows of x in the tile (1..8; 16 accumulators + 2 values + 2 controls + x fit the 32 zmm). NV: blocks of 16 columns (1..2). kSigned: int8 x (sign flip).
-#include "sparse24_int8_zmm.h"
+#include "sparse24_int8_avx512vnni-inl.h"
 
 }  // namespace
 

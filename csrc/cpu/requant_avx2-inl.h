@@ -1,6 +1,6 @@
 // Included by int8_gemm_avx2.cpp, requantize_avx2.cpp and sparse24_avx2.cpp only (avx2 tier: target avx2,fma).
 // AVX2 versions of the ck/fixedpoint.h output stage, 8 int32 lanes at a time (the port of
-// requant_avx512.h to a CPU without AVX-512: no mask registers, no 64-bit arithmetic shifts,
+// requant_avx512vnni-inl.h to a CPU without AVX-512: no mask registers, no 64-bit arithmetic shifts,
 // 64-bit min/max or int32 -> int8 narrowing stores, so those are built from compares and blends).
 // Include only from a translation unit compiled for AVX2 (after its `#pragma GCC target`);
 // everything here has internal linkage so no AVX2 code can leak into a portable caller.

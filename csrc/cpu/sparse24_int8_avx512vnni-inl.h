@@ -1,12 +1,12 @@
 // Included by sparse24_avx512vnni.cpp and sparse24_avx512vbmi.cpp only (targets with avx512f/bw/vl/dq/vnni).
-// The int8 2:4 kernel on 512-bit vectors (AVX-512 BW + VNNI), shared by sparse24_avx512.cpp and
+// The int8 2:4 kernel on 512-bit vectors (AVX-512 BW + VNNI), shared by sparse24_avx512vnni.cpp and
 // sparse24_avx512vbmi.cpp: each includes this inside its own anonymous namespace after its target
 // pragma and after defining
 //   __m512i shuffle_control(const int8_t* meta16);   the vpshufb controls of 16 columns (see
 //                                                     the packed layout in sparse24.h)
 // The two differ only there: with VBMI's vpmultishiftqb the expansion takes two vector ops (after
 // two broadcast loads) instead of seven.
-// Design: see the top of sparse24_avx512.cpp.
+// Design: see the top of sparse24_avx512vnni.cpp.
 
 // kExpanded: `controls` holds the panel's controls expanded once per task by int8_run_zmm (block v,
 // pair h at controls[v * pairs + h]); else they are expanded in registers per pair (controls unused).
