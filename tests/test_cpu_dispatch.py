@@ -116,7 +116,7 @@ def test_tier_files_are_compiled_for_their_tier_and_define_its_tables():
         assert tables, f"{path.name} defines no kernel table"
         for table in tables:
             assert table.endswith("_kernels_" + tier), f"{path.name}: table {table} is not named for {tier}"
-    assert tier_files >= 20
+    assert tier_files >= 16  # 16 today: a glob that finds none must not pass
 
 
 def test_inl_headers_name_their_includers_and_are_included_only_by_tier_units():
