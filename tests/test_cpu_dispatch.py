@@ -10,7 +10,7 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import ops
-from conftest import ISAS
+from compress_kernels.testing import ISAS
 
 CPU_SOURCES = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "cpu"
 

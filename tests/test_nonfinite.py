@@ -5,7 +5,7 @@ like the float layer, and never changes another row's result)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ISAS
+from compress_kernels.testing import ISAS
 from torch import nn
 
 import compress_kernels as ck

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import compress_kernels as ck
 from compress_kernels import ops
 from compress_kernels import reference as ref
-from conftest import run_on_every_isa
+from compress_kernels.testing import run_on_every_isa
 
 OPS = torch.ops.compress_kernels
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
