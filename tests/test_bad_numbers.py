@@ -351,10 +351,9 @@ def test_numerics_helpers_refuse_non_finite_ranges():
         numerics.quantize_weight(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]))
     with pytest.raises(ValueError, match="activation_clamp: scale must be a finite positive float, got 0.0"):
         numerics.activation_clamp("relu6", 0.0, 0, torch.uint8)
-    observer = numerics.MinMaxObserver()
-    observer.observe(torch.tensor([0.0, float("inf")]))
-    with pytest.raises(ValueError, match="choose_qparams: max_val must be finite"):
-        observer.qparams()
+    observer = numerics.MinMaxObserver()  # refused where the bad batch arrives, before any range is kept
+    with pytest.raises(ValueError, match="MinMaxObserver.observe: the batch holds NaN or infinite values"):
+        observer.observe(torch.tensor([0.0, float("inf")]))
     # finite ranges still work as before
     scale, zp = numerics.choose_qparams(torch.tensor(-1.0), torch.tensor(3.0))
     assert torch.allclose(scale, torch.tensor(4.0 / 255)) and int(zp) == 64
