@@ -64,9 +64,12 @@ class QATConfig:
 
     def validate(self) -> None:
         """Check every field (also called by prepare_qat_, in case a field was changed after construction)."""
-        from ._config_checks import check_bool, check_choice, check_float, check_int
+        from ._config_checks import check_bool, check_float
 
-        check_int(self, "weight_bits", 2, 8)
+        if isinstance(self.weight_bits, bool) or not isinstance(self.weight_bits, int):
+            raise TypeError(f"QATConfig: weight_bits must be an int, got {self.weight_bits!r}")
+        if not 2 <= self.weight_bits <= 8:
+            raise ValueError(f"QATConfig: weight_bits must be in [2, 8], got {self.weight_bits}")
         if isinstance(self.activation_bits, bool) or self.activation_bits != 8:
             raise ValueError(f"QATConfig: activation_bits must be 8 (the integer kernels carry 8-bit "
                              f"activations), got {self.activation_bits!r}")
@@ -75,8 +78,10 @@ class QATConfig:
             raise ValueError(f'QATConfig: observer must be "ema" (use learnable_scale=True for LSQ), '
                              f"got {self.observer!r}")
         check_bool(self, "learnable_scale")
-        check_choice(self, "activation_dtype", (torch.uint8, torch.int8))
-        check_choice(self, "rounding", ("double", "single"))
+        if self.activation_dtype not in (torch.uint8, torch.int8):
+            raise ValueError(f"QATConfig: activation_dtype must be torch.uint8 or torch.int8, got {self.activation_dtype!r}")
+        if self.rounding not in ("double", "single"):
+            raise ValueError(f'QATConfig: rounding must be "double" or "single", got {self.rounding!r}')
         check_float(self, "momentum", "in (0, 1]", lambda v: 0 < v <= 1)
         check_bool(self, "sparse24")
 
