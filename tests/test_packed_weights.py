@@ -206,7 +206,7 @@ def test_row_slices_are_refused(family):
 def test_column_slices_and_non_contiguous_packs_are_refused(family):
     case = default_case(family)
     p = case.pack
-    pattern = rf"{case.op}: packed {case.arg} must be contiguous \(as {family} returns it\)"
+    pattern = rf"{case.op}: (packed )?{case.arg} must be contiguous \(as {family} returns it\)"
     if p.dim() == 2:
         refused(case, p[:, :-1], pattern)
         refused(case, p.t().contiguous().t(), pattern)  # same values, column-major

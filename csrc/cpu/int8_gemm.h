@@ -1,6 +1,7 @@
 // int8 x int8 -> int32 GEMM with a fused output stage (torch-free).
 //
-// Packed weight layout (what int8_pack_weight writes; an int32 buffer of n * (k_pad / 4 + 2) words):
+// Packed weight layout (what int8_pack_weight writes after the header rows of ck/packed_header.h,
+// and what the kernels read: an int32 buffer of n * (k_pad / 4 + 2) words):
 //   k_pad = round_up(k, 4). Rows are grouped in blocks of 16 (the last block holds n % 16 rows when
 //   n is not a multiple of 16). Block b starts at byte 16 * b * k_pad and stores, for each group of
 //   four k (g = 0 .. k_pad / 4 - 1), the four bytes w[16b + i, 4g .. 4g + 3] of each of its rows i:

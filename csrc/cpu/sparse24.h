@@ -6,6 +6,9 @@
 // multiply-add per stored value. Every path follows that order exactly, so they are bit-identical
 // and the result does not depend on threads (work is split over rows and columns, never over k).
 //
+// The packed layouts below are the payloads of the sparse24_*_pack tensors, after their 64-byte
+// header (ck/packed_header.h); the kernels get a pointer past it.
+//
 // int8 packed layout (what sparse24_int8_pack writes; an int32 buffer of
 // sparse24_int8_packed_words(n, k) words). H = ceil(K / 8) pairs of groups, B = ceil(N / 16)
 // blocks of 16 output columns. Block b, pair h is 80 bytes at byte (b * H + h) * 80:

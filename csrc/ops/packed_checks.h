@@ -174,7 +174,8 @@ inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const Pac
   if (dt != at::kInt && dt != at::kFloat && dt != at::kBFloat16) {
     check_dtype(t, packed_dtype(want), op, name);  // no family packs into this dtype
   }
-  TORCH_CHECK(t.is_contiguous(), op, ": packed ", name, " must be contiguous (as ", want_fn,
+  const bool says_packed = std::string(name).find("packed") != std::string::npos;  // packed_idx, w_packed
+  TORCH_CHECK(t.is_contiguous(), op, ": ", says_packed ? "" : "packed ", name, " must be contiguous (as ", want_fn,
               " returns it), got shape ", t.sizes(), " with strides ", t.strides(),
               " (a column slice or transpose of a packed weight?)");
   TORCH_CHECK(t.storage_offset() == 0, op, ": ", name, " is a view at storage offset ", t.storage_offset(),

@@ -14,7 +14,9 @@
 //     reads the low 4 bits of each lane, `vpermt2ps` the low 5), after which a right shift by b
 //     exposes the next index. That is why indices do not straddle words, at the cost of
 //     32 mod b wasted bits per word for b = 3, 5, 6, 7 (3 bits cost 3.2 bits of storage).
-//   * The packed tensor is int32 [n, kw]: n is its first dimension, k must be given to unpack.
+//   * This is the payload of codebook_pack's int32 tensor [header_rows(kw) + n, kw], after the
+//     header rows of ck/packed_header.h (which record n, k and b); the kernels get a pointer past
+//     them.
 #pragma once
 
 #include <cstdint>
