@@ -80,7 +80,7 @@ def _fragment_gemm(a: torch.Tensor, packed: torch.Tensor, n: int, k: int) -> tor
 def test_fragment_index_math_rebuilds_the_product(m, n, k):
     a = rand_int(m, k, seed=m)
     w = rand_int(n, k, lo=-127, hi=127, seed=n)
-    packed = ck.int8_pack_weight(w)
+    packed = ck.ops.packed_payload(ck.int8_pack_weight(w), "int8_pack_weight")  # what the kernel reads
     got = _fragment_gemm(a, packed, n, k)
     assert torch.equal(got, a.long() @ w.long().T)
 
