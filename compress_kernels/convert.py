@@ -9,8 +9,8 @@ torchao's ``quantize_``). Families register their configs here with :func:`regis
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F

@@ -31,8 +31,15 @@ import torch
 from torch import fx, nn
 
 from .nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
-from .static_quant import (_ADD_FUNCTIONS, _PASS_FUNCTIONS, _PASS_METHODS, _PASS_MODULES, Int8StaticConfig,
-                           _relu_kind, convert_static)
+from .static_quant import (
+    _ADD_FUNCTIONS,
+    _PASS_FUNCTIONS,
+    _PASS_METHODS,
+    _PASS_MODULES,
+    Int8StaticConfig,
+    _relu_kind,
+    convert_static,
+)
 
 _CONFIG_ATTR = "_compress_kernels_qat_config"
 _QAT_LAYERS = (QATConv2d, QATLinear, QATAdd)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import numerics
 from .nn._common import fold_batchnorm
 from .nn.conv import QuantConv2d
-from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, QuantMaxPool2d, Quantize, QuantReLU
+from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .nn.linear import QuantLinear
 from .nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
 

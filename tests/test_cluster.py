@@ -83,7 +83,7 @@ def test_zero_centroid_keeps_pruned_weights_exactly_zero():
     w = torch.randn(64, 100, generator=torch.Generator().manual_seed(6))
     mask = cluster.magnitude_mask(w, 0.8)
     assert int((~mask).sum()) == round(0.8 * w.numel())
-    assert bool((w[mask].abs().min() >= w[~mask].abs().max()))
+    assert bool(w[mask].abs().min() >= w[~mask].abs().max())
     pruned = w * mask
     cb, idx = cluster.cluster_weight(pruned, 4)  # auto: 80% exact zeros
     assert float(cb[0, 0]) == 0.0

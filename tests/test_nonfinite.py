@@ -5,12 +5,12 @@ like the float layer, and never changes another row's result)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from compress_kernels.testing import ISAS
 from torch import nn
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
 from compress_kernels.nn._common import reference_mode
+from compress_kernels.testing import ISAS
 
 NAN, INF = float("nan"), float("inf")
 

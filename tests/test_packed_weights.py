@@ -10,8 +10,8 @@ import copy
 import io
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
@@ -241,7 +241,7 @@ def _dtype_refusal(case: Case, other: torch.Tensor) -> str | None:
     """The message of an op whose argument routing refuses `other` by dtype / rank before reading a
     header; None when the op reads the header."""
     if case.family == "int8_pack_weight" and other.dtype != torch.int32:
-        return rf"int8_gemm: w must be int8 \[N, K\] or a packed int32 weight from int8_pack_weight, got"
+        return r"int8_gemm: w must be int8 \[N, K\] or a packed int32 weight from int8_pack_weight, got"
     if case.family == "int8_conv2d_pack_weight" and other.dtype != torch.int32:
         return r"int8_conv2d: w_packed must be Int, got"
     if case.family == "sparse24_f32_pack" and other.dim() != 1:

@@ -257,7 +257,7 @@ class IntegerLayer(Float32State):
             return f"the weight is not 2:4 along K ({dense_groups} groups of four with more than two non-zeros)"
         return None
 
-    def sparse24_(self) -> "IntegerLayer":
+    def sparse24_(self) -> IntegerLayer:
         """Switch to 2:4 mode (see the class docstring); raises ValueError with sparse24_reason()
         when the weight does not allow it."""
         if self.sparse24:

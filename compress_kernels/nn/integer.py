@@ -4,12 +4,10 @@ addition of two int8 tensors with their own scales, ReLU as a clamp, and int8 po
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, DTYPES, ExtraStateChecker, Float32State, check_state_tensors, in_reference_mode
-
 
 
 class _QParams(Float32State):

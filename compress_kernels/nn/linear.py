@@ -10,7 +10,6 @@ from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, IntegerLayer, in_reference_mode, quantize_layer
 
 
-
 def float_rows_where(nonfinite_rows: torch.Tensor, y: torch.Tensor, float_path) -> torch.Tensor:
     """y with the rows (along dim 0) flagged in nonfinite_rows replaced by those of float_path(),
     a float computation of the whole batch, run only when some row is flagged: eagerly by a Python

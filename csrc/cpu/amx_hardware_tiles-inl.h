@@ -1,5 +1,5 @@
-// Included by int8_gemm_amx.cpp and sparse24_amx.cpp only (amx tier: target avx512f/bw/vl/dq/vnni + amx-tile/int8/bf16).
-// The tile interface of amx_tiles.h on the real AMX instructions. Include only from translation
+// Included by int8_gemm_amx.cpp and sparse24_amx.cpp only (amx tier: target avx512f/bw/vl/dq/vnni +
+// amx-tile/int8/bf16). The tile interface of amx_tiles.h on the real AMX instructions. Include only from translation
 // units that the AMX tier compiles for AMX; everything here has internal linkage.
 //
 // Written as inline assembly (AT&T operand order: sources first) rather than with GCC's
@@ -21,9 +21,9 @@ struct HardwareTile;
 #define CK_AMX_TILE(T)                                                                        \
   template <>                                                                                 \
   struct HardwareTile<T> {                                                                    \
-    static void zero() { __asm__ volatile("tilezero %%tmm" #T ::); }               \
+    static void zero() { __asm__ volatile("tilezero %%tmm" #T::); }                           \
     static void load(const void* p, int64_t stride) {                                         \
-      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #T ::"r"(p), "r"(stride) : "memory");    \
+      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #T::"r"(p), "r"(stride) : "memory");      \
     }                                                                                         \
     static void store(void* p, int64_t stride) {                                              \
       __asm__ volatile("tilestored %%tmm" #T ", (%0,%1,1)" ::"r"(p), "r"(stride) : "memory"); \
@@ -43,12 +43,12 @@ CK_AMX_TILE(7)
 template <int C, int A, int B>
 struct HardwareDot;
 
-#define CK_AMX_DOT(C, A, B)                                                                                      \
-  template <>                                                                                                    \
-  struct HardwareDot<C, A, B> {                                                                                  \
-    static void us() { __asm__ volatile("tdpbusd %%tmm" #B ", %%tmm" #A ", %%tmm" #C ::); }         \
-    static void ss() { __asm__ volatile("tdpbssd %%tmm" #B ", %%tmm" #A ", %%tmm" #C ::); }         \
-    static void bf16() { __asm__ volatile("tdpbf16ps %%tmm" #B ", %%tmm" #A ", %%tmm" #C ::); }     \
+#define CK_AMX_DOT(C, A, B)                                                                    \
+  template <>                                                                                  \
+  struct HardwareDot<C, A, B> {                                                                \
+    static void us() { __asm__ volatile("tdpbusd %%tmm" #B ", %%tmm" #A ", %%tmm" #C::); }     \
+    static void ss() { __asm__ volatile("tdpbssd %%tmm" #B ", %%tmm" #A ", %%tmm" #C::); }     \
+    static void bf16() { __asm__ volatile("tdpbf16ps %%tmm" #B ", %%tmm" #A ", %%tmm" #C::); } \
   };
 CK_AMX_DOT(0, 4, 6)
 CK_AMX_DOT(1, 4, 7)

@@ -93,7 +93,8 @@ struct EmulatedTiles {
         for (int k = 0; k < k_groups; ++k) {
           for (int j = 0; j < 4; ++j) {
             const uint8_t a_byte = s.tile[A][m][4 * k + j];
-            const int32_t av = kSignedA ? static_cast<int32_t>(static_cast<int8_t>(a_byte)) : static_cast<int32_t>(a_byte);
+            const int32_t av =
+                kSignedA ? static_cast<int32_t>(static_cast<int8_t>(a_byte)) : static_cast<int32_t>(a_byte);
             const int32_t bv = static_cast<int8_t>(s.tile[B][k][4 * n + j]);
             acc += static_cast<uint32_t>(av * bv);
           }

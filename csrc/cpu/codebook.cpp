@@ -70,8 +70,8 @@ CodebookPlan codebook_plan(const CodebookLinearArgs& args, int64_t threads) {
   return plan;
 }
 
-void codebook_linear_run_portable(const CodebookLinearArgs& a, const CodebookPlan& plan,
-                                  int64_t task_begin, int64_t task_end) {
+void codebook_linear_run_portable(const CodebookLinearArgs& a, const CodebookPlan& plan, int64_t task_begin,
+                                  int64_t task_end) {
   const int64_t entries = int64_t{1} << a.bits;
   // One decoded weight row, reused across the rows of x (thread-local: allocated once per thread).
   thread_local std::vector<float> row;
@@ -104,9 +104,10 @@ void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& pla
 
 const CodebookKernels codebook_kernels_portable = {&codebook_linear_run_portable};
 
-constexpr TierTable<CodebookKernels> codebook_tiers{codebook_kernels_portable, {
-    {Tier::kAvx2, &codebook_kernels_avx2},
-    {Tier::kAvx512Vnni, &codebook_kernels_avx512vnni},
-}};
+constexpr TierTable<CodebookKernels> codebook_tiers{codebook_kernels_portable,
+                                                    {
+                                                        {Tier::kAvx2, &codebook_kernels_avx2},
+                                                        {Tier::kAvx512Vnni, &codebook_kernels_avx512vnni},
+                                                    }};
 
 }  // namespace ck::cpu

@@ -47,13 +47,12 @@ CodebookPlan codebook_plan(const CodebookLinearArgs& args, int64_t threads);
 // Runs tasks [task_begin, task_end) on the kernel of the active tier.
 void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
                          int64_t task_end);
-void codebook_linear_run_portable(const CodebookLinearArgs& args, const CodebookPlan& plan,
-                                  int64_t task_begin, int64_t task_end);
+void codebook_linear_run_portable(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                                  int64_t task_end);
 
 // The codebook kernels of one tier (dispatch.h).
 struct CodebookKernels {
-  void (*linear_run)(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
-                     int64_t task_end);
+  void (*linear_run)(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin, int64_t task_end);
 };
 extern const CodebookKernels codebook_kernels_portable, codebook_kernels_avx2, codebook_kernels_avx512vnni;
 extern const TierTable<CodebookKernels> codebook_tiers;

@@ -50,7 +50,8 @@ void codebook_linear_run_avx2(const CodebookLinearArgs& a, const CodebookPlan& p
       for (int64_t j = 0; j < 8; ++j) {
         if (j < cols) {
           const float* cb = a.codebook + ((n0 + j) / a.group_rows) * entries;
-          for (int64_t kk = 0; kk < a.k; ++kk) w[kk * 8 + j] = cb[bp::get_index(a.packed, a.n, a.kw, a.bits, n0 + j, kk)];
+          for (int64_t kk = 0; kk < a.k; ++kk)
+            w[kk * 8 + j] = cb[bp::get_index(a.packed, a.n, a.kw, a.bits, n0 + j, kk)];
         } else {
           for (int64_t kk = 0; kk < a.k; ++kk) w[kk * 8 + j] = 0.0f;
         }
@@ -80,7 +81,8 @@ void codebook_linear_run_avx2(const CodebookLinearArgs& a, const CodebookPlan& p
       for (; m < m_end; ++m) {
         const float* xr = a.x + m * a.ldx;
         __m256 c = _mm256_setzero_ps();
-        for (int64_t kk = 0; kk < a.k; ++kk) c = _mm256_fmadd_ps(_mm256_set1_ps(xr[kk]), _mm256_loadu_ps(w + kk * 8), c);
+        for (int64_t kk = 0; kk < a.k; ++kk)
+          c = _mm256_fmadd_ps(_mm256_set1_ps(xr[kk]), _mm256_loadu_ps(w + kk * 8), c);
         store_row(c, bias, a.out + m * a.ldo + n0, cols);
       }
     }

@@ -68,9 +68,7 @@ inline __m512 lookup(__m512i v, const Table<Bits>& tab) {
   }
 }
 
-inline __mmask16 lane_mask(int64_t rows) {
-  return static_cast<__mmask16>(rows >= 16 ? 0xFFFF : ((1u << rows) - 1u));
-}
+inline __mmask16 lane_mask(int64_t rows) { return static_cast<__mmask16>(rows >= 16 ? 0xFFFF : ((1u << rows) - 1u)); }
 
 // ---------------------------------------------------------------- small M: register tiles
 
@@ -132,15 +130,21 @@ void register_tile(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t 
 }
 
 template <int Bits, int NV>
-void register_rows(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t m_begin, int64_t m_end,
-                   int64_t n0) {
+void register_rows(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t m_begin, int64_t m_end, int64_t n0) {
   int64_t m = m_begin;
   for (; m + 4 <= m_end; m += 4) register_tile<Bits, 4, NV>(a, tab, m, n0);
   switch (m_end - m) {
-    case 3: register_tile<Bits, 3, NV>(a, tab, m, n0); break;
-    case 2: register_tile<Bits, 2, NV>(a, tab, m, n0); break;
-    case 1: register_tile<Bits, 1, NV>(a, tab, m, n0); break;
-    default: break;
+    case 3:
+      register_tile<Bits, 3, NV>(a, tab, m, n0);
+      break;
+    case 2:
+      register_tile<Bits, 2, NV>(a, tab, m, n0);
+      break;
+    case 1:
+      register_tile<Bits, 1, NV>(a, tab, m, n0);
+      break;
+    default:
+      break;
   }
 }
 
@@ -151,18 +155,26 @@ template <int Bits>
 void register_tall(const CodebookLinearArgs& a, const Table<Bits>& tab, int64_t m, int rows, int64_t n0) {
   for (int64_t half = n0; half < n0 + kCodebookPanelCols; half += 32) {
     switch (rows) {
-      case 8: register_tile<Bits, 8, 2>(a, tab, m, half); break;
-      case 7: register_tile<Bits, 7, 2>(a, tab, m, half); break;
-      case 6: register_tile<Bits, 6, 2>(a, tab, m, half); break;
-      default: register_tile<Bits, 5, 2>(a, tab, m, half); break;
+      case 8:
+        register_tile<Bits, 8, 2>(a, tab, m, half);
+        break;
+      case 7:
+        register_tile<Bits, 7, 2>(a, tab, m, half);
+        break;
+      case 6:
+        register_tile<Bits, 6, 2>(a, tab, m, half);
+        break;
+      default:
+        register_tile<Bits, 5, 2>(a, tab, m, half);
+        break;
     }
   }
 }
 
 // One panel (n0 .. n_last) whose rows all use the codebook `cb`.
 template <int Bits>
-void register_panel(const CodebookLinearArgs& a, const float* cb, int64_t m_begin, int64_t m_end,
-                    int64_t n0, int64_t n_last) {
+void register_panel(const CodebookLinearArgs& a, const float* cb, int64_t m_begin, int64_t m_end, int64_t n0,
+                    int64_t n_last) {
   const Table<Bits> tab = load_table<Bits>(cb);
   if (n_last - n0 == kCodebookPanelCols) {
     int64_t m = m_begin;
@@ -219,8 +231,8 @@ void decode_block(const CodebookLinearArgs& a, int64_t n0, int64_t g_begin, int6
 // MR: rows of x (1..6). NV: 16-row blocks (1..4). `first` starts the accumulators at zero, else at
 // the partial sums stored in out; `last` adds the bias.
 template <int MR, int NV>
-void decoded_tile(const CodebookLinearArgs& a, const float* buf, int64_t kc, int64_t k_first,
-                  int64_t m0, int64_t n0, int last_rows, bool first, bool last) {
+void decoded_tile(const CodebookLinearArgs& a, const float* buf, int64_t kc, int64_t k_first, int64_t m0, int64_t n0,
+                  int last_rows, bool first, bool last) {
   __mmask16 valid[NV];
   for (int v = 0; v < NV; ++v) valid[v] = v == NV - 1 ? lane_mask(last_rows) : static_cast<__mmask16>(0xFFFF);
   __m512 acc[MR][NV];
@@ -248,8 +260,8 @@ void decoded_tile(const CodebookLinearArgs& a, const float* buf, int64_t kc, int
   }
 }
 
-using DecodedTileFn = void (*)(const CodebookLinearArgs&, const float*, int64_t, int64_t, int64_t, int64_t,
-                               int, bool, bool);
+using DecodedTileFn = void (*)(const CodebookLinearArgs&, const float*, int64_t, int64_t, int64_t, int64_t, int, bool,
+                               bool);
 
 template <int MR>
 constexpr DecodedTileFn decoded_row[4] = {decoded_tile<MR, 1>, decoded_tile<MR, 2>, decoded_tile<MR, 3>,
@@ -297,25 +309,41 @@ void run_bits(const CodebookLinearArgs& a, const CodebookPlan& plan, int64_t tas
 
 }  // namespace
 
-void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan,
-                                    int64_t task_begin, int64_t task_end) {
+void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                                    int64_t task_end) {
   switch (args.bits) {
-    case 1: run_bits<1>(args, plan, task_begin, task_end); break;
-    case 2: run_bits<2>(args, plan, task_begin, task_end); break;
-    case 3: run_bits<3>(args, plan, task_begin, task_end); break;
-    case 4: run_bits<4>(args, plan, task_begin, task_end); break;
-    case 5: run_bits<5>(args, plan, task_begin, task_end); break;
-    case 6: run_bits<6>(args, plan, task_begin, task_end); break;
-    case 7: run_bits<7>(args, plan, task_begin, task_end); break;
-    default: run_bits<8>(args, plan, task_begin, task_end); break;
+    case 1:
+      run_bits<1>(args, plan, task_begin, task_end);
+      break;
+    case 2:
+      run_bits<2>(args, plan, task_begin, task_end);
+      break;
+    case 3:
+      run_bits<3>(args, plan, task_begin, task_end);
+      break;
+    case 4:
+      run_bits<4>(args, plan, task_begin, task_end);
+      break;
+    case 5:
+      run_bits<5>(args, plan, task_begin, task_end);
+      break;
+    case 6:
+      run_bits<6>(args, plan, task_begin, task_end);
+      break;
+    case 7:
+      run_bits<7>(args, plan, task_begin, task_end);
+      break;
+    default:
+      run_bits<8>(args, plan, task_begin, task_end);
+      break;
   }
 }
 
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan,
-                                    int64_t task_begin, int64_t task_end) {
+void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
+                                    int64_t task_end) {
   codebook_linear_run_portable(args, plan, task_begin, task_end);
 }
 }  // namespace ck::cpu

@@ -1,8 +1,8 @@
 // Portable fake-quant kernels, the work plan and the partial-sum reduction; see fake_quant.h for the
-// exact semantics. The AVX-512 and AVX2 tiers (fake_quant_avx512vnni.cpp, fake_quant_avx2.cpp) must equal this one bit for bit, so the
-// order of every floating-point operation here is part of the contract: in particular the LSQ
-// partial sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane
-// k % 16) and the lanes are then added in order 0..15, which is what 16-wide SIMD does.
+// exact semantics. The AVX-512 and AVX2 tiers (fake_quant_avx512vnni.cpp, fake_quant_avx2.cpp) must equal this one bit
+// for bit, so the order of every floating-point operation here is part of the contract: in particular the LSQ partial
+// sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane k % 16) and the lanes are
+// then added in order 0..15, which is what 16-wide SIMD does.
 #include "fake_quant.h"
 
 #include <algorithm>
@@ -227,8 +227,7 @@ FqPlan fake_quant_plan(const FqLayout& l) {
   return p;
 }
 
-void fake_quant_reduce_partials(const FqLayout& l, const FqPlan& plan, const double* partial,
-                                double* out) {
+void fake_quant_reduce_partials(const FqLayout& l, const FqPlan& plan, const double* partial, double* out) {
   std::fill(out, out + l.channels, 0.0);
   if (plan.units == 0) return;
   if (plan.by_spans) {
@@ -278,9 +277,10 @@ void fake_quant_backward(const FqArgs& a, int64_t begin, int64_t end) {
 
 const FakeQuantKernels fake_quant_kernels_portable = {&fake_quant_forward_portable, &fake_quant_backward_portable};
 
-constexpr TierTable<FakeQuantKernels> fake_quant_tiers{fake_quant_kernels_portable, {
-    {Tier::kAvx2, &fake_quant_kernels_avx2},
-    {Tier::kAvx512Vnni, &fake_quant_kernels_avx512vnni},
-}};
+constexpr TierTable<FakeQuantKernels> fake_quant_tiers{fake_quant_kernels_portable,
+                                                       {
+                                                           {Tier::kAvx2, &fake_quant_kernels_avx2},
+                                                           {Tier::kAvx512Vnni, &fake_quant_kernels_avx512vnni},
+                                                       }};
 
 }  // namespace ck::cpu

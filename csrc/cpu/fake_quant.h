@@ -126,8 +126,7 @@ void fake_quant_forward_portable(const FqArgs& args, int64_t begin, int64_t end)
 void fake_quant_backward_portable(const FqArgs& args, int64_t begin, int64_t end);
 
 // Sums the partials of fake_quant_backward into out[channels], in a fixed order.
-void fake_quant_reduce_partials(const FqLayout& layout, const FqPlan& plan, const double* partial,
-                                double* out);
+void fake_quant_reduce_partials(const FqLayout& layout, const FqPlan& plan, const double* partial, double* out);
 
 // Exact bit conversions shared by every path (the same as c10::BFloat16 / c10::Half).
 inline uint32_t float_bits(float f) {

@@ -44,8 +44,8 @@ struct Io<FqDtype::kBFloat16> {
   // Round to nearest even as float_to_bf16: (u + 0x7FFF + ((u >> 16) & 1)) >> 16, NaN -> 0x7FC0.
   static void store(uint16_t* p, __m256 v) {
     const __m256i u = _mm256_castps_si256(v);
-    const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)),
-                                          _mm256_set1_epi32(0x7FFF));
+    const __m256i bias =
+        _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)), _mm256_set1_epi32(0x7FFF));
     __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
@@ -64,7 +64,8 @@ struct Io<FqDtype::kFloat16> {
     __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v), 16), _mm256_set1_epi32(0x8000));
     const __m128i nan_bits = narrow_u32_to_u16(_mm256_or_si256(sign, _mm256_set1_epi32(0x7E00)));
-    const __m128i nan = narrow_u32_to_u16(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)), 16));
+    const __m128i nan =
+        narrow_u32_to_u16(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)), 16));
     h = _mm_blendv_epi8(h, nan_bits, nan);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
   }
@@ -85,8 +86,8 @@ struct Lanes {
 
 inline Lanes broadcast(const FqParams& p, int64_t c) {
   const float z = p.zero_point[c];
-  return {_mm256_set1_ps(p.scale[c]), _mm256_set1_ps(p.inv_scale[c]), _mm256_set1_ps(z), _mm256_set1_ps(p.qmin),
-          _mm256_set1_ps(p.qmax), _mm256_set1_ps(p.qmin - z), _mm256_set1_ps(p.qmax - z)};
+  return {_mm256_set1_ps(p.scale[c]), _mm256_set1_ps(p.inv_scale[c]), _mm256_set1_ps(z),         _mm256_set1_ps(p.qmin),
+          _mm256_set1_ps(p.qmax),     _mm256_set1_ps(p.qmin - z),     _mm256_set1_ps(p.qmax - z)};
 }
 
 // qparams of the 8 positions p..p+7 (padded with scale 1, zero point 0 past the n valid ones).
@@ -343,8 +344,12 @@ void fake_quant_backward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void fake_quant_forward_avx2(const FqArgs& a, int64_t begin, int64_t end) { fake_quant_forward_portable(a, begin, end); }
-void fake_quant_backward_avx2(const FqArgs& a, int64_t begin, int64_t end) { fake_quant_backward_portable(a, begin, end); }
+void fake_quant_forward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
+  fake_quant_forward_portable(a, begin, end);
+}
+void fake_quant_backward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
+  fake_quant_backward_portable(a, begin, end);
+}
 }  // namespace ck::cpu
 #endif
 

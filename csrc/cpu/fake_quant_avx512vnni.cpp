@@ -47,8 +47,8 @@ inline void store<FqDtype::kFloat32>(void* base, int64_t i, __m512 v, __mmask16 
 template <>
 inline void store<FqDtype::kBFloat16>(void* base, int64_t i, __m512 v, __mmask16 m) {
   const __m512i u = _mm512_castps_si512(v);
-  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
-                                        _mm512_set1_epi32(0x7FFF));
+  const __m512i bias =
+      _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7FFF));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   _mm256_mask_storeu_epi16(static_cast<uint16_t*>(base) + i, m, _mm512_cvtepi32_epi16(r));
@@ -76,9 +76,8 @@ struct Lanes {
 
 inline Lanes broadcast(const FqParams& p, int64_t c) {
   const float z = p.zero_point[c];
-  return {_mm512_set1_ps(p.scale[c]), _mm512_set1_ps(p.inv_scale[c]), _mm512_set1_ps(z),
-          _mm512_set1_ps(p.qmin), _mm512_set1_ps(p.qmax), _mm512_set1_ps(p.qmin - z),
-          _mm512_set1_ps(p.qmax - z)};
+  return {_mm512_set1_ps(p.scale[c]), _mm512_set1_ps(p.inv_scale[c]), _mm512_set1_ps(z),         _mm512_set1_ps(p.qmin),
+          _mm512_set1_ps(p.qmax),     _mm512_set1_ps(p.qmin - z),     _mm512_set1_ps(p.qmax - z)};
 }
 
 inline Lanes gather(const FqParams& p, int64_t pos, __mmask16 m) {
@@ -217,11 +216,9 @@ void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
           const __m512 cz = _mm512_maskz_mov_ps(kept & static_cast<__mmask16>(~e.inside), gy);
           const __mmask8 m_lo = static_cast<__mmask8>(m), m_hi = static_cast<__mmask8>(m >> 8);
           _mm512_mask_storeu_pd(ps + p, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, ps + p), low_pd(cs)));
-          _mm512_mask_storeu_pd(ps + p + 8, m_hi,
-                                _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, ps + p + 8), high_pd(cs)));
+          _mm512_mask_storeu_pd(ps + p + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, ps + p + 8), high_pd(cs)));
           _mm512_mask_storeu_pd(pz + p, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, pz + p), low_pd(cz)));
-          _mm512_mask_storeu_pd(pz + p + 8, m_hi,
-                                _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, pz + p + 8), high_pd(cz)));
+          _mm512_mask_storeu_pd(pz + p + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, pz + p + 8), high_pd(cz)));
         }
       }
     }
@@ -270,5 +267,5 @@ void fake_quant_backward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end)
 
 namespace ck::cpu {
 const FakeQuantKernels fake_quant_kernels_avx512vnni = {&fake_quant_forward_avx512vnni,
-                                                         &fake_quant_backward_avx512vnni};
+                                                        &fake_quant_backward_avx512vnni};
 }  // namespace ck::cpu

@@ -5,9 +5,8 @@
 
 namespace ck::cpu {
 
-void int8_conv_gather_rows(const uint8_t* x, const Int8ConvShape& s, int64_t group,
-                           int64_t row_begin, int64_t row_end, uint8_t zero_point_byte,
-                           uint8_t* buf, int64_t ld_buf) {
+void int8_conv_gather_rows(const uint8_t* x, const Int8ConvShape& s, int64_t group, int64_t row_begin, int64_t row_end,
+                           uint8_t zero_point_byte, uint8_t* buf, int64_t ld_buf) {
   const int64_t oh_count = s.out_h(), ow_count = s.out_w(), cg = s.group_in();
   const int64_t depth = s.group_depth();
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -44,8 +43,8 @@ void int8_conv_gather_rows(const uint8_t* x, const Int8ConvShape& s, int64_t gro
 namespace {
 
 template <typename XT>
-void depthwise_typed(const XT* x, int32_t zp, const int8_t* w, const Int8ConvShape& s,
-                     const Int8GemmArgs& a, int64_t row_begin, int64_t row_end) {
+void depthwise_typed(const XT* x, int32_t zp, const int8_t* w, const Int8ConvShape& s, const Int8GemmArgs& a,
+                     int64_t row_begin, int64_t row_end) {
   const int64_t oh_count = s.out_h(), ow_count = s.out_w(), c_count = s.in_channels;
   const int64_t taps = s.kernel_h * s.kernel_w;
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -76,8 +75,7 @@ void depthwise_typed(const XT* x, int32_t zp, const int8_t* w, const Int8ConvSha
 }  // namespace
 
 void int8_conv_depthwise_rows(const void* x, bool x_signed, int32_t x_zero_point, const int8_t* w,
-                              const Int8ConvShape& s, const Int8GemmArgs& args, int64_t row_begin,
-                              int64_t row_end) {
+                              const Int8ConvShape& s, const Int8GemmArgs& args, int64_t row_begin, int64_t row_end) {
   if (x_signed) {
     depthwise_typed(static_cast<const int8_t*>(x), x_zero_point, w, s, args, row_begin, row_end);
   } else {

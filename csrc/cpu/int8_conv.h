@@ -27,22 +27,19 @@ struct Int8ConvShape {
   int64_t group_depth() const { return kernel_h * kernel_w * group_in(); }
   // A 1x1, stride-1, unpadded, ungrouped conv is a plain GEMM on the NHWC activations.
   bool is_pointwise() const {
-    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
-           pad_w == 0 && groups == 1;
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0 && groups == 1;
   }
 };
 
 // Gathers GEMM rows [row_begin, row_end) of group `group` into buf (row stride ld_buf >= depth):
 // buf[r, (kh * KW + kw) * Cg + c] = x[n, ih, iw, group * Cg + c], or x_zero_point outside the image.
-void int8_conv_gather_rows(const uint8_t* x_nhwc, const Int8ConvShape& s, int64_t group,
-                           int64_t row_begin, int64_t row_end, uint8_t zero_point_byte,
-                           uint8_t* buf, int64_t ld_buf);
+void int8_conv_gather_rows(const uint8_t* x_nhwc, const Int8ConvShape& s, int64_t group, int64_t row_begin,
+                           int64_t row_end, uint8_t zero_point_byte, uint8_t* buf, int64_t ld_buf);
 
 // Depthwise conv (groups == in_channels == out_channels), computed directly: for each output pixel
 // and channel, acc = sum_{kh, kw} (x - x_zero_point) * w[c, kh, kw] + bias[c], then the int8
 // output stage of args (kRequantize or kInt32 only). w is [C, KH * KW] int8. Rows as above.
-void int8_conv_depthwise_rows(const void* x_nhwc, bool x_signed, int32_t x_zero_point,
-                              const int8_t* w, const Int8ConvShape& s, const Int8GemmArgs& args,
-                              int64_t row_begin, int64_t row_end);
+void int8_conv_depthwise_rows(const void* x_nhwc, bool x_signed, int32_t x_zero_point, const int8_t* w,
+                              const Int8ConvShape& s, const Int8GemmArgs& args, int64_t row_begin, int64_t row_end);
 
 }  // namespace ck::cpu

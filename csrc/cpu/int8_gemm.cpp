@@ -65,7 +65,8 @@ Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k) {
   if (plan.amx) {
     // The tile kernel streams its chunk of x once per panel: keep the chunk within kAmxChunkBytes
     // (half of a 2 MB L2) and walk the tasks chunk-major, so a thread's consecutive tasks share
-    // the chunk from L2 and stream the weight panels (without it, M = 1024 and K = N = 4096 read all of x from memory once per 64 columns).
+    // the chunk from L2 and stream the weight panels (without it, M = 1024 and K = N = 4096 read all of x from memory
+    // once per 64 columns).
     const int64_t max_tiles = std::max<int64_t>(1, kAmxChunkBytes / (tile_rows * int8_padded_k(k)));
     chunks = std::max(chunks, (tiles + max_tiles - 1) / max_tiles);
     plan.chunk_major = true;
@@ -93,8 +94,7 @@ void write_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
     case EpilogueKind::kRequantize: {
       const RequantParams& p = a.requant;
       const int64_t ch = p.per_channel ? n : 0;
-      const int32_t v =
-          Requantize(acc, p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
+      const int32_t v = Requantize(acc, p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
       if (p.out_type == OutType::kInt8) {
         static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(v);
       } else if (p.out_type == OutType::kUInt8) {
@@ -110,8 +110,7 @@ void write_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
 namespace {
 
 template <typename XT>
-void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin,
-                        int64_t task_end) {
+void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   const XT* x = static_cast<const XT*>(a.x);
   const int64_t k = a.w.k, k_pad = a.w.k_pad;
   for (int64_t t = task_begin; t < task_end; ++t) {
@@ -146,8 +145,7 @@ void run_portable_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t
 
 }  // namespace
 
-void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
-                            int64_t task_begin, int64_t task_end) {
+void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   if (args.x_signed) {
     run_portable_typed<int8_t>(args, plan, task_begin, task_end);
   } else {
@@ -155,8 +153,7 @@ void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
   }
 }
 
-void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                   int64_t task_end) {
+void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   int8_gemm_tiers.kernels(enabled_tiers(plan.amx)).run(args, plan, task_begin, task_end);
 }
 
@@ -167,21 +164,22 @@ void int8_conv_direct_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, co
 
 const Int8GemmKernels int8_gemm_kernels_portable = {&int8_gemm_run_portable, nullptr};
 
-constexpr TierTable<Int8GemmKernels> int8_gemm_tiers{int8_gemm_kernels_portable, {
-    {Tier::kAvx2, &int8_gemm_kernels_avx2},
-    {Tier::kAvx512Vnni, &int8_gemm_kernels_avx512vnni},
-    {Tier::kAmx, &int8_gemm_kernels_amx},
-    {Tier::kAmxEmulated, &int8_gemm_kernels_amx_emulated},
-}};
+constexpr TierTable<Int8GemmKernels> int8_gemm_tiers{int8_gemm_kernels_portable,
+                                                     {
+                                                         {Tier::kAvx2, &int8_gemm_kernels_avx2},
+                                                         {Tier::kAvx512Vnni, &int8_gemm_kernels_avx512vnni},
+                                                         {Tier::kAmx, &int8_gemm_kernels_amx},
+                                                         {Tier::kAmxEmulated, &int8_gemm_kernels_amx_emulated},
+                                                     }};
 
-void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
-                   int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
+                   int32_t qmax, int8_t* q, float* scale) {
   (void)rows;
   quantize_rows_tiers.active().rows(x, cols, row_begin, row_end, qmin, qmax, q, scale);
 }
 
-void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                            int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
+                            int32_t qmax, int8_t* q, float* scale) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const float* xr = x + r * cols;
     uint32_t amax_bits = 0;  // max of the bit patterns of |x|: see kFloatExponentMask in int8_gemm.h
@@ -210,9 +208,10 @@ void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int
 
 const QuantizeRowsKernels quantize_rows_kernels_portable = {&quantize_rows_portable};
 
-constexpr TierTable<QuantizeRowsKernels> quantize_rows_tiers{quantize_rows_kernels_portable, {
-    {Tier::kAvx2, &quantize_rows_kernels_avx2},
-    {Tier::kAvx512Vnni, &quantize_rows_kernels_avx512vnni},
-}};
+constexpr TierTable<QuantizeRowsKernels> quantize_rows_tiers{quantize_rows_kernels_portable,
+                                                             {
+                                                                 {Tier::kAvx2, &quantize_rows_kernels_avx2},
+                                                                 {Tier::kAvx512Vnni, &quantize_rows_kernels_avx512vnni},
+                                                             }};
 
 }  // namespace ck::cpu

@@ -70,8 +70,8 @@ void write_output(const Int8GemmArgs& args, int64_t m, int64_t n, int32_t acc);
 
 // sum_k w[n, k] * (x - x_zero_point) + bias[n], given acc = sum_k w[n, k] * x, modulo 2^32.
 inline int32_t int8_corrected_acc(const Int8GemmArgs& a, int64_t n, int32_t acc) {
-  uint32_t v = static_cast<uint32_t>(acc) -
-               static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
+  uint32_t v =
+      static_cast<uint32_t>(acc) - static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
   if (a.bias_i32 != nullptr) v += static_cast<uint32_t>(a.bias_i32[n]);
   return static_cast<int32_t>(v);
 }
@@ -102,10 +102,8 @@ Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k);
 
 // Runs tasks [task_begin, task_end) on the kernel of the active tier (a tile tier only when
 // plan.amx).
-void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                   int64_t task_end);
-void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan,
-                            int64_t task_begin, int64_t task_end);
+void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
+void int8_gemm_run_portable(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
 // The rows of the direct AMX conv (stride 1, groups 1, in_channels % 64 == 0): the input is copied
 // once into a zero-point-padded NHWC image of height hp and width wp, and GEMM row v is the padded
 // pixel v (all images one after another). The output pixel (img, oh, ow) then reads padded pixel
@@ -177,14 +175,14 @@ int64_t amx_register_loop(bool bf16, int64_t iterations);
 constexpr uint32_t kFloatAbsMask = 0x7fffffffu;
 constexpr uint32_t kFloatExponentMask = 0x7f800000u;
 constexpr float kNonFiniteRowScale = std::numeric_limits<float>::quiet_NaN();
-void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
-                   int32_t qmin, int32_t qmax, int8_t* q, float* scale);
-void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                            int32_t qmin, int32_t qmax, int8_t* q, float* scale);
+void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
+                   int32_t qmax, int8_t* q, float* scale);
+void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
+                            int32_t qmax, int8_t* q, float* scale);
 // The quantize_rows kernels of one tier (dispatch.h).
 struct QuantizeRowsKernels {
-  void (*rows)(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax,
-               int8_t* q, float* scale);
+  void (*rows)(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax, int8_t* q,
+               float* scale);
 };
 extern const QuantizeRowsKernels quantize_rows_kernels_portable, quantize_rows_kernels_avx2,
     quantize_rows_kernels_avx512vnni;

@@ -1,7 +1,8 @@
-// Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier) and int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp, sparse24_int8_amx-inl.h (amx_emulated tier: no target flags).
-// The AMX int8 GEMM, written once against the tile interface of amx_tiles.h and compiled twice:
-// on the tile instructions with the AVX-512 output stage (int8_gemm_amx.cpp) and on the scalar tile
-// model with the scalar output stage (int8_gemm_amx_emulated.cpp). Include only from those two.
+// Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier) and int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp,
+// sparse24_int8_amx-inl.h (amx_emulated tier: no target flags). The AMX int8 GEMM, written once against the tile
+// interface of amx_tiles.h and compiled twice: on the tile instructions with the AVX-512 output stage
+// (int8_gemm_amx.cpp) and on the scalar tile model with the scalar output stage (int8_gemm_amx_emulated.cpp). Include
+// only from those two.
 //
 // Operands straight from memory, no repacking on the hot path:
 //   B (weights): a full 16-row block of the VNNI packed layout (int8_gemm.h) is already the B tile
@@ -61,16 +62,28 @@ void amx_int8_block(const TileSource (&a_src)[2], const int64_t* a_offsets, BTil
   auto step = [&](const uint8_t* a0, const uint8_t* a1, int64_t a_stride, const uint8_t* b0, const uint8_t* b1) {
     Tiles::template load<4>(a0, a_stride);
     Tiles::template load<6>(b0, kAmxTileBytes);
-    if (kSignedA) Tiles::template dot_ss<0, 4, 6>(); else Tiles::template dot_us<0, 4, 6>();
+    if (kSignedA)
+      Tiles::template dot_ss<0, 4, 6>();
+    else
+      Tiles::template dot_us<0, 4, 6>();
     if (CT > 1) {
       Tiles::template load<7>(b1, kAmxTileBytes);
-      if (kSignedA) Tiles::template dot_ss<1, 4, 7>(); else Tiles::template dot_us<1, 4, 7>();
+      if (kSignedA)
+        Tiles::template dot_ss<1, 4, 7>();
+      else
+        Tiles::template dot_us<1, 4, 7>();
     }
     if (RT > 1) {
       Tiles::template load<5>(a1, a_stride);
-      if (kSignedA) Tiles::template dot_ss<2, 5, 6>(); else Tiles::template dot_us<2, 5, 6>();
+      if (kSignedA)
+        Tiles::template dot_ss<2, 5, 6>();
+      else
+        Tiles::template dot_us<2, 5, 6>();
       if (CT > 1) {
-        if (kSignedA) Tiles::template dot_ss<3, 5, 7>(); else Tiles::template dot_us<3, 5, 7>();
+        if (kSignedA)
+          Tiles::template dot_ss<3, 5, 7>();
+        else
+          Tiles::template dot_us<3, 5, 7>();
       }
     }
   };
@@ -102,7 +115,7 @@ inline int amx_tile_rows(int64_t m) { return m < kAmxTileRows ? static_cast<int>
 
 // Per-thread scratch; grows to the largest task seen and is reused (no allocation once warm).
 struct AmxInt8Scratch {
-  std::vector<uint8_t> a_rows;   // the chunk's last row tile when partial: 16 rows x chunks * 64
+  std::vector<uint8_t> a_rows;  // the chunk's last row tile when partial: 16 rows x chunks * 64
   std::vector<uint8_t> a_ktail;  // the K tail chunk of the chunk's whole row tiles: rows x 64
   std::vector<uint8_t> b_block;  // the panel's partial column block: chunks x 1 KB
   std::vector<uint8_t> b_ktail;  // the K tail chunk of each whole block of the panel: 4 x 1 KB
@@ -191,7 +204,8 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
     if (pending.sums == nullptr || pending.done >= upto) return;
     const int end = upto < pending.mr ? upto : pending.mr;
     if (options.rows == nullptr) {
-      Output::write(a, pending.columns, pending.m0 + pending.done, end - pending.done, pending.sums + pending.done * 32, 32);
+      Output::write(a, pending.columns, pending.m0 + pending.done, end - pending.done, pending.sums + pending.done * 32,
+                    32);
     } else {
       // Runs of rows that map to consecutive output rows, each written as one block.
       for (int r = pending.done; r < end;) {
@@ -266,10 +280,14 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
       for (int b = 0; b < blocks; b += 2) {
         const int ct = b + 1 < blocks ? 2 : 1;
         int32_t* out = sums[parity];
-        if (rt == 2 && ct == 2) amx_int8_block<Tiles, kSignedA, 2, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
-        else if (rt == 2) amx_int8_block<Tiles, kSignedA, 2, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
-        else if (ct == 2) amx_int8_block<Tiles, kSignedA, 1, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
-        else amx_int8_block<Tiles, kSignedA, 1, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        if (rt == 2 && ct == 2)
+          amx_int8_block<Tiles, kSignedA, 2, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        else if (rt == 2)
+          amx_int8_block<Tiles, kSignedA, 2, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        else if (ct == 2)
+          amx_int8_block<Tiles, kSignedA, 1, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+        else
+          amx_int8_block<Tiles, kSignedA, 1, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
         write_rows(32);  // whatever of the previous block the K steps did not cover
         pending.sums = out;
         pending.m0 = m0;

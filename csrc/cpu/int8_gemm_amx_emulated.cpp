@@ -13,7 +13,7 @@ void int8_gemm_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& pl
 }
 
 void int8_conv_direct_run_amx_emulated(const Int8GemmArgs& args, const Int8GemmPlan& plan, const int64_t* a_offsets,
-                              const VirtualConvRows& rows, int64_t task_begin, int64_t task_end) {
+                                       const VirtualConvRows& rows, int64_t task_begin, int64_t task_end) {
   AmxInt8Options options;
   options.a_offsets = a_offsets;
   options.rows = &rows;

@@ -51,8 +51,8 @@ constexpr int kTileRows = 4;  // rows of x per tile (see the register count abov
 void widen_rows(const Int8GemmArgs& a, int64_t m0, int64_t rows, int16_t* dst) {
   const int64_t k = a.w.k, k_pad = a.w.k_pad;
   // Within each 128-bit half: words (0, 1, 2, 3, 4, 5, 6, 7) -> (0, 2, 1, 3, 4, 6, 5, 7).
-  const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
-                                         0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+  const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3, 6, 7,
+                                         8, 9, 12, 13, 10, 11, 14, 15);
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = static_cast<const uint8_t*>(a.x) + (m0 + r) * a.ldx;
     int16_t* d = dst + r * k_pad;
@@ -101,17 +101,21 @@ void k_loop_4x16(const int8_t* w, const int16_t* xw, int64_t k_pad, int64_t grou
   const int16_t* x1 = xw + k_pad;
   const int16_t* x2 = xw + 2 * k_pad;
   const int16_t* x3 = xw + 3 * k_pad;
-#define CK_ROW(X)                            \
-  "vpbroadcastd (%[" #X "],%[i]), %%ymm12\n\t"  \
+#define CK_ROW(X)        \
+  "vpbroadcastd (%[" #X  \
+  "],%[i]), %%ymm12\n\t" \
   "vpbroadcastd 4(%[" #X "],%[i]), %%ymm13\n\t"
-#define CK_MAC(A0, A1)                           \
-  "vpmaddwd %%ymm8, %%ymm12, %%ymm14\n\t"        \
-  "vpmaddwd %%ymm9, %%ymm12, %%ymm15\n\t"        \
-  "vpaddd %%ymm14, %%" A0 ", %%" A0 "\n\t"       \
-  "vpaddd %%ymm15, %%" A1 ", %%" A1 "\n\t"       \
-  "vpmaddwd %%ymm10, %%ymm13, %%ymm14\n\t"       \
-  "vpmaddwd %%ymm11, %%ymm13, %%ymm15\n\t"       \
-  "vpaddd %%ymm14, %%" A0 ", %%" A0 "\n\t"       \
+#define CK_MAC(A0, A1)                     \
+  "vpmaddwd %%ymm8, %%ymm12, %%ymm14\n\t"  \
+  "vpmaddwd %%ymm9, %%ymm12, %%ymm15\n\t"  \
+  "vpaddd %%ymm14, %%" A0 ", %%" A0        \
+  "\n\t"                                   \
+  "vpaddd %%ymm15, %%" A1 ", %%" A1        \
+  "\n\t"                                   \
+  "vpmaddwd %%ymm10, %%ymm13, %%ymm14\n\t" \
+  "vpmaddwd %%ymm11, %%ymm13, %%ymm15\n\t" \
+  "vpaddd %%ymm14, %%" A0 ", %%" A0        \
+  "\n\t"                                   \
   "vpaddd %%ymm15, %%" A1 ", %%" A1 "\n\t"
   int64_t i = 0;
   const int64_t end = groups * 8;  // bytes of widened x per row
@@ -229,8 +233,7 @@ void tile(const Int8GemmArgs& a, const int16_t* xw, int64_t m0, int64_t n0, int 
   if (a.kind == EpilogueKind::kInt32) {
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) {
-      store_lanes16(a.out, (m0 + r) * ldo + n0, acc[r][0], NV > 1 ? acc[r][NV - 1] : zero, rows,
-                    OutType::kInt32);
+      store_lanes16(a.out, (m0 + r) * ldo + n0, acc[r][0], NV > 1 ? acc[r][NV - 1] : zero, rows, OutType::kInt32);
     }
   } else if (a.kind == EpilogueKind::kRequantize) {
     const RequantParams& p = a.requant;
@@ -257,8 +260,8 @@ void tile(const Int8GemmArgs& a, const int16_t* xw, int64_t m0, int64_t n0, int 
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       const int64_t n = n0 + 8 * v;
-      w_scale[v] = a.w_scale_per_channel ? load_lanes_ps(a.w_scale + n, full[v], valid[v])
-                                         : _mm256_set1_ps(a.w_scale[0]);
+      w_scale[v] =
+          a.w_scale_per_channel ? load_lanes_ps(a.w_scale + n, full[v], valid[v]) : _mm256_set1_ps(a.w_scale[0]);
       bias[v] = a.bias_f != nullptr ? load_lanes_ps(a.bias_f + n, full[v], valid[v]) : _mm256_setzero_ps();
     }
 #pragma GCC unroll 4
@@ -293,8 +296,7 @@ constexpr TileFn kTiles[kTileRows][3] = {
 
 }  // namespace
 
-void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                        int64_t task_end) {
+void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   // Widened rows of x, kept per thread across calls. A task's whole row chunk is widened once and
   // reused by the following tasks of the same chunk (its other panels: all of them when the plan
   // has one chunk, as on one thread or in the conv), unless the chunk would take more than
@@ -330,8 +332,8 @@ void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int6
   }
 }
 
-void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                        int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax,
+                        int8_t* q, float* scale) {
   // Same arithmetic as quantize_rows_portable: max |x| as the integer max of the bit patterns of
   // |x| (exact in any order; non-finite rows are those whose maximum reaches the exponent mask),
   // one correctly rounded fp32 division per element, round half to even (vroundps), clamp, narrow.
@@ -383,12 +385,11 @@ void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                        int64_t task_end) {
+void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   int8_gemm_run_portable(args, plan, task_begin, task_end);
 }
-void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                        int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax,
+                        int8_t* q, float* scale) {
   quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
 }
 }  // namespace ck::cpu

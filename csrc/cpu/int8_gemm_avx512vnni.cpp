@@ -107,17 +107,16 @@ TileFn pick_tall_tile(int mr, int nv) {
 
 template <bool kSigned, bool kPartialLast>
 TileFn pick_tile(int mr, int nv) {
-  static constexpr const TileFn* rows[6] = {
-      tile_row<kSigned, kPartialLast, 1>, tile_row<kSigned, kPartialLast, 2>,
-      tile_row<kSigned, kPartialLast, 3>, tile_row<kSigned, kPartialLast, 4>,
-      tile_row<kSigned, kPartialLast, 5>, tile_row<kSigned, kPartialLast, 6>};
+  static constexpr const TileFn* rows[6] = {tile_row<kSigned, kPartialLast, 1>, tile_row<kSigned, kPartialLast, 2>,
+                                            tile_row<kSigned, kPartialLast, 3>, tile_row<kSigned, kPartialLast, 4>,
+                                            tile_row<kSigned, kPartialLast, 5>, tile_row<kSigned, kPartialLast, 6>};
   return rows[mr - 1][nv - 1];
 }
 
 }  // namespace
 
-void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
-                              int64_t task_begin, int64_t task_end) {
+void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                              int64_t task_end) {
   static_assert(kInt8TileRows == 6 && kInt8PanelBlocks == 4, "tile tables assume 6 x 4");
   for (int64_t t = task_begin; t < task_end; ++t) {
     const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
@@ -136,8 +135,9 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
           const int hv = nv - 2 * half < 2 ? nv - 2 * half : 2;
           const bool last_half = 2 * half + hv == nv;
           const bool part = partial && last_half;
-          const TileFn fn = args.x_signed ? (part ? pick_tall_tile<true, true>(mr, hv) : pick_tall_tile<true, false>(mr, hv))
-                                          : (part ? pick_tall_tile<false, true>(mr, hv) : pick_tall_tile<false, false>(mr, hv));
+          const TileFn fn = args.x_signed
+                                ? (part ? pick_tall_tile<true, true>(mr, hv) : pick_tall_tile<true, false>(mr, hv))
+                                : (part ? pick_tall_tile<false, true>(mr, hv) : pick_tall_tile<false, false>(mr, hv));
           fn(args, m, n0 + 32 * half, last_half ? last_rows : 16);
         }
         break;
@@ -150,8 +150,8 @@ void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan
   }
 }
 
-void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                              int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
+                              int32_t qmax, int8_t* q, float* scale) {
   // Same arithmetic as quantize_rows_portable: max |x| as the integer max of the bit patterns of
   // |x| (exact in any order; non-finite rows are those whose maximum reaches the exponent mask),
   // one correctly rounded fp32 division per element, round half to even (roundscale), clamp, narrow.
@@ -189,12 +189,12 @@ void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, i
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan,
-                              int64_t task_begin, int64_t task_end) {
+void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
+                              int64_t task_end) {
   int8_gemm_run_portable(args, plan, task_begin, task_end);
 }
-void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
-                              int32_t qmin, int32_t qmax, int8_t* q, float* scale) {
+void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
+                              int32_t qmax, int8_t* q, float* scale) {
   quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
 }
 }  // namespace ck::cpu

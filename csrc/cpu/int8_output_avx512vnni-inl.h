@@ -1,5 +1,5 @@
-// Included by int8_gemm_avx512vnni.cpp (avx512vnni tier) and int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier): targets with avx512f/bw/vl/dq.
-// The fused output stage of the int8 GEMM on AVX-512, shared by the VNNI and the AMX kernels.
+// Included by int8_gemm_avx512vnni.cpp (avx512vnni tier) and int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier): targets
+// with avx512f/bw/vl/dq. The fused output stage of the int8 GEMM on AVX-512, shared by the VNNI and the AMX kernels.
 // Include only from a translation unit compiled for AVX-512 (after its `#pragma GCC target`);
 // everything here has internal linkage. Equal to write_output(corrected acc) bit for bit.
 #pragma once
@@ -43,8 +43,8 @@ inline void int8_output_prepare(const Int8GemmArgs& a, int64_t n0, int cols, int
                                                  _mm512_maskz_loadu_epi32(c.valid[v], p.shift + n))
                                  : requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
     } else if (a.kind == EpilogueKind::kFloat) {
-      c.w_scale[v] = a.w_scale_per_channel ? _mm512_maskz_loadu_ps(c.valid[v], a.w_scale + n)
-                                           : _mm512_set1_ps(a.w_scale[0]);
+      c.w_scale[v] =
+          a.w_scale_per_channel ? _mm512_maskz_loadu_ps(c.valid[v], a.w_scale + n) : _mm512_set1_ps(a.w_scale[0]);
       c.bias[v] = a.bias_f != nullptr ? _mm512_maskz_loadu_ps(c.valid[v], a.bias_f + n) : _mm512_setzero_ps();
     }
   }
@@ -92,8 +92,8 @@ inline void int8_output_rows(const Int8GemmArgs& a, const Int8OutputColumns<NV>&
 
 // One block: prepare its columns, write its rows.
 template <int NV>
-inline void int8_output_block(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols,
-                              const int32_t* sums, int64_t ld, int32_t x_bias) {
+inline void int8_output_block(const Int8GemmArgs& a, int64_t m0, int mr, int64_t n0, int cols, const int32_t* sums,
+                              int64_t ld, int32_t x_bias) {
   Int8OutputColumns<NV> c;
   int8_output_prepare<NV>(a, n0, cols, x_bias, c);
   int8_output_rows<NV>(a, c, m0, mr, sums, ld);
@@ -103,7 +103,9 @@ inline void int8_output_block(const Int8GemmArgs& a, int64_t m0, int mr, int64_t
 // block, then rows written a few at a time.
 struct Avx512Output {
   using Columns = Int8OutputColumns<2>;
-  static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) { int8_output_prepare<2>(a, n0, cols, 0, c); }
+  static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) {
+    int8_output_prepare<2>(a, n0, cols, 0, c);
+  }
   static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
     int8_output_rows<2>(a, c, m0, mr, sums, ld);
   }

@@ -151,8 +151,7 @@ inline __m128i narrow_to_bytes(__m256i lo, __m256i hi, OutType out_type) {
 // Stores `count` (1..16) values of two 8-lane vectors (columns 0..7, 8..15) as out_type at
 // out + index (elements). 8-bit types go through one 16-byte narrowing; a partial store copies
 // only `count` bytes, so nothing past the row is written.
-inline void store_lanes16(void* out, int64_t index, __m256i lo, __m256i hi, int64_t count,
-                          OutType out_type) {
+inline void store_lanes16(void* out, int64_t index, __m256i lo, __m256i hi, int64_t count, OutType out_type) {
   if (out_type == OutType::kInt32) {
     int32_t* o = static_cast<int32_t*>(out) + index;
     if (count >= 16) {

@@ -1,10 +1,9 @@
-// Included by requantize_avx512vnni.cpp, sparse24_avx512vnni.cpp, sparse24_avx512vbmi.cpp and int8_output_avx512vnni-inl.h only (targets with avx512f/bw/vl/dq).
-// AVX-512 versions of the ck/fixedpoint.h output stage, 16 int32 lanes at a time.
-// Include only from a translation unit compiled for AVX-512 (after its `#pragma GCC target`);
-// everything here has internal linkage so no AVX-512 code can leak into a portable caller.
-// Each function equals its scalar counterpart in ck/fixedpoint.h bit for bit (tests force both
-// paths and compare); m0 >= 0 is a precondition, which removes the one saturating case of
-// SaturatingRoundingDoublingHighMul (a == b == INT32_MIN).
+// Included by requantize_avx512vnni.cpp, sparse24_avx512vnni.cpp, sparse24_avx512vbmi.cpp and
+// int8_output_avx512vnni-inl.h only (targets with avx512f/bw/vl/dq). AVX-512 versions of the ck/fixedpoint.h output
+// stage, 16 int32 lanes at a time. Include only from a translation unit compiled for AVX-512 (after its `#pragma GCC
+// target`); everything here has internal linkage so no AVX-512 code can leak into a portable caller. Each function
+// equals its scalar counterpart in ck/fixedpoint.h bit for bit (tests force both paths and compare); m0 >= 0 is a
+// precondition, which removes the one saturating case of SaturatingRoundingDoublingHighMul (a == b == INT32_MIN).
 #pragma once
 
 #include <immintrin.h>
@@ -96,8 +95,7 @@ inline __m512i multiply_single(__m512i x, const RequantLanes& l) {
   return interleave_low_halves(even, odd);
 }
 
-inline __m512i multiply_by_quantized_multiplier(__m512i x, const RequantLanes& l,
-                                                Rounding rounding) {
+inline __m512i multiply_by_quantized_multiplier(__m512i x, const RequantLanes& l, Rounding rounding) {
   if (rounding == Rounding::kSingle) return multiply_single(x, l);
   if (l.any_left) x = saturating_left_shift(x, l.left);
   return rounding_divide_by_pot(rounding_doubling_high_mul(x, l), l);
@@ -136,8 +134,7 @@ inline void store_lanes(void* out, int64_t index, __m512i v, __mmask16 valid, Ou
 }
 
 inline __mmask16 lane_mask(int64_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xFFFF)
-                     : static_cast<__mmask16>((1u << count) - 1u);
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
 }
 
 }  // namespace

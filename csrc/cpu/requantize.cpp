@@ -4,14 +4,13 @@
 
 namespace ck::cpu {
 
-void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                              int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                              const RequantParams& p, void* out) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int32_t* src = acc + r * ld_acc;
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t ch = p.per_channel ? c : 0;
-      const int32_t v = Requantize(src[c], p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax,
-                                   p.rounding);
+      const int32_t v = Requantize(src[c], p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
       const int64_t o = r * cols + c;
       switch (p.out_type) {
         case OutType::kInt8:
@@ -28,8 +27,8 @@ void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, 
   }
 }
 
-void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                     int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                     const RequantParams& p, void* out) {
   requantize_tiers.active().rows(acc, ld_acc, cols, row_begin, row_end, p, out);
 }
 
@@ -58,10 +57,14 @@ void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& 
   const int64_t out_elem = p.out.out_type == OutType::kInt32 ? 4 : 1;
   for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
     const int64_t n = end - c0 < kChunk ? end - c0 : kChunk;
-    if (p.a_signed) shifted_difference<int8_t>(a, c0, n, p.a_zero_point, p.left_shift, sa);
-    else shifted_difference<uint8_t>(a, c0, n, p.a_zero_point, p.left_shift, sa);
-    if (p.b_signed) shifted_difference<int8_t>(b, c0, n, p.b_zero_point, p.left_shift, sb);
-    else shifted_difference<uint8_t>(b, c0, n, p.b_zero_point, p.left_shift, sb);
+    if (p.a_signed)
+      shifted_difference<int8_t>(a, c0, n, p.a_zero_point, p.left_shift, sa);
+    else
+      shifted_difference<uint8_t>(a, c0, n, p.a_zero_point, p.left_shift, sa);
+    if (p.b_signed)
+      shifted_difference<int8_t>(b, c0, n, p.b_zero_point, p.left_shift, sb);
+    else
+      shifted_difference<uint8_t>(b, c0, n, p.b_zero_point, p.left_shift, sb);
     requantize_rows(sa, n, n, 0, 1, p.a, sa);
     requantize_rows(sb, n, n, 0, 1, p.b, sb);
     for (int64_t i = 0; i < n; ++i) {
@@ -73,9 +76,10 @@ void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& 
 
 const RequantizeKernels requantize_kernels_portable = {&requantize_rows_portable, &int8_add_range_portable};
 
-constexpr TierTable<RequantizeKernels> requantize_tiers{requantize_kernels_portable, {
-    {Tier::kAvx2, &requantize_kernels_avx2},
-    {Tier::kAvx512Vnni, &requantize_kernels_avx512vnni},
-}};
+constexpr TierTable<RequantizeKernels> requantize_tiers{requantize_kernels_portable,
+                                                        {
+                                                            {Tier::kAvx2, &requantize_kernels_avx2},
+                                                            {Tier::kAvx512Vnni, &requantize_kernels_avx512vnni},
+                                                        }};
 
 }  // namespace ck::cpu

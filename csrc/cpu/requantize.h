@@ -26,8 +26,8 @@ struct RequantParams {
 
 // acc is [rows, cols] row-major (row stride ld_acc); out is [rows, cols] contiguous of out_type;
 // channel = column. Processes rows [row_begin, row_end).
-void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                     int64_t row_end, const RequantParams& p, void* out);
+void requantize_rows(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                     const RequantParams& p, void* out);
 
 // TFLite's quantized ADD of two int8 / uint8 tensors, elementwise over [begin, end):
 //   s_i = MultiplyByQuantizedMultiplier((x_i - zero_point_i) << left_shift, m0_i, shift_i)  (i = a, b)
@@ -50,15 +50,14 @@ void int8_add_range(const void* a, const void* b, const Int8AddParams& p, int64_
 struct RequantizeKernels {
   void (*rows)(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
                const RequantParams& p, void* out);
-  void (*int8_add_range)(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
-                         void* out);
+  void (*int8_add_range)(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end, void* out);
 };
 extern const RequantizeKernels requantize_kernels_portable, requantize_kernels_avx2, requantize_kernels_avx512vnni;
 extern const TierTable<RequantizeKernels> requantize_tiers;
 
 // The portable kernels (the other tiers' non-x86 builds delegate to them).
-void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                              int64_t row_end, const RequantParams& p, void* out);
+void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                              const RequantParams& p, void* out);
 void int8_add_range_portable(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
                              void* out);
 

@@ -10,11 +10,10 @@
 
 namespace ck::cpu {
 
-void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                          int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                          const RequantParams& p, void* out) {
   const ClampLanes8 clamp = clamp_lanes8(p);
-  const RequantLanes8 tensor_lanes =
-      requant_lanes8(_mm256_set1_epi32(p.m0[0]), _mm256_set1_epi32(p.shift[0]));
+  const RequantLanes8 tensor_lanes = requant_lanes8(_mm256_set1_epi32(p.m0[0]), _mm256_set1_epi32(p.shift[0]));
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int32_t* src = acc + r * ld_acc;
     for (int64_t c = 0; c < cols; c += 16) {
@@ -42,8 +41,8 @@ void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int6
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                          int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                          const RequantParams& p, void* out) {
   requantize_rows_portable(acc, ld_acc, cols, row_begin, row_end, p, out);
 }
 }  // namespace ck::cpu

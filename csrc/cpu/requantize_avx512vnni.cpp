@@ -10,22 +10,19 @@
 
 namespace ck::cpu {
 
-void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                                int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                                const RequantParams& p, void* out) {
   const ClampLanes clamp = clamp_lanes(p);
-  const RequantLanes tensor_lanes =
-      requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
+  const RequantLanes tensor_lanes = requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int32_t* src = acc + r * ld_acc;
     for (int64_t c = 0; c < cols; c += 16) {
       const __mmask16 valid = lane_mask(cols - c);
-      const RequantLanes lanes =
-          p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid, p.m0 + c),
-                                        _mm512_maskz_loadu_epi32(valid, p.shift + c))
-                        : tensor_lanes;
+      const RequantLanes lanes = p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid, p.m0 + c),
+                                                               _mm512_maskz_loadu_epi32(valid, p.shift + c))
+                                               : tensor_lanes;
       const __m512i x = _mm512_maskz_loadu_epi32(valid, src + c);
-      const __m512i v = clamp_add_zero_point(multiply_by_quantized_multiplier(x, lanes, p.rounding),
-                                             clamp);
+      const __m512i v = clamp_add_zero_point(multiply_by_quantized_multiplier(x, lanes, p.rounding), clamp);
       store_lanes(out, r * cols + c, v, valid, p.out_type);
     }
   }
@@ -54,10 +51,10 @@ void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams
   const __m512i za = _mm512_set1_epi32(p.a_zero_point), zb = _mm512_set1_epi32(p.b_zero_point);
   for (int64_t i = begin; i < end; i += 16) {
     const __mmask16 valid = lane_mask(end - i);
-    const __m512i sa = multiply_by_quantized_multiplier(shifted_lanes(a, p.a_signed, i, valid, za, p.left_shift), la,
-                                                        p.a.rounding);
-    const __m512i sb = multiply_by_quantized_multiplier(shifted_lanes(b, p.b_signed, i, valid, zb, p.left_shift), lb,
-                                                        p.b.rounding);
+    const __m512i sa =
+        multiply_by_quantized_multiplier(shifted_lanes(a, p.a_signed, i, valid, za, p.left_shift), la, p.a.rounding);
+    const __m512i sb =
+        multiply_by_quantized_multiplier(shifted_lanes(b, p.b_signed, i, valid, zb, p.left_shift), lb, p.b.rounding);
     const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(sa, sb), lo, p.out.rounding);
     store_lanes(out, i, clamp_add_zero_point(y, clamp), valid, p.out.out_type);
   }
@@ -70,8 +67,8 @@ void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams
                                void* out) {
   int8_add_range_portable(a, b, p, begin, end, out);
 }
-void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin,
-                                int64_t row_end, const RequantParams& p, void* out) {
+void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
+                                const RequantParams& p, void* out) {
   requantize_rows_portable(acc, ld_acc, cols, row_begin, row_end, p, out);
 }
 }  // namespace ck::cpu

@@ -100,10 +100,11 @@ void sparse24_f32_run(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_
 
 const Sparse24F32Kernels sparse24_f32_kernels_portable = {&sparse24_f32_run_portable};
 
-constexpr TierTable<Sparse24F32Kernels> sparse24_f32_tiers{sparse24_f32_kernels_portable, {
-    {Tier::kAvx2, &sparse24_f32_kernels_avx2},
-    {Tier::kAvx512Vnni, &sparse24_f32_kernels_avx512vnni},
-}};
+constexpr TierTable<Sparse24F32Kernels> sparse24_f32_tiers{sparse24_f32_kernels_portable,
+                                                           {
+                                                               {Tier::kAvx2, &sparse24_f32_kernels_avx2},
+                                                               {Tier::kAvx512Vnni, &sparse24_f32_kernels_avx512vnni},
+                                                           }};
 
 // ---------------------------------------------------------------- int8
 
@@ -197,12 +198,12 @@ void int8_portable_typed(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
             if (kk < k) acc += static_cast<int32_t>(xr[kk]) * static_cast<int32_t>(blk[4 * i + s]);
           }
         }
-        uint32_t v = static_cast<uint32_t>(acc) -
-                     static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
+        uint32_t v =
+            static_cast<uint32_t>(acc) - static_cast<uint32_t>(a.x_zero_point) * static_cast<uint32_t>(a.w.row_sum[n]);
         if (a.bias_i32 != nullptr) v += static_cast<uint32_t>(a.bias_i32[n]);
         const int64_t ch = p.per_channel ? n : 0;
-        const int32_t y = Requantize(static_cast<int32_t>(v), p.m0[ch], p.shift[ch], p.zero_point, p.qmin,
-                                     p.qmax, p.rounding);
+        const int32_t y =
+            Requantize(static_cast<int32_t>(v), p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
         const int64_t o = m * a.w.n + n;
         if (p.out_type == OutType::kInt8) {
           static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(y);
@@ -227,21 +228,21 @@ void sparse24_int8_run_portable(const Sparse24Int8Args& a, const Sparse24Int8Pla
   }
 }
 
-void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                       int64_t task_end) {
+void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin, int64_t task_end) {
   sparse24_int8_tiers.kernels(enabled_tiers(plan.amx)).run(a, plan, task_begin, task_end);
 }
 
 const Sparse24Int8Kernels sparse24_int8_kernels_portable = {&sparse24_int8_run_portable};
 
-constexpr TierTable<Sparse24Int8Kernels> sparse24_int8_tiers{sparse24_int8_kernels_portable, {
-    {Tier::kAvx2, &sparse24_int8_kernels_avx2},
-    {Tier::kAvx512Vnni, &sparse24_int8_kernels_avx512vnni},
-    {Tier::kAvx512Vbmi, &sparse24_int8_kernels_avx512vbmi},
-    {Tier::kAmx, &sparse24_int8_kernels_amx},
-    {Tier::kAmxEmulated, &sparse24_int8_kernels_amx_emulated},
-}};
-
+constexpr TierTable<Sparse24Int8Kernels> sparse24_int8_tiers{
+    sparse24_int8_kernels_portable,
+    {
+        {Tier::kAvx2, &sparse24_int8_kernels_avx2},
+        {Tier::kAvx512Vnni, &sparse24_int8_kernels_avx512vnni},
+        {Tier::kAvx512Vbmi, &sparse24_int8_kernels_avx512vbmi},
+        {Tier::kAmx, &sparse24_int8_kernels_amx},
+        {Tier::kAmxEmulated, &sparse24_int8_kernels_amx_emulated},
+    }};
 
 // ---------------------------------------------------------------- bf16
 
@@ -326,10 +327,11 @@ void sparse24_bf16_run_portable(const Sparse24Bf16Args& a, const Sparse24Bf16Pla
 
 const Sparse24Bf16Kernels sparse24_bf16_kernels_portable = {&sparse24_bf16_run_portable};
 
-constexpr TierTable<Sparse24Bf16Kernels> sparse24_bf16_tiers{sparse24_bf16_kernels_portable, {
-    {Tier::kAvx2, &sparse24_bf16_kernels_avx2},
-    {Tier::kAvx512Bf16, &sparse24_bf16_kernels_avx512bf16},
-}};
+constexpr TierTable<Sparse24Bf16Kernels> sparse24_bf16_tiers{sparse24_bf16_kernels_portable,
+                                                             {
+                                                                 {Tier::kAvx2, &sparse24_bf16_kernels_avx2},
+                                                                 {Tier::kAvx512Bf16, &sparse24_bf16_kernels_avx512bf16},
+                                                             }};
 
 const char* sparse24_bf16_path() { return tier_name(sparse24_bf16_tiers.select(enabled_tiers())); }
 

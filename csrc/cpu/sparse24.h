@@ -2,9 +2,9 @@
 // fixed-point output stage of int8_linear. The compressed layout (values + meta) is documented in
 // ck/sparse24.h.
 //
-// fp32: y[m, n] = fl(acc + bias[n]) with acc = 0 then acc = fma(values[n, j], x[m, k_j], acc) for j = 0 .. K/2 - 1 in order, one fused
-// multiply-add per stored value. Every path follows that order exactly, so they are bit-identical
-// and the result does not depend on threads (work is split over rows and columns, never over k).
+// fp32: y[m, n] = fl(acc + bias[n]) with acc = 0 then acc = fma(values[n, j], x[m, k_j], acc) for j = 0 .. K/2 - 1 in
+// order, one fused multiply-add per stored value. Every path follows that order exactly, so they are bit-identical and
+// the result does not depend on threads (work is split over rows and columns, never over k).
 //
 // The packed layouts below are the payloads of the sparse24_*_pack tensors, after their 64-byte
 // header (ck/packed_header.h); the kernels get a pointer past it.
@@ -197,8 +197,7 @@ Sparse24Int8Plan sparse24_int8_plan(int64_t m, int64_t n, int64_t threads, int64
 
 // Runs tasks [task_begin, task_end) on the kernel of the active tier (a tile tier only when
 // plan.amx).
-void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
-                       int64_t task_end);
+void sparse24_int8_run(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin, int64_t task_end);
 
 // The int8 2:4 kernels of one tier (dispatch.h). The tile tiers (plan.amx): each task expands its
 // panel's 2:4 blocks into dense int8 tiles in a per-thread buffer (sparse24_int8_block_to_tiles),

@@ -41,16 +41,17 @@ __m512i pattern_table() {
 struct Avx512Expand {
   static void pairs(const int8_t* block, int64_t pairs, int64_t groups, uint8_t* tiles) {
     const __m512i low_table = pattern_table<0>(), high_table = pattern_table<2>();
-    const __m512i lane_offset = _mm512_set_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0, 0x0C0C0C0C, 0x08080808,
-                                                 0x04040404, 0, 0x0C0C0C0C, 0x08080808, 0x04040404, 0, 0x0C0C0C0C,
-                                                 0x08080808, 0x04040404, 0);
+    const __m512i lane_offset =
+        _mm512_set_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0, 0x0C0C0C0C, 0x08080808, 0x04040404, 0, 0x0C0C0C0C,
+                         0x08080808, 0x04040404, 0, 0x0C0C0C0C, 0x08080808, 0x04040404, 0);
     for (int64_t h = 0; h < pairs; ++h) {
       const int8_t* pair = block + h * 80;
       const __m512i values = _mm512_loadu_si512(pair);
       const __m512i meta = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair + 64)));
       // vpermd reads only bits 3:0 of each index: the nibbles need no mask.
       const __m512i low = _mm512_add_epi8(_mm512_permutexvar_epi32(meta, low_table), lane_offset);
-      const __m512i high = _mm512_add_epi8(_mm512_permutexvar_epi32(_mm512_srli_epi32(meta, 4), high_table), lane_offset);
+      const __m512i high =
+          _mm512_add_epi8(_mm512_permutexvar_epi32(_mm512_srli_epi32(meta, 4), high_table), lane_offset);
       _mm512_storeu_si512(tiles + (2 * h) * 64, _mm512_shuffle_epi8(values, low));
       _mm512_storeu_si512(tiles + (2 * h + 1) * 64, _mm512_shuffle_epi8(values, high));
     }

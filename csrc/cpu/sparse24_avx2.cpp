@@ -130,7 +130,8 @@ inline __m256i widened_x_pair(const uint8_t* p, int64_t bytes) {
 }
 
 inline __m256i load_count(const int32_t* p, int64_t count) {
-  return count >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskload_epi32(p, lane_mask8(count));
+  return count >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                    : _mm256_maskload_epi32(p, lane_mask8(count));
 }
 
 // MR rows (1..2) x one block of 16 columns starting at n0; `controls` holds the block's
@@ -167,8 +168,10 @@ void int8_tile_avx2(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const uin
   const RequantParams& p = a.requant;
   for (int v = 0; v < 2; ++v) {
     const int64_t n = n0 + 8 * v, count = cols - 8 * v;
-    column_term[v] = count > 0 ? _mm256_mullo_epi32(load_count(a.w.row_sum + n, count), neg_zp) : _mm256_setzero_si256();
-    if (a.bias_i32 != nullptr && count > 0) column_term[v] = _mm256_add_epi32(column_term[v], load_count(a.bias_i32 + n, count));
+    column_term[v] =
+        count > 0 ? _mm256_mullo_epi32(load_count(a.w.row_sum + n, count), neg_zp) : _mm256_setzero_si256();
+    if (a.bias_i32 != nullptr && count > 0)
+      column_term[v] = _mm256_add_epi32(column_term[v], load_count(a.bias_i32 + n, count));
     lanes[v] = p.per_channel ? (count > 0 ? requant_lanes8(load_count(p.m0 + n, count), load_count(p.shift + n, count))
                                           : requant_lanes8(_mm256_set1_epi32(p.m0[0]), _mm256_set1_epi32(p.shift[0])))
                              : requant_lanes8(_mm256_set1_epi32(p.m0[0]), _mm256_set1_epi32(p.shift[0]));
@@ -303,7 +306,8 @@ void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
         const __m256i shifted = _mm256_srlv_epi32(meta, _mm256_set1_epi32(4 * s));
         const __m256i group_base = _mm256_set1_epi32(4 * s);
         const __m256i i0 = _mm256_add_epi32(_mm256_and_si256(shifted, _mm256_set1_epi32(3)), group_base);
-        const __m256i i1 = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(shifted, 2), _mm256_set1_epi32(3)), group_base);
+        const __m256i i1 =
+            _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(shifted, 2), _mm256_set1_epi32(3)), group_base);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
           const __m256 x = _mm256_load_ps(xw[r]);
@@ -320,8 +324,9 @@ void bf16_tile_avx2(const Sparse24Bf16Args& a, int64_t m0, int64_t n0) {
 }
 
 using Bf16TileAvx2Fn = void (*)(const Sparse24Bf16Args&, int64_t, int64_t);
-constexpr Bf16TileAvx2Fn kBf16TilesAvx2[8] = {bf16_tile_avx2<1>, bf16_tile_avx2<2>, bf16_tile_avx2<3>, bf16_tile_avx2<4>,
-                                              bf16_tile_avx2<5>, bf16_tile_avx2<6>, bf16_tile_avx2<7>, bf16_tile_avx2<8>};
+constexpr Bf16TileAvx2Fn kBf16TilesAvx2[8] = {bf16_tile_avx2<1>, bf16_tile_avx2<2>, bf16_tile_avx2<3>,
+                                              bf16_tile_avx2<4>, bf16_tile_avx2<5>, bf16_tile_avx2<6>,
+                                              bf16_tile_avx2<7>, bf16_tile_avx2<8>};
 
 }  // namespace
 

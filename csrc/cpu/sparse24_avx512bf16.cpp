@@ -28,7 +28,8 @@ namespace {
 constexpr int64_t multishift_offsets(int c, int lo, int hi) {
   uint64_t q = 0;
   for (int d = 0; d < 2; ++d)
-    for (int j = 0; j < 4; ++j) q |= static_cast<uint64_t>((8 * (2 * c + d) + (j < 2 ? lo : hi) + 64) % 64) << (8 * (4 * d + j));
+    for (int j = 0; j < 4; ++j)
+      q |= static_cast<uint64_t>((8 * (2 * c + d) + (j < 2 ? lo : hi) + 64) % 64) << (8 * (4 * d + j));
   return static_cast<int64_t>(q);
 }
 template <int lo, int hi>

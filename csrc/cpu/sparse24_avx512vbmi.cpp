@@ -30,9 +30,9 @@ inline __m512i shuffle_control(const int8_t* meta16) {
   std::memcpy(&high, meta16 + 8, 8);
   const __m512i bytes = _mm512_mask_set1_epi64(_mm512_set1_epi64(low), 0xF0, high);
   // Offsets of qword q % 4 = 0..3: 8 (2 (q % 4) + d) + 2j for bytes j + 4d.
-  const __m512i offsets = _mm512_set_epi64(0x3E3C3A3836343230LL, 0x2E2C2A2826242220LL, 0x1E1C1A1816141210LL,
-                                           0x0E0C0A0806040200LL, 0x3E3C3A3836343230LL, 0x2E2C2A2826242220LL,
-                                           0x1E1C1A1816141210LL, 0x0E0C0A0806040200LL);
+  const __m512i offsets =
+      _mm512_set_epi64(0x3E3C3A3836343230LL, 0x2E2C2A2826242220LL, 0x1E1C1A1816141210LL, 0x0E0C0A0806040200LL,
+                       0x3E3C3A3836343230LL, 0x2E2C2A2826242220LL, 0x1E1C1A1816141210LL, 0x0E0C0A0806040200LL);
   const __m512i fields = _mm512_multishift_epi64_epi8(offsets, bytes);
   return _mm512_ternarylogic_epi32(fields, _mm512_set1_epi32(0x03030303), _mm512_set1_epi32(0x04040000), 0xEA);
 }

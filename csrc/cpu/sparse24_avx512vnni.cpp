@@ -142,7 +142,8 @@ inline __m512i shuffle_control(const int8_t* meta16) {
   return _mm512_ternarylogic_epi32(all, _mm512_set1_epi32(0x03030303), _mm512_set1_epi32(0x04040000), 0xEA);
 }
 
-// MR: rows of x in the tile (1..8; 16 accumulators + 2 values + 2 controls + x fit the 32 zmm). NV: blocks of 16 columns (1..2). kSigned: int8 x (sign flip).
+// MR: rows of x in the tile (1..8; 16 accumulators + 2 values + 2 controls + x fit the 32 zmm). NV: blocks of 16
+// columns (1..2). kSigned: int8 x (sign flip).
 #include "sparse24_int8_avx512vnni-inl.h"
 
 }  // namespace

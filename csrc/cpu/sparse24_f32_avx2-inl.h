@@ -1,7 +1,6 @@
-// Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma) only.
-// The fp32 2:4 kernels on 256-bit vectors (AVX2 + FMA), shared by sparse24_avx512vnni.cpp and
-// sparse24_avx2.cpp: each includes this inside its own namespace after its target pragma and
-// after defining
+// Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma)
+// only. The fp32 2:4 kernels on 256-bit vectors (AVX2 + FMA), shared by sparse24_avx512vnni.cpp and sparse24_avx2.cpp:
+// each includes this inside its own namespace after its target pragma and after defining
 //   constexpr int kF32Rows, kF32Blocks;      rows (<= 4) x blocks of accumulators per microkernel
 //   __m256 load_columns(const float* p, int count);          the first `count` (1..8) floats, 0 after
 //   void store_columns(float* p, int count, __m256 v);       the first `count` lanes of v
@@ -130,7 +129,8 @@ void f32_rows_blocks(const Sparse24F32Args& a, int64_t m, int64_t n, int64_t g_b
             static_cast<int>(g & 1) * 4);
         const float* vg = v[b] + 16 * g;
         acc[r][b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg), _mm256_permutevar_ps(xa, c), acc[r][b]);
-        acc[r][b] = _mm256_fmadd_ps(_mm256_loadu_ps(vg + 8), _mm256_permutevar_ps(xa, _mm256_srli_epi32(c, 2)), acc[r][b]);
+        acc[r][b] =
+            _mm256_fmadd_ps(_mm256_loadu_ps(vg + 8), _mm256_permutevar_ps(xa, _mm256_srli_epi32(c, 2)), acc[r][b]);
       }
     }
   }
@@ -142,7 +142,8 @@ template <int R>
 void f32_rows_panel(const Sparse24F32Args& a, int64_t m, int64_t n_begin, int64_t blocks, int64_t g_begin,
                     int64_t g_end, bool first) {
   int64_t b = 0;
-  for (; b + kF32Blocks <= blocks; b += kF32Blocks) f32_rows_blocks<R, kF32Blocks>(a, m, n_begin + 8 * b, g_begin, g_end, first);
+  for (; b + kF32Blocks <= blocks; b += kF32Blocks)
+    f32_rows_blocks<R, kF32Blocks>(a, m, n_begin + 8 * b, g_begin, g_end, first);
   for (; b < blocks; ++b) f32_rows_blocks<R, 1>(a, m, n_begin + 8 * b, g_begin, g_end, first);
 }
 
@@ -151,12 +152,20 @@ void f32_task_rows(const Sparse24F32Args& a, int64_t m_begin, int64_t m_end, int
   for (int64_t kb = 0; kb < k; kb += kS24DepthBlock) {
     const int64_t g_begin = kb / 4, g_end = std::min(k, kb + kS24DepthBlock) / 4;
     int64_t m = m_begin;
-    for (; m + kF32Rows <= m_end; m += kF32Rows) f32_rows_panel<kF32Rows>(a, m, n_begin, blocks, g_begin, g_end, kb == 0);
+    for (; m + kF32Rows <= m_end; m += kF32Rows)
+      f32_rows_panel<kF32Rows>(a, m, n_begin, blocks, g_begin, g_end, kb == 0);
     switch (m_end - m) {  // kF32Rows <= 4
-      case 3: f32_rows_panel<3>(a, m, n_begin, blocks, g_begin, g_end, kb == 0); break;
-      case 2: f32_rows_panel<2>(a, m, n_begin, blocks, g_begin, g_end, kb == 0); break;
-      case 1: f32_rows_panel<1>(a, m, n_begin, blocks, g_begin, g_end, kb == 0); break;
-      default: break;
+      case 3:
+        f32_rows_panel<3>(a, m, n_begin, blocks, g_begin, g_end, kb == 0);
+        break;
+      case 2:
+        f32_rows_panel<2>(a, m, n_begin, blocks, g_begin, g_end, kb == 0);
+        break;
+      case 1:
+        f32_rows_panel<1>(a, m, n_begin, blocks, g_begin, g_end, kb == 0);
+        break;
+      default:
+        break;
     }
   }
   if (a.bias != nullptr) {

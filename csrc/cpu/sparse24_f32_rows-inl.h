@@ -1,7 +1,7 @@
-// Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma) only.
-// The fp32 2:4 kernel for tasks of many rows, vectorized over rows, shared by sparse24_avx512vnni.cpp
-// (zmm) and sparse24_avx2.cpp (ymm): each includes it inside its own namespace, after its target
-// pragma, sparse24_f32_avx2-inl.h and the definitions of
+// Included by sparse24_avx2.cpp (target avx2,fma) and sparse24_avx512vnni.cpp (target avx512f/bw/vl/dq/vnni + avx2,fma)
+// only. The fp32 2:4 kernel for tasks of many rows, vectorized over rows, shared by sparse24_avx512vnni.cpp (zmm) and
+// sparse24_avx2.cpp (ymm): each includes it inside its own namespace, after its target pragma, sparse24_f32_avx2-inl.h
+// and the definitions of
 //   RowsVec, kRowsLanes (floats per vector), kRowsColumns (columns per microkernel, 8 or 4),
 //   kRowsVectors (row vectors per microkernel, <= 3), rows_zero / rows_load (aligned) /
 //   rows_store (aligned) / rows_broadcast / rows_fma(a, b, c) = a * b + c, and
@@ -21,7 +21,7 @@
 // j in order, then + bias: the portable path's order, so the results are bit-identical.
 
 constexpr int64_t kRowsDepth = 128;  // k per block: xt (128 x 48 floats = 24 KiB) stays in L1
-constexpr int64_t kRowsMin = 16;     // tasks with fewer rows run the shuffle kernels (no transposition)
+constexpr int64_t kRowsMin = 16;  // tasks with fewer rows run the shuffle kernels (no transposition)
 static_assert(kRowsDepth % 8 == 0 && kS24PanelCols % 16 == 0 && kS24TileRows % 16 == 0,
               "k blocks of whole meta bytes, output blocks and row tiles of whole vectors");
 
@@ -101,10 +101,18 @@ inline void f32_task_rows_vec(const Sparse24F32Args& a, int64_t m_begin, int64_t
           const int64_t pairs = kc / 8;
           const bool half_pair = kc % 8 != 0, first = kb == 0;
           switch (std::min<int64_t>(kRowsVectors, vectors - r0)) {
-            case 1: f32_rows_kernel<1>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first); break;
-            case 2: f32_rows_kernel<2>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first); break;
-            case 3: f32_rows_kernel<3>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first); break;
-            default: f32_rows_kernel<kRowsVectors>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first); break;
+            case 1:
+              f32_rows_kernel<1>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first);
+              break;
+            case 2:
+              f32_rows_kernel<2>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first);
+              break;
+            case 3:
+              f32_rows_kernel<3>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first);
+              break;
+            default:
+              f32_rows_kernel<kRowsVectors>(x0, ld, v, mb, c0, pairs, half_pair, acc0, first);
+              break;
           }
         }
       }

@@ -67,7 +67,8 @@ void sparse24_int8_amx_tasks(const Sparse24Int8Args& a, const Sparse24Int8Plan& 
     for (int b = 0; b < blocks; ++b) bt.block[b] = first_block + b * pairs * 80;
     if (!bt.in_l1 && n0 != expanded_n0) {
       if (dense.size() < static_cast<size_t>(blocks * bt.block_bytes)) dense.resize(blocks * bt.block_bytes);
-      for (int b = 0; b < blocks; ++b) Expand::pairs(bt.block[b], pairs, chunks * 16, dense.data() + b * bt.block_bytes);
+      for (int b = 0; b < blocks; ++b)
+        Expand::pairs(bt.block[b], pairs, chunks * 16, dense.data() + b * bt.block_bytes);
       bt.dense = dense.data();
       expanded_n0 = n0;
     }

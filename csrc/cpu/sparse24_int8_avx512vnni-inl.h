@@ -62,8 +62,7 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i*
       __m512i xb = _mm512_set1_epi64(bytes);
       if (kSigned) xb = _mm512_xor_si512(xb, flip);
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v)
-        acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], _mm512_shuffle_epi8(xb, ctl[v]), val[v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], _mm512_shuffle_epi8(xb, ctl[v]), val[v]);
     }
   }
 
@@ -77,7 +76,8 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i*
     const int64_t n = n0 + 16 * v;
     const __mmask16 valid = lane_mask(a.w.n - n);
     __m512i column_term = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(valid, a.w.row_sum + n), zp_total);
-    if (a.bias_i32 != nullptr) column_term = _mm512_add_epi32(column_term, _mm512_maskz_loadu_epi32(valid, a.bias_i32 + n));
+    if (a.bias_i32 != nullptr)
+      column_term = _mm512_add_epi32(column_term, _mm512_maskz_loadu_epi32(valid, a.bias_i32 + n));
     const RequantLanes lanes = p.per_channel ? requant_lanes(_mm512_maskz_loadu_epi32(valid, p.m0 + n),
                                                              _mm512_maskz_loadu_epi32(valid, p.shift + n))
                                              : requant_lanes(_mm512_set1_epi32(p.m0[0]), _mm512_set1_epi32(p.shift[0]));
@@ -104,7 +104,8 @@ Int8TileFn pick_int8_tile(int mr, int nv) {
 }
 
 // Tasks [task_begin, task_end) of `plan`.
-inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin, int64_t task_end) {
+inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t task_begin,
+                         int64_t task_end) {
   static_assert(kS24I8TileRows == 8 && kS24I8PanelBlocks == 2, "tile tables assume 8 x 2");
   // A task with more than one tile of rows expands its panel's controls once (64 bytes per block
   // and pair, K * 16 bytes for the panel, kept in L2) instead of once per tile: the expansion is
@@ -135,8 +136,10 @@ inline void int8_run_zmm(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan
     }
     for (int64_t m = m_begin; m < m_end; m += kS24I8TileRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kS24I8TileRows, m_end - m));
-      Int8TileFn fn = a.x_signed ? (expanded != nullptr ? pick_int8_tile<true, true>(mr, nv) : pick_int8_tile<true, false>(mr, nv))
-                                 : (expanded != nullptr ? pick_int8_tile<false, true>(mr, nv) : pick_int8_tile<false, false>(mr, nv));
+      Int8TileFn fn =
+          a.x_signed
+              ? (expanded != nullptr ? pick_int8_tile<true, true>(mr, nv) : pick_int8_tile<true, false>(mr, nv))
+              : (expanded != nullptr ? pick_int8_tile<false, true>(mr, nv) : pick_int8_tile<false, false>(mr, nv));
       fn(a, m, n0, expanded);
     }
   }

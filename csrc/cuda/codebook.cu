@@ -18,6 +18,8 @@
 //     memory; bias added last, one rounding to the output type. No atomics: deterministic.
 // The last block of n % 16 rows (word g of row i at g*R + i) and packed tensors that are not
 // 16-byte aligned take a 4-byte-load path (lane l: row l % 16, column 2t + l/16).
+#include "codebook.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -26,7 +28,6 @@
 #include <cstdint>
 
 #include "ck/bitpack.h"
-#include "codebook.cuh"
 
 namespace ck::cuda {
 namespace {
@@ -286,14 +287,22 @@ cudaError_t gemv_rows(const CodebookGemvParams& p, cudaStream_t stream) {
 template <typename T>
 cudaError_t gemv_bits(const CodebookGemvParams& p, cudaStream_t stream) {
   switch (p.bits) {
-    case 1: return gemv_rows<T, 1>(p, stream);
-    case 2: return gemv_rows<T, 2>(p, stream);
-    case 3: return gemv_rows<T, 3>(p, stream);
-    case 4: return gemv_rows<T, 4>(p, stream);
-    case 5: return gemv_rows<T, 5>(p, stream);
-    case 6: return gemv_rows<T, 6>(p, stream);
-    case 7: return gemv_rows<T, 7>(p, stream);
-    default: return gemv_rows<T, 8>(p, stream);
+    case 1:
+      return gemv_rows<T, 1>(p, stream);
+    case 2:
+      return gemv_rows<T, 2>(p, stream);
+    case 3:
+      return gemv_rows<T, 3>(p, stream);
+    case 4:
+      return gemv_rows<T, 4>(p, stream);
+    case 5:
+      return gemv_rows<T, 5>(p, stream);
+    case 6:
+      return gemv_rows<T, 6>(p, stream);
+    case 7:
+      return gemv_rows<T, 7>(p, stream);
+    default:
+      return gemv_rows<T, 8>(p, stream);
   }
 }
 
@@ -327,11 +336,12 @@ __global__ void codebook_dequantize_kernel(const uint32_t* __restrict__ packed, 
 template <typename T>
 cudaError_t dequantize_bits(const uint32_t* packed, int64_t n, int64_t k, int bits, const float* codebook,
                             int64_t group_rows, void* w, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(std::min<int64_t>((k + kThreads - 1) / kThreads, kMaxGridY)));
+  const dim3 grid(static_cast<unsigned>(n),
+                  static_cast<unsigned>(std::min<int64_t>((k + kThreads - 1) / kThreads, kMaxGridY)));
   const int64_t kw = ck::bitpack::words_per_row(k, bits);
   auto* out = static_cast<typename T::Bits*>(w);
-#define CK_DEQUANT_CASE(B)                                                                                    \
-  case B:                                                                                                     \
+#define CK_DEQUANT_CASE(B)                                                                                        \
+  case B:                                                                                                         \
     codebook_dequantize_kernel<T, B><<<grid, kThreads, 0, stream>>>(packed, n, k, kw, codebook, group_rows, out); \
     break;
   switch (bits) {
@@ -368,8 +378,8 @@ __global__ void codebook_pack_kernel(const uint8_t* __restrict__ idx, int64_t n,
   }
 }
 
-__global__ void codebook_unpack_kernel(const uint32_t* __restrict__ packed, int64_t n, int64_t k, int64_t kw,
-                                       int bits, uint8_t* __restrict__ idx) {
+__global__ void codebook_unpack_kernel(const uint32_t* __restrict__ packed, int64_t n, int64_t k, int64_t kw, int bits,
+                                       uint8_t* __restrict__ idx) {
   const int64_t r = blockIdx.x;
   for (int64_t kk = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; kk < k;
        kk += static_cast<int64_t>(gridDim.y) * blockDim.x) {
@@ -385,9 +395,9 @@ bool shape_ok(int64_t n, int64_t k, int bits) {
 }  // namespace
 
 cudaError_t codebook_gemv(const CodebookGemvParams& p, cudaStream_t stream) {
-  if (!shape_ok(p.n, p.k, p.bits) || p.m < 1 || p.m > kCodebookGemvMaxRows || p.x == nullptr ||
-      p.packed == nullptr || p.codebook == nullptr || p.out == nullptr || p.group_rows < 1 ||
-      p.n % p.group_rows != 0 || p.kw != ck::bitpack::words_per_row(p.k, p.bits) || p.ldo < p.n ||
+  if (!shape_ok(p.n, p.k, p.bits) || p.m < 1 || p.m > kCodebookGemvMaxRows || p.x == nullptr || p.packed == nullptr ||
+      p.codebook == nullptr || p.out == nullptr || p.group_rows < 1 || p.n % p.group_rows != 0 ||
+      p.kw != ck::bitpack::words_per_row(p.k, p.bits) || p.ldo < p.n ||
       reinterpret_cast<uintptr_t>(p.packed) % 4 != 0) {
     return cudaErrorInvalidValue;
   }
@@ -397,29 +407,34 @@ cudaError_t codebook_gemv(const CodebookGemvParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   switch (p.type) {
-    case CodebookType::kFloat32: return gemv_bits<F32>(p, stream);
-    case CodebookType::kFloat16: return gemv_bits<F16>(p, stream);
-    case CodebookType::kBFloat16: return gemv_bits<BF16>(p, stream);
+    case CodebookType::kFloat32:
+      return gemv_bits<F32>(p, stream);
+    case CodebookType::kFloat16:
+      return gemv_bits<F16>(p, stream);
+    case CodebookType::kBFloat16:
+      return gemv_bits<BF16>(p, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 cudaError_t codebook_dequantize(const uint32_t* packed, int64_t n, int64_t k, int bits, const float* codebook,
                                 int64_t group_rows, CodebookType type, void* w, cudaStream_t stream) {
-  if (!shape_ok(n, k, bits) || group_rows < 1 || n % group_rows != 0 || packed == nullptr ||
-      codebook == nullptr || w == nullptr) {
+  if (!shape_ok(n, k, bits) || group_rows < 1 || n % group_rows != 0 || packed == nullptr || codebook == nullptr ||
+      w == nullptr) {
     return cudaErrorInvalidValue;
   }
   switch (type) {
-    case CodebookType::kFloat32: return dequantize_bits<F32>(packed, n, k, bits, codebook, group_rows, w, stream);
-    case CodebookType::kFloat16: return dequantize_bits<F16>(packed, n, k, bits, codebook, group_rows, w, stream);
-    case CodebookType::kBFloat16: return dequantize_bits<BF16>(packed, n, k, bits, codebook, group_rows, w, stream);
+    case CodebookType::kFloat32:
+      return dequantize_bits<F32>(packed, n, k, bits, codebook, group_rows, w, stream);
+    case CodebookType::kFloat16:
+      return dequantize_bits<F16>(packed, n, k, bits, codebook, group_rows, w, stream);
+    case CodebookType::kBFloat16:
+      return dequantize_bits<BF16>(packed, n, k, bits, codebook, group_rows, w, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-cudaError_t codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int bits, uint32_t* packed,
-                          cudaStream_t stream) {
+cudaError_t codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int bits, uint32_t* packed, cudaStream_t stream) {
   if (!shape_ok(n, k, bits) || idx == nullptr || packed == nullptr) return cudaErrorInvalidValue;
   const int64_t kw = ck::bitpack::words_per_row(k, bits);
   const int64_t blocks = std::min<int64_t>((n * kw + kThreads - 1) / kThreads, int64_t{1} << 20);
@@ -427,11 +442,11 @@ cudaError_t codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int bits, ui
   return cudaGetLastError();
 }
 
-cudaError_t codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx,
-                            cudaStream_t stream) {
+cudaError_t codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx, cudaStream_t stream) {
   if (!shape_ok(n, k, bits) || idx == nullptr || packed == nullptr) return cudaErrorInvalidValue;
   const int64_t kw = ck::bitpack::words_per_row(k, bits);
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(std::min<int64_t>((k + kThreads - 1) / kThreads, kMaxGridY)));
+  const dim3 grid(static_cast<unsigned>(n),
+                  static_cast<unsigned>(std::min<int64_t>((k + kThreads - 1) / kThreads, kMaxGridY)));
   codebook_unpack_kernel<<<grid, kThreads, 0, stream>>>(packed, n, k, kw, bits, idx);
   return cudaGetLastError();
 }

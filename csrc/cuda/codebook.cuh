@@ -55,10 +55,8 @@ cudaError_t codebook_dequantize(const uint32_t* packed, int64_t n, int64_t k, in
                                 int64_t group_rows, CodebookType type, void* w, cudaStream_t stream);
 
 // idx [n, k] uint8 contiguous (values < 2^bits, checked by the caller) -> packed [n, kw].
-cudaError_t codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int bits, uint32_t* packed,
-                          cudaStream_t stream);
+cudaError_t codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int bits, uint32_t* packed, cudaStream_t stream);
 // Inverse of codebook_pack: packed [n, kw] -> idx [n, k] uint8 contiguous.
-cudaError_t codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx,
-                            cudaStream_t stream);
+cudaError_t codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx, cudaStream_t stream);
 
 }  // namespace ck::cuda

@@ -61,10 +61,11 @@ __global__ void depthwise_kernel(const XT* __restrict__ x, const int8_t* __restr
 }
 
 bool valid_shape(const Int8ConvParams& p) {
-  return p.batch >= 0 && p.in_channels > 0 && p.height > 0 && p.width > 0 && p.out_channels > 0 &&
-         p.kernel_h > 0 && p.kernel_w > 0 && p.stride_h > 0 && p.stride_w > 0 && p.pad_h >= 0 && p.pad_w >= 0 &&
-         p.dilation_h > 0 && p.dilation_w > 0 && p.groups > 0 && p.in_channels % p.groups == 0 &&
-         p.out_channels % p.groups == 0 && p.out_h() > 0 && p.out_w() > 0 && p.height * p.width <= INT32_MAX && p.in_channels <= INT32_MAX && p.out_h() * p.out_w() <= INT32_MAX;
+  return p.batch >= 0 && p.in_channels > 0 && p.height > 0 && p.width > 0 && p.out_channels > 0 && p.kernel_h > 0 &&
+         p.kernel_w > 0 && p.stride_h > 0 && p.stride_w > 0 && p.pad_h >= 0 && p.pad_w >= 0 && p.dilation_h > 0 &&
+         p.dilation_w > 0 && p.groups > 0 && p.in_channels % p.groups == 0 && p.out_channels % p.groups == 0 &&
+         p.out_h() > 0 && p.out_w() > 0 && p.height * p.width <= INT32_MAX && p.in_channels <= INT32_MAX &&
+         p.out_h() * p.out_w() <= INT32_MAX;
 }
 
 }  // namespace
@@ -83,11 +84,11 @@ cudaError_t int8_conv2d(const Int8ConvParams& p, cudaStream_t stream) {
     const int64_t blocks64 = (total + kDepthwiseThreads - 1) / kDepthwiseThreads;
     const unsigned blocks = static_cast<unsigned>(blocks64 < (1 << 20) ? blocks64 : (1 << 20));
     if (p.x_signed) {
-      depthwise_kernel<int8_t><<<blocks, kDepthwiseThreads, 0, stream>>>(static_cast<const int8_t*>(p.x),
-                                                                          p.w_depthwise, p, oh, ow);
+      depthwise_kernel<int8_t>
+          <<<blocks, kDepthwiseThreads, 0, stream>>>(static_cast<const int8_t*>(p.x), p.w_depthwise, p, oh, ow);
     } else {
-      depthwise_kernel<uint8_t><<<blocks, kDepthwiseThreads, 0, stream>>>(static_cast<const uint8_t*>(p.x),
-                                                                           p.w_depthwise, p, oh, ow);
+      depthwise_kernel<uint8_t>
+          <<<blocks, kDepthwiseThreads, 0, stream>>>(static_cast<const uint8_t*>(p.x), p.w_depthwise, p, oh, ow);
     }
     return cudaGetLastError();
   }

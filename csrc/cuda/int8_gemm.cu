@@ -1,9 +1,10 @@
 // int8 GEMM / linear on CUDA: the weight packer and the GEMM launcher (kernel in int8_mma.cuh).
+#include "int8_gemm.cuh"
+
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
-#include "int8_gemm.cuh"
 #include "int8_mma.cuh"
 
 namespace ck::cuda {
@@ -14,8 +15,8 @@ constexpr int kPackThreads = 256;
 // One thread per packed data word of every group: word w of group g (rows [g * n_group, ...)) holds
 // the bytes w_row[4 q .. 4 q + 3] (zero past k) of row first + i, where w = first * kq + q * rows + i
 // for the block of 16 rows starting at `first` (rows = min(16, n_group - first)).
-__global__ void pack_words_kernel(const int8_t* __restrict__ w, int64_t n_group, int64_t k, int64_t ldw,
-                                  int64_t groups, int32_t* __restrict__ out) {
+__global__ void pack_words_kernel(const int8_t* __restrict__ w, int64_t n_group, int64_t k, int64_t ldw, int64_t groups,
+                                  int32_t* __restrict__ out) {
   const int64_t kq = (k + 3) / 4, words_per_row = kq + 2;
   const int64_t total = groups * n_group * kq;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
@@ -70,8 +71,7 @@ cudaError_t int8_pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t ldw,
   const int64_t words = n * ((k + 3) / 4);
   pack_words_kernel<<<grid_for(words, kPackThreads), kPackThreads, 0, stream>>>(w, n_group, k, ldw, groups, out);
   const int64_t rows_blocks = (n * 32 + kPackThreads - 1) / kPackThreads;
-  pack_trailer_kernel<<<static_cast<unsigned>(rows_blocks), kPackThreads, 0, stream>>>(w, n_group, k, ldw, groups,
-                                                                                        out);
+  pack_trailer_kernel<<<static_cast<unsigned>(rows_blocks), kPackThreads, 0, stream>>>(w, n_group, k, ldw, groups, out);
   return cudaGetLastError();
 }
 

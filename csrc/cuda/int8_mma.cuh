@@ -85,11 +85,9 @@ __device__ __forceinline__ void copy_zfill(void* dst, const void* src, int src_b
   } else {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if constexpr (kBytes == 16) {
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-                   "r"(src_bytes));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
     } else {
-      asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-                   "r"(src_bytes));
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
     }
 #else
     if (src_bytes == kBytes) {
@@ -158,8 +156,8 @@ struct MatrixLoader {
   int col, row_first;
 
   __device__ MatrixLoader(const KernelArgs& args, int64_t tile_m0, int tid)
-      : a(static_cast<const uint8_t*>(args.a)), m_limit(args.m), k_limit(args.k), lda(args.lda),
-        row0(tile_m0), col((tid % Map::kChunksPerRow) * kVec), row_first(tid / Map::kChunksPerRow) {}
+      : a(static_cast<const uint8_t*>(args.a)), m_limit(args.m), k_limit(args.k), lda(args.lda), row0(tile_m0),
+        col((tid % Map::kChunksPerRow) * kVec), row_first(tid / Map::kChunksPerRow) {}
 
   __device__ __forceinline__ void load(uint8_t* s_a, int64_t k0) const {
     const int64_t k = k0 + col;
@@ -213,9 +211,8 @@ struct ConvLoader {
 
   __device__ ConvLoader(const KernelArgs& a, int64_t tile_m0, int tid)
       : x(static_cast<const uint8_t*>(a.a)), args(&a), row0(tile_m0),
-        group_offset(static_cast<int64_t>(blockIdx.z) * a.group_in), depth(a.k),
-        col((tid % Map::kChunksPerRow) * kVec), row_first(tid / Map::kChunksPerRow),
-        zero_point(static_cast<uint32_t>(a.a_zero_point)) {
+        group_offset(static_cast<int64_t>(blockIdx.z) * a.group_in), depth(a.k), col((tid % Map::kChunksPerRow) * kVec),
+        row_first(tid / Map::kChunksPerRow), zero_point(static_cast<uint32_t>(a.a_zero_point)) {
     if constexpr (kCached) {
 #pragma unroll
       for (int i = 0; i < Map::kPerThread; ++i) {
@@ -228,7 +225,8 @@ struct ConvLoader {
     const int64_t k = k0 + col;
     if (k >= depth) {  // past the depth: the packed weight is zero there, store zeros
 #pragma unroll
-      for (int i = 0; i < Map::kPerThread; ++i) store_fill<kVec>(s_a + (row_first + i * Map::kRowStep) * kAStrideBytes + col, 0);
+      for (int i = 0; i < Map::kPerThread; ++i)
+        store_fill<kVec>(s_a + (row_first + i * Map::kRowStep) * kAStrideBytes + col, 0);
       return;
     }
     const int32_t tap = static_cast<int32_t>(k / args->group_in);
@@ -508,8 +506,8 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_kernel(const KernelArgs ar
   // output stage. A thread holds columns 2 tig and 2 tig + 1 of each m16n8 tile: both go out in one
   // 2-byte (int8 / uint8) or 8-byte (int32 / fp32) store where the element offset is even.
   const Int8EpilogueParams& ep = args.ep;
-  const bool bytes = ep.kind == Int8Epilogue::kRequantize &&
-                     (ep.out_type == Int8OutType::kInt8 || ep.out_type == Int8OutType::kUInt8);
+  const bool bytes =
+      ep.kind == Int8Epilogue::kRequantize && (ep.out_type == Int8OutType::kInt8 || ep.out_type == Int8OutType::kUInt8);
   const int32_t* row_sum = w_group + args.n * words_k;
   const int64_t ch0 = group * args.n;  // channel of column n in bias / m0 / shift / scales / out
 #pragma unroll
@@ -596,8 +594,7 @@ inline DeviceInfo current_device_info() {
 // than the GPU has SMs (e.g. M = N = 1024 on an H100: 64 blocks for 132 SMs); before sm_80 the dp4a
 // path with 2 stages (synchronous loads; fits in 64 KB of shared memory).
 template <template <int, int> class Loader, int kVec, bool kSigned>
-cudaError_t launch_gemm_typed(const KernelArgs& args, int64_t groups, const DeviceInfo& device,
-                              cudaStream_t stream) {
+cudaError_t launch_gemm_typed(const KernelArgs& args, int64_t groups, const DeviceInfo& device, cudaStream_t stream) {
   const int64_t n_tiles = (args.n + kTileN - 1) / kTileN;
   if (!device.int8_mma) return launch_kernel<Loader<kVec, 128>, kSigned, 2, 128>(args, n_tiles, groups, stream);
   const int64_t big_blocks = (args.m + 127) / 128 * n_tiles * groups;

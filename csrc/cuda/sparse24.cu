@@ -76,14 +76,12 @@ struct F16Traits {
   using Acc = float;
   static constexpr int kElemBytes = 2, kKStep = 32, kMetaRows = 32;
   template <int kSel>
-  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
-                                             uint32_t e) {
+  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
     asm volatile(
         "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, %13;\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e),
-          "n"(kSel));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e), "n"(kSel));
   }
 };
 
@@ -91,14 +89,12 @@ struct BF16Traits {
   using Acc = float;
   static constexpr int kElemBytes = 2, kKStep = 32, kMetaRows = 32;
   template <int kSel>
-  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
-                                             uint32_t e) {
+  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
     asm volatile(
         "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, %13;\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e),
-          "n"(kSel));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e), "n"(kSel));
   }
 };
 
@@ -109,8 +105,7 @@ struct S8Traits {
   using Acc = int32_t;
   static constexpr int kElemBytes = 1, kKStep = 64, kMetaRows = 16;
   template <int kSel>
-  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
-                                             uint32_t e) {
+  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
     static_assert(kSel == 0, "m16n8k64 .s8 takes metadata from all four threads of a quad: selector 0");
     if constexpr (kXSigned) {
       asm volatile(
@@ -375,8 +370,7 @@ cudaError_t launch(const MainArgs& args, const Epilogue& epilogue, cudaStream_t 
 }
 
 // Common argument checks of both matmuls; elem_bytes is the size of an x / values element.
-bool valid_shapes(int64_t m, int64_t k, int64_t ldx, int64_t np, int64_t kp, int64_t row_multiple,
-                  int64_t k_multiple) {
+bool valid_shapes(int64_t m, int64_t k, int64_t ldx, int64_t np, int64_t kp, int64_t row_multiple, int64_t k_multiple) {
   if (m < 0 || k <= 0 || np < 0 || kp <= 0 || ldx < k) return false;
   if (np % row_multiple != 0 || kp % k_multiple != 0) return false;
   if (k > kp || kp - k >= k_multiple) return false;
@@ -427,8 +421,7 @@ struct Bits<8> {
 // One thread per meta byte (two groups).
 template <int kE>
 __global__ void sparse24_compress_kernel(const typename Bits<kE>::T* w, int64_t n, int64_t k, bool is_float,
-                                         typename Bits<kE>::T* values, uint8_t* meta,
-                                         unsigned long long* first_bad) {
+                                         typename Bits<kE>::T* values, uint8_t* meta, unsigned long long* first_bad) {
   using T = typename Bits<kE>::T;
   const int64_t mcols = sparse24::meta_cols(k), groups = k / 4;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -568,8 +561,8 @@ cudaError_t sparse24_compress(const void* w, int64_t n, int64_t k, int elem_byte
   auto* bad = reinterpret_cast<unsigned long long*>(first_bad);
   switch (elem_bytes) {
     case 1:
-      sparse24_compress_kernel<1><<<blocks, kLayoutThreads, 0, stream>>>(
-          static_cast<const uint8_t*>(w), n, k, is_float, static_cast<uint8_t*>(values), meta, bad);
+      sparse24_compress_kernel<1><<<blocks, kLayoutThreads, 0, stream>>>(static_cast<const uint8_t*>(w), n, k, is_float,
+                                                                         static_cast<uint8_t*>(values), meta, bad);
       break;
     case 2:
       sparse24_compress_kernel<2><<<blocks, kLayoutThreads, 0, stream>>>(
@@ -580,9 +573,9 @@ cudaError_t sparse24_compress(const void* w, int64_t n, int64_t k, int elem_byte
           static_cast<const uint32_t*>(w), n, k, is_float, static_cast<uint32_t*>(values), meta, bad);
       break;
     case 8:
-      sparse24_compress_kernel<8><<<blocks, kLayoutThreads, 0, stream>>>(
-          static_cast<const unsigned long long*>(w), n, k, is_float, static_cast<unsigned long long*>(values), meta,
-          bad);
+      sparse24_compress_kernel<8>
+          <<<blocks, kLayoutThreads, 0, stream>>>(static_cast<const unsigned long long*>(w), n, k, is_float,
+                                                  static_cast<unsigned long long*>(values), meta, bad);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -590,8 +583,8 @@ cudaError_t sparse24_compress(const void* w, int64_t n, int64_t k, int elem_byte
   return cudaGetLastError();
 }
 
-cudaError_t sparse24_decompress(const void* values, const uint8_t* meta, int64_t n, int64_t k, int elem_bytes,
-                                void* w, int64_t* first_bad, cudaStream_t stream) {
+cudaError_t sparse24_decompress(const void* values, const uint8_t* meta, int64_t n, int64_t k, int elem_bytes, void* w,
+                                int64_t* first_bad, cudaStream_t stream) {
   if (n < 0 || k <= 0 || k % 4 != 0 || first_bad == nullptr) return cudaErrorInvalidValue;
   const int64_t threads = n * sparse24::meta_cols(k);
   if (threads == 0) return cudaSuccess;
@@ -599,16 +592,16 @@ cudaError_t sparse24_decompress(const void* values, const uint8_t* meta, int64_t
   auto* bad = reinterpret_cast<unsigned long long*>(first_bad);
   switch (elem_bytes) {
     case 1:
-      sparse24_decompress_kernel<1><<<blocks, kLayoutThreads, 0, stream>>>(
-          static_cast<const uint8_t*>(values), meta, n, k, static_cast<uint8_t*>(w), bad);
+      sparse24_decompress_kernel<1><<<blocks, kLayoutThreads, 0, stream>>>(static_cast<const uint8_t*>(values), meta, n,
+                                                                           k, static_cast<uint8_t*>(w), bad);
       break;
     case 2:
-      sparse24_decompress_kernel<2><<<blocks, kLayoutThreads, 0, stream>>>(
-          static_cast<const uint16_t*>(values), meta, n, k, static_cast<uint16_t*>(w), bad);
+      sparse24_decompress_kernel<2><<<blocks, kLayoutThreads, 0, stream>>>(static_cast<const uint16_t*>(values), meta,
+                                                                           n, k, static_cast<uint16_t*>(w), bad);
       break;
     case 4:
-      sparse24_decompress_kernel<4><<<blocks, kLayoutThreads, 0, stream>>>(
-          static_cast<const uint32_t*>(values), meta, n, k, static_cast<uint32_t*>(w), bad);
+      sparse24_decompress_kernel<4><<<blocks, kLayoutThreads, 0, stream>>>(static_cast<const uint32_t*>(values), meta,
+                                                                           n, k, static_cast<uint32_t*>(w), bad);
       break;
     case 8:
       sparse24_decompress_kernel<8><<<blocks, kLayoutThreads, 0, stream>>>(

@@ -99,7 +99,7 @@ cudaError_t sparse24_compress(const void* w, int64_t n, int64_t k, int elem_byte
 // decompress: values [n, k / 2] + meta -> w [n, k] contiguous; *first_bad (INT64_MAX from the caller)
 // receives the smallest group index with an invalid nibble (idx0 >= idx1, or a non-zero unused
 // trailing nibble); such groups are written as zeros.
-cudaError_t sparse24_decompress(const void* values, const uint8_t* meta, int64_t n, int64_t k, int elem_bytes,
-                                void* w, int64_t* first_bad, cudaStream_t stream);
+cudaError_t sparse24_decompress(const void* values, const uint8_t* meta, int64_t n, int64_t k, int elem_bytes, void* w,
+                                int64_t* first_bad, cudaStream_t stream);
 
 }  // namespace ck::cuda

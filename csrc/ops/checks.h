@@ -24,14 +24,11 @@ inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* o
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ",
-              t.sizes());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ", t.sizes());
 }
 
-inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                              const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), " like x, got ",
-              t.device());
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), " like x, got ", t.device());
 }
 
 // int8 or uint8 input; returns true for int8.
@@ -41,17 +38,16 @@ inline bool check_int8_input(const at::Tensor& x, const char* op, const char* na
   return x.scalar_type() == at::kChar;
 }
 
-inline void check_zero_point_for(const at::Tensor& x, int64_t zero_point, const char* op,
-                                 const char* name) {
+inline void check_zero_point_for(const at::Tensor& x, int64_t zero_point, const char* op, const char* name) {
   const bool is_signed = x.scalar_type() == at::kChar;
   const int64_t lo = is_signed ? -128 : 0, hi = is_signed ? 127 : 255;
-  TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": ", name, " must be in [", lo, ", ", hi,
-              "] for ", x.scalar_type(), " input, got ", zero_point);
+  TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": ", name, " must be in [", lo, ", ", hi, "] for ",
+              x.scalar_type(), " input, got ", zero_point);
 }
 
 // The integer output range of out_dtype, which [qmin, qmax] must lie in.
-inline void check_output_range(at::ScalarType out_dtype, int64_t zero_point, int64_t qmin,
-                               int64_t qmax, const char* op) {
+inline void check_output_range(at::ScalarType out_dtype, int64_t zero_point, int64_t qmin, int64_t qmax,
+                               const char* op) {
   int64_t lo = 0, hi = 0;
   if (out_dtype == at::kChar) {
     lo = -128, hi = 127;
@@ -63,10 +59,10 @@ inline void check_output_range(at::ScalarType out_dtype, int64_t zero_point, int
     TORCH_CHECK(false, op, ": out_dtype must be int8, uint8 or int32, got ", out_dtype);
   }
   TORCH_CHECK(qmin <= qmax, op, ": qmin must be <= qmax, got qmin=", qmin, " qmax=", qmax);
-  TORCH_CHECK(qmin >= lo && qmax <= hi, op, ": [qmin, qmax] must lie in [", lo, ", ", hi, "] for ",
-              out_dtype, ", got [", qmin, ", ", qmax, "]");
-  TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": zero_point must be in [", lo, ", ", hi,
-              "] for ", out_dtype, ", got ", zero_point);
+  TORCH_CHECK(qmin >= lo && qmax <= hi, op, ": [qmin, qmax] must lie in [", lo, ", ", hi, "] for ", out_dtype,
+              ", got [", qmin, ", ", qmax, "]");
+  TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": zero_point must be in [", lo, ", ", hi, "] for ", out_dtype,
+              ", got ", zero_point);
 }
 
 inline Rounding parse_rounding(const std::string& rounding, const char* op) {
@@ -87,16 +83,14 @@ inline void check_multiplier_dtype(const at::Tensor& t, const char* op, const ch
 
 // m0 / shift: int32, numel 1 (per tensor) or `channels` (per channel), m0 >= 0, shift in [-31, 30].
 // Returns true when per channel. Reads the values, so call it on CPU copies.
-inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int64_t channels,
-                             const char* op) {
+inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int64_t channels, const char* op) {
   check_multiplier_dtype(m0, op, "m0");
   check_multiplier_dtype(shift, op, "shift");
-  TORCH_CHECK(m0.dim() <= 1 && shift.dim() <= 1, op, ": m0 and shift must be 0-D or 1-D, got shapes ",
-              m0.sizes(), " and ", shift.sizes());
-  TORCH_CHECK(m0.numel() == shift.numel(), op, ": m0 and shift must have the same numel, got ",
-              m0.numel(), " and ", shift.numel());
-  TORCH_CHECK(m0.numel() == 1 || m0.numel() == channels, op,
-              ": m0 and shift must have 1 (per-tensor) or ", channels,
+  TORCH_CHECK(m0.dim() <= 1 && shift.dim() <= 1, op, ": m0 and shift must be 0-D or 1-D, got shapes ", m0.sizes(),
+              " and ", shift.sizes());
+  TORCH_CHECK(m0.numel() == shift.numel(), op, ": m0 and shift must have the same numel, got ", m0.numel(), " and ",
+              shift.numel());
+  TORCH_CHECK(m0.numel() == 1 || m0.numel() == channels, op, ": m0 and shift must have 1 (per-tensor) or ", channels,
               " (per-channel) elements, got ", m0.numel());
   if (m0.numel() > 0 && m0.device().is_cpu()) {
     // A plain loop over the values: min() / item() dispatch and allocate per call, which at batch 1
@@ -110,10 +104,9 @@ inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int6
       s_min = std::min<int64_t>(s_min, sp[i]);
       s_max = std::max<int64_t>(s_max, sp[i]);
     }
-    TORCH_CHECK(m0_min >= 0, op, ": m0 must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ",
-                m0_min);
-    TORCH_CHECK(s_min >= kMinShift && s_max <= kMaxShift, op, ": shift must be in [", kMinShift, ", ",
-                kMaxShift, "], got values in [", s_min, ", ", s_max, "]");
+    TORCH_CHECK(m0_min >= 0, op, ": m0 must be >= 0 (a quantized multiplier in [2^30, 2^31) or 0), got ", m0_min);
+    TORCH_CHECK(s_min >= kMinShift && s_max <= kMaxShift, op, ": shift must be in [", kMinShift, ", ", kMaxShift,
+                "], got values in [", s_min, ", ", s_max, "]");
   }
   return m0.numel() > 1;  // with one channel, per-tensor and per-channel coincide
 }

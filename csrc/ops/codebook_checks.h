@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <optional>
 
-#include "ck/bitpack.h"
 #include "checks.h"
+#include "ck/bitpack.h"
 #include "packed_checks.h"
 
 namespace ck::ops {
@@ -84,10 +84,9 @@ struct CodebookConvShape {
 };
 
 // x must already be checked 4-D and packed_idx validated (its N is the output channels).
-inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const PackedInfo& packed,
-                                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                             const char* op) {
+inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const PackedInfo& packed, at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                             int64_t groups, const char* op) {
   CodebookConvShape s;
   s.ks = codebook_pair_arg(kernel_size, op, "kernel_size", 1);
   s.st = codebook_pair_arg(stride, op, "stride", 1);
@@ -102,7 +101,8 @@ inline CodebookConvShape check_codebook_conv(const at::Tensor& x, const PackedIn
   s.per_group = s.out_channels / groups;
   TORCH_CHECK(groups == 1 || s.per_group % ck::bitpack::kBlockRows == 0, op,
               ": with groups > 1 the output channels per group must be a multiple of 16 (the packed block "
-              "size), got ", s.per_group, " (depthwise convolution is not supported)");
+              "size), got ",
+              s.per_group, " (depthwise convolution is not supported)");
   const int64_t span_h = s.h + 2 * s.pd[0] - s.dl[0] * (s.ks[0] - 1) - 1;
   const int64_t span_w = s.w + 2 * s.pd[1] - s.dl[1] * (s.ks[1] - 1) - 1;
   TORCH_CHECK(span_h >= 0 && span_w >= 0, op, ": the (padded) input ", s.h, "x", s.w,

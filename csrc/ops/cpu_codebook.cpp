@@ -76,9 +76,8 @@ void run(const cpu::CodebookLinearArgs& args) {
   // it saves, so small problems (batch-1 convs, tiny layers) run on the calling thread.
   const int64_t work = args.m * (args.n_end - args.n_begin) * args.k;
   const int64_t grain = work < (int64_t{1} << 20) ? plan.tasks() : 1;
-  at::parallel_for(0, plan.tasks(), grain, [&](int64_t begin, int64_t end) {
-    cpu::codebook_linear_run(args, plan, begin, end);
-  });
+  at::parallel_for(0, plan.tasks(), grain,
+                   [&](int64_t begin, int64_t end) { cpu::codebook_linear_run(args, plan, begin, end); });
 }
 
 at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
@@ -133,9 +132,8 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   at::Tensor cols = at::empty({batch * ho * wo, channels * ks[0] * ks[1]}, x.options());
   const float* xp = xc.data_ptr<float>();
   float* cp = cols.data_ptr<float>();
-  at::parallel_for(0, batch * ho * wo, 64, [&](int64_t begin, int64_t end) {
-    cpu::codebook_im2col(xp, shape, begin, end, cp);
-  });
+  at::parallel_for(0, batch * ho * wo, 64,
+                   [&](int64_t begin, int64_t end) { cpu::codebook_im2col(xp, shape, begin, end, cp); });
   const int64_t rows = batch * ho * wo, row_len = channels * ks[0] * ks[1];
   at::Tensor out = at::empty({batch, ho, wo, out_channels}, x.options());
   args.m = rows;

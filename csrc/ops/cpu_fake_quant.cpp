@@ -47,16 +47,16 @@ cpu::FqDtype fq_dtype(const at::Tensor& x, const char* op) {
 
 void check_levels(int64_t qmin, int64_t qmax, const char* op) {
   TORCH_CHECK(qmin < qmax, op, ": qmin must be < qmax, got qmin=", qmin, " qmax=", qmax);
-  TORCH_CHECK(qmin >= -kMaxLevel && qmax <= kMaxLevel, op, ": [qmin, qmax] must lie in [-2^23, 2^23], got [",
-              qmin, ", ", qmax, "]");
+  TORCH_CHECK(qmin >= -kMaxLevel && qmax <= kMaxLevel, op, ": [qmin, qmax] must lie in [-2^23, 2^23], got [", qmin,
+              ", ", qmax, "]");
 }
 
 // The channel axis in [0, dim), or -1 when per tensor.
 int64_t channel_axis(const at::Tensor& x, std::optional<int64_t> axis, const char* op) {
   if (!axis.has_value()) return -1;
   const int64_t dim = x.dim();
-  TORCH_CHECK(dim >= 1 && *axis >= -dim && *axis < dim, op, ": axis must be in [", -dim, ", ", dim - 1,
-              "] for a ", dim, "-D x, got ", *axis);
+  TORCH_CHECK(dim >= 1 && *axis >= -dim && *axis < dim, op, ": axis must be in [", -dim, ", ", dim - 1, "] for a ", dim,
+              "-D x, got ", *axis);
   return *axis < 0 ? *axis + dim : *axis;
 }
 
@@ -85,19 +85,18 @@ at::Tensor prepare_mask(const std::optional<at::Tensor>& mask, const at::Tensor&
 
 // Checks every argument and fills the kernel arguments (except x / grad / out pointers' buffers).
 Prepared prepare(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                 int64_t qmin, int64_t qmax, std::optional<int64_t> axis_opt,
-                 const std::optional<at::Tensor>& mask) {
+                 int64_t qmin, int64_t qmax, std::optional<int64_t> axis_opt, const std::optional<at::Tensor>& mask) {
   const cpu::FqDtype dtype = fq_dtype(x, op);
   check_levels(qmin, qmax, op);
   const int64_t axis = channel_axis(x, axis_opt, op);
   const int64_t channels = axis < 0 ? 1 : x.size(axis);
   TORCH_CHECK(at::isFloatingType(scale.scalar_type()), op, ": scale must be a floating tensor, got ",
               scale.scalar_type());
-  TORCH_CHECK(scale.dim() <= 1 && zero_point.dim() <= 1, op,
-              ": scale and zero_point must be 0-D or 1-D, got shapes ", scale.sizes(), " and ", zero_point.sizes());
+  TORCH_CHECK(scale.dim() <= 1 && zero_point.dim() <= 1, op, ": scale and zero_point must be 0-D or 1-D, got shapes ",
+              scale.sizes(), " and ", zero_point.sizes());
   TORCH_CHECK(scale.numel() == channels, op, ": scale must have ",
-              axis < 0 ? "1 element (per tensor, axis=None)" : "one element per channel of x along axis",
-              " = ", channels, ", got ", scale.numel());
+              axis < 0 ? "1 element (per tensor, axis=None)" : "one element per channel of x along axis", " = ",
+              channels, ", got ", scale.numel());
   TORCH_CHECK(zero_point.numel() == channels, op, ": zero_point must have ", channels, " element(s) like scale, got ",
               zero_point.numel());
   TORCH_CHECK(zero_point.scalar_type() != at::kBool && !zero_point.is_complex(), op,
@@ -190,8 +189,8 @@ at::Tensor fake_quant_cpu(const at::Tensor& x, const at::Tensor& scale, const at
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
-    int64_t qmax, std::optional<int64_t> axis, const std::optional<at::Tensor>& mask,
-    std::optional<double> grad_factor, bool scale_grad, bool zero_point_grad) {
+    int64_t qmax, std::optional<int64_t> axis, const std::optional<at::Tensor>& mask, std::optional<double> grad_factor,
+    bool scale_grad, bool zero_point_grad) {
   constexpr const char* op = "fake_quant_backward";
   check_grad_factor(grad_factor, op);
   Prepared p = prepare(op, x, scale, zero_point, qmin, qmax, axis, mask);
@@ -213,7 +212,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_backward_cpu(
   at::parallel_for(0, a.plan.units, grain_units(a),
                    [&](int64_t begin, int64_t end) { cpu::fake_quant_backward(a, begin, end); });
 
-  const at::ScalarType zp_grad_dtype = at::isFloatingType(zero_point.scalar_type()) ? zero_point.scalar_type() : at::kFloat;
+  const at::ScalarType zp_grad_dtype =
+      at::isFloatingType(zero_point.scalar_type()) ? zero_point.scalar_type() : at::kFloat;
   at::Tensor grad_scale = at::zeros(scale.sizes(), scale.options().dtype(scale.scalar_type()));
   at::Tensor grad_zero_point = at::zeros(zero_point.sizes(), zero_point.options().dtype(zp_grad_dtype));
   if (sums && a.plan.units > 0) {
@@ -224,7 +224,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_backward_cpu(
     std::vector<double> ls(l.channels), lz(l.channels);
     cpu::fake_quant_reduce_partials(l, a.plan, a.partial_scale, ls.data());
     cpu::fake_quant_reduce_partials(l, a.plan, a.partial_zero_point, lz.data());
-    for (int64_t c = 0; c < channels; ++c) sum_s[c] = ls[l.channels == 1 ? 0 : c], sum_z[c] = lz[l.channels == 1 ? 0 : c];
+    for (int64_t c = 0; c < channels; ++c)
+      sum_s[c] = ls[l.channels == 1 ? 0 : c], sum_z[c] = lz[l.channels == 1 ? 0 : c];
     // LSQ gradient scale g = 1 / sqrt(n * Qp): n = elements sharing the scale (numel per tensor,
     // numel / channels per channel), Qp = qmax (qmax - qmin when qmax <= 0).
     const double n = std::max<double>(1.0, static_cast<double>(x.numel()) / static_cast<double>(channels));
@@ -246,13 +247,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_backward_cpu(
 // uninitialized entries (running_min = +inf or running_max = -inf, their initial values) take the
 // batch's min / max, others r += momentum * (batch - r) in fp32. qparams from the updated range, as
 // torch.ao.quantization's MinMaxObserver computes them in fp32 (the range is widened to include 0):
-//   asymmetric: scale = max((max - min) / (qmax - qmin), eps), zero_point = clamp(qmin - round(min / scale), qmin, qmax)
-//   symmetric:  scale = max(max(-min, max) / ((qmax - qmin) / 2), eps), zero_point = 0 when qmin < 0,
+//   asymmetric: scale = max((max - min) / (qmax - qmin), eps), zero_point = clamp(qmin - round(min / scale), qmin,
+//   qmax) symmetric:  scale = max(max(-min, max) / ((qmax - qmin) / 2), eps), zero_point = 0 when qmin < 0,
 //               else (qmin + qmax + 1) / 2 (128 for [0, 255])
 // with eps = FLT_EPSILON and round half to even.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_observe_cpu(
-    const at::Tensor& x, at::Tensor& running_min, at::Tensor& running_max, double momentum, int64_t qmin,
-    int64_t qmax, bool symmetric, std::optional<int64_t> axis_opt, const std::optional<at::Tensor>& mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_observe_cpu(const at::Tensor& x, at::Tensor& running_min,
+                                                                      at::Tensor& running_max, double momentum,
+                                                                      int64_t qmin, int64_t qmax, bool symmetric,
+                                                                      std::optional<int64_t> axis_opt,
+                                                                      const std::optional<at::Tensor>& mask) {
   constexpr const char* op = "fake_quant_observe";
   fq_dtype(x, op);
   check_levels(qmin, qmax, op);

@@ -19,8 +19,7 @@ using cpu::OutType;
 
 std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& real) {
   constexpr const char* op = "quantize_multiplier";
-  TORCH_CHECK(at::isFloatingType(real.scalar_type()), op, ": real must be a floating tensor, got ",
-              real.scalar_type());
+  TORCH_CHECK(at::isFloatingType(real.scalar_type()), op, ": real must be a floating tensor, got ", real.scalar_type());
   const at::Tensor r = real.to(at::kDouble).contiguous();
   at::Tensor m0 = at::empty(real.sizes(), real.options().dtype(at::kInt));
   at::Tensor shift = at::empty(real.sizes(), real.options().dtype(at::kInt));
@@ -34,9 +33,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& rea
   return {m0, shift};
 }
 
-at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at::Tensor& shift,
-                          int64_t zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
-                          c10::string_view rounding) {
+at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at::Tensor& shift, int64_t zero_point,
+                          int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding) {
   constexpr const char* op = "requantize";
   check_dtype(acc, at::kInt, op, "acc");
   check_cpu(acc, op, "acc");
@@ -55,9 +53,8 @@ at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at:
   const int32_t* ap = a.data_ptr<int32_t>();
   void* op_out = out.data_ptr();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    cpu::requantize_rows(ap, cols, cols, begin, end, p, op_out);
-  });
+  at::parallel_for(0, rows, grain,
+                   [&](int64_t begin, int64_t end) { cpu::requantize_rows(ap, cols, cols, begin, end, p, op_out); });
   return out;
 }
 
@@ -106,8 +103,9 @@ at::Tensor int8_add_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Ten
   }
   p.out.zero_point = static_cast<int32_t>(out_zero_point);
   p.out.qmin = static_cast<int32_t>(qmin), p.out.qmax = static_cast<int32_t>(qmax);
-  p.out.out_type = out_dtype == at::kChar ? cpu::OutType::kInt8 : out_dtype == at::kByte ? cpu::OutType::kUInt8
-                                                                                         : cpu::OutType::kInt32;
+  p.out.out_type = out_dtype == at::kChar   ? cpu::OutType::kInt8
+                   : out_dtype == at::kByte ? cpu::OutType::kUInt8
+                                            : cpu::OutType::kInt32;
   p.a_zero_point = static_cast<int32_t>(a_zero_point), p.b_zero_point = static_cast<int32_t>(b_zero_point);
   p.left_shift = static_cast<int>(left_shift);
   // Elementwise in storage order when a and b share one dense layout (channels_last activations
@@ -164,14 +162,13 @@ WeightView weight_for(const at::Tensor& w, int64_t k, const char* op) {
   expect.k_from = "x";
   const PackedInfo info = check_packed(out.holder, PackedFamily::kInt8, expect, op, "w");
   out.view = cpu::int8_packed_view(packed_payload<int32_t>(out.holder, info), info.n, out.holder.size(1));
-  TORCH_CHECK(out.view.k == k, op, ": K mismatch: x has K=", k, " but the packed w was built for K=",
-              out.view.k);
+  TORCH_CHECK(out.view.k == k, op, ": K mismatch: x has K=", k, " but the packed w was built for K=", out.view.k);
   return out;
 }
 
 // Shared front half of the int8 GEMM ops: checks x and w, fills the operand part of the args.
-WeightView prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
-                            at::Tensor& x_holder, cpu::Int8GemmArgs& args, const char* op) {
+WeightView prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w, at::Tensor& x_holder,
+                            cpu::Int8GemmArgs& args, const char* op) {
   const bool is_signed = check_int8_input(x, op, "x");
   check_dim(x, 2, op, "x");
   check_cpu(x, op, "x");
@@ -192,9 +189,7 @@ WeightView prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at:
 void run_gemm(const cpu::Int8GemmArgs& args) {
   if (args.m == 0) return;
   const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(args.m, args.w.n, at::get_num_threads(), args.w.k);
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
-    cpu::int8_gemm_run(args, plan, begin, end);
-  });
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) { cpu::int8_gemm_run(args, plan, begin, end); });
 }
 
 at::Tensor int8_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
@@ -208,21 +203,19 @@ at::Tensor int8_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
-const int32_t* optional_bias_i32(const std::optional<at::Tensor>& bias, int64_t n, at::Tensor& holder,
-                                 const char* op) {
+const int32_t* optional_bias_i32(const std::optional<at::Tensor>& bias, int64_t n, at::Tensor& holder, const char* op) {
   if (!bias.has_value()) return nullptr;
   check_dtype(*bias, at::kInt, op, "bias");
   check_cpu(*bias, op, "bias");
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ",
-              bias->sizes());
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
   holder = bias->contiguous();
   return holder.data_ptr<int32_t>();
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
-                           const std::optional<at::Tensor>& bias, const at::Tensor& m0,
-                           const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
-                           at::ScalarType out_dtype, c10::string_view rounding) {
+                           const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
+                           int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
+                           c10::string_view rounding) {
   constexpr const char* op = "int8_linear";
   cpu::Int8GemmArgs args;
   at::Tensor x_holder, bias_holder;
@@ -263,8 +256,7 @@ at::Tensor int8_linear_float_cpu(const at::Tensor& x, int64_t x_zero_point, cons
   if (bias.has_value()) {
     check_dtype(*bias, at::kFloat, op, "bias");
     check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ",
-                bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
     bias_holder = bias->contiguous();
     args.bias_f = bias_holder.data_ptr<float>();
   }
@@ -294,8 +286,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_
   float* sp = scale.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    cpu::quantize_rows(xp, rows, cols, begin, end, -static_cast<int32_t>(qmax), static_cast<int32_t>(qmax),
-                       qp, sp);
+    cpu::quantize_rows(xp, rows, cols, begin, end, -static_cast<int32_t>(qmax), static_cast<int32_t>(qmax), qp, sp);
   });
   return {q, scale};
 }

@@ -23,10 +23,10 @@ void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
   check_dim(w, 4, op, "w");
   check_cpu(w, op, "w");
   TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
-  TORCH_CHECK(w.size(0) > 0 && w.size(0) % groups == 0, op, ": w.size(0) (out channels) must be a positive multiple of groups=",
-              groups, ", got ", w.size(0));
-  TORCH_CHECK(w.size(1) > 0 && w.size(2) > 0 && w.size(3) > 0, op, ": w must have a non-empty [C/groups, KH, KW], got shape ",
-              w.sizes());
+  TORCH_CHECK(w.size(0) > 0 && w.size(0) % groups == 0, op,
+              ": w.size(0) (out channels) must be a positive multiple of groups=", groups, ", got ", w.size(0));
+  TORCH_CHECK(w.size(1) > 0 && w.size(2) > 0 && w.size(3) > 0, op,
+              ": w must have a non-empty [C/groups, KH, KW], got shape ", w.sizes());
   check_depth(w.size(1) * w.size(2) * w.size(3), op);
 }
 
@@ -54,8 +54,8 @@ at::Tensor int8_conv2d_pack_weight_cpu(const at::Tensor& w, int64_t groups) {
 at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
                            const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
                            int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                           int64_t groups, c10::string_view rounding, const std::optional<at::Tensor>& w_packed) {
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                           c10::string_view rounding, const std::optional<at::Tensor>& w_packed) {
   constexpr const char* op = "int8_conv2d";
   const bool x_signed = check_int8_input(x, op, "x");
   check_dim(x, 4, op, "x");
@@ -72,8 +72,8 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   s.out_channels = w.size(0), s.kernel_h = w.size(2), s.kernel_w = w.size(3);
   s.stride_h = stride[0], s.stride_w = stride[1], s.pad_h = padding[0], s.pad_w = padding[1];
   s.dilation_h = dilation[0], s.dilation_w = dilation[1], s.groups = groups;
-  TORCH_CHECK(s.in_channels == w.size(1) * groups, op, ": x has ", s.in_channels, " channels but w expects ",
-              w.size(1), " x groups=", groups, " = ", w.size(1) * groups);
+  TORCH_CHECK(s.in_channels == w.size(1) * groups, op, ": x has ", s.in_channels, " channels but w expects ", w.size(1),
+              " x groups=", groups, " = ", w.size(1) * groups);
   TORCH_CHECK(s.out_h() > 0 && s.out_w() > 0, op, ": the output would be empty: input ", s.height, "x", s.width,
               " is smaller than the dilated kernel ", dilation[0] * (s.kernel_h - 1) + 1, "x",
               dilation[1] * (s.kernel_w - 1) + 1, " with padding ", padding);
@@ -126,8 +126,8 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
     base.out = out.data_ptr();
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(oc, 1));
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      cpu::int8_conv_depthwise_rows(xc.data_ptr(), x_signed, base.x_zero_point, w_dw.data_ptr<int8_t>(), s, base,
-                                    begin, end);
+      cpu::int8_conv_depthwise_rows(xc.data_ptr(), x_signed, base.x_zero_point, w_dw.data_ptr<int8_t>(), s, base, begin,
+                                    end);
     });
     return out;
   }
@@ -202,16 +202,16 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
     std::vector<int64_t> a_offsets;
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)
       for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-        for (int64_t cc = 0; cc < c; cc += 64) a_offsets.push_back((kh * s.dilation_h * grid.wp + kw * s.dilation_w) * c + cc);
+        for (int64_t cc = 0; cc < c; cc += 64)
+          a_offsets.push_back((kh * s.dilation_h * grid.wp + kw * s.dilation_w) * c + cc);
     cpu::Int8GemmArgs a = group_args(0);
     a.x = dst;
     a.m = m;
     a.ldx = c;
     a.out = out_bytes;
     const cpu::Int8GemmPlan plan = cpu::int8_gemm_plan(m, oc, threads, depth);
-    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) {
-      cpu::int8_conv_direct_run(a, plan, a_offsets.data(), grid, b, e);
-    });
+    at::parallel_for(0, plan.tasks(), 1,
+                     [&](int64_t b, int64_t e) { cpu::int8_conv_direct_run(a, plan, a_offsets.data(), grid, b, e); });
     return out;
   }
 

@@ -36,8 +36,8 @@ std::string cpu_isa(c10::string_view isa) {
   bool known = isa.empty();
   for (const auto& [name, path] : paths) {
     if (isa == name) {
-      TORCH_CHECK(cpu::set_isa(path), "_cpu_isa: this CPU lacks ", name, " (detected: ",
-                  cpu::isa_name(cpu::detected_isa()), "; ", cpu::isa_report(), ")");
+      TORCH_CHECK(cpu::set_isa(path), "_cpu_isa: this CPU lacks ", name,
+                  " (detected: ", cpu::isa_name(cpu::detected_isa()), "; ", cpu::isa_report(), ")");
       known = true;
     }
   }
@@ -48,8 +48,10 @@ std::string cpu_isa(c10::string_view isa) {
     cpu::set_isa(cpu::detected_isa());
     known = true;
   }
-  TORCH_CHECK(known, "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\", \"avx512vnni\", \"avx512vbmi\", "
-              "\"amx\" or \"amx_emulated\", got \"", std::string(isa), "\"");
+  TORCH_CHECK(known,
+              "_cpu_isa: isa must be \"\", \"auto\", \"portable\", \"avx2\", \"avx512vnni\", \"avx512vbmi\", "
+              "\"amx\" or \"amx_emulated\", got \"",
+              std::string(isa), "\"");
   return cpu::tile_unit() == cpu::TileUnit::kEmulated ? "amx_emulated" : cpu::isa_name(cpu::active_isa());
 }
 
@@ -59,7 +61,8 @@ std::string cpu_isa_report() { return cpu::isa_report(); }
 // register-only tile loop (amx_register_loop) timed for about `seconds`. Benchmarks quote kernel
 // speed as a share of it, because the machines' clocks drift between hours.
 double amx_peak_ops(c10::string_view kind, double seconds) {
-  TORCH_CHECK(kind == "int8" || kind == "bf16", "_amx_peak: kind must be \"int8\" or \"bf16\", got \"", std::string(kind), "\"");
+  TORCH_CHECK(kind == "int8" || kind == "bf16", "_amx_peak: kind must be \"int8\" or \"bf16\", got \"",
+              std::string(kind), "\"");
   TORCH_CHECK(seconds > 0 && seconds <= 10, "_amx_peak: seconds must be in (0, 10], got ", seconds);
   TORCH_CHECK(cpu::detected_isa() == cpu::Isa::kAmx, "_amx_peak: this CPU path has no AMX (", cpu::isa_report(), ")");
   const bool bf16 = kind == "bf16";

@@ -88,14 +88,14 @@ at::Tensor pack_checked(const at::Tensor& values, const at::Tensor& meta, const 
 }
 
 at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
-  return pack_checked(values, meta, "sparse24_f32_pack", at::kFloat,
-                      [](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
-                        at::Tensor packed =
-                            new_packed(PackedFamily::kSparse24F32, n, k, 0, v.options(), "sparse24_f32_pack");
-                        float* payload = packed.data_ptr<float>() + packed_header_elements(PackedFamily::kSparse24F32, 0);
-                        cpu::sparse24_f32_pack(v.data_ptr<float>(), m.data_ptr<uint8_t>(), n, k, payload);
-                        return packed;
-                      });
+  return pack_checked(
+      values, meta, "sparse24_f32_pack", at::kFloat,
+      [](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
+        at::Tensor packed = new_packed(PackedFamily::kSparse24F32, n, k, 0, v.options(), "sparse24_f32_pack");
+        float* payload = packed.data_ptr<float>() + packed_header_elements(PackedFamily::kSparse24F32, 0);
+        cpu::sparse24_f32_pack(v.data_ptr<float>(), m.data_ptr<uint8_t>(), n, k, payload);
+        return packed;
+      });
 }
 
 // A packed weight of N x K (read from its header) belongs to meta and to inputs of x_k values.
@@ -233,13 +233,14 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
 
 at::Tensor sparse24_int8_pack_cpu(const at::Tensor& values, const at::Tensor& meta) {
   constexpr const char* op = "sparse24_int8_pack";
-  return pack_checked(values, meta, op, at::kChar, [op](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
-    check_depth(k, op);
-    at::Tensor packed = new_packed(PackedFamily::kSparse24Int8, n, k, 0, v.options(), op);
-    int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kSparse24Int8, 0);
-    cpu::sparse24_int8_pack(v.data_ptr<int8_t>(), m.data_ptr<uint8_t>(), n, k, payload);
-    return packed;
-  });
+  return pack_checked(
+      values, meta, op, at::kChar, [op](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
+        check_depth(k, op);
+        at::Tensor packed = new_packed(PackedFamily::kSparse24Int8, n, k, 0, v.options(), op);
+        int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kSparse24Int8, 0);
+        cpu::sparse24_int8_pack(v.data_ptr<int8_t>(), m.data_ptr<uint8_t>(), n, k, payload);
+        return packed;
+      });
 }
 
 // The weight, bias and output stage of an int8 2:4 op whose input rows hold K values: checked and
@@ -265,9 +266,10 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
   }
   const PackedInfo info = check_sparse24_packed(call.packed, PackedFamily::kSparse24Int8, meta, x_k, k_name, op);
   const cpu::PackedSparse24Int8 w = cpu::sparse24_int8_packed_view(packed_payload<int32_t>(call.packed, info),
-                                                                  call.packed.numel() - info.header_elements);
-  TORCH_CHECK(w.n == info.n && w.k == info.k, op, ": the trailer of the sparse24_int8_pack payload (N=", w.n, ", K=",
-              w.k, ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_int8_pack");
+                                                                   call.packed.numel() - info.header_elements);
+  TORCH_CHECK(w.n == info.n && w.k == info.k, op, ": the trailer of the sparse24_int8_pack payload (N=", w.n,
+              ", K=", w.k, ") contradicts its header (N=", info.n, ", K=", info.k,
+              "): repack it with sparse24_int8_pack");
   check_depth(w.k, op);
   check_cpu(m0, op, "m0");
   check_cpu(shift, op, "shift");
@@ -299,9 +301,9 @@ Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Te
 }
 
 at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
-                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias,
-                                    const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
-                                    int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding) {
+                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias, const at::Tensor& m0,
+                                    const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
+                                    at::ScalarType out_dtype, c10::string_view rounding) {
   constexpr const char* op = "sparse24_int8_linear";
   const bool is_signed = check_int8_input(x, op, "x");
   check_dim(x, 2, op, "x");
@@ -328,9 +330,11 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
 cpu::ConvGeometry conv_geometry(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, const char* op) {
   for (const auto& [name, v, lo] : {std::tuple<const char*, at::IntArrayRef, int64_t>{"kernel_size", kernel_size, 1},
-                                    {"stride", stride, 1}, {"padding", padding, 0}, {"dilation", dilation, 1}}) {
-    TORCH_CHECK(v.size() == 2 && v[0] >= lo && v[1] >= lo, op, ": ", name, " must be two integers >= ", lo,
-                ", got ", v);
+                                    {"stride", stride, 1},
+                                    {"padding", padding, 0},
+                                    {"dilation", dilation, 1}}) {
+    TORCH_CHECK(v.size() == 2 && v[0] >= lo && v[1] >= lo, op, ": ", name, " must be two integers >= ", lo, ", got ",
+                v);
   }
   cpu::ConvGeometry g;
   g.n = x.size(0);
@@ -398,11 +402,10 @@ void run_tasks(int64_t count, int64_t threads, const Fn& fn) {
 }
 
 at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& values,
-                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias,
-                                    const at::Tensor& m0, const at::Tensor& shift, int64_t out_zero_point,
-                                    int64_t qmin, int64_t qmax, at::ScalarType out_dtype, at::IntArrayRef kernel_size,
-                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                    c10::string_view rounding) {
+                                    const at::Tensor& meta, const std::optional<at::Tensor>& bias, const at::Tensor& m0,
+                                    const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
+                                    at::ScalarType out_dtype, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view rounding) {
   constexpr const char* op = "sparse24_int8_conv2d";
   const bool is_signed = check_int8_input(x, op, "x");
   check_dim(x, 4, op, "x");

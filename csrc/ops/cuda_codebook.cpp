@@ -44,8 +44,9 @@ cuda::CodebookType x_type(const at::Tensor& x, const char* op) {
   const at::ScalarType dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": x must be Float, Half or BFloat16 on CUDA, got ", dt);
-  return dt == at::kFloat ? cuda::CodebookType::kFloat32
-                          : dt == at::kHalf ? cuda::CodebookType::kFloat16 : cuda::CodebookType::kBFloat16;
+  return dt == at::kFloat  ? cuda::CodebookType::kFloat32
+         : dt == at::kHalf ? cuda::CodebookType::kFloat16
+                           : cuda::CodebookType::kBFloat16;
 }
 
 // The payload of a validated pack: the words the kernels read.
@@ -130,8 +131,8 @@ at::Tensor codebook_linear_cuda(const at::Tensor& x, const at::Tensor& packed_id
   const int64_t elem = x.element_size();
   const bool unit_stride = x.stride(1) == 1 || k == 1;
   const int64_t ldx = m > 1 ? x.stride(0) : k;
-  const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
-                       (m == 1 || (ldx >= k && (ldx * elem) % 16 == 0));
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (m == 1 || (ldx >= k && (ldx * elem) % 16 == 0));
   at::Tensor xc = x;
   int64_t xc_ld = ldx;
   if (!(unit_stride && aligned)) {

@@ -20,9 +20,9 @@
 #include <algorithm>
 #include <optional>
 #include <string>
-#include <vector>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "../cuda/int8_gemm.cuh"
 #include "checks.h"
@@ -51,8 +51,8 @@ Int8OutType out_type_of(at::ScalarType dtype) {
 // Fills the kRequantize part of ep from checked op arguments. `holders` keeps device copies alive
 // until the launch is queued.
 void set_requant(Int8EpilogueParams& ep, const at::Tensor& m0, const at::Tensor& shift, int64_t channels,
-                 int64_t zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
-                 c10::string_view rounding, const at::Tensor& x, std::vector<at::Tensor>& holders, const char* op) {
+                 int64_t zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding,
+                 const at::Tensor& x, std::vector<at::Tensor>& holders, const char* op) {
   TORCH_CHECK(m0.device().is_cpu() || m0.device() == x.device(), op, ": m0 must be a CPU tensor or on ", x.device(),
               " like x, got ", m0.device());
   TORCH_CHECK(shift.device().is_cpu() || shift.device() == x.device(), op, ": shift must be a CPU tensor or on ",
@@ -105,9 +105,9 @@ at::Tensor requantize_cuda(const at::Tensor& acc, const at::Tensor& m0, const at
   if (acc.numel() == 0) return out;
   const at::Tensor a = acc.contiguous();
   const int64_t cols = std::max<int64_t>(channels, 1), rows = a.numel() / cols;
-  check_launch(cuda::int8_requantize(a.data_ptr<int32_t>(), rows, cols, ep, out.data_ptr(),
-                                     at::cuda::getCurrentCUDAStream()),
-               op);
+  check_launch(
+      cuda::int8_requantize(a.data_ptr<int32_t>(), rows, cols, ep, out.data_ptr(), at::cuda::getCurrentCUDAStream()),
+      op);
   return out;
 }
 
@@ -331,14 +331,14 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
   p.out_channels = w.size(0), p.kernel_h = w.size(2), p.kernel_w = w.size(3);
   p.stride_h = stride[0], p.stride_w = stride[1], p.pad_h = padding[0], p.pad_w = padding[1];
   p.dilation_h = dilation[0], p.dilation_w = dilation[1], p.groups = groups;
-  TORCH_CHECK(p.in_channels == w.size(1) * groups, op, ": x has ", p.in_channels, " channels but w expects ",
-              w.size(1), " x groups=", groups, " = ", w.size(1) * groups);
+  TORCH_CHECK(p.in_channels == w.size(1) * groups, op, ": x has ", p.in_channels, " channels but w expects ", w.size(1),
+              " x groups=", groups, " = ", w.size(1) * groups);
   TORCH_CHECK(p.out_h() > 0 && p.out_w() > 0, op, ": the output would be empty: input ", p.height, "x", p.width,
               " is smaller than the dilated kernel ", dilation[0] * (p.kernel_h - 1) + 1, "x",
               dilation[1] * (p.kernel_w - 1) + 1, " with padding ", padding);
   // CUDA-only limit: the kernels index one image plane and the channels with 32-bit integers.
-  TORCH_CHECK(p.height * p.width <= INT32_MAX && p.in_channels <= INT32_MAX, op,
-              ": an input plane of ", p.height, "x", p.width, " with ", p.in_channels,
+  TORCH_CHECK(p.height * p.width <= INT32_MAX && p.in_channels <= INT32_MAX, op, ": an input plane of ", p.height, "x",
+              p.width, " with ", p.in_channels,
               " channels is too large for the CUDA kernel (H * W and C must be < 2^31)");
   const int64_t oc = p.out_channels;
   std::vector<at::Tensor> holders;

@@ -170,8 +170,8 @@ at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, c
   TORCH_CHECK(x.scalar_type() == values.scalar_type() || x.scalar_type() == at::kFloat, op, ": x must be ",
               values.scalar_type(), " like values, or float32 (cast to ", values.scalar_type(), "), got ",
               x.scalar_type());
-  const int64_t kp = check_cutlass_weight(x, values, meta, at::kShort, cuda::kSparse24RowMultiple16,
-                                          cuda::kSparse24KMultiple16, op);
+  const int64_t kp =
+      check_cutlass_weight(x, values, meta, at::kShort, cuda::kSparse24RowMultiple16, cuda::kSparse24KMultiple16, op);
   const int64_t np = values.size(0);
   const c10::cuda::CUDAGuard guard(x.device());
   TORCH_CHECK(at::cuda::getCurrentDeviceProperties()->major >= 8, op,
@@ -219,8 +219,8 @@ at::Tensor sparse24_int8_linear_cuda(const at::Tensor& x, int64_t x_zero_point, 
   check_dim(x, 2, op, "x");
   check_zero_point_for(x, x_zero_point, op, "x_zero_point");
   check_dtype(values, at::kChar, op, "values");
-  const int64_t kp = check_cutlass_weight(x, values, meta, at::kInt, cuda::kSparse24RowMultiple8,
-                                          cuda::kSparse24KMultiple8, op);
+  const int64_t kp =
+      check_cutlass_weight(x, values, meta, at::kInt, cuda::kSparse24RowMultiple8, cuda::kSparse24KMultiple8, op);
   const int64_t np = values.size(0);
   check_depth(kp, op);
   // The multiplier is validated (and a per-tensor one read) on the host; per-channel ones are

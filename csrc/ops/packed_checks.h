@@ -42,10 +42,14 @@ inline int64_t packed_payload_elements(PackedFamily f, int64_t n, int64_t k, int
   switch (f) {
     case PackedFamily::kInt8:
     case PackedFamily::kInt8Conv2d:
-    case PackedFamily::kCodebook: return n * packed_words_per_row(f, k, param);
-    case PackedFamily::kSparse24F32: return cpu::sparse24_f32_packed_floats(n, k);
-    case PackedFamily::kSparse24Bf16: return cpu::sparse24_bf16_packed_halves(n, k);
-    case PackedFamily::kSparse24Int8: return cpu::sparse24_int8_packed_words(n, k);
+    case PackedFamily::kCodebook:
+      return n * packed_words_per_row(f, k, param);
+    case PackedFamily::kSparse24F32:
+      return cpu::sparse24_f32_packed_floats(n, k);
+    case PackedFamily::kSparse24Bf16:
+      return cpu::sparse24_bf16_packed_halves(n, k);
+    case PackedFamily::kSparse24Int8:
+      return cpu::sparse24_int8_packed_words(n, k);
   }
   return 0;
 }
@@ -184,10 +188,11 @@ inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const Pac
               " must start 4-byte aligned like every allocation, got address ", t.data_ptr());
   const std::string no_header = std::string(op) + ": " + name +
                                 " is not a packed weight of any family (no header; packed by an older layout "
-                                "version, sliced, or not packed at all): repack it with " + want_fn;
-  TORCH_CHECK(t.numel() * static_cast<int64_t>(t.element_size()) >= packed::kHeaderWords * 4, no_header,
-              " (it holds ", t.numel() * static_cast<int64_t>(t.element_size()), " bytes, fewer than the ",
-              packed::kHeaderWords * 4, "-byte header)");
+                                "version, sliced, or not packed at all): repack it with " +
+                                want_fn;
+  TORCH_CHECK(t.numel() * static_cast<int64_t>(t.element_size()) >= packed::kHeaderWords * 4, no_header, " (it holds ",
+              t.numel() * static_cast<int64_t>(t.element_size()), " bytes, fewer than the ", packed::kHeaderWords * 4,
+              "-byte header)");
   const std::array<int32_t, packed::kHeaderWords> h = read_packed_header(t);
   if (h[packed::kWordMagic] != packed::kMagic) {  // not a pack: say first what is plainly wrong with it
     check_dtype(t, packed_dtype(want), op, name);
@@ -216,16 +221,17 @@ inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const Pac
   try {
     shape = packed_shape(info.family, info.n, info.k, info.param, op);
   } catch (const c10::Error&) {
-    TORCH_CHECK(false, op, ": the header of ", name, " describes an impossible ", want_fn, " (N=", info.n, ", K=",
-                info.k, ", parameter ", info.param, "): repack it");
+    TORCH_CHECK(false, op, ": the header of ", name, " describes an impossible ", want_fn, " (N=", info.n,
+                ", K=", info.k, ", parameter ", info.param, "): repack it");
   }
-  TORCH_CHECK(t.scalar_type() == packed_dtype(info.family) && t.sizes() == at::IntArrayRef(shape), op, ": ", name,
-              " (", t.scalar_type(), " of shape ", t.sizes(), ") contradicts its header: ", have, " is ",
+  TORCH_CHECK(t.scalar_type() == packed_dtype(info.family) && t.sizes() == at::IntArrayRef(shape), op, ": ", name, " (",
+              t.scalar_type(), " of shape ", t.sizes(), ") contradicts its header: ", have, " is ",
               packed_dtype(info.family), " of shape ", at::IntArrayRef(shape),
               " (a sliced, truncated or reshaped copy of a packed weight?): repack it with ", want_fn);
   TORCH_CHECK(h[packed::kWordPayload] == packed_payload_elements(info.family, info.n, info.k, info.param), op,
               ": the header of ", name, " records a payload of ", h[packed::kWordPayload], " elements, ", have,
-              " holds ", packed_payload_elements(info.family, info.n, info.k, info.param), ": repack it with ", want_fn);
+              " holds ", packed_payload_elements(info.family, info.n, info.k, info.param), ": repack it with ",
+              want_fn);
   const bool n_ok = e.n < 0 || e.n == info.n, k_ok = e.k < 0 || e.k == info.k;
   const bool param_ok = e.param < 0 || e.param == info.param;
   TORCH_CHECK(n_ok && k_ok && param_ok, op, ": ", name, " is ", have, ", expected ", describe_expected(want, e));

@@ -6,8 +6,7 @@
 
 // `import compress_kernels._C` loads this library, which runs the registrations below.
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "compress_kernels native ops", -1,
-                                   nullptr};
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "compress_kernels native ops", -1, nullptr};
   return PyModule_Create(&module_def);
 }
 

@@ -53,8 +53,7 @@ CK_BITPACK_FN int64_t word_offset(int64_t n, int64_t kw, int64_t r, int64_t g) {
 }
 
 // The index at (r, kk) of a packed [n, kw] matrix with b bits.
-CK_BITPACK_FN uint32_t get_index(const uint32_t* packed, int64_t n, int64_t kw, int bits, int64_t r,
-                                 int64_t kk) {
+CK_BITPACK_FN uint32_t get_index(const uint32_t* packed, int64_t n, int64_t kw, int bits, int64_t r, int64_t kk) {
   const int64_t c = per_word(bits);
   const int64_t g = kk / c;
   const int j = static_cast<int>(kk - g * c);

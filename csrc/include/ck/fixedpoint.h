@@ -69,8 +69,7 @@ CK_HOST_DEVICE int32_t SaturatingLeftShift(int32_t x, int exponent) {
 CK_HOST_DEVICE int32_t MultiplyByQuantizedMultiplierDouble(int32_t x, int32_t m0, int shift) {
   const int left = shift > 0 ? shift : 0;
   const int right = shift > 0 ? 0 : -shift;
-  return RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(SaturatingLeftShift(x, left), m0),
-                             right);
+  return RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(SaturatingLeftShift(x, left), m0), right);
 }
 
 // Single rounding (TFLite TFLITE_SINGLE_ROUNDING): (x * m0 + 2^(30 - shift)) >> (31 - shift),
@@ -79,25 +78,22 @@ CK_HOST_DEVICE int32_t MultiplyByQuantizedMultiplierDouble(int32_t x, int32_t m0
 CK_HOST_DEVICE int32_t MultiplyByQuantizedMultiplierSingle(int32_t x, int32_t m0, int shift) {
   const int total_shift = 31 - shift;  // in [1, 62]
   const int64_t rounded =
-      (static_cast<int64_t>(x) * static_cast<int64_t>(m0) + (int64_t{1} << (total_shift - 1))) >>
-      total_shift;
+      (static_cast<int64_t>(x) * static_cast<int64_t>(m0) + (int64_t{1} << (total_shift - 1))) >> total_shift;
   if (rounded > kInt32Max) return kInt32Max;
   if (rounded < kInt32Min) return kInt32Min;
   return static_cast<int32_t>(rounded);
 }
 
-CK_HOST_DEVICE int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t m0, int shift,
-                                                     Rounding rounding) {
+CK_HOST_DEVICE int32_t MultiplyByQuantizedMultiplier(int32_t x, int32_t m0, int shift, Rounding rounding) {
   return rounding == Rounding::kSingle ? MultiplyByQuantizedMultiplierSingle(x, m0, shift)
                                        : MultiplyByQuantizedMultiplierDouble(x, m0, shift);
 }
 
 // clamp(MultiplyByQuantizedMultiplier(acc) + zero_point, qmin, qmax). The zero point is added in
 // 64 bits so no intermediate overflows; [qmin, qmax] lies within int32.
-CK_HOST_DEVICE int32_t Requantize(int32_t acc, int32_t m0, int shift, int32_t zero_point,
-                                  int32_t qmin, int32_t qmax, Rounding rounding) {
-  const int64_t v =
-      static_cast<int64_t>(MultiplyByQuantizedMultiplier(acc, m0, shift, rounding)) + zero_point;
+CK_HOST_DEVICE int32_t Requantize(int32_t acc, int32_t m0, int shift, int32_t zero_point, int32_t qmin, int32_t qmax,
+                                  Rounding rounding) {
+  const int64_t v = static_cast<int64_t>(MultiplyByQuantizedMultiplier(acc, m0, shift, rounding)) + zero_point;
   return static_cast<int32_t>(v < qmin ? qmin : (v > qmax ? qmax : v));
 }
 

@@ -69,13 +69,20 @@ constexpr int32_t kFirstFamily = 1, kLastFamily = 6;
 // The name of the pack op that writes the family ("" for an unknown id).
 inline const char* family_name(int32_t family) {
   switch (family) {
-    case 1: return "int8_pack_weight";
-    case 2: return "int8_conv2d_pack_weight";
-    case 3: return "codebook_pack";
-    case 4: return "sparse24_f32_pack";
-    case 5: return "sparse24_bf16_pack";
-    case 6: return "sparse24_int8_pack";
-    default: return "";
+    case 1:
+      return "int8_pack_weight";
+    case 2:
+      return "int8_conv2d_pack_weight";
+    case 3:
+      return "codebook_pack";
+    case 4:
+      return "sparse24_f32_pack";
+    case 5:
+      return "sparse24_bf16_pack";
+    case 6:
+      return "sparse24_int8_pack";
+    default:
+      return "";
   }
 }
 inline const char* family_name(PackedFamily f) { return family_name(static_cast<int32_t>(f)); }

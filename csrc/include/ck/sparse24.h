@@ -36,9 +36,7 @@ constexpr int kKept = 2;   // stored values per group
 CK_SPARSE24_HD int64_t meta_cols(int64_t k) { return (k + 7) / 8; }
 
 // The nibble of group g of a meta row.
-CK_SPARSE24_HD int nibble(const uint8_t* meta_row, int64_t g) {
-  return (meta_row[g >> 1] >> ((g & 1) * 4)) & 0xF;
-}
+CK_SPARSE24_HD int nibble(const uint8_t* meta_row, int64_t g) { return (meta_row[g >> 1] >> ((g & 1) * 4)) & 0xF; }
 
 // Position (0..3) of stored value s (0 or 1) of a group with this nibble.
 CK_SPARSE24_HD int position(int nib, int s) { return (nib >> (2 * s)) & 3; }
