@@ -87,8 +87,9 @@ def bench_kernels(quick: bool) -> str:
     headers = ["M", "K", "N", "bits", "ours ms", "fp32 ms", "vs fp32", "vs torchao codebook", "ours GFLOP/s"]
     return ("### codebook_linear (CPU)\n\n"
             "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run; times are "
-            "the best of repeated timed blocks over 3 interleaved rounds. fp32: `F.linear` on the dequantized weight (MKL). torchao: "
-            "`CodebookQuantizedTensor` with the same codes and codebook (dequantizes, then `F.linear`).\n\n"
+            "the best of repeated timed blocks over 3 interleaved rounds. fp32: `F.linear` on the dequantized weight "
+            "(MKL). torchao: `CodebookQuantizedTensor` with the same codes and codebook (dequantizes, then "
+            "`F.linear`).\n\n"
             + markdown_table(headers, rows))
 
 

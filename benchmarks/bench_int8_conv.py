@@ -191,8 +191,8 @@ def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_conv.p
             rows.append([name, batch, f"{cin}->{cout} {k}x{k}/{stride} @{size}", gop / t["ours"], t["fp32"] / t["ours"],
                          t["bf16"] / t["ours"]] + [t[e] / t["ours"] if e in t else "n/a" for e in QUANTIZED_ENGINES]
                         + [min(ao) / t["ours"] if ao else "n/a"])
-    headers = (["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs bf16"] + [f"vs ao {e}" for e in QUANTIZED_ENGINES]
-               + ["vs best ao"])
+    headers = (["layer", "batch", "shape", "ours GOP/s", "vs fp32", "vs bf16"]
+               + [f"vs ao {e}" for e in QUANTIZED_ENGINES] + ["vs best ao"])
     prose = (f"### int8 conv2d, ResNet-18 (CIFAR-10 form) shapes (CPU)\n\n{machine_line()}. "
              + (f"{limit}. " if limit else "") + f"Command: `{command}`.\n"
              "Every `vs` column is peer time / our time, both measured in this run on the same input and threads: "
@@ -200,9 +200,9 @@ def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_conv.p
              "Ours: QuantConv2d (packed weight, per-channel scales, uint8 NHWC in -> uint8 out, fused requantization). "
              "Peers: `F.conv2d` in fp32 (`vs fp32`) and in bf16 (`vs bf16`), both channels_last (oneDNN; bf16 on AMX "
              "where the CPU has it; bf16 weight, bias and input cast once, outside the timed call), and "
-             "`torch.ops.quantized.conv2d` prepacked with the same static uint8 -> uint8 semantics under each quantized "
-             "engine, x86, fbgemm and onednn (`vs ao <engine>`; `vs best ao` is against the fastest of them on that "
-             "shape; n/a: engine missing from this torch build or failed).\n\n"
+             "`torch.ops.quantized.conv2d` prepacked with the same static uint8 -> uint8 semantics under each "
+             "quantized engine, x86, fbgemm and onednn (`vs ao <engine>`; `vs best ao` is against the fastest of them "
+             "on that shape; n/a: engine missing from this torch build or failed).\n\n"
              + markdown_table(headers, rows))
     prose += failures_line(failures)
     return prose

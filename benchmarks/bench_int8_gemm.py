@@ -301,9 +301,11 @@ def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.p
         "engine, x86, fbgemm and onednn (`vs ao <engine>`; `vs best ao` is against the fastest of them on that "
         "shape; n/a: engine missing from this torch build or failed)"
         + ("; Inductor's bf16 linear, `torch.compile(lambda x: F.linear(x, w_bf16, b_bf16), mode=\"max-autotune\")` "
-           "compiled per shape for M >= 16 (`vs Inductor bf16`; - where not measured, failed where it did not compile)"
+           "compiled per shape for M >= 16 (`vs Inductor bf16`; - where not measured, failed where it did not "
+           "compile)"
            if inductor else "") + ". "
-        + ("`% of AMX limit`: int8_linear ops/s (2 * M * K * N per call) over the AMX int8 limit above. " if amx else "")
+        + ("`% of AMX limit`: int8_linear ops/s (2 * M * K * N per call) over the AMX int8 limit above. "
+           if amx else "")
         + "`int8_gemm`: int8 x int8 -> int32 with a packed weight vs `torch._int_mm`. "
         "dynamic: our dynamic QuantLinear, float -> float with per-row activation quantization, vs `F.linear` fp32 "
         "and bf16, `torch.ops.quantized.linear_dynamic` (x86 engine) and torchao "

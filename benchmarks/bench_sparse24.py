@@ -101,7 +101,8 @@ compressed bytes <= 56.25% of dense.
   without vpdpbusd: x widened to int16, one `vpshufb` + one `vpmaddwd` per 4 columns and 8 k,
   against 2 `vpmaddwd` for dense. That is 0.88-1.03x our dense AVX2 int8_linear at M >= 64; at M <= 8
   the per-task lookup of the 8-byte shuffle controls (a 256-entry table per meta byte) is not shared
-  by enough rows and 2:4 is slower than dense (0.26-0.88x): on AVX2, int8 2:4 saves memory, not time. It replaced the portable loop (0.03x).
+  by enough rows and 2:4 is slower than dense (0.26-0.88x): on AVX2, int8 2:4 saves memory, not time.
+  It replaced the portable loop (0.03x).
 - The tables are single-threaded (`--threads 1`): on a shared 2-core VM a descheduled second thread
   stalls every OpenMP barrier. On a quiet machine both scale to 2 threads: at M >= 64, fp32 2:4
   243-312 GFLOP/s dense-equivalent, 1.56-2.43x F.linear; int8 2:4 1.0-1.2 TOP/s, 1.23-1.41x
@@ -197,7 +198,8 @@ def bench_cuda_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, f
             finally:
                 SparseSemiStructuredTensor._FORCE_CUTLASS = old
 
-        w_q = (torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int64) * random_24_mask(n, k, g)).to(torch.int8)
+        w_q = (torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int64)
+               * random_24_mask(n, k, g)).to(torch.int8)
         v_q, meta_q = ck.sparse24_compress(w_q)
         vq, mq = (tt.to(dev) for tt in ck.ops.sparse24_cuda_pack(v_q, meta_q, torch.int8))
         x_q = torch.randint(0, 256, (m, k), generator=g, dtype=torch.int64).to(torch.uint8).to(dev)
@@ -281,8 +283,8 @@ def bench_int8_conv(min_run_time: float, quick: bool) -> str:
     return ("\n\n#### 2:4 conv2d (ResNet-18 CIFAR layer shapes)\n\n"
             "int8: `sparse24_int8_conv2d` (input rows gathered a chunk at a time, the int8 2:4 kernel) vs our dense "
             "`int8_conv2d` (implicit GEMM on NHWC), both uint8 -> uint8 with the fused requantization, packed once. "
-            "fp32: `sparse24_conv2d` (the same gather, the fp32 2:4 kernel) vs `F.conv2d` fp32 (oneDNN, channels_last). "
-            "Ratios = dense time / 2:4 time; GOP/s count the dense multiply-adds.\n\n"
+            "fp32: `sparse24_conv2d` (the same gather, the fp32 2:4 kernel) vs `F.conv2d` fp32 (oneDNN, "
+            "channels_last). Ratios = dense time / 2:4 time; GOP/s count the dense multiply-adds.\n\n"
             + markdown_table(["N", "C", "H=W", "OC", "kernel/stride", "dense int8 GOP/s", "int8 2:4 GOP/s",
                               "int8 2:4 vs dense", "F.conv2d GFLOP/s", "fp32 2:4 GFLOP/s", "fp32 2:4 vs F.conv2d"],
                              rows))
@@ -320,7 +322,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/sparse24.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"], default="auto",
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
+                        default="auto",
                         help="CPU kernel path of our kernels (2:4 and the dense int8_linear peer; F.linear is oneDNN)")
     parser.add_argument("--channels-only", action="store_true", help="only the channel-pruning speed-up table")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",

@@ -324,7 +324,8 @@ class KLObserver(_SampleObserver):
         s = self.sample()
         amax = s.abs().max().item()
         if amax == 0:
-            return 1.0, 0 if dtype == torch.int8 else int(choose_qparams(torch.tensor(0.0), torch.tensor(0.0), dtype)[1])
+            return 1.0, (0 if dtype == torch.int8
+                         else int(choose_qparams(torch.tensor(0.0), torch.tensor(0.0), dtype)[1]))
         has_negative = self.min_val.item() < 0
         # Exact zeros (post-ReLU they are often most of the values) are representable at any
         # threshold and carry no error; left in, their spike drives the threshold far too low.
@@ -344,7 +345,8 @@ class KLObserver(_SampleObserver):
             group_of_bin = torch.bucketize(torch.arange(i), bounds[1:], right=True)
             group_mass = hist_cum[bounds[1:]] - hist_cum[bounds[:-1]]
             group_nonzero = (nonzero_cum[bounds[1:]] - nonzero_cum[bounds[:-1]]).clamp(min=1)
-            q = torch.where(hist[:i] > 0, (group_mass / group_nonzero)[group_of_bin], torch.zeros(i, dtype=torch.float64))
+            q = torch.where(hist[:i] > 0, (group_mass / group_nonzero)[group_of_bin],
+                            torch.zeros(i, dtype=torch.float64))
             p, q = p / p.sum(), q / q.sum().clamp(min=1e-12)
             mask = p > 0
             kl = (p[mask] * torch.log(p[mask] / q[mask].clamp(min=1e-12))).sum().item()

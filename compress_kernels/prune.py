@@ -7,8 +7,8 @@ Masks are computed from scores:
 * granularities: ``"element"``; ``"n:m"`` (``"2:4"`` by default: in every group of m consecutive
   input weights keep the n whose pattern retains the largest score, i.e. for 2:4 the best of the
   six patterns; for a conv the groups are m consecutive input channels at one kernel tap, NVIDIA's
-  convention, see sparse24_layout.weight_rows); ``"vector"`` (``vector_size`` consecutive input weights); ``"kernel"`` (one
-  kh x kw kernel of a conv); ``"channel"`` / ``"row"`` (a whole output channel / row);
+  convention, see sparse24_layout.weight_rows); ``"vector"`` (``vector_size`` consecutive input
+  weights); ``"kernel"`` (one kh x kw kernel of a conv); ``"channel"`` / ``"row"`` (a whole output channel / row);
 * scope: ``"layer"`` (every layer reaches the target sparsity) or ``"global"`` (one threshold over
   the mean per-weight score of every structure in every layer); n:m is always per group.
 
@@ -292,7 +292,7 @@ class Pruner:
         self._optimizer_hooks: list = []
         self.step_count = 0
         self.sparsity = 0.0
-        for name, mod in self.modules.items():
+        for _name, mod in self.modules.items():
             mod.register_buffer("weight_mask", torch.ones_like(mod.weight, dtype=torch.bool))
             self._hooks.append(mod.weight.register_hook(lambda g, mod=mod: g * mod.weight_mask))
 

@@ -86,7 +86,8 @@ class QATConfig:
                              f"got {self.observer!r}")
         check_bool(self, "learnable_scale")
         if self.activation_dtype not in (torch.uint8, torch.int8):
-            raise ValueError(f"QATConfig: activation_dtype must be torch.uint8 or torch.int8, got {self.activation_dtype!r}")
+            raise ValueError(f"QATConfig: activation_dtype must be torch.uint8 or torch.int8, got "
+                             f"{self.activation_dtype!r}")
         if self.rounding not in ("double", "single"):
             raise ValueError(f'QATConfig: rounding must be "double" or "single", got {self.rounding!r}')
         check_float(self, "momentum", "in (0, 1]", lambda v: 0 < v <= 1)

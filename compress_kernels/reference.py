@@ -315,7 +315,8 @@ def _bf16_dot_step(acc: torch.Tensor, v: torch.Tensor, x: torch.Tensor) -> torch
     below = s.abs() - _FLT_MIN
     half_step = 2.0 ** -151
     outward = torch.where(s > 0, err, -err)
-    tiny = (r.abs() < _FLT_MIN) | ((r.abs() == _FLT_MIN) & ((below < -half_step) | ((below == -half_step) & (outward < 0))))
+    tiny = (r.abs() < _FLT_MIN) | ((r.abs() == _FLT_MIN)
+                                   & ((below < -half_step) | ((below == -half_step) & (outward < 0))))
     return torch.where(tiny, torch.copysign(torch.zeros_like(r), r), r)
 
 

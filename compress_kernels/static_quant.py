@@ -67,8 +67,8 @@ class CalibrationError(ValueError):
 
 class TensorStats(nn.Module):
     """Calibration probe inserted after every tensor of the traced model: feeds all observers.
-    `node` says which tensor it observes, e.g. "output of module 'layer1.0.conv1'" (for error messages). Non-finite values are refused:
-    a NaN or infinite range would turn into garbage qparams at convert_."""
+    `node` says which tensor it observes, e.g. "output of module 'layer1.0.conv1'" (for error messages).
+    Non-finite values are refused: a NaN or infinite range would turn into garbage qparams at convert_."""
 
     def __init__(self, sample_size: int = 1 << 16, node: str = "observed tensor"):
         super().__init__()
@@ -354,7 +354,8 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
             if isinstance(mod, (QATConv2d, QATLinear)):
                 q = mod.to_integer(**common)
             else:
-                q = QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d) else QuantLinear.from_float(mod, **common)
+                q = (QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d)
+                     else QuantLinear.from_float(mod, **common))
             kind = type(q).__name__ + (f"+{act}" if act else "")
             if config.sparse24:
                 reason = q.sparse24_reason()
@@ -399,18 +400,21 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
             env[node] = graph.call_module(add_module(node.target, pool), (x,))
             qp[node] = p
             converted.append((node.target, "MaxPool2d", "QuantMaxPool2d"))
-        elif isinstance(mod, QATAvgPool2d) or (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))) or (
-                isinstance(mod, nn.AvgPool2d) and mod.padding in (0, (0, 0)) and not mod.ceil_mode):
+        elif (isinstance(mod, QATAvgPool2d)
+              or (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)))
+              or (isinstance(mod, nn.AvgPool2d) and mod.padding in (0, (0, 0)) and not mod.ceil_mode)):
             x, p = as_quant(node.args[0])
             if isinstance(mod, QATAvgPool2d):
                 mod = mod.pool
-            pool = QuantAvgPool2d() if isinstance(mod, nn.AdaptiveAvgPool2d) else QuantAvgPool2d(mod.kernel_size, mod.stride)
+            pool = (QuantAvgPool2d() if isinstance(mod, nn.AdaptiveAvgPool2d)
+                    else QuantAvgPool2d(mod.kernel_size, mod.stride))
             env[node] = graph.call_module(add_module(node.target, pool), (x,))
             qp[node] = p
             record[node.target] = (pool, [p])
             converted.append((node.target, type(mod).__name__, "QuantAvgPool2d"))
-        elif (isinstance(mod, _PASS_MODULES) or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
-              or (node.op == "call_method" and node.target in _PASS_METHODS)) and qp.get(unprobed(node.args[0])) is not None:
+        elif ((isinstance(mod, _PASS_MODULES) or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
+               or (node.op == "call_method" and node.target in _PASS_METHODS))
+              and qp.get(unprobed(node.args[0])) is not None):
             # shape-only ops and dropout (identity in evaluation) run on the integers unchanged
             src = unprobed(node.args[0])
             if isinstance(mod, (nn.Dropout, nn.Identity)):

@@ -79,7 +79,6 @@ if TRITON_ERROR is None:
         span = pid // chunks
         chunk = pid % chunks
         c = span % channels
-        s = tl.load(scale_ptr + c)
         inv = tl.load(inv_ptr + c)
         z = tl.load(zp_ptr + c)
         pos = chunk * BLOCK + tl.arange(0, BLOCK)

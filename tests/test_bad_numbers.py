@@ -88,7 +88,8 @@ ZP_NAME = {"requantize": "zero_point"}
 def test_valid_integer_kinds_are_accepted(op):
     call = WRAPPERS[op]
     want = call()
-    for m0 in (np.int64(M0), torch.tensor(M0), torch.tensor([M0], dtype=torch.int64), torch.tensor(M0, dtype=torch.int32)):
+    for m0 in (np.int64(M0), torch.tensor(M0), torch.tensor([M0], dtype=torch.int64),
+               torch.tensor(M0, dtype=torch.int32)):
         assert torch.equal(call(m0=m0), want)
     assert torch.equal(call(zero_point=np.int32(0), qmin=torch.tensor(-128), qmax=np.int64(127)), want)
 
@@ -130,7 +131,8 @@ def test_out_of_int32_m0_is_refused(op, bad, shown):
         WRAPPERS[op](m0=bad)
 
 
-@pytest.mark.parametrize("op, arg", [(op, arg) for op in WRAPPERS for arg in ("zero_point", "qmin", "qmax", "x_zero_point")
+@pytest.mark.parametrize("op, arg", [(op, arg) for op in WRAPPERS
+                                     for arg in ("zero_point", "qmin", "qmax", "x_zero_point")
                                      if (op, arg) != ("requantize", "x_zero_point")])  # requantize has no input
 @pytest.mark.parametrize("bad, kind", [(0.5, "float 0.5"), (3.0, "float 3.0"), (True, "bool True"),
                                        (torch.tensor(1.0), "a torch.float32 tensor")])
@@ -182,14 +184,15 @@ def test_other_integer_arguments_are_refused_when_float():
 def test_direct_op_calls_refuse_float_multipliers():
     acc = torch.arange(4, dtype=torch.int32)
     shift = torch.tensor([0], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match=r"requantize: m0 must be Int, got Float \(an int32 tensor: the fixed-point multiplier.*\); "
-                                           r"for a real multiplier r, compress_kernels.quantize_multiplier"):
+    with pytest.raises(RuntimeError, match=r"requantize: m0 must be Int, got Float \(an int32 tensor: the fixed-point "
+                                           r"multiplier.*\); for a real multiplier r, "
+                                           r"compress_kernels.quantize_multiplier"):
         OPS.requantize(acc, torch.tensor([0.0123]), shift, 0, -128, 127, torch.int8, "double")
     with pytest.raises(RuntimeError, match="requantize: shift must be Int, got Double .*quantize_multiplier"):
         OPS.requantize(acc, torch.tensor([M0], dtype=torch.int32), torch.tensor([1.0], dtype=torch.float64), 0, -128,
                        127, torch.int8, "double")
-    with pytest.raises(RuntimeError, match=r"requantize: m0 must be Int, got Long \(an int32 tensor: the fixed-point multiplier real ~= "
-                                           r"m0 \* 2\^\(shift - 31\)\)"):
+    with pytest.raises(RuntimeError, match=r"requantize: m0 must be Int, got Long \(an int32 tensor: the fixed-point "
+                                           r"multiplier real ~= m0 \* 2\^\(shift - 31\)\)"):
         OPS.requantize(acc, torch.tensor([M0]), shift, 0, -128, 127, torch.int8, "double")
     with pytest.raises(RuntimeError, match="int8_linear: m0 must be Int, got Float .*quantize_multiplier"):
         OPS.int8_linear(_x(), 0, torch.ones(4, 8, dtype=torch.int8), None, torch.tensor([0.5]), shift, 0, -128, 127,
@@ -245,7 +248,8 @@ def test_quant_linear_refuses_non_finite_weights_naming_the_first(dynamic):
         lin.weight[3, 1] = float("inf")
     kw = {"dynamic": True} if dynamic else STATIC
     with pytest.raises(ValueError, match=r"QuantLinear.from_float\(Linear\(in_features=8, out_features=4, "
-                                         r"bias=True\)\): weight must be finite to be quantized, got nan at index \[2, 5\]"):
+                                         r"bias=True\)\): weight must be finite to be quantized, got nan at index "
+                                         r"\[2, 5\]"):
         ck.QuantLinear.from_float(lin, **kw)
     lin = _linear()
     with torch.no_grad():
@@ -342,9 +346,11 @@ def test_sparse_and_codebook_conversions_refuse_non_finite_weights():
 
 
 def test_numerics_helpers_refuse_non_finite_ranges():
-    with pytest.raises(ValueError, match=r"choose_qparams: min_val must be finite to be quantized, got nan at index \[\]"):
+    with pytest.raises(ValueError, match=r"choose_qparams: min_val must be finite to be quantized, got nan at index "
+                                         r"\[\]"):
         numerics.choose_qparams(torch.tensor(float("nan")), torch.tensor(1.0))
-    with pytest.raises(ValueError, match=r"choose_qparams: max_val must be finite to be quantized, got inf at index \[1\]"):
+    with pytest.raises(ValueError, match=r"choose_qparams: max_val must be finite to be quantized, got inf at index "
+                                         r"\[1\]"):
         numerics.choose_qparams(torch.zeros(3), torch.tensor([1.0, float("inf"), 2.0]), symmetric=True)
     with pytest.raises(ValueError, match=r"quantize_weight: the weight must be finite to be quantized, got nan at "
                                          r"index \[1, 0\]"):

@@ -89,17 +89,20 @@ BAD_FAKE_QUANT = [
     ("_extra_state.momentum", 2.0, ValueError, r"_extra_state\['momentum'\] = 2.0: expected a number in \(0, 1\]"),
     ("_extra_state.grad_factor", -1.0, ValueError, r"_extra_state\['grad_factor'\] = -1.0: expected a number > 0"),
     ("_extra_state.qmax", -200, ValueError, r"_extra_state\['qmax'\] = -200: expected an int in \[-127, inf\]"),
-    ("_extra_state.observer", "lsq", ValueError, r"_extra_state\['observer'\] = 'lsq': expected 'ema' as this module was built"),
+    ("_extra_state.observer", "lsq", ValueError,
+     r"_extra_state\['observer'\] = 'lsq': expected 'ema' as this module was built"),
     ("_extra_state.channels", 4, ValueError, r"_extra_state\['channels'\] = 4: expected 1 as this module was built"),
     ("_extra_state.mode", "banana", ValueError, r"_extra_state has unknown key\(s\) \['mode'\]"),
     ("_extra_state.symmetric", _DELETE, ValueError, r"_extra_state lacks key\(s\) \['symmetric'\]"),
-    ("zero_point", torch.tensor([300], dtype=torch.int32), ValueError, r"layer.zero_point holds \[300\], expected values in \[qmin, qmax\] = \[-128, 127\]"),
+    ("zero_point", torch.tensor([300], dtype=torch.int32), ValueError,
+     r"layer.zero_point holds \[300\], expected values in \[qmin, qmax\] = \[-128, 127\]"),
     ("zero_point", torch.tensor([0.5]), TypeError, r"layer.zero_point has dtype torch.float32, expected torch.int32"),
     ("scale", torch.tensor([float("nan")]), ValueError, r"layer.scale holds nan, expected finite scales > 0"),
 ]
 
 
-@pytest.mark.parametrize("key,value,error,pattern", BAD_FAKE_QUANT, ids=[b[0] + "=" + repr(b[1])[:20] for b in BAD_FAKE_QUANT])
+@pytest.mark.parametrize("key,value,error,pattern", BAD_FAKE_QUANT,
+                         ids=[b[0] + "=" + repr(b[1])[:20] for b in BAD_FAKE_QUANT])
 def test_fake_quantize_refuses_tampered_state(key, value, error, pattern):
     fq = FakeQuantize()
     state = tampered(fq, key, value)
@@ -121,7 +124,8 @@ def test_fake_quantize_observer_switch_needs_an_observer():
 def test_extra_state_that_is_not_a_dict():
     state = holder(FakeQuantize()).state_dict()
     state["layer._extra_state"] = ["ema"]
-    with pytest.raises(TypeError, match=r"FakeQuantize at 'layer': load_state_dict: layer._extra_state must be a dict, got list"):
+    with pytest.raises(TypeError, match=r"FakeQuantize at 'layer': load_state_dict: layer._extra_state must be a dict, "
+                                        r"got list"):
         holder(FakeQuantize()).load_state_dict(state)
 
 
@@ -139,19 +143,25 @@ def test_quant_linear_round_trips_exactly():
 
 BAD_LINEAR = [
     ("_extra_state.mode", "banana", ValueError, r"\['mode'\] = 'banana': expected one of \['static', 'dynamic'\]"),
-    ("_extra_state.rounding", "nearest", ValueError, r"\['rounding'\] = 'nearest': expected one of \['double', 'single'\]"),
-    ("_extra_state.input_dtype", "int32", ValueError, r"\['input_dtype'\] = 'int32': expected one of \['int8', 'uint8'\]"),
+    ("_extra_state.rounding", "nearest", ValueError,
+     r"\['rounding'\] = 'nearest': expected one of \['double', 'single'\]"),
+    ("_extra_state.input_dtype", "int32", ValueError,
+     r"\['input_dtype'\] = 'int32': expected one of \['int8', 'uint8'\]"),
     ("_extra_state.input_zero_point", 300, ValueError, r"\['input_zero_point'\] = 300: expected an int in \[0, 255\]"),
     ("_extra_state.output_zero_point", 1.5, TypeError, r"\['output_zero_point'\] = 1.5: expected an int"),
     ("_extra_state.qmax", 100, ValueError, r"\['qmax'\] = 100: expected an int in \[120, 255\]"),
-    ("_extra_state.per_channel", False, ValueError, r"\['per_channel'\] = False: expected True as this module was built"),
+    ("_extra_state.per_channel", False, ValueError,
+     r"\['per_channel'\] = False: expected True as this module was built"),
     ("_extra_state.sparse24", True, ValueError, r"\['sparse24'\] = True: expected False as this module was built"),
     ("_extra_state.bias_dtype", "int32", ValueError, r"unknown key\(s\) \['bias_dtype'\]"),
     ("weight_q", torch.zeros(8, 16), TypeError, r"layer.weight_q has dtype torch.float32, expected torch.int8"),
-    ("m0", torch.full((8,), -5, dtype=torch.int32), ValueError, r"layer.m0 holds -5, expected values in \[0, 2147483647\]"),
-    ("shift", torch.full((8,), 40, dtype=torch.int32), ValueError, r"layer.shift holds 40, expected values in \[-31, 30\]"),
+    ("m0", torch.full((8,), -5, dtype=torch.int32), ValueError,
+     r"layer.m0 holds -5, expected values in \[0, 2147483647\]"),
+    ("shift", torch.full((8,), 40, dtype=torch.int32), ValueError,
+     r"layer.shift holds 40, expected values in \[-31, 30\]"),
     ("weight_scale", torch.zeros(8), ValueError, r"layer.weight_scale holds 0.0, expected finite scales > 0"),
-    ("input_scale", torch.tensor(1), TypeError, r"layer.input_scale has dtype torch.int64, expected a floating-point scale"),
+    ("input_scale", torch.tensor(1), TypeError,
+     r"layer.input_scale has dtype torch.int64, expected a floating-point scale"),
 ]
 
 
@@ -187,7 +197,8 @@ def test_quant_conv_refuses_bad_geometry():
                                   ((1, 1, 1), ValueError, r"\['stride'\] = \(1, 1, 1\): expected a pair of ints >= 1")):
         with pytest.raises(error, match=r"QuantConv2d at 'layer': " + ".*" + pattern):
             holder(copy.deepcopy(conv)).load_state_dict(tampered(conv, "_extra_state.stride", value))
-    with pytest.raises(ValueError, match=r"QuantConv2d at 'layer': .*\['padding'\] = \[-1, 0\]: expected a pair of ints >= 0"):
+    with pytest.raises(ValueError, match=r"QuantConv2d at 'layer': .*\['padding'\] = \[-1, 0\]: expected a pair of "
+                                         r"ints >= 0"):
         holder(copy.deepcopy(conv)).load_state_dict(tampered(conv, "_extra_state.padding", [-1, 0]))
 
 
@@ -195,7 +206,8 @@ def test_glue_modules_refuse_bad_state():
     with pytest.raises(ValueError, match=r"Quantize at 'layer': load_state_dict: layer._extra_state\['dtype'\] = "
                                          r"'float': expected one of \['int8', 'uint8', 'int32'\]"):
         holder(Quantize()).load_state_dict(tampered(Quantize(), "_extra_state.dtype", "float"))
-    with pytest.raises(ValueError, match=r"DeQuantize at 'layer': .*\['zero_point'\] = 200: expected an int in \[-128, 127\]"):
+    with pytest.raises(ValueError, match=r"DeQuantize at 'layer': .*\['zero_point'\] = 200: expected an int in \[-128, "
+                                         r"127\]"):
         state = tampered(DeQuantize(), "_extra_state.dtype", "int8")
         state["layer._extra_state"]["zero_point"] = 200
         holder(DeQuantize()).load_state_dict(state)
@@ -208,7 +220,8 @@ def test_glue_modules_refuse_bad_state():
     add = QuantAdd.from_qparams((0.1, 3), (0.2, 5), (0.3, 7))
     with pytest.raises(ValueError, match=r"QuantAdd at 'layer': .*\['zero_points'\] = \[3, 5\]: expected three ints"):
         holder(QuantAdd()).load_state_dict(tampered(add, "_extra_state.zero_points", [3, 5]))
-    with pytest.raises(TypeError, match=r"QuantAdd at 'layer': .*layer.m0_a has dtype torch.int64, expected torch.int32"):
+    with pytest.raises(TypeError,
+                       match=r"QuantAdd at 'layer': .*layer.m0_a has dtype torch.int64, expected torch.int32"):
         holder(QuantAdd()).load_state_dict(tampered(add, "m0_a", torch.tensor([5])))
     fresh = holder(QuantAdd())
     fresh.load_state_dict(holder(add).state_dict())
@@ -221,12 +234,15 @@ def test_sparse_and_codebook_refuse_other_builds():
     with torch.no_grad():
         lin.weight.mul_(ck.prune.mask_2to4(lin.weight))
     sparse = ck.SparseLinear.from_float(lin, int8=True)
-    with pytest.raises(ValueError, match=r"SparseLinear at 'layer': .*\['int8'\] = True: expected False as this module was built"):
+    with pytest.raises(ValueError, match=r"SparseLinear at 'layer': .*\['int8'\] = True: expected False as this module "
+                                         r"was built"):
         holder(ck.SparseLinear(16, 8)).load_state_dict(holder(sparse).state_dict())
-    with pytest.raises(TypeError, match=r"SparseLinear at 'layer': .*layer.values has dtype torch.float32, expected torch.int8"):
+    with pytest.raises(TypeError, match=r"SparseLinear at 'layer': .*layer.values has dtype torch.float32, expected "
+                                        r"torch.int8"):
         holder(ck.SparseLinear(16, 8, int8=True)).load_state_dict(tampered(sparse, "values", torch.zeros(8, 8)))
     book = CodebookLinear.from_float(lin, bits=4)
-    with pytest.raises(ValueError, match=r"CodebookLinear at 'layer': .*\['bits'\] = 4: expected 3 as this module was built"):
+    with pytest.raises(ValueError, match=r"CodebookLinear at 'layer': .*\['bits'\] = 4: expected 3 as this module was "
+                                         r"built"):
         holder(CodebookLinear(16, 8, bits=3)).load_state_dict(holder(book).state_dict())
     fresh = holder(CodebookLinear(16, 8, bits=4))
     fresh.load_state_dict(holder(book).state_dict())
@@ -251,7 +267,8 @@ def test_frozen_qat_graph_loads_frozen():
     state = qat.state_dict()
     state["0._extra_state"]["learnable_scale"] = True
     with pytest.raises(ValueError, match=r"QATConv2d at '0': .*\['learnable_scale'\] = True: expected False as this "
-                                         r"module was built \(prepare the model with the same QATConfig.learnable_scale\)"):
+                                         r"module was built \(prepare the model with the same "
+                                         r"QATConfig.learnable_scale\)"):
         fresh.load_state_dict(state)
     state = qat.state_dict()
     state["0._extra_state"]["bn_frozen"] = "yes"

@@ -45,7 +45,8 @@ def test_lloyd_fixed_point_properties(init):
     for c in range(16):
         members = values[labels == c]
         if members.numel():
-            assert abs(float(members.double().mean()) - float(centroids[c])) <= 1e-6 * max(1.0, abs(float(centroids[c])))
+            centroid = float(centroids[c])
+            assert abs(float(members.double().mean()) - centroid) <= 1e-6 * max(1.0, abs(centroid))
 
 
 def test_deterministic_for_a_seed():

@@ -345,7 +345,8 @@ def test_int8_conv2d_padding_is_the_zero_point_and_per_tensor_no_bias():
 @requires_cuda
 def test_empty_inputs():
     w = rand_int(8, 16)
-    assert ck.int8_linear(torch.zeros(0, 16, dtype=torch.uint8, device=DEV), 0, w.to(DEV), None, 2**30, -8).shape == (0, 8)
+    x = torch.zeros(0, 16, dtype=torch.uint8, device=DEV)
+    assert ck.int8_linear(x, 0, w.to(DEV), None, 2**30, -8).shape == (0, 8)
     x = torch.zeros(0, 4, 6, 6, dtype=torch.uint8, device=DEV)
     y = ck.int8_conv2d(x, 0, rand_int(8, 4, 3, 3).to(DEV), None, 2**30, -8, padding=1)
     assert y.shape == (0, 8, 6, 6)
@@ -461,7 +462,8 @@ def test_cuda_refuses_what_the_cpu_refuses():
         ((x, 0, w, None, -1, 0), r"m0 must be >= 0"),
         ((x, 0, w, None, 2**30, 0, 0, 10, 5), r"qmin must be <= qmax"),
         ((x, 0, w[:, :8], None, 2**30, 0), r"K mismatch"),
-        ((x, 0, ck.int8_pack_weight(w[:, :8]), None, 2**30, 0), r"w is an int8_pack_weight \(N=\d+, K=8\), expected an int8_pack_weight for K=16"),
+        ((x, 0, ck.int8_pack_weight(w[:, :8]), None, 2**30, 0),
+         r"w is an int8_pack_weight \(N=\d+, K=8\), expected an int8_pack_weight for K=16"),
         ((x, 0, w, None, torch.full((3,), 2**30), torch.zeros(3, dtype=torch.int32)), r"per-channel\) elements"),
     ]
     for args, message in cases:

@@ -401,7 +401,8 @@ def test_wrong_dtype_views_are_refused(family):
         rf"{case.op}: {case.arg} must be {names[p.dtype]}, got {names[other_dtype]}")
     refused(case, view, pattern)
     converted = p.double()  # a dtype no family packs into: refused before any header is read
-    refused(case, converted, _dtype_refusal(case, converted) or rf"{case.op}: {case.arg} must be {names[p.dtype]}, got Double")
+    refused(case, converted,
+            _dtype_refusal(case, converted) or rf"{case.op}: {case.arg} must be {names[p.dtype]}, got Double")
 
 
 # ---------------------------------------------------------------- property: refused or exact
@@ -466,8 +467,8 @@ def test_codebook_module_refuses_an_old_state_dict_at_load():
     old = dict(state, packed_idx=ops.packed_payload(state["packed_idx"], "codebook_pack").clone())
     fresh = ck.CodebookLinear(40, 32, bits=4)
     with pytest.raises(RuntimeError, match=r"CodebookLinear.load_state_dict: packed_idx has shape \[32, 5\], expected "
-                                           r"\[48, 5\] \(codebook_pack of 32 x 40 4-bit indices with its header rows\): "
-                                           r"it was saved by an older packed layout without a header"):
+                                           r"\[48, 5\] \(codebook_pack of 32 x 40 4-bit indices with its header "
+                                           r"rows\): it was saved by an older packed layout without a header"):
         fresh.load_state_dict(old)
     with pytest.raises(RuntimeError, match=r"packed_idx has shape \[46, 5\], expected \[48, 5\] .*: it does not "
                                            r"belong to this layer"):
@@ -516,7 +517,8 @@ def test_packed_shape_and_packed_n_ops():
     with pytest.raises(RuntimeError, match=r"packed_shape: sparse24_f32_pack needs K a multiple of 4 \(2:4 groups\), "
                                            r"got K=6"):
         OPS.packed_shape("sparse24_f32_pack", 6, 6, 0)
-    with pytest.raises(RuntimeError, match=r"packed_shape: int8_pack_weight records N and K as int32, got N=4294967296"):
+    with pytest.raises(RuntimeError,
+                       match=r"packed_shape: int8_pack_weight records N and K as int32, got N=4294967296"):
         OPS.packed_shape("int8_pack_weight", 2**32, 4, 0)
     with pytest.raises(RuntimeError, match=r"packed_shape: the int8_pack_weight payload of N=1048576, K=16384 would "
                                            r"hold \d+ elements, more than the 2\^31 - 1 its header records"):

@@ -166,7 +166,8 @@ def test_sparse24_bf16_linear_is_exact(m, n, k, bias):
         assert torch.equal(_bits(ck.sparse24_linear(x, packed, meta, b.float())), _bits(got))
     want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
     # one bf16 rounding (2^-9 relative) plus the fp32 accumulation
-    assert ((got.double() - want).abs() <= 2.0 ** -8 * want.abs() + 1e-5 * k * (x.double().abs() @ w.double().abs().T)).all()
+    assert ((got.double() - want).abs()
+            <= 2.0 ** -8 * want.abs() + 1e-5 * k * (x.double().abs() @ w.double().abs().T)).all()
 
 
 def test_sparse24_bf16_tininess_after_rounding():
@@ -207,7 +208,8 @@ def test_sparse24_bf16_special_values():
     b = torch.randn(n, generator=g)
     b[0] = -0.0
     for bias in (None, b):
-        got = run_on_every_isa(lambda *a: _bits(ck.sparse24_linear(*a)), x, ck.sparse24_bf16_pack(values, meta), meta, bias)
+        got = run_on_every_isa(lambda *a: _bits(ck.sparse24_linear(*a)), x, ck.sparse24_bf16_pack(values, meta), meta,
+                               bias)
         assert torch.equal(got, _bits(ref.sparse24_bf16_linear(x, values, meta, bias)))
     assert (got == 0x7FC0).any() and (got.view(torch.bfloat16).isinf()).any()
 
@@ -396,7 +398,8 @@ def test_bad_int8_input_messages():
         ck.sparse24_int8_linear(xq, -1, vq, mq, bq, *args)
     with pytest.raises(RuntimeError, match=r"sparse24_int8_linear: values must be int8 \[N, K/2\] or an int32 packed"):
         ck.sparse24_int8_linear(xq, 0, vq.float(), mq, bq, *args)
-    with pytest.raises(RuntimeError, match=r"sparse24_int8_linear: values is not a packed weight of any family \(no header"):
+    with pytest.raises(RuntimeError, match=r"sparse24_int8_linear: values is not a packed weight of any family \(no "
+                                           r"header"):
         ck.sparse24_int8_linear(xq, 0, torch.zeros(5, dtype=torch.int32), mq, bq, *args)
     packed = ck.sparse24_int8_pack(vq, mq)
     with pytest.raises(RuntimeError, match="sparse24_int8_linear: meta of shape .* does not belong"):
@@ -521,7 +524,8 @@ def test_sparse_modules_refuse_bad_weights():
     with pytest.raises(TypeError, match="expected nn.Linear"):
         ck.SparseLinear.from_float(torch.nn.Conv2d(4, 4, 3))
     sl = ck.SparseLinear(8, 4, int8=True)
-    with pytest.raises(ValueError, match=r"SparseLinear at '<root>': load_state_dict: _extra_state\['int8'\] = False: expected True"):
+    with pytest.raises(ValueError, match=r"SparseLinear at '<root>': load_state_dict: _extra_state\['int8'\] = False: "
+                                         r"expected True"):
         sl.load_state_dict(ck.SparseLinear(8, 4).state_dict())
 
 

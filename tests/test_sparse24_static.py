@@ -95,8 +95,8 @@ def test_2to4_state_dict_stores_only_the_compressed_weight():
     assert torch.equal(fresh.weight_q, q.weight_q) and torch.equal(fresh(x), q(x))
     # values + meta + scales: 36 + 9 of every 72 + ... bytes of the dense int8 weight
     assert study.stored_bytes(q) < study.stored_bytes(sparse_conv())
-    with pytest.raises(ValueError, match=r"QuantConv2d at '<root>': load_state_dict: _extra_state\['sparse24'\] = True: "
-                                         r"expected False as this module was built"):
+    with pytest.raises(ValueError, match=r"QuantConv2d at '<root>': load_state_dict: _extra_state\['sparse24'\] = "
+                                         r"True: expected False as this module was built"):
         QuantConv2d(8, 12, 3, padding=1).load_state_dict(sd, strict=False)
 
 
@@ -198,7 +198,8 @@ def test_sparse24_int8_conv2d_threads_and_opcheck():
 def test_sparse24_int8_conv2d_refusals_read_their_reason():
     x, weight, values, meta, bias, m0, shift = _conv_case(1, 4, 6, 6, 8, 3, torch.uint8, per_channel=False)
     rest = (bias, m0, shift, 0, 0, 255, torch.uint8)
-    with pytest.raises(RuntimeError, match=r"K mismatch: the conv \(kh \* kw \* in_channels\) has K=16 but the weight holds K=36"):
+    with pytest.raises(RuntimeError, match=r"K mismatch: the conv \(kh \* kw \* in_channels\) has K=16 but the weight "
+                                           r"holds K=36"):
         ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=2)
     with pytest.raises(RuntimeError, match=r"stride must be two integers >= 1, got \[0, 1\]"):
         ck.sparse24_int8_conv2d(x, 0, values, meta, *rest, kernel_size=3, stride=(0, 1))

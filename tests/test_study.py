@@ -100,7 +100,8 @@ def test_stored_bytes_count_the_converted_storage():
     assert sparse
     # the non-persistent packed kernel copy is not counted; values + metadata + scales + bias are
     per_layer = sum(m.compressed_bytes() + (m.bias.numel() * 4 if m.bias is not None else 0) for m in sparse)
-    dense = sum(study._module_stored_bytes(m) for m in sp.modules() if not isinstance(m, ck.SparseConv2d | ck.SparseLinear))
+    dense = sum(study._module_stored_bytes(m) for m in sp.modules()
+                if not isinstance(m, ck.SparseConv2d | ck.SparseLinear))
     assert study.stored_bytes(sp) == per_layer + dense
 
     dyn = ck.convert_(model, ck.Int8DynamicConfig(), inplace=False).model

@@ -63,7 +63,8 @@ def batches(n=3):
 @pytest.mark.parametrize("workflow", ["calibrate", "prepare_qat_"])
 def test_data_dependent_control_flow_names_the_module(workflow):
     run = (lambda m: ck.calibrate(m, batches())) if workflow == "calibrate" else ck.prepare_qat_
-    with pytest.raises(RuntimeError, match=rf"{workflow}: torch.fx cannot trace DataDependent \(in DataDependent.forward\): "
+    with pytest.raises(RuntimeError, match=rf"{workflow}: torch.fx cannot trace DataDependent "
+                                           r"\(in DataDependent.forward\): "
                                            r"TraceError: symbolically traced variables cannot be used as inputs to "
                                            r"control flow\. .*Int8DynamicConfig, CodebookConfig and Sparse24Config "
                                            r"need no tracing") as info:
@@ -124,11 +125,12 @@ def test_converted_model_is_refused():
 
 def test_prepare_qat_twice_is_refused():
     qat = ck.prepare_qat_(mlp())
-    with pytest.raises(ValueError, match=r"prepare_qat_: the model is already a QAT graph \(returned by prepare_qat_\): "
-                                         r"train it and convert it with convert_\(qat_model\)"):
+    with pytest.raises(ValueError, match=r"prepare_qat_: the model is already a QAT graph \(returned by "
+                                         r"prepare_qat_\): train it and convert it with convert_\(qat_model\)"):
         ck.prepare_qat_(qat)
     holder = nn.Sequential(copy.deepcopy(qat.get_submodule("0")))
-    with pytest.raises(ValueError, match=r"prepare_qat_: module '0' is a QATLinear: the model was already prepared for QAT"):
+    with pytest.raises(ValueError,
+                       match=r"prepare_qat_: module '0' is a QATLinear: the model was already prepared for QAT"):
         ck.prepare_qat_(holder)
     with pytest.raises(ValueError, match=r"calibrate: the model is already a QAT graph"):
         ck.calibrate(qat, batches())
@@ -224,7 +226,8 @@ def test_linear_subclass_and_attention_projection_are_reported():
     assert "a subclass of torch.nn.modules.linear.Linear: its forward may differ" in skipped["custom"][1]
     assert skipped["attn.out_proj"][0] == "NonDynamicallyQuantizableLinear"
     assert "MultiheadAttention reads its projection weights directly" in skipped["attn.out_proj"][1]
-    assert isinstance(model.custom, MyLinear) and type(model.attn.out_proj).__name__ == "NonDynamicallyQuantizableLinear"
+    assert isinstance(model.custom, MyLinear)
+    assert type(model.attn.out_proj).__name__ == "NonDynamicallyQuantizableLinear"
 
 
 def test_static_conversion_reports_every_call_of_a_shared_module():

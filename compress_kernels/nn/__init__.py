@@ -5,4 +5,5 @@ from .fake_quant import FakeQuantize  # issue 6
 from .linear import QuantLinear
 from .sparse import SparseConv2d, SparseLinear  # issue 5
 
-__all__ = ["FakeQuantize", "CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks", "QuantLinear", "SparseConv2d", "SparseLinear"]
+__all__ = ["FakeQuantize", "CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks",
+           "QuantLinear", "SparseConv2d", "SparseLinear"]

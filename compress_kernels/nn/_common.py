@@ -201,7 +201,8 @@ class IntegerLayer(Float32State):
 
     2:4 mode (`sparse24_()`): the weight, seen as [out_channels, K] by sparse24_layout.weight_rows
     (K = in_features, or kh x kw x in_channels: groups of four input channels at one kernel tap),
-    has at most two non-zeros in every group of four along K; the layer then stores only the compressed int8 values and the metadata
+    has at most two non-zeros in every group of four along K; the layer then stores only the compressed
+    int8 values and the metadata
     (`weight_values` [N, K/2], `weight_meta` [N, ceil(K/8)]; `weight_q` is rebuilt from them and not
     saved) and runs the int8 2:4 kernel, which computes the same integers as the dense one."""
 

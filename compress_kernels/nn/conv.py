@@ -30,7 +30,8 @@ class QuantConv2d(IntegerLayer):
         super().__init__()
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), _pair(stride), _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = ((kh, kw), _pair(stride), _pair(padding),
+                                                                      _pair(dilation))
         if sparse24 and groups != 1:
             raise ValueError(f"QuantConv2d: sparse24=True needs groups=1, got groups={groups}")
         self._init_integer_state((out_channels, in_channels // groups, kh, kw), out_channels, bias, per_channel,

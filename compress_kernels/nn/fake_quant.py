@@ -70,7 +70,8 @@ class FakeQuantize(Float32State):
             default_zp = 0 if qmin < 0 else (qmin + qmax + 1) // 2
         else:
             default_zp = min(max(0, qmin), qmax)
-        s = torch.ones(channels) if scale is None else torch.as_tensor(scale, dtype=torch.float32).expand(channels).clone()
+        s = (torch.ones(channels) if scale is None
+             else torch.as_tensor(scale, dtype=torch.float32).expand(channels).clone())
         z = (torch.full((channels,), default_zp, dtype=torch.int32) if zero_point is None
              else torch.as_tensor(zero_point).expand(channels).to(torch.int32).clone())
         if observer == "lsq":
@@ -184,7 +185,8 @@ class FakeQuantize(Float32State):
             check.number("grad_factor", "> 0 (or None: the LSQ default)", lambda v: v > 0)
         check.bool("fake_quant_enabled")
         if check.bool("observer_enabled") and self.observer != "ema":
-            check.fail("observer_enabled", f'False: observer={self.observer!r} has no observer to run (only "ema" does)')
+            check.fail("observer_enabled",
+                       f'False: observer={self.observer!r} has no observer to run (only "ema" does)')
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         key = prefix + "_extra_state"

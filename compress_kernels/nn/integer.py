@@ -72,7 +72,8 @@ class QuantReLU(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         if prefix + "_extra_state" in state_dict:  # int8 or uint8 activations
-            ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"zero_point"}).int("zero_point", -128, 255)
+            ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"zero_point"}).int("zero_point",
+                                                                                                   -128, 255)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, q):

@@ -57,7 +57,8 @@ class QuantLinear(IntegerLayer):
         if mode not in ("static", "dynamic"):
             raise ValueError(f'QuantLinear: mode must be "static" or "dynamic", got {mode!r}')
         if sparse24 and mode != "static":
-            raise ValueError("QuantLinear: sparse24=True needs mode=\"static\" (the 2:4 kernel has the integer epilogue)")
+            raise ValueError("QuantLinear: sparse24=True needs mode=\"static\" (the 2:4 kernel has the integer "
+                             "epilogue)")
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
         self._init_integer_state((out_features, in_features), out_features, bias, per_channel, input_dtype,
                                  output_dtype, rounding, sparse24)

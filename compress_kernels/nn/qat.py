@@ -89,7 +89,8 @@ class ActFakeQuant(FakeQuantize):
         super()._check_extra_state(check)
         dtype = _ACT_DTYPES[check.choice("dtype", tuple(_ACT_DTYPES))]
         if (check.state["qmin"], check.state["qmax"]) != numerics.dtype_range(dtype):
-            check.fail("qmin", f"qmin, qmax = {numerics.dtype_range(dtype)}, the range of dtype {check.state['dtype']!r}")
+            check.fail("qmin", f"qmin, qmax = {numerics.dtype_range(dtype)}, the range of dtype "
+                               f"{check.state['dtype']!r}")
 
     def qparams(self, observer: str | None = None, dtype: torch.dtype | None = None) -> tuple[float, int]:
         """(scale, zero_point) as the integer model will use them (the `observer` argument of the

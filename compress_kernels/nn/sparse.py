@@ -127,7 +127,8 @@ class _Sparse24Base(nn.Module):
             check = ExtraStateChecker(self, prefix, state_dict[prefix + "_extra_state"], {"int8"})
             check.bool("int8")
             check.equal("int8", self.int8, "build it with int8=...")
-        check_state_tensors(self, prefix, state_dict, exact={"meta": torch.uint8, **({"values": torch.int8} if self.int8 else {})},
+        check_state_tensors(self, prefix, state_dict,
+                            exact={"meta": torch.uint8, **({"values": torch.int8} if self.int8 else {})},
                             positive_float=("weight_scale",))
         values = state_dict.get(prefix + "values")
         if not self.int8 and isinstance(values, torch.Tensor) and not values.is_floating_point():
@@ -245,8 +246,9 @@ class SparseLinear(_Sparse24Base):
 class SparseConv2d(_Sparse24Base):
     """nn.Conv2d (groups=1) with a 2:4 sparse weight over K = kh * kw * in_channels (groups of four
     input channels at one kernel tap: sparse24_layout.weight_rows), run as im2col (one strided copy;
-    for int8 on the CPU, sparse24_int8_conv2d gathers the patches itself) followed by the 2:4 sparse matmul (fp32, or int8 with dynamic per-tensor
-    activation quantization of the layer input, whose zero padding is an exact zero)."""
+    for int8 on the CPU, sparse24_int8_conv2d gathers the patches itself) followed by the 2:4 sparse
+    matmul (fp32, or int8 with dynamic per-tensor activation quantization of the layer input, whose
+    zero padding is an exact zero)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, *, int8: bool = False):
