@@ -146,14 +146,14 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-# ---------------------------------------------------------------- int8 static, integer-only (issue 3)
+# ---------------------------------------------------------------- int8 static, integer-only
 
 from .static_quant import Int8StaticConfig, convert_static  # noqa: E402
 
 register_model_handler(Int8StaticConfig)(convert_static)
 
 
-# ---------------------------------------------------------------- quantization-aware training (issue 6)
+# ---------------------------------------------------------------- quantization-aware training
 
 from .qat import QATConfig, convert_qat  # noqa: E402
 
@@ -183,7 +183,7 @@ def _int8_dynamic(module: nn.Module, config: Int8DynamicConfig, name: str) -> nn
     return QuantLinear.from_float(module, dynamic=True, per_channel=config.per_channel)
 
 
-# ---------------------------------------------------------------- k-means codebooks (issue 4)
+# ---------------------------------------------------------------- k-means codebooks
 
 
 @dataclass
@@ -234,7 +234,7 @@ def _codebook(module: nn.Module, config: CodebookConfig, name: str) -> nn.Module
 
 
 
-# ---------------------------------------------------------------- 2:4 sparsity (issue 5)
+# ---------------------------------------------------------------- 2:4 sparsity
 
 
 @dataclass

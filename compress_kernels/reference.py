@@ -187,7 +187,7 @@ def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch
     return q, scale
 
 
-# ---------------------------------------------------------------- codebook (issue 4)
+# ---------------------------------------------------------------- codebook
 
 
 def codebook_pack(idx: torch.Tensor, bits: int) -> torch.Tensor:
@@ -250,7 +250,7 @@ def codebook_conv2d(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
 
 
 
-# ---------------------------------------------------------------- 2:4 semi-structured sparsity (issue 5)
+# ---------------------------------------------------------------- 2:4 semi-structured sparsity
 
 
 def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
@@ -379,7 +379,7 @@ def sparse24_int8_dynamic_linear(x, values, meta, weight_scale, bias=None):
     return torch.where(nonfinite_rows[:, None], F.linear(x.float(), w, bias), y)
 
 
-# ---------------------------------------------------------------- fused fake-quant (issue 6)
+# ---------------------------------------------------------------- fused fake-quant
 
 
 def _fq_broadcast(t: torch.Tensor, x: torch.Tensor, axis: int | None, dtype: torch.dtype) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Triton kernels: the GPU path of the fused fake-quant ops (issue 6).
+"""Triton kernels: the GPU path of the fused fake-quant ops.
 
 The kernels compute exactly what csrc/cpu/fake_quant.h specifies (x / s as x * (1 / s) in fp32,
 round half to even, clamp, (c - z) * s; clipped STE; LSQ partial sums), so the GPU forward equals

@@ -1,9 +1,9 @@
 """Drop-in modules that run compressed layers on the package's kernels."""
 
-from .codebook import CodebookConv2d, CodebookLinear, codebook_size_report, finetune_codebooks  # issue 4
-from .fake_quant import FakeQuantize  # issue 6
+from .codebook import CodebookConv2d, CodebookLinear, codebook_size_report, finetune_codebooks
+from .fake_quant import FakeQuantize
 from .linear import QuantLinear
-from .sparse import SparseConv2d, SparseLinear  # issue 5
+from .sparse import SparseConv2d, SparseLinear
 
 __all__ = ["FakeQuantize", "CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks",
            "QuantLinear", "SparseConv2d", "SparseLinear"]

@@ -33,14 +33,14 @@ TORCH_LIBRARY(compress_kernels, m) {
       "Tensor? bias) -> Tensor");
   m.def("quantize_rows(Tensor x, int qmax=127) -> (Tensor, Tensor)");
 
-  // ---- int8 conv2d (issue 3) ----
+  // ---- int8 conv2d ----
   m.def("int8_conv2d_pack_weight(Tensor w, int groups=1) -> Tensor");
   m.def(
       "int8_conv2d(Tensor x, int x_zero_point, Tensor w, Tensor? bias, Tensor m0, Tensor shift, "
       "int out_zero_point, int qmin, int qmax, ScalarType out_dtype, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1, str rounding=\"double\", Tensor? w_packed=None) -> Tensor");
 
-  // ---- k-means codebook lookup (issue 4) ----
+  // ---- k-means codebook lookup ----
   m.def("codebook_pack(Tensor idx, int bits) -> Tensor");
   m.def("codebook_unpack(Tensor packed_idx, int bits, int k) -> Tensor");
   m.def("codebook_linear(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias) -> Tensor");
@@ -48,7 +48,7 @@ TORCH_LIBRARY(compress_kernels, m) {
       "codebook_conv2d(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias, "
       "int[2] kernel_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
 
-  // ---- 2:4 semi-structured sparsity (issue 5) ----
+  // ---- 2:4 semi-structured sparsity ----
   m.def("sparse24_compress(Tensor w) -> (Tensor, Tensor)");
   m.def("sparse24_decompress(Tensor values, Tensor meta) -> Tensor");
   m.def("sparse24_f32_pack(Tensor values, Tensor meta) -> Tensor");
@@ -66,7 +66,7 @@ TORCH_LIBRARY(compress_kernels, m) {
       "Tensor shift, int out_zero_point, int qmin, int qmax, ScalarType out_dtype, int[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, str rounding=\"double\") -> Tensor");
 
-  // ---- fused fake-quant (issue 6) ----
+  // ---- fused fake-quant ----
   m.def(
       "fake_quant(Tensor x, Tensor scale, Tensor zero_point, int qmin, int qmax, int? axis=None, "
       "Tensor? mask=None, float? grad_factor=None) -> Tensor");
