@@ -127,7 +127,10 @@ def test_inl_headers_name_their_includers_and_are_included_only_by_tier_units():
         includers = {u.name for u in units if f'#include "{header.name}"' in u.read_text()}
         first_line = header.read_text().split("\n", 1)[0]
         assert first_line.startswith("// Included by "), header.name
-        named = set(re.findall(r"[\w-]+(?:\.cpp|-inl\.h)", first_line))
+        # the first sentence of the leading comment (clang-format may wrap it over several lines)
+        comment = " ".join(line[2:].strip() for line in header.read_text().split("\n") if line.startswith("//"))
+        first_sentence = re.split(r"\.(?:\s|$)", comment, maxsplit=1)[0]
+        named = set(re.findall(r"[\w-]+(?:\.cpp|-inl\.h)", first_sentence))
         assert named == includers, f"{header.name}: first line names {sorted(named)}, included by {sorted(includers)}"
         for name in includers:
             assert name.endswith("-inl.h") or _tier_of(CPU_SOURCES / name) is not None, (
