@@ -14,7 +14,7 @@ import warnings
 import torch
 
 try:
-    from . import _C  # noqa: F401  (loading it registers the ops)
+    from .. import _C  # noqa: F401  (loading it registers the ops)
 
     NATIVE_ERROR: Exception | None = None
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
@@ -178,7 +178,7 @@ def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor,
     qmin, qmax = _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op)
     left_shift = _int_arg(left_shift, "left_shift", op)
     if a.device.type != "cpu":
-        from . import reference
+        from .. import reference
 
         return reference.int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift,
                                   out_zero_point, qmin, qmax, out_dtype, left_shift, requant=requantize)
@@ -410,7 +410,7 @@ def _register_codebook_autograd() -> None:
 # ---------------------------------------------------------------- 2:4 sparse (issue 5)
 
 # The layout converters (CUTLASS, cuSPARSELt, the padded CUDA pack) live in sparse24_layout.
-from .sparse24_layout import (  # noqa: E402, F401
+from ..sparse24_layout import (  # noqa: E402, F401
     sparse24_cuda_pack,
     sparse24_from_cusparselt,
     sparse24_from_cutlass,
@@ -872,6 +872,6 @@ if NATIVE_ERROR is None:
 
     _register_fake_quant_autograd()
     if torch.cuda.is_available():  # the GPU path of the fake-quant ops is Triton
-        from . import triton_kernels as _triton_kernels
+        from .. import triton_kernels as _triton_kernels
 
         _triton_kernels.register_cuda_kernels()
