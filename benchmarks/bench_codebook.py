@@ -18,6 +18,7 @@ launches. The goal: >= 3x dense fp16 at batch 1 for 4-bit.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 
@@ -27,6 +28,10 @@ import torch.nn.functional as F
 import compress_kernels as ck
 
 from common import best_seconds, machine_line, markdown_table, results_name, write_result
+from common import cuda_best_seconds as _cuda_best_seconds
+
+# GEMV calls take microseconds: longer blocks keep the event overhead out of the figure.
+cuda_best_seconds = functools.partial(_cuda_best_seconds, block=50)
 
 warnings.filterwarnings("ignore", message=".*Skipping import of cpp extensions.*")
 warnings.filterwarnings("ignore", message=".*index_reduce.*")
@@ -97,23 +102,6 @@ CUDA_KNS = [4096, 8192]
 CUDA_MS = [1, 8]
 
 
-def cuda_best_seconds(fn, min_run_time: float = 0.2, block: int = 50) -> float:
-    """Best per-call time over blocks of `block` back-to-back launches, timed with CUDA events (a
-    GEMV takes microseconds: one launch per event pair would time the launch overhead)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    best, elapsed = float("inf"), 0.0
-    while elapsed < min_run_time:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(block):
-            fn()
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1e3
-        best, elapsed = min(best, seconds / block), elapsed + seconds
-    return best
 
 
 def bench_cuda(quick: bool) -> str:

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_line, markdown_table, write_result  # noqa: E402
+from benchmarks.common import cuda_best_seconds, machine_line, markdown_table, write_result  # noqa: E402
 from compress_kernels import ops  # noqa: E402
 
 CHANNELS = 256
@@ -130,22 +130,6 @@ def measure(n: int, per_channel: bool, min_run_time: float) -> dict:
     return t
 
 
-def cuda_best_seconds(fn, min_run_time: float, block: int = 10) -> float:
-    """Best per-call time over blocks of `block` back-to-back calls, timed with CUDA events."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    best, elapsed, blocks = float("inf"), 0.0, 0
-    while blocks < 3 or elapsed < min_run_time:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(block):
-            fn()
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1e3
-        best, elapsed, blocks = min(best, seconds / block), elapsed + seconds, blocks + 1
-    return best
 
 
 def measure_cuda(n: int, per_channel: bool, min_run_time: float) -> dict:

@@ -100,7 +100,7 @@ IMAGENET_SHAPES = [
 
 
 def bench_cuda(batch, cin, cout, k, stride, size, min_run_time):
-    from bench_int8_gemm import cuda_best_seconds
+    from common import cuda_best_seconds
 
     torch.manual_seed(0)
     pad = k // 2

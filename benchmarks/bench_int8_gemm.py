@@ -44,6 +44,7 @@ from common import (
     amx_limit_line,
     amx_limits,
     best_seconds,
+    cuda_best_seconds,
     error_line,
     failures_line,
     machine_line,
@@ -146,22 +147,6 @@ CUDA_SHAPES = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192
                (16384, 1024, 4096)]  # (M, N, K)
 
 
-def cuda_best_seconds(fn, min_run_time: float = 0.2, block: int = 20) -> float:
-    """Fastest per-call GPU time of fn() over timed blocks of `block` calls, from CUDA events around
-    each block (launch overhead included, as a caller sees it back to back)."""
-    fn()
-    torch.cuda.synchronize()
-    best, spent = float("inf"), 0.0
-    while spent < min_run_time:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(block):
-            fn()
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1e3
-        best, spent = min(best, seconds / block), spent + seconds
-    return best
 
 
 def bench_cuda_shape(m: int, n: int, k: int, min_run_time: float) -> dict[str, float]:

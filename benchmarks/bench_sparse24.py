@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 
-from common import best_seconds, machine_line, markdown_table, results_name, write_result
+from common import best_seconds, cuda_best_seconds, machine_line, markdown_table, results_name, write_result
 
 MS = [1, 8, 16, 64, 256, 1024]
 KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
@@ -155,22 +155,6 @@ CUDA_MS = [16, 256, 1024, 4096, 8192]
 CUDA_KNS = [(4096, 4096), (8192, 8192), (4096, 16384)]
 
 
-def cuda_best_seconds(fn, min_run_time: float = 0.2, block: int = 20) -> float:
-    """Best per-call time over blocks of `block` back-to-back launches, timed with CUDA events."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    best, elapsed = float("inf"), 0.0
-    while elapsed < min_run_time:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(block):
-            fn()
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1e3
-        best, elapsed = min(best, seconds / block), elapsed + seconds
-    return best
 
 
 def bench_cuda_shape(m: int, k: int, n: int, min_run_time: float) -> dict[str, float]:

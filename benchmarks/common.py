@@ -37,6 +37,27 @@ def best_seconds(fn, min_run_time: float = 0.2) -> float:
     return min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
+def cuda_best_seconds(fn, min_run_time: float = 0.2, block: int = 20, min_blocks: int = 3) -> float:
+    """Fastest per-call GPU time of fn() over blocks of `block` back-to-back calls, each block timed
+    with a pair of CUDA events (a kernel of a few microseconds timed one call per event pair would
+    measure the launch overhead); at least `min_blocks` blocks and `min_run_time` seconds in all,
+    after three warm-up calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    best, elapsed, blocks = float("inf"), 0.0, 0
+    while blocks < min_blocks or elapsed < min_run_time:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(block):
+            fn()
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+        best, elapsed, blocks = min(best, seconds / block), elapsed + seconds, blocks + 1
+    return best
+
+
 def cpuinfo_field(name: str) -> str:
     """The first `name` field of /proc/cpuinfo ("model name", "vendor_id"), "" where there is none."""
     try:
