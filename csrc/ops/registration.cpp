@@ -1,6 +1,6 @@
 // The one place where every op's schema is declared. Implementations register per backend in
 // cpu_*.cpp / cuda_*.cpp beside this file (cpu_isa.cpp: the CPU path control ops); fake (meta)
-// kernels and autograd live in compress_kernels/ops.py.
+// kernels and autograd live beside their wrappers in compress_kernels/ops/ (one module per family).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -14,7 +14,7 @@
 //
 // The nibble is the one CUTLASS (and PyTorch's to_sparse_semi_structured) uses for 16- and 8-bit
 // types; read as little-endian int16 (int32), four (eight) consecutive groups of a row of `meta`
-// are CUTLASS's un-reordered metadata word. compress_kernels/ops.py converts to and from the
+// are CUTLASS's un-reordered metadata word. compress_kernels/sparse24_layout.py converts to and from the
 // reordered (ColumnMajorInterleaved<2>) CUTLASS layout.
 //
 // Bytes: fp32 values + meta = 50% + 3.125% of dense; int8 values + meta = 50% + 12.5% of dense.
