@@ -75,6 +75,21 @@ def first_index(mask: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), mask.shape)) if mask.dim() else ()
 
 
+def check_layer_qparams(where: str, input_scale, input_zero_point, input_dtype: torch.dtype, output_scale,
+                        output_zero_point, output_dtype: torch.dtype,
+                        weight_scale=None) -> tuple[float, int, float, int]:
+    """The activation qparams of an integer layer's from_float, checked (check_scale /
+    check_zero_point / check_scales, in that order): (input_scale, input_zero_point, output_scale,
+    output_zero_point) as Python numbers."""
+    input_scale = check_scale(input_scale, "input_scale", where)
+    output_scale = check_scale(output_scale, "output_scale", where)
+    input_zero_point = check_zero_point(input_zero_point, input_dtype, "input_zero_point", where)
+    output_zero_point = check_zero_point(output_zero_point, output_dtype, "output_zero_point", where)
+    if weight_scale is not None:
+        check_scales(weight_scale.detach().float(), "weight_scale", where)
+    return input_scale, input_zero_point, output_scale, output_zero_point
+
+
 def check_finite(t: torch.Tensor, name: str, where: str) -> None:
     """ValueError naming `where`, `name` and the first non-finite element (index and value) of t."""
     bad = ~torch.isfinite(t.detach())

@@ -57,12 +57,9 @@ class QuantConv2d(IntegerLayer):
             raise ValueError(f"QuantConv2d.from_float: only numeric zero padding is supported, got "
                              f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
         where = f"QuantConv2d.from_float({conv!r}" + (f", {bn!r})" if bn is not None else ")")
-        input_scale = numerics.check_scale(input_scale, "input_scale", where)
-        output_scale = numerics.check_scale(output_scale, "output_scale", where)
-        input_zero_point = numerics.check_zero_point(input_zero_point, input_dtype, "input_zero_point", where)
-        output_zero_point = numerics.check_zero_point(output_zero_point, output_dtype, "output_zero_point", where)
-        if weight_scale is not None:
-            numerics.check_scales(weight_scale.detach().float(), "weight_scale", where)
+        input_scale, input_zero_point, output_scale, output_zero_point = numerics.check_layer_qparams(
+            where, input_scale, input_zero_point, input_dtype, output_scale, output_zero_point, output_dtype,
+            weight_scale)
         weight, bias = fold_batchnorm(conv, bn) if bn is not None else (conv.weight.detach(), conv.bias)
         folded = " (BatchNorm folded)" if bn is not None else ""
         numerics.check_finite(weight, "weight" + folded, where)

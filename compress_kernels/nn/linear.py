@@ -93,12 +93,9 @@ class QuantLinear(IntegerLayer):
         if linear.bias is not None:
             numerics.check_finite(linear.bias, "bias", where)
         if mode == "static":
-            input_scale = numerics.check_scale(input_scale, "input_scale", where)
-            output_scale = numerics.check_scale(output_scale, "output_scale", where)
-            input_zero_point = numerics.check_zero_point(input_zero_point, input_dtype, "input_zero_point", where)
-            output_zero_point = numerics.check_zero_point(output_zero_point, output_dtype, "output_zero_point", where)
-            if weight_scale is not None:
-                numerics.check_scales(weight_scale.detach().float(), "weight_scale", where)
+            input_scale, input_zero_point, output_scale, output_zero_point = numerics.check_layer_qparams(
+                where, input_scale, input_zero_point, input_dtype, output_scale, output_zero_point, output_dtype,
+                weight_scale)
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode,
                 per_channel=per_channel, input_dtype=input_dtype, output_dtype=output_dtype,
                 rounding=rounding)
