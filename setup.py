@@ -17,7 +17,7 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "-gencode=arch=compute_80,code=sm_80", "-genc
 
 INCLUDE_DIRS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "include")]
 
-cpu_sources = (sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/ops/registration.cpp"]
+cpu_sources = (sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/ops/registration.cpp", "csrc/ops/meta.cpp"]
                + sorted(glob.glob("csrc/ops/cpu*.cpp")))
 cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/ops/cuda*.cpp"))
 with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and bool(cuda_sources)

@@ -245,9 +245,9 @@ def _dtype_refusal(case: Case, other: torch.Tensor) -> str | None:
     if case.family == "int8_conv2d_pack_weight" and other.dtype != torch.int32:
         return r"int8_conv2d: w_packed must be Int, got"
     if case.family == "sparse24_f32_pack" and other.dim() != 1:
-        return r"sparse24_linear: values must be Float, got Int"
+        return r"sparse24_linear: values must be float32 \[N, K/2\] or sparse24_f32_pack's packed tensor, got Int"
     if case.family == "sparse24_bf16_pack" and other.dim() != 1:
-        return r"sparse24_linear: with bf16 x, values must be bf16 \[N, K/2\] or sparse24_bf16_pack's packed tensor"
+        return r"sparse24_linear: values must be bf16 \[N, K/2\] or sparse24_bf16_pack's packed tensor \(with bf16 x\)"
     if case.family == "sparse24_int8_pack" and other.dim() != 1:
         return r"sparse24_int8_linear: values must be int8 \[N, K/2\] or an int32 packed weight from sparse24_int8_pack"
     return None

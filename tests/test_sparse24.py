@@ -350,7 +350,8 @@ def test_bad_input_messages():
         ck.sparse24_linear(torch.randn(5, 20), values, meta)
     with pytest.raises(RuntimeError, match="sparse24_linear: x must be float32 or bfloat16 on the CPU, got Double"):
         ck.sparse24_linear(x.double(), values, meta)
-    with pytest.raises(RuntimeError, match="sparse24_linear: with bf16 x, values must be bf16 .* got Float"):
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: values must be bf16 \[N, K/2\] or sparse24_bf16_pack.s "
+                                           r"packed tensor \(with bf16 x\), got Float"):
         ck.sparse24_linear(x.bfloat16(), values, meta)
     vb = values.bfloat16()
     with pytest.raises(RuntimeError, match="sparse24_linear: with bf16 x, bias must be bf16 or fp32, got Double"):
@@ -370,7 +371,8 @@ def test_bad_input_messages():
         ck.sparse24_bf16_pack(values, meta)
     with pytest.raises(RuntimeError, match="sparse24_bf16_pack: values must have at least one row"):
         ck.sparse24_bf16_pack(torch.zeros(0, 2, dtype=torch.bfloat16), torch.zeros(0, 1, dtype=torch.uint8))
-    with pytest.raises(RuntimeError, match="sparse24_linear: values must be Float"):
+    with pytest.raises(RuntimeError, match=r"sparse24_linear: values must be float32 \[N, K/2\] or sparse24_f32_pack's "
+                                           r"packed tensor, got Double of shape \[20, 12\]"):
         ck.sparse24_linear(x, values.double(), meta)
     with pytest.raises(RuntimeError, match=r"sparse24_linear: bias must have shape \[20\]"):
         ck.sparse24_linear(x, values, meta, torch.zeros(3))

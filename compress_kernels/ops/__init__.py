@@ -1,7 +1,8 @@
 """Typed Python entry points for every op in torch.ops.compress_kernels, one module per family, each
-wrapper with its fake (meta) kernel for torch.compile / torch.export and its autograd registration
-beside it: packed (pack headers and shapes), requantize, int8, codebook, sparse24, fake_quant, isa
-(the CPU path); _native loads the library and holds the argument checks the wrappers share.
+wrapper with its autograd registration beside it: packed (pack headers and shapes), requantize, int8,
+codebook, sparse24, fake_quant, isa (the CPU path); _native loads the library and holds the argument
+checks the wrappers share. The fake (meta) kernels that torch.compile and torch.export run are C++
+(csrc/ops/meta.cpp) and call the same argument checks as the CPU and CUDA kernels.
 
 The schemas live in csrc/ops/registration.cpp; the spec of each op is the function of the same name
 in compress_kernels.reference.
@@ -13,9 +14,6 @@ from ._native import (
     INT32_MAX,
     INT32_MIN,
     NATIVE_ERROR,
-)
-from ._native import (
-    _conv2d_out_hw as _conv2d_out_hw,
 )
 from ._native import (
     _describe as _describe,
@@ -31,9 +29,6 @@ from ._native import (
 )
 from ._native import (
     _lib as _lib,
-)
-from ._native import (
-    _register_fake as _register_fake,
 )
 from .codebook import (
     _codebook_dense as _codebook_dense,
@@ -80,9 +75,6 @@ from .packed import (
     packed_n,
     packed_payload,
     packed_shape,
-)
-from .packed import (
-    _packed_rows as _packed_rows,
 )
 from .requantize import (
     int8_add,

@@ -1,8 +1,8 @@
 """The native library and the argument checks every op wrapper shares.
 
 Loading compress_kernels._C registers the ops in torch.ops.compress_kernels; where it fails, NATIVE_ERROR
-holds the error, a RuntimeWarning says so, `_lib()` raises, and no fake kernel or autograd formula is
-registered (there is no op to attach them to).
+holds the error, a RuntimeWarning says so, `_lib()` raises, and no autograd formula is registered
+(there is no op to attach it to).
 """
 
 from __future__ import annotations
@@ -100,23 +100,3 @@ def _int_pair(v, name: str, op: str) -> list[int]:
     i = _int_arg(v, name, op)
     return [i, i]
 
-
-def _register_fake(op: str):
-    """Decorator: register the function as the fake (meta) kernel of compress_kernels::<op> for
-    torch.compile / torch.export, only when the native library loaded (the op exists); the function
-    is returned unchanged either way."""
-
-    def register(fn):
-        if NATIVE_ERROR is None:
-            torch.library.register_fake(f"compress_kernels::{op}")(fn)
-        return fn
-
-    return register
-
-
-def _conv2d_out_hw(x, kernel_hw, stride, padding, dilation) -> tuple[int, int]:
-    """(OH, OW) of a conv2d over x [N, C, H, W] as F.conv2d computes them, per spatial dimension i:
-    (size_i + 2 * padding[i] - dilation[i] * (kernel_hw[i] - 1) - 1) // stride[i] + 1.
-    Symbolic sizes stay symbolic (for the fake kernels)."""
-    return tuple((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel_hw[i] - 1) - 1) // stride[i] + 1
-                 for i in range(2))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ._native import NATIVE_ERROR, _conv2d_out_hw, _int_arg, _int_pair, _lib, _register_fake
-from .packed import _packed_rows, packed_n, packed_shape
+from ._native import NATIVE_ERROR, _int_arg, _int_pair, _lib
+from .packed import packed_n
 
 
 def codebook_words_per_row(k: int, bits: int) -> int:
@@ -27,20 +27,9 @@ def codebook_pack(idx: torch.Tensor, bits: int) -> torch.Tensor:
     return _lib().codebook_pack(idx, bits)
 
 
-@_register_fake("codebook_pack")
-def _fake_codebook_pack(idx, bits):
-    torch._check(1 <= bits <= 8, lambda: f"codebook_pack: bits must be in [1, 8], got {bits}")
-    return idx.new_empty(packed_shape("codebook_pack", idx.shape[0], idx.shape[1], bits), dtype=torch.int32)
-
-
 def codebook_unpack(packed_idx: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Inverse of codebook_pack: uint8 indices [N, k]."""
     return _lib().codebook_unpack(packed_idx, bits, k)
-
-
-@_register_fake("codebook_unpack")
-def _fake_codebook_unpack(packed_idx, bits, k):
-    return packed_idx.new_empty((_packed_rows(packed_idx, "codebook_pack"), k), dtype=torch.uint8)
 
 
 def codebook_linear(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int,
@@ -55,12 +44,6 @@ def codebook_linear(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
     (see csrc/ops/cuda_codebook.cpp). Differentiable in x, codebook and bias; the
     codebook gradient is the sum of the weight gradients of each entry's members."""
     return _lib().codebook_linear(x, packed_idx, codebook, bits, bias)
-
-
-@_register_fake("codebook_linear")
-def _fake_codebook_linear(x, packed_idx, codebook, bits, bias):
-    torch._check(x.dim() == 2, lambda: f"codebook_linear: x must be 2-D, got {x.dim()}-D")
-    return x.new_empty((x.shape[0], _packed_rows(packed_idx, "codebook_pack")))
 
 
 def codebook_conv2d(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int,
@@ -78,14 +61,6 @@ def codebook_conv2d(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
                                   _int_pair(kernel_size, "kernel_size", op), _int_pair(stride, "stride", op),
                                   _int_pair(padding, "padding", op), _int_pair(dilation, "dilation", op),
                                   _int_arg(groups, "groups", op))
-
-
-@_register_fake("codebook_conv2d")
-def _fake_codebook_conv2d(x, packed_idx, codebook, bits, bias, kernel_size, stride=(1, 1), padding=(0, 0),
-      dilation=(1, 1), groups=1):
-    torch._check(x.dim() == 4, lambda: f"codebook_conv2d: x must be 4-D, got {x.dim()}-D")
-    ho, wo = _conv2d_out_hw(x, kernel_size, stride, padding, dilation)
-    return x.new_empty((x.shape[0], _packed_rows(packed_idx, "codebook_pack"), ho, wo))
 
 
 def _codebook_dense(packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> tuple[

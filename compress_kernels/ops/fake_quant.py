@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import NATIVE_ERROR, _lib, _register_fake
+from ._native import NATIVE_ERROR, _lib
 
 
 def _qparam_tensor(v, dtype: torch.dtype, device) -> torch.Tensor:
@@ -42,11 +42,6 @@ def fake_quant(x: torch.Tensor, scale, zero_point=0, qmin: int = -128, qmax: int
     return _lib().fake_quant(x, scale_t, zp_t, qmin, qmax, axis, mask, grad_factor)
 
 
-@_register_fake("fake_quant")
-def _fake_fake_quant(x, scale, zero_point, qmin, qmax, axis=None, mask=None, grad_factor=None):
-    return x.new_empty(x.shape)
-
-
 def _zero_point_grad_dtype(zero_point):
     return zero_point.dtype if zero_point.dtype.is_floating_point else torch.float32
 
@@ -60,13 +55,6 @@ def fake_quant_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor
     they do not depend on the thread count; they are zeros when not requested."""
     return _lib().fake_quant_backward(grad, x, scale, zero_point, qmin, qmax, axis, mask,
                                       grad_factor, scale_grad, zero_point_grad)
-
-
-@_register_fake("fake_quant_backward")
-def _fake_fake_quant_backward(grad, x, scale, zero_point, qmin, qmax, axis, mask, grad_factor, scale_grad,
-                              zero_point_grad):
-    return (x.new_empty(x.shape), scale.new_empty(scale.shape),
-            zero_point.new_empty(zero_point.shape, dtype=_zero_point_grad_dtype(zero_point)))
 
 
 class _ObservedFakeQuant(torch.autograd.Function):
@@ -121,12 +109,6 @@ def fake_quant_observe(x: torch.Tensor, running_min: torch.Tensor, running_max: 
                                         symmetric, axis, mask)
     return _lib().fake_quant_observe(x, running_min, running_max, momentum, qmin, qmax, symmetric,
                                      axis, mask)
-
-
-@_register_fake("fake_quant_observe")
-def _fake_fake_quant_observe(x, running_min, running_max, momentum, qmin, qmax, symmetric=False, axis=None, mask=None):
-    return (x.new_empty(x.shape), running_min.new_empty(running_min.shape),
-            running_min.new_empty(running_min.shape, dtype=torch.int32))
 
 
 def _register_fake_quant_autograd() -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import _conv2d_out_hw, _int32, _int_arg, _int_pair, _lib, _register_fake
-from .packed import _packed_rows, packed_shape
+from ._native import _int32, _int_arg, _int_pair, _lib
 
 
 def int8_pack_weight(w: torch.Tensor) -> torch.Tensor:
@@ -17,19 +16,9 @@ def int8_pack_weight(w: torch.Tensor) -> torch.Tensor:
     return _lib().int8_pack_weight(w)
 
 
-@_register_fake("int8_pack_weight")
-def _fake_int8_pack_weight(w):
-    return w.new_empty(packed_shape("int8_pack_weight", w.shape[0], w.shape[1]), dtype=torch.int32)
-
-
 def int8_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int32 a @ b.T. a: int8 or uint8 [M, K]; b: int8 [N, K] or packed (int8_pack_weight)."""
     return _lib().int8_gemm(a, b)
-
-
-@_register_fake("int8_gemm")
-def _fake_int8_gemm(a, b):
-    return a.new_empty((a.shape[0], _packed_rows(b, "int8_pack_weight")), dtype=torch.int32)
 
 
 def int8_linear(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch.Tensor | None,
@@ -51,11 +40,6 @@ def int8_linear(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
                               _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op), out_dtype, rounding)
 
 
-@_register_fake("int8_linear")
-def _fake_int8_linear(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding="double"):
-    return x.new_empty((x.shape[0], _packed_rows(w, "int8_pack_weight")), dtype=out_dtype)
-
-
 def int8_linear_float(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, x_scale: torch.Tensor,
                       w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """int8 GEMM with a float epilogue for dynamic quantization:
@@ -63,11 +47,6 @@ def int8_linear_float(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, x_sca
     acc = sum_k w[n, k] * (x[m, k] - x_zero_point). x_scale: [M] or [1]; w_scale: [N] or [1]."""
     return _lib().int8_linear_float(x, _int_arg(x_zero_point, "x_zero_point", "int8_linear_float"), w, x_scale,
                                     w_scale, bias)
-
-
-@_register_fake("int8_linear_float")
-def _fake_int8_linear_float(x, x_zero_point, w, x_scale, w_scale, bias):
-    return x.new_empty((x.shape[0], _packed_rows(w, "int8_pack_weight")), dtype=torch.float32)
 
 
 def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,23 +57,12 @@ def quantize_rows(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch
     return _lib().quantize_rows(x, _int_arg(qmax, "qmax", "quantize_rows"))
 
 
-@_register_fake("quantize_rows")
-def _fake_quantize_rows(x, qmax=127):
-    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
-
-
 def int8_conv2d_pack_weight(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """Pack an int8 conv weight [OC, C/groups, KH, KW] once for int8_conv2d: per group, the
     [OC/groups, KH*KW*C/groups] matrix in (o, kh, kw, c) order packed like int8_pack_weight,
     stacked after the header rows into an int32 tensor
     packed_shape("int8_conv2d_pack_weight", OC, KH*KW*C/groups, groups)."""
     return _lib().int8_conv2d_pack_weight(w, groups)
-
-
-@_register_fake("int8_conv2d_pack_weight")
-def _fake_int8_conv2d_pack_weight(w, groups=1):
-    depth = w.shape[1] * w.shape[2] * w.shape[3]
-    return w.new_empty(packed_shape("int8_conv2d_pack_weight", w.shape[0], depth, groups), dtype=torch.int32)
 
 
 def int8_conv2d(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch.Tensor | None, m0, shift,
@@ -118,11 +86,3 @@ def int8_conv2d(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
                               _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op), out_dtype,
                               _int_pair(stride, "stride", op), _int_pair(padding, "padding", op),
                               _int_pair(dilation, "dilation", op), _int_arg(groups, "groups", op), rounding, w_packed)
-
-
-@_register_fake("int8_conv2d")
-def _fake_int8_conv2d(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride=(1, 1),
-      padding=(0, 0), dilation=(1, 1), groups=1, rounding="double", w_packed=None):
-    oh, ow = _conv2d_out_hw(x, (w.shape[2], w.shape[3]), stride, padding, dilation)
-    return torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=out_dtype, device=x.device,
-                       memory_format=torch.channels_last)

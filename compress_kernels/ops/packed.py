@@ -37,11 +37,3 @@ def packed_payload(packed: torch.Tensor, family: str) -> torch.Tensor:
     if packed.dim() == 2:
         return packed[packed.shape[0] - packed_n(family, packed.shape):]
     return packed[_PACKED_1D_HEADER_BYTES // packed.element_size():]
-
-
-def _packed_rows(w: torch.Tensor, family: str) -> int:
-    """N of a weight argument as the fake kernels see it: a raw [N, K] weight's rows, or the rows
-    of a 2-D int32 pack after its header."""
-    if w.dtype == torch.int32 and w.dim() == 2:
-        return packed_n(family, w.shape)
-    return w.shape[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import _int32, _int_arg, _lib, _register_fake
+from ._native import _int32, _int_arg, _lib
 
 
 def quantize_multiplier(real) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,11 +14,6 @@ def quantize_multiplier(real) -> tuple[torch.Tensor, torch.Tensor]:
     multipliers below 2^-32 map to (0, 0). Negative, non-finite or >= 2^30 values are errors."""
     real_t = torch.as_tensor(real, dtype=torch.float64)
     return _lib().quantize_multiplier(real_t.cpu())
-
-
-@_register_fake("quantize_multiplier")
-def _fake_quantize_multiplier(real):
-    return real.new_empty(real.shape, dtype=torch.int32), real.new_empty(real.shape, dtype=torch.int32)
 
 
 def requantize(acc: torch.Tensor, m0, shift, zero_point: int = 0, qmin: int = -128,
@@ -40,12 +35,6 @@ def requantize(acc: torch.Tensor, m0, shift, zero_point: int = 0, qmin: int = -1
     return _lib().requantize(acc, _int32(m0, "m0", op), _int32(shift, "shift", op),
                              _int_arg(zero_point, "zero_point", op), _int_arg(qmin, "qmin", op),
                              _int_arg(qmax, "qmax", op), out_dtype, rounding)
-
-
-@_register_fake("requantize")
-def _fake_requantize(acc, m0, shift, zero_point, qmin, qmax, out_dtype, rounding="double"):
-    torch._check(acc.dtype == torch.int32, lambda: f"requantize: acc must be int32, got {acc.dtype}")
-    return acc.new_empty(acc.shape, dtype=out_dtype)
 
 
 def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor, b_zero_point: int, b_m0, b_shift,
@@ -76,17 +65,3 @@ def int8_add(a: torch.Tensor, a_zero_point: int, a_m0, a_shift, b: torch.Tensor,
                                   out_zero_point, qmin, qmax, out_dtype, left_shift, requant=requantize)
     return _lib().int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift,
                            out_zero_point, qmin, qmax, out_dtype, left_shift)
-
-
-@_register_fake("int8_add")
-def _fake_int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift, out_zero_point,
-                   qmin, qmax, out_dtype, left_shift=20):
-    for name, t in (("a", a), ("b", b)):
-        torch._check(t.dtype in (torch.int8, torch.uint8),
-                     lambda: f"int8_add: {name} must be int8 or uint8, got {t.dtype}")
-    torch._check(a.shape == b.shape, lambda: f"int8_add: a and b must have the same shape, got {tuple(a.shape)} "
-                                             f"and {tuple(b.shape)}")
-    torch._check(0 <= left_shift <= 22, lambda: f"int8_add: left_shift must be in [0, 22], got {left_shift}")
-    if a.stride() == b.stride():
-        return torch.empty_like(a, dtype=out_dtype)
-    return a.new_empty(a.shape, dtype=out_dtype)

@@ -13,8 +13,7 @@ from ..sparse24_layout import (
     sparse24_to_cusparselt,
     sparse24_to_cutlass,
 )
-from ._native import _conv2d_out_hw, _int32, _int_arg, _int_pair, _lib, _register_fake
-from .packed import packed_shape
+from ._native import _int32, _int_arg, _int_pair, _lib
 
 __all__ = [
     "sparse24_bf16_pack",
@@ -42,21 +41,9 @@ def sparse24_compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _lib().sparse24_compress(w)
 
 
-@_register_fake("sparse24_compress")
-def _fake_sparse24_compress(w):
-    torch._check(w.dim() == 2, lambda: f"sparse24_compress: w must be 2-D, got {w.dim()}-D")
-    n, k = w.shape
-    return w.new_empty((n, k // 2)), w.new_empty((n, (k + 7) // 8), dtype=torch.uint8)
-
-
 def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """The dense [N, K] weight of a compressed (values, meta) pair."""
     return _lib().sparse24_decompress(values, meta)
-
-
-@_register_fake("sparse24_decompress")
-def _fake_sparse24_decompress(values, meta):
-    return values.new_empty((values.shape[0], 2 * values.shape[1]))
 
 
 def sparse24_f32_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
@@ -66,22 +53,12 @@ def sparse24_f32_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     return _lib().sparse24_f32_pack(values, meta)
 
 
-@_register_fake("sparse24_f32_pack")
-def _fake_sparse24_f32_pack(values, meta):
-    return values.new_empty(packed_shape("sparse24_f32_pack", values.shape[0], 2 * values.shape[1]))
-
-
 def sparse24_bf16_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """Pack bf16 values [N, K/2] + meta once into the CPU bf16 kernel's layout (a 1-D bf16 tensor of
     packed_shape("sparse24_bf16_pack", N, K): the 64-byte header, then blocks of 16 columns x 8 k,
     values as the (k0, k1) pairs vdpbf16ps reads, see csrc/cpu/sparse24.h); sparse24_linear with
     bf16 x accepts it in place of the values."""
     return _lib().sparse24_bf16_pack(values, meta)
-
-
-@_register_fake("sparse24_bf16_pack")
-def _fake_sparse24_bf16_pack(values, meta):
-    return values.new_empty(packed_shape("sparse24_bf16_pack", values.shape[0], 2 * values.shape[1]))
 
 
 def _pad_rows(t: torch.Tensor | None, rows: int) -> torch.Tensor | None:
@@ -115,22 +92,11 @@ def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     return _lib().sparse24_linear(x, values, meta, bias)
 
 
-@_register_fake("sparse24_linear")
-def _fake_sparse24_linear(x, values, meta, bias):
-    return x.new_empty((x.shape[0], meta.shape[0]))
-
-
 def sparse24_int8_pack(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """Pack int8 values [N, K/2] + meta once into the int8 kernel's layout (a 1-D int32 tensor of
     packed_shape("sparse24_int8_pack", N, K): the 64-byte header, then the layout of
     csrc/cpu/sparse24.h); sparse24_int8_linear accepts it in place of the int8 values."""
     return _lib().sparse24_int8_pack(values, meta)
-
-
-@_register_fake("sparse24_int8_pack")
-def _fake_sparse24_int8_pack(values, meta):
-    return values.new_empty(packed_shape("sparse24_int8_pack", values.shape[0], 2 * values.shape[1]),
-                            dtype=torch.int32)
 
 
 def sparse24_int8_linear(x: torch.Tensor, x_zero_point: int, values: torch.Tensor, meta: torch.Tensor,
@@ -165,12 +131,6 @@ def sparse24_int8_linear(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
                                        out_zero_point, qmin, qmax, out_dtype, rounding)
 
 
-@_register_fake("sparse24_int8_linear")
-def _fake_sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,
-                               rounding="double"):
-    return x.new_empty((x.shape[0], meta.shape[0]), dtype=out_dtype)
-
-
 def sparse24_conv2d(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
                     kernel_size=1, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """conv2d (groups = 1, zero padding) with a 2:4 sparse fp32 weight compressed as
@@ -183,13 +143,6 @@ def sparse24_conv2d(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, b
     return _lib().sparse24_conv2d(x, values, meta, bias, _int_pair(kernel_size, "kernel_size", op),
                                   _int_pair(stride, "stride", op), _int_pair(padding, "padding", op),
                                   _int_pair(dilation, "dilation", op))
-
-
-@_register_fake("sparse24_conv2d")
-def _fake_sparse24_conv2d(x, values, meta, bias, kernel_size, stride, padding, dilation):
-    oh, ow = _conv2d_out_hw(x, kernel_size, stride, padding, dilation)
-    return torch.empty((x.shape[0], meta.shape[0], oh, ow), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last)
 
 
 def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tensor, meta: torch.Tensor,
@@ -210,11 +163,3 @@ def sparse24_int8_conv2d(x: torch.Tensor, x_zero_point: int, values: torch.Tenso
                                        _int_arg(qmax, "qmax", op), out_dtype, _int_pair(kernel_size, "kernel_size", op),
                                        _int_pair(stride, "stride", op), _int_pair(padding, "padding", op),
                                        _int_pair(dilation, "dilation", op), rounding)
-
-
-@_register_fake("sparse24_int8_conv2d")
-def _fake_sparse24_int8_conv2d(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype,
-                               kernel_size, stride, padding, dilation, rounding="double"):
-    oh, ow = _conv2d_out_hw(x, kernel_size, stride, padding, dilation)
-    return torch.empty((x.shape[0], meta.shape[0], oh, ow), dtype=out_dtype, device=x.device,
-                       memory_format=torch.channels_last)

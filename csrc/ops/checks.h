@@ -24,7 +24,7 @@ inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* o
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ", t.sizes());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ", t.sym_sizes());
 }
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
@@ -82,17 +82,19 @@ inline void check_multiplier_dtype(const at::Tensor& t, const char* op, const ch
 }
 
 // m0 / shift: int32, numel 1 (per tensor) or `channels` (per channel), m0 >= 0, shift in [-31, 30].
-// Returns true when per channel. Reads the values, so call it on CPU copies.
-inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int64_t channels, const char* op) {
+// Returns true when per channel. The values are read where they are on the CPU (not on a device,
+// nor on a meta / fake tensor, which holds none).
+inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, const c10::SymInt& channels,
+                             const char* op) {
   check_multiplier_dtype(m0, op, "m0");
   check_multiplier_dtype(shift, op, "shift");
-  TORCH_CHECK(m0.dim() <= 1 && shift.dim() <= 1, op, ": m0 and shift must be 0-D or 1-D, got shapes ", m0.sizes(),
-              " and ", shift.sizes());
-  TORCH_CHECK(m0.numel() == shift.numel(), op, ": m0 and shift must have the same numel, got ", m0.numel(), " and ",
-              shift.numel());
-  TORCH_CHECK(m0.numel() == 1 || m0.numel() == channels, op, ": m0 and shift must have 1 (per-tensor) or ", channels,
-              " (per-channel) elements, got ", m0.numel());
-  if (m0.numel() > 0 && m0.device().is_cpu()) {
+  TORCH_CHECK(m0.dim() <= 1 && shift.dim() <= 1, op, ": m0 and shift must be 0-D or 1-D, got shapes ", m0.sym_sizes(),
+              " and ", shift.sym_sizes());
+  TORCH_CHECK(m0.sym_numel() == shift.sym_numel(), op, ": m0 and shift must have the same numel, got ", m0.sym_numel(),
+              " and ", shift.sym_numel());
+  TORCH_CHECK(m0.sym_numel() == 1 || m0.sym_numel() == channels, op, ": m0 and shift must have 1 (per-tensor) or ",
+              channels, " (per-channel) elements, got ", m0.sym_numel());
+  if (m0.device().is_cpu() && m0.numel() > 0) {
     // A plain loop over the values: min() / item() dispatch and allocate per call, which at batch 1
     // cost more than a small layer's kernel.
     const at::Tensor mc = m0.contiguous(), sc = shift.contiguous();
@@ -108,7 +110,7 @@ inline bool check_multiplier(const at::Tensor& m0, const at::Tensor& shift, int6
     TORCH_CHECK(s_min >= kMinShift && s_max <= kMaxShift, op, ": shift must be in [", kMinShift, ", ", kMaxShift,
                 "], got values in [", s_min, ", ", s_max, "]");
   }
-  return m0.numel() > 1;  // with one channel, per-tensor and per-channel coincide
+  return m0.sym_numel() > 1;  // with one channel, per-tensor and per-channel coincide
 }
 
 inline cpu::OutType integer_out_type(at::ScalarType dtype) {
@@ -134,7 +136,7 @@ inline cpu::RequantParams requant_params(const at::Tensor& m0, const at::Tensor&
 // Largest k for which sum_k |w| * |x - x_zero_point| <= 128 * 255 * k cannot overflow int32.
 constexpr int64_t kMaxInt8Depth = std::numeric_limits<int32_t>::max() / (128 * 255);
 
-inline void check_depth(int64_t k, const char* op) {
+inline void check_depth(const c10::SymInt& k, const char* op) {
   TORCH_CHECK(k <= kMaxInt8Depth, op, ": K=", k, " could overflow the int32 accumulator (K * 255 * 128 > 2^31 - 1); ",
               "the largest supported K is ", kMaxInt8Depth, ". Split the reduction into chunks.");
 }

@@ -16,8 +16,6 @@ namespace bp = ck::bitpack;
 
 at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
   constexpr const char* op = "codebook_pack";
-  check_codebook_bits(bits, op);
-  check_dim(idx, 2, op, "idx");
   check_cpu(idx, op, "idx");
   check_codebook_idx(idx, bits, op);
   const int64_t n = idx.size(0), k = idx.size(1);
@@ -28,33 +26,25 @@ at::Tensor codebook_pack_cpu(const at::Tensor& idx, int64_t bits) {
   return packed;
 }
 
-PackedInfo check_packed_cpu(const at::Tensor& packed, int64_t bits, int64_t k, const char* k_from, const char* op) {
-  check_cpu(packed, op, "packed_idx");
-  return check_codebook_packed(packed, bits, k, k_from, op);
-}
-
 const uint32_t* payload_words(const at::Tensor& packed, const PackedInfo& info) {
   return reinterpret_cast<const uint32_t*>(packed_payload<int32_t>(packed, info));
 }
 
 at::Tensor codebook_unpack_cpu(const at::Tensor& packed, int64_t bits, int64_t k) {
   constexpr const char* op = "codebook_unpack";
-  check_codebook_bits(bits, op);
-  TORCH_CHECK(k > 0, op, ": k must be > 0, got ", k);
-  const PackedInfo info = check_packed_cpu(packed, bits, k, "the k argument", op);
+  check_cpu(packed, op, "packed_idx");
+  const PackedInfo info = check_codebook_unpack(packed, bits, k, op);
   const int64_t n = info.n;
   at::Tensor idx = at::empty({n, k}, packed.options().dtype(at::kByte));
   cpu::codebook_unpack(payload_words(packed, info), n, k, static_cast<int>(bits), idx.data_ptr<uint8_t>());
   return idx;
 }
 
-// Checks the weight operands shared by linear and conv2d; fills the weight part of args.
-// packed is validated (check_packed_cpu) and info is what its header says.
+// The weight part of args from checked weight operands (info: what packed's header says).
 void prepare_weight(const at::Tensor& packed, const PackedInfo& info, const at::Tensor& codebook, int64_t bits,
-                    const std::optional<at::Tensor>& bias, int64_t k, const at::Tensor& x, at::Tensor& cb_holder,
-                    at::Tensor& bias_holder, cpu::CodebookLinearArgs& args, const char* op) {
-  const int64_t group_rows = check_codebook_weight(packed, info, codebook, bits, bias, x, op);
-  const int64_t n = info.n;
+                    const std::optional<at::Tensor>& bias, int64_t k, at::Tensor& cb_holder, at::Tensor& bias_holder,
+                    cpu::CodebookLinearArgs& args) {
+  const int64_t n = info.n, group_rows = n / codebook.size(0);
   cb_holder = codebook.contiguous();
   args.packed = payload_words(packed, info);
   args.n = n;
@@ -83,15 +73,12 @@ void run(const cpu::CodebookLinearArgs& args) {
 at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
                                int64_t bits, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "codebook_linear";
-  check_dtype(x, at::kFloat, op, "x");
-  check_dim(x, 2, op, "x");
   check_cpu(x, op, "x");
-  TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
+  check_cpu(packed_idx, op, "packed_idx");
+  const PackedInfo info = check_codebook_linear(x, packed_idx, codebook, bits, bias, op);
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
-  check_codebook_bits(bits, op);
-  const PackedInfo info = check_packed_cpu(packed_idx, bits, x.size(1), "x", op);
-  prepare_weight(packed_idx, info, codebook, bits, bias, x.size(1), x, cb_holder, bias_holder, args, op);
+  prepare_weight(packed_idx, info, codebook, bits, bias, x.size(1), cb_holder, bias_holder, args);
   const at::Tensor xc = x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1)) ? x : x.contiguous();
   at::Tensor out = at::empty({x.size(0), args.n}, x.options());
   args.x = xc.data_ptr<float>();
@@ -110,21 +97,18 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                int64_t groups) {
   constexpr const char* op = "codebook_conv2d";
-  check_dtype(x, at::kFloat, op, "x");
-  check_dim(x, 4, op, "x");
   check_cpu(x, op, "x");
-  check_codebook_bits(bits, op);
-  const PackedInfo info = check_packed_cpu(packed_idx, bits, -1, nullptr, op);
-  const CodebookConvShape s = check_codebook_conv(x, info, kernel_size, stride, padding, dilation, groups, op);
-  PackedExpect expect;
-  expect.param = bits;
-  check_packed_k(info, expect, s.k, "x and kernel_size: C/groups * kh * kw", op, "packed_idx");
+  check_cpu(packed_idx, op, "packed_idx");
+  PackedInfo info;
+  const CodebookConvShape s = check_codebook_conv2d(x, packed_idx, codebook, bits, bias, kernel_size, stride, padding,
+                                                    dilation, groups, info, op);
   const auto &ks = s.ks, &st = s.st, &pd = s.pd, &dl = s.dl;
-  const int64_t batch = s.batch, channels = s.channels, h = s.h, w = s.w, ho = s.ho, wo = s.wo;
+  const int64_t batch = s.batch.expect_int(), h = s.h.expect_int(), w = s.w.expect_int();
+  const int64_t ho = s.ho.expect_int(), wo = s.wo.expect_int(), channels = s.channels;
   const int64_t out_channels = s.out_channels, per_group = s.per_group, k = s.k;
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
-  prepare_weight(packed_idx, info, codebook, bits, bias, k, x, cb_holder, bias_holder, args, op);
+  prepare_weight(packed_idx, info, codebook, bits, bias, k, cb_holder, bias_holder, args);
   // im2col into rows of x for the linear kernel (one row per output pixel, columns in the (c, i, j)
   // order of the weight's [C/groups, kh, kw] flattening).
   const at::Tensor xc = x.contiguous();

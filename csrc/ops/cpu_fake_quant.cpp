@@ -12,13 +12,10 @@
 
 #include "../cpu/fake_quant.h"
 #include "checks.h"
+#include "fake_quant_checks.h"
 
 namespace ck::ops {
 namespace {
-
-// |qmin|, |qmax| <= 2^23 keeps q = round(v) + z, its clamp and q - z exact in fp32 wherever the
-// result is not saturated anyway (see fake_quant.h).
-constexpr int64_t kMaxLevel = int64_t{1} << 23;
 
 struct Prepared {
   at::Tensor x;  // contiguous
@@ -30,10 +27,9 @@ struct Prepared {
   cpu::FqArgs args;
 };
 
-cpu::FqDtype fq_dtype(const at::Tensor& x, const char* op) {
+// x's dtype (checked by check_fake_quant_x) for the kernels.
+cpu::FqDtype fq_dtype(const at::Tensor& x) {
   switch (x.scalar_type()) {
-    case at::kFloat:
-      return cpu::FqDtype::kFloat32;
     case at::kBFloat16:
       return cpu::FqDtype::kBFloat16;
     case at::kHalf:
@@ -41,23 +37,8 @@ cpu::FqDtype fq_dtype(const at::Tensor& x, const char* op) {
     case at::kDouble:
       return cpu::FqDtype::kFloat64;
     default:
-      TORCH_CHECK(false, op, ": x must be float32, bfloat16, float16 or float64, got ", x.scalar_type());
+      return cpu::FqDtype::kFloat32;
   }
-}
-
-void check_levels(int64_t qmin, int64_t qmax, const char* op) {
-  TORCH_CHECK(qmin < qmax, op, ": qmin must be < qmax, got qmin=", qmin, " qmax=", qmax);
-  TORCH_CHECK(qmin >= -kMaxLevel && qmax <= kMaxLevel, op, ": [qmin, qmax] must lie in [-2^23, 2^23], got [", qmin,
-              ", ", qmax, "]");
-}
-
-// The channel axis in [0, dim), or -1 when per tensor.
-int64_t channel_axis(const at::Tensor& x, std::optional<int64_t> axis, const char* op) {
-  if (!axis.has_value()) return -1;
-  const int64_t dim = x.dim();
-  TORCH_CHECK(dim >= 1 && *axis >= -dim && *axis < dim, op, ": axis must be in [", -dim, ", ", dim - 1, "] for a ", dim,
-              "-D x, got ", *axis);
-  return *axis < 0 ? *axis + dim : *axis;
 }
 
 cpu::FqLayout layout_of(const at::Tensor& x, int64_t axis) {
@@ -72,12 +53,11 @@ cpu::FqLayout layout_of(const at::Tensor& x, int64_t axis) {
   return l;
 }
 
-at::Tensor prepare_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, const char* op) {
+// A mask checked by check_fake_quant_mask as contiguous bool; a non-bool one must hold 0 / 1.
+at::Tensor prepare_mask(const std::optional<at::Tensor>& mask, const char* op) {
   if (!mask.has_value()) return at::Tensor();
   const at::Tensor& m = *mask;
-  TORCH_CHECK(m.sizes() == x.sizes(), op, ": mask must have x's shape ", x.sizes(), ", got ", m.sizes());
   if (m.scalar_type() == at::kBool) return m.contiguous();
-  TORCH_CHECK(!m.is_complex(), op, ": mask must be bool or hold 0 / 1, got ", m.scalar_type());
   const at::Tensor kept = m.ne(0);
   TORCH_CHECK(at::logical_or(m.eq(0), m.eq(1)).all().item<bool>(), op, ": a non-bool mask must hold only 0 and 1");
   return kept.contiguous();
@@ -86,25 +66,13 @@ at::Tensor prepare_mask(const std::optional<at::Tensor>& mask, const at::Tensor&
 // Checks every argument and fills the kernel arguments (except x / grad / out pointers' buffers).
 Prepared prepare(const char* op, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
                  int64_t qmin, int64_t qmax, std::optional<int64_t> axis_opt, const std::optional<at::Tensor>& mask) {
-  const cpu::FqDtype dtype = fq_dtype(x, op);
-  check_levels(qmin, qmax, op);
-  const int64_t axis = channel_axis(x, axis_opt, op);
+  const int64_t axis = check_fake_quant(x, scale, zero_point, qmin, qmax, axis_opt, mask, op);
+  const cpu::FqDtype dtype = fq_dtype(x);
   const int64_t channels = axis < 0 ? 1 : x.size(axis);
-  TORCH_CHECK(at::isFloatingType(scale.scalar_type()), op, ": scale must be a floating tensor, got ",
-              scale.scalar_type());
-  TORCH_CHECK(scale.dim() <= 1 && zero_point.dim() <= 1, op, ": scale and zero_point must be 0-D or 1-D, got shapes ",
-              scale.sizes(), " and ", zero_point.sizes());
-  TORCH_CHECK(scale.numel() == channels, op, ": scale must have ",
-              axis < 0 ? "1 element (per tensor, axis=None)" : "one element per channel of x along axis", " = ",
-              channels, ", got ", scale.numel());
-  TORCH_CHECK(zero_point.numel() == channels, op, ": zero_point must have ", channels, " element(s) like scale, got ",
-              zero_point.numel());
-  TORCH_CHECK(zero_point.scalar_type() != at::kBool && !zero_point.is_complex(), op,
-              ": zero_point must be an integer or floating tensor, got ", zero_point.scalar_type());
 
   Prepared p;
   p.x = x.contiguous();
-  p.mask = prepare_mask(mask, x, op);
+  p.mask = prepare_mask(mask, op);
   p.channels = channels;
   const bool wide = dtype == cpu::FqDtype::kFloat64;
   const at::Tensor s64 = scale.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
@@ -173,11 +141,6 @@ at::Tensor run_forward(Prepared& p) {
   return y;
 }
 
-void check_grad_factor(std::optional<double> grad_factor, const char* op) {
-  TORCH_CHECK(!grad_factor.has_value() || (std::isfinite(*grad_factor) && *grad_factor > 0), op,
-              ": grad_factor must be finite and > 0 (or None for the LSQ default), got ", grad_factor.value_or(0));
-}
-
 at::Tensor fake_quant_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t qmin,
                           int64_t qmax, std::optional<int64_t> axis, const std::optional<at::Tensor>& mask,
                           std::optional<double> grad_factor) {
@@ -194,9 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_backward_cpu(
   constexpr const char* op = "fake_quant_backward";
   check_grad_factor(grad_factor, op);
   Prepared p = prepare(op, x, scale, zero_point, qmin, qmax, axis, mask);
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
-              ": grad must have x's shape and dtype ", x.sizes(), " ", x.scalar_type(), ", got ", grad.sizes(), " ",
-              grad.scalar_type());
+  check_fake_quant_grad(grad, x, op);
   const at::Tensor g = grad.contiguous();
   at::Tensor grad_x = at::empty_like(p.x);
   cpu::FqArgs& a = p.args;
@@ -257,19 +218,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_observe_cpu(const at::
                                                                       std::optional<int64_t> axis_opt,
                                                                       const std::optional<at::Tensor>& mask) {
   constexpr const char* op = "fake_quant_observe";
-  fq_dtype(x, op);
-  check_levels(qmin, qmax, op);
-  TORCH_CHECK(std::isfinite(momentum) && momentum > 0 && momentum <= 1, op, ": momentum must be in (0, 1], got ",
-              momentum);
-  const int64_t axis = channel_axis(x, axis_opt, op);
-  const int64_t channels = axis < 0 ? 1 : x.size(axis);
-  for (const auto* t : {&running_min, &running_max}) {
-    const char* name = t == &running_min ? "running_min" : "running_max";
-    check_dtype(*t, at::kFloat, op, name);
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->dim() <= 1 && t->numel() == channels, op, ": ", name,
-                " must be a contiguous CPU float32 tensor with ", channels, " element(s), got shape ", t->sizes());
-  }
-  TORCH_CHECK(x.numel() > 0, op, ": x must not be empty (nothing to observe)");
+  const int64_t channels =
+      check_fake_quant_observe(x, running_min, running_max, momentum, qmin, qmax, axis_opt, mask, op).expect_int();
+  const int64_t axis = fake_quant_axis(x, axis_opt, op);
   at::Tensor batch_min, batch_max;
   if (axis < 0) {
     std::tie(batch_min, batch_max) = at::aminmax(x);

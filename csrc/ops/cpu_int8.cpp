@@ -10,6 +10,7 @@
 #include "../cpu/int8_gemm.h"
 #include "../cpu/requantize.h"
 #include "checks.h"
+#include "int8_checks.h"
 #include "packed_checks.h"
 
 namespace ck::ops {
@@ -19,7 +20,7 @@ using cpu::OutType;
 
 std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& real) {
   constexpr const char* op = "quantize_multiplier";
-  TORCH_CHECK(at::isFloatingType(real.scalar_type()), op, ": real must be a floating tensor, got ", real.scalar_type());
+  check_quantize_multiplier(real, op);
   const at::Tensor r = real.to(at::kDouble).contiguous();
   at::Tensor m0 = at::empty(real.sizes(), real.options().dtype(at::kInt));
   at::Tensor shift = at::empty(real.sizes(), real.options().dtype(at::kInt));
@@ -36,13 +37,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_multiplier_cpu(const at::Tensor& rea
 at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at::Tensor& shift, int64_t zero_point,
                           int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding) {
   constexpr const char* op = "requantize";
-  check_dtype(acc, at::kInt, op, "acc");
   check_cpu(acc, op, "acc");
-  TORCH_CHECK(acc.dim() >= 1 || m0.numel() == 1, op,
-              ": per-channel m0/shift need acc with a channel (last) dimension, got a 0-D acc");
-  const int64_t channels = acc.dim() >= 1 ? acc.size(-1) : 1;
-  const bool per_channel = check_multiplier(m0, shift, channels, op);
-  check_output_range(out_dtype, zero_point, qmin, qmax, op);
+  const int64_t channels =
+      check_requantize(acc, m0, shift, zero_point, qmin, qmax, out_dtype, rounding, op).expect_int();
+  const bool per_channel = m0.numel() > 1;
   const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
   const cpu::RequantParams p =
       requant_params(m0c, shiftc, per_channel, zero_point, qmin, qmax, out_dtype, rounding, op);
@@ -58,16 +56,12 @@ at::Tensor requantize_cpu(const at::Tensor& acc, const at::Tensor& m0, const at:
   return out;
 }
 
-// One per-tensor multiplier of int8_add (int32 m0 / shift of one element each, m0 >= 0, shift in
-// range) as the requantization parameters that read it (double rounding, the default).
+// One per-tensor multiplier of int8_add (checked by check_add_multiplier; here its values: m0 >= 0,
+// shift in range) as the requantization parameters that read it (double rounding, the default).
 cpu::RequantParams add_multiplier(const at::Tensor& m0, const at::Tensor& shift, const char* m0_name,
                                   const char* shift_name, const char* op) {
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{m0, m0_name}, {shift, shift_name}}) {
-    check_multiplier_dtype(t, op, name);
-    check_cpu(t, op, name);
-    TORCH_CHECK(t.numel() == 1, op, ": ", name, " must have one element (a per-tensor multiplier), got shape ",
-                t.sizes());
-  }
+  check_cpu(m0, op, m0_name);
+  check_cpu(shift, op, shift_name);
   cpu::RequantParams p;
   p.m0 = m0.data_ptr<int32_t>();  // read directly: item() would dispatch per call
   p.shift = shift.data_ptr<int32_t>();
@@ -83,17 +77,13 @@ at::Tensor int8_add_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Ten
                         const at::Tensor& out_m0, const at::Tensor& out_shift, int64_t out_zero_point, int64_t qmin,
                         int64_t qmax, at::ScalarType out_dtype, int64_t left_shift) {
   constexpr const char* op = "int8_add";
-  cpu::Int8AddParams p;
-  p.a_signed = check_int8_input(a, op, "a");
-  p.b_signed = check_int8_input(b, op, "b");
+  check_int8_add(a, a_zero_point, a_m0, a_shift, b, b_zero_point, b_m0, b_shift, out_m0, out_shift, out_zero_point,
+                 qmin, qmax, out_dtype, left_shift, op);
   check_cpu(a, op, "a");
   check_cpu(b, op, "b");
-  TORCH_CHECK(a.sizes() == b.sizes(), op, ": a and b must have the same shape, got ", a.sizes(), " and ", b.sizes());
-  check_zero_point_for(a, a_zero_point, op, "a_zero_point");
-  check_zero_point_for(b, b_zero_point, op, "b_zero_point");
-  TORCH_CHECK(left_shift >= 0 && left_shift <= 22, op,
-              ": left_shift must be in [0, 22] (255 << left_shift must fit in int32), got ", left_shift);
-  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  cpu::Int8AddParams p;
+  p.a_signed = a.scalar_type() == at::kChar;
+  p.b_signed = b.scalar_type() == at::kChar;
   const int32_t int32_min = std::numeric_limits<int32_t>::min(), int32_max = std::numeric_limits<int32_t>::max();
   p.a = add_multiplier(a_m0, a_shift, "a_m0", "a_shift", op);
   p.b = add_multiplier(b_m0, b_shift, "b_m0", "b_shift", op);
@@ -122,12 +112,8 @@ at::Tensor int8_add_cpu(const at::Tensor& a, int64_t a_zero_point, const at::Ten
 }
 
 at::Tensor pack_weight(const at::Tensor& w, const char* op) {
-  check_dtype(w, at::kChar, op, "w");
-  check_dim(w, 2, op, "w");
+  check_int8_weight(w, op);
   check_cpu(w, op, "w");
-  TORCH_CHECK(w.size(0) > 0 && w.size(1) > 0, op, ": w must have at least one row and one column, got shape ",
-              w.sizes());
-  check_depth(w.size(1), op);
   const at::Tensor wc = w.stride(1) == 1 ? w : w.contiguous();
   at::Tensor packed = new_packed(PackedFamily::kInt8, w.size(0), w.size(1), 0, w.options(), op);
   const int64_t header = packed_header_elements(PackedFamily::kInt8, packed.size(1));
@@ -138,44 +124,31 @@ at::Tensor pack_weight(const at::Tensor& w, const char* op) {
 
 at::Tensor int8_pack_weight_cpu(const at::Tensor& w) { return pack_weight(w, "int8_pack_weight"); }
 
-// A packed weight (int32, from int8_pack_weight; its header checked against K) or a raw int8
-// [N, K] weight packed for this call.
+// The packed weight the kernels read: w itself (a pack, checked) or a raw int8 [N, K] weight
+// packed for this call.
 struct WeightView {
   at::Tensor holder;
   cpu::PackedInt8Weight view;
 };
 
-WeightView weight_for(const at::Tensor& w, int64_t k, const char* op) {
-  check_cpu(w, op, "w");
-  WeightView out;
-  if (w.scalar_type() == at::kInt) {
-    out.holder = w;
-  } else {
-    TORCH_CHECK(w.scalar_type() == at::kChar, op,
-                ": w must be int8 [N, K] or a packed int32 weight from int8_pack_weight, got ", w.scalar_type());
-    check_dim(w, 2, op, "w");
-    TORCH_CHECK(w.size(1) == k, op, ": K mismatch: x has K=", k, " but w has shape ", w.sizes());
-    out.holder = pack_weight(w, op);
-  }
-  PackedExpect expect;
-  expect.k = k;
-  expect.k_from = "x";
-  const PackedInfo info = check_packed(out.holder, PackedFamily::kInt8, expect, op, "w");
-  out.view = cpu::int8_packed_view(packed_payload<int32_t>(out.holder, info), info.n, out.holder.size(1));
-  TORCH_CHECK(out.view.k == k, op, ": K mismatch: x has K=", k, " but the packed w was built for K=", out.view.k);
-  return out;
-}
-
-// Shared front half of the int8 GEMM ops: checks x and w, fills the operand part of the args.
+// Shared front half of the int8 GEMM ops: checks x and w (check_int8_gemm_operands), fills the
+// operand part of the args.
 WeightView prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w, at::Tensor& x_holder,
                             cpu::Int8GemmArgs& args, const char* op) {
-  const bool is_signed = check_int8_input(x, op, "x");
-  check_dim(x, 2, op, "x");
   check_cpu(x, op, "x");
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
-  check_depth(x.size(1), op);
-  WeightView wv = weight_for(w, x.size(1), op);
+  check_cpu(w, op, "w");
+  Int8Operands o = check_int8_gemm_operands(x, x_zero_point, w, op);
+  const bool is_signed = o.x_signed;
+  WeightView wv;
+  wv.holder = o.w_packed ? w : pack_weight(w, op);
+  if (!o.w_packed) {
+    PackedExpect expect;
+    expect.k = x.size(1);
+    o.packed = check_packed(wv.holder, PackedFamily::kInt8, expect, op, "w");
+  }
+  wv.view = cpu::int8_packed_view(packed_payload<int32_t>(wv.holder, o.packed), o.packed.n, wv.holder.size(1));
+  TORCH_CHECK(wv.view.k == x.size(1), op, ": K mismatch: x has K=", x.size(1),
+              " but the packed w was built for K=", wv.view.k);
   x_holder = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
   args.x = x_holder.data_ptr();
   args.x_signed = is_signed;
@@ -203,13 +176,13 @@ at::Tensor int8_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
-const int32_t* optional_bias_i32(const std::optional<at::Tensor>& bias, int64_t n, at::Tensor& holder, const char* op) {
+// A checked bias (check_bias) as a contiguous pointer, or nullptr.
+template <typename T>
+const T* optional_bias(const std::optional<at::Tensor>& bias, at::Tensor& holder, const char* op) {
   if (!bias.has_value()) return nullptr;
-  check_dtype(*bias, at::kInt, op, "bias");
   check_cpu(*bias, op, "bias");
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
   holder = bias->contiguous();
-  return holder.data_ptr<int32_t>();
+  return holder.data_ptr<T>();
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
@@ -223,9 +196,9 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   const int64_t n = wv.view.n;
   check_cpu(m0, op, "m0");
   check_cpu(shift, op, "shift");
-  const bool per_channel = check_multiplier(m0, shift, n, op);
-  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
-  args.bias_i32 = optional_bias_i32(bias, n, bias_holder, op);
+  const bool per_channel =
+      check_requant_epilogue(m0, shift, n, bias, out_zero_point, qmin, qmax, out_dtype, rounding, op);
+  args.bias_i32 = optional_bias<int32_t>(bias, bias_holder, op);
   const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
   args.kind = cpu::EpilogueKind::kRequantize;
   args.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, out_dtype, rounding, op);
@@ -243,23 +216,12 @@ at::Tensor int8_linear_float_cpu(const at::Tensor& x, int64_t x_zero_point, cons
   at::Tensor x_holder;
   const WeightView wv = prepare_operands(x, x_zero_point, w, x_holder, args, op);
   const int64_t m = x.size(0), n = wv.view.n;
-  check_dtype(x_scale, at::kFloat, op, "x_scale");
-  check_dtype(w_scale, at::kFloat, op, "w_scale");
+  check_float_epilogue(x_scale, w_scale, bias, m, n, op);
   check_cpu(x_scale, op, "x_scale");
   check_cpu(w_scale, op, "w_scale");
-  TORCH_CHECK(x_scale.dim() <= 1 && (x_scale.numel() == 1 || x_scale.numel() == m), op,
-              ": x_scale must have 1 or M=", m, " elements, got shape ", x_scale.sizes());
-  TORCH_CHECK(w_scale.dim() <= 1 && (w_scale.numel() == 1 || w_scale.numel() == n), op,
-              ": w_scale must have 1 or N=", n, " elements, got shape ", w_scale.sizes());
   const at::Tensor xs = x_scale.contiguous(), ws = w_scale.contiguous();
   at::Tensor bias_holder;
-  if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, op, "bias");
-    check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
-    bias_holder = bias->contiguous();
-    args.bias_f = bias_holder.data_ptr<float>();
-  }
+  args.bias_f = optional_bias<float>(bias, bias_holder, op);
   args.kind = cpu::EpilogueKind::kFloat;
   args.x_scale = xs.data_ptr<float>();
   args.x_scale_per_row = xs.numel() > 1;
@@ -273,10 +235,8 @@ at::Tensor int8_linear_float_cpu(const at::Tensor& x, int64_t x_zero_point, cons
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_t qmax) {
   constexpr const char* op = "quantize_rows";
-  check_dtype(x, at::kFloat, op, "x");
-  check_dim(x, 2, op, "x");
+  check_quantize_rows(x, qmax, op);
   check_cpu(x, op, "x");
-  TORCH_CHECK(qmax >= 1 && qmax <= 127, op, ": qmax must be in [1, 127], got ", qmax);
   const at::Tensor xc = x.contiguous();
   const int64_t rows = x.size(0), cols = x.size(1);
   at::Tensor q = at::empty({rows, cols}, x.options().dtype(at::kChar));

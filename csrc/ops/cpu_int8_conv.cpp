@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../cpu/amx_tiles.h"
@@ -13,22 +14,11 @@
 #include "../cpu/int8_gemm.h"
 #include "../cpu/isa.h"
 #include "checks.h"
+#include "int8_checks.h"
 #include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
-
-void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
-  check_dtype(w, at::kChar, op, "w");
-  check_dim(w, 4, op, "w");
-  check_cpu(w, op, "w");
-  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
-  TORCH_CHECK(w.size(0) > 0 && w.size(0) % groups == 0, op,
-              ": w.size(0) (out channels) must be a positive multiple of groups=", groups, ", got ", w.size(0));
-  TORCH_CHECK(w.size(1) > 0 && w.size(2) > 0 && w.size(3) > 0, op,
-              ": w must have a non-empty [C/groups, KH, KW], got shape ", w.sizes());
-  check_depth(w.size(1) * w.size(2) * w.size(3), op);
-}
 
 // [OC, Cg, KH, KW] -> per group g, int8_pack_weight's payload of w[g*OCg:(g+1)*OCg] permuted to
 // (o, kh, kw, c), stacked along dim 0 after the header rows: int32
@@ -47,7 +37,8 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups, const char* op)
 
 at::Tensor int8_conv2d_pack_weight_cpu(const at::Tensor& w, int64_t groups) {
   constexpr const char* op = "int8_conv2d_pack_weight";
-  check_conv_weight(w, groups, op);
+  check_int8_conv_weight(w, groups, op);
+  check_cpu(w, op, "w");
   return pack_conv_weight(w, groups, op);
 }
 
@@ -57,36 +48,24 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            c10::string_view rounding, const std::optional<at::Tensor>& w_packed) {
   constexpr const char* op = "int8_conv2d";
-  const bool x_signed = check_int8_input(x, op, "x");
-  check_dim(x, 4, op, "x");
-  check_cpu(x, op, "x");
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  check_conv_weight(w, groups, op);
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-              ": stride, padding and dilation must have 2 elements each");
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
-  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0, got ", padding);
+  for (const auto& [t, name] :
+       {std::pair<const at::Tensor&, const char*>{x, "x"}, {w, "w"}, {m0, "m0"}, {shift, "shift"}}) {
+    check_cpu(t, op, name);
+  }
+  if (bias.has_value()) check_cpu(*bias, op, "bias");
+  if (w_packed.has_value()) check_cpu(*w_packed, op, "w_packed");
+  // Every argument check (shared with the CUDA glue and the Meta kernel), the pack's header included.
+  const Int8ConvGeometry geometry =
+      check_int8_conv2d(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride, padding,
+                        dilation, groups, rounding, w_packed, op);
+  const bool x_signed = geometry.x_signed, per_channel = geometry.per_channel;
   cpu::Int8ConvShape s;
   s.batch = x.size(0), s.in_channels = x.size(1), s.height = x.size(2), s.width = x.size(3);
   s.out_channels = w.size(0), s.kernel_h = w.size(2), s.kernel_w = w.size(3);
   s.stride_h = stride[0], s.stride_w = stride[1], s.pad_h = padding[0], s.pad_w = padding[1];
   s.dilation_h = dilation[0], s.dilation_w = dilation[1], s.groups = groups;
-  TORCH_CHECK(s.in_channels == w.size(1) * groups, op, ": x has ", s.in_channels, " channels but w expects ", w.size(1),
-              " x groups=", groups, " = ", w.size(1) * groups);
-  TORCH_CHECK(s.out_h() > 0 && s.out_w() > 0, op, ": the output would be empty: input ", s.height, "x", s.width,
-              " is smaller than the dilated kernel ", dilation[0] * (s.kernel_h - 1) + 1, "x",
-              dilation[1] * (s.kernel_w - 1) + 1, " with padding ", padding);
   const int64_t oc = s.out_channels, ocg = s.group_out();
-  const bool per_channel = check_multiplier(m0, shift, oc, op);
-  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
-  at::Tensor bias_c;
-  if (bias.has_value()) {
-    check_dtype(*bias, at::kInt, op, "bias");
-    check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == oc, op, ": bias must have shape [", oc, "], got ", bias->sizes());
-    bias_c = bias->contiguous();
-  }
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
   at::Tensor out = at::empty({s.batch, oc, s.out_h(), s.out_w()},
                              x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
@@ -104,21 +83,9 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   const int64_t out_elem = out.element_size();
   char* out_bytes = static_cast<char*>(out.data_ptr());
 
-  // A given w_packed is validated even where the depthwise kernel reads w instead, so that a pack
-  // that does not belong to w is never silently accepted.
-  at::Tensor w_packed_checked;
-  if (w_packed.has_value()) {
-    check_cpu(*w_packed, op, "w_packed");
-    check_dtype(*w_packed, at::kInt, op, "w_packed");
-    PackedExpect expect;
-    expect.n = oc;
-    expect.n_from = "w";
-    expect.k = s.group_depth();
-    expect.k_from = "w: C/groups * KH * KW";
-    expect.param = groups;
-    check_packed(*w_packed, PackedFamily::kInt8Conv2d, expect, op, "w_packed");
-    w_packed_checked = *w_packed;
-  }
+  // A given w_packed was validated above even where the depthwise kernel reads w instead, so that a
+  // pack that does not belong to w is never silently accepted.
+  const at::Tensor w_packed_checked = w_packed.has_value() ? *w_packed : at::Tensor();
 
   // Depthwise: one input channel per output channel; a GEMM would waste 15 of 16 lanes.
   if (groups == s.in_channels && ocg == 1) {

@@ -8,27 +8,23 @@
 #include <algorithm>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../cpu/isa.h"
 #include "../cpu/sparse24.h"
 #include "checks.h"
 #include "packed_checks.h"
+#include "sparse24_checks.h"
 
 namespace ck::ops {
 namespace {
 
-void check_k(int64_t k, const char* op) {
-  TORCH_CHECK(k > 0 && k % 4 == 0, op, ": K (the reduction dimension, kh * kw * in_channels for a conv) must be a ",
-              "positive multiple of 4 for 2:4 sparsity, got K=", k);
-}
-
 std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& w) {
   constexpr const char* op = "sparse24_compress";
-  check_dim(w, 2, op, "w");
+  check_sparse24_dense(w, op);
   check_cpu(w, op, "w");
   const int64_t n = w.size(0), k = w.size(1);
-  check_k(k, op);
   const at::Tensor wc = w.contiguous();
   at::Tensor values = at::empty({n, k / 2}, w.options());
   at::Tensor meta = at::empty({n, sparse24::meta_cols(k)}, w.options().dtype(at::kByte));
@@ -43,29 +39,20 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cpu(const at::Tensor& w) {
   return {values, meta};
 }
 
-// values [N, K/2] and meta uint8 [N, ceil(K/8)]; returns K. check_nibbles reads every nibble.
-int64_t check_compressed(const at::Tensor& values, const at::Tensor& meta, const char* op, bool check_nibbles) {
-  check_dim(values, 2, op, "values");
-  check_dim(meta, 2, op, "meta");
-  check_dtype(meta, at::kByte, op, "meta");
-  check_cpu(values, op, "values");
+// Every nibble of meta (checked [N, ceil(K/8)] by check_sparse24_compressed) is a valid 2:4 pattern.
+void check_meta_nibbles(const at::Tensor& meta, int64_t n, int64_t k, const char* op) {
   check_cpu(meta, op, "meta");
-  const int64_t n = values.size(0), k = 2 * values.size(1);
-  check_k(k, op);
-  TORCH_CHECK(meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta must have shape [", n, ", ",
-              sparse24::meta_cols(k), "] for values of shape ", values.sizes(), ", got ", meta.sizes());
-  if (check_nibbles) {
-    const at::Tensor mc = meta.contiguous();
-    const int64_t bad = cpu::sparse24_check_meta(mc.data_ptr<uint8_t>(), n, k);
-    TORCH_CHECK(bad < 0, op, ": meta is not a valid 2:4 metadata: row ", bad / (k / 4), ", group ", bad % (k / 4),
-                " has a nibble whose two positions are not increasing (or a non-zero padding nibble)");
-  }
-  return k;
+  const at::Tensor mc = meta.contiguous();
+  const int64_t bad = cpu::sparse24_check_meta(mc.data_ptr<uint8_t>(), n, k);
+  TORCH_CHECK(bad < 0, op, ": meta is not a valid 2:4 metadata: row ", bad / (k / 4), ", group ", bad % (k / 4),
+              " has a nibble whose two positions are not increasing (or a non-zero padding nibble)");
 }
 
 at::Tensor sparse24_decompress_cpu(const at::Tensor& values, const at::Tensor& meta) {
   constexpr const char* op = "sparse24_decompress";
-  const int64_t k = check_compressed(values, meta, op, true);
+  const int64_t k = check_sparse24_compressed(values, meta, op).expect_int();
+  check_cpu(values, op, "values");
+  check_meta_nibbles(meta, values.size(0), k, op);
   const int64_t n = values.size(0);
   at::Tensor w = at::empty({n, k}, values.options());
   const at::Tensor vc = values.contiguous(), mc = meta.contiguous();
@@ -80,10 +67,9 @@ at::Tensor sparse24_decompress_cpu(const at::Tensor& values, const at::Tensor& m
 template <typename Pack>
 at::Tensor pack_checked(const at::Tensor& values, const at::Tensor& meta, const char* op, at::ScalarType dtype,
                         Pack pack) {
-  check_dtype(values, dtype, op, "values");
-  const int64_t k = check_compressed(values, meta, op, true);
-  const int64_t n = values.size(0);
-  TORCH_CHECK(n > 0, op, ": values must have at least one row, got shape ", values.sizes());
+  const auto [n, k] = check_sparse24_pack(values, meta, dtype, op);
+  check_cpu(values, op, "values");
+  check_meta_nibbles(meta, n, k, op);
   return pack(values.contiguous(), meta.contiguous(), n, k);
 }
 
@@ -98,23 +84,24 @@ at::Tensor sparse24_f32_pack_cpu(const at::Tensor& values, const at::Tensor& met
       });
 }
 
-// A packed weight of N x K (read from its header) belongs to meta and to inputs of x_k values.
-void check_packed_matches(const char* op, const at::Tensor& meta, int64_t n, int64_t k, int64_t x_k,
-                          const char* k_name) {
-  TORCH_CHECK(meta.dim() == 2 && meta.size(0) == n && meta.size(1) == sparse24::meta_cols(k), op, ": meta of shape ",
-              meta.sizes(), " does not belong to the packed weight (N=", n, ", K=", k, ")");
-  TORCH_CHECK(x_k == k, op, ": K mismatch: ", k_name, " has K=", x_k, " but the weight holds K=", k);
+// The 1-D pack the kernels read and what its header says, for a weight already checked by
+// check_sparse24_weight (which filled `info` when values is a pack): values itself, or the pack of
+// values and meta made for this call by pack(values, meta).
+template <typename Pack>
+std::pair<at::Tensor, PackedInfo> packed_for_call(const at::Tensor& values, const at::Tensor& meta, PackedFamily f,
+                                                  const PackedInfo& info, const Pack& pack, const char* op) {
+  if (values.dim() == 1) return {values, info};
+  at::Tensor packed = pack(values, meta);
+  return {packed, check_packed(packed, f, PackedExpect{}, op, "values")};
 }
 
-// A 1-D pack of family f given as `values` (or packed from them for this call), validated
-// (packed_checks.h); then the N and K of its header against meta's shape and the x_k values of the
-// op's input rows (check_packed_matches, whose messages name meta and x).
-PackedInfo check_sparse24_packed(const at::Tensor& values, PackedFamily f, const at::Tensor& meta, int64_t x_k,
-                                 const char* k_name, const char* op) {
+// The CPU arguments of the int8 2:4 ops.
+void check_cpu_args(const at::Tensor& x, const at::Tensor& values, const at::Tensor& m0, const at::Tensor& shift,
+                    const char* op) {
+  check_cpu(x, op, "x");
   check_cpu(values, op, "values");
-  const PackedInfo info = check_packed(values, f, PackedExpect{}, op, "values");
-  check_packed_matches(op, meta, info.n, info.k, x_k, k_name);
-  return info;
+  check_cpu(m0, op, "m0");
+  check_cpu(shift, op, "shift");
 }
 
 // The weight and bias of an fp32 2:4 op whose input rows hold K values: checked and filled into
@@ -124,26 +111,22 @@ struct Sparse24F32Call {
   cpu::Sparse24F32Args args;
 };
 
-Sparse24F32Call prepare_sparse24_f32(const char* op, int64_t x_k, const at::Tensor& values, const at::Tensor& meta,
-                                     const std::optional<at::Tensor>& bias, const char* k_name) {
+// values / meta / bias checked (check_sparse24_linear or check_sparse24_weight + check_bias; info:
+// the header of values when it is a pack).
+Sparse24F32Call prepare_sparse24_f32(const char* op, const at::Tensor& values, const at::Tensor& meta,
+                                     const std::optional<at::Tensor>& bias, const PackedInfo& checked) {
   Sparse24F32Call call;
   check_cpu(values, op, "values");
-  if (values.dim() != 1) {
-    check_dtype(values, at::kFloat, op, "values");
-    call.packed = sparse24_f32_pack_cpu(values, meta);
-  } else {
-    call.packed = values;  // a packed weight from sparse24_f32_pack; meta's N and x's K are checked against it
-  }
-  const PackedInfo info = check_sparse24_packed(call.packed, PackedFamily::kSparse24F32, meta, x_k, k_name, op);
+  PackedInfo info;
+  std::tie(call.packed, info) =
+      packed_for_call(values, meta, PackedFamily::kSparse24F32, checked, sparse24_f32_pack_cpu, op);
   const float* payload = packed_payload<float>(call.packed, info);
   int64_t n = 0, k = 0;
   cpu::sparse24_f32_packed_shape(payload, call.packed.numel() - info.header_elements, &n, &k);
   TORCH_CHECK(n == info.n && k == info.k, op, ": the trailer of the sparse24_f32_pack payload (N=", n, ", K=", k,
               ") contradicts its header (N=", info.n, ", K=", info.k, "): repack it with sparse24_f32_pack");
   if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, op, "bias");
     check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
     call.bias = bias->contiguous();
   }
   call.args.packed = payload;
@@ -169,17 +152,10 @@ at::Tensor sparse24_bf16_pack_cpu(const at::Tensor& values, const at::Tensor& me
 // sparse24_linear with bf16 x: values bf16 [N, K/2] (packed for this call) or sparse24_bf16_pack's
 // 1-D tensor; bias bf16 or fp32 (added in fp32); output bf16.
 at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                                const std::optional<at::Tensor>& bias) {
+                                const std::optional<at::Tensor>& bias, const PackedInfo& checked) {
   constexpr const char* op = "sparse24_linear";
-  check_cpu(values, op, "values");
-  at::Tensor packed = values;  // 1-D: a packed weight from sparse24_bf16_pack
-  if (values.dim() != 1) {
-    TORCH_CHECK(values.scalar_type() == at::kBFloat16, op,
-                ": with bf16 x, values must be bf16 [N, K/2] or sparse24_bf16_pack's packed tensor, got ",
-                values.scalar_type());
-    packed = sparse24_bf16_pack_cpu(values, meta);
-  }
-  const PackedInfo info = check_sparse24_packed(packed, PackedFamily::kSparse24Bf16, meta, x.size(1), "x", op);
+  const auto [packed, info] =
+      packed_for_call(values, meta, PackedFamily::kSparse24Bf16, checked, sparse24_bf16_pack_cpu, op);
   cpu::Sparse24Bf16Args args;
   args.packed = reinterpret_cast<const uint16_t*>(packed_payload<at::BFloat16>(packed, info));
   cpu::sparse24_bf16_packed_shape(args.packed, packed.numel() - info.header_elements, &args.n, &args.k);
@@ -188,11 +164,7 @@ at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, c
               "): repack it with sparse24_bf16_pack");
   at::Tensor bias_f32;
   if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 || bias->scalar_type() == at::kFloat, op,
-                ": with bf16 x, bias must be bf16 or fp32, got ", bias->scalar_type());
     check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == args.n, op, ": bias must have shape [", args.n, "], got ",
-                bias->sizes());
     bias_f32 = bias->to(at::kFloat).contiguous();
     args.bias = bias_f32.data_ptr<float>();
   }
@@ -212,11 +184,12 @@ at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, c
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse24_linear";
-  check_dim(x, 2, op, "x");
   check_cpu(x, op, "x");
-  if (x.scalar_type() == at::kBFloat16) return sparse24_bf16_linear(x, values, meta, bias);
-  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32 or bfloat16 on the CPU, got ", x.scalar_type());
-  Sparse24F32Call call = prepare_sparse24_f32(op, x.size(1), values, meta, bias, "x");
+  check_cpu(values, op, "values");
+  PackedInfo info;
+  check_sparse24_linear(x, values, meta, bias, op, &info);
+  if (x.scalar_type() == at::kBFloat16) return sparse24_bf16_linear(x, values, meta, bias, info);
+  Sparse24F32Call call = prepare_sparse24_f32(op, values, meta, bias, info);
   cpu::Sparse24F32Args& args = call.args;
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, args.n}, x.options());
@@ -235,7 +208,6 @@ at::Tensor sparse24_int8_pack_cpu(const at::Tensor& values, const at::Tensor& me
   constexpr const char* op = "sparse24_int8_pack";
   return pack_checked(
       values, meta, op, at::kChar, [op](const at::Tensor& v, const at::Tensor& m, int64_t n, int64_t k) {
-        check_depth(k, op);
         at::Tensor packed = new_packed(PackedFamily::kSparse24Int8, n, k, 0, v.options(), op);
         int32_t* payload = packed.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kSparse24Int8, 0);
         cpu::sparse24_int8_pack(v.data_ptr<int8_t>(), m.data_ptr<uint8_t>(), n, k, payload);
@@ -250,36 +222,23 @@ struct Sparse24Int8Call {
   cpu::Sparse24Int8Args args;
 };
 
-Sparse24Int8Call prepare_sparse24_int8(const char* op, int64_t x_k, const at::Tensor& values, const at::Tensor& meta,
+// Arguments checked by check_sparse24_int8 (checked: the header of values when it is a pack).
+Sparse24Int8Call prepare_sparse24_int8(const char* op, const at::Tensor& values, const at::Tensor& meta,
                                        const std::optional<at::Tensor>& bias, const at::Tensor& m0,
                                        const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
-                                       at::ScalarType out_dtype, c10::string_view rounding, const char* k_name) {
+                                       at::ScalarType out_dtype, c10::string_view rounding, const PackedInfo& checked) {
   Sparse24Int8Call call;
-  check_cpu(values, op, "values");
-  if (values.dim() == 1) {
-    call.packed = values;  // a packed weight from sparse24_int8_pack; meta's N and x's K are checked against it
-  } else {
-    TORCH_CHECK(values.scalar_type() == at::kChar, op,
-                ": values must be int8 [N, K/2] or an int32 packed weight from sparse24_int8_pack, got ",
-                values.scalar_type(), " of shape ", values.sizes());
-    call.packed = sparse24_int8_pack_cpu(values, meta);
-  }
-  const PackedInfo info = check_sparse24_packed(call.packed, PackedFamily::kSparse24Int8, meta, x_k, k_name, op);
+  PackedInfo info;
+  std::tie(call.packed, info) =
+      packed_for_call(values, meta, PackedFamily::kSparse24Int8, checked, sparse24_int8_pack_cpu, op);
   const cpu::PackedSparse24Int8 w = cpu::sparse24_int8_packed_view(packed_payload<int32_t>(call.packed, info),
                                                                    call.packed.numel() - info.header_elements);
   TORCH_CHECK(w.n == info.n && w.k == info.k, op, ": the trailer of the sparse24_int8_pack payload (N=", w.n,
               ", K=", w.k, ") contradicts its header (N=", info.n, ", K=", info.k,
               "): repack it with sparse24_int8_pack");
-  check_depth(w.k, op);
-  check_cpu(m0, op, "m0");
-  check_cpu(shift, op, "shift");
-  const bool per_channel = check_multiplier(m0, shift, w.n, op);
-  check_output_range(out_dtype, out_zero_point, qmin, qmax, op);
+  const bool per_channel = m0.numel() > 1;
   if (bias.has_value()) {
-    check_dtype(*bias, at::kInt, op, "bias");
     check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, op, ": bias must have shape [", w.n, "], got ",
-                bias->sizes());
     call.bias = bias->contiguous();
   }
   call.m0 = m0.contiguous();
@@ -305,12 +264,14 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
                                     const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
                                     at::ScalarType out_dtype, c10::string_view rounding) {
   constexpr const char* op = "sparse24_int8_linear";
-  const bool is_signed = check_int8_input(x, op, "x");
   check_dim(x, 2, op, "x");
-  check_cpu(x, op, "x");
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  Sparse24Int8Call call = prepare_sparse24_int8(op, x.size(1), values, meta, bias, m0, shift, out_zero_point, qmin,
-                                                qmax, out_dtype, rounding, "x");
+  check_cpu_args(x, values, m0, shift, op);
+  PackedInfo info;
+  check_sparse24_int8(x, x_zero_point, x.size(1), "x", values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
+                      out_dtype, rounding, op, &info);
+  const bool is_signed = x.scalar_type() == at::kChar;
+  Sparse24Int8Call call =
+      prepare_sparse24_int8(op, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding, info);
   const at::Tensor xc = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
   cpu::Sparse24Int8Args& args = call.args;
   args.x = xc.data_ptr();
@@ -326,16 +287,9 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, c
   return out;
 }
 
-// The geometry of a groups = 1 conv of x [N, C, H, W] (checked).
+// The geometry of a groups = 1 conv of x [N, C, H, W] (checked by check_sparse24_conv).
 cpu::ConvGeometry conv_geometry(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation, const char* op) {
-  for (const auto& [name, v, lo] : {std::tuple<const char*, at::IntArrayRef, int64_t>{"kernel_size", kernel_size, 1},
-                                    {"stride", stride, 1},
-                                    {"padding", padding, 0},
-                                    {"dilation", dilation, 1}}) {
-    TORCH_CHECK(v.size() == 2 && v[0] >= lo && v[1] >= lo, op, ": ", name, " must be two integers >= ", lo, ", got ",
-                v);
-  }
+                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   cpu::ConvGeometry g;
   g.n = x.size(0);
   g.c = x.size(1);
@@ -350,10 +304,8 @@ cpu::ConvGeometry conv_geometry(const at::Tensor& x, at::IntArrayRef kernel_size
   g.dh = dilation[0];
   g.dw = dilation[1];
   const int64_t span_h = g.dh * (g.kh - 1) + 1, span_w = g.dw * (g.kw - 1) + 1;
-  g.oh = g.h + 2 * g.ph >= span_h ? (g.h + 2 * g.ph - span_h) / g.sh + 1 : 0;
-  g.ow = g.w + 2 * g.pw >= span_w ? (g.w + 2 * g.pw - span_w) / g.sw + 1 : 0;
-  TORCH_CHECK(g.oh > 0 && g.ow > 0, op, ": the kernel (", g.kh, "x", g.kw, ", dilation ", dilation,
-              ") does not fit the padded input of ", x.sizes());
+  g.oh = (g.h + 2 * g.ph - span_h) / g.sh + 1;
+  g.ow = (g.w + 2 * g.pw - span_w) / g.sw + 1;
   return g;
 }
 
@@ -407,13 +359,15 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
                                     at::ScalarType out_dtype, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view rounding) {
   constexpr const char* op = "sparse24_int8_conv2d";
-  const bool is_signed = check_int8_input(x, op, "x");
-  check_dim(x, 4, op, "x");
-  check_cpu(x, op, "x");
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation, op);
-  Sparse24Int8Call call = prepare_sparse24_int8(op, g.k(), values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
-                                                out_dtype, rounding, "the conv (kh * kw * in_channels)");
+  const Sparse24ConvShape shape = check_sparse24_conv(x, kernel_size, stride, padding, dilation, op);
+  check_cpu_args(x, values, m0, shift, op);
+  PackedInfo info;
+  check_sparse24_int8(x, x_zero_point, shape.k, "the conv (kh * kw * in_channels)", values, meta, bias, m0, shift,
+                      out_zero_point, qmin, qmax, out_dtype, rounding, op, &info);
+  const bool is_signed = x.scalar_type() == at::kChar;
+  const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation);
+  Sparse24Int8Call call =
+      prepare_sparse24_int8(op, values, meta, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding, info);
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor out = at::empty({g.n, call.args.w.n, g.oh, g.ow},
                              x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
@@ -444,10 +398,16 @@ at::Tensor sparse24_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, co
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   constexpr const char* op = "sparse24_conv2d";
   check_dtype(x, at::kFloat, op, "x");
-  check_dim(x, 4, op, "x");
+  const Sparse24ConvShape shape = check_sparse24_conv(x, kernel_size, stride, padding, dilation, op);
   check_cpu(x, op, "x");
-  const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation, op);
-  Sparse24F32Call call = prepare_sparse24_f32(op, g.k(), values, meta, bias, "the conv (kh * kw * in_channels)");
+  check_cpu(values, op, "values");
+  PackedInfo info;
+  const int64_t n = check_sparse24_weight(values, meta, PackedFamily::kSparse24F32, at::kFloat, shape.k,
+                                          "the conv (kh * kw * in_channels)",
+                                          "float32 [N, K/2] or sparse24_f32_pack's packed tensor", op, &info);
+  check_bias(bias, at::kFloat, n, op);
+  const cpu::ConvGeometry g = conv_geometry(x, kernel_size, stride, padding, dilation);
+  Sparse24F32Call call = prepare_sparse24_f32(op, values, meta, bias, info);
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor out = at::empty({g.n, call.args.n, g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t rows = g.rows(), k = g.k();

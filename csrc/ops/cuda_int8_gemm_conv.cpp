@@ -1,6 +1,6 @@
 // CUDA implementations of the int8 family (requantize, int8 GEMM / linear, quantize_rows, int8
-// conv2d): argument checks (shared with the CPU glue through checks.h), output allocation, the
-// current stream, then the torch-free launchers of csrc/cuda/int8_*.cu.
+// conv2d): argument checks (shared with the CPU glue and the Meta kernels through int8_checks.h), output allocation,
+// the current stream, then the torch-free launchers of csrc/cuda/int8_*.cu.
 //
 // Differences from the CPU glue, all to avoid a device-to-host copy (a stream synchronization) per
 // call:
@@ -26,6 +26,7 @@
 
 #include "../cuda/int8_gemm.cuh"
 #include "checks.h"
+#include "int8_checks.h"
 #include "packed_checks.h"
 
 namespace ck::ops {
@@ -80,9 +81,8 @@ void set_requant(Int8EpilogueParams& ep, const at::Tensor& m0, const at::Tensor&
 const int32_t* bias_i32_for(const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& x,
                             std::vector<at::Tensor>& holders, const char* op) {
   if (!bias.has_value()) return nullptr;
-  check_dtype(*bias, at::kInt, op, "bias");
+  check_bias(bias, at::kInt, n, op);
   check_device_of(*bias, x, op, "bias");
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
   holders.push_back(bias->contiguous());
   return holders.back().data_ptr<int32_t>();
 }
@@ -92,12 +92,10 @@ const int32_t* bias_i32_for(const std::optional<at::Tensor>& bias, int64_t n, co
 at::Tensor requantize_cuda(const at::Tensor& acc, const at::Tensor& m0, const at::Tensor& shift, int64_t zero_point,
                            int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding) {
   constexpr const char* op = "requantize";
-  check_dtype(acc, at::kInt, op, "acc");
+  const int64_t channels =
+      check_requantize(acc, m0, shift, zero_point, qmin, qmax, out_dtype, rounding, op).expect_int();
   TORCH_CHECK(acc.is_cuda(), op, ": acc must be a CUDA tensor here, got ", acc.device());
-  TORCH_CHECK(acc.dim() >= 1 || m0.numel() == 1, op,
-              ": per-channel m0/shift need acc with a channel (last) dimension, got a 0-D acc");
   const c10::cuda::CUDAGuard guard(acc.device());
-  const int64_t channels = acc.dim() >= 1 ? acc.size(-1) : 1;
   Int8EpilogueParams ep;
   std::vector<at::Tensor> holders;
   set_requant(ep, m0, shift, channels, zero_point, qmin, qmax, out_dtype, rounding, acc, holders, op);
@@ -113,9 +111,7 @@ at::Tensor requantize_cuda(const at::Tensor& acc, const at::Tensor& m0, const at
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x, int64_t qmax) {
   constexpr const char* op = "quantize_rows";
-  check_dtype(x, at::kFloat, op, "x");
-  check_dim(x, 2, op, "x");
-  TORCH_CHECK(qmax >= 1 && qmax <= 127, op, ": qmax must be in [1, 127], got ", qmax);
+  check_quantize_rows(x, qmax, op);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   at::Tensor q = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kChar));
@@ -146,36 +142,12 @@ at::Tensor pack_rows(const at::Tensor& w, PackedFamily family, int64_t groups, c
 }
 
 at::Tensor pack_weight(const at::Tensor& w, const char* op) {
-  check_dtype(w, at::kChar, op, "w");
-  check_dim(w, 2, op, "w");
-  TORCH_CHECK(w.size(0) > 0 && w.size(1) > 0, op, ": w must have at least one row and one column, got shape ",
-              w.sizes());
-  check_depth(w.size(1), op);
+  check_int8_weight(w, op);
   const c10::cuda::CUDAGuard guard(w.device());
   return pack_rows(w, PackedFamily::kInt8, 1, op);
 }
 
 at::Tensor int8_pack_weight_cuda(const at::Tensor& w) { return pack_weight(w, "int8_pack_weight"); }
-
-// The packed weight on x's device, validated against K (header read back to the host): the given
-// packed int32 tensor, or a raw int8 [N, K] weight packed for this call.
-std::pair<at::Tensor, PackedInfo> packed_weight_for(const at::Tensor& w, const at::Tensor& x, int64_t k,
-                                                    const char* op) {
-  check_device_of(w, x, op, "w");
-  at::Tensor packed = w;
-  if (w.scalar_type() != at::kInt) {
-    TORCH_CHECK(w.scalar_type() == at::kChar, op,
-                ": w must be int8 [N, K] or a packed int32 weight from int8_pack_weight, got ", w.scalar_type());
-    check_dim(w, 2, op, "w");
-    TORCH_CHECK(w.size(1) == k, op, ": K mismatch: x has K=", k, " but w has shape ", w.sizes());
-    packed = pack_weight(w, op);
-  }
-  PackedExpect expect;
-  expect.k = k;
-  expect.k_from = "x";
-  const PackedInfo info = check_packed(packed, PackedFamily::kInt8, expect, op, "w");
-  return {packed, info};
-}
 
 // The ops dispatch to CUDA when any tensor argument is on CUDA; x must be.
 void check_x_on_cuda(const at::Tensor& x, const char* op) {
@@ -185,12 +157,12 @@ void check_x_on_cuda(const at::Tensor& x, const char* op) {
 // Shared front half of the GEMM ops: checks x and w, fills the operand part of p.
 at::Tensor prepare_operands(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w, at::Tensor& x_holder,
                             cuda::Int8GemmParams& p, const char* op) {
-  const bool is_signed = check_int8_input(x, op, "x");
-  check_dim(x, 2, op, "x");
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
-  check_depth(x.size(1), op);
-  const auto [packed, info] = packed_weight_for(w, x, x.size(1), op);
+  check_device_of(w, x, op, "w");
+  // x and w (the header of a pack read back to the host: see the top of this file)
+  const Int8Operands o = check_int8_gemm_operands(x, x_zero_point, w, op);
+  const bool is_signed = o.x_signed;
+  const at::Tensor packed = o.w_packed ? w : pack_weight(w, op);
+  const PackedInfo info = o.w_packed ? o.packed : check_packed(packed, PackedFamily::kInt8, PackedExpect{}, op, "w");
   x_holder = x.stride(1) == 1 && (x.size(0) <= 1 || x.stride(0) >= x.size(1)) ? x : x.contiguous();
   p.a = x_holder.data_ptr();
   p.a_signed = is_signed;
@@ -249,20 +221,13 @@ at::Tensor int8_linear_float_cuda(const at::Tensor& x, int64_t x_zero_point, con
   at::Tensor x_holder;
   const at::Tensor packed = prepare_operands(x, x_zero_point, w, x_holder, p, op);
   const int64_t m = x.size(0), n = p.n;
-  check_dtype(x_scale, at::kFloat, op, "x_scale");
-  check_dtype(w_scale, at::kFloat, op, "w_scale");
+  check_float_epilogue(x_scale, w_scale, bias, m, n, op);
   check_device_of(x_scale, x, op, "x_scale");
   check_device_of(w_scale, x, op, "w_scale");
-  TORCH_CHECK(x_scale.dim() <= 1 && (x_scale.numel() == 1 || x_scale.numel() == m), op,
-              ": x_scale must have 1 or M=", m, " elements, got shape ", x_scale.sizes());
-  TORCH_CHECK(w_scale.dim() <= 1 && (w_scale.numel() == 1 || w_scale.numel() == n), op,
-              ": w_scale must have 1 or N=", n, " elements, got shape ", w_scale.sizes());
   const at::Tensor xs = x_scale.contiguous(), ws = w_scale.contiguous();
   at::Tensor bias_holder;
   if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, op, "bias");
     check_device_of(*bias, x, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, op, ": bias must have shape [", n, "], got ", bias->sizes());
     bias_holder = bias->contiguous();
     p.epilogue.bias_f = bias_holder.data_ptr<float>();
   }
@@ -281,17 +246,6 @@ at::Tensor int8_linear_float_cuda(const at::Tensor& x, int64_t x_zero_point, con
 
 // ---------------------------------------------------------------- int8 conv2d
 
-void check_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
-  check_dtype(w, at::kChar, op, "w");
-  check_dim(w, 4, op, "w");
-  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
-  TORCH_CHECK(w.size(0) > 0 && w.size(0) % groups == 0, op,
-              ": w.size(0) (out channels) must be a positive multiple of groups=", groups, ", got ", w.size(0));
-  TORCH_CHECK(w.size(1) > 0 && w.size(2) > 0 && w.size(3) > 0, op,
-              ": w must have a non-empty [C/groups, KH, KW], got shape ", w.sizes());
-  check_depth(w.size(1) * w.size(2) * w.size(3), op);
-}
-
 // Same bytes as the CPU int8_conv2d_pack_weight: per group, w permuted to (o, kh, kw, c) and packed.
 at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups, const char* op) {
   const int64_t oc = w.size(0), depth = w.size(1) * w.size(2) * w.size(3);
@@ -301,7 +255,7 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups, const char* op)
 
 at::Tensor int8_conv2d_pack_weight_cuda(const at::Tensor& w, int64_t groups) {
   constexpr const char* op = "int8_conv2d_pack_weight";
-  check_conv_weight(w, groups, op);
+  check_int8_conv_weight(w, groups, op);
   const c10::cuda::CUDAGuard guard(w.device());  // w is the only tensor: the dispatcher chose CUDA for it
   return pack_conv_weight(w, groups, op);
 }
@@ -312,18 +266,17 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             c10::string_view rounding, const std::optional<at::Tensor>& w_packed) {
   constexpr const char* op = "int8_conv2d";
-  const bool x_signed = check_int8_input(x, op, "x");
-  check_dim(x, 4, op, "x");
   check_x_on_cuda(x, op);
   const c10::cuda::CUDAGuard guard(x.device());
-  check_zero_point_for(x, x_zero_point, op, "x_zero_point");
-  check_conv_weight(w, groups, op);
   check_device_of(w, x, op, "w");
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-              ": stride, padding and dilation must have 2 elements each");
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
-  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0, got ", padding);
+  if (w_packed.has_value()) check_device_of(*w_packed, x, op, "w_packed");
+  // Every argument check, shared with the CPU glue and the Meta kernel (a w_packed header is read
+  // back to the host even where the depthwise kernel reads w instead, so that a pack that does not
+  // belong to w is never silently accepted).
+  const Int8ConvGeometry geometry =
+      check_int8_conv2d(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride, padding,
+                        dilation, groups, rounding, w_packed, op);
+  const bool x_signed = geometry.x_signed;
   cuda::Int8ConvParams p;
   p.x_signed = x_signed;
   p.x_zero_point = static_cast<int32_t>(x_zero_point);
@@ -331,11 +284,6 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
   p.out_channels = w.size(0), p.kernel_h = w.size(2), p.kernel_w = w.size(3);
   p.stride_h = stride[0], p.stride_w = stride[1], p.pad_h = padding[0], p.pad_w = padding[1];
   p.dilation_h = dilation[0], p.dilation_w = dilation[1], p.groups = groups;
-  TORCH_CHECK(p.in_channels == w.size(1) * groups, op, ": x has ", p.in_channels, " channels but w expects ", w.size(1),
-              " x groups=", groups, " = ", w.size(1) * groups);
-  TORCH_CHECK(p.out_h() > 0 && p.out_w() > 0, op, ": the output would be empty: input ", p.height, "x", p.width,
-              " is smaller than the dilated kernel ", dilation[0] * (p.kernel_h - 1) + 1, "x",
-              dilation[1] * (p.kernel_w - 1) + 1, " with padding ", padding);
   // CUDA-only limit: the kernels index one image plane and the channels with 32-bit integers.
   TORCH_CHECK(p.height * p.width <= INT32_MAX && p.in_channels <= INT32_MAX, op, ": an input plane of ", p.height, "x",
               p.width, " with ", p.in_channels,
@@ -350,27 +298,13 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   p.x = xc.data_ptr();
   p.out = out.data_ptr();
-  // A given w_packed is validated (header read back to the host) even where the depthwise kernel
-  // reads w instead, so that a pack that does not belong to w is never silently accepted.
-  PackedInfo packed_info;
-  if (w_packed.has_value()) {
-    check_dtype(*w_packed, at::kInt, op, "w_packed");
-    check_device_of(*w_packed, x, op, "w_packed");
-    PackedExpect expect;
-    expect.n = oc;
-    expect.n_from = "w";
-    expect.k = w.size(1) * p.kernel_h * p.kernel_w;
-    expect.k_from = "w: C/groups * KH * KW";
-    expect.param = groups;
-    packed_info = check_packed(*w_packed, PackedFamily::kInt8Conv2d, expect, op, "w_packed");
-  }
   at::Tensor weight;
   if (groups == p.in_channels && oc == groups) {  // depthwise: direct kernel on w [C, KH * KW]
     weight = w.reshape({oc, p.kernel_h * p.kernel_w}).contiguous();
     p.w_depthwise = weight.data_ptr<int8_t>();
   } else if (w_packed.has_value()) {
     weight = *w_packed;
-    p.w_packed = packed_payload<int32_t>(weight, packed_info);
+    p.w_packed = weight.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kInt8Conv2d, weight.size(1));
   } else {
     weight = pack_conv_weight(w, groups, op);
     p.w_packed = weight.data_ptr<int32_t>() + packed_header_elements(PackedFamily::kInt8Conv2d, weight.size(1));

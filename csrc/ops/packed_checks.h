@@ -164,15 +164,63 @@ inline std::array<int32_t, packed::kHeaderWords> read_packed_header(const at::Te
   return words;
 }
 
+// A size of a packed weight or of what it must match, as an integer: weight shapes are static
+// (under torch.compile / torch.export a symbolic one is specialized to its value here).
+inline int64_t concrete_size(const c10::SymInt& s) { return s.guard_int(__FILE__, __LINE__); }
+
+// check_packed on a tensor without data (meta / fake, under torch.compile and torch.export): what
+// its dtype, rank, layout and shape say, checked like check_packed checks them against the
+// header. N is the rows after the header rows (2-D) and is checked with K and the family parameter
+// against `e`; a 1-D pack's length against the one that N and K of `e` imply. The header words
+// themselves are checked when the op runs on the data.
+inline PackedInfo check_packed_shape(const at::Tensor& t, PackedFamily want, const PackedExpect& e, const char* op,
+                                     const char* name) {
+  const char* want_fn = packed::family_name(want);
+  check_dtype(t, packed_dtype(want), op, name);
+  check_dim(t, packed::family_is_2d(want) ? 2 : 1, op, name);
+  TORCH_CHECK(t.is_contiguous(), op, ": packed ", name, " must be contiguous (as ", want_fn, " returns it), got shape ",
+              t.sym_sizes(), " with strides ", t.sym_strides());
+  PackedInfo info;
+  info.family = want;
+  info.k = e.k;
+  info.param = e.param < 0 ? 0 : e.param;
+  if (packed::family_is_2d(want)) {
+    const int64_t rows = concrete_size(t.sym_size(0)), words = concrete_size(t.sym_size(1));
+    const int64_t header = packed::header_rows(words);
+    TORCH_CHECK(rows > header, op, ": ", name, " of shape ", t.sym_sizes(), " has no rows after its ", header,
+                " header rows: not a whole ", want_fn);
+    info.n = rows - header;
+    info.header_elements = header * words;
+    if (e.k >= 0 && (want != PackedFamily::kCodebook || e.param >= 0)) {
+      const int64_t expected_words = packed_words_per_row(want, e.k, info.param);
+      TORCH_CHECK(words == expected_words, op, ": ", name, " has rows of ", words, " words, ",
+                  describe_expected(want, e), " has rows of ", expected_words, " (a pack for another K?)");
+    }
+    TORCH_CHECK(e.n < 0 || e.n == info.n, op, ": ", name, " holds N=", info.n, " rows after its header, expected ",
+                describe_expected(want, e));
+  } else {
+    info.n = e.n;
+    info.header_elements = packed_header_elements(want, 0);
+    if (e.n >= 0 && e.k >= 0) {
+      const std::vector<int64_t> shape = packed_shape(want, e.n, e.k, info.param, op);
+      TORCH_CHECK(t.sym_size(0) == shape[0], op, ": ", name, " has ", t.sym_size(0), " elements, ",
+                  describe_expected(want, e), " has ", shape[0]);
+    }
+  }
+  return info;
+}
+
 // The one validation of a packed weight `name` given to `op`, which wants a pack of family `want`
 // matching `e`. O(1): reads the header words only, never the payload. Checks, in order: a dtype
 // that some family packs into, contiguous and at storage offset 0 (not a slice or view of a pack),
 // large enough to hold a header, the magic word (without it: the wanted dtype and rank, then "not
 // a packed weight"), the check value, the layout version, the family, the wanted dtype and rank,
 // the shape the header implies (a truncated or row-sliced copy contradicts it), then N, K and the
-// family parameter against what the op derived from its other arguments.
+// family parameter against what the op derived from its other arguments. On a tensor without data
+// (meta / fake) it runs check_packed_shape.
 inline PackedInfo check_packed(const at::Tensor& t, PackedFamily want, const PackedExpect& e, const char* op,
                                const char* name) {
+  if (t.is_meta()) return check_packed_shape(t, want, e, op, name);
   const char* want_fn = packed::family_name(want);
   const at::ScalarType dt = t.scalar_type();
   if (dt != at::kInt && dt != at::kFloat && dt != at::kBFloat16) {
