@@ -272,6 +272,11 @@ def to_onnx(model: nn.Module, example_inputs: tuple, path, opset: int = 17, form
 
     _check_arguments(model, example_inputs, path, opset, form)
     gm = _graph_module(model)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        raise OnnxExportError(f"to_onnx: the model takes {len(placeholders)} input(s) "
+                              f"({', '.join(n.name for n in placeholders)}), example_inputs holds "
+                              f"{len(example_inputs)}")
     was_training = gm.training
     gm.eval()
     recorder = _Recorder(gm)
@@ -470,8 +475,6 @@ def to_onnx(model: nn.Module, example_inputs: tuple, path, opset: int = 17, form
         mod = modules.get(node.target) if node.op == "call_module" else None
         if node.op == "placeholder":
             index = len(graph_inputs)
-            if index >= len(example_inputs):
-                refuse(node, f"the model takes more inputs than the {len(example_inputs)} example input(s)")
             name = b.name(node.name)
             graph_inputs.append(value_info(name, example_inputs[index]))
             env[node] = name

@@ -313,3 +313,36 @@ def test_fast_form_refuses_int32_outputs(tmp_path):
     to_onnx(model, (torch.randn(2, 8),), tmp_path / "m.onnx")  # the exact form writes int32
     x = torch.randn(5, 8)
     assert torch.equal(run_onnx(tmp_path / "m.onnx", x), model(x))
+
+
+class TwoInputs(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+class ReadsBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offset", torch.ones(3))
+
+    def forward(self, x):
+        return x + self.offset
+
+
+class DoubleOutput(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x, 1).double()
+
+
+@pytest.mark.parametrize("model, x, match", [
+    (TwoInputs(), torch.randn(2, 3), r"the model takes 2 input\(s\) \(x, y\), example_inputs holds 1"),
+    (ReadsBuffer(), torch.randn(2, 3), r"node 'offset', get_attr offset: reads a parameter or buffer directly"),
+    (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), torch.randn(2, 3, 4, 4),
+     r"module '0' \(MaxPool2d\): return_indices=True has no mapping"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, padding="same")), torch.randn(2, 3, 4, 4),
+     r"module '0' \(Conv2d\): only numeric zero padding"),
+    (DoubleOutput(), torch.randn(2, 3), r"has no ONNX mapping"),
+], ids=["too_few_example_inputs", "get_attr", "maxpool_indices", "conv_padding_same", "double_cast"])
+def test_graph_forms_without_a_mapping_are_refused(model, x, match, tmp_path):
+    with pytest.raises(OnnxExportError, match=match):
+        to_onnx(model, (x,), tmp_path / "m.onnx")
