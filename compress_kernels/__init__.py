@@ -2,8 +2,9 @@
 requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
 into trained models."""
 
-from . import cluster, convert, nn, numerics, ops, prune, reference, study
+from . import cluster, convert, export, nn, numerics, ops, prune, reference, study
 from .convert import CodebookConfig, ConversionReport, Int8DynamicConfig, Sparse24Config, convert_
+from .export import OnnxExportError, OnnxExportReport, to_onnx
 from .nn import CodebookConv2d, CodebookLinear, QuantLinear, SparseConv2d, SparseLinear
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
@@ -55,6 +56,7 @@ __all__ = [
     # submodules
     "cluster",
     "convert",
+    "export",
     "nn",
     "numerics",
     "ops",
@@ -123,6 +125,10 @@ __all__ = [
     "prepare_qat_",
     "qat_exact_mode",
     "qat_mismatch_report",
+    # leaving Python: ONNX export (torch.export needs nothing extra)
+    "OnnxExportError",
+    "OnnxExportReport",
+    "to_onnx",
     # pruning
     "PruneConfig",
     "prune_",

@@ -77,6 +77,7 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
     module: a module reached by several paths (``Sequential(lin, ReLU(), lin)``, ``self.dec = self.enc``)
     is converted once, at its first path (where filter_fn decides for all of them), and the same
     converted module is set at every path, so the tie is kept; ``report.aliases`` lists the other paths.
+    Each replacement takes the train / eval mode of the module it replaces.
     Every module of a handled type that is not converted is in ``report.skipped`` with the reason:
     excluded by filter_fn, declined by the handler, a subclass (its forward may differ, so only exact
     types convert), or a projection of nn.MultiheadAttention (which reads the weights directly)."""
@@ -133,6 +134,10 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
         except Skip as why:
             report.skipped.append((name, type(module).__name__, str(why)))
             continue
+        # The replacement takes the replaced module's train / eval mode (a new module is built in training
+        # mode): CodebookConv2d computes a training forward with grad enabled in float on the dense
+        # reconstruction, which an evaluated or exported (torch.export traces with grad on) model must not run.
+        new.train(module.training)
         _set_submodule(model, name, new)
         done[id(module)] = (name, new)
         report.converted.append((name, type(module).__name__, type(new).__name__))
