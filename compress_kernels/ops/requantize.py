@@ -11,7 +11,8 @@ from ._native import _int32, _int_arg, _lib
 def quantize_multiplier(real) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode real multipliers as (m0, shift): real ~= m0 * 2^(shift - 31), m0 in [2^30, 2^31),
     shift in [-31, 30] (TFLite convention). Accepts a float or a tensor (per channel); zero and
-    multipliers below 2^-32 map to (0, 0). Negative, non-finite or >= 2^30 values are errors."""
+    multipliers below 2^-32 map to (0, 0), which is exact: |r * acc| < 2^-32 * 2^31 = 1/2 rounds to 0
+    for every int32 accumulator. Negative, non-finite or >= 2^30 values are errors."""
     real_t = torch.as_tensor(real, dtype=torch.float64)
     return _lib().quantize_multiplier(real_t.cpu())
 
