@@ -1,6 +1,6 @@
 """Typed Python entry points for every op in torch.ops.compress_kernels, one module per family, each
 wrapper with its fake (meta) kernel for torch.compile / torch.export and its autograd registration
-beside it: packed (pack headers and shapes), requantize, int8, codebook, sparse24, fake_quant, isa
+beside it: packed (pack headers and shapes), requantize, int8, int4, codebook, sparse24, fake_quant, isa
 (the CPU path); _native loads the library and holds the argument checks the wrappers share.
 
 The schemas live in csrc/ops/registration.cpp; the spec of each op is the function of the same name
@@ -59,6 +59,13 @@ from .fake_quant import (
     fake_quant_backward,
     fake_quant_observe,
 )
+from .int4 import (
+    INT4_ACTIVATIONS,
+    int4_linear,
+    int4_pack,
+    int4_pack_param,
+    int4_unpack,
+)
 from .int8 import (
     int8_conv2d,
     int8_conv2d_pack_weight,
@@ -112,6 +119,7 @@ from .sparse24 import (
 # The public names; the private helpers above stay importable from here for the modules and tests that use them.
 __all__ = [
     "INT32_MAX",
+    "INT4_ACTIVATIONS",
     "INT32_MIN",
     "NATIVE_ERROR",
     "PACKED_FAMILIES",
@@ -128,6 +136,10 @@ __all__ = [
     "fake_quant_backward",
     "fake_quant_observe",
     "force_cpu_isa",
+    "int4_linear",
+    "int4_pack",
+    "int4_pack_param",
+    "int4_unpack",
     "int8_add",
     "int8_conv2d",
     "int8_conv2d_pack_weight",

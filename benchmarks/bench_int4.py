@@ -1,0 +1,99 @@
+"""int4_linear (group-wise int4 weights) against its peers, measured in the same run.
+
+w4a8 (fp32 in, activations quantized per row to int8, exact int32 group sums) against our dynamic
+int8 linear (quantize_rows + int8_linear_float on an int8_pack_weight: the same float-in float-out
+semantics with 8-bit weights, twice the weight bytes). w4a16 with bf16 activations against
+torch.ops.aten._weight_int4pack_mm_for_cpu (the same weights: same group size, zero offset) and
+against bf16 F.linear on the dequantized weight. Ratios are peer time / our time (> 1: ours faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import compress_kernels as ck  # noqa: E402
+from compress_kernels import numerics  # noqa: E402
+
+from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
+
+
+def bench_shape(m: int, k: int, n: int, group_size: int, min_run_time: float) -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(n, k, generator=g) * 0.05
+    x = torch.randn(m, k, generator=g)
+    q4, scales, _ = numerics.quantize_weight_groupwise(weight, group_size)
+    pack4 = ck.int4_pack(q4, scales, group_size)
+    q8, s8 = numerics.quantize_weight(weight, per_channel=True)
+    pack8 = ck.int8_pack_weight(q8)
+    x_bf16 = x.bfloat16()
+
+    def int8_dynamic():
+        xq, xs = ck.quantize_rows(x)
+        return ck.int8_linear_float(xq, 0, pack8, xs, s8, None)
+
+    # torch's int4 weight-only kernel: w = (u - 8) * scale + zero with u = q + 8, zero = 0
+    torch_pack = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q4.int() + 8).contiguous(), 2)
+    scale_zero = torch.stack([scales.T, torch.zeros_like(scales.T)], dim=-1).bfloat16().contiguous()
+    w_bf16 = ck.reference.int4_dequantize(q4, scales, None, group_size).bfloat16()
+
+    t = {
+        "w4a8": best_seconds(lambda: ck.int4_linear(x, pack4, None, "int8"), min_run_time),
+        "int8": best_seconds(int8_dynamic, min_run_time),
+        "w4a16": best_seconds(lambda: ck.int4_linear(x_bf16, pack4, None, "bf16"), min_run_time),
+        "torch_int4": best_seconds(
+            lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x_bf16, torch_pack, group_size, scale_zero),
+            min_run_time),
+        "bf16": best_seconds(lambda: F.linear(x_bf16, w_bf16), min_run_time),
+    }
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="K = N = 1024, short timing")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=32)
+    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
+                        default="auto")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int4*.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.isa != "auto":
+        ck.ops.cpu_isa(args.isa)
+    size = 1024 if args.quick else 4096
+    min_run_time = 0.05 if args.quick else 0.3
+    rows = []
+    for m in tqdm((1, 8, 64), desc="int4_linear shapes"):
+        t = bench_shape(m, size, size, args.group_size, min_run_time)
+        gop = 2 * m * size * size / 1e9
+        rows.append([m, size, size, round(gop / t["w4a8"], 2), round(t["int8"] / t["w4a8"], 2),
+                     round(gop / t["w4a16"], 2), round(t["torch_int4"] / t["w4a16"], 2),
+                     round(t["bf16"] / t["w4a16"], 2)])
+    command = "python benchmarks/bench_int4.py" + "".join(f" {a}" for a in sys.argv[1:])
+    text = "\n".join([
+        "### int4_linear (CPU)",
+        "",
+        f"{machine_line()}. Command: `{command}`. group_size={args.group_size}, symmetric weights.",
+        "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run. w4a8: fp32 in, "
+        "per-row int8 activations, fp32 out, vs our dynamic int8 linear (quantize_rows + int8_linear_float, "
+        "8-bit per-channel weights). w4a16: bf16 in and out, vs `torch.ops.aten._weight_int4pack_mm_for_cpu` "
+        "(same weights and group size) and bf16 `F.linear` on the dequantized weight.",
+        "",
+        markdown_table(["M", "K", "N", "w4a8 GOP/s", "w4a8 vs int8 dynamic", "w4a16 GOP/s", "w4a16 vs torch int4",
+                        "w4a16 vs bf16 F.linear"], rows),
+    ])
+    print(text)
+    if not args.no_write:
+        print(write_result(results_name("int4", None if args.isa == "auto" else args.isa), text + "\n"))
+
+
+if __name__ == "__main__":
+    main()
