@@ -10,19 +10,16 @@ against bf16 F.linear on the dequantized weight. Ratios are peer time / our time
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compress_kernels as ck
+from compress_kernels import numerics
 
-import compress_kernels as ck  # noqa: E402
-from compress_kernels import numerics  # noqa: E402
-
-from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
+from common import best_seconds, machine_line, markdown_table, results_name, write_result
 
 
 def bench_shape(m: int, k: int, n: int, group_size: int, min_run_time: float) -> dict[str, float]:
