@@ -64,10 +64,10 @@ def int4_linear(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | No
     activation="int8" (w4a8): x fp32; each row quantized by quantize_rows, per group the exact int32
     dot product with the int4 weight (vpdpbusd), scaled per group in fp32, times the row's scale,
     + bias: bit-exact to reference.int4_linear_w4a8 on every CPU path and thread count; fp32 out.
-    activation="fp32" / "bf16" (w4a16): x fp32 / bf16, weights decoded to that dtype, fp32
-    accumulation per group (vdpbf16ps for bf16 where the CPU has AVX512_BF16), the group scale applied
-    to each group's sum; output in x's dtype, within reference.int4_linear_error_bound of
-    reference.int4_linear_w4a16 (plus the final rounding)."""
+    activation="fp32" / "bf16" (w4a16): x fp32 / bf16 (widened exactly to fp32), the nibbles decoded
+    in registers, fp32 accumulation per group with the group scale applied to each group's sum;
+    output in x's dtype (bf16: rounded once, nearest even), within reference.int4_linear_error_bound
+    of reference.int4_linear_w4a16 (plus that final rounding)."""
     if activation not in INT4_ACTIVATIONS:
         raise ValueError(f'int4_linear: activation must be "int8", "fp32" or "bf16", got {activation!r}')
     return _lib().int4_linear(x, w_packed, bias, activation)

@@ -21,15 +21,6 @@ uint32_t float_as_word(float f) {
   return word;
 }
 
-float bf16_to_float(uint16_t bits) { return word_as_float(static_cast<uint32_t>(bits) << 16); }
-
-// fp32 -> bf16 bits, round to nearest even; every NaN becomes the quiet NaN 0x7FC0.
-uint16_t float_to_bf16(float f) {
-  const uint32_t u = float_as_word(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7FC0;
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 }  // namespace
 
 void int4_pack(const int8_t* q, const float* scales, const int8_t* zero_points, int64_t n, int64_t k,
@@ -100,16 +91,13 @@ void int4_group_sums(const int8_t* xq, int64_t k, int64_t group_size, int64_t ro
   }
 }
 
-void int4_group_sums_float(const void* x, bool bf16, int64_t k, int64_t group_size, int64_t row_begin, int64_t row_end,
+void int4_group_sums_float(const float* x, int64_t k, int64_t group_size, int64_t row_begin, int64_t row_end,
                            float* sums) {
   const int64_t groups = k / group_size;
   for (int64_t m = row_begin; m < row_end; ++m) {
     for (int64_t g = 0; g < groups; ++g) {
       float s = 0.0f;
-      for (int64_t i = 0; i < group_size; ++i) {
-        const int64_t at = m * k + g * group_size + i;
-        s = s + (bf16 ? bf16_to_float(static_cast<const uint16_t*>(x)[at]) : static_cast<const float*>(x)[at]);
-      }
+      for (int64_t i = 0; i < group_size; ++i) s = s + x[m * k + g * group_size + i];
       sums[m * groups + g] = s;
     }
   }
@@ -149,8 +137,7 @@ void w4a8_run_portable(const Int4W4a8Args& a, int64_t block_begin, int64_t block
   }
 }
 
-// w4a16 on fp32 (bf16 x widened): one output at a time, k in order.
-template <bool kBf16>
+// w4a16: one output at a time, k in order.
 void float_run_portable(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end) {
   const Int4Weight& w = a.w;
   const int64_t chunks = w.group_size / 8, groups = w.groups();
@@ -169,10 +156,7 @@ void float_run_portable(const Int4FloatArgs& a, int64_t block_begin, int64_t blo
             for (int j = 0; j < 8; ++j) {
               const int shift = j < 4 ? 8 * j : 8 * (j - 4) + 4;
               const float wv = static_cast<float>(static_cast<int32_t>((word >> shift) & 15u) - 8);
-              const int64_t at = k0 + 8 * c + j;
-              const float xv =
-                  kBf16 ? bf16_to_float(static_cast<const uint16_t*>(a.x)[at]) : static_cast<const float*>(a.x)[at];
-              part = part + xv * wv;
+              part = part + a.x[k0 + 8 * c + j] * wv;
             }
           }
           if (w.asymmetric) {
@@ -182,11 +166,7 @@ void float_run_portable(const Int4FloatArgs& a, int64_t block_begin, int64_t blo
           acc = acc + part * word_as_float(gp[chunks * rows + r]);
         }
         if (a.bias != nullptr) acc = acc + a.bias[n];
-        if (kBf16) {
-          static_cast<uint16_t*>(a.out)[m * w.n + n] = float_to_bf16(acc);
-        } else {
-          static_cast<float*>(a.out)[m * w.n + n] = acc;
-        }
+        a.out[m * w.n + n] = acc;
       }
     }
   }
@@ -200,13 +180,9 @@ void int4_w4a8_run(const Int4W4a8Args& a, int64_t block_begin, int64_t block_end
 void int4_f32_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end) {
   int4_f32_tiers.active().run(a, block_begin, block_end);
 }
-void int4_bf16_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end) {
-  int4_bf16_tiers.active().run(a, block_begin, block_end);
-}
 
 const Int4W4a8Kernels int4_w4a8_kernels_portable = {&w4a8_run_portable};
-const Int4FloatKernels int4_f32_kernels_portable = {&float_run_portable<false>};
-const Int4FloatKernels int4_bf16_kernels_portable = {&float_run_portable<true>};
+const Int4FloatKernels int4_f32_kernels_portable = {&float_run_portable};
 
 constexpr TierTable<Int4W4a8Kernels> int4_w4a8_tiers{int4_w4a8_kernels_portable,
                                                      {
@@ -217,9 +193,5 @@ constexpr TierTable<Int4FloatKernels> int4_f32_tiers{int4_f32_kernels_portable,
                                                      {
                                                          {Tier::kAvx512Vnni, &int4_f32_kernels_avx512vnni},
                                                      }};
-constexpr TierTable<Int4FloatKernels> int4_bf16_tiers{int4_bf16_kernels_portable,
-                                                      {
-                                                          {Tier::kAvx512Bf16, &int4_bf16_kernels_avx512bf16},
-                                                      }};
 
 }  // namespace ck::cpu

@@ -26,12 +26,13 @@
 //   y[m, n] = acc * s_x[m], then + bias[n] when there is a bias (each step rounded to fp32).
 // A row with a non-finite x has s_x = NaN and q_x = 0: its outputs are NaN.
 //
-// w4a16 semantics (int4_f32_run, int4_bf16_run): per group the fp32 sum of x[m, k] * (q - 8)[n, k]
-// (bf16 x widened exactly; the order of the sum and whether products are fused depend on the tier),
+// w4a16 semantics (int4_f32_run; the glue runs bf16 x widened exactly to fp32 and rounds the output
+// to bf16, nearest even): per group the fp32 sum of x[m, k] * (q - 8)[n, k] (the order of the sum
+// and whether products are fused depend on the tier),
 // asymmetric packs then subtract z[n, g] * xsum[m, g] (xsum the fp32 sum of the group's x),
-// acc = acc + sum_g * s[n, g] in group order, y = acc + bias[n] in fp32 (bf16: rounded once to bf16,
-// nearest even). Against the exact value the error is at most about
-// (group_size + K / group_size + 2) * 2^-24 * sum_k |x[m, k]| * |w[n, k]| (+ 2^-9 relative for bf16).
+// acc = acc + sum_g * s[n, g] in group order, y = acc + bias[n] in fp32. Against the exact value the
+// error is at most about
+// (group_size + K / group_size + 2) * 2^-24 * sum_k |x[m, k]| * |w[n, k]|.
 #pragma once
 
 #include <cstdint>
@@ -87,18 +88,18 @@ struct Int4W4a8Args {
 
 struct Int4FloatArgs {
   Int4Weight w;
-  const void* x = nullptr;  // [m, k] fp32 (int4_f32_run) or bf16 bits (int4_bf16_run)
+  const float* x = nullptr;  // [m, k]
   const float* x_group_sum = nullptr;  // [m, groups] fp32 group sums of x (asymmetric packs), else null
   int64_t m = 0;
   const float* bias = nullptr;  // [n] or null
-  void* out = nullptr;          // [m, n] fp32 or bf16 bits
+  float* out = nullptr;         // [m, n]
 };
 
 // xsum[m, g] = sum of xq[m, k] over group g (exact int32) for rows [row_begin, row_end).
 void int4_group_sums(const int8_t* xq, int64_t k, int64_t group_size, int64_t row_begin, int64_t row_end,
                      int32_t* sums);
-// fp32 group sums of x (fp32, or bf16 bits when bf16), in k order, for rows [row_begin, row_end).
-void int4_group_sums_float(const void* x, bool bf16, int64_t k, int64_t group_size, int64_t row_begin, int64_t row_end,
+// fp32 group sums of x, in k order, for rows [row_begin, row_end).
+void int4_group_sums_float(const float* x, int64_t k, int64_t group_size, int64_t row_begin, int64_t row_end,
                            float* sums);
 
 // Each runs the row blocks [block_begin, block_end) of the weight for every row of x.
@@ -111,13 +112,10 @@ struct Int4FloatKernels {
 
 void int4_w4a8_run(const Int4W4a8Args& a, int64_t block_begin, int64_t block_end);
 void int4_f32_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end);
-void int4_bf16_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end);
 
 extern const Int4W4a8Kernels int4_w4a8_kernels_portable, int4_w4a8_kernels_avx2, int4_w4a8_kernels_avx512vnni;
 extern const TierTable<Int4W4a8Kernels> int4_w4a8_tiers;
 extern const Int4FloatKernels int4_f32_kernels_portable, int4_f32_kernels_avx512vnni;
 extern const TierTable<Int4FloatKernels> int4_f32_tiers;
-extern const Int4FloatKernels int4_bf16_kernels_portable, int4_bf16_kernels_avx512bf16;
-extern const TierTable<Int4FloatKernels> int4_bf16_tiers;
 
 }  // namespace ck::cpu

@@ -11,26 +11,21 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
-#include <cstring>
-
 namespace ck::cpu {
 namespace {
 
 constexpr int kTileRows = 4;
 
-int32_t load_x4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+// Four int8 x broadcast to every lane, straight from memory.
+__m256i broadcast_x4(const int8_t* p) { return _mm256_broadcastd_epi32(_mm_loadu_si32(p)); }
 
 // Lanes [0, rows) all ones.
 __m256i lane_mask(int64_t rows) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(rows)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-__m256i dot4(__m256i u8_weights, int32_t x4) {
-  const __m256i pairs = _mm256_maddubs_epi16(u8_weights, _mm256_set1_epi32(x4));
+__m256i dot4(__m256i u8_weights, __m256i x4) {
+  const __m256i pairs = _mm256_maddubs_epi16(u8_weights, x4);
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
@@ -54,7 +49,7 @@ void w4a8_half(const Int4W4a8Args& a, int64_t block, int64_t half, int64_t m0) {
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);
       for (int i = 0; i < MR; ++i) {
         const int8_t* x = xg + i * w.k + 8 * c;
-        dot[i] = _mm256_add_epi32(dot[i], _mm256_add_epi32(dot4(lo, load_x4(x)), dot4(hi, load_x4(x + 4))));
+        dot[i] = _mm256_add_epi32(dot[i], _mm256_add_epi32(dot4(lo, broadcast_x4(x)), dot4(hi, broadcast_x4(x + 4))));
       }
     }
     const __m256 scale = _mm256_castsi256_ps(_mm256_maskload_epi32(gp + chunks * rows, mask));

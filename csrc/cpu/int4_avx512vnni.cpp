@@ -16,8 +16,6 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
-#include <cstring>
-
 namespace ck::cpu {
 namespace {
 
@@ -27,11 +25,8 @@ __mmask16 lane_mask(int64_t rows) {
   return rows >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1);
 }
 
-int32_t load_x4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+// Four int8 x broadcast to every lane, straight from memory (a load-port broadcast, no shuffle uop).
+__m512i broadcast_x4(const int8_t* p) { return _mm512_broadcastd_epi32(_mm_loadu_si32(p)); }
 
 template <int MR, bool kAsym>
 void w4a8_tile(const Int4W4a8Args& a, int64_t block, int64_t m0) {
@@ -44,16 +39,21 @@ void w4a8_tile(const Int4W4a8Args& a, int64_t block, int64_t m0) {
   for (int64_t g = 0; g < groups; ++g) {
     const uint32_t* gp = w.group(block, g);
     const int8_t* xg = a.xq + m0 * w.k + g * w.group_size;
-    __m512i dot_lo[MR], dot_hi[MR];
-    for (int i = 0; i < MR; ++i) dot_lo[i] = dot_hi[i] = _mm512_setzero_si512();
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __m512i v = _mm512_maskz_loadu_epi32(mask, gp + c * rows);
-      const __m512i lo = _mm512_and_si512(v, low_nibbles);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);
-      for (int i = 0; i < MR; ++i) {
-        const int8_t* x = xg + i * w.k + 8 * c;
-        dot_lo[i] = _mm512_dpbusd_epi32(dot_lo[i], lo, _mm512_set1_epi32(load_x4(x)));
-        dot_hi[i] = _mm512_dpbusd_epi32(dot_hi[i], hi, _mm512_set1_epi32(load_x4(x + 4)));
+    // four independent int32 sums per row (low / high nibbles of even / odd chunks) keep four
+    // vpdpbusd chains in flight; their sum is the same integer
+    __m512i dot[MR][4];
+    for (int i = 0; i < MR; ++i) dot[i][0] = dot[i][1] = dot[i][2] = dot[i][3] = _mm512_setzero_si512();
+    for (int64_t c = 0; c < chunks; c += 2) {
+#pragma GCC unroll 2
+      for (int64_t h = 0; h < 2; ++h) {
+        const __m512i v = _mm512_maskz_loadu_epi32(mask, gp + (c + h) * rows);
+        const __m512i lo = _mm512_and_si512(v, low_nibbles);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);
+        for (int i = 0; i < MR; ++i) {
+          const int8_t* x = xg + i * w.k + 8 * (c + h);
+          dot[i][2 * h] = _mm512_dpbusd_epi32(dot[i][2 * h], lo, broadcast_x4(x));
+          dot[i][2 * h + 1] = _mm512_dpbusd_epi32(dot[i][2 * h + 1], hi, broadcast_x4(x + 4));
+        }
       }
     }
     const __m512 scale = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(mask, gp + chunks * rows));
@@ -63,7 +63,9 @@ void w4a8_tile(const Int4W4a8Args& a, int64_t block, int64_t m0) {
       const int32_t xsum = a.x_group_sum[(m0 + i) * groups + g];
       const __m512i correction =
           kAsym ? _mm512_mullo_epi32(offset, _mm512_set1_epi32(xsum)) : _mm512_set1_epi32(8 * xsum);
-      const __m512i d = _mm512_sub_epi32(_mm512_add_epi32(dot_lo[i], dot_hi[i]), correction);
+      const __m512i sum =
+          _mm512_add_epi32(_mm512_add_epi32(dot[i][0], dot[i][1]), _mm512_add_epi32(dot[i][2], dot[i][3]));
+      const __m512i d = _mm512_sub_epi32(sum, correction);
       acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_cvtepi32_ps(d), scale));
     }
   }
@@ -114,21 +116,21 @@ void f32_tile(const Int4FloatArgs& a, int64_t block, int64_t m0) {
   const int64_t rows = w.block_rows(block), chunks = w.group_size / 8, groups = w.groups();
   const __mmask16 mask = lane_mask(rows);
   const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-  const float* x = static_cast<const float*>(a.x);
+  const float* x = a.x;
   __m512 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     const uint32_t* gp = w.group(block, g);
     const float* xg = x + m0 * w.k + g * w.group_size;
-    __m512 part[MR][2];
-    for (int i = 0; i < MR; ++i) part[i][0] = part[i][1] = _mm512_setzero_ps();
+    __m512 part[MR][4];  // four fp32 chains per row (k mod 4) in flight
+    for (int i = 0; i < MR; ++i) part[i][0] = part[i][1] = part[i][2] = part[i][3] = _mm512_setzero_ps();
     for (int64_t c = 0; c < chunks; ++c) {
       const __m512i v = _mm512_maskz_loadu_epi32(mask, gp + c * rows);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const __m512 wj = _mm512_permutexvar_ps(_mm512_srli_epi32(v, kNibbleShift[j]), table);
         for (int i = 0; i < MR; ++i) {
-          part[i][j & 1] = _mm512_fmadd_ps(wj, _mm512_set1_ps(xg[i * w.k + 8 * c + j]), part[i][j & 1]);
+          part[i][j & 3] = _mm512_fmadd_ps(wj, _mm512_set1_ps(xg[i * w.k + 8 * c + j]), part[i][j & 3]);
         }
       }
     }
@@ -139,7 +141,7 @@ void f32_tile(const Int4FloatArgs& a, int64_t block, int64_t m0) {
       zero_point = _mm512_cvtepi32_ps(_mm512_sub_epi32(offset, _mm512_set1_epi32(8)));
     }
     for (int i = 0; i < MR; ++i) {
-      __m512 s = _mm512_add_ps(part[i][0], part[i][1]);
+      __m512 s = _mm512_add_ps(_mm512_add_ps(part[i][0], part[i][1]), _mm512_add_ps(part[i][2], part[i][3]));
       if (w.asymmetric) {
         s = _mm512_sub_ps(s, _mm512_mul_ps(zero_point, _mm512_set1_ps(a.x_group_sum[(m0 + i) * groups + g])));
       }
@@ -147,7 +149,7 @@ void f32_tile(const Int4FloatArgs& a, int64_t block, int64_t m0) {
     }
   }
   const int64_t n0 = block * kInt4BlockRows;
-  float* out = static_cast<float*>(a.out);
+  float* out = a.out;
   const __m512 bias = a.bias != nullptr ? _mm512_maskz_loadu_ps(mask, a.bias + n0) : _mm512_setzero_ps();
   for (int i = 0; i < MR; ++i) {
     const __m512 y = a.bias != nullptr ? _mm512_add_ps(acc[i], bias) : acc[i];

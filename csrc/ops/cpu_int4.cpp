@@ -159,25 +159,25 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
     run_blocks(w, m, [&](int64_t begin, int64_t end) { cpu::int4_w4a8_run(args, begin, end); });
     return out;
   }
+  // bf16 x: widened exactly to fp32 for the fp32 kernel, the output rounded to bf16 (nearest even).
+  // On the Xeons measured (benchmarks/bench_int4.py) the fp32 FMA kernel with the 16-entry vpermps
+  // decode beat a vdpbf16ps kernel on bf16 weight pairs decoded with vpermw by 20-25% at M = 1..64.
+  const at::Tensor xf = bf16 ? xc.to(at::kFloat) : xc;
   at::Tensor sums;
   if (w.asymmetric) {
     sums = at::empty({m, groups}, x.options().dtype(at::kFloat));
-    cpu::int4_group_sums_float(xc.data_ptr(), bf16, k, w.group_size, 0, m, sums.data_ptr<float>());
+    cpu::int4_group_sums_float(xf.data_ptr<float>(), k, w.group_size, 0, m, sums.data_ptr<float>());
   }
-  at::Tensor out = at::empty({m, w.n}, x.options());
+  at::Tensor out = at::empty({m, w.n}, x.options().dtype(at::kFloat));
   cpu::Int4FloatArgs args;
   args.w = w;
-  args.x = xc.data_ptr();
+  args.x = xf.data_ptr<float>();
   args.x_group_sum = sums.defined() ? sums.data_ptr<float>() : nullptr;
   args.m = m;
   args.bias = bias_ptr;
-  args.out = out.data_ptr();
-  if (bf16) {
-    run_blocks(w, m, [&](int64_t begin, int64_t end) { cpu::int4_bf16_run(args, begin, end); });
-  } else {
-    run_blocks(w, m, [&](int64_t begin, int64_t end) { cpu::int4_f32_run(args, begin, end); });
-  }
-  return out;
+  args.out = out.data_ptr<float>();
+  run_blocks(w, m, [&](int64_t begin, int64_t end) { cpu::int4_f32_run(args, begin, end); });
+  return bf16 ? out.to(at::kBFloat16) : out;
 }
 
 }  // namespace

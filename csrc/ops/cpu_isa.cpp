@@ -104,7 +104,6 @@ std::vector<std::string> cpu_kernel_tiers() {
       {"sparse24_bf16", cpu::sparse24_bf16_tiers.select(all)},
       {"int4_w4a8", cpu::int4_w4a8_tiers.select(all)},
       {"int4_f32", cpu::int4_f32_tiers.select(all)},
-      {"int4_bf16", cpu::int4_bf16_tiers.select(all)},
   };
   std::vector<std::string> out;
   for (const auto& [family, tier] : families) out.push_back(std::string(family) + "=" + cpu::tier_name(tier));
