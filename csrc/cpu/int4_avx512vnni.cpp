@@ -39,33 +39,40 @@ void w4a8_tile(const Int4W4a8Args& a, int64_t block, int64_t m0) {
   for (int64_t g = 0; g < groups; ++g) {
     const uint32_t* gp = w.group(block, g);
     const int8_t* xg = a.xq + m0 * w.k + g * w.group_size;
-    // four independent int32 sums per row (low / high nibbles of even / odd chunks) keep four
-    // vpdpbusd chains in flight; their sum is the same integer
-    __m512i dot[MR][4];
-    for (int i = 0; i < MR; ++i) dot[i][0] = dot[i][1] = dot[i][2] = dot[i][3] = _mm512_setzero_si512();
+    // Independent int32 sums per row keep vpdpbusd chains in flight: with one or two rows, four per
+    // row (low / high nibbles of even / odd chunks); with more rows, the rows are enough and one sum
+    // each saves the reduction. A symmetric pack's offset correction -8 * xsum starts the first sum.
+    // Every way gives the same integer d.
+    constexpr int kChains = MR <= 2 ? 4 : 1;
+    __m512i dot[MR][kChains];
+    for (int i = 0; i < MR; ++i) {
+      for (int q = 0; q < kChains; ++q) dot[i][q] = _mm512_setzero_si512();
+      if (!kAsym) dot[i][0] = _mm512_set1_epi32(-8 * a.x_group_sum[(m0 + i) * groups + g]);
+    }
     for (int64_t c = 0; c < chunks; c += 2) {
 #pragma GCC unroll 2
       for (int64_t h = 0; h < 2; ++h) {
         const __m512i v = _mm512_maskz_loadu_epi32(mask, gp + (c + h) * rows);
         const __m512i lo = _mm512_and_si512(v, low_nibbles);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);
+        const int q_lo = kChains == 4 ? static_cast<int>(2 * h) : 0, q_hi = kChains == 4 ? q_lo + 1 : 0;
         for (int i = 0; i < MR; ++i) {
           const int8_t* x = xg + i * w.k + 8 * (c + h);
-          dot[i][2 * h] = _mm512_dpbusd_epi32(dot[i][2 * h], lo, broadcast_x4(x));
-          dot[i][2 * h + 1] = _mm512_dpbusd_epi32(dot[i][2 * h + 1], hi, broadcast_x4(x + 4));
+          dot[i][q_lo] = _mm512_dpbusd_epi32(dot[i][q_lo], lo, broadcast_x4(x));
+          dot[i][q_hi] = _mm512_dpbusd_epi32(dot[i][q_hi], hi, broadcast_x4(x + 4));
         }
       }
     }
     const __m512 scale = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(mask, gp + chunks * rows));
-    __m512i offset = _mm512_set1_epi32(8);
+    __m512i offset = _mm512_setzero_si512();
     if (kAsym) offset = _mm512_maskz_loadu_epi32(mask, gp + (chunks + 1) * rows);
     for (int i = 0; i < MR; ++i) {
-      const int32_t xsum = a.x_group_sum[(m0 + i) * groups + g];
-      const __m512i correction =
-          kAsym ? _mm512_mullo_epi32(offset, _mm512_set1_epi32(xsum)) : _mm512_set1_epi32(8 * xsum);
-      const __m512i sum =
-          _mm512_add_epi32(_mm512_add_epi32(dot[i][0], dot[i][1]), _mm512_add_epi32(dot[i][2], dot[i][3]));
-      const __m512i d = _mm512_sub_epi32(sum, correction);
+      __m512i d = dot[i][0];
+      if (kChains == 4) d = _mm512_add_epi32(_mm512_add_epi32(d, dot[i][1]), _mm512_add_epi32(dot[i][2], dot[i][3]));
+      if (kAsym) {
+        const int32_t xsum = a.x_group_sum[(m0 + i) * groups + g];
+        d = _mm512_sub_epi32(d, _mm512_mullo_epi32(offset, _mm512_set1_epi32(xsum)));
+      }
       acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_cvtepi32_ps(d), scale));
     }
   }
