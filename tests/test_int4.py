@@ -96,6 +96,8 @@ def test_pack_refusals_name_the_argument_and_value():
         ((w, scales, 32, zp[:, :1]), r"int4_pack: zero_points must have shape \[4, 2\]"),
         ((w, scales, 32, zp.clone().fill_(-9)), r"int4_pack: zero_points must hold int4 values in \[-8, 7\], got -9"),
         ((w.view(1, 4, 64), scales, 32), r"int4_pack: w_int4 must be 2-D, got 3-D"),
+        ((w[:0], scales[:0], 32), r"int4_pack: w_int4 must have N > 0 rows and K > 0 columns, got shape \[0, 64\]"),
+        ((w, scales, 32, zp.int()), r"int4_pack: zero_points must be Char, got Int"),
     ]
     for args, message in cases:
         with pytest.raises(RuntimeError, match=message):
@@ -208,10 +210,14 @@ def test_linear_refusals_name_the_argument_and_value():
         ((x, torch.zeros_like(pack)), RuntimeError, r"int4_linear: w_packed is not a packed weight of any family"),
         ((x, pack[4:].clone()), RuntimeError, r"int4_linear: w_packed is not a packed weight of any family"),
         ((x[0], pack), RuntimeError, r"int4_linear: x must be 2-D, got 1-D"),
+        ((x[:, :0], pack), RuntimeError, r"int4_linear: x must have K > 0 columns, got shape \[3, 0\]"),
     ]
     for args, error, message in cases:
         with pytest.raises(error, match=message):
             ck.int4_linear(*args)
+    with pytest.raises(RuntimeError, match=r"int4_linear: activation must be \"int8\" \(w4a8\), \"fp32\" or \"bf16\" "
+                                           r"\(w4a16\), got \"int4\""):
+        OPS.int4_linear(x, pack, None, "int4")  # the op itself, past the wrapper's check
     corrupted = pack.clone()
     corrupted.view(-1)[4] += 1  # K in the header
     with pytest.raises(RuntimeError, match=r"int4_linear: the header of w_packed is corrupted"):
@@ -229,6 +235,7 @@ def test_opcheck():
     x, bias = rand_x(3, 64), rand_x(20)
     torch.library.opcheck(OPS.int4_pack, (w, scales, 32, zp))
     torch.library.opcheck(OPS.int4_pack, (w, scales, 32))
+    torch.library.opcheck(OPS.int4_unpack, (pack,))
     torch.library.opcheck(OPS.int4_linear, (x, pack, bias, "int8"))
     torch.library.opcheck(OPS.int4_linear, (x, pack, None, "fp32"))
     torch.library.opcheck(OPS.int4_linear, (x.bfloat16(), pack, bias, "bf16"))
@@ -304,6 +311,8 @@ def test_module_refusals():
     with pytest.raises(ValueError, match=r"Int4Linear: activation must be one of \['int8', 'bf16', 'fp32'\], got "
                                          r"'fp16'"):
         ck.Int4Linear(64, 8, activation="fp16")
+    with pytest.raises(TypeError, match=r"Int4Linear: symmetric must be a bool, got 1"):
+        ck.Int4Linear(64, 8, symmetric=1)
     with pytest.raises(ValueError, match=r"Int4Linear: in_features=40 must be a multiple of group_size=32"):
         ck.Int4Linear(40, 8)
     with pytest.raises(TypeError, match=r"Int4Linear.from_float: expected nn.Linear, got Conv2d"):
