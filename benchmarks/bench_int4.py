@@ -116,7 +116,10 @@ def main() -> None:
     ])
     print(text)
     if not args.no_write:
-        print(write_result(results_name("int4", None if args.isa == "auto" else args.isa), text + "\n"))
+        name = results_name("int4", None if args.isa == "auto" else args.isa)
+        if args.threads != 2:  # the goals are stated at 2 threads; other counts get their own file
+            name += f"_{args.threads}thread"
+        print(write_result(name, text + "\n"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@
 namespace ck::cpu {
 namespace {
 
-constexpr int kTileRows = 4;  // rows of x per pass over a block's weights
+constexpr int kTileRows = 4;           // rows of x per pass over a block's weights
+constexpr int64_t kPrefetchBytes = 4096;  // software prefetch distance in the weight stream
 
 __mmask16 lane_mask(int64_t rows) {
   return rows >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1);
@@ -53,6 +54,9 @@ void w4a8_tile(const Int4W4a8Args& a, int64_t block, int64_t m0) {
 #pragma GCC unroll 2
       for (int64_t h = 0; h < 2; ++h) {
         const __m512i v = _mm512_maskz_loadu_epi32(mask, gp + (c + h) * rows);
+        // the weights stream through once per tile: ask for the line kPrefetchBytes ahead (a hint;
+        // past the end of the pack it is dropped)
+        _mm_prefetch(reinterpret_cast<const char*>(gp + (c + h) * rows) + kPrefetchBytes, _MM_HINT_T0);
         const __m512i lo = _mm512_and_si512(v, low_nibbles);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);
         const int q_lo = kChains == 4 ? static_cast<int>(2 * h) : 0, q_hi = kChains == 4 ? q_lo + 1 : 0;
@@ -133,6 +137,7 @@ void f32_tile(const Int4FloatArgs& a, int64_t block, int64_t m0) {
     for (int i = 0; i < MR; ++i) part[i][0] = part[i][1] = part[i][2] = part[i][3] = _mm512_setzero_ps();
     for (int64_t c = 0; c < chunks; ++c) {
       const __m512i v = _mm512_maskz_loadu_epi32(mask, gp + c * rows);
+      _mm_prefetch(reinterpret_cast<const char*>(gp + c * rows) + kPrefetchBytes, _MM_HINT_T0);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const __m512 wj = _mm512_permutexvar_ps(_mm512_srli_epi32(v, kNibbleShift[j]), table);
