@@ -64,7 +64,7 @@ def interleaved_best(fns: dict, min_run_time: float) -> dict[str, float]:
     best = {name: float("inf") for name in fns}
     spent = 0.0
     rounds = 0
-    while spent < min_run_time * len(fns) or rounds < 20:
+    while spent < min_run_time * len(fns) or rounds < 60:
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
