@@ -7,11 +7,29 @@ from __future__ import annotations
 
 import torch
 
-from ._native import _int_arg, _lib, _register_fake
-from .packed import _packed_rows, packed_shape
+from ._native import NATIVE_ERROR, _int_arg, _lib
+from .packed import packed_n, packed_shape
 
 INT4_ASYMMETRIC_FLAG = 1 << 16
 INT4_ACTIVATIONS = ("int8", "fp32", "bf16")
+
+
+def _register_fake(op: str):
+    """Register the function as the fake (meta) kernel of compress_kernels::<op> (for torch.compile /
+    torch.export) when the native library loaded."""
+
+    def register(fn):
+        if NATIVE_ERROR is None:
+            torch.library.register_fake(f"compress_kernels::{op}")(fn)
+        return fn
+
+    return register
+
+
+def _pack_rows(w_packed: torch.Tensor) -> int:
+    """N of an int4_pack as a fake kernel sees it: its rows after the header rows."""
+    torch._check(w_packed.dim() == 2, lambda: f"w_packed must be a 2-D int4_pack, got {w_packed.dim()}-D")
+    return packed_n("int4_pack", w_packed.shape)
 
 
 def int4_pack_param(group_size: int, asymmetric: bool = False) -> int:
@@ -51,7 +69,7 @@ def int4_unpack(w_packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 def _fake_int4_unpack(w_packed):
     # K and the group size are in the header, which a fake tensor does not hold: data-dependent sizes
     ctx = torch.library.get_ctx()
-    n = _packed_rows(w_packed, "int4_pack")
+    n = _pack_rows(w_packed)
     k, groups = ctx.new_dynamic_size(), ctx.new_dynamic_size()
     return (w_packed.new_empty((n, k), dtype=torch.int8), w_packed.new_empty((n, groups), dtype=torch.float32),
             w_packed.new_empty((n, groups), dtype=torch.int8))
@@ -76,4 +94,4 @@ def int4_linear(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | No
 @_register_fake("int4_linear")
 def _fake_int4_linear(x, w_packed, bias, activation="int8"):
     torch._check(x.dim() == 2, lambda: f"int4_linear: x must be 2-D, got {x.dim()}-D")
-    return x.new_empty((x.shape[0], _packed_rows(w_packed, "int4_pack")))
+    return x.new_empty((x.shape[0], _pack_rows(w_packed)))
