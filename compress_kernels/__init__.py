@@ -1,11 +1,11 @@
 """compress_kernels: real kernels for model compression (integer-only int8 with fixed-point
-requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
-into trained models."""
+requantization, group-wise int4 weights, k-means codebooks, 2:4 sparsity, fused fake-quant) and the
+modules that put them into trained models."""
 
 from . import cluster, convert, export, nn, numerics, ops, prune, reference, study
-from .convert import CodebookConfig, ConversionReport, Int8DynamicConfig, Sparse24Config, convert_
+from .convert import CodebookConfig, ConversionReport, Int4WeightConfig, Int8DynamicConfig, Sparse24Config, convert_
 from .export import OnnxExportError, OnnxExportReport, to_onnx
-from .nn import CodebookConv2d, CodebookLinear, QuantLinear, SparseConv2d, SparseLinear
+from .nn import CodebookConv2d, CodebookLinear, Int4Linear, QuantLinear, SparseConv2d, SparseLinear
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
 from .nn.fake_quant import FakeQuantize
@@ -21,6 +21,9 @@ from .ops import (
     fake_quant_backward,
     fake_quant_observe,
     force_cpu_isa,
+    int4_linear,
+    int4_pack,
+    int4_unpack,
     int8_conv2d,
     int8_conv2d_pack_weight,
     int8_gemm,
@@ -76,6 +79,10 @@ __all__ = [
     "quantize_multiplier",
     "quantize_rows",
     "requantize",
+    # group-wise int4 weight ops
+    "int4_linear",
+    "int4_pack",
+    "int4_unpack",
     # k-means codebook ops
     "codebook_conv2d",
     "codebook_linear",
@@ -95,11 +102,12 @@ __all__ = [
     "fake_quant",
     "fake_quant_backward",
     "fake_quant_observe",
-    # drop-in modules: integer-only, dynamic int8, codebook, 2:4, fake-quant
+    # drop-in modules: integer-only, dynamic int8, int4 weights, codebook, 2:4, fake-quant
     "CodebookConv2d",
     "CodebookLinear",
     "DeQuantize",
     "FakeQuantize",
+    "Int4Linear",
     "QuantAdd",
     "QuantAvgPool2d",
     "QuantConv2d",
@@ -112,6 +120,7 @@ __all__ = [
     # conversion of trained models (post-training)
     "CodebookConfig",
     "ConversionReport",
+    "Int4WeightConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Sparse24Config",

@@ -188,6 +188,39 @@ def _int8_dynamic(module: nn.Module, config: Int8DynamicConfig, name: str) -> nn
     return QuantLinear.from_float(module, dynamic=True, per_channel=config.per_channel)
 
 
+# ---------------------------------------------------------------- group-wise int4 weights (Int4Linear)
+
+
+@dataclass
+class Int4WeightConfig:
+    """nn.Linear -> Int4Linear: 4-bit weights with one fp32 scale (and, symmetric=False, one zero
+    point) per group of `group_size` input features (32, 64, 128 or 256), packed two per byte.
+    activation: "int8" (w4a8: activations quantized per row to int8 at run time, exact int32 group
+    sums), "bf16" or "fp32" (w4a16, weight-only). A layer whose in_features group_size does not
+    divide is left in float (listed as skipped)."""
+
+    group_size: int = 32
+    activation: str = "int8"
+    symmetric: bool = True
+
+    def __post_init__(self):
+        from ._config_checks import check_bool, check_choice
+        from .numerics import INT4_GROUP_SIZES
+
+        check_choice(self, "group_size", INT4_GROUP_SIZES)
+        check_choice(self, "activation", ("int8", "bf16", "fp32"))
+        check_bool(self, "symmetric")
+
+
+@register_handler(Int4WeightConfig, (nn.Linear,))
+def _int4_weight(module: nn.Module, config: Int4WeightConfig, name: str) -> nn.Module:
+    from .nn.int4 import Int4Linear
+
+    if module.in_features % config.group_size:
+        raise Skip(f"in_features={module.in_features} is not a multiple of group_size={config.group_size}")
+    return Int4Linear.from_float(module, config.group_size, config.activation, config.symmetric)
+
+
 # ---------------------------------------------------------------- k-means codebooks
 
 

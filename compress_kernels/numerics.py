@@ -175,6 +175,50 @@ def quantize_weight(w: torch.Tensor, per_channel: bool = True, bits: int = 8,
     return w_q, scale
 
 
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def quantize_weight_groupwise(w: torch.Tensor, group_size: int = 32, symmetric: bool = True,
+                              bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Group-wise weights along K: w [N, K] in groups of `group_size` consecutive columns, one fp32
+    scale (and, asymmetric, one zero point) per (row, group), w ~= scale * (q - zero_point) with
+    q in [qmin, qmax] = [-2^(b-1), 2^(b-1) - 1] (int8 tensors; [-8, 7] for 4 bits).
+
+    symmetric: scale = max|w_group| / qmax (1 for an all-zero group), q = clamp(round_half_even(w /
+    scale), -qmax, qmax) (narrow: -w is representable, zero stays zero); zero_point is None.
+    asymmetric: the group's range [min(w, 0), max(w, 0)] (zero always representable) over the 2^b - 1
+    steps: scale = (max - min) / (qmax - qmin) (1 when max == min == 0), zero_point =
+    clamp(qmin - round_half_even(min / scale), qmin, qmax), q = clamp(round_half_even(w / scale) +
+    zero_point, qmin, qmax). Returns (q [N, K], scale [N, K / group_size], zero_point or None).
+    ValueError for a K that group_size does not divide and for a NaN or infinite weight."""
+    where = "quantize_weight_groupwise"
+    if w.dim() != 2:
+        raise ValueError(f"{where}: w must be 2-D [N, K], got shape {tuple(w.shape)}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"{where}: group_size must be a positive int, got {group_size!r}")
+    if w.shape[1] % group_size:
+        raise ValueError(f"{where}: K={w.shape[1]} (w's columns) must be a multiple of group_size={group_size}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"{where}: bits must be in [2, 8], got {bits}")
+    check_finite(w, "the weight", where)
+    n, k = w.shape
+    groups = w.detach().float().reshape(n, k // group_size, group_size)
+    qmax = 2 ** (bits - 1) - 1
+    qmin = -qmax - 1
+    if symmetric:
+        scale = groups.abs().amax(-1) / qmax
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.round(groups / scale[..., None]).clamp(-qmax, qmax)
+        return q.reshape(n, k).to(torch.int8), scale, None
+    lo = groups.amin(-1).clamp(max=0)
+    hi = groups.amax(-1).clamp(min=0)
+    scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+    q = (torch.round(groups / scale[..., None]) + zero_point[..., None]).clamp(qmin, qmax)
+    return q.reshape(n, k).to(torch.int8), scale, zero_point.to(torch.int8)
+
+
 def activation_clamp(activation: str | None, scale: float, zero_point: int,
                      dtype: torch.dtype) -> tuple[int, int]:
     """[qmin, qmax] that fuses an activation into the output clamp: None, "relu" or "relu6"."""

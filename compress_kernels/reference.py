@@ -250,6 +250,100 @@ def codebook_conv2d(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
 
 
 
+# ---------------------------------------------------------------- group-wise int4 weights
+#
+# w[n, k] = scales[n, g] * (w_int4[n, k] - zero_points[n, g]), g = k // group_size, w_int4 and
+# zero_points in [-8, 7] (zero_points None: symmetric, 0). The kernels: csrc/cpu/int4.h.
+
+
+def int4_pack_payload(w_int4: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                      group_size: int) -> torch.Tensor:
+    """The payload int4_pack writes after its header (csrc/cpu/int4.h), as int32 [N, W]: rows in
+    blocks of 16 (the last block the remaining R rows); per block, group after group: group_size / 8
+    chunks of R words (byte j of row r's word = u[k0 + j] | u[k0 + 4 + j] << 4, u = w_int4 + 8,
+    k0 = 8 * chunk), then the R fp32 scales (their bits), then (asymmetric) the R zero points + 8."""
+    n, k = w_int4.shape
+    groups = k // group_size
+    u = (w_int4.long() + 8).view(n, groups, group_size // 8, 2, 4)  # [..., low/high nibble, byte]
+    words = ((u[..., 0, :] | (u[..., 1, :] << 4)) << (8 * torch.arange(4))).sum(-1)  # [n, groups, chunks]
+    parts = [words, scales.float().contiguous().view(torch.int32).long()[..., None]]
+    if zero_points is not None:
+        parts.append(zero_points.long()[..., None] + 8)
+    per_group = torch.cat(parts, dim=-1)  # [n, groups, words of one row's group]
+    flat = []
+    for start in range(0, n, 16):
+        block = per_group[start:start + 16]  # [R, groups, G]
+        flat.append(block.permute(1, 2, 0).reshape(-1))  # group-major, then word, then row
+    return wrap_int32(torch.cat(flat)).to(torch.int32).view(n, -1)
+
+
+def int4_dequantize(w_int4: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                    group_size: int) -> torch.Tensor:
+    """The fp32 weight [N, K] a group-wise int4 weight stands for (each element one fp32 product
+    of the exact integer w_int4 - zero_point and its group's scale)."""
+    n, k = w_int4.shape
+    q = w_int4.long().view(n, k // group_size, group_size)
+    if zero_points is not None:
+        q = q - zero_points.long()[..., None]
+    return (q.float() * scales.float()[..., None]).reshape(n, k)
+
+
+def int4_linear_w4a8(x: torch.Tensor, w_int4: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                     group_size: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int4_linear(activation="int8"), exactly: x fp32 [M, K] quantized per row by quantize_rows
+    (q_x, s_x); per group g the exact integer d[m, n, g] = sum_{k in g} (w_int4 - zero_point)[n, k] *
+    q_x[m, k]; acc = 0.0 (fp32), then for g in order acc = acc + float(d) * scales[n, g] (product
+    rounded to fp32, then the sum); y = acc * s_x[m], then + bias[n] (each step rounded to fp32).
+    A row of x holding NaN or +-Inf gives NaN outputs (s_x is NaN)."""
+    q_x, s_x = quantize_rows(x.float())
+    m, k = q_x.shape
+    n = w_int4.shape[0]
+    groups = k // group_size
+    w = w_int4.long().view(n, groups, group_size)
+    if zero_points is not None:
+        w = w - zero_points.long()[..., None]
+    d = torch.einsum("mgk,ngk->mng", q_x.long().view(m, groups, group_size), w)  # exact int64
+    acc = torch.zeros(m, n, dtype=torch.float32)
+    for g in range(groups):
+        acc = acc + d[:, :, g].float() * scales.float()[:, g]
+    y = acc * s_x[:, None]
+    if bias is not None:
+        y = y + bias.float()
+    return y
+
+
+def int4_linear_w4a16(x: torch.Tensor, w_int4: torch.Tensor, scales: torch.Tensor,
+                      zero_points: torch.Tensor | None, group_size: int,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int4_linear(activation="fp32" | "bf16") as the exact value: x (fp32, or bf16 widened exactly)
+    times int4_dequantize's weight, accumulated in float64, + bias, rounded once to fp32, then to x's
+    dtype (bf16: nearest even). The kernels accumulate in fp32 per group and scale each group's sum:
+    within (group_size + K / group_size + 2) * 2^-24 * sum_k |x[m, k] * w[n, k]| of the float64
+    value before the final rounding."""
+    n, k = w_int4.shape
+    q = w_int4.double().view(n, k // group_size, group_size)
+    if zero_points is not None:
+        q = q - zero_points.double()[..., None]
+    w = (q * scales.double()[..., None]).reshape(n, k)
+    y = x.double() @ w.T
+    if bias is not None:
+        y = y + bias.double()
+    return y.float().to(x.dtype)
+
+
+def int4_linear_error_bound(x: torch.Tensor, w_int4: torch.Tensor, scales: torch.Tensor,
+                            zero_points: torch.Tensor | None, group_size: int) -> torch.Tensor:
+    """The w4a16 kernels' stated bound on |kernel - int4_linear_w4a16| before the output rounding:
+    (group_size + K / group_size + 2) * 2^-24 * sum_k |x[m, k]| * |w[n, k]| (with |zero_point| * |x|
+    added inside each group for asymmetric weights, whose correction is a separate fp32 product)."""
+    n, k = w_int4.shape
+    w = int4_dequantize(w_int4, scales, None, group_size).double().abs()
+    if zero_points is not None:
+        w = w + (zero_points.double().abs() * scales.double()).repeat_interleave(group_size, dim=1)
+    terms = x.double().abs() @ w.T
+    return (group_size + k // group_size + 2) * 2.0 ** -24 * terms
+
+
 # ---------------------------------------------------------------- 2:4 semi-structured sparsity
 
 

@@ -20,6 +20,11 @@ BAD_FIELDS = [
      r"Int8StaticConfig: rounding must be one of \['double', 'single'\], got 'nearest'"),
     (ck.Int8StaticConfig, "sparse24", "yes", TypeError, r"Int8StaticConfig: sparse24 must be a bool .*got 'yes'"),
     (ck.Int8DynamicConfig, "per_channel", None, TypeError, r"Int8DynamicConfig: per_channel must be a bool .*got None"),
+    (ck.Int4WeightConfig, "group_size", 48, ValueError,
+     r"Int4WeightConfig: group_size must be one of \[32, 64, 128, 256\], got 48"),
+    (ck.Int4WeightConfig, "activation", "fp16", ValueError,
+     r"Int4WeightConfig: activation must be one of \['int8', 'bf16', 'fp32'\], got 'fp16'"),
+    (ck.Int4WeightConfig, "symmetric", 0, TypeError, r"Int4WeightConfig: symmetric must be a bool .*got 0"),
     (ck.CodebookConfig, "bits", 0, ValueError, r"CodebookConfig: bits must be an int in \[1, 8\], got 0"),
     (ck.CodebookConfig, "bits", 9, ValueError, r"CodebookConfig: bits must be an int in \[1, 8\], got 9"),
     (ck.CodebookConfig, "bits", 4.0, TypeError, r"CodebookConfig: bits must be an int, got 4.0"),
@@ -86,7 +91,7 @@ def test_every_config_class_is_covered():
     configs = {obj for mod in (convert, prune, qat, static_quant) for name, obj in vars(mod).items()
                if isinstance(obj, type) and name.endswith("Config")}
     assert configs <= {c for c, *_ in BAD_FIELDS}, configs - {c for c, *_ in BAD_FIELDS}
-    assert len(configs) == 6
+    assert len(configs) == 7
 
 
 def test_codebook_group_size_rules():

@@ -27,7 +27,7 @@ OPS = torch.ops.compress_kernels
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAGIC = 0x4B504B43
 FAMILIES = ops.PACKED_FAMILIES
-ARTICLE = {f: ("an" if f.startswith("int8") else "a") for f in FAMILIES}
+ARTICLE = {f: ("an" if f.startswith(("int8", "int4")) else "a") for f in FAMILIES}
 
 
 @dataclass
@@ -90,6 +90,15 @@ def make_case(family: str, n: int, k: int, param: int = 0, seed: int = 0) -> Cas
         want = ck.codebook_linear(x, packed.clone(), cb, bits)
         return Case(family, "codebook_linear", "packed_idx", packed, lambda p: ck.codebook_linear(x, p, cb, bits),
                     want, n, k, bits)
+    if family == "int4_pack":
+        group_size = param or 32
+        k = -(-k // group_size) * group_size  # whole groups
+        w = torch.randint(-8, 8, (n, k), generator=g).to(torch.int8)
+        scales = torch.rand(n, k // group_size, generator=g) + 0.5
+        x = torch.randn(m, k, generator=g)
+        want = ref.int4_linear_w4a8(x, w, scales, None, group_size)
+        return Case(family, "int4_linear", "w_packed", ck.int4_pack(w, scales, group_size),
+                    lambda p: ck.int4_linear(x, p), want, n, k, group_size)
     if family == "sparse24_f32_pack":
         values, meta = ck.sparse24_compress(_sparse_weight(n, k, torch.float32, g))
         x = torch.randn(m, k, generator=g)
@@ -262,7 +271,8 @@ def test_another_familys_pack_is_refused(family, other_family):
     other = default_case(other_family, seed=1)
     pattern = _dtype_refusal(case, other.pack)
     if pattern is None:
-        params = {"codebook_pack": rf"bits={other.param}, ", "int8_conv2d_pack_weight": rf"groups={other.param}, "}
+        params = {"codebook_pack": rf"bits={other.param}, ", "int8_conv2d_pack_weight": rf"groups={other.param}, ",
+                  "int4_pack": rf"group_size={other.param}, symmetric, "}
         pattern = (rf"{case.op}: {case.arg} is {ARTICLE[other_family]} {other_family} "
                    rf"\({params.get(other_family, '')}N={other.n}, K={other.k}\), expected "
                    rf"{ARTICLE[family]} {family}( for |$)")

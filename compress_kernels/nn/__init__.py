@@ -2,8 +2,9 @@
 
 from .codebook import CodebookConv2d, CodebookLinear, codebook_size_report, finetune_codebooks
 from .fake_quant import FakeQuantize
+from .int4 import Int4Linear
 from .linear import QuantLinear
 from .sparse import SparseConv2d, SparseLinear
 
 __all__ = ["FakeQuantize", "CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks",
-           "QuantLinear", "SparseConv2d", "SparseLinear"]
+           "Int4Linear", "QuantLinear", "SparseConv2d", "SparseLinear"]

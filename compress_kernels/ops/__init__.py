@@ -1,8 +1,8 @@
 """Typed Python entry points for every op in torch.ops.compress_kernels, one module per family, each
 wrapper with its autograd registration beside it: packed (pack headers and shapes), requantize, int8,
-codebook, sparse24, fake_quant, isa (the CPU path); _native loads the library and holds the argument
-checks the wrappers share. The fake (meta) kernels that torch.compile and torch.export run are C++
-(csrc/ops/meta.cpp) and call the same argument checks as the CPU and CUDA kernels.
+int4, codebook, sparse24, fake_quant, isa (the CPU path); _native loads the library and holds the
+argument checks the wrappers share. The fake (meta) kernels that torch.compile and torch.export run
+are C++ (csrc/ops/meta.cpp) and call the same argument checks as the CPU and CUDA kernels.
 
 The schemas live in csrc/ops/registration.cpp; the spec of each op is the function of the same name
 in compress_kernels.reference.
@@ -54,6 +54,13 @@ from .fake_quant import (
     fake_quant_backward,
     fake_quant_observe,
 )
+from .int4 import (
+    INT4_ACTIVATIONS,
+    int4_linear,
+    int4_pack,
+    int4_pack_param,
+    int4_unpack,
+)
 from .int8 import (
     int8_conv2d,
     int8_conv2d_pack_weight,
@@ -104,6 +111,7 @@ from .sparse24 import (
 # The public names; the private helpers above stay importable from here for the modules and tests that use them.
 __all__ = [
     "INT32_MAX",
+    "INT4_ACTIVATIONS",
     "INT32_MIN",
     "NATIVE_ERROR",
     "PACKED_FAMILIES",
@@ -120,6 +128,10 @@ __all__ = [
     "fake_quant_backward",
     "fake_quant_observe",
     "force_cpu_isa",
+    "int4_linear",
+    "int4_pack",
+    "int4_pack_param",
+    "int4_unpack",
     "int8_add",
     "int8_conv2d",
     "int8_conv2d_pack_weight",

@@ -12,6 +12,7 @@
 
 #include "../cpu/codebook.h"
 #include "../cpu/dispatch.h"
+#include "../cpu/int4.h"
 #include "../cpu/int8_gemm.h"
 #include "../cpu/isa.h"
 #include "../cpu/requantize.h"
@@ -101,6 +102,8 @@ std::vector<std::string> cpu_kernel_tiers() {
       {"sparse24_int8", cpu::sparse24_int8_tiers.select(all)},
       {"sparse24_int8_vector", cpu::sparse24_int8_tiers.select(vector)},
       {"sparse24_bf16", cpu::sparse24_bf16_tiers.select(all)},
+      {"int4_w4a8", cpu::int4_w4a8_tiers.select(all)},
+      {"int4_f32", cpu::int4_f32_tiers.select(all)},
   };
   std::vector<std::string> out;
   for (const auto& [family, tier] : families) out.push_back(std::string(family) + "=" + cpu::tier_name(tier));

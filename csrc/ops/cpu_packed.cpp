@@ -15,7 +15,8 @@ PackedFamily family_arg(c10::string_view family, const char* op) {
   const std::string name(family);
   const int32_t id = packed::family_from_name(name.c_str());
   TORCH_CHECK(id != 0, op, ": family must be the name of a pack op (int8_pack_weight, int8_conv2d_pack_weight, ",
-              "codebook_pack, sparse24_f32_pack, sparse24_bf16_pack or sparse24_int8_pack), got \"", name, "\"");
+              "codebook_pack, sparse24_f32_pack, sparse24_bf16_pack, sparse24_int8_pack or int4_pack), got \"", name,
+              "\"");
   return static_cast<PackedFamily>(id);
 }
 

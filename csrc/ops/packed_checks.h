@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../cpu/int4.h"
 #include "../cpu/int8_gemm.h"
 #include "../cpu/sparse24.h"
 #include "checks.h"
@@ -33,8 +34,16 @@ inline int64_t packed_element_size(PackedFamily f) { return f == PackedFamily::k
 
 // int32 words per row of a 2-D family.
 inline int64_t packed_words_per_row(PackedFamily f, int64_t k, int64_t param) {
+  if (f == PackedFamily::kInt4) {
+    return cpu::int4_words_per_row(k, param % packed::kInt4AsymmetricFlag, param >= packed::kInt4AsymmetricFlag);
+  }
   return f == PackedFamily::kCodebook ? ck::bitpack::words_per_row(k, static_cast<int>(param))
                                       : cpu::int8_packed_words_per_row(k);
+}
+
+// int4_pack's group sizes.
+inline bool int4_group_size_ok(int64_t group_size) {
+  return group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256;
 }
 
 // Payload elements (of the family's dtype) after the header region.
@@ -43,6 +52,7 @@ inline int64_t packed_payload_elements(PackedFamily f, int64_t n, int64_t k, int
     case PackedFamily::kInt8:
     case PackedFamily::kInt8Conv2d:
     case PackedFamily::kCodebook:
+    case PackedFamily::kInt4:
       return n * packed_words_per_row(f, k, param);
     case PackedFamily::kSparse24F32:
       return cpu::sparse24_f32_packed_floats(n, k);
@@ -71,6 +81,12 @@ inline std::vector<int64_t> packed_shape(PackedFamily f, int64_t n, int64_t k, i
   } else if (f == PackedFamily::kInt8Conv2d) {
     TORCH_CHECK(param >= 1 && n % param == 0, op, ": int8_conv2d_pack_weight needs groups >= 1 dividing N=", n,
                 ", got groups=", param);
+  } else if (f == PackedFamily::kInt4) {
+    const int64_t group_size = param % packed::kInt4AsymmetricFlag;
+    TORCH_CHECK(param >= 0 && param < 2 * packed::kInt4AsymmetricFlag && int4_group_size_ok(group_size), op,
+                ": int4_pack needs the parameter group_size (32, 64, 128 or 256) + ", packed::kInt4AsymmetricFlag,
+                " for a pack with zero points, got ", param);
+    TORCH_CHECK(k % group_size == 0, op, ": int4_pack needs K a multiple of group_size=", group_size, ", got K=", k);
   } else {
     TORCH_CHECK(param == 0, op, ": ", name, " has no family parameter (pass 0), got ", param);
   }
@@ -130,8 +146,13 @@ struct PackedExpect {
 inline std::string describe_packed(PackedFamily f, int64_t n, int64_t k, int64_t param) {
   const int32_t id = static_cast<int32_t>(f);
   std::ostringstream s;
-  s << (f == PackedFamily::kInt8 || f == PackedFamily::kInt8Conv2d ? "an " : "a ") << packed::family_name(id) << " (";
+  s << (f == PackedFamily::kInt8 || f == PackedFamily::kInt8Conv2d || f == PackedFamily::kInt4 ? "an " : "a ")
+    << packed::family_name(id) << " (";
   if (f == PackedFamily::kCodebook) s << "bits=" << param << ", ";
+  if (f == PackedFamily::kInt4) {
+    s << "group_size=" << param % packed::kInt4AsymmetricFlag << ", "
+      << (param >= packed::kInt4AsymmetricFlag ? "asymmetric" : "symmetric") << ", ";
+  }
   if (f == PackedFamily::kInt8Conv2d) s << "groups=" << param << ", ";
   s << "N=" << n << ", K=" << k << ")";
   return s.str();
@@ -139,7 +160,8 @@ inline std::string describe_packed(PackedFamily f, int64_t n, int64_t k, int64_t
 
 inline std::string describe_expected(PackedFamily f, const PackedExpect& e) {
   std::ostringstream s;
-  s << (f == PackedFamily::kInt8 || f == PackedFamily::kInt8Conv2d ? "an " : "a ") << packed::family_name(f);
+  s << (f == PackedFamily::kInt8 || f == PackedFamily::kInt8Conv2d || f == PackedFamily::kInt4 ? "an " : "a ")
+    << packed::family_name(f);
   std::vector<std::string> parts;
   if (e.param >= 0 && f == PackedFamily::kCodebook) parts.push_back("bits=" + std::to_string(e.param));
   if (e.param >= 0 && f == PackedFamily::kInt8Conv2d) parts.push_back("groups=" + std::to_string(e.param));

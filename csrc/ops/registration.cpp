@@ -48,6 +48,11 @@ TORCH_LIBRARY(compress_kernels, m) {
       "codebook_conv2d(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias, "
       "int[2] kernel_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
 
+  // ---- group-wise int4 weights (csrc/cpu/int4.h) ----
+  m.def("int4_pack(Tensor w_int4, Tensor scales, int group_size, Tensor? zero_points=None) -> Tensor");
+  m.def("int4_unpack(Tensor w_packed) -> (Tensor, Tensor, Tensor)");
+  m.def("int4_linear(Tensor x, Tensor w_packed, Tensor? bias, str activation=\"int8\") -> Tensor");
+
   // ---- 2:4 semi-structured sparsity ----
   m.def("sparse24_compress(Tensor w) -> (Tensor, Tensor)");
   m.def("sparse24_decompress(Tensor values, Tensor meta) -> Tensor");
@@ -79,8 +84,8 @@ TORCH_LIBRARY(compress_kernels, m) {
       "int qmax, bool symmetric=False, int? axis=None, Tensor? mask=None) -> (Tensor, Tensor, Tensor)");
 
   // ---- packed weights (csrc/include/ck/packed_header.h): the shape a pack op returns for N x K
-  // (param: bits for codebook_pack, groups for int8_conv2d_pack_weight, else 0), and N back from a
-  // 2-D pack's shape; family is the pack op's name ----
+  // (param: bits for codebook_pack, groups for int8_conv2d_pack_weight, group_size (+ 65536 with zero
+  // points) for int4_pack, else 0), and N back from a 2-D pack's shape; family is the pack op's name ----
   m.def("packed_shape(str family, int n, int k, int param) -> int[]");
   m.def("packed_n(str family, int[] shape) -> int");
 

@@ -11,14 +11,15 @@
 //   word 3  N: output rows (columns of the GEMM output)
 //   word 4  K: the unpadded reduction depth (KH * KW * C / groups for int8_conv2d_pack_weight)
 //   word 5  the family parameter: bits per index for codebook_pack, groups for
-//           int8_conv2d_pack_weight, 0 for the other families
+//           int8_conv2d_pack_weight, group_size + kInt4AsymmetricFlag * asymmetric for int4_pack,
+//           0 for the other families
 //   word 6  payload size: elements of the packed tensor's dtype after the header region
 //   word 7  check value: header_check(words 0 .. 6), see below
 // Words 8 .. end of the header region are zero.
 //
 // Where the header sits (so that slicing, truncating or copying part of a pack loses or
 // contradicts it, and the output shape of every op stays a function of the pack's SHAPE):
-//   * 2-D packs (int8_pack_weight, int8_conv2d_pack_weight, codebook_pack; int32 [rows, W], W
+//   * 2-D packs (int8_pack_weight, int8_conv2d_pack_weight, codebook_pack, int4_pack; int32 [rows, W], W
 //     words per row): header_rows(W) = 16 / gcd(W, 16) leading rows, then the N payload rows, so
 //     the shape is [header_rows(W) + N, W] and N = rows - header_rows(W). header_rows(W) * W is
 //     the smallest multiple of 16 words (64 bytes) that holds the 8 header words: the payload
@@ -27,7 +28,7 @@
 //     the first 64 bytes (kHeaderBytes1d: 16 floats, 32 bf16 or 16 int32 elements), then the
 //     payload; N comes from the op's meta argument as before.
 // The payload after the header is byte for byte the layout the kernels read (csrc/cpu/int8_gemm.h,
-// ck/bitpack.h, csrc/cpu/sparse24.h); kernels get a pointer past the header.
+// ck/bitpack.h, csrc/cpu/sparse24.h, csrc/cpu/int4.h); kernels get a pointer past the header.
 //
 // Check value: 32-bit FNV-1a over the 28 bytes of words 0 .. 6 in little-endian order:
 //   h = 2166136261; for each byte b: h = (h ^ b) * 16777619 mod 2^32.
@@ -63,8 +64,11 @@ enum class PackedFamily : int32_t {
   kSparse24F32 = 4,   // sparse24_f32_pack: float [16 + sparse24_f32_packed_floats(N, K)]
   kSparse24Bf16 = 5,  // sparse24_bf16_pack: bfloat16 [32 + sparse24_bf16_packed_halves(N, K)]
   kSparse24Int8 = 6,  // sparse24_int8_pack: int32 [16 + sparse24_int8_packed_words(N, K)]
+  kInt4 = 7,          // int4_pack: int32 [header_rows + N, int4_words_per_row(K, group_size, asymmetric)]
 };
-constexpr int32_t kFirstFamily = 1, kLastFamily = 6;
+constexpr int32_t kFirstFamily = 1, kLastFamily = 7;
+// int4_pack's family parameter: group_size, plus this flag for a pack with zero points.
+constexpr int64_t kInt4AsymmetricFlag = int64_t{1} << 16;
 
 // The name of the pack op that writes the family ("" for an unknown id).
 inline const char* family_name(int32_t family) {
@@ -81,6 +85,8 @@ inline const char* family_name(int32_t family) {
       return "sparse24_bf16_pack";
     case 6:
       return "sparse24_int8_pack";
+    case 7:
+      return "int4_pack";
     default:
       return "";
   }
@@ -100,7 +106,8 @@ inline int32_t family_from_name(const char* name) {
 
 // 2-D packs hold the header in rows; 1-D packs in their first kHeaderBytes1d bytes.
 inline bool family_is_2d(PackedFamily f) {
-  return f == PackedFamily::kInt8 || f == PackedFamily::kInt8Conv2d || f == PackedFamily::kCodebook;
+  return f == PackedFamily::kInt8 || f == PackedFamily::kInt8Conv2d || f == PackedFamily::kCodebook ||
+         f == PackedFamily::kInt4;
 }
 
 // Leading header rows of a 2-D pack with `words_per_row` int32 words per row (>= 1):

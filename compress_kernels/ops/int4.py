@@ -1,0 +1,97 @@
+"""Group-wise int4 weight ops: int4_pack / int4_unpack (two nibbles per byte with their group scales
+and zero points, behind a pack header) and int4_linear (w4a8: dynamic int8 activations; w4a16:
+fp32 or bf16 activations). Inference only: no autograd formula (the ops raise under autograd when an
+input requires grad)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._native import NATIVE_ERROR, _int_arg, _lib
+from .packed import packed_n, packed_shape
+
+INT4_ASYMMETRIC_FLAG = 1 << 16
+INT4_ACTIVATIONS = ("int8", "fp32", "bf16")
+
+
+def _register_fake(op: str):
+    """Register the function as the fake (meta) kernel of compress_kernels::<op> (for torch.compile /
+    torch.export) when the native library loaded."""
+
+    def register(fn):
+        if NATIVE_ERROR is None:
+            torch.library.register_fake(f"compress_kernels::{op}")(fn)
+        return fn
+
+    return register
+
+
+def _pack_rows(w_packed: torch.Tensor) -> int:
+    """N of an int4_pack as a fake kernel sees it: its rows after the header rows."""
+    torch._check(w_packed.dim() == 2, lambda: f"w_packed must be a 2-D int4_pack, got {w_packed.dim()}-D")
+    return packed_n("int4_pack", w_packed.shape)
+
+
+def int4_pack_param(group_size: int, asymmetric: bool = False) -> int:
+    """int4_pack's family parameter (packed_shape's `param`, header word 5): group_size, plus 65536
+    for a pack with zero points."""
+    return int(group_size) + (INT4_ASYMMETRIC_FLAG if asymmetric else 0)
+
+
+def int4_pack(w_int4: torch.Tensor, scales: torch.Tensor, group_size: int,
+              zero_points: torch.Tensor | None = None) -> torch.Tensor:
+    """Pack a group-wise int4 weight w = scales[n, k // group_size] * (w_int4[n, k] - zero_points[n, k //
+    group_size]): w_int4 int8 [N, K] in [-8, 7], scales fp32 [N, K / group_size] (finite, > 0),
+    zero_points int8 [N, K / group_size] in [-8, 7] or None (symmetric), group_size 32, 64, 128 or
+    256 dividing K. Returns the int32 pack packed_shape("int4_pack", N, K, int4_pack_param(group_size,
+    zero_points is not None)) = [header_rows + N, (K / group_size) * (group_size / 8 + 1 [+ 1])]: the
+    header rows (compress_kernels.ops.packed), then the payload of csrc/cpu/int4.h (rows in blocks of
+    16; per group, two nibbles per byte of each row in the order the kernels load them, then the
+    group's fp32 scales, then its zero points + 8)."""
+    op = "int4_pack"
+    return _lib().int4_pack(w_int4, scales, _int_arg(group_size, "group_size", op), zero_points)
+
+
+@_register_fake("int4_pack")
+def _fake_int4_pack(w_int4, scales, group_size, zero_points=None):
+    torch._check(w_int4.dim() == 2, lambda: f"int4_pack: w_int4 must be 2-D, got {w_int4.dim()}-D")
+    param = int4_pack_param(group_size, zero_points is not None)
+    return w_int4.new_empty(packed_shape("int4_pack", w_int4.shape[0], w_int4.shape[1], param), dtype=torch.int32)
+
+
+def int4_unpack(w_packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of int4_pack: (w_int4 int8 [N, K], scales fp32 [N, K / group_size], zero_points int8
+    [N, K / group_size], all zero for a symmetric pack). N, K and group_size come from the header."""
+    return _lib().int4_unpack(w_packed)
+
+
+@_register_fake("int4_unpack")
+def _fake_int4_unpack(w_packed):
+    # K and the group size are in the header, which a fake tensor does not hold: data-dependent sizes
+    ctx = torch.library.get_ctx()
+    n = _pack_rows(w_packed)
+    k, groups = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    return (w_packed.new_empty((n, k), dtype=torch.int8), w_packed.new_empty((n, groups), dtype=torch.float32),
+            w_packed.new_empty((n, groups), dtype=torch.int8))
+
+
+def int4_linear(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | None = None,
+                activation: str = "int8") -> torch.Tensor:
+    """y = x @ W.T + bias for the int4_pack weight W, x [M, K] (K = the pack's K), bias fp32 [N] or None.
+
+    activation="int8" (w4a8): x fp32; each row quantized by quantize_rows, per group the exact int32
+    dot product with the int4 weight (vpdpbusd), scaled per group in fp32, times the row's scale,
+    + bias: bit-exact to reference.int4_linear_w4a8 on every CPU path and thread count; fp32 out.
+    activation="fp32" / "bf16" (w4a16): x fp32 / bf16 (widened exactly to fp32), the nibbles decoded
+    in registers, fp32 accumulation per group with the group scale applied to each group's sum;
+    output in x's dtype (bf16: rounded once, nearest even), within reference.int4_linear_error_bound
+    of reference.int4_linear_w4a16 (plus that final rounding)."""
+    if activation not in INT4_ACTIVATIONS:
+        raise ValueError(f'int4_linear: activation must be "int8", "fp32" or "bf16", got {activation!r}')
+    return _lib().int4_linear(x, w_packed, bias, activation)
+
+
+@_register_fake("int4_linear")
+def _fake_int4_linear(x, w_packed, bias, activation="int8"):
+    torch._check(x.dim() == 2, lambda: f"int4_linear: x must be 2-D, got {x.dim()}-D")
+    return x.new_empty((x.shape[0], _pack_rows(w_packed)))
