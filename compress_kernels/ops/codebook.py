@@ -8,6 +8,8 @@ import torch
 from ._native import NATIVE_ERROR, _conv2d_out_hw, _int_arg, _int_pair, _lib, _register_fake
 from .packed import _packed_rows, packed_n, packed_shape
 
+__all__ = ["codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack", "codebook_words_per_row"]
+
 
 def codebook_words_per_row(k: int, bits: int) -> int:
     """int32 words per packed row of k indices of `bits` bits: ceil(k / (32 // bits)) (the second
