@@ -3,14 +3,14 @@
 // for bit, so the order of every floating-point operation here is part of the contract: in particular the LSQ partial
 // sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane k % 16) and the lanes are
 // then added in order 0..15, which is what 16-wide SIMD does. The loops over the work units are
-// fake_quant_loops-inl.h's, shared with those tiers; this file holds the one-element operations.
+// fake_quant_loops.h's, shared with those tiers; this file holds the one-element operations.
 #include "fake_quant.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "dispatch.h"
-#include "fake_quant_loops-inl.h"
+#include "fake_quant_loops.h"
 
 namespace ck::cpu {
 namespace {
@@ -97,7 +97,7 @@ inline C scale_derivative(const Element<C>& e, const Q<C>& k) {
   return d;
 }
 
-// The one-element operations of fake_quant_loops-inl.h, in the compute type of D.
+// The one-element operations of fake_quant_loops.h, in the compute type of D.
 template <FqDtype D>
 struct ScalarOps {
   using S = Storage<D>;

@@ -6,7 +6,7 @@
 // 8-15), the same bf16 / fp16 rounding including canonical NaNs. Tails shorter than 8 elements run the
 // same vector code on a zero-padded copy whose extra lanes are masked out (they add +0.0 to no sum
 // that is read). float64 inputs use the portable path. The loops over the work units are
-// fake_quant_loops-inl.h's, shared with the portable and AVX-512 kernels; this file holds the 8-lane operations.
+// fake_quant_loops.h's, shared with the portable and AVX-512 kernels; this file holds the 8-lane operations.
 #include <algorithm>
 #include <cstring>
 
@@ -16,7 +16,7 @@
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
-#include "fake_quant_loops-inl.h"
+#include "fake_quant_loops.h"
 
 namespace ck::cpu {
 namespace {
@@ -184,7 +184,7 @@ struct Window {
   }
 };
 
-// The 8-lane operations of fake_quant_loops-inl.h.
+// The 8-lane operations of fake_quant_loops.h.
 struct Avx2Ops {
   static constexpr int64_t kWidth = 8;
   using Lanes = ck::cpu::Lanes;

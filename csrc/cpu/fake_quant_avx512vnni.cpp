@@ -3,7 +3,7 @@
 // fake_quant.cpp: the same operation order per element, the same 16-lane fp64 accumulation of the
 // LSQ partial sums (lane = element offset % 16 within a unit), the same bf16 / fp16 rounding
 // (including canonical NaNs). float64 inputs use the portable path. The loops over the work units are
-// fake_quant_loops-inl.h's, shared with the portable and AVX2 kernels; this file holds the 16-lane operations.
+// fake_quant_loops.h's, shared with the portable and AVX2 kernels; this file holds the 16-lane operations.
 #include <algorithm>
 
 #include "fake_quant.h"
@@ -16,7 +16,7 @@
 #include <immintrin.h>
 
 #include "avx512_lane_mask-inl.h"
-#include "fake_quant_loops-inl.h"
+#include "fake_quant_loops.h"
 
 namespace ck::cpu {
 namespace {
@@ -118,7 +118,7 @@ inline __m512 scale_derivative(const Element& e, const Lanes& k) {
 inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d high_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
 
-// The 16-lane operations of fake_quant_loops-inl.h: tails are masked loads and stores.
+// The 16-lane operations of fake_quant_loops.h: tails are masked loads and stores.
 struct Avx512Ops {
   static constexpr int64_t kWidth = 16;
   using Lanes = ck::cpu::Lanes;
