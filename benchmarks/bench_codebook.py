@@ -27,7 +27,15 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 
-from common import best_seconds, machine_line, markdown_table, results_name, write_result
+from common import (
+    add_device_argument,
+    best_seconds,
+    machine_line,
+    markdown_table,
+    results_name,
+    run_cuda_section,
+    write_result,
+)
 from common import cuda_best_seconds as _cuda_best_seconds
 
 # GEMV calls take microseconds: longer blocks keep the event overhead out of the figure.
@@ -203,16 +211,9 @@ def main() -> None:
     parser.add_argument("--skip-cluster", action="store_true", help="kernels only")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for ours and the peers alike (0: torch's default)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="which sections to run (all runs the CUDA section only where there is a GPU)")
+    add_device_argument(parser)
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
-    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
-        cuda_text = bench_cuda(args.quick)
-        print(cuda_text)
-        if not args.no_write:
-            print("wrote", write_result("codebook_cuda", cuda_text))
+    run_cuda_section(parser, args, lambda: bench_cuda(args.quick), "codebook_cuda", not args.no_write)
     if args.device == "cuda":
         return
     if args.threads > 0:

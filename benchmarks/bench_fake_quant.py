@@ -39,7 +39,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import cuda_best_seconds, machine_line, markdown_table, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_device_argument,
+    cuda_best_seconds,
+    machine_line,
+    markdown_table,
+    run_cuda_section,
+    write_result,
+)
 from compress_kernels import ops  # noqa: E402
 
 CHANNELS = 256
@@ -87,69 +94,25 @@ def fwd_bwd(fn, leaves, grad):
     return run
 
 
-def measure(n: int, per_channel: bool, min_run_time: float) -> dict:
+def measure(n: int, per_channel: bool, min_run_time: float, device: str = "cpu") -> dict:
+    """Seconds of each contender on n fp32 elements on `device` ("cpu": ours = the C++ kernels, fastest of
+    single calls; "cuda": ours = the Triton kernels, CUDA-event timing). The operands are drawn on the CPU and
+    moved, so both devices see the same numbers; the per-tensor torch ops take Python scalars, converted once
+    here, not per call."""
+    timed = best_seconds if device == "cpu" else cuda_best_seconds
     g = torch.Generator().manual_seed(0)
     shape = (CHANNELS, n // CHANNELS) if per_channel else (n,)
     axis = 0 if per_channel else None
     c = CHANNELS if per_channel else 1
-    x0 = torch.randn(shape, generator=g) * 2
-    grad = torch.randn(shape, generator=g)
-    scale = torch.rand(c, generator=g) * 0.02 + 0.01
-    zp = torch.randint(-10, 10, (c,), generator=g, dtype=torch.int32)
+    x0 = (torch.randn(shape, generator=g) * 2).to(device)
+    grad = torch.randn(shape, generator=g).to(device)
+    scale = (torch.rand(c, generator=g) * 0.02 + 0.01).to(device)
+    zp = torch.randint(-10, 10, (c,), generator=g, dtype=torch.int32).to(device)
     x = x0.clone().requires_grad_()
     s_l, z_l = scale.clone().requires_grad_(), zp.float().requires_grad_()
     dst = torch.empty_like(x0)
-    t = {}
-    t["copy"] = best_seconds(lambda: dst.copy_(x0), min_run_time)
-
-    t["ours_ste"] = best_seconds(fwd_bwd(lambda: ops.fake_quant(x, scale, zp, QMIN, QMAX, axis), [x], grad),
-                                 min_run_time)
-    if per_channel:
-        torch_ste = lambda: torch.fake_quantize_per_channel_affine(x, scale, zp, 0, QMIN, QMAX)  # noqa: E731
-        torch_lsq = lambda: torch._fake_quantize_learnable_per_channel_affine(  # noqa: E731
-            x, s_l, z_l, 0, QMIN, QMAX, 1.0)
-    else:
-        torch_ste = lambda: torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), QMIN, QMAX)  # noqa: E731
-        torch_lsq = lambda: torch._fake_quantize_learnable_per_tensor_affine(  # noqa: E731
-            x, s_l, z_l, QMIN, QMAX, 1.0)
-    t["torch_ste"] = best_seconds(fwd_bwd(torch_ste, [x], grad), min_run_time)
-    t["ours_lsq"] = best_seconds(
-        fwd_bwd(lambda: ops.fake_quant(x, s_l, z_l, QMIN, QMAX, axis, grad_factor=1.0), [x, s_l, z_l], grad),
-        min_run_time)
-    t["torch_lsq"] = best_seconds(fwd_bwd(torch_lsq, [x, s_l, z_l], grad), min_run_time)
-
-    rmin, rmax = torch.full((c,), math.inf), torch.full((c,), -math.inf)
-    t["ours_obs"] = best_seconds(lambda: ops.fake_quant_observe(x0, rmin, rmax, 0.01, 0, 255, False, axis),
-                                 min_run_time)
-    on = torch.ones(1, dtype=torch.long)
-    tmin, tmax = torch.full((c,), math.inf), torch.full((c,), -math.inf)
-    ts, tz = torch.ones(c), torch.zeros(c, dtype=torch.int32)
-    t["torch_obs"] = best_seconds(lambda: torch.fused_moving_avg_obs_fake_quant(
-        x0, on, on, tmin if per_channel else tmin[0], tmax if per_channel else tmax[0], ts, tz, 0.01, 0, 255, 0,
-        per_channel), min_run_time)
-    return t
-
-
-
-
-def measure_cuda(n: int, per_channel: bool, min_run_time: float) -> dict:
-    """measure() on GPU tensors: ours = the Triton kernels; qparams stay on the device (the per-tensor
-    torch op takes Python scalars, converted once here, not per call)."""
-    dev = "cuda"
-    g = torch.Generator().manual_seed(0)
-    shape = (CHANNELS, n // CHANNELS) if per_channel else (n,)
-    axis = 0 if per_channel else None
-    c = CHANNELS if per_channel else 1
-    x0 = (torch.randn(shape, generator=g) * 2).to(dev)
-    grad = torch.randn(shape, generator=g).to(dev)
-    scale = (torch.rand(c, generator=g) * 0.02 + 0.01).to(dev)
-    zp = torch.randint(-10, 10, (c,), generator=g, dtype=torch.int32).to(dev)
-    x = x0.clone().requires_grad_()
-    s_l, z_l = scale.clone().requires_grad_(), zp.float().requires_grad_()
-    dst = torch.empty_like(x0)
-    t = {"copy": cuda_best_seconds(lambda: dst.copy_(x0), min_run_time)}
-    t["ours_ste"] = cuda_best_seconds(fwd_bwd(lambda: ops.fake_quant(x, scale, zp, QMIN, QMAX, axis), [x], grad),
-                                      min_run_time)
+    t = {"copy": timed(lambda: dst.copy_(x0), min_run_time)}
+    t["ours_ste"] = timed(fwd_bwd(lambda: ops.fake_quant(x, scale, zp, QMIN, QMAX, axis), [x], grad), min_run_time)
     if per_channel:
         torch_ste = lambda: torch.fake_quantize_per_channel_affine(x, scale, zp, 0, QMIN, QMAX)  # noqa: E731
         torch_lsq = lambda: torch._fake_quantize_learnable_per_channel_affine(  # noqa: E731
@@ -159,29 +122,34 @@ def measure_cuda(n: int, per_channel: bool, min_run_time: float) -> dict:
         torch_ste = lambda: torch.fake_quantize_per_tensor_affine(x, s0, z0, QMIN, QMAX)  # noqa: E731
         torch_lsq = lambda: torch._fake_quantize_learnable_per_tensor_affine(  # noqa: E731
             x, s_l, z_l, QMIN, QMAX, 1.0)
-    t["torch_ste"] = cuda_best_seconds(fwd_bwd(torch_ste, [x], grad), min_run_time)
-    t["ours_lsq"] = cuda_best_seconds(
+    t["torch_ste"] = timed(fwd_bwd(torch_ste, [x], grad), min_run_time)
+    t["ours_lsq"] = timed(
         fwd_bwd(lambda: ops.fake_quant(x, s_l, z_l, QMIN, QMAX, axis, grad_factor=1.0), [x, s_l, z_l], grad),
         min_run_time)
-    t["torch_lsq"] = cuda_best_seconds(fwd_bwd(torch_lsq, [x, s_l, z_l], grad), min_run_time)
-    rmin, rmax = torch.full((c,), math.inf, device=dev), torch.full((c,), -math.inf, device=dev)
-    t["ours_obs"] = cuda_best_seconds(lambda: ops.fake_quant_observe(x0, rmin, rmax, 0.01, 0, 255, False, axis),
-                                      min_run_time)
-    on = torch.ones(1, dtype=torch.long, device=dev)
-    tmin, tmax = torch.full((c,), math.inf, device=dev), torch.full((c,), -math.inf, device=dev)
-    ts, tz = torch.ones(c, device=dev), torch.zeros(c, dtype=torch.int32, device=dev)
-    t["torch_obs"] = cuda_best_seconds(lambda: torch.fused_moving_avg_obs_fake_quant(
+    t["torch_lsq"] = timed(fwd_bwd(torch_lsq, [x, s_l, z_l], grad), min_run_time)
+    rmin, rmax = torch.full((c,), math.inf, device=device), torch.full((c,), -math.inf, device=device)
+    t["ours_obs"] = timed(lambda: ops.fake_quant_observe(x0, rmin, rmax, 0.01, 0, 255, False, axis), min_run_time)
+    on = torch.ones(1, dtype=torch.long, device=device)
+    tmin, tmax = torch.full((c,), math.inf, device=device), torch.full((c,), -math.inf, device=device)
+    ts, tz = torch.ones(c, device=device), torch.zeros(c, dtype=torch.int32, device=device)
+    t["torch_obs"] = timed(lambda: torch.fused_moving_avg_obs_fake_quant(
         x0, on, on, tmin if per_channel else tmin[0], tmax if per_channel else tmax[0], ts, tz, 0.01, 0, 255, 0,
         per_channel), min_run_time)
     return t
 
 
-def cuda_section(sizes: list[int], min_run_time: float, command: str) -> str:
+HEADERS = ["elements", "granularity", "ours fwd+bwd ms", "ours GB/s", "% of copy",
+           "x vs torch STE", "x vs torch LSQ", "x vs fused obs", "copy GB/s"]
+
+
+def table_rows(sizes: list[int], min_run_time: float, device: str) -> list[list]:
+    """One row of HEADERS per size and granularity (per tensor, then per channel), each printed as it is
+    measured."""
     rows = []
     for n in sizes:
         for per_channel in (False, True):
-            t = measure_cuda(n, per_channel, min_run_time)
-            moved = 5 * n * 4
+            t = measure(n, per_channel, min_run_time, device)
+            moved = 5 * n * 4  # bytes of a forward + backward
             rows.append([
                 f"{n / 2**20:g}M", "per-channel" if per_channel else "per-tensor",
                 t["ours_ste"] * 1e3, moved / t["ours_ste"] / 1e9, 100 * 2.5 * t["copy"] / t["ours_ste"],
@@ -189,9 +157,12 @@ def cuda_section(sizes: list[int], min_run_time: float, command: str) -> str:
                 2 * n * 4 / t["copy"] / 1e9,
             ])
             print(rows[-1], flush=True)
+    return rows
+
+
+def cuda_section(sizes: list[int], min_run_time: float, command: str) -> str:
+    rows = table_rows(sizes, min_run_time, "cuda")
     props = torch.cuda.get_device_properties(0)
-    headers = ["elements", "granularity", "ours fwd+bwd ms", "ours GB/s", "% of copy",
-               "x vs torch STE", "x vs torch LSQ", "x vs fused obs", "copy GB/s"]
     return "\n".join([
         "# fake_quant on CUDA (Triton): forward + backward vs PyTorch and vs copy",
         "",
@@ -199,7 +170,7 @@ def cuda_section(sizes: list[int], min_run_time: float, command: str) -> str:
         "along axis 0. Columns as in the CPU table: % of copy = 2.5 * t(dst.copy_(src), device to device) / "
         "t(ours fwd+bwd); speedups = t(torch op) / t(ours), the same run. CUDA events, best of blocks of 10 calls.",
         "",
-        markdown_table(headers, rows),
+        markdown_table(HEADERS, rows),
         "",
         f"Command: `{command}`",
     ])
@@ -212,37 +183,19 @@ def main(argv=None) -> str:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--fresh-pages", action="store_true", help="keep glibc's default allocation policy")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/fake_quant.md")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="which sections to run (all runs the CUDA section only where there is a GPU)")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
-    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
-        command = "python benchmarks/bench_fake_quant.py --device cuda --write" + (
-            f" --sizes {args.sizes}" if args.sizes != "1M,16M,64M" else "")
-        cuda_text = cuda_section([parse_size(s) for s in args.sizes.split(",")], args.min_run_time, command)
-        print(cuda_text)
-        if args.write:
-            print("wrote", write_result("fake_quant_cuda", cuda_text))
-        if args.device == "cuda":
-            return cuda_text
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    command = "python benchmarks/bench_fake_quant.py --device cuda --write" + (
+        f" --sizes {args.sizes}" if args.sizes != "1M,16M,64M" else "")
+    cuda_text = run_cuda_section(parser, args, lambda: cuda_section(sizes, args.min_run_time, command),
+                                 "fake_quant_cuda", args.write)
+    if args.device == "cuda":
+        return cuda_text
     reused = False if args.fresh_pages else reuse_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for n in [parse_size(s) for s in args.sizes.split(",")]:
-        for per_channel in (False, True):
-            t = measure(n, per_channel, args.min_run_time)
-            moved = 5 * n * 4  # bytes of a forward + backward
-            rows.append([
-                f"{n / 2**20:g}M", "per-channel" if per_channel else "per-tensor",
-                t["ours_ste"] * 1e3, moved / t["ours_ste"] / 1e9, 100 * 2.5 * t["copy"] / t["ours_ste"],
-                t["torch_ste"] / t["ours_ste"], t["torch_lsq"] / t["ours_lsq"], t["torch_obs"] / t["ours_obs"],
-                2 * n * 4 / t["copy"] / 1e9,
-            ])
-            print(rows[-1], flush=True)
-    headers = ["elements", "granularity", "ours fwd+bwd ms", "ours GB/s", "% of copy",
-               "x vs torch STE", "x vs torch LSQ", "x vs fused obs", "copy GB/s"]
+    rows = table_rows(sizes, args.min_run_time, "cpu")
     text = "\n".join([
         "# fake_quant: forward + backward vs PyTorch and vs copy",
         "",
@@ -254,7 +207,7 @@ def main(argv=None) -> str:
         "fwd+bwd with scale and zero-point grads) and the observer forward "
         "(torch.fused_moving_avg_obs_fake_quant vs fake_quant_observe). Fastest of repeated single calls.",
         "",
-        markdown_table(headers, rows),
+        markdown_table(HEADERS, rows),
         "",
         "Command: `python benchmarks/bench_fake_quant.py --write" + (" --fresh-pages" if args.fresh_pages else "")
         + (f" --sizes {args.sizes}" if args.sizes != "1M,16M,64M" else "")

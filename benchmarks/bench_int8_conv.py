@@ -27,7 +27,6 @@ another path (e.g. avx2).
 
 from __future__ import annotations
 
-import argparse
 import warnings
 
 import torch
@@ -40,12 +39,13 @@ from common import (
     QUANTIZED_ENGINES,
     amx_limit_line,
     best_seconds,
+    cpu_and_cuda_parser,
+    cpu_command,
     failures_line,
     machine_line,
     markdown_table,
     per_quantized_engine,
-    results_name,
-    write_result,
+    run_cpu_and_cuda_sections,
 )
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
@@ -145,34 +145,11 @@ def cuda_section(quick: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="three shapes, batch 1, short timing")
-    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_conv*.md")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for the CPU section (default: torch's choice); every contender uses it")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
-                        default="auto", help="CPU kernel path of ours (default: the best this CPU has)")
+    parser = cpu_and_cuda_parser(__doc__, "three shapes, batch 1, short timing", "int8_conv")
     args = parser.parse_args()
-    sections = []
-    cpu_isa = None
-    if args.device in ("cpu", "all"):
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        with ck.force_cpu_isa(args.isa):
-            cpu_isa = ck.ops.cpu_isa()
-            command = "python benchmarks/bench_int8_conv.py --device cpu" + (
-                f" --threads {args.threads}" if args.threads else "") + (
-                f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else "")
-            sections.append(cpu_section(args.quick, command))
-    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
-        sections.append(cuda_section(args.quick))
-    text = "\n\n".join(sections)
-    print(text)
-    if not args.no_write:
-        # one file per CPU path (common.results_name): the AMX, AVX-512 and AVX2 machines keep their own tables
-        print("wrote", write_result(results_name("int8_conv", cpu_isa), text))
+    command = cpu_command("bench_int8_conv.py", args)
+    run_cpu_and_cuda_sections(args, "int8_conv", lambda: cpu_section(args.quick, command),
+                              lambda: cuda_section(args.quick))
 
 
 def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_conv.py") -> str:

@@ -29,7 +29,6 @@ throughput is also given as a share of the AMX int8 limit measured at the start 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
@@ -44,6 +43,8 @@ from common import (
     amx_limit_line,
     amx_limits,
     best_seconds,
+    cpu_and_cuda_parser,
+    cpu_command,
     cuda_best_seconds,
     error_line,
     failures_line,
@@ -51,8 +52,7 @@ from common import (
     markdown_table,
     per_quantized_engine,
     quantized_engine,
-    results_name,
-    write_result,
+    run_cpu_and_cuda_sections,
 )
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
@@ -203,15 +203,7 @@ def cuda_section(quick: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two shapes, short timing (never runs Inductor)")
-    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/int8_gemm*.md")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for the CPU section (default: torch's choice); every contender uses it")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
-                        default="auto", help="CPU kernel path of ours (default: the best this CPU has)")
+    parser = cpu_and_cuda_parser(__doc__, "two shapes, short timing (never runs Inductor)", "int8_gemm")
     parser.add_argument("--inductor", action="store_true",
                         help='also time torch.compile(bf16 F.linear, mode="max-autotune") for M >= 16 '
                              "(compiles for minutes; ignored with --quick)")
@@ -219,25 +211,10 @@ def main() -> None:
     inductor = args.inductor and not args.quick
     if args.inductor and args.quick:
         print("--inductor is ignored with --quick (compiling takes minutes)", file=sys.stderr)
-    sections = []
-    cpu_isa = None
-    if args.device in ("cpu", "all"):
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        with ck.force_cpu_isa(args.isa):
-            cpu_isa = ck.ops.cpu_isa()
-            command = "python benchmarks/bench_int8_gemm.py --device cpu" + (
-                f" --threads {args.threads}" if args.threads else "") + (
-                f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else "") + (
-                " --inductor" if inductor else "")
-            sections.append(cpu_section(args.quick, command, inductor))
-    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
-        sections.append(cuda_section(args.quick))
-    text = "\n\n".join(sections)
-    print(text)
-    if not args.no_write:
-        # one file per CPU path (common.results_name): the AMX, AVX-512 and AVX2 machines keep their own tables
-        print("wrote", write_result(results_name("int8_gemm", cpu_isa), text))
+    command = cpu_command("bench_int8_gemm.py", args) + (" --inductor" if inductor else "")
+    run_cpu_and_cuda_sections(args, "int8_gemm", lambda: cpu_section(args.quick, command, inductor),
+                              lambda: cuda_section(args.quick))
+
 
 
 def cpu_section(quick: bool, command: str = "python benchmarks/bench_int8_gemm.py", inductor: bool = False) -> str:

@@ -28,7 +28,17 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 
-from common import best_seconds, cuda_best_seconds, machine_line, markdown_table, results_name, write_result
+from common import (
+    add_device_argument,
+    add_isa_argument,
+    best_seconds,
+    cuda_best_seconds,
+    machine_line,
+    markdown_table,
+    results_name,
+    run_cuda_section,
+    write_result,
+)
 
 MS = [1, 8, 16, 64, 256, 1024]
 KNS = [(1024, 1024), (2048, 2048), (4096, 4096)]
@@ -306,12 +316,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, short timing")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/sparse24.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--isa", choices=["auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx"],
-                        default="auto",
-                        help="CPU kernel path of our kernels (2:4 and the dense int8_linear peer; F.linear is oneDNN)")
+    add_isa_argument(parser, "CPU kernel path of our kernels (2:4 and the dense int8_linear peer; F.linear is oneDNN)")
     parser.add_argument("--channels-only", action="store_true", help="only the channel-pruning speed-up table")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="which sections to run (all runs the CUDA section only where there is a GPU)")
+    add_device_argument(parser)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -324,11 +331,7 @@ def main() -> None:
     if args.channels_only:
         print(bench_channel_pruning(min_run_time))
         return
-    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
-        cuda_text = cuda_section(args.quick)
-        print(cuda_text)
-        if not args.no_write:
-            print("wrote", write_result("sparse24_cuda", cuda_text))
+    run_cuda_section(parser, args, lambda: cuda_section(args.quick), "sparse24_cuda", not args.no_write)
     if args.device == "cuda":
         return
     rows = []

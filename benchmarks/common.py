@@ -9,11 +9,14 @@ Also: machine_line (CPU model, cores, threads, torch version, CPU kernel path an
 from ck.cpu_isa_report), amx_limits / amx_limit_line (the AMX register-only limit of this run,
 ck.ops.amx_peak; nothing without AMX), results_name (the results file of a CPU path: <family>_amx on
 Intel AMX, <family> on the AMD Zen 4 AVX-512 paths, <family>_<path> otherwise), and
-per_quantized_engine (a torch.ops.quantized peer timed under each engine x86, fbgemm and onednn).
+per_quantized_engine (a torch.ops.quantized peer timed under each engine x86, fbgemm and onednn), and
+the command-line pieces the scripts share (add_device_argument, add_isa_argument, cpu_command,
+run_cuda_section, run_cpu_and_cuda_sections).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -212,3 +215,78 @@ def per_quantized_engine(time_engine, failures: dict[str, str] | None = None) ->
             if failures is not None:
                 failures.setdefault(engine, error_line(e))
     return times
+
+
+# ---------------------------------------------------------------- command line
+
+CPU_ISAS = ("auto", "portable", "avx2", "avx512vnni", "avx512vbmi", "amx")
+
+
+def add_device_argument(parser: argparse.ArgumentParser,
+                        help: str = "which sections to run (all runs the CUDA section only where there is a GPU)"):
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help=help)
+
+
+def add_isa_argument(parser: argparse.ArgumentParser,
+                     help: str = "CPU kernel path of ours (default: the best this CPU has)"):
+    parser.add_argument("--isa", choices=CPU_ISAS, default="auto", help=help)
+
+
+def cpu_and_cuda_parser(doc: str, quick_help: str, family: str) -> argparse.ArgumentParser:
+    """The options of a script with a CPU and a CUDA section written to one results file (see
+    run_cpu_and_cuda_sections): --quick, --no-write, --device, --threads and --isa."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-write", action="store_true", help=f"do not write benchmarks/results/{family}*.md")
+    add_device_argument(parser, "which sections to run (cuda needs a GPU; all runs CUDA only where there is one)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for the CPU section (default: torch's choice); every contender uses it")
+    add_isa_argument(parser)
+    return parser
+
+
+def cpu_command(script: str, args: argparse.Namespace) -> str:
+    """The command line that reruns the CPU section of benchmarks/<script> as args asked for it (--threads,
+    --isa and --quick written only where they differ from the defaults)."""
+    return (f"python benchmarks/{script} --device cpu" + (f" --threads {args.threads}" if args.threads else "")
+            + (f" --isa {args.isa}" if args.isa != "auto" else "") + (" --quick" if args.quick else ""))
+
+
+def run_cuda_section(parser: argparse.ArgumentParser, args: argparse.Namespace, section, name: str,
+                     write: bool) -> str | None:
+    """The CUDA section of a script whose CPU and CUDA results go to separate files: refuses --device cuda
+    without a GPU (parser.error); where args.device is "cuda", or "all" on a machine with a GPU, prints
+    section() and, when write, writes it as benchmarks/results/<name>.md and returns it; None otherwise."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if not (args.device == "cuda" or (args.device == "all" and torch.cuda.is_available())):
+        return None
+    text = section()
+    print(text)
+    if write:
+        print("wrote", write_result(name, text))
+    return text
+
+
+def run_cpu_and_cuda_sections(args: argparse.Namespace, family: str, cpu_section, cuda_section) -> None:
+    """The sections of a script that writes CPU and CUDA results to one file: cpu_section() under
+    torch.set_num_threads(args.threads) (where given) and ck.force_cpu_isa(args.isa) for --device cpu / all,
+    cuda_section() for --device cuda, or all where there is a GPU; prints them and, unless args.no_write, writes
+    them as benchmarks/results/<results_name(family, path)>.md, one file per CPU path, so the AMX, AVX-512 and
+    AVX2 machines keep their own tables."""
+    import compress_kernels as ck
+
+    sections = []
+    cpu_isa = None
+    if args.device in ("cpu", "all"):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        with ck.force_cpu_isa(args.isa):
+            cpu_isa = ck.ops.cpu_isa()
+            sections.append(cpu_section())
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        sections.append(cuda_section())
+    text = "\n\n".join(sections)
+    print(text)
+    if not args.no_write:
+        print("wrote", write_result(results_name(family, cpu_isa), text))

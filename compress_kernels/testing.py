@@ -13,11 +13,15 @@ from collections.abc import Callable
 
 import torch
 
-from .ops import force_cpu_isa
+from .numerics import dtype_range
+from .ops import force_cpu_isa, quantize_multiplier
 
 __all__ = [
+    "CODEBOOK_CONV_CASES",
     "ISAS",
     "available_isas",
+    "codebook_linear_case",
+    "int8_conv_case",
     "rand_codebook",
     "rand_idx",
     "rand_int",
@@ -106,3 +110,41 @@ def random_24(n: int, k: int, dtype: torch.dtype = torch.float32, seed: int = 0,
         w = torch.randint(-127, 128, (n, k), generator=g).masked_fill(~mask, 0)
         return torch.where(mask & (w == 0), torch.ones_like(w), w).to(torch.int8)
     return (torch.randn(n, k, generator=g) * mask).to(dtype)
+
+
+# ---------------------------------------------------------------- whole op cases
+
+
+def codebook_linear_case(m: int, n: int, k: int, groups: int, bits: int,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x fp32 [m, k], indices uint8 [n, k] of `bits` bits, codebooks fp32 [groups, 2**bits], bias fp32 [n])
+    for codebook_linear, drawn with seeds seed, seed + 1, seed + 2 and seed + 3."""
+    return (rand_x(m, k, seed=seed), rand_idx(n, k, bits, seed=seed + 1), rand_codebook(groups, bits, seed=seed + 2),
+            rand_x(n, seed=seed + 3))
+
+
+# codebook_conv2d shapes the CPU and CUDA tests both run:
+# (B, C, H, W, C_out, kernel, stride, padding, dilation, groups, codebooks)
+CODEBOOK_CONV_CASES = [
+    (2, 3, 8, 8, 16, 3, 1, 1, 1, 1, 1),
+    (1, 5, 9, 7, 20, (3, 2), (2, 1), (0, 1), 1, 1, 4),
+    (2, 4, 10, 10, 32, 3, 2, 2, 2, 2, 2),
+    (1, 6, 5, 5, 48, 1, 1, 0, 1, 3, 3),
+    (3, 8, 6, 6, 17, 2, 1, 0, 1, 1, 17),
+]
+
+
+def int8_conv_case(n: int, c: int, h: int, w: int, oc: int, k: int, groups: int = 1,
+                   x_dtype: torch.dtype = torch.uint8, seed: int = 0, per_channel: bool = True):
+    """(x [n, c, h, w] of x_dtype over its whole range, weight int8 [oc, c / groups, k, k] in [-127, 127],
+    bias int32 [oc] in [-2**16, 2**16), m0, shift) for int8_conv2d: the fixed-point multiplier of a real
+    scale of about 1 / (60 * the reduction depth), per output channel (or one when not per_channel),
+    so the int32 sums land inside the int8 output range."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = dtype_range(x_dtype)
+    x = torch.randint(lo, hi + 1, (n, c, h, w), generator=g).to(x_dtype)
+    wt = torch.randint(-127, 128, (oc, c // groups, k, k), generator=g).to(torch.int8)
+    b = torch.randint(-(2**16), 2**16, (oc,), generator=g, dtype=torch.int32)
+    real = (torch.rand(oc if per_channel else 1, generator=g, dtype=torch.float64) + 0.1) / (k * k * c / groups * 60)
+    m0, shift = quantize_multiplier(real)
+    return x, wt, b, m0, shift

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from compress_kernels.testing import rand_codebook, rand_idx, rand_x, run_on_every_isa
+from compress_kernels.testing import (
+    CODEBOOK_CONV_CASES,
+    codebook_linear_case,
+    rand_codebook,
+    rand_idx,
+    rand_x,
+    run_on_every_isa,
+)
 
 OPS = torch.ops.compress_kernels
 ALL_BITS = list(range(1, 9))
@@ -72,18 +79,10 @@ LINEAR_CASES = [  # (M, N, K, G): row tails, N % 16 / N % 64 tails, K % (32 // b
 ]
 
 
-def _linear_case(m, n, k, groups, bits, seed=0):
-    x = rand_x(m, k, seed=seed)
-    idx = rand_idx(n, k, bits, seed=seed + 1)
-    cb = rand_codebook(groups, bits, seed=seed + 2)
-    bias = rand_x(n, seed=seed + 3)
-    return x, idx, cb, bias
-
-
 @pytest.mark.parametrize("bits", ALL_BITS)
 @pytest.mark.parametrize("m, n, k, groups", LINEAR_CASES)
 def test_linear_matches_reference_on_every_isa(bits, m, n, k, groups):
-    x, idx, cb, bias = _linear_case(m, n, k, groups, bits, seed=m + n + k)
+    x, idx, cb, bias = codebook_linear_case(m, n, k, groups, bits, seed=m + n + k)
     packed = ck.codebook_pack(idx, bits)
     w = ref.codebook_dequantize(idx, cb)
     for b in (bias, None):
@@ -94,7 +93,7 @@ def test_linear_matches_reference_on_every_isa(bits, m, n, k, groups):
 @pytest.mark.parametrize("bits", [2, 4, 5, 8])
 def test_small_and_large_batch_strategies_agree_bit_for_bit(bits):
     # M < 16 runs register tiles, M >= 16 decoded tiles; every output has the same fmaf order.
-    x, idx, cb, bias = _linear_case(37, 200, 300, 1, bits, seed=7)
+    x, idx, cb, bias = codebook_linear_case(37, 200, 300, 1, bits, seed=7)
     packed = ck.codebook_pack(idx, bits)
     full = run_on_every_isa(ck.codebook_linear, x, packed, cb, bits, bias)
     for rows in (slice(0, 1), slice(3, 8), slice(20, 35)):
@@ -103,7 +102,7 @@ def test_small_and_large_batch_strategies_agree_bit_for_bit(bits):
 
 
 def test_linear_does_not_depend_on_thread_count():
-    x, idx, cb, bias = _linear_case(50, 300, 200, 3, 4, seed=3)
+    x, idx, cb, bias = codebook_linear_case(50, 300, 200, 3, 4, seed=3)
     packed = ck.codebook_pack(idx, 4)
     before = torch.get_num_threads()
     try:
@@ -117,7 +116,7 @@ def test_linear_does_not_depend_on_thread_count():
 
 
 def test_linear_accepts_strided_x_and_large_depth():
-    x, idx, cb, bias = _linear_case(4, 32, 4099, 1, 3, seed=11)
+    x, idx, cb, bias = codebook_linear_case(4, 32, 4099, 1, 3, seed=11)
     packed = ck.codebook_pack(idx, 3)
     wide = torch.zeros(4, 5000)
     wide[:, :4099] = x
@@ -130,24 +129,17 @@ def test_linear_accepts_strided_x_and_large_depth():
 
 
 def test_linear_with_zero_rows_of_x():
-    x, idx, cb, bias = _linear_case(1, 20, 10, 1, 2)
+    x, idx, cb, bias = codebook_linear_case(1, 20, 10, 1, 2)
     out = ck.codebook_linear(x[:0], ck.codebook_pack(idx, 2), cb, 2, bias)
     assert out.shape == (0, 20)
 
 
 # ---------------------------------------------------------------- codebook_conv2d
 
-CONV_CASES = [  # (B, C, H, W, C_out, kernel, stride, padding, dilation, groups, codebooks)
-    (2, 3, 8, 8, 16, 3, 1, 1, 1, 1, 1),
-    (1, 5, 9, 7, 20, (3, 2), (2, 1), (0, 1), 1, 1, 4),
-    (2, 4, 10, 10, 32, 3, 2, 2, 2, 2, 2),
-    (1, 6, 5, 5, 48, 1, 1, 0, 1, 3, 3),
-    (3, 8, 6, 6, 17, 2, 1, 0, 1, 1, 17),
-]
 
 
 @pytest.mark.parametrize("bits", [1, 3, 4, 6, 8])
-@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("case", CODEBOOK_CONV_CASES)
 def test_conv2d_matches_reference_on_every_isa(bits, case):
     b, c, h, w, c_out, kernel, stride, padding, dilation, groups, n_cb = case
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
@@ -170,7 +162,7 @@ def test_conv2d_matches_reference_on_every_isa(bits, case):
 
 
 def _sample_args(bits=4):
-    x, idx, cb, bias = _linear_case(6, 40, 50, 2, bits)
+    x, idx, cb, bias = codebook_linear_case(6, 40, 50, 2, bits)
     return x, ck.codebook_pack(idx, bits), cb, bits, bias
 
 
@@ -203,7 +195,7 @@ def test_compile_fullgraph():
 @pytest.mark.parametrize("groups", [1, 4])
 def test_linear_gradients_match_autograd_through_dense_reconstruction(groups):
     bits = 3
-    x, idx, cb, bias = _linear_case(7, 40, 30, groups, bits, seed=21)
+    x, idx, cb, bias = codebook_linear_case(7, 40, 30, groups, bits, seed=21)
     packed = ck.codebook_pack(idx, bits)
     grad_y = rand_x(7, 40, seed=22)
     leaves = [t.clone().requires_grad_() for t in (x, cb, bias)]
@@ -233,7 +225,7 @@ def test_conv2d_gradients_match_autograd_through_dense_reconstruction():
 def test_gradcheck_linear():
     # fp32 op: finite differences with a large step and a matching tolerance.
     bits = 2
-    x, idx, cb, bias = _linear_case(3, 5, 4, 1, bits, seed=41)
+    x, idx, cb, bias = codebook_linear_case(3, 5, 4, 1, bits, seed=41)
     packed = ck.codebook_pack(idx, bits)
     inputs = (x.requires_grad_(), packed, cb.requires_grad_(), bits, bias.requires_grad_())
     assert torch.autograd.gradcheck(ck.codebook_linear, inputs, eps=1e-2, atol=1e-2, rtol=1e-2)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from compress_kernels.testing import rand_codebook, rand_idx, rand_x
+from compress_kernels.testing import CODEBOOK_CONV_CASES, codebook_linear_case, rand_codebook, rand_idx, rand_x
 
 OPS = torch.ops.compress_kernels
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -174,11 +174,6 @@ def assert_within(got, want, tol):
     assert bool((err <= tol).all()), f"max error {err.max().item():.3g} (allowed there {tol.flatten()[worst]:.3g})"
 
 
-def linear_case(m, n, k, groups, bits, seed=0):
-    return (rand_x(m, k, seed=seed), rand_idx(n, k, bits, seed=seed + 1), rand_codebook(groups, bits, seed=seed + 2),
-            rand_x(n, seed=seed + 3))
-
-
 # ---------------------------------------------------------------- GPU: pack / unpack
 
 
@@ -208,7 +203,7 @@ LINEAR_SHAPES = [  # (N, K, G): N % 16 tails, K % (32 // bits) tails, groups cro
 @pytest.mark.parametrize("bits", ALL_BITS)
 @pytest.mark.parametrize("n, k, groups", LINEAR_SHAPES)
 def test_cuda_linear_matches_reference(dtype, m, bits, n, k, groups):
-    x, idx, cb, bias = linear_case(m, n, k, groups, bits, seed=m + n + k + bits)
+    x, idx, cb, bias = codebook_linear_case(m, n, k, groups, bits, seed=m + n + k + bits)
     x = x.to(dtype)
     w = ref.codebook_dequantize(idx, cb)
     packed = ck.codebook_pack(idx, bits).to(DEV)
@@ -222,7 +217,7 @@ def test_cuda_linear_matches_reference(dtype, m, bits, n, k, groups):
 @requires_cuda
 @pytest.mark.parametrize("m", [1, 8, 64])
 def test_cuda_linear_fp32_close_to_cpu_op(m):
-    x, idx, cb, bias = linear_case(m, 200, 1000, 4, 4, seed=5)
+    x, idx, cb, bias = codebook_linear_case(m, 200, 1000, 4, 4, seed=5)
     packed = ck.codebook_pack(idx, 4)
     cpu = ck.codebook_linear(x, packed, cb, 4, bias)
     got = ck.codebook_linear(x.to(DEV), packed.to(DEV), cb.to(DEV), 4, bias.to(DEV))
@@ -233,7 +228,7 @@ def test_cuda_linear_fp32_close_to_cpu_op(m):
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_linear_strided_misaligned_and_large_depth(dtype):
-    x, idx, cb, bias = linear_case(4, 32, 4099, 1, 3, seed=11)
+    x, idx, cb, bias = codebook_linear_case(4, 32, 4099, 1, 3, seed=11)
     x = x.to(dtype)
     packed, cbd, bd = ck.codebook_pack(idx, 3).to(DEV), cb.to(DEV), bias.to(DEV)
     xd = x.to(DEV)
@@ -260,7 +255,7 @@ def test_cuda_linear_strided_misaligned_and_large_depth(dtype):
 
 @requires_cuda
 def test_cuda_linear_is_deterministic_and_rows_independent():
-    x, idx, cb, bias = linear_case(8, 4096, 4096, 1, 4, seed=13)
+    x, idx, cb, bias = codebook_linear_case(8, 4096, 4096, 1, 4, seed=13)
     args = (ck.codebook_pack(idx, 4).to(DEV), cb.to(DEV), 4, bias.to(DEV))
     xd = x.to(DEV)
     first = ck.codebook_linear(xd, *args)
@@ -272,26 +267,19 @@ def test_cuda_linear_is_deterministic_and_rows_independent():
 
 @requires_cuda
 def test_cuda_linear_with_zero_rows():
-    x, idx, cb, bias = linear_case(1, 20, 10, 1, 2)
+    x, idx, cb, bias = codebook_linear_case(1, 20, 10, 1, 2)
     out = ck.codebook_linear(x[:0].to(DEV), ck.codebook_pack(idx, 2).to(DEV), cb.to(DEV), 2, bias.to(DEV))
     assert out.shape == (0, 20) and out.device.type == "cuda"
 
 
 # ---------------------------------------------------------------- GPU: codebook_conv2d
 
-CONV_CASES = [  # (B, C, H, W, C_out, kernel, stride, padding, dilation, groups, codebooks)
-    (2, 3, 8, 8, 16, 3, 1, 1, 1, 1, 1),
-    (1, 5, 9, 7, 20, (3, 2), (2, 1), (0, 1), 1, 1, 4),
-    (2, 4, 10, 10, 32, 3, 2, 2, 2, 2, 2),
-    (1, 6, 5, 5, 48, 1, 1, 0, 1, 3, 3),
-    (3, 8, 6, 6, 17, 2, 1, 0, 1, 1, 17),
-]
 
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [1, 3, 4, 6, 8])
-@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("case", CODEBOOK_CONV_CASES)
 def test_cuda_conv2d_matches_reference(dtype, bits, case):
     b, c, h, w, c_out, kernel, stride, padding, dilation, groups, n_cb = case
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
@@ -317,7 +305,7 @@ def test_cuda_conv2d_matches_reference(dtype, bits, case):
 
 
 def _cuda_sample(m, dtype=torch.float32, bits=4):
-    x, idx, cb, bias = linear_case(m, 40, 50, 2, bits)
+    x, idx, cb, bias = codebook_linear_case(m, 40, 50, 2, bits)
     return x.to(DEV, dtype), ck.codebook_pack(idx, bits).to(DEV), cb.to(DEV), bits, bias.to(DEV)
 
 
@@ -354,7 +342,7 @@ def test_cuda_compile_fullgraph():
 @pytest.mark.parametrize("m", [7, 40])
 def test_cuda_linear_gradients_equal_cpu_op(m):
     bits = 3
-    x, idx, cb, bias = linear_case(m, 40, 30, 4, bits, seed=21)
+    x, idx, cb, bias = codebook_linear_case(m, 40, 30, 4, bits, seed=21)
     packed = ck.codebook_pack(idx, bits)
     grad_y = rand_x(m, 40, seed=22)
     grads = []

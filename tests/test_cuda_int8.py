@@ -10,7 +10,7 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from compress_kernels.testing import rand_int
+from compress_kernels.testing import int8_conv_case, rand_int
 
 OPS = torch.ops.compress_kernels
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -296,23 +296,12 @@ CONV_CONFIGS = [  # (n, c, h, w, oc, k, stride, padding, dilation, groups)
 ]
 
 
-def _conv_case(n, c, h, w, oc, k, groups, x_dtype, seed=0, per_channel=True):
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = ck.numerics.dtype_range(x_dtype)
-    x = torch.randint(lo, hi + 1, (n, c, h, w), generator=g).to(x_dtype)
-    wt = torch.randint(-127, 128, (oc, c // groups, k, k), generator=g).to(torch.int8)
-    b = torch.randint(-(2**16), 2**16, (oc,), generator=g, dtype=torch.int32)
-    real = (torch.rand(oc if per_channel else 1, generator=g, dtype=torch.float64) + 0.1) / (k * k * c / groups * 60)
-    m0, shift = ck.quantize_multiplier(real)
-    return x, wt, b, m0, shift
-
-
 @requires_cuda
 @pytest.mark.parametrize("cfg", CONV_CONFIGS, ids=lambda c: "x".join(map(str, c[:6])) + f"_g{c[-1]}")
 @pytest.mark.parametrize("x_dtype, x_zp", [(torch.uint8, 0), (torch.uint8, 113), (torch.int8, -9)])
 def test_int8_conv2d_matches_cpu(cfg, x_dtype, x_zp):
     n, c, h, w, oc, k, stride, padding, dilation, groups = cfg
-    x, wt, b, m0, shift = _conv_case(n, c, h, w, oc, k, groups, x_dtype)
+    x, wt, b, m0, shift = int8_conv_case(n, c, h, w, oc, k, groups, x_dtype)
     packed = ck.int8_conv2d_pack_weight(wt, groups)
     assert torch.equal(ck.int8_conv2d_pack_weight(wt.to(DEV), groups).cpu(), packed)
     xd = x.to(DEV)
@@ -336,7 +325,7 @@ def test_int8_conv2d_padding_is_the_zero_point_and_per_tensor_no_bias():
     want = ck.int8_conv2d(x, *args)
     got = ck.int8_conv2d(x.to(DEV), 77, wt.to(DEV), b.to(DEV), *args[3:])
     assert torch.equal(got.cpu(), want)
-    x2, wt2, _, m0, shift = _conv_case(2, 32, 7, 7, 40, 3, 1, torch.uint8, per_channel=False)
+    x2, wt2, _, m0, shift = int8_conv_case(2, 32, 7, 7, 40, 3, 1, torch.uint8, per_channel=False)
     want = ck.int8_conv2d(x2, 9, wt2, None, m0, shift, 4, 0, 255, torch.uint8, 1, 1)
     assert torch.equal(ck.int8_conv2d(x2.to(DEV), 9, wt2.to(DEV), None, m0, shift, 4, 0, 255, torch.uint8, 1, 1).cpu(),
                        want)
@@ -368,7 +357,7 @@ def test_opcheck_on_cuda():
     torch.library.opcheck(OPS.quantize_rows.default, (torch.randn(5, 40, device=DEV), 127))
     acc = torch.randint(-(2**20), 2**20, (4, 33), dtype=torch.int32, device=DEV)
     torch.library.opcheck(OPS.requantize.default, (acc, m0, shift, 2, -128, 127, torch.int8, "double"))
-    xc, wt, bc, m0c, shiftc = _conv_case(2, 8, 6, 6, 16, 3, 1, torch.uint8)
+    xc, wt, bc, m0c, shiftc = int8_conv_case(2, 8, 6, 6, 16, 3, 1, torch.uint8)
     xc, wt, bc, m0c, shiftc = xc.to(DEV), wt.to(DEV), bc.to(DEV), m0c.to(DEV), shiftc.to(DEV)
     wp = OPS.int8_conv2d_pack_weight(wt, 1)
     torch.library.opcheck(OPS.int8_conv2d_pack_weight.default, (wt, 1))
@@ -387,7 +376,7 @@ def test_compile_fullgraph_on_cuda():
         return ck.requantize(y, m0, shift, 0, -128, 127, torch.int8)
 
     assert torch.equal(torch.compile(f, fullgraph=True)(x), f(x))
-    xc, wt, bc, m0c, shiftc = _conv_case(2, 16, 6, 6, 16, 3, 1, torch.uint8)
+    xc, wt, bc, m0c, shiftc = int8_conv_case(2, 16, 6, 6, 16, 3, 1, torch.uint8)
     xc, wt, bc, m0c, shiftc = xc.to(DEV), wt.to(DEV), bc.to(DEV), m0c.to(DEV), shiftc.to(DEV)
 
     def g(xc):

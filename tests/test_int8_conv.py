@@ -6,20 +6,9 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from compress_kernels.testing import run_on_every_isa
+from compress_kernels.testing import int8_conv_case, run_on_every_isa
 
 OPS = torch.ops.compress_kernels
-
-
-def case(n, c, h, w, oc, k, groups=1, x_dtype=torch.uint8, seed=0, per_channel=True):
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = ck.numerics.dtype_range(x_dtype)
-    x = torch.randint(lo, hi + 1, (n, c, h, w), generator=g).to(x_dtype)
-    wt = torch.randint(-127, 128, (oc, c // groups, k, k), generator=g).to(torch.int8)
-    b = torch.randint(-(2**16), 2**16, (oc,), generator=g, dtype=torch.int32)
-    real = (torch.rand(oc if per_channel else 1, generator=g, dtype=torch.float64) + 0.1) / (k * k * c / groups * 60)
-    m0, shift = ck.quantize_multiplier(real)
-    return x, wt, b, m0, shift
 
 
 CONFIGS = [  # (n, c, h, w, oc, k, stride, padding, dilation, groups)
@@ -39,7 +28,7 @@ CONFIGS = [  # (n, c, h, w, oc, k, stride, padding, dilation, groups)
 @pytest.mark.parametrize("x_dtype, x_zp", [(torch.uint8, 0), (torch.uint8, 113), (torch.int8, -9)])
 def test_matches_reference(cfg, x_dtype, x_zp):
     n, c, h, w, oc, k, stride, padding, dilation, groups = cfg
-    x, wt, b, m0, shift = case(n, c, h, w, oc, k, groups, x_dtype)
+    x, wt, b, m0, shift = int8_conv_case(n, c, h, w, oc, k, groups, x_dtype)
     for out_dtype, zp, qmin, qmax, rounding in [(torch.int8, 3, -128, 127, "double"),
                                                 (torch.uint8, 50, 50, 255, "single")]:
         want = ref.int8_conv2d(x, x_zp, wt, b, m0, shift, zp, qmin, qmax, out_dtype, stride, padding, dilation, groups,
@@ -63,7 +52,7 @@ def test_padding_is_filled_with_the_zero_point():
 
 
 def test_packed_weight_channels_last_and_threads_agree():
-    x, wt, b, m0, shift = case(3, 24, 11, 11, 40, 3, groups=2)
+    x, wt, b, m0, shift = int8_conv_case(3, 24, 11, 11, 40, 3, groups=2)
     packed = ck.int8_conv2d_pack_weight(wt, 2)
     want = ref.int8_conv2d(x, 7, wt, b, m0, shift, 0, -128, 127, torch.int8, 1, 1, 1, 2)
     old = torch.get_num_threads()
@@ -78,7 +67,7 @@ def test_packed_weight_channels_last_and_threads_agree():
 
 
 def test_per_tensor_multiplier_and_no_bias():
-    x, wt, _, m0, shift = case(1, 8, 6, 6, 20, 3, per_channel=False)
+    x, wt, _, m0, shift = int8_conv_case(1, 8, 6, 6, 20, 3, per_channel=False)
     want = ref.int8_conv2d(x, 3, wt, None, m0, shift, 0, 0, 255, torch.uint8, 1, 1)
     assert torch.equal(run_on_every_isa(ck.int8_conv2d, x, 3, wt, None, m0, shift, 0, 0, 255, torch.uint8, 1, 1), want)
 
@@ -125,7 +114,7 @@ def test_empty_batch():
 
 
 def test_opcheck_and_compile():
-    x, wt, b, m0, shift = case(2, 8, 6, 6, 16, 3)
+    x, wt, b, m0, shift = int8_conv_case(2, 8, 6, 6, 16, 3)
     packed = ck.int8_conv2d_pack_weight(wt)
     torch.library.opcheck(OPS.int8_conv2d_pack_weight.default, (wt, 1))
     torch.library.opcheck(OPS.int8_conv2d.default, (x, 5, wt, b, m0, shift, 1, -128, 127, torch.int8, [2, 2], [1, 1],

@@ -60,19 +60,27 @@ def batches(n=3):
 # ---------------------------------------------------------------- tracing
 
 
-@pytest.mark.parametrize("workflow", ["calibrate", "prepare_qat_"])
+@pytest.fixture(params=["calibrate", "prepare_qat_"])
+def workflow(request):
+    """The name of a workflow that traces the model with torch.fx (run it with run_workflow)."""
+    return request.param
+
+
+def run_workflow(workflow, model):
+    return ck.calibrate(model, batches()) if workflow == "calibrate" else ck.prepare_qat_(model)
+
+
 def test_data_dependent_control_flow_names_the_module(workflow):
-    run = (lambda m: ck.calibrate(m, batches())) if workflow == "calibrate" else ck.prepare_qat_
     with pytest.raises(RuntimeError, match=rf"{workflow}: torch.fx cannot trace DataDependent "
                                            r"\(in DataDependent.forward\): "
                                            r"TraceError: symbolically traced variables cannot be used as inputs to "
                                            r"control flow\. .*Int8DynamicConfig, CodebookConfig and Sparse24Config "
                                            r"need no tracing") as info:
-        run(DataDependent())
+        run_workflow(workflow, DataDependent())
     assert isinstance(info.value.__cause__, fx.proxy.TraceError)
     with pytest.raises(RuntimeError, match=rf"{workflow}: torch.fx cannot trace Outer \(in the forward of module "
                                            r"'block'\): TraceError"):
-        run(Outer())
+        run_workflow(workflow, Outer())
 
 
 def test_untraceable_model_converts_without_tracing():
@@ -81,14 +89,12 @@ def test_untraceable_model_converts_without_tracing():
     assert [name for name, _, _ in report.converted] == ["stem", "block.fc"]
 
 
-@pytest.mark.parametrize("workflow", ["calibrate", "prepare_qat_"])
 def test_keyword_inputs_explain_the_wrapper(workflow):
-    run = (lambda m: ck.calibrate(m, batches())) if workflow == "calibrate" else ck.prepare_qat_
     with pytest.raises(TypeError, match=rf"{workflow}: KeywordInputs.forward takes input_ids=None: torch.fx traces "
                                         r"every forward argument as a tensor.*wrap the model in a module whose forward "
                                         r"takes the tensors it needs positionally, e.g. forward\(self, x\): return "
                                         r"model\(input_ids=x\)\. Int8DynamicConfig"):
-        run(KeywordInputs())
+        run_workflow(workflow, KeywordInputs())
 
 
 def test_wrapped_keyword_model_calibrates():

@@ -10,6 +10,14 @@ in compress_kernels.reference.
 
 from __future__ import annotations
 
+from . import codebook as _codebook_family
+from . import fake_quant as _fake_quant_family
+from . import int4 as _int4_family
+from . import int8 as _int8_family
+from . import isa as _isa_family
+from . import packed as _packed_family
+from . import requantize as _requantize_family
+from . import sparse24 as _sparse24_family
 from ._native import (
     INT32_MAX,
     INT32_MIN,
@@ -30,133 +38,35 @@ from ._native import (
 from ._native import (
     _lib as _lib,
 )
+from .codebook import *  # noqa: F403 - the names in its __all__
 from .codebook import (
     _codebook_dense as _codebook_dense,
 )
 from .codebook import (
     _codebook_grad as _codebook_grad,
 )
-from .codebook import (
-    codebook_conv2d,
-    codebook_linear,
-    codebook_pack,
-    codebook_unpack,
-    codebook_words_per_row,
-)
+from .fake_quant import *  # noqa: F403
 from .fake_quant import (
     _ObservedFakeQuant as _ObservedFakeQuant,
 )
 from .fake_quant import (
     _qparam_tensor as _qparam_tensor,
 )
-from .fake_quant import (
-    fake_quant,
-    fake_quant_backward,
-    fake_quant_observe,
-)
-from .int4 import (
-    INT4_ACTIVATIONS,
-    int4_linear,
-    int4_pack,
-    int4_pack_param,
-    int4_unpack,
-)
-from .int8 import (
-    int8_conv2d,
-    int8_conv2d_pack_weight,
-    int8_gemm,
-    int8_linear,
-    int8_linear_float,
-    int8_pack_weight,
-    quantize_rows,
-)
-from .isa import (
-    amx_peak,
-    cpu_bf16_path,
-    cpu_isa,
-    cpu_isa_report,
-    force_cpu_isa,
-)
-from .packed import (
-    PACKED_FAMILIES,
-    packed_n,
-    packed_payload,
-    packed_shape,
-)
-from .requantize import (
-    int8_add,
-    quantize_multiplier,
-    requantize,
-)
+from .int4 import *  # noqa: F403
+from .int8 import *  # noqa: F403
+from .isa import *  # noqa: F403
+from .packed import *  # noqa: F403
+from .requantize import *  # noqa: F403
+from .sparse24 import *  # noqa: F403
 from .sparse24 import (
     _pad_rows as _pad_rows,
 )
-from .sparse24 import (
-    sparse24_bf16_pack,
-    sparse24_compress,
-    sparse24_conv2d,
-    sparse24_cuda_pack,
-    sparse24_decompress,
-    sparse24_f32_pack,
-    sparse24_from_cusparselt,
-    sparse24_from_cutlass,
-    sparse24_int8_conv2d,
-    sparse24_int8_linear,
-    sparse24_int8_pack,
-    sparse24_linear,
-    sparse24_to_cusparselt,
-    sparse24_to_cutlass,
-)
 
-# The public names; the private helpers above stay importable from here for the modules and tests that use them.
+# The public names: the library's constants and each family module's __all__ (every name there is imported
+# above); the private helpers above stay importable from here for the modules and tests that use them.
 __all__ = [
-    "INT32_MAX",
-    "INT4_ACTIVATIONS",
-    "INT32_MIN",
-    "NATIVE_ERROR",
-    "PACKED_FAMILIES",
-    "amx_peak",
-    "codebook_conv2d",
-    "codebook_linear",
-    "codebook_pack",
-    "codebook_unpack",
-    "codebook_words_per_row",
-    "cpu_bf16_path",
-    "cpu_isa",
-    "cpu_isa_report",
-    "fake_quant",
-    "fake_quant_backward",
-    "fake_quant_observe",
-    "force_cpu_isa",
-    "int4_linear",
-    "int4_pack",
-    "int4_pack_param",
-    "int4_unpack",
-    "int8_add",
-    "int8_conv2d",
-    "int8_conv2d_pack_weight",
-    "int8_gemm",
-    "int8_linear",
-    "int8_linear_float",
-    "int8_pack_weight",
-    "packed_n",
-    "packed_payload",
-    "packed_shape",
-    "quantize_multiplier",
-    "quantize_rows",
-    "requantize",
-    "sparse24_bf16_pack",
-    "sparse24_compress",
-    "sparse24_conv2d",
-    "sparse24_cuda_pack",
-    "sparse24_decompress",
-    "sparse24_f32_pack",
-    "sparse24_from_cusparselt",
-    "sparse24_from_cutlass",
-    "sparse24_int8_conv2d",
-    "sparse24_int8_linear",
-    "sparse24_int8_pack",
-    "sparse24_linear",
-    "sparse24_to_cusparselt",
-    "sparse24_to_cutlass",
+    "INT32_MAX", "INT32_MIN", "NATIVE_ERROR",
+    *_codebook_family.__all__, *_fake_quant_family.__all__, *_int4_family.__all__,
+    *_int8_family.__all__, *_isa_family.__all__,
+    *_packed_family.__all__, *_requantize_family.__all__, *_sparse24_family.__all__,
 ]

@@ -8,6 +8,8 @@ import torch
 from ._native import NATIVE_ERROR, _int_arg, _int_pair, _lib
 from .packed import packed_n
 
+__all__ = ["codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack", "codebook_words_per_row"]
+
 
 def codebook_words_per_row(k: int, bits: int) -> int:
     """int32 words per packed row of k indices of `bits` bits: ceil(k / (32 // bits)) (the second

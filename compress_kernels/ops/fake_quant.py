@@ -8,6 +8,8 @@ import torch
 
 from ._native import NATIVE_ERROR, _lib
 
+__all__ = ["fake_quant", "fake_quant_backward", "fake_quant_observe"]
+
 
 def _qparam_tensor(v, dtype: torch.dtype, device) -> torch.Tensor:
     return v if isinstance(v, torch.Tensor) else torch.tensor([v], dtype=dtype, device=device)

@@ -10,6 +10,8 @@ import torch
 from ._native import NATIVE_ERROR, _int_arg, _lib
 from .packed import packed_n, packed_shape
 
+__all__ = ["INT4_ACTIVATIONS", "int4_linear", "int4_pack", "int4_pack_param", "int4_unpack"]
+
 INT4_ASYMMETRIC_FLAG = 1 << 16
 INT4_ACTIVATIONS = ("int8", "fp32", "bf16")
 

@@ -6,6 +6,9 @@ import torch
 
 from ._native import _int32, _int_arg, _int_pair, _lib
 
+__all__ = ["int8_conv2d", "int8_conv2d_pack_weight", "int8_gemm", "int8_linear", "int8_linear_float",
+           "int8_pack_weight", "quantize_rows"]
+
 
 def int8_pack_weight(w: torch.Tensor) -> torch.Tensor:
     """Pack an int8 weight [N, K] once into the kernel's blocked layout: an int32 tensor

@@ -7,6 +7,8 @@ import contextlib
 
 from ._native import _lib
 
+__all__ = ["amx_peak", "cpu_bf16_path", "cpu_isa", "cpu_isa_report", "force_cpu_isa"]
+
 
 def cpu_isa() -> str:
     """The CPU instruction-set path the kernels use now: "amx", "avx512vbmi", "avx512vnni", "avx2",

@@ -14,6 +14,8 @@ import torch
 
 from ._native import _lib
 
+__all__ = ["PACKED_FAMILIES", "packed_n", "packed_payload", "packed_shape"]
+
 PACKED_FAMILIES = ("int8_pack_weight", "int8_conv2d_pack_weight", "codebook_pack", "sparse24_f32_pack",
                    "sparse24_bf16_pack", "sparse24_int8_pack", "int4_pack")
 _PACKED_1D_HEADER_BYTES = 64

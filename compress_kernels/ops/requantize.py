@@ -7,6 +7,8 @@ import torch
 
 from ._native import _int32, _int_arg, _lib
 
+__all__ = ["int8_add", "quantize_multiplier", "requantize"]
+
 
 def quantize_multiplier(real) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode real multipliers as (m0, shift): real ~= m0 * 2^(shift - 31), m0 in [2^30, 2^31),

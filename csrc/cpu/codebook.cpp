@@ -78,11 +78,7 @@ void codebook_linear_run_portable(const CodebookLinearArgs& a, const CodebookPla
   if (static_cast<int64_t>(row.size()) < a.k) row.resize(static_cast<size_t>(a.k));
   const uint32_t* packed = a.packed;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows;
-    const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n_first = a.n_begin + panel * kCodebookPanelCols;
-    const int64_t n_last = std::min(a.n_end, n_first + kCodebookPanelCols);
+    const auto [m_begin, m_end, n_first, n_last] = plan.task(a, t);
     for (int64_t n = n_first; n < n_last; ++n) {
       const float* cb = a.codebook + (n / a.group_rows) * entries;
       for (int64_t kk = 0; kk < a.k; ++kk) row[kk] = cb[bp::get_index(packed, a.n, a.kw, a.bits, n, kk)];

@@ -10,6 +10,7 @@
 // (one rounding per fused multiply-add, then one rounded add; no bias add when bias is null).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "ck/bitpack.h"
@@ -41,6 +42,17 @@ struct CodebookPlan {
   int64_t panels = 0, row_chunks = 0, chunk_rows = 0;
   bool decode_tiles = false;  // large-M path: decode a tile of weights once, reuse it across rows
   int64_t tasks() const { return panels * row_chunks; }
+
+  // The task split, written once for every tier's kernels: task t is row chunk t % row_chunks of
+  // panel t / row_chunks, x rows [m_begin, m_end) times output rows [n_first, n_last).
+  struct Task {
+    int64_t m_begin, m_end, n_first, n_last;
+  };
+  Task task(const CodebookLinearArgs& a, int64_t t) const {
+    const int64_t panel = t / row_chunks, chunk = t % row_chunks;
+    const int64_t m_begin = chunk * chunk_rows, n_first = a.n_begin + panel * kCodebookPanelCols;
+    return {m_begin, std::min(a.m, m_begin + chunk_rows), n_first, std::min(a.n_end, n_first + kCodebookPanelCols)};
+  }
 };
 CodebookPlan codebook_plan(const CodebookLinearArgs& args, int64_t threads);
 

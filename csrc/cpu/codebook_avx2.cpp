@@ -40,11 +40,7 @@ void codebook_linear_run_avx2(const CodebookLinearArgs& a, const CodebookPlan& p
   if (static_cast<int64_t>(wt.size()) < a.k * 8) wt.resize(static_cast<size_t>(a.k * 8));
   float* w = wt.data();
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows;
-    const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n_first = a.n_begin + panel * kCodebookPanelCols;
-    const int64_t n_last = std::min(a.n_end, n_first + kCodebookPanelCols);
+    const auto [m_begin, m_end, n_first, n_last] = plan.task(a, t);
     for (int64_t n0 = n_first; n0 < n_last; n0 += 8) {
       const int64_t cols = std::min<int64_t>(8, n_last - n0);
       for (int64_t j = 0; j < 8; ++j) {
@@ -89,16 +85,11 @@ void codebook_linear_run_avx2(const CodebookLinearArgs& a, const CodebookPlan& p
   }
 }
 
+const CodebookKernels codebook_kernels_avx2 = {&codebook_linear_run_avx2};
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void codebook_linear_run_avx2(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
-                              int64_t task_end) {
-  codebook_linear_run_portable(args, plan, task_begin, task_end);
-}
+const CodebookKernels codebook_kernels_avx2 = {&codebook_linear_run_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const CodebookKernels codebook_kernels_avx2 = {&codebook_linear_run_avx2};
-}  // namespace ck::cpu

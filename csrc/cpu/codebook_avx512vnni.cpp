@@ -24,6 +24,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include "avx512_lane_mask-inl.h"
+
 namespace ck::cpu {
 namespace {
 
@@ -67,8 +69,6 @@ inline __m512 lookup(__m512i v, const Table<Bits>& tab) {
     return r[0];
   }
 }
-
-inline __mmask16 lane_mask(int64_t rows) { return static_cast<__mmask16>(rows >= 16 ? 0xFFFF : ((1u << rows) - 1u)); }
 
 // ---------------------------------------------------------------- small M: register tiles
 
@@ -293,11 +293,7 @@ template <int Bits>
 void run_bits(const CodebookLinearArgs& a, const CodebookPlan& plan, int64_t task_begin, int64_t task_end) {
   const int64_t entries = int64_t{1} << Bits;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t panel = t / plan.row_chunks, chunk = t % plan.row_chunks;
-    const int64_t m_begin = chunk * plan.chunk_rows;
-    const int64_t m_end = std::min(a.m, m_begin + plan.chunk_rows);
-    const int64_t n0 = a.n_begin + panel * kCodebookPanelCols;
-    const int64_t n_last = std::min(a.n_end, n0 + kCodebookPanelCols);
+    const auto [m_begin, m_end, n0, n_last] = plan.task(a, t);
     const bool one_codebook = n0 / a.group_rows == (n_last - 1) / a.group_rows;
     if (!plan.decode_tiles && one_codebook) {
       register_panel<Bits>(a, a.codebook + (n0 / a.group_rows) * entries, m_begin, m_end, n0, n_last);
@@ -339,16 +335,11 @@ void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const Codebo
   }
 }
 
+const CodebookKernels codebook_kernels_avx512vnni = {&codebook_linear_run_avx512vnni};
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void codebook_linear_run_avx512vnni(const CodebookLinearArgs& args, const CodebookPlan& plan, int64_t task_begin,
-                                    int64_t task_end) {
-  codebook_linear_run_portable(args, plan, task_begin, task_end);
-}
+const CodebookKernels codebook_kernels_avx512vnni = {&codebook_linear_run_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const CodebookKernels codebook_kernels_avx512vnni = {&codebook_linear_run_avx512vnni};
-}  // namespace ck::cpu

@@ -2,13 +2,15 @@
 // exact semantics. The AVX-512 and AVX2 tiers (fake_quant_avx512vnni.cpp, fake_quant_avx2.cpp) must equal this one bit
 // for bit, so the order of every floating-point operation here is part of the contract: in particular the LSQ partial
 // sums of a by-spans unit are accumulated in 16 fp64 lanes (element k of the unit into lane k % 16) and the lanes are
-// then added in order 0..15, which is what 16-wide SIMD does.
+// then added in order 0..15, which is what 16-wide SIMD does. The loops over the work units are
+// fake_quant_loops.h's, shared with those tiers; this file holds the one-element operations.
 #include "fake_quant.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "dispatch.h"
+#include "fake_quant_loops.h"
 
 namespace ck::cpu {
 namespace {
@@ -95,106 +97,64 @@ inline C scale_derivative(const Element<C>& e, const Q<C>& k) {
   return d;
 }
 
+// The one-element operations of fake_quant_loops.h, in the compute type of D.
 template <FqDtype D>
-void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
+struct ScalarOps {
   using S = Storage<D>;
   using T = typename S::type;
   using C = typename S::compute;
-  const T* x = static_cast<const T*>(a.x);
-  T* y = static_cast<T*>(a.out);
-  const uint8_t* mask = a.mask;
-  const FqPlan& plan = a.plan;
-  const FqLayout& l = a.layout;
-  if (plan.by_spans) {
-    for (int64_t u = begin; u < end; ++u) {
-      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
-      const Q<C> k = qparams_at<C>(a.params, unit.channel);
-      const int64_t start = unit.begin, n = unit.end - unit.begin;
-      for (int64_t i = start; i < start + n; ++i) {
-        const C out = quantize<C>(S::load(x[i]), k).y;
-        y[i] = S::store((mask == nullptr || mask[i]) ? out : C(0));
-      }
-    }
-    return;
+  static constexpr int64_t kWidth = 1;
+  using Lanes = Q<C>;
+  static Lanes broadcast(const FqParams& p, int64_t c) { return qparams_at<C>(p, c); }
+  static Lanes positions(const FqParams& p, int64_t pos, int64_t /*n*/) { return qparams_at<C>(p, pos); }
+
+  template <FqDtype>
+  static void forward_step(const FqArgs& a, const Lanes& k, int64_t i, int64_t /*n*/) {
+    const C out = quantize<C>(S::load(static_cast<const T*>(a.x)[i]), k).y;
+    static_cast<T*>(a.out)[i] = S::store((a.mask == nullptr || a.mask[i]) ? out : C(0));
   }
-  for (int64_t u = begin; u < end; ++u) {
-    const FqPlan::RowUnit unit = plan.row_unit(u);
-    const int64_t r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t i = r * plan.row_len + p;
-        const C out = quantize<C>(S::load(x[i]), qparams_at<C>(a.params, p)).y;
-        y[i] = S::store((mask == nullptr || mask[i]) ? out : C(0));
-      }
-    }
+
+  // The contributions of one element; a dropped element or, for z, one inside the range gives +0.0,
+  // which leaves a sum that starts at +0.0 exactly as skipping it would.
+  struct Sums {
+    double s, z;
+  };
+  template <FqDtype>
+  static Sums backward_step(const FqArgs& a, const Lanes& k, int64_t i, int64_t /*n*/, bool sums) {
+    const bool kept = a.mask == nullptr || a.mask[i];
+    const Element<C> e = quantize<C>(S::load(static_cast<const T*>(a.x)[i]), k);
+    const C g = S::load(static_cast<const T*>(a.grad_y)[i]);
+    static_cast<T*>(a.out)[i] = S::store(kept && e.inside ? g : C(0));
+    if (!sums || !kept) return {0.0, 0.0};
+    return {static_cast<double>(scale_derivative<C>(e, k) * g), e.inside ? 0.0 : static_cast<double>(g)};
   }
+
+  struct SpanSums {
+    double s[16] = {0}, z[16] = {0};
+    void add(int64_t offset, const Sums& c) {
+      s[offset & 15] += c.s;
+      z[offset & 15] += c.z;
+    }
+    void store(double* ls, double* lz) const {
+      std::copy(s, s + 16, ls);
+      std::copy(z, z + 16, lz);
+    }
+  };
+
+  static void add_to_positions(double* ps, double* pz, int64_t p, int64_t /*n*/, const Sums& c) {
+    ps[p] += c.s;
+    pz[p] += c.z;
+  }
+};
+
+template <FqDtype D>
+void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
+  forward_units<ScalarOps<D>, D>(a, begin, end);
 }
 
 template <FqDtype D>
 void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
-  using S = Storage<D>;
-  using T = typename S::type;
-  using C = typename S::compute;
-  const T* x = static_cast<const T*>(a.x);
-  const T* dy = static_cast<const T*>(a.grad_y);
-  T* dx = static_cast<T*>(a.out);
-  const uint8_t* mask = a.mask;
-  const FqPlan& plan = a.plan;
-  const FqLayout& l = a.layout;
-  const bool sums = a.partial_scale != nullptr;
-  if (plan.by_spans) {
-    for (int64_t u = begin; u < end; ++u) {
-      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
-      const Q<C> k = qparams_at<C>(a.params, unit.channel);
-      const int64_t start = unit.begin, n = unit.end - unit.begin;
-      double lane_s[16] = {0}, lane_z[16] = {0};
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t i = start + j;
-        const bool kept = mask == nullptr || mask[i];
-        const Element<C> e = quantize<C>(S::load(x[i]), k);
-        const C g = S::load(dy[i]);
-        dx[i] = S::store(kept && e.inside ? g : C(0));
-        if (sums && kept) {
-          lane_s[j & 15] += static_cast<double>(scale_derivative<C>(e, k) * g);
-          if (!e.inside) lane_z[j & 15] += static_cast<double>(g);
-        }
-      }
-      if (sums) {
-        double ts = 0, tz = 0;
-        for (int lane = 0; lane < 16; ++lane) {
-          ts += lane_s[lane];
-          tz += lane_z[lane];
-        }
-        a.partial_scale[u] = ts;
-        a.partial_zero_point[u] = tz;
-      }
-    }
-    return;
-  }
-  for (int64_t u = begin; u < end; ++u) {
-    const FqPlan::RowUnit unit = plan.row_unit(u);
-    const int64_t g = unit.group, r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
-    double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
-    double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
-    if (sums) {
-      std::fill(ps + p0, ps + p1, 0.0);
-      std::fill(pz + p0, pz + p1, 0.0);
-    }
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t i = r * plan.row_len + p;
-        const bool kept = mask == nullptr || mask[i];
-        const Q<C> k = qparams_at<C>(a.params, p);
-        const Element<C> e = quantize<C>(S::load(x[i]), k);
-        const C gy = S::load(dy[i]);
-        dx[i] = S::store(kept && e.inside ? gy : C(0));
-        if (sums && kept) {
-          ps[p] += static_cast<double>(scale_derivative<C>(e, k) * gy);
-          if (!e.inside) pz[p] += static_cast<double>(gy);
-        }
-      }
-    }
-  }
+  backward_units<ScalarOps<D>, D>(a, begin, end);
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 // of the LSQ partial sums (element k of a unit into lane k % 16: two 8-wide steps fill lanes 0-7 and
 // 8-15), the same bf16 / fp16 rounding including canonical NaNs. Tails shorter than 8 elements run the
 // same vector code on a zero-padded copy whose extra lanes are masked out (they add +0.0 to no sum
-// that is read). float64 inputs use the portable path.
+// that is read). float64 inputs use the portable path. The loops over the work units are
+// fake_quant_loops.h's, shared with the portable and AVX-512 kernels; this file holds the 8-lane operations.
 #include <algorithm>
 #include <cstring>
 
@@ -14,6 +15,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
+
+#include "fake_quant_loops.h"
 
 namespace ck::cpu {
 namespace {
@@ -181,178 +184,93 @@ struct Window {
   }
 };
 
-template <FqDtype D>
-void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
-  using IO = Io<D>;
-  using T = typename IO::T;
-  const T* x = static_cast<const T*>(a.x);
-  T* y = static_cast<T*>(a.out);
-  const FqPlan& plan = a.plan;
-  const FqLayout& l = a.layout;
-  auto run = [&](const Lanes& k, int64_t i, int64_t n) {
-    const Window<T> w(x, nullptr, a.mask, y, i, n);
+// The 8-lane operations of fake_quant_loops.h.
+struct Avx2Ops {
+  static constexpr int64_t kWidth = 8;
+  using Lanes = ck::cpu::Lanes;
+  static Lanes broadcast(const FqParams& p, int64_t c) { return ck::cpu::broadcast(p, c); }
+  static Lanes positions(const FqParams& p, int64_t pos, int64_t n) { return position_lanes(p, pos, n); }
+
+  template <FqDtype D>
+  static void forward_step(const FqArgs& a, const Lanes& k, int64_t i, int64_t n) {
+    using IO = Io<D>;
+    using T = typename IO::T;
+    T* y = static_cast<T*>(a.out);
+    const Window<T> w(static_cast<const T*>(a.x), nullptr, a.mask, y, i, n);
     const Element e = quantize(IO::load(w.x), k);
     IO::store(w.out, _mm256_and_ps(kept_lanes(w.mask), e.y));
     w.finish(y, i);
-  };
-  if (plan.by_spans) {
-    for (int64_t u = begin; u < end; ++u) {
-      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
-      const Lanes k = broadcast(a.params, unit.channel);
-      const int64_t start = unit.begin, stop = unit.end;
-      for (int64_t i = start; i < stop; i += 8) run(k, i, std::min<int64_t>(8, stop - i));
-    }
-    return;
   }
-  for (int64_t u = begin; u < end; ++u) {
-    const FqPlan::RowUnit unit = plan.row_unit(u);
-    const int64_t r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t p = p0; p < p1; p += 8) {
-        const int64_t n = std::min<int64_t>(8, p1 - p);
-        run(position_lanes(a.params, p, n), r * plan.row_len + p, n);
-      }
-    }
-  }
-}
 
-template <FqDtype D>
-void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
-  using IO = Io<D>;
-  using T = typename IO::T;
-  const T* x = static_cast<const T*>(a.x);
-  const T* dy = static_cast<const T*>(a.grad_y);
-  T* dx = static_cast<T*>(a.out);
-  const FqPlan& plan = a.plan;
-  const FqLayout& l = a.layout;
-  const bool sums = a.partial_scale != nullptr;
-  // grad_x of 8 elements; returns the kept-masked LSQ contributions (cs, cz) in fp32.
-  auto run = [&](const Lanes& k, int64_t i, int64_t n, __m256* cs, __m256* cz) {
-    const Window<T> w(x, dy, a.mask, dx, i, n);
+  struct Sums {
+    __m256 s, z;
+  };
+  template <FqDtype D>
+  static Sums backward_step(const FqArgs& a, const Lanes& k, int64_t i, int64_t n, bool sums) {
+    using IO = Io<D>;
+    using T = typename IO::T;
+    T* dx = static_cast<T*>(a.out);
+    const Window<T> w(static_cast<const T*>(a.x), static_cast<const T*>(a.grad_y), a.mask, dx, i, n);
     const __m256 kept = kept_lanes(w.mask);
     const Element e = quantize(IO::load(w.x), k);
     const __m256 gy = IO::load(w.gy);
     IO::store(w.out, _mm256_and_ps(_mm256_and_ps(kept, e.inside), gy));
     w.finish(dx, i);
-    if (sums) {
-      *cs = _mm256_and_ps(kept, _mm256_mul_ps(scale_derivative(e, k), gy));
-      *cz = _mm256_and_ps(_mm256_andnot_ps(e.inside, kept), gy);
+    if (!sums) return {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    return {_mm256_and_ps(kept, _mm256_mul_ps(scale_derivative(e, k), gy)),
+            _mm256_and_ps(_mm256_andnot_ps(e.inside, kept), gy)};
+  }
+
+  // fp64 lanes 0-3, 4-7, 8-11, 12-15: a step at offset 0 mod 16 fills the first two, at 8 mod 16
+  // the last two.
+  struct SpanSums {
+    __m256d s[4], z[4];
+    // user-provided: an implicit constructor would not be compiled for this file's target
+    SpanSums() {
+      for (int q = 0; q < 4; ++q) s[q] = z[q] = _mm256_setzero_pd();
+    }
+    void add(int64_t offset, const Sums& c) {
+      const int q = (offset & 8) ? 2 : 0;
+      s[q] = _mm256_add_pd(s[q], low_pd(c.s));
+      s[q + 1] = _mm256_add_pd(s[q + 1], high_pd(c.s));
+      z[q] = _mm256_add_pd(z[q], low_pd(c.z));
+      z[q + 1] = _mm256_add_pd(z[q + 1], high_pd(c.z));
+    }
+    void store(double* ls, double* lz) const {
+      for (int q = 0; q < 4; ++q) {
+        _mm256_store_pd(ls + 4 * q, s[q]);
+        _mm256_store_pd(lz + 4 * q, z[q]);
+      }
     }
   };
-  if (plan.by_spans) {
-    for (int64_t u = begin; u < end; ++u) {
-      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
-      const Lanes k = broadcast(a.params, unit.channel);
-      const int64_t start = unit.begin, stop = unit.end;
-      __m256d s[4], z[4];  // fp64 lanes 0-3, 4-7, 8-11, 12-15
-      for (int q = 0; q < 4; ++q) s[q] = z[q] = _mm256_setzero_pd();
-      for (int64_t i = start; i < stop; i += 8) {
-        __m256 cs, cz;
-        run(k, i, std::min<int64_t>(8, stop - i), &cs, &cz);
-        if (sums) {
-          const int q = ((i - start) & 8) ? 2 : 0;
-          s[q] = _mm256_add_pd(s[q], low_pd(cs));
-          s[q + 1] = _mm256_add_pd(s[q + 1], high_pd(cs));
-          z[q] = _mm256_add_pd(z[q], low_pd(cz));
-          z[q + 1] = _mm256_add_pd(z[q + 1], high_pd(cz));
-        }
-      }
-      if (sums) {
-        alignas(32) double ls[16], lz[16];
-        for (int q = 0; q < 4; ++q) {
-          _mm256_store_pd(ls + 4 * q, s[q]);
-          _mm256_store_pd(lz + 4 * q, z[q]);
-        }
-        double ts = 0, tz = 0;
-        for (int lane = 0; lane < 16; ++lane) {
-          ts += ls[lane];
-          tz += lz[lane];
-        }
-        a.partial_scale[u] = ts;
-        a.partial_zero_point[u] = tz;
-      }
+
+  static void add_to_positions(double* ps, double* pz, int64_t p, int64_t n, const Sums& c) {
+    if (n == 8) {
+      _mm256_storeu_pd(ps + p, _mm256_add_pd(_mm256_loadu_pd(ps + p), low_pd(c.s)));
+      _mm256_storeu_pd(ps + p + 4, _mm256_add_pd(_mm256_loadu_pd(ps + p + 4), high_pd(c.s)));
+      _mm256_storeu_pd(pz + p, _mm256_add_pd(_mm256_loadu_pd(pz + p), low_pd(c.z)));
+      _mm256_storeu_pd(pz + p + 4, _mm256_add_pd(_mm256_loadu_pd(pz + p + 4), high_pd(c.z)));
+      return;
     }
-    return;
-  }
-  for (int64_t u = begin; u < end; ++u) {
-    const FqPlan::RowUnit unit = plan.row_unit(u);
-    const int64_t g = unit.group, r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
-    double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
-    double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
-    if (sums) {
-      std::fill(ps + p0, ps + p1, 0.0);
-      std::fill(pz + p0, pz + p1, 0.0);
-    }
-    // rows outer (memory order), per-position sums accumulated over the rows in row order, as the
-    // portable loop adds them
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t p = p0; p < p1; p += 8) {
-        const int64_t n = std::min<int64_t>(8, p1 - p);
-        __m256 cs, cz;
-        run(position_lanes(a.params, p, n), r * plan.row_len + p, n, &cs, &cz);
-        if (sums) {
-          alignas(32) double ls[8], lz[8];
-          if (n == 8) {
-            _mm256_storeu_pd(ps + p, _mm256_add_pd(_mm256_loadu_pd(ps + p), low_pd(cs)));
-            _mm256_storeu_pd(ps + p + 4, _mm256_add_pd(_mm256_loadu_pd(ps + p + 4), high_pd(cs)));
-            _mm256_storeu_pd(pz + p, _mm256_add_pd(_mm256_loadu_pd(pz + p), low_pd(cz)));
-            _mm256_storeu_pd(pz + p + 4, _mm256_add_pd(_mm256_loadu_pd(pz + p + 4), high_pd(cz)));
-          } else {
-            _mm256_store_pd(ls, low_pd(cs));
-            _mm256_store_pd(ls + 4, high_pd(cs));
-            _mm256_store_pd(lz, low_pd(cz));
-            _mm256_store_pd(lz + 4, high_pd(cz));
-            for (int64_t t = 0; t < n; ++t) {
-              ps[p + t] += ls[t];
-              pz[p + t] += lz[t];
-            }
-          }
-        }
-      }
+    alignas(32) double ls[8], lz[8];
+    _mm256_store_pd(ls, low_pd(c.s));
+    _mm256_store_pd(ls + 4, high_pd(c.s));
+    _mm256_store_pd(lz, low_pd(c.z));
+    _mm256_store_pd(lz + 4, high_pd(c.z));
+    for (int64_t t = 0; t < n; ++t) {
+      ps[p + t] += ls[t];
+      pz[p + t] += lz[t];
     }
   }
-}
+};
 
 }  // namespace
 
-void fake_quant_forward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
-  switch (a.dtype) {
-    case FqDtype::kFloat32:
-      return forward_impl<FqDtype::kFloat32>(a, begin, end);
-    case FqDtype::kBFloat16:
-      return forward_impl<FqDtype::kBFloat16>(a, begin, end);
-    case FqDtype::kFloat16:
-      return forward_impl<FqDtype::kFloat16>(a, begin, end);
-    default:
-      return fake_quant_forward_portable(a, begin, end);
-  }
-}
-
-void fake_quant_backward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
-  switch (a.dtype) {
-    case FqDtype::kFloat32:
-      return backward_impl<FqDtype::kFloat32>(a, begin, end);
-    case FqDtype::kBFloat16:
-      return backward_impl<FqDtype::kBFloat16>(a, begin, end);
-    case FqDtype::kFloat16:
-      return backward_impl<FqDtype::kFloat16>(a, begin, end);
-    default:
-      return fake_quant_backward_portable(a, begin, end);
-  }
-}
+const FakeQuantKernels fake_quant_kernels_avx2 = vector_tier_kernels<Avx2Ops>();
 
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void fake_quant_forward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
-  fake_quant_forward_portable(a, begin, end);
-}
-void fake_quant_backward_avx2(const FqArgs& a, int64_t begin, int64_t end) {
-  fake_quant_backward_portable(a, begin, end);
-}
+const FakeQuantKernels fake_quant_kernels_avx2 = {&fake_quant_forward_portable, &fake_quant_backward_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const FakeQuantKernels fake_quant_kernels_avx2 = {&fake_quant_forward_avx2, &fake_quant_backward_avx2};
-}  // namespace ck::cpu

@@ -2,7 +2,8 @@
 // fp16 are widened on load and rounded to nearest even on store, in registers). Bit-identical to
 // fake_quant.cpp: the same operation order per element, the same 16-lane fp64 accumulation of the
 // LSQ partial sums (lane = element offset % 16 within a unit), the same bf16 / fp16 rounding
-// (including canonical NaNs). float64 inputs use the portable path.
+// (including canonical NaNs). float64 inputs use the portable path. The loops over the work units are
+// fake_quant_loops.h's, shared with the portable and AVX2 kernels; this file holds the 16-lane operations.
 #include <algorithm>
 
 #include "fake_quant.h"
@@ -14,12 +15,11 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include "avx512_lane_mask-inl.h"
+#include "fake_quant_loops.h"
+
 namespace ck::cpu {
 namespace {
-
-inline __mmask16 lane_mask(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
-}
 
 template <FqDtype D>
 inline __m512 load(const void* base, int64_t i, __mmask16 m);
@@ -118,154 +118,72 @@ inline __m512 scale_derivative(const Element& e, const Lanes& k) {
 inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d high_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
 
-template <FqDtype D>
-void forward_impl(const FqArgs& a, int64_t begin, int64_t end) {
-  const FqPlan& plan = a.plan;
-  const FqLayout& l = a.layout;
-  if (plan.by_spans) {
-    for (int64_t u = begin; u < end; ++u) {
-      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
-      const Lanes k = broadcast(a.params, unit.channel);
-      const int64_t start = unit.begin, stop = unit.end;
-      for (int64_t i = start; i < stop; i += 16) {
-        const __mmask16 m = lane_mask(stop - i);
-        const Element e = quantize(load<D>(a.x, i, m), k);
-        store<D>(a.out, i, _mm512_maskz_mov_ps(kept_lanes(a.mask, i, m), e.y), m);
-      }
-    }
-    return;
-  }
-  for (int64_t u = begin; u < end; ++u) {
-    const FqPlan::RowUnit unit = plan.row_unit(u);
-    const int64_t r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t p = p0; p < p1; p += 16) {
-        const __mmask16 m = lane_mask(p1 - p);
-        const int64_t i = r * plan.row_len + p;
-        const Element e = quantize(load<D>(a.x, i, m), gather(a.params, p, m));
-        store<D>(a.out, i, _mm512_maskz_mov_ps(kept_lanes(a.mask, i, m), e.y), m);
-      }
-    }
-  }
-}
+// The 16-lane operations of fake_quant_loops.h: tails are masked loads and stores.
+struct Avx512Ops {
+  static constexpr int64_t kWidth = 16;
+  using Lanes = ck::cpu::Lanes;
+  static Lanes broadcast(const FqParams& p, int64_t c) { return ck::cpu::broadcast(p, c); }
+  static Lanes positions(const FqParams& p, int64_t pos, int64_t n) { return gather(p, pos, lane_mask(n)); }
 
-template <FqDtype D>
-void backward_impl(const FqArgs& a, int64_t begin, int64_t end) {
-  const FqPlan& plan = a.plan;
-  const FqLayout& l = a.layout;
-  const bool sums = a.partial_scale != nullptr;
-  if (plan.by_spans) {
-    for (int64_t u = begin; u < end; ++u) {
-      const FqPlan::SpanUnit unit = plan.span_unit(l, u);
-      const Lanes k = broadcast(a.params, unit.channel);
-      const int64_t start = unit.begin, stop = unit.end;
-      __m512d s_lo = _mm512_setzero_pd(), s_hi = _mm512_setzero_pd();
-      __m512d z_lo = _mm512_setzero_pd(), z_hi = _mm512_setzero_pd();
-      for (int64_t i = start; i < stop; i += 16) {
-        const __mmask16 m = lane_mask(stop - i);
-        const __mmask16 kept = kept_lanes(a.mask, i, m);
-        const Element e = quantize(load<D>(a.x, i, m), k);
-        const __m512 gy = load<D>(a.grad_y, i, m);
-        store<D>(a.out, i, _mm512_maskz_mov_ps(kept & e.inside, gy), m);
-        if (sums) {
-          const __m512 cs = _mm512_maskz_mul_ps(kept, scale_derivative(e, k), gy);
-          const __m512 cz = _mm512_maskz_mov_ps(kept & static_cast<__mmask16>(~e.inside), gy);
-          s_lo = _mm512_add_pd(s_lo, low_pd(cs));
-          s_hi = _mm512_add_pd(s_hi, high_pd(cs));
-          z_lo = _mm512_add_pd(z_lo, low_pd(cz));
-          z_hi = _mm512_add_pd(z_hi, high_pd(cz));
-        }
-      }
-      if (sums) {
-        alignas(64) double ls[16], lz[16];
-        _mm512_store_pd(ls, s_lo);
-        _mm512_store_pd(ls + 8, s_hi);
-        _mm512_store_pd(lz, z_lo);
-        _mm512_store_pd(lz + 8, z_hi);
-        double ts = 0, tz = 0;
-        for (int lane = 0; lane < 16; ++lane) {
-          ts += ls[lane];
-          tz += lz[lane];
-        }
-        a.partial_scale[u] = ts;
-        a.partial_zero_point[u] = tz;
-      }
-    }
-    return;
+  template <FqDtype D>
+  static void forward_step(const FqArgs& a, const Lanes& k, int64_t i, int64_t n) {
+    const __mmask16 m = lane_mask(n);
+    const Element e = quantize(load<D>(a.x, i, m), k);
+    store<D>(a.out, i, _mm512_maskz_mov_ps(kept_lanes(a.mask, i, m), e.y), m);
   }
-  for (int64_t u = begin; u < end; ++u) {
-    const FqPlan::RowUnit unit = plan.row_unit(u);
-    const int64_t g = unit.group, r0 = unit.row_begin, r1 = unit.row_end, p0 = unit.pos_begin, p1 = unit.pos_end;
-    double* ps = sums ? a.partial_scale + g * plan.row_len : nullptr;
-    double* pz = sums ? a.partial_zero_point + g * plan.row_len : nullptr;
-    if (sums) {
-      std::fill(ps + p0, ps + p1, 0.0);
-      std::fill(pz + p0, pz + p1, 0.0);
-    }
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t p = p0; p < p1; p += 16) {
-        const __mmask16 m = lane_mask(p1 - p);
-        const int64_t i = r * plan.row_len + p;
-        const __mmask16 kept = kept_lanes(a.mask, i, m);
-        const Lanes k = gather(a.params, p, m);
-        const Element e = quantize(load<D>(a.x, i, m), k);
-        const __m512 gy = load<D>(a.grad_y, i, m);
-        store<D>(a.out, i, _mm512_maskz_mov_ps(kept & e.inside, gy), m);
-        if (sums) {
-          const __m512 cs = _mm512_maskz_mul_ps(kept, scale_derivative(e, k), gy);
-          const __m512 cz = _mm512_maskz_mov_ps(kept & static_cast<__mmask16>(~e.inside), gy);
-          const __mmask8 m_lo = static_cast<__mmask8>(m), m_hi = static_cast<__mmask8>(m >> 8);
-          _mm512_mask_storeu_pd(ps + p, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, ps + p), low_pd(cs)));
-          _mm512_mask_storeu_pd(ps + p + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, ps + p + 8), high_pd(cs)));
-          _mm512_mask_storeu_pd(pz + p, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, pz + p), low_pd(cz)));
-          _mm512_mask_storeu_pd(pz + p + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, pz + p + 8), high_pd(cz)));
-        }
-      }
-    }
+
+  struct Sums {
+    __m512 s, z;
+  };
+  template <FqDtype D>
+  static Sums backward_step(const FqArgs& a, const Lanes& k, int64_t i, int64_t n, bool sums) {
+    const __mmask16 m = lane_mask(n);
+    const __mmask16 kept = kept_lanes(a.mask, i, m);
+    const Element e = quantize(load<D>(a.x, i, m), k);
+    const __m512 gy = load<D>(a.grad_y, i, m);
+    store<D>(a.out, i, _mm512_maskz_mov_ps(kept & e.inside, gy), m);
+    if (!sums) return {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    return {_mm512_maskz_mul_ps(kept, scale_derivative(e, k), gy),
+            _mm512_maskz_mov_ps(kept & static_cast<__mmask16>(~e.inside), gy)};
   }
-}
+
+  // fp64 lanes 0-7 and 8-15 (every step starts at a multiple of 16).
+  struct SpanSums {
+    __m512d s_lo, s_hi, z_lo, z_hi;
+    // user-provided: an implicit constructor would not be compiled for this file's target
+    SpanSums()
+        : s_lo(_mm512_setzero_pd()), s_hi(_mm512_setzero_pd()), z_lo(_mm512_setzero_pd()), z_hi(_mm512_setzero_pd()) {}
+    void add(int64_t /*offset*/, const Sums& c) {
+      s_lo = _mm512_add_pd(s_lo, low_pd(c.s));
+      s_hi = _mm512_add_pd(s_hi, high_pd(c.s));
+      z_lo = _mm512_add_pd(z_lo, low_pd(c.z));
+      z_hi = _mm512_add_pd(z_hi, high_pd(c.z));
+    }
+    void store(double* ls, double* lz) const {
+      _mm512_store_pd(ls, s_lo);
+      _mm512_store_pd(ls + 8, s_hi);
+      _mm512_store_pd(lz, z_lo);
+      _mm512_store_pd(lz + 8, z_hi);
+    }
+  };
+
+  static void add_to_positions(double* ps, double* pz, int64_t p, int64_t n, const Sums& c) {
+    const __mmask16 m = lane_mask(n);
+    const __mmask8 m_lo = static_cast<__mmask8>(m), m_hi = static_cast<__mmask8>(m >> 8);
+    _mm512_mask_storeu_pd(ps + p, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, ps + p), low_pd(c.s)));
+    _mm512_mask_storeu_pd(ps + p + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, ps + p + 8), high_pd(c.s)));
+    _mm512_mask_storeu_pd(pz + p, m_lo, _mm512_add_pd(_mm512_maskz_loadu_pd(m_lo, pz + p), low_pd(c.z)));
+    _mm512_mask_storeu_pd(pz + p + 8, m_hi, _mm512_add_pd(_mm512_maskz_loadu_pd(m_hi, pz + p + 8), high_pd(c.z)));
+  }
+};
 
 }  // namespace
 
-void fake_quant_forward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
-  switch (a.dtype) {
-    case FqDtype::kFloat32:
-      return forward_impl<FqDtype::kFloat32>(a, begin, end);
-    case FqDtype::kBFloat16:
-      return forward_impl<FqDtype::kBFloat16>(a, begin, end);
-    case FqDtype::kFloat16:
-      return forward_impl<FqDtype::kFloat16>(a, begin, end);
-    default:
-      return fake_quant_forward_portable(a, begin, end);
-  }
-}
-
-void fake_quant_backward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
-  switch (a.dtype) {
-    case FqDtype::kFloat32:
-      return backward_impl<FqDtype::kFloat32>(a, begin, end);
-    case FqDtype::kBFloat16:
-      return backward_impl<FqDtype::kBFloat16>(a, begin, end);
-    case FqDtype::kFloat16:
-      return backward_impl<FqDtype::kFloat16>(a, begin, end);
-    default:
-      return fake_quant_backward_portable(a, begin, end);
-  }
-}
+const FakeQuantKernels fake_quant_kernels_avx512vnni = vector_tier_kernels<Avx512Ops>();
 
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void fake_quant_forward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
-  fake_quant_forward_portable(a, begin, end);
-}
-void fake_quant_backward_avx512vnni(const FqArgs& a, int64_t begin, int64_t end) {
-  fake_quant_backward_portable(a, begin, end);
-}
+const FakeQuantKernels fake_quant_kernels_avx512vnni = {&fake_quant_forward_portable, &fake_quant_backward_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const FakeQuantKernels fake_quant_kernels_avx512vnni = {&fake_quant_forward_avx512vnni,
-                                                        &fake_quant_backward_avx512vnni};
-}  // namespace ck::cpu

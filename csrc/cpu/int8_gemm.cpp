@@ -188,16 +188,8 @@ void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int
       std::memcpy(&bits, xr + c, sizeof(bits));
       amax_bits = std::max(amax_bits, bits & kFloatAbsMask);
     }
-    if (amax_bits >= kFloatExponentMask) {  // a NaN or +-Inf in the row
-      scale[r] = kNonFiniteRowScale;
-      std::memset(q + r * cols, 0, static_cast<size_t>(cols));
-      continue;
-    }
-    float amax;
-    std::memcpy(&amax, &amax_bits, sizeof(amax));
-    float s = amax / static_cast<float>(qmax);
-    if (s == 0.0f) s = 1.0f;
-    scale[r] = s;
+    if (!quantize_rows_scale(amax_bits, qmax, cols, q + r * cols, &scale[r])) continue;  // a NaN or +-Inf
+    const float s = scale[r];
     for (int64_t c = 0; c < cols; ++c) {
       float v = std::nearbyint(xr[c] / s);  // round half to even in the default FP environment
       v = std::min(std::max(v, static_cast<float>(qmin)), static_cast<float>(qmax));

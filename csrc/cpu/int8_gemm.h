@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "dispatch.h"
@@ -175,6 +176,22 @@ int64_t amx_register_loop(bool bf16, int64_t iterations);
 constexpr uint32_t kFloatAbsMask = 0x7fffffffu;
 constexpr uint32_t kFloatExponentMask = 0x7f800000u;
 constexpr float kNonFiniteRowScale = std::numeric_limits<float>::quiet_NaN();
+// The scale of one row from amax_bits, the integer maximum of its |x| bit patterns, written once for
+// every tier: *scale = amax / qmax in fp32 (1 when the row is all zero) and true; for a row with a NaN
+// or +-Inf (amax_bits >= kFloatExponentMask), *scale = kNonFiniteRowScale, the row's cols q bytes are
+// zeroed and false (nothing left to quantize).
+inline bool quantize_rows_scale(uint32_t amax_bits, int32_t qmax, int64_t cols, int8_t* q_row, float* scale) {
+  if (amax_bits >= kFloatExponentMask) {
+    *scale = kNonFiniteRowScale;
+    std::memset(q_row, 0, static_cast<size_t>(cols));
+    return false;
+  }
+  float amax;
+  std::memcpy(&amax, &amax_bits, sizeof(amax));
+  const float s = amax / static_cast<float>(qmax);
+  *scale = s == 0.0f ? 1.0f : s;
+  return true;
+}
 void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
                    int32_t qmax, int8_t* q, float* scale);
 void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,

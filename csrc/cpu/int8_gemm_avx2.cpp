@@ -351,17 +351,8 @@ void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t
     m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(1, 0, 3, 2)));
     m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(2, 3, 0, 1)));
     const uint32_t amax_bits = static_cast<uint32_t>(_mm_cvtsi128_si32(m4));
-    if (amax_bits >= kFloatExponentMask) {  // a NaN or +-Inf in the row
-      scale[r] = kNonFiniteRowScale;
-      std::memset(q + r * cols, 0, static_cast<size_t>(cols));
-      continue;
-    }
-    float amax_f;
-    std::memcpy(&amax_f, &amax_bits, sizeof(amax_f));
-    float s = amax_f / static_cast<float>(qmax);
-    if (s == 0.0f) s = 1.0f;
-    scale[r] = s;
-    const __m256 sv = _mm256_set1_ps(s);
+    if (!quantize_rows_scale(amax_bits, qmax, cols, q + r * cols, &scale[r])) continue;  // a NaN or +-Inf
+    const __m256 sv = _mm256_set1_ps(scale[r]);
     for (int64_t c = 0; c < cols; c += 8) {
       const bool full = cols - c >= 8;
       const __m256 xv = full ? _mm256_loadu_ps(xr + c) : _mm256_maskload_ps(xr + c, lane_mask8(cols - c));
@@ -382,20 +373,13 @@ void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t
   }
 }
 
+const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_avx2, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_avx2};
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void int8_gemm_run_avx2(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
-  int8_gemm_run_portable(args, plan, task_begin, task_end);
-}
-void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax,
-                        int8_t* q, float* scale) {
-  quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
-}
+const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_portable, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_avx2, nullptr};
-const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_avx2};
-}  // namespace ck::cpu

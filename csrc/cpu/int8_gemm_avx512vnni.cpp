@@ -165,17 +165,8 @@ void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, i
       amax = _mm512_max_epi32(amax, _mm512_and_si512(_mm512_maskz_loadu_epi32(valid, xr + c), abs_mask));
     }
     const uint32_t amax_bits = static_cast<uint32_t>(_mm512_reduce_max_epi32(amax));
-    if (amax_bits >= kFloatExponentMask) {  // a NaN or +-Inf in the row
-      scale[r] = kNonFiniteRowScale;
-      std::memset(q + r * cols, 0, static_cast<size_t>(cols));
-      continue;
-    }
-    float amax_f;
-    std::memcpy(&amax_f, &amax_bits, sizeof(amax_f));
-    float s = amax_f / static_cast<float>(qmax);
-    if (s == 0.0f) s = 1.0f;
-    scale[r] = s;
-    const __m512 sv = _mm512_set1_ps(s);
+    if (!quantize_rows_scale(amax_bits, qmax, cols, q + r * cols, &scale[r])) continue;  // a NaN or +-Inf
+    const __m512 sv = _mm512_set1_ps(scale[r]);
     for (int64_t c = 0; c < cols; c += 16) {
       const __mmask16 valid = lane_mask(cols - c);
       __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(valid, xr + c), sv);
@@ -186,21 +177,13 @@ void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, i
   }
 }
 
+const Int8GemmKernels int8_gemm_kernels_avx512vnni = {&int8_gemm_run_avx512vnni, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_avx512vnni};
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void int8_gemm_run_avx512vnni(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin,
-                              int64_t task_end) {
-  int8_gemm_run_portable(args, plan, task_begin, task_end);
-}
-void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
-                              int32_t qmax, int8_t* q, float* scale) {
-  quantize_rows_portable(x, cols, row_begin, row_end, qmin, qmax, q, scale);
-}
+const Int8GemmKernels int8_gemm_kernels_avx512vnni = {&int8_gemm_run_portable, nullptr};
+const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const Int8GemmKernels int8_gemm_kernels_avx512vnni = {&int8_gemm_run_avx512vnni, nullptr};
-const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_avx512vnni};
-}  // namespace ck::cpu

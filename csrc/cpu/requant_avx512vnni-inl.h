@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "avx512_lane_mask-inl.h"
 #include "requantize.h"
 
 namespace ck::cpu {
@@ -131,10 +132,6 @@ inline void store_lanes(void* out, int64_t index, __m512i v, __mmask16 valid, Ou
       _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + index, valid, v);
       break;
   }
-}
-
-inline __mmask16 lane_mask(int64_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
 }
 
 }  // namespace

@@ -38,16 +38,11 @@ void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int6
   }
 }
 
+const RequantizeKernels requantize_kernels_avx2 = {&requantize_rows_avx2, &int8_add_range_portable};
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
-                          const RequantParams& p, void* out) {
-  requantize_rows_portable(acc, ld_acc, cols, row_begin, row_end, p, out);
-}
+const RequantizeKernels requantize_kernels_avx2 = {&requantize_rows_portable, &int8_add_range_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const RequantizeKernels requantize_kernels_avx2 = {&requantize_rows_avx2, &int8_add_range_portable};
-}  // namespace ck::cpu

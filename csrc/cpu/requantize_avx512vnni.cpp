@@ -60,20 +60,11 @@ void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams
   }
 }
 
+const RequantizeKernels requantize_kernels_avx512vnni = {&requantize_rows_avx512vnni, &int8_add_range_avx512vnni};
+
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
-void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams& p, int64_t begin, int64_t end,
-                               void* out) {
-  int8_add_range_portable(a, b, p, begin, end, out);
-}
-void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols, int64_t row_begin, int64_t row_end,
-                                const RequantParams& p, void* out) {
-  requantize_rows_portable(acc, ld_acc, cols, row_begin, row_end, p, out);
-}
+const RequantizeKernels requantize_kernels_avx512vnni = {&requantize_rows_portable, &int8_add_range_portable};
 }  // namespace ck::cpu
 #endif
-
-namespace ck::cpu {
-const RequantizeKernels requantize_kernels_avx512vnni = {&requantize_rows_avx512vnni, &int8_add_range_avx512vnni};
-}  // namespace ck::cpu

@@ -341,26 +341,15 @@ void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& p
   }
 }
 
-}  // namespace ck::cpu
-
-#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
-
-namespace ck::cpu {
-void sparse24_f32_run_avx2(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t b, int64_t e) {
-  sparse24_f32_run_portable(a, plan, b, e);
-}
-void sparse24_int8_run_avx2(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t b, int64_t e) {
-  sparse24_int8_run_portable(a, plan, b, e);
-}
-void sparse24_bf16_run_avx2(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, int64_t b, int64_t e) {
-  sparse24_bf16_run_portable(a, plan, b, e);
-}
-}  // namespace ck::cpu
-
-#endif
-
-namespace ck::cpu {
 const Sparse24F32Kernels sparse24_f32_kernels_avx2 = {&sparse24_f32_run_avx2};
 const Sparse24Int8Kernels sparse24_int8_kernels_avx2 = {&sparse24_int8_run_avx2};
 const Sparse24Bf16Kernels sparse24_bf16_kernels_avx2 = {&sparse24_bf16_run_avx2};
+
 }  // namespace ck::cpu
+#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
+namespace ck::cpu {
+const Sparse24F32Kernels sparse24_f32_kernels_avx2 = {&sparse24_f32_run_portable};
+const Sparse24Int8Kernels sparse24_int8_kernels_avx2 = {&sparse24_int8_run_portable};
+const Sparse24Bf16Kernels sparse24_bf16_kernels_avx2 = {&sparse24_bf16_run_portable};
+}  // namespace ck::cpu
+#endif

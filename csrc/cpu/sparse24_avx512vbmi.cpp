@@ -46,18 +46,11 @@ void sparse24_int8_run_avx512vbmi(const Sparse24Int8Args& a, const Sparse24Int8P
   int8_run_zmm(a, plan, task_begin, task_end);
 }
 
-}  // namespace ck::cpu
-
-#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
-
-namespace ck::cpu {
-void sparse24_int8_run_avx512vbmi(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t b, int64_t e) {
-  sparse24_int8_run_portable(a, plan, b, e);
-}
-}  // namespace ck::cpu
-
-#endif
-
-namespace ck::cpu {
 const Sparse24Int8Kernels sparse24_int8_kernels_avx512vbmi = {&sparse24_int8_run_avx512vbmi};
+
 }  // namespace ck::cpu
+#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
+namespace ck::cpu {
+const Sparse24Int8Kernels sparse24_int8_kernels_avx512vbmi = {&sparse24_int8_run_portable};
+}  // namespace ck::cpu
+#endif

@@ -153,22 +153,13 @@ void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8P
   int8_run_zmm(a, plan, task_begin, task_end);
 }
 
-}  // namespace ck::cpu
-
-#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
-
-namespace ck::cpu {
-void sparse24_f32_run_avx512vnni(const Sparse24F32Args& a, const Sparse24Plan& plan, int64_t b, int64_t e) {
-  sparse24_f32_run_portable(a, plan, b, e);
-}
-void sparse24_int8_run_avx512vnni(const Sparse24Int8Args& a, const Sparse24Int8Plan& plan, int64_t b, int64_t e) {
-  sparse24_int8_run_portable(a, plan, b, e);
-}
-}  // namespace ck::cpu
-
-#endif
-
-namespace ck::cpu {
 const Sparse24F32Kernels sparse24_f32_kernels_avx512vnni = {&sparse24_f32_run_avx512vnni};
 const Sparse24Int8Kernels sparse24_int8_kernels_avx512vnni = {&sparse24_int8_run_avx512vnni};
+
 }  // namespace ck::cpu
+#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
+namespace ck::cpu {
+const Sparse24F32Kernels sparse24_f32_kernels_avx512vnni = {&sparse24_f32_run_portable};
+const Sparse24Int8Kernels sparse24_int8_kernels_avx512vnni = {&sparse24_int8_run_portable};
+}  // namespace ck::cpu
+#endif
