@@ -27,13 +27,19 @@ class ConversionReport:
     # converted module is set at every other path too (the tie kept), and those paths are listed here.
     aliases: list[tuple[str, str]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)  # the converted model
+    # whole-model handlers: how each converted layer was captured ("fx": traced graph, integer between
+    # layers; "hooks": module by module, float between layers), and notes such as why fx was not used
+    modes: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.converted)} module(s), skipped {len(self.skipped)}"]
-        lines += [f"  + {name}: {src} -> {dst}" for name, src, dst in self.converted]
+        lines += [f"  + {name}: {src} -> {dst}" + (f" [{self.modes[name]}]" if name in self.modes else "")
+                  for name, src, dst in self.converted]
         lines += [f"  = {name}: the same module as {first} (converted once, still shared)"
                   for name, first in self.aliases]
         lines += [f"  - {name} ({kind}): {why}" for name, kind, why in self.skipped]
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -53,7 +59,7 @@ def register_handler(config_type: type, module_types: tuple[type, ...]):
 
 
 # Whole-model handlers (configs that must see the graph, e.g. static quantization with residual
-# additions): handler(model, config, filter_fn) -> (new model, converted, skipped).
+# additions): handler(model, config, filter_fn) -> (new model, converted, skipped[, modes, notes]).
 _MODEL_HANDLERS: dict[type, Callable] = {}
 
 
@@ -87,8 +93,9 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
         if config is None:
             raise TypeError("convert_: a config is needed (only a model prepared by prepare_qat_ converts without one)")
     if type(config) in _MODEL_HANDLERS:
-        new_model, converted, skipped = _MODEL_HANDLERS[type(config)](model, config, filter_fn)
-        return ConversionReport(converted=converted, skipped=skipped, model=new_model)
+        new_model, converted, skipped, *extra = _MODEL_HANDLERS[type(config)](model, config, filter_fn)
+        modes, notes = extra if extra else ({}, [])
+        return ConversionReport(converted=converted, skipped=skipped, model=new_model, modes=modes, notes=notes)
     if type(config) not in _HANDLERS and type(config) not in _MODEL_HANDLERS:
         raise TypeError(f"convert_: no handler for {type(config).__name__}; known configs: "
                         f"{sorted(t.__name__ for t in list(_HANDLERS) + list(_MODEL_HANDLERS))}")
@@ -148,9 +155,10 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 # ---------------------------------------------------------------- int8 static, integer-only
 
-from .static_quant import Int8StaticConfig, convert_static  # noqa: E402
+from .hooks_quant import convert_static_any  # noqa: E402
+from .static_quant import Int8StaticConfig  # noqa: E402
 
-register_model_handler(Int8StaticConfig)(convert_static)
+register_model_handler(Int8StaticConfig)(convert_static_any)  # traced (fx) or module-level (hooks)
 
 
 # ---------------------------------------------------------------- quantization-aware training

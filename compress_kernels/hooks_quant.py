@@ -1,0 +1,186 @@
+"""Module-level static int8 (no tracing): calibration by forward hooks, one layer at a time.
+
+Where torch.fx cannot trace a model (every Hugging Face transformer: keyword inputs with None
+defaults, data-dependent control flow, item assignment on proxies), ``calibrate(model, batches)``
+falls back to hooks (``capture="auto"``, or ``capture="hooks"`` asked for directly): a forward pre-hook
+and a forward hook on every nn.Linear feed a TensorStats probe with the layer's input and one with
+its output (all observers at once, as the traced path does), while the model runs the calibration
+batches as it is, in evaluation mode. ``convert_(model, Int8StaticConfig())`` then replaces each
+calibrated nn.Linear of a copy of the model by a QuantLinearFloatIO (quantize with the input's
+qparams, the static int8 kernel requantizing to the output's qparams, dequantize): the same integer
+kernel as the traced path, with a float tensor between layers instead of an integer one.
+
+Every path to a module is visited: a Linear reached by several paths is converted once and the
+converted module set at every path (its calls share the one set of observers). Layers that are not
+converted are in the report with the reason: excluded by filter_fn, a subclass of nn.Linear, a
+projection of nn.MultiheadAttention (which reads the weights directly), or never called while
+calibrating.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import call_arguments, forward_signature
+from .nn.float_io import QuantLinearFloatIO
+
+HOOK_STATS_ATTR = "_compress_kernels_hook_stats"
+CAPTURES = ("auto", "fx", "hooks")
+
+
+class HookCalibration:
+    """Per-module input / output TensorStats of every exact nn.Linear, recorded by forward hooks.
+    `stats` maps id(module) -> (input stats, output stats, calls); `fallback_reason` says why the
+    traced path was not used (None when hooks were asked for)."""
+
+    def __init__(self, fallback_reason: str | None = None):
+        self.stats: dict[int, tuple] = {}
+        self.fallback_reason = fallback_reason
+
+    def calls(self, module: nn.Module) -> int:
+        return self.stats[id(module)][2][0] if id(module) in self.stats else 0
+
+
+def _linear_input(args, kwargs):
+    return args[0] if args else kwargs.get("input")
+
+
+@torch.no_grad()
+def calibrate_hooks(model: nn.Module, batches, progress: bool = False,
+                    fallback_reason: str | None = None) -> HookCalibration:
+    """Run `batches` (see compress_kernels.batches) through `model` in evaluation mode with hooks on
+    every exact nn.Linear; attach and return the HookCalibration. The model's training flag and
+    modules are restored; its weights are untouched."""
+    from .static_quant import CalibrationError, TensorStats
+
+    calibration = HookCalibration(fallback_reason)
+    handles = []
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear or id(module) in seen:
+            continue
+        seen.add(id(module))
+        entry = (TensorStats(node=f"input of module {name!r}"), TensorStats(node=f"output of module {name!r}"), [0])
+        calibration.stats[id(module)] = entry
+
+        def pre_hook(mod, args, kwargs, entry=entry):
+            entry[0](_linear_input(args, kwargs))
+            entry[2][0] += 1
+
+        def post_hook(mod, args, kwargs, output, entry=entry):
+            entry[1](output)
+
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    signature = forward_signature(model)
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        for index, batch in enumerate(tqdm(batches, desc="calibrate (hooks)", disable=not progress, leave=False)):
+            args, kwargs = call_arguments(batch, index, signature, "calibrate", type(model).__name__)
+            try:
+                model(*args, **kwargs)
+            except CalibrationError as err:
+                raise CalibrationError(f"{err} (batch {index})") from err
+            count += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("calibrate: batches is empty: at least one calibration batch is needed")
+    object.__setattr__(model, HOOK_STATS_ATTR, calibration)
+    return calibration
+
+
+def convert_hooks(model: nn.Module, config, filter_fn=None, calibration: HookCalibration | None = None):
+    """Int8StaticConfig on a hook-calibrated model: (converted copy, converted, skipped, modes)."""
+    from .convert import _set_submodule
+
+    calibration = calibration if calibration is not None else getattr(model, HOOK_STATS_ATTR)
+    if config.observer == "qat":
+        raise ValueError('convert_: Int8StaticConfig(observer="qat") reads a QAT graph\'s fake quantizers; a model '
+                         "calibrated with hooks has observers: pick one of the calibration observers")
+    new_model = copy.deepcopy(model, memo={id(calibration): None})  # the copy does not carry the observers
+    originals = dict(model.named_modules(remove_duplicate=False))
+    dtype = config.activation_dtype
+    converted, skipped, modes = [], [], {}
+    done: dict[int, tuple[str, nn.Module | None]] = {}
+    for name, module in list(new_model.named_modules(remove_duplicate=False)):
+        if not name or not isinstance(module, nn.Linear):
+            continue
+        original = originals[name]
+        if id(module) in done:
+            first, new = done[id(module)]
+            if new is not None:
+                _set_submodule(new_model, name, new)
+                converted.append((name, "Linear", f"{type(new).__name__} (the same module as {first!r})"))
+                modes[name] = "hooks"
+            else:
+                skipped.append((name, type(module).__name__, f"the same module as {first!r}, which was skipped"))
+            continue
+        done[id(module)] = (name, None)
+        parent_name = name.rpartition(".")[0]
+        if isinstance(new_model.get_submodule(parent_name) if parent_name else new_model, nn.MultiheadAttention):
+            skipped.append((name, type(module).__name__, "MultiheadAttention reads its projection weights directly, "
+                            "not through this module's forward: a swapped module would be bypassed"))
+            continue
+        if type(module) is not nn.Linear:
+            skipped.append((name, type(module).__name__, "a subclass of torch.nn.Linear: its forward may differ, so "
+                                                         "it is not converted"))
+            continue
+        if filter_fn is not None and not filter_fn(original, name):
+            skipped.append((name, "Linear", "excluded by filter_fn"))
+            continue
+        if calibration.calls(original) == 0:
+            skipped.append((name, "Linear", "never called while calibrating: no activation statistics"))
+            continue
+        in_stats, out_stats, _ = calibration.stats[id(original)]
+        q = QuantLinearFloatIO.from_float(module, in_stats.qparams(config.observer, dtype),
+                                          out_stats.qparams(config.observer, dtype), dtype=dtype,
+                                          per_channel=config.per_channel, rounding=config.rounding)
+        kind = "QuantLinearFloatIO"
+        if config.sparse24:
+            reason = q.linear.sparse24_reason()
+            if reason is None:
+                q.linear.sparse24_()
+                kind += " (2:4)"
+            else:
+                kind += f" (dense: {reason})"
+        _set_submodule(new_model, name, q)
+        done[id(module)] = (name, q)
+        converted.append((name, "Linear", kind))
+        modes[name] = "hooks"
+    return new_model, converted, skipped, modes
+
+
+def convert_static_any(model: nn.Module, config, filter_fn=None):
+    """The Int8StaticConfig handler of convert_: the traced (fx) conversion of a model calibrated
+    through torch.fx, the module-level conversion of one calibrated with hooks; config.capture
+    ("auto": whichever calibrate recorded) must agree with it."""
+    from .static_quant import _OBSERVED_ATTR, convert_static
+
+    hooks = getattr(model, HOOK_STATS_ATTR, None)
+    traced = getattr(model, _OBSERVED_ATTR, None)
+    capture = config.capture
+    if capture == "hooks" and hooks is None:
+        raise ValueError('convert_: Int8StaticConfig(capture="hooks") needs a model calibrated with hooks: run '
+                         'compress_kernels.calibrate(model, batches, capture="hooks") first'
+                         + (" (this model was calibrated through torch.fx)" if traced is not None else ""))
+    if capture == "fx" and traced is None and hooks is not None:
+        raise ValueError('convert_: Int8StaticConfig(capture="fx") needs a model calibrated through torch.fx, but '
+                         "this one was calibrated with hooks"
+                         + (f" ({hooks.fallback_reason})" if hooks.fallback_reason else "")
+                         + '; use capture="hooks" or "auto"')
+    if hooks is not None and (capture == "hooks" or traced is None):
+        new_model, converted, skipped, modes = convert_hooks(model, config, filter_fn, hooks)
+        notes = ([f"module-level static int8 (hooks): {hooks.fallback_reason}"] if hooks.fallback_reason else [])
+        return new_model, converted, skipped, modes, notes
+    new_model, converted, skipped = convert_static(model, config, filter_fn)
+    modes = {label: "fx" for label, _, _ in converted}
+    return new_model, converted, skipped, modes, []
