@@ -2,12 +2,13 @@
 requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
 into trained models."""
 
-from . import cluster, convert, nn, numerics, ops, prune, reference, study
+from . import calibrated_prune, cluster, convert, hooks_quant, nn, numerics, ops, prune, reference, study
 from .convert import CodebookConfig, ConversionReport, Int8DynamicConfig, Sparse24Config, convert_
 from .nn import CodebookConv2d, CodebookLinear, QuantLinear, SparseConv2d, SparseLinear
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
 from .nn.fake_quant import FakeQuantize
+from .nn.float_io import QuantLinearFloatIO
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .ops import (
     codebook_conv2d,
@@ -53,8 +54,10 @@ __version__ = "0.1.0"
 # Grouped by purpose; sorted within each group.
 __all__ = [
     # submodules
+    "calibrated_prune",
     "cluster",
     "convert",
+    "hooks_quant",
     "nn",
     "numerics",
     "ops",
@@ -102,6 +105,7 @@ __all__ = [
     "QuantAvgPool2d",
     "QuantConv2d",
     "QuantLinear",
+    "QuantLinearFloatIO",
     "QuantMaxPool2d",
     "QuantReLU",
     "Quantize",

@@ -58,7 +58,8 @@ def call_arguments(batch, index: int, signature: inspect.Signature, what: str,
                             f"need the names of {model_name}.forward's parameters as keys")
         args, kwargs = (), dict(batch)
     else:
-        raise TypeError(f"{what}: batch {index} is a {type(batch).__name__} ({batch!r:.60}): expected {BATCH_FORMS}")
+        raise TypeError(f"{what}: batch {index} has type {type(batch).__name__} ({batch!r:.60}): "
+                        f"expected {BATCH_FORMS}")
     try:
         signature.bind(*args, **kwargs)
     except TypeError as err:

@@ -2,8 +2,9 @@
 
 from .codebook import CodebookConv2d, CodebookLinear, codebook_size_report, finetune_codebooks
 from .fake_quant import FakeQuantize
+from .float_io import QuantLinearFloatIO
 from .linear import QuantLinear
 from .sparse import SparseConv2d, SparseLinear
 
 __all__ = ["FakeQuantize", "CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks",
-           "QuantLinear", "SparseConv2d", "SparseLinear"]
+           "QuantLinear", "QuantLinearFloatIO", "SparseConv2d", "SparseLinear"]
