@@ -184,3 +184,78 @@ def convert_static_any(model: nn.Module, config, filter_fn=None):
     new_model, converted, skipped = convert_static(model, config, filter_fn)
     modes = {label: "fx" for label, _, _ in converted}
     return new_model, converted, skipped, modes, []
+
+
+# ---------------------------------------------------------------- quantization-aware training by module swap
+
+
+def _linear_paths(model: nn.Module, filter_fn=None):
+    """(path, module, reason or None) for every path to an nn.Linear (the reason it is not converted)."""
+    seen: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not name or not isinstance(module, nn.Linear):
+            continue
+        parent_name = name.rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if id(module) in seen:
+            yield name, module, f"alias of {seen[id(module)]!r}"
+            continue
+        seen[id(module)] = name
+        if isinstance(parent, nn.MultiheadAttention):
+            yield name, module, "MultiheadAttention reads its projection weights directly"
+        elif type(module) is not nn.Linear:
+            yield name, module, "a subclass of torch.nn.Linear: its forward may differ"
+        elif filter_fn is not None and not filter_fn(module, name):
+            yield name, module, "excluded by filter_fn"
+        else:
+            yield name, module, None
+
+
+def prepare_qat_hooks(model: nn.Module, config) -> nn.Module:
+    """prepare_qat_ without tracing: every exact nn.Linear of `model` (in place) becomes a
+    QATLinearFloatIO (fake-quantized input, weight and output); a Linear reached by several paths
+    gets one QAT module, set at every path. Returns the model."""
+    from .convert import _set_submodule
+    from .nn.float_io import QATLinearFloatIO
+
+    swapped: dict[int, nn.Module] = {}
+    for name, module, reason in list(_linear_paths(model)):
+        if reason is None:
+            swapped[id(module)] = QATLinearFloatIO(module, config)
+            _set_submodule(model, name, swapped[id(module)])
+        elif id(module) in swapped:
+            _set_submodule(model, name, swapped[id(module)])
+    if not swapped:
+        raise ValueError(f"prepare_qat_: {type(model).__name__} has no nn.Linear to prepare (torch.fx cannot trace "
+                         "it, and module-level QAT converts exact nn.Linear layers only)")
+    return model
+
+
+def qat_hooks_config(model: nn.Module):
+    """The QATConfig of a model prepared by prepare_qat_hooks (None if it has no QATLinearFloatIO)."""
+    from .nn.float_io import QATLinearFloatIO
+
+    return next((m.config for m in model.modules() if isinstance(m, QATLinearFloatIO)), None)
+
+
+def convert_qat_hooks(model: nn.Module, record: dict | None = None):
+    """convert_ of a module-level QAT model: a copy with every QATLinearFloatIO replaced by its
+    QuantLinearFloatIO; (copy, converted, skipped, modes, notes). `record` receives {id(QAT module):
+    integer module} (the exact mode runs those)."""
+    from .convert import _set_submodule
+    from .nn.float_io import QATLinearFloatIO
+
+    new_model = copy.deepcopy(model)
+    originals = dict(model.named_modules(remove_duplicate=False))
+    converted, modes, done = [], {}, {}
+    for name, module in list(new_model.named_modules(remove_duplicate=False)):
+        if not isinstance(module, QATLinearFloatIO):
+            continue
+        if id(module) not in done:
+            done[id(module)] = module.to_integer()
+            if record is not None:
+                record[id(originals[name])] = done[id(module)]
+        _set_submodule(new_model, name, done[id(module)])
+        converted.append((name, "QATLinearFloatIO", "QuantLinearFloatIO"))
+        modes[name] = "hooks"
+    return new_model, converted, [], modes, []

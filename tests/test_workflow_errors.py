@@ -62,7 +62,8 @@ def batches(n=3):
 
 @pytest.mark.parametrize("workflow", ["calibrate", "prepare_qat_"])
 def test_data_dependent_control_flow_names_the_module(workflow):
-    run = (lambda m: ck.calibrate(m, batches(), capture="fx")) if workflow == "calibrate" else ck.prepare_qat_
+    run = ((lambda m: ck.calibrate(m, batches(), capture="fx")) if workflow == "calibrate"
+           else (lambda m: ck.prepare_qat_(m, capture="fx")))
     with pytest.raises(RuntimeError, match=rf"{workflow}: torch.fx cannot trace DataDependent "
                                            r"\(in DataDependent.forward\): "
                                            r"TraceError: symbolically traced variables cannot be used as inputs to "
@@ -83,7 +84,8 @@ def test_untraceable_model_converts_without_tracing():
 
 @pytest.mark.parametrize("workflow", ["calibrate", "prepare_qat_"])
 def test_keyword_inputs_explain_the_wrapper(workflow):
-    run = (lambda m: ck.calibrate(m, batches(), capture="fx")) if workflow == "calibrate" else ck.prepare_qat_
+    run = ((lambda m: ck.calibrate(m, batches(), capture="fx")) if workflow == "calibrate"
+           else (lambda m: ck.prepare_qat_(m, capture="fx")))
     with pytest.raises(TypeError, match=rf"{workflow}: KeywordInputs.forward takes input_ids=None: torch.fx traces "
                                         r"every forward argument as a tensor.*wrap the model in a module whose forward "
                                         r"takes the tensors it needs positionally, e.g. forward\(self, x\): return "

@@ -2,9 +2,9 @@
 
 from .codebook import CodebookConv2d, CodebookLinear, codebook_size_report, finetune_codebooks
 from .fake_quant import FakeQuantize
-from .float_io import QuantLinearFloatIO
+from .float_io import QATLinearFloatIO, QuantLinearFloatIO
 from .linear import QuantLinear
 from .sparse import SparseConv2d, SparseLinear
 
 __all__ = ["FakeQuantize", "CodebookConv2d", "CodebookLinear", "codebook_size_report", "finetune_codebooks",
-           "QuantLinear", "QuantLinearFloatIO", "SparseConv2d", "SparseLinear"]
+           "QATLinearFloatIO", "QuantLinear", "QuantLinearFloatIO", "SparseConv2d", "SparseLinear"]

@@ -52,3 +52,44 @@ class QuantLinearFloatIO(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dequantize(self.linear(self.quantize(x)))
         return y.to(x.dtype) if x.is_floating_point() else y
+
+
+class QATLinearFloatIO(nn.Module):
+    """Module-level quantization-aware training of one nn.Linear (for models torch.fx cannot trace):
+    ``input_quant`` (ActFakeQuant of the input) -> ``layer`` (QATLinear: fake-quantized weight) ->
+    ``output_quant`` (ActFakeQuant of the output). The conversion builds a QuantLinearFloatIO from the
+    layer and the two quantizers' qparams (`to_integer`); in exact mode (``_exact`` set by
+    qat.qat_exact_mode to (that module, use_kernels)) this module computes with it, so its output equals
+    the converted layer's bit for bit. `config` is the QATConfig it was prepared with."""
+
+    def __init__(self, linear: nn.Linear, config):
+        from .qat import ActFakeQuant, QATLinear
+
+        super().__init__()
+        observer = "lsq" if config.learnable_scale else "ema"
+        self.input_quant = ActFakeQuant(config.activation_dtype, observer, config.momentum)
+        self.layer = QATLinear(linear, weight_bits=config.weight_bits, per_channel=config.per_channel,
+                               learnable_scale=config.learnable_scale)
+        self.output_quant = ActFakeQuant(config.activation_dtype, observer, config.momentum)
+        self.config = config
+        self._exact = None
+
+    def to_integer(self) -> QuantLinearFloatIO:
+        in_scale, in_zp = self.input_quant.qparams()
+        out_scale, out_zp = self.output_quant.qparams()
+        dtype = self.config.activation_dtype
+        q = self.layer.to_integer(input_scale=in_scale, input_zero_point=in_zp, output_scale=out_scale,
+                                  output_zero_point=out_zp, input_dtype=dtype, output_dtype=dtype,
+                                  rounding=self.config.rounding)
+        return QuantLinearFloatIO(Quantize(in_scale, in_zp, dtype), q, DeQuantize(out_scale, out_zp, dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._exact is not None:
+            from ._common import reference_mode
+
+            module, use_kernels = self._exact
+            if use_kernels:
+                return module(x)
+            with reference_mode():
+                return module(x)
+        return self.output_quant(self.layer(self.input_quant(x)))
