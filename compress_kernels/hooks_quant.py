@@ -64,12 +64,20 @@ def calibrate_hooks(model: nn.Module, batches, progress: bool = False,
         if type(module) is not nn.Linear or id(module) in seen:
             continue
         seen.add(id(module))
-        entry = (TensorStats(node=f"input of module {name!r}"), TensorStats(node=f"output of module {name!r}"), [0])
+        # (input stats, output stats, [calls], {"min", "max"}: per-input-channel range, for smoothing)
+        entry = (TensorStats(node=f"input of module {name!r}"), TensorStats(node=f"output of module {name!r}"), [0],
+                 {})
         calibration.stats[id(module)] = entry
 
         def pre_hook(mod, args, kwargs, entry=entry):
-            entry[0](_linear_input(args, kwargs))
+            x = _linear_input(args, kwargs)
+            entry[0](x)
             entry[2][0] += 1
+            rows = x.detach().reshape(-1, x.shape[-1]).float()
+            lo, hi = rows.amin(0), rows.amax(0)
+            channels = entry[3]
+            channels["min"] = lo if "min" not in channels else torch.minimum(channels["min"], lo)
+            channels["max"] = hi if "max" not in channels else torch.maximum(channels["max"], hi)
 
         def post_hook(mod, args, kwargs, output, entry=entry):
             entry[1](output)
@@ -140,11 +148,15 @@ def convert_hooks(model: nn.Module, config, filter_fn=None, calibration: HookCal
         if calibration.calls(original) == 0:
             skipped.append((name, "Linear", "never called while calibrating: no activation statistics"))
             continue
-        in_stats, out_stats, _ = calibration.stats[id(original)]
-        q = QuantLinearFloatIO.from_float(module, in_stats.qparams(config.observer, dtype),
-                                          out_stats.qparams(config.observer, dtype), dtype=dtype,
-                                          per_channel=config.per_channel, rounding=config.rounding)
+        in_stats, out_stats, _, channels = calibration.stats[id(original)]
+        out_qparams = out_stats.qparams(config.observer, dtype)
         kind = "QuantLinearFloatIO"
+        if config.smooth_alpha is None:
+            q = QuantLinearFloatIO.from_float(module, in_stats.qparams(config.observer, dtype), out_qparams,
+                                              dtype=dtype, per_channel=config.per_channel, rounding=config.rounding)
+        else:
+            q = _smoothed_layer(module, channels, out_qparams, config)
+            kind += f" (smoothed, alpha={config.smooth_alpha})"
         if config.sparse24:
             reason = q.linear.sparse24_reason()
             if reason is None:
@@ -157,6 +169,32 @@ def convert_hooks(model: nn.Module, config, filter_fn=None, calibration: HookCal
         converted.append((name, "Linear", kind))
         modes[name] = "hooks"
     return new_model, converted, skipped, modes
+
+
+def smoothing_factors(input_min: torch.Tensor, input_max: torch.Tensor, weight: torch.Tensor,
+                      alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s_k = max|X_k|^alpha / max_n |W[n, k]|^(1 - alpha)
+    (1 where either maximum is 0: nothing to migrate)."""
+    act = torch.maximum(input_min.abs(), input_max.abs()).double()
+    wmax = weight.detach().abs().amax(0).double()
+    s = act.pow(alpha) / wmax.pow(1 - alpha)
+    return torch.where((act > 0) & (wmax > 0), s, torch.ones_like(s)).float()
+
+
+def _smoothed_layer(linear: nn.Linear, channels: dict, out_qparams, config) -> QuantLinearFloatIO:
+    """The QuantLinearFloatIO of `linear` with SmoothQuant migration: weight W * s, input x / s,
+    whose per-tensor min-max range is exactly [min_k min(X_k) / s_k, max_k max(X_k) / s_k]."""
+    from .numerics import choose_qparams
+
+    s = smoothing_factors(channels["min"], channels["max"], linear.weight, config.smooth_alpha)
+    smoothed = copy.deepcopy(linear)
+    with torch.no_grad():
+        smoothed.weight.mul_(s.to(smoothed.weight.dtype))
+    scale, zero_point = choose_qparams((channels["min"] / s).min(), (channels["max"] / s).max(),
+                                       config.activation_dtype)
+    return QuantLinearFloatIO.from_float(smoothed, (float(scale), int(zero_point)), out_qparams,
+                                         dtype=config.activation_dtype, per_channel=config.per_channel,
+                                         rounding=config.rounding, input_multiplier=1.0 / s)
 
 
 def convert_static_any(model: nn.Module, config, filter_fn=None):
@@ -181,6 +219,10 @@ def convert_static_any(model: nn.Module, config, filter_fn=None):
         new_model, converted, skipped, modes = convert_hooks(model, config, filter_fn, hooks)
         notes = ([f"module-level static int8 (hooks): {hooks.fallback_reason}"] if hooks.fallback_reason else [])
         return new_model, converted, skipped, modes, notes
+    if config.smooth_alpha is not None:
+        raise ValueError("convert_: Int8StaticConfig(smooth_alpha=...) is applied by the module-level conversion "
+                         "(it scales each Linear's float input): calibrate with capture=\"hooks\"; this model was "
+                         "calibrated through torch.fx")
     new_model, converted, skipped = convert_static(model, config, filter_fn)
     modes = {label: "fx" for label, _, _ in converted}
     return new_model, converted, skipped, modes, []

@@ -47,8 +47,11 @@ class Int8StaticConfig:
     observer="qat" is the QAT graph's own fake quantizers (QATConfig.static_config builds it; a
     calibrated float model has no such probes). capture: "auto" converts the way calibrate() recorded
     the model (through torch.fx when it could trace it, else with module hooks); "fx" or "hooks" insist
-    on one (convert_ refuses a model calibrated the other way). Every field is checked when the config
-    is built."""
+    on one (convert_ refuses a model calibrated the other way). smooth_alpha (module-level conversion
+    only, with observer="minmax"): SmoothQuant's per-input-channel migration of activation outliers into
+    the weight (Xiao et al. 2023), s_k = max|X_k|^alpha / max|W[:, k]|^(1 - alpha), W' = W * s, and the
+    layer multiplies its float input by 1 / s before quantizing it. Every field is checked when the
+    config is built."""
 
     observer: str = "mse"
     per_channel: bool = True
@@ -56,9 +59,10 @@ class Int8StaticConfig:
     rounding: str = "double"
     sparse24: bool = False
     capture: str = "auto"
+    smooth_alpha: float | None = None
 
     def __post_init__(self):
-        from ._config_checks import check_bool, check_choice
+        from ._config_checks import check_bool, check_choice, check_float
 
         check_choice(self, "observer", (*numerics.OBSERVERS, "qat"))
         check_bool(self, "per_channel")
@@ -66,6 +70,12 @@ class Int8StaticConfig:
         check_choice(self, "rounding", ("double", "single"))
         check_bool(self, "sparse24")
         check_choice(self, "capture", ("auto", "fx", "hooks"))
+        if self.smooth_alpha is not None:
+            check_float(self, "smooth_alpha", "in [0, 1] (or None: no smoothing)", lambda v: 0 <= v <= 1)
+            if self.observer != "minmax":
+                raise ValueError(f'Int8StaticConfig: smooth_alpha needs observer="minmax" (the smoothed input\'s range '
+                                 f"is computed exactly from per-channel ranges; the {self.observer!r} observer saw "
+                                 "the input before smoothing), got observer=" + repr(self.observer))
 
 
 class CalibrationError(ValueError):

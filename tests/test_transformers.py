@@ -367,3 +367,47 @@ def test_qat_bert_by_module_swap_converts_exactly(bert):
         ck.qat_mismatch_report(qat, calibration)
     with pytest.raises(ValueError, match=r"prepare_qat_: capture must be one of \['auto', 'fx', 'hooks'\], got 'x'"):
         ck.prepare_qat_(copy.deepcopy(model), capture="x")
+
+
+# ---------------------------------------------------------------- SmoothQuant
+
+
+def test_smoothing_migrates_outlier_channels_into_the_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    outliers = torch.ones(64)
+    outliers[:4] = 60.0
+    with torch.no_grad():  # outlier inputs meet small weights (as behind a LayerNorm gain of a trained transformer)
+        model[0].weight[:, :4] /= 60.0
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(32, 64, generator=g) * outliers for _ in range(3)]
+    x = torch.randn(64, 64, generator=g) * outliers
+    with torch.no_grad():
+        reference = model(x)
+    ck.calibrate(model, data, capture="hooks")
+    measured = {}
+    for alpha in (None, 0.5):
+        report = ck.convert_(model, ck.Int8StaticConfig(observer="minmax", smooth_alpha=alpha))
+        with torch.no_grad():
+            measured[alpha] = F.cosine_similarity(report.model(x).flatten(), reference.flatten(), dim=0).item()
+    assert report.converted == [("0", "Linear", "QuantLinearFloatIO (smoothed, alpha=0.5)")]
+    layer = report.model[0]
+    assert torch.allclose(layer.linear.dequantized_weight() * layer.input_multiplier, model[0].weight, rtol=0.02,
+                          atol=2e-3)  # W * s stored, 1 / s applied to the input
+    # measured: 0.920 without smoothing (the four outlier channels set the input step), 0.99990 with alpha=0.5
+    assert measured[None] < 0.95
+    assert measured[0.5] >= 0.999
+    with pytest.raises(ValueError, match=r'Int8StaticConfig: smooth_alpha needs observer="minmax" \(the smoothed '
+                                         r"input's range is computed exactly from per-channel ranges; the 'mse' "
+                                         r"observer saw the input before smoothing\), got observer='mse'"):
+        ck.Int8StaticConfig(smooth_alpha=0.5)
+    with pytest.raises(ValueError, match=r"Int8StaticConfig: smooth_alpha must be a number in \[0, 1\] \(or None: no "
+                                         r"smoothing\), got 1.5"):
+        ck.Int8StaticConfig(observer="minmax", smooth_alpha=1.5)
+    ck.calibrate(model, data)  # traced
+    with pytest.raises(ValueError, match=r"convert_: Int8StaticConfig\(smooth_alpha=...\) is applied by the module-"
+                                         r'level conversion .*calibrate with capture="hooks"'):
+        ck.convert_(model, ck.Int8StaticConfig(observer="minmax", smooth_alpha=0.5))
+    with pytest.raises(ValueError, match=r"QuantLinearFloatIO: input_multiplier must hold 64 finite values \(one per "
+                                         r"input feature\), got shape \(63,\)"):
+        QuantLinearFloatIO(layer.quantize, layer.linear, layer.dequantize, torch.ones(63))

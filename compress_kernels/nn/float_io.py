@@ -18,20 +18,29 @@ class QuantLinearFloatIO(nn.Module):
     """float x -> ``quantize`` (Quantize: clamp(round_half_even(x / s_in) + zp_in), the calibrated
     input qparams) -> ``linear`` (static QuantLinear: the int8 kernel, int32 accumulation, fixed-point
     requantization to the calibrated output qparams) -> ``dequantize`` ((y_q - zp_out) * s_out, fp32)
-    -> the input's floating dtype. The integers are exactly those of the QuantLinear given the
-    quantized input; the float result differs from nn.Linear by the input, weight and output rounding.
-    The three parts are ordinary checked modules, so the state dict is checked by each of them."""
+    -> the input's floating dtype; with SmoothQuant the input is first multiplied (fp32) by
+    ``input_multiplier`` (1 / s per input feature; the weight holds W * s). The integers are exactly
+    those of the QuantLinear given the quantized input; the float result differs from nn.Linear by the
+    input, weight and output rounding. The three parts are ordinary checked modules, so the state dict
+    is checked by each of them."""
 
-    def __init__(self, quantize: Quantize, linear: QuantLinear, dequantize: DeQuantize):
+    def __init__(self, quantize: Quantize, linear: QuantLinear, dequantize: DeQuantize,
+                 input_multiplier: torch.Tensor | None = None):
         super().__init__()
         if linear.mode != "static":
             raise ValueError(f'QuantLinearFloatIO: linear must be a static QuantLinear, got mode={linear.mode!r}')
+        if input_multiplier is not None and (input_multiplier.shape != (linear.in_features,)
+                                             or not bool(torch.isfinite(input_multiplier).all())):
+            raise ValueError(f"QuantLinearFloatIO: input_multiplier must hold {linear.in_features} finite values (one "
+                             f"per input feature), got shape {tuple(input_multiplier.shape)}")
         self.quantize, self.linear, self.dequantize = quantize, linear, dequantize
+        # SmoothQuant (hooks_quant): x * input_multiplier (fp32) before quantize; None: no smoothing
+        self.register_buffer("input_multiplier", None if input_multiplier is None else input_multiplier.float())
 
     @classmethod
     def from_float(cls, linear: nn.Linear, input_qparams: tuple[float, int], output_qparams: tuple[float, int],
                    *, dtype: torch.dtype = torch.uint8, per_channel: bool = True,
-                   rounding: str = "double") -> QuantLinearFloatIO:
+                   rounding: str = "double", input_multiplier: torch.Tensor | None = None) -> QuantLinearFloatIO:
         """Quantize `linear` with calibrated (scale, zero_point) of its input and output, both of
         `dtype` (torch.uint8 or torch.int8). The checks are QuantLinear.from_float's (finite weight and
         bias, scales finite and > 0, zero points in range)."""
@@ -39,7 +48,7 @@ class QuantLinearFloatIO(nn.Module):
                                    output_scale=output_qparams[0], output_zero_point=output_qparams[1],
                                    per_channel=per_channel, input_dtype=dtype, output_dtype=dtype, rounding=rounding)
         return cls(Quantize(input_qparams[0], input_qparams[1], dtype), q,
-                   DeQuantize(output_qparams[0], output_qparams[1], dtype))
+                   DeQuantize(output_qparams[0], output_qparams[1], dtype), input_multiplier)
 
     @property
     def in_features(self) -> int:
@@ -50,7 +59,8 @@ class QuantLinearFloatIO(nn.Module):
         return self.linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dequantize(self.linear(self.quantize(x)))
+        x_in = x if self.input_multiplier is None else x.float() * self.input_multiplier
+        y = self.dequantize(self.linear(self.quantize(x_in)))
         return y.to(x.dtype) if x.is_floating_point() else y
 
 
