@@ -34,15 +34,16 @@ CAPTURES = ("auto", "fx", "hooks")
 
 class HookCalibration:
     """Per-module input / output TensorStats of every exact nn.Linear, recorded by forward hooks.
-    `stats` maps id(module) -> (input stats, output stats, calls); `fallback_reason` says why the
-    traced path was not used (None when hooks were asked for)."""
+    `stats` maps the module's first path (named_modules order, so it survives a deepcopy of the model)
+    -> (input stats, output stats, [calls], per-input-channel {"min", "max"}); `fallback_reason` says
+    why the traced path was not used (None when hooks were asked for)."""
 
     def __init__(self, fallback_reason: str | None = None):
-        self.stats: dict[int, tuple] = {}
+        self.stats: dict[str, tuple] = {}
         self.fallback_reason = fallback_reason
 
-    def calls(self, module: nn.Module) -> int:
-        return self.stats[id(module)][2][0] if id(module) in self.stats else 0
+    def calls(self, path: str) -> int:
+        return self.stats[path][2][0] if path in self.stats else 0
 
 
 def _linear_input(args, kwargs):
@@ -67,7 +68,7 @@ def calibrate_hooks(model: nn.Module, batches, progress: bool = False,
         # (input stats, output stats, [calls], {"min", "max"}: per-input-channel range, for smoothing)
         entry = (TensorStats(node=f"input of module {name!r}"), TensorStats(node=f"output of module {name!r}"), [0],
                  {})
-        calibration.stats[id(module)] = entry
+        calibration.stats[name] = entry
 
         def pre_hook(mod, args, kwargs, entry=entry):
             x = _linear_input(args, kwargs)
@@ -116,6 +117,7 @@ def convert_hooks(model: nn.Module, config, filter_fn=None, calibration: HookCal
                          "calibrated with hooks has observers: pick one of the calibration observers")
     new_model = copy.deepcopy(model, memo={id(calibration): None})  # the copy does not carry the observers
     originals = dict(model.named_modules(remove_duplicate=False))
+    first_path = {id(m): path for path, m in model.named_modules()}
     dtype = config.activation_dtype
     converted, skipped, modes = [], [], {}
     done: dict[int, tuple[str, nn.Module | None]] = {}
@@ -145,10 +147,10 @@ def convert_hooks(model: nn.Module, config, filter_fn=None, calibration: HookCal
         if filter_fn is not None and not filter_fn(original, name):
             skipped.append((name, "Linear", "excluded by filter_fn"))
             continue
-        if calibration.calls(original) == 0:
+        if calibration.calls(first_path[id(original)]) == 0:
             skipped.append((name, "Linear", "never called while calibrating: no activation statistics"))
             continue
-        in_stats, out_stats, _, channels = calibration.stats[id(original)]
+        in_stats, out_stats, _, channels = calibration.stats[first_path[id(original)]]
         out_qparams = out_stats.qparams(config.observer, dtype)
         kind = "QuantLinearFloatIO"
         if config.smooth_alpha is None:

@@ -175,6 +175,9 @@ def test_hooks_report_says_why_layers_are_skipped():
                               ("unused", "Linear", "never called while calibrating: no activation statistics")]
     x = batches(1)[0]
     assert torch.allclose(report.model(input_ids=x), model(input_ids=x), atol=0.05)
+    again = ck.convert_(copy.deepcopy(model), ck.Int8StaticConfig(observer="minmax"))  # statistics kept by path
+    assert [name for name, _, _ in again.converted] == ["fc", "shared", "again"]
+    assert torch.equal(again.model.shared(x), report.model.shared(x))
     with pytest.raises(ValueError, match=r'convert_: Int8StaticConfig\(capture="fx"\) needs a model calibrated '
                                          r"through torch.fx, but this one was calibrated with hooks \(torch.fx cannot "
                                          r"trace the model \(calibrate: KeywordInputs.forward takes input_ids=None"):
