@@ -5,6 +5,9 @@ timed in one run; then single Linear layers of BERT shapes, static (float in / o
 
     python benchmarks/bench_transformer.py [--quick] [--no-write] [--threads N]
 
+Writes results/transformer_amx.md at 2 threads (the default) on the AMX path, and
+results/transformer_<N>thread_amx.md at another thread count.
+
 Latency does not depend on the weights or the tokens, so random ones serve.
 """
 
@@ -111,7 +114,8 @@ def main() -> None:
                              layer_rows))
     print(text)
     if not args.no_write:
-        print("wrote", write_result(results_name("transformer", ck.ops.cpu_isa()), text))
+        family = "transformer" if args.threads == 2 else f"transformer_{args.threads}thread"
+        print("wrote", write_result(results_name(family, ck.ops.cpu_isa()), text))
 
 
 if __name__ == "__main__":
