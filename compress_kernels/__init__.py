@@ -2,13 +2,14 @@
 requantization, group-wise int4 weights, k-means codebooks, 2:4 sparsity, fused fake-quant) and the
 modules that put them into trained models."""
 
-from . import cluster, convert, export, nn, numerics, ops, prune, reference, study
+from . import calibrated_prune, cluster, convert, export, hooks_quant, nn, numerics, ops, prune, reference, study
 from .convert import CodebookConfig, ConversionReport, Int4WeightConfig, Int8DynamicConfig, Sparse24Config, convert_
 from .export import OnnxExportError, OnnxExportReport, to_onnx
 from .nn import CodebookConv2d, CodebookLinear, Int4Linear, QuantLinear, SparseConv2d, SparseLinear
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
 from .nn.fake_quant import FakeQuantize
+from .nn.float_io import QuantLinearFloatIO
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .ops import (
     codebook_conv2d,
@@ -57,9 +58,11 @@ __version__ = "0.1.0"
 # Grouped by purpose; sorted within each group.
 __all__ = [
     # submodules
+    "calibrated_prune",
     "cluster",
     "convert",
     "export",
+    "hooks_quant",
     "nn",
     "numerics",
     "ops",
@@ -112,6 +115,7 @@ __all__ = [
     "QuantAvgPool2d",
     "QuantConv2d",
     "QuantLinear",
+    "QuantLinearFloatIO",
     "QuantMaxPool2d",
     "QuantReLU",
     "Quantize",

@@ -27,13 +27,19 @@ class ConversionReport:
     # converted module is set at every other path too (the tie kept), and those paths are listed here.
     aliases: list[tuple[str, str]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)  # the converted model
+    # whole-model handlers: how each converted layer was captured ("fx": traced graph, integer between
+    # layers; "hooks": module by module, float between layers), and notes such as why fx was not used
+    modes: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.converted)} module(s), skipped {len(self.skipped)}"]
-        lines += [f"  + {name}: {src} -> {dst}" for name, src, dst in self.converted]
+        lines += [f"  + {name}: {src} -> {dst}" + (f" [{self.modes[name]}]" if name in self.modes else "")
+                  for name, src, dst in self.converted]
         lines += [f"  = {name}: the same module as {first} (converted once, still shared)"
                   for name, first in self.aliases]
         lines += [f"  - {name} ({kind}): {why}" for name, kind, why in self.skipped]
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -53,7 +59,7 @@ def register_handler(config_type: type, module_types: tuple[type, ...]):
 
 
 # Whole-model handlers (configs that must see the graph, e.g. static quantization with residual
-# additions): handler(model, config, filter_fn) -> (new model, converted, skipped).
+# additions): handler(model, config, filter_fn) -> (new model, converted, skipped[, modes, notes]).
 _MODEL_HANDLERS: dict[type, Callable] = {}
 
 
@@ -63,6 +69,11 @@ def register_model_handler(config_type: type):
         return fn
 
     return wrap
+
+
+# Model preparers (module handlers that need the whole model first, e.g. 2:4 pruning scored on calibration
+# activations): preparer(model, config, filter_fn) -> keyword arguments passed to every handler call.
+_MODEL_PREPARERS: dict[type, Callable] = {}
 
 
 def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str], bool] | None = None,
@@ -88,14 +99,16 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
         if config is None:
             raise TypeError("convert_: a config is needed (only a model prepared by prepare_qat_ converts without one)")
     if type(config) in _MODEL_HANDLERS:
-        new_model, converted, skipped = _MODEL_HANDLERS[type(config)](model, config, filter_fn)
-        return ConversionReport(converted=converted, skipped=skipped, model=new_model)
+        new_model, converted, skipped, *extra = _MODEL_HANDLERS[type(config)](model, config, filter_fn)
+        modes, notes = extra if extra else ({}, [])
+        return ConversionReport(converted=converted, skipped=skipped, model=new_model, modes=modes, notes=notes)
     if type(config) not in _HANDLERS and type(config) not in _MODEL_HANDLERS:
         raise TypeError(f"convert_: no handler for {type(config).__name__}; known configs: "
                         f"{sorted(t.__name__ for t in list(_HANDLERS) + list(_MODEL_HANDLERS))}")
     if not inplace:
         model = copy.deepcopy(model)
     module_types, handler = _HANDLERS[type(config)]
+    prepared = _MODEL_PREPARERS[type(config)](model, config, filter_fn) if type(config) in _MODEL_PREPARERS else {}
     report = ConversionReport()
     # Every path to every module (remove_duplicate=False): a module reached twice (Sequential(lin,
     # ReLU(), lin), or self.dec = self.enc) is converted once, at its first path, and the same converted
@@ -130,7 +143,7 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
             report.skipped.append((name, type(module).__name__, "excluded by filter_fn"))
             continue
         try:
-            new = handler(module, config, name)
+            new = handler(module, config, name, **prepared)
         except Skip as why:
             report.skipped.append((name, type(module).__name__, str(why)))
             continue
@@ -153,9 +166,10 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 # ---------------------------------------------------------------- int8 static, integer-only
 
-from .static_quant import Int8StaticConfig, convert_static  # noqa: E402
+from .hooks_quant import convert_static_any  # noqa: E402
+from .static_quant import Int8StaticConfig  # noqa: E402
 
-register_model_handler(Int8StaticConfig)(convert_static)
+register_model_handler(Int8StaticConfig)(convert_static_any)  # traced (fx) or module-level (hooks)
 
 
 # ---------------------------------------------------------------- quantization-aware training
@@ -279,23 +293,82 @@ def _codebook(module: nn.Module, config: CodebookConfig, name: str) -> nn.Module
 class Sparse24Config:
     """nn.Linear / nn.Conv2d -> SparseLinear / SparseConv2d on the 2:4 kernels, fp32 or int8
     (int8=True: per-channel symmetric int8 weights, dynamic per-tensor int8 activations).
-    prune=True applies the 2:4 magnitude mask (the best of the six patterns per group of four)
-    to weights that are not 2:4 yet; prune=False skips them. Layers whose K (in_features, or
-    kh * kw * in_channels) is not a multiple of 4, such as a 3-channel 3x3 stem (K = 27), and
-    grouped convolutions are skipped with the reason in the report."""
+    prune=True makes weights that are not 2:4 yet 2:4 by `method`; prune=False skips them:
+
+    * "magnitude": the best of the six patterns per group of four by |w| (no data);
+    * "wanda" / "sparsegpt" (compress_kernels.calibrated_prune): scored on the inputs each nn.Linear
+      sees on `calibration` (a non-empty list or tuple of batches, each a tensor, a tuple of positional
+      inputs or a dict of keyword inputs); SparseGPT also updates the kept weights (`damp`: fraction of
+      the mean Hessian diagonal added to it; `block_size`: columns updated together, a multiple of 4).
+      `sequential`: prune layer after layer on the inputs of the already pruned model (one pass of the
+      batches per layer) or all layers on the dense model's inputs (one pass). Only nn.Linear layers
+      are scored; a Conv2d that is not 2:4 yet is skipped with the reason.
+
+    Layers whose K (in_features, or kh * kw * in_channels) is not a multiple of 4, such as a 3-channel
+    3x3 stem (K = 27), and grouped convolutions are skipped with the reason in the report."""
 
     int8: bool = False
     prune: bool = False
+    method: str = "magnitude"
+    calibration: list | tuple | None = field(default=None, repr=False)
+    sequential: bool = True
+    damp: float = 0.01
+    block_size: int = 128
 
     def __post_init__(self):
-        from ._config_checks import check_bool
+        from collections.abc import Mapping
+
+        import torch
+
+        from ._config_checks import check_bool, check_choice, check_float, check_int
+        from .calibrated_prune import METHODS
 
         check_bool(self, "int8")
         check_bool(self, "prune")
+        check_choice(self, "method", METHODS)
+        check_bool(self, "sequential")
+        check_float(self, "damp", "in [0, 1]", lambda v: 0 <= v <= 1)
+        check_int(self, "block_size", 4)
+        if self.block_size % 4:
+            raise ValueError(f"Sparse24Config: block_size must be a multiple of 4 (whole groups of four), got "
+                             f"{self.block_size}")
+        if self.method == "magnitude":
+            if self.calibration is not None:
+                raise ValueError('Sparse24Config: calibration is read only by method="wanda" or "sparsegpt"; '
+                                 'method="magnitude" needs no data (pass calibration=None)')
+            return
+        if not self.prune:
+            raise ValueError(f'Sparse24Config: method={self.method!r} is a pruning criterion: it needs prune=True')
+        if not isinstance(self.calibration, (list, tuple)) or not self.calibration:
+            raise TypeError(f"Sparse24Config: method={self.method!r} needs calibration, a non-empty list or tuple of "
+                            f"batches (it is run once per layer with sequential=True), got "
+                            f"{type(self.calibration).__name__}")
+        for index, batch in enumerate(self.calibration):
+            if not isinstance(batch, (torch.Tensor, tuple, list, Mapping)):
+                raise TypeError(f"Sparse24Config: calibration[{index}] is a {type(batch).__name__}: expected a "
+                                "tensor, a tuple / list of positional inputs or a dict of keyword inputs")
+
+
+def _sparse24_prepare(model: nn.Module, config: Sparse24Config, filter_fn) -> dict:
+    """Wanda / SparseGPT: the 2:4 weights of every nn.Linear the handler would prune, by id(module)."""
+    if config.method == "magnitude" or not config.prune:
+        return {}
+    from .calibrated_prune import calibrated_24_weights
+    from .nn.sparse import is_24_sparse
+
+    layers: dict[str, nn.Linear] = {}
+    for name, module in model.named_modules():
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if (type(module) is nn.Linear and module.in_features % 4 == 0 and not is_24_sparse(module.weight)
+                and not isinstance(parent, nn.MultiheadAttention)
+                and (filter_fn is None or filter_fn(module, name))):
+            layers[name] = module
+    weights = calibrated_24_weights(model, layers, config)
+    return {"pruned": {id(layers[name]): w for name, w in weights.items()}}
 
 
 @register_handler(Sparse24Config, (nn.Linear, nn.Conv2d))
-def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module:
+def _sparse24(module: nn.Module, config: Sparse24Config, name: str, pruned: dict | None = None) -> nn.Module:
     import torch
 
     from .nn.sparse import SparseConv2d, SparseLinear, is_24_sparse
@@ -312,8 +385,15 @@ def _sparse24(module: nn.Module, config: Sparse24Config, name: str) -> nn.Module
     if not is_24_sparse(module.weight):
         if not config.prune:
             raise Skip("weight is not 2:4 sparse (prune it first, or pass prune=True)")
+        if config.method != "magnitude" and id(module) not in (pruned or {}):
+            raise Skip(f"method={config.method!r} scores nn.Linear inputs only; this {type(module).__name__} is "
+                       "not 2:4 (prune it first, or convert it with method=\"magnitude\")")
+        weight_24 = mask_2to4(module.weight) * module.weight if config.method == "magnitude" else pruned[id(module)]
         module = copy.deepcopy(module)
         with torch.no_grad():  # groups along K of sparse24_layout.weight_rows
-            module.weight.mul_(mask_2to4(module.weight))
+            module.weight.copy_(weight_24)
     cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
     return cls.from_float(module, int8=config.int8)
+
+
+_MODEL_PREPARERS[Sparse24Config] = _sparse24_prepare

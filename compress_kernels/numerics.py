@@ -113,7 +113,10 @@ def quantize(x: torch.Tensor, scale, zero_point, dtype: torch.dtype = torch.int8
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero_point = zero_point.reshape(shape) if zero_point.numel() > 1 else zero_point
-    return (torch.round(x.float() / scale) + zero_point).clamp(qmin, qmax).to(dtype)
+    # the same operations in place on one temporary (each extra large temporary costs page faults);
+    # no_grad: the integer result has no gradient, and autograd must not record the in-place ops
+    with torch.no_grad():
+        return (x.float() / scale).round_().add_(zero_point).clamp_(qmin, qmax).to(dtype)
 
 
 def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
@@ -125,7 +128,7 @@ def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> t
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero_point = zero_point.reshape(shape) if zero_point.numel() > 1 else zero_point
-    return (q.float() - zero_point) * scale
+    return q.to(torch.float32, copy=True).sub_(zero_point).mul_(scale)  # (q - zp) * scale on one temporary
 
 
 def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, dtype: torch.dtype = torch.uint8,

@@ -104,18 +104,35 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
-def prepare_qat_(model: nn.Module, config: QATConfig | None = None, inplace: bool = True) -> fx.GraphModule:
+def prepare_qat_(model: nn.Module, config: QATConfig | None = None, inplace: bool = True,
+                 capture: str = "auto") -> nn.Module:
     """Trace `model` with torch.fx and return its quantization-aware-training graph (train it like the
     model). In place (the default), the graph uses the model's own Conv2d / BatchNorm2d / Linear modules,
     so their parameters, BatchNorm statistics and pruning masks are shared; ``inplace=False`` works on a
-    deep copy. The returned model is in the training mode of `model`."""
-    from .static_quant import trace
+    deep copy. The returned model is in the training mode of `model`.
+
+    capture="auto" (the default): where torch.fx cannot trace the model (Hugging Face transformers), fall
+    back to module-level QAT (hooks_quant.prepare_qat_hooks): every nn.Linear becomes a QATLinearFloatIO
+    (fake-quantized input, weight and output) in the model itself, which is returned; convert_ then gives
+    QuantLinearFloatIO layers, equal to qat_exact_mode bit for bit. capture="fx" or "hooks" insist on one."""
+    from .hooks_quant import CAPTURES, prepare_qat_hooks
+    from .static_quant import refuse_prepared_model, trace
 
     config = config or QATConfig()
     if not isinstance(config, QATConfig):
         raise TypeError(f"prepare_qat_: config must be a QATConfig, got {type(config).__name__}")
     config.validate()
-    gm = trace(model if inplace else copy.deepcopy(model), "prepare_qat_")
+    if capture not in CAPTURES:
+        raise ValueError(f"prepare_qat_: capture must be one of {list(CAPTURES)}, got {capture!r}")
+    refuse_prepared_model(model, "prepare_qat_")
+    if capture == "hooks":
+        return prepare_qat_hooks(model if inplace else copy.deepcopy(model), config)
+    try:
+        gm = trace(model if inplace else copy.deepcopy(model), "prepare_qat_")
+    except (RuntimeError, TypeError):
+        if capture == "fx":
+            raise
+        return prepare_qat_hooks(model if inplace else copy.deepcopy(model), config)
     gm.train(model.training)
     modules = dict(gm.named_modules())
     layer = dict(weight_bits=config.weight_bits, per_channel=config.per_channel,
@@ -210,8 +227,12 @@ def _qat_graph(model: nn.Module) -> fx.GraphModule:
 
 def qat_config(model: nn.Module) -> QATConfig | None:
     """The QATConfig a model was prepared with, or None for a model that is not a QAT graph."""
+    from .hooks_quant import qat_hooks_config
+
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return getattr(inner, "meta", {}).get(_CONFIG_ATTR) if isinstance(inner, fx.GraphModule) else None
+    if isinstance(inner, fx.GraphModule) and _CONFIG_ATTR in inner.meta:
+        return inner.meta[_CONFIG_ATTR]
+    return qat_hooks_config(inner)  # module-level QAT (QATLinearFloatIO layers), or None
 
 
 def freeze_qat_(model: nn.Module, observers: bool = True, batchnorm: bool = True) -> nn.Module:
@@ -241,9 +262,13 @@ def broadcast_qat_state_(model: nn.Module, src: int = 0) -> nn.Module:
 def convert_qat(model: nn.Module, config=None, filter_fn=None, record: dict | None = None):
     """The QATConfig handler of convert_ (also reached by ``convert_(qat_model)`` with no config):
     returns (integer GraphModule, converted, skipped). The QAT model is left unchanged."""
+    from .hooks_quant import convert_qat_hooks
+
     gm = _qat_graph(model)
     if filter_fn is not None:
         raise ValueError("convert_: filter_fn is not supported for QAT models (choose the layers at prepare_qat_)")
+    if not isinstance(gm, fx.GraphModule):  # module-level QAT
+        return convert_qat_hooks(gm, record)
     return convert_static(gm, qat_config(gm).static_config(), observed=gm, record=record)
 
 
@@ -254,6 +279,10 @@ def qat_exact_mode(model: nn.Module, use_kernels: bool = False):
     integer layers run on the int64 reference (``use_kernels=False``, the specification) or on the
     kernels. The QAT parameters are read when the context is entered."""
     gm = _qat_graph(model)
+    if not isinstance(gm, fx.GraphModule):
+        with _hooks_exact_mode(gm, use_kernels):
+            yield gm
+        return
     was_training = gm.training
     gm.eval()
     record: dict = {}
@@ -278,6 +307,28 @@ def qat_exact_mode(model: nn.Module, use_kernels: bool = False):
         gm.train(was_training)
 
 
+@contextlib.contextmanager
+def _hooks_exact_mode(model: nn.Module, use_kernels: bool):
+    """qat_exact_mode of module-level QAT: each QATLinearFloatIO computes with the QuantLinearFloatIO
+    the conversion builds from it."""
+    from .hooks_quant import convert_qat_hooks
+    from .nn.float_io import QATLinearFloatIO
+
+    was_training = model.training
+    model.eval()
+    record: dict = {}
+    convert_qat_hooks(model, record)
+    layers = [m for m in model.modules() if isinstance(m, QATLinearFloatIO)]
+    for layer in layers:
+        layer._exact = (record[id(layer)], use_kernels)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._exact = None
+        model.train(was_training)
+
+
 @torch.no_grad()
 def qat_mismatch_report(model: nn.Module, batches) -> dict:
     """How often the fast float simulation differs from the integer model. Per layer, on the same (exact)
@@ -287,6 +338,9 @@ def qat_mismatch_report(model: nn.Module, batches) -> dict:
     fraction of predictions (argmax of a 2-D output) that differ between the fast evaluation and the
     exact mode. `batches`: an iterable of inputs or (input, label) pairs."""
     gm = _qat_graph(model)
+    if not isinstance(gm, fx.GraphModule):
+        raise ValueError("qat_mismatch_report: the model was prepared module by module (torch.fx could not trace "
+                         "it); compare qat_exact_mode with the fast evaluation on your batches instead")
     was_training = gm.training
     layers = {name: m for name, m in gm.named_modules() if isinstance(m, (*_QAT_LAYERS, QATAvgPool2d))}
     predictions = [0, 0]

@@ -16,6 +16,7 @@ serves conversions with any observer.
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from . import numerics
+from .batches import call_arguments
 from .nn._common import fold_batchnorm
 from .nn.conv import QuantConv2d
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
@@ -43,22 +45,37 @@ class Int8StaticConfig:
     (e.g. pruned with PruneConfig(granularity="2:4")) store the compressed weight and run the int8
     2:4 kernel (same integers as the dense kernel); the others stay dense and the report says why.
     observer="qat" is the QAT graph's own fake quantizers (QATConfig.static_config builds it; a
-    calibrated float model has no such probes). Every field is checked when the config is built."""
+    calibrated float model has no such probes). capture: "auto" converts the way calibrate() recorded
+    the model (through torch.fx when it could trace it, else with module hooks); "fx" or "hooks" insist
+    on one (convert_ refuses a model calibrated the other way). smooth_alpha (module-level conversion
+    only, with observer="minmax"): SmoothQuant's per-input-channel migration of activation outliers into
+    the weight (Xiao et al. 2023), s_k = max|X_k|^alpha / max|W[:, k]|^(1 - alpha), W' = W * s, and the
+    layer multiplies its float input by 1 / s before quantizing it. Every field is checked when the
+    config is built."""
 
     observer: str = "mse"
     per_channel: bool = True
     activation_dtype: torch.dtype = torch.uint8
     rounding: str = "double"
     sparse24: bool = False
+    capture: str = "auto"
+    smooth_alpha: float | None = None
 
     def __post_init__(self):
-        from ._config_checks import check_bool, check_choice
+        from ._config_checks import check_bool, check_choice, check_float
 
         check_choice(self, "observer", (*numerics.OBSERVERS, "qat"))
         check_bool(self, "per_channel")
         check_choice(self, "activation_dtype", (torch.uint8, torch.int8))
         check_choice(self, "rounding", ("double", "single"))
         check_bool(self, "sparse24")
+        check_choice(self, "capture", ("auto", "fx", "hooks"))
+        if self.smooth_alpha is not None:
+            check_float(self, "smooth_alpha", "in [0, 1] (or None: no smoothing)", lambda v: 0 <= v <= 1)
+            if self.observer != "minmax":
+                raise ValueError(f'Int8StaticConfig: smooth_alpha needs observer="minmax" (the smoothed input\'s range '
+                                 f"is computed exactly from per-channel ranges; the {self.observer!r} observer saw "
+                                 "the input before smoothing), got observer=" + repr(self.observer))
 
 
 class CalibrationError(ValueError):
@@ -140,7 +157,9 @@ def _fold_batchnorms(gm: fx.GraphModule) -> None:
 
 
 _NO_TRACE_ADVICE = ("Int8DynamicConfig, CodebookConfig and Sparse24Config need no tracing (they swap "
-                    "nn.Linear / nn.Conv2d modules in place): use one of them, or make the model traceable")
+                    "nn.Linear / nn.Conv2d modules in place), and calibrate(model, batches, capture=\"hooks\") "
+                    "(or \"auto\") gives Int8StaticConfig a module-level conversion of every nn.Linear: use one "
+                    "of them, or make the model traceable")
 
 
 class _PathTracer(fx.Tracer):
@@ -234,15 +253,47 @@ def prepare_static(model: nn.Module) -> fx.GraphModule:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches, progress: bool = False) -> fx.GraphModule:
-    """Run calibration batches (an iterable of input tensors, or of (input, label) pairs) through
-    an observed copy of `model` and attach it to `model` for convert_. Returns the observed copy."""
-    observed = prepare_static(model)
+def calibrate(model: nn.Module, batches, progress: bool = False, capture: str = "auto"):
+    """Observe the activations of `model` on calibration batches and attach the statistics to it for
+    convert_(model, Int8StaticConfig(...)). A batch is a tensor, a tuple / list of positional inputs
+    (an (input, label) pair feeds a one-input forward the input only) or a dict of keyword inputs
+    (compress_kernels.batches).
+
+    capture="fx": trace a copy of the model with torch.fx and probe every tensor (integer-only
+    conversion: residual additions, ReLU, pooling stay integer); returns the probed GraphModule.
+    capture="hooks": observe the input and output of every nn.Linear by forward hooks on the model
+    itself (no tracing; module-level conversion, compress_kernels.hooks_quant); returns the
+    HookCalibration. capture="auto" (the default): fx, or hooks when torch.fx cannot trace the model
+    (the reason is kept and convert_'s report gives it)."""
+    from .hooks_quant import CAPTURES, HOOK_STATS_ATTR, calibrate_hooks
+
+    if capture not in CAPTURES:
+        raise ValueError(f"calibrate: capture must be one of {list(CAPTURES)}, got {capture!r}")
+    refuse_prepared_model(model, "calibrate")
+    if isinstance(batches, (torch.Tensor, dict)):
+        raise TypeError(f"calibrate: batches must be an iterable of batches (e.g. a list or a DataLoader), got one "
+                        f"{type(batches).__name__}: wrap a single batch in a list, [batch]")
+    object.__setattr__(model, _OBSERVED_ATTR, None)
+    object.__setattr__(model, HOOK_STATS_ATTR, None)
+    if capture == "hooks":
+        return calibrate_hooks(model, batches, progress)
+    try:
+        observed = prepare_static(model)
+    except (RuntimeError, TypeError) as err:
+        if capture == "fx":
+            raise
+        return calibrate_hooks(model, batches, progress, fallback_reason=f"torch.fx cannot trace the model ({err})")
+    signature = inspect.signature(observed.forward)
+    count = 0
     for index, batch in enumerate(tqdm(batches, desc="calibrate", disable=not progress, leave=False)):
+        args, kwargs = call_arguments(batch, index, signature, "calibrate", type(model).__name__)
         try:
-            observed(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            observed(*args, **kwargs)
         except CalibrationError as err:
             raise CalibrationError(f"{err} (batch {index})") from err
+        count += 1
+    if count == 0:
+        raise ValueError("calibrate: batches is empty: at least one calibration batch is needed")
     object.__setattr__(model, _OBSERVED_ATTR, observed)
     return observed
 

@@ -66,8 +66,8 @@ def workflow(request):
     return request.param
 
 
-def run_workflow(workflow, model):
-    return ck.calibrate(model, batches()) if workflow == "calibrate" else ck.prepare_qat_(model)
+def run_workflow(workflow, model, **kwargs):
+    return ck.calibrate(model, batches(), **kwargs) if workflow == "calibrate" else ck.prepare_qat_(model, **kwargs)
 
 
 def test_data_dependent_control_flow_names_the_module(workflow):
@@ -76,11 +76,11 @@ def test_data_dependent_control_flow_names_the_module(workflow):
                                            r"TraceError: symbolically traced variables cannot be used as inputs to "
                                            r"control flow\. .*Int8DynamicConfig, CodebookConfig and Sparse24Config "
                                            r"need no tracing") as info:
-        run_workflow(workflow, DataDependent())
+        run_workflow(workflow, DataDependent(), capture="fx")
     assert isinstance(info.value.__cause__, fx.proxy.TraceError)
     with pytest.raises(RuntimeError, match=rf"{workflow}: torch.fx cannot trace Outer \(in the forward of module "
                                            r"'block'\): TraceError"):
-        run_workflow(workflow, Outer())
+        run_workflow(workflow, Outer(), capture="fx")
 
 
 def test_untraceable_model_converts_without_tracing():
@@ -94,7 +94,7 @@ def test_keyword_inputs_explain_the_wrapper(workflow):
                                         r"every forward argument as a tensor.*wrap the model in a module whose forward "
                                         r"takes the tensors it needs positionally, e.g. forward\(self, x\): return "
                                         r"model\(input_ids=x\)\. Int8DynamicConfig"):
-        run_workflow(workflow, KeywordInputs())
+        run_workflow(workflow, KeywordInputs(), capture="fx")
 
 
 def test_wrapped_keyword_model_calibrates():

@@ -1,0 +1,105 @@
+"""QuantLinearFloatIO: a static (integer-only) QuantLinear behind a float interface.
+
+Module-level static int8 for models torch.fx cannot trace: each nn.Linear is replaced on its own,
+with the input and output qparams its calibration hooks observed, so the layer takes and returns
+float tensors like the nn.Linear it replaces.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .integer import DeQuantize, Quantize
+from .linear import QuantLinear
+
+
+class QuantLinearFloatIO(nn.Module):
+    """float x -> ``quantize`` (Quantize: clamp(round_half_even(x / s_in) + zp_in), the calibrated
+    input qparams) -> ``linear`` (static QuantLinear: the int8 kernel, int32 accumulation, fixed-point
+    requantization to the calibrated output qparams) -> ``dequantize`` ((y_q - zp_out) * s_out, fp32)
+    -> the input's floating dtype; with SmoothQuant the input is first multiplied (fp32) by
+    ``input_multiplier`` (1 / s per input feature; the weight holds W * s). The integers are exactly
+    those of the QuantLinear given the quantized input; the float result differs from nn.Linear by the
+    input, weight and output rounding. The three parts are ordinary checked modules, so the state dict
+    is checked by each of them."""
+
+    def __init__(self, quantize: Quantize, linear: QuantLinear, dequantize: DeQuantize,
+                 input_multiplier: torch.Tensor | None = None):
+        super().__init__()
+        if linear.mode != "static":
+            raise ValueError(f'QuantLinearFloatIO: linear must be a static QuantLinear, got mode={linear.mode!r}')
+        if input_multiplier is not None and (input_multiplier.shape != (linear.in_features,)
+                                             or not bool(torch.isfinite(input_multiplier).all())):
+            raise ValueError(f"QuantLinearFloatIO: input_multiplier must hold {linear.in_features} finite values (one "
+                             f"per input feature), got shape {tuple(input_multiplier.shape)}")
+        self.quantize, self.linear, self.dequantize = quantize, linear, dequantize
+        # SmoothQuant (hooks_quant): x * input_multiplier (fp32) before quantize; None: no smoothing
+        self.register_buffer("input_multiplier", None if input_multiplier is None else input_multiplier.float())
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, input_qparams: tuple[float, int], output_qparams: tuple[float, int],
+                   *, dtype: torch.dtype = torch.uint8, per_channel: bool = True,
+                   rounding: str = "double", input_multiplier: torch.Tensor | None = None) -> QuantLinearFloatIO:
+        """Quantize `linear` with calibrated (scale, zero_point) of its input and output, both of
+        `dtype` (torch.uint8 or torch.int8). The checks are QuantLinear.from_float's (finite weight and
+        bias, scales finite and > 0, zero points in range)."""
+        q = QuantLinear.from_float(linear, input_scale=input_qparams[0], input_zero_point=input_qparams[1],
+                                   output_scale=output_qparams[0], output_zero_point=output_qparams[1],
+                                   per_channel=per_channel, input_dtype=dtype, output_dtype=dtype, rounding=rounding)
+        return cls(Quantize(input_qparams[0], input_qparams[1], dtype), q,
+                   DeQuantize(output_qparams[0], output_qparams[1], dtype), input_multiplier)
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in = x if self.input_multiplier is None else x.float() * self.input_multiplier
+        y = self.dequantize(self.linear(self.quantize(x_in)))
+        return y.to(x.dtype) if x.is_floating_point() else y
+
+
+class QATLinearFloatIO(nn.Module):
+    """Module-level quantization-aware training of one nn.Linear (for models torch.fx cannot trace):
+    ``input_quant`` (ActFakeQuant of the input) -> ``layer`` (QATLinear: fake-quantized weight) ->
+    ``output_quant`` (ActFakeQuant of the output). The conversion builds a QuantLinearFloatIO from the
+    layer and the two quantizers' qparams (`to_integer`); in exact mode (``_exact`` set by
+    qat.qat_exact_mode to (that module, use_kernels)) this module computes with it, so its output equals
+    the converted layer's bit for bit. `config` is the QATConfig it was prepared with."""
+
+    def __init__(self, linear: nn.Linear, config):
+        from .qat import ActFakeQuant, QATLinear
+
+        super().__init__()
+        observer = "lsq" if config.learnable_scale else "ema"
+        self.input_quant = ActFakeQuant(config.activation_dtype, observer, config.momentum)
+        self.layer = QATLinear(linear, weight_bits=config.weight_bits, per_channel=config.per_channel,
+                               learnable_scale=config.learnable_scale)
+        self.output_quant = ActFakeQuant(config.activation_dtype, observer, config.momentum)
+        self.config = config
+        self._exact = None
+
+    def to_integer(self) -> QuantLinearFloatIO:
+        in_scale, in_zp = self.input_quant.qparams()
+        out_scale, out_zp = self.output_quant.qparams()
+        dtype = self.config.activation_dtype
+        q = self.layer.to_integer(input_scale=in_scale, input_zero_point=in_zp, output_scale=out_scale,
+                                  output_zero_point=out_zp, input_dtype=dtype, output_dtype=dtype,
+                                  rounding=self.config.rounding)
+        return QuantLinearFloatIO(Quantize(in_scale, in_zp, dtype), q, DeQuantize(out_scale, out_zp, dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._exact is not None:
+            from ._common import reference_mode
+
+            module, use_kernels = self._exact
+            if use_kernels:
+                return module(x)
+            with reference_mode():
+                return module(x)
+        return self.output_quant(self.layer(self.input_quant(x)))
