@@ -2,12 +2,20 @@
 requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
 into trained models."""
 
-from . import cluster, convert, nn, numerics, ops, prune, reference, study
-from .convert import CodebookConfig, ConversionReport, Int8DynamicConfig, Sparse24Config, convert_
-from .nn import CodebookConv2d, CodebookLinear, QuantLinear, SparseConv2d, SparseLinear
+from . import cluster, convert, formats, lowbit, nn, numerics, ops, prune, reference, study
+from .convert import CodebookConfig, ConversionReport, Fp8WeightConfig, Int8DynamicConfig, Sparse24Config, convert_
+from .nn import (
+    CodebookConv2d,
+    CodebookLinear,
+    Fp8WeightConv2d,
+    Fp8WeightLinear,
+    QuantLinear,
+    SparseConv2d,
+    SparseLinear,
+)
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
-from .nn.fake_quant import FakeQuantize
+from .nn.fake_quant import FakeQuantize, WeightFakeQuantize
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .ops import (
     codebook_conv2d,
@@ -55,6 +63,8 @@ __all__ = [
     # submodules
     "cluster",
     "convert",
+    "formats",
+    "lowbit",
     "nn",
     "numerics",
     "ops",
@@ -93,11 +103,13 @@ __all__ = [
     "fake_quant",
     "fake_quant_backward",
     "fake_quant_observe",
-    # drop-in modules: integer-only, dynamic int8, codebook, 2:4, fake-quant
+    # drop-in modules: integer-only, dynamic int8, codebook, 2:4, weight-only fp8, fake-quant
     "CodebookConv2d",
     "CodebookLinear",
     "DeQuantize",
     "FakeQuantize",
+    "Fp8WeightConv2d",
+    "Fp8WeightLinear",
     "QuantAdd",
     "QuantAvgPool2d",
     "QuantConv2d",
@@ -107,9 +119,11 @@ __all__ = [
     "Quantize",
     "SparseConv2d",
     "SparseLinear",
+    "WeightFakeQuantize",
     # conversion of trained models (post-training)
     "CodebookConfig",
     "ConversionReport",
+    "Fp8WeightConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Sparse24Config",
