@@ -32,6 +32,7 @@ from .nn.linear import QuantLinear
 from .nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
 
 _OBSERVED_ATTR = "_compress_kernels_observed"
+CALIBRATION_SAMPLES = 1024  # calibration samples calibrate() keeps for AdaRound
 
 
 @dataclass
@@ -43,13 +44,18 @@ class Int8StaticConfig:
     (e.g. pruned with PruneConfig(granularity="2:4")) store the compressed weight and run the int8
     2:4 kernel (same integers as the dense kernel); the others stay dense and the report says why.
     observer="qat" is the QAT graph's own fake quantizers (QATConfig.static_config builds it; a
-    calibrated float model has no such probes). Every field is checked when the config is built."""
+    calibrated float model has no such probes). rounding_weights: "nearest" (round each weight to its
+    nearest int8 level) or "adaround" (compress_kernels.adaround on the layer inputs of the calibration
+    batches, with the same scales; ``adaround`` sets its optimization, default AdaRoundConfig(bits=8)
+    with this config's per_channel). Every field is checked when the config is built."""
 
     observer: str = "mse"
     per_channel: bool = True
     activation_dtype: torch.dtype = torch.uint8
     rounding: str = "double"
     sparse24: bool = False
+    rounding_weights: str = "nearest"
+    adaround: object = None  # AdaRoundConfig | None
 
     def __post_init__(self):
         from ._config_checks import check_bool, check_choice
@@ -59,6 +65,24 @@ class Int8StaticConfig:
         check_choice(self, "activation_dtype", (torch.uint8, torch.int8))
         check_choice(self, "rounding", ("double", "single"))
         check_bool(self, "sparse24")
+        check_choice(self, "rounding_weights", ("nearest", "adaround"))
+        if self.adaround is not None:
+            _check_adaround_setting(self)
+
+
+def _check_adaround_setting(config: Int8StaticConfig) -> None:
+    from .adaround import AdaRoundConfig
+
+    ada = config.adaround
+    if not isinstance(ada, AdaRoundConfig):
+        raise TypeError(f"Int8StaticConfig: adaround must be None or an AdaRoundConfig, got {ada!r}")
+    if config.rounding_weights != "adaround":
+        raise ValueError(f'Int8StaticConfig: adaround is set but rounding_weights={config.rounding_weights!r}; pass '
+                         'rounding_weights="adaround"')
+    if (ada.bits, ada.per_channel, ada.group_size, ada.symmetric) != (8, config.per_channel, None, True):
+        raise ValueError(f"Int8StaticConfig: adaround must round to the integer layers' weights (bits=8, "
+                         f"per_channel={config.per_channel}, group_size=None, symmetric=True), got bits={ada.bits}, "
+                         f"per_channel={ada.per_channel}, group_size={ada.group_size}, symmetric={ada.symmetric}")
 
 
 class CalibrationError(ValueError):
@@ -76,9 +100,10 @@ class TensorStats(nn.Module):
         self.observers = {name: (cls(sample_size=sample_size) if issubclass(cls, numerics._SampleObserver) else cls())
                           for name, cls in numerics.OBSERVERS.items()}
         self.cache: dict = {}
+        self.observing = True  # off while AdaRound replays the calibration samples
 
     def forward(self, x):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
+        if self.observing and isinstance(x, torch.Tensor) and x.is_floating_point():
             finite = torch.isfinite(x.detach())
             if not bool(finite.all()):
                 bad = x.detach()[~finite]
@@ -236,13 +261,21 @@ def prepare_static(model: nn.Module) -> fx.GraphModule:
 @torch.no_grad()
 def calibrate(model: nn.Module, batches, progress: bool = False) -> fx.GraphModule:
     """Run calibration batches (an iterable of input tensors, or of (input, label) pairs) through
-    an observed copy of `model` and attach it to `model` for convert_. Returns the observed copy."""
+    an observed copy of `model` and attach it to `model` for convert_. Returns the observed copy.
+    The first CALIBRATION_SAMPLES samples of the batches are kept (references to the inputs) for
+    ``Int8StaticConfig(rounding_weights="adaround")``."""
     observed = prepare_static(model)
+    kept, count = [], 0
     for index, batch in enumerate(tqdm(batches, desc="calibrate", disable=not progress, leave=False)):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
         try:
-            observed(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            observed(x)
         except CalibrationError as err:
             raise CalibrationError(f"{err} (batch {index})") from err
+        if count < CALIBRATION_SAMPLES and isinstance(x, torch.Tensor):
+            kept.append(x[:CALIBRATION_SAMPLES - count])
+            count += len(kept[-1])
+    observed.calibration_inputs = kept
     object.__setattr__(model, _OBSERVED_ATTR, observed)
     return observed
 
@@ -275,6 +308,7 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
         if node.op == "call_module" and isinstance(modules[node.target], probes):
             stats_of[node.args[0]] = modules[node.target]
     record = {} if record is None else record
+    rounded = _adaround_layers(observed, config, filter_fn) if config.rounding_weights == "adaround" else {}
 
     def unprobed(node):
         # the probe node stands for its input
@@ -353,6 +387,13 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
                           input_dtype=dtype, output_dtype=dtype, rounding=config.rounding)
             if isinstance(mod, (QATConv2d, QATLinear)):
                 q = mod.to_integer(**common)
+            elif node.target in rounded:  # AdaRound's integers, through the layer's own scales
+                weight_q, weight_scale = rounded[node.target]
+                layer = copy.deepcopy(mod)
+                with torch.no_grad():
+                    layer.weight.copy_(weight_q.float() * weight_scale.reshape([-1] + [1] * (weight_q.dim() - 1)))
+                q = (QuantConv2d.from_float(layer, **common, weight_scale=weight_scale) if isinstance(mod, nn.Conv2d)
+                     else QuantLinear.from_float(layer, **common, weight_scale=weight_scale))
             else:
                 q = (QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d)
                      else QuantLinear.from_float(mod, **common))
@@ -441,3 +482,43 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
             qp[node] = None
     graph.lint()
     return fx.GraphModule(new_modules, graph, class_name="IntegerModel"), converted, skipped
+
+
+def _adaround_layers(observed: fx.GraphModule, config: Int8StaticConfig, filter_fn) -> dict:
+    """{layer target: (int8 weight, scale)} of AdaRound (int8, this config's per-channel setting and
+    the converter's own scales max|w| / 127) for every Conv2d / Linear of the calibrated graph, on the
+    layer inputs of the calibration samples calibrate() kept (the float model's)."""
+    from .adaround import AdaRoundConfig, adaround_weight, collect_layer_inputs
+
+    if config.observer == "qat":
+        raise ValueError('convert_: rounding_weights="adaround" is for post-training quantization; a QAT model '
+                         "learned its weights for round-to-nearest")
+    batches = getattr(observed, "calibration_inputs", None)
+    if not batches:
+        raise RuntimeError('convert_ with rounding_weights="adaround" needs the calibration samples: run '
+                           "compress_kernels.calibrate(model, batches) (this version keeps them) first")
+    ada = config.adaround or AdaRoundConfig(bits=8, per_channel=config.per_channel)
+    modules = dict(observed.named_modules())
+
+    def converts(m: nn.Module, target: str) -> bool:  # the layers the conversion turns into integer layers
+        if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            return False
+        return isinstance(m, (nn.Conv2d, nn.Linear)) and (filter_fn is None or filter_fn(m, target))
+
+    names = list(dict.fromkeys(node.target for node in observed.graph.nodes
+                               if node.op == "call_module" and converts(modules[node.target], node.target)))
+    probes = [m for m in modules.values() if isinstance(m, TensorStats)]
+    for probe in probes:  # the activation statistics stay those of calibrate()
+        probe.observing = False
+    try:
+        inputs = collect_layer_inputs(observed, batches, names, ada.max_samples)
+    finally:
+        for probe in probes:
+            probe.observing = True
+    rounded = {}
+    for name in tqdm(names, desc="adaround", leave=False):
+        layer = modules[name]
+        scale = numerics.weight_scale(layer.weight.detach(), config.per_channel, 8)
+        result = adaround_weight(layer, inputs[name], ada, scale=scale, desc=f"adaround {name}")
+        rounded[name] = (result.q, scale)
+    return rounded
