@@ -2,7 +2,8 @@
 requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
 into trained models."""
 
-from . import cluster, convert, formats, lowbit, nn, numerics, ops, prune, reference, study
+from . import adaround, cluster, convert, formats, lowbit, nn, numerics, ops, prune, reference, study
+from .adaround import AdaRoundConfig
 from .convert import CodebookConfig, ConversionReport, Fp8WeightConfig, Int8DynamicConfig, Sparse24Config, convert_
 from .nn import (
     CodebookConv2d,
@@ -61,6 +62,7 @@ __version__ = "0.1.0"
 # Grouped by purpose; sorted within each group.
 __all__ = [
     # submodules
+    "adaround",
     "cluster",
     "convert",
     "formats",
@@ -121,6 +123,7 @@ __all__ = [
     "SparseLinear",
     "WeightFakeQuantize",
     # conversion of trained models (post-training)
+    "AdaRoundConfig",
     "CodebookConfig",
     "ConversionReport",
     "Fp8WeightConfig",
