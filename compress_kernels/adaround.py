@@ -22,12 +22,16 @@ Adam. The result rounds up exactly where h(V) >= 0.5 (V >= 0): q = clamp(floor(W
 qmin, qmax).
 
 Determinism: the mini-batches are drawn from a ``torch.Generator`` seeded with ``seed``; V's
-initialization is deterministic; with the same inputs, settings and thread count two runs give the
-same integers.
+initialization is deterministic; the optimization runs on ``threads`` intra-op threads (default 1),
+so with the same inputs and settings two runs give the same integers whatever the caller's thread
+count (the float reductions of a convolution's gradient depend on it). One thread also avoids the
+synchronization cost of many small operations on a busy machine; ``threads=None`` keeps torch's
+setting (faster for large layers on an idle machine, deterministic for a fixed thread count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -48,7 +52,8 @@ class AdaRoundConfig:
     channel (else per tensor); group_size: scales per (row, group of group_size weights along K)
     (overrides per_channel); iterations: Adam steps per layer; batch_size: calibration samples per
     step; lr: Adam's learning rate; reg_weight: lambda; beta_start / beta_end / warmup: the
-    annealing of the regularizer; max_samples: calibration samples cached per layer; seed."""
+    annealing of the regularizer; max_samples: calibration samples cached per layer; seed; threads:
+    intra-op threads of the optimization (None: torch's current setting)."""
 
     bits: int = 4
     per_channel: bool = True
@@ -61,8 +66,9 @@ class AdaRoundConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2
-    max_samples: int = 1024
+    max_samples: int = 256
     seed: int = 0
+    threads: int | None = 1
 
     def __post_init__(self):
         from ._config_checks import check_bool, check_float, check_int
@@ -81,6 +87,8 @@ class AdaRoundConfig:
         check_float(self, "warmup", "in [0, 1)", lambda v: 0 <= v < 1)
         check_int(self, "max_samples", 1)
         check_int(self, "seed", 0)
+        if self.threads is not None:
+            check_int(self, "threads", 1)
 
     @property
     def format(self) -> str:
@@ -114,6 +122,17 @@ class RoundedWeight:
         return (q - z) * s
 
 
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None):
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
 
@@ -143,11 +162,17 @@ def adaround_weight(layer: nn.Module, inputs: torch.Tensor, config: AdaRoundConf
     """AdaRound one nn.Linear / nn.Conv2d on `inputs` (the layer's inputs, [samples, ...]): returns the
     RoundedWeight (the layer is not changed). `scale` replaces the scales computed from the weight
     (shape as lowbit.compute_scales returns it; symmetric only). NaN / Inf weights or inputs are refused."""
-    from .numerics import check_finite
 
     config = config or AdaRoundConfig()
     if not isinstance(config, AdaRoundConfig):
         raise TypeError(f"adaround_weight: config must be an AdaRoundConfig, got {type(config).__name__}")
+    with _intra_op_threads(config.threads):
+        return _adaround_weight(layer, inputs, config, scale, progress, desc)
+
+
+def _adaround_weight(layer, inputs, config, scale, progress, desc) -> RoundedWeight:
+    from .numerics import check_finite
+
     fn = _layer_fn(layer)
     w = layer.weight.detach().float()
     check_finite(w, "the weight", "adaround_weight")

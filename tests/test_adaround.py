@@ -52,7 +52,13 @@ def test_conv_asymmetric_groups_and_determinism():
     x = torch.randn(64, 8, 6, 6)
     cfg = AdaRoundConfig(bits=4, group_size=24, symmetric=False, iterations=100, batch_size=16, seed=3)
     a = adaround.adaround_weight(conv, x, cfg)
-    b = adaround.adaround_weight(conv, x, cfg)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the optimization runs on cfg.threads = 1 whatever the caller's setting
+    try:
+        b = adaround.adaround_weight(conv, x, cfg)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
     assert torch.equal(a.q, b.q) and a.error_adaround == b.error_adaround
     assert a.error_adaround < a.error_nearest
     assert a.scale.shape == (8, 3) and bool((a.zero_point != 0).any())
@@ -125,6 +131,8 @@ def test_refused_arguments():
         AdaRoundConfig(beta_end=30)
     with pytest.raises(ValueError, match=r"warmup must be a number in \[0, 1\), got 1"):
         AdaRoundConfig(warmup=1)
+    with pytest.raises(ValueError, match=r"AdaRoundConfig: threads must be an int >= 1, got 0"):
+        AdaRoundConfig(threads=0)
     layer, x = small_linear_and_inputs()
     with pytest.raises(TypeError, match="layer must be nn.Linear or nn.Conv2d, got ReLU"):
         adaround.adaround_weight(nn.ReLU(), x)
