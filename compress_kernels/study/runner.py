@@ -411,7 +411,7 @@ register_variant("w4_adaround", "4-bit per-channel weights rounded by AdaRound o
 
 DEFAULT_VARIANTS = ["fp32", "int8_static", "int8_dynamic", "int8_qat", "kmeans4", "kmeans2", "sparse24",
                     "sparse24_int8", "sparse24_int8_static", "deep_compression", "channels50", "channels50_kd",
-                    "fp8_e4m3", "int8_adaround", "w4_nearest", "w4_adaround"]
+                    "fp8_e4m3", "w4_nearest", "w4_adaround"]  # int8_adaround: --variants (it calibrates again)
 
 
 # ---------------------------------------------------------------- timing
