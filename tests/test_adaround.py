@@ -153,3 +153,23 @@ def test_refused_arguments():
         ck.Int8StaticConfig(rounding_weights="adaround", adaround=AdaRoundConfig(bits=4))
     with pytest.raises(TypeError, match="adaround must be None or an AdaRoundConfig, got 3"):
         ck.Int8StaticConfig(rounding_weights="adaround", adaround=3)
+
+
+def test_study_variants_build():
+    from compress_kernels.study import models, runner
+    from compress_kernels.study.data import load_digits
+
+    x_train, y_train, x_test, y_test = load_digits(size=8)
+    data = runner.StudyData(x_train[:128], y_train[:128], x_test[:32], y_test[:32])
+    torch.manual_seed(0)
+    model = models.resnet18_cifar(width=4).eval()
+    ctx = runner.StudyContext(runner.StudySettings(progress=False), teacher=model)
+    fp8, steps = runner.VARIANTS["fp8_e4m3"].fn(model, data, ctx)
+    assert steps == 0 and any(isinstance(m, ck.Fp8WeightConv2d) for m in fp8.modules())
+    assert runner.stored_bytes(fp8) < runner.stored_bytes(model) / 3
+    w4, _ = runner.VARIANTS["w4_adaround"].fn(model, data, ctx)
+    w = w4.fc.weight.detach()
+    scale = w.abs().amax(1, keepdim=True) / 7
+    levels = w / scale
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and int(levels.abs().max().round()) == 7
+    assert not torch.equal(w4.fc.weight, model.fc.weight)
