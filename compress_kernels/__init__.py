@@ -2,13 +2,46 @@
 requantization, group-wise int4 weights, k-means codebooks, 2:4 sparsity, fused fake-quant) and the
 modules that put them into trained models."""
 
-from . import calibrated_prune, cluster, convert, export, hooks_quant, nn, numerics, ops, prune, reference, study
-from .convert import CodebookConfig, ConversionReport, Int4WeightConfig, Int8DynamicConfig, Sparse24Config, convert_
+from . import (
+    adaround,
+    calibrated_prune,
+    cluster,
+    convert,
+    export,
+    formats,
+    hooks_quant,
+    lowbit,
+    nn,
+    numerics,
+    ops,
+    prune,
+    reference,
+    study,
+)
+from .adaround import AdaRoundConfig
+from .convert import (
+    CodebookConfig,
+    ConversionReport,
+    Fp8WeightConfig,
+    Int4WeightConfig,
+    Int8DynamicConfig,
+    Sparse24Config,
+    convert_,
+)
 from .export import OnnxExportError, OnnxExportReport, to_onnx
-from .nn import CodebookConv2d, CodebookLinear, Int4Linear, QuantLinear, SparseConv2d, SparseLinear
+from .nn import (
+    CodebookConv2d,
+    CodebookLinear,
+    Fp8WeightConv2d,
+    Fp8WeightLinear,
+    Int4Linear,
+    QuantLinear,
+    SparseConv2d,
+    SparseLinear,
+)
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
-from .nn.fake_quant import FakeQuantize
+from .nn.fake_quant import FakeQuantize, WeightFakeQuantize
 from .nn.float_io import QuantLinearFloatIO
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .ops import (
@@ -58,11 +91,14 @@ __version__ = "0.1.0"
 # Grouped by purpose; sorted within each group.
 __all__ = [
     # submodules
+    "adaround",
     "calibrated_prune",
     "cluster",
     "convert",
     "export",
+    "formats",
     "hooks_quant",
+    "lowbit",
     "nn",
     "numerics",
     "ops",
@@ -105,11 +141,13 @@ __all__ = [
     "fake_quant",
     "fake_quant_backward",
     "fake_quant_observe",
-    # drop-in modules: integer-only, dynamic int8, int4 weights, codebook, 2:4, fake-quant
+    # drop-in modules: integer-only, dynamic int8, int4 weights, codebook, 2:4, weight-only fp8, fake-quant
     "CodebookConv2d",
     "CodebookLinear",
     "DeQuantize",
     "FakeQuantize",
+    "Fp8WeightConv2d",
+    "Fp8WeightLinear",
     "Int4Linear",
     "QuantAdd",
     "QuantAvgPool2d",
@@ -121,9 +159,12 @@ __all__ = [
     "Quantize",
     "SparseConv2d",
     "SparseLinear",
+    "WeightFakeQuantize",
     # conversion of trained models (post-training)
+    "AdaRoundConfig",
     "CodebookConfig",
     "ConversionReport",
+    "Fp8WeightConfig",
     "Int4WeightConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",

@@ -397,3 +397,37 @@ def _sparse24(module: nn.Module, config: Sparse24Config, name: str, pruned: dict
 
 
 _MODEL_PREPARERS[Sparse24Config] = _sparse24_prepare
+
+
+# ---------------------------------------------------------------- weight-only fp8
+
+
+@dataclass
+class Fp8WeightConfig:
+    """nn.Linear / nn.Conv2d -> Fp8WeightLinear / Fp8WeightConv2d: weights stored as one byte each
+    (FP8 codes, format "e4m3" = E4M3FN or "e5m2") with a fp32 scale per output channel, decoded by a
+    table lookup into bf16 at every call; activations stay floating point. Layers with fewer than
+    `min_weights` weights and convolutions without numeric zero padding are left as they are (the
+    report says why)."""
+
+    format: str = "e4m3"
+    min_weights: int = 0
+
+    def __post_init__(self):
+        from ._config_checks import check_choice, check_int
+
+        check_choice(self, "format", ("e4m3", "e5m2"))
+        check_int(self, "min_weights", 0)
+
+
+@register_handler(Fp8WeightConfig, (nn.Linear, nn.Conv2d))
+def _fp8_weight(module: nn.Module, config: Fp8WeightConfig, name: str) -> nn.Module:
+    from .nn.fp8 import Fp8WeightConv2d, Fp8WeightLinear
+
+    if module.weight.numel() < config.min_weights:
+        raise Skip(f"{module.weight.numel()} weights < min_weights={config.min_weights}")
+    if isinstance(module, nn.Linear):
+        return Fp8WeightLinear.from_float(module, config.format)
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        raise Skip("only numeric zero padding is supported")
+    return Fp8WeightConv2d.from_float(module, config.format)

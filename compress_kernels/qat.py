@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
+from .nn.qat import WEIGHT_FORMATS, ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
 from .static_quant import (
     _ADD_FUNCTIONS,
     _PASS_FUNCTIONS,
@@ -54,7 +54,11 @@ class QATConfig:
     first batch instead; activation_dtype: torch.uint8 (asymmetric) or torch.int8; rounding of the
     converted model's requantization: "double" or "single"; sparse24: convert layers whose weight is
     2:4 (pruned with PruneConfig(granularity="2:4") before QAT; the masks keep it so) to the int8
-    2:4 kernel (Int8StaticConfig.sparse24)."""
+    2:4 kernel (Int8StaticConfig.sparse24); weight_format: "int" (the integer weights above) or a float
+    format, "e4m3", "e5m2" or "e2m1", whose weights are fake-quantized with compress_kernels.lowbit
+    (scales max|w| / max finite, per output channel or per tensor; weight_bits does not apply):
+    such a model trains, but does not convert to the integer-only model (convert_ refuses it;
+    convert its trained float layers with Fp8WeightConfig instead)."""
 
     weight_bits: int = 8
     activation_bits: int = 8
@@ -65,13 +69,14 @@ class QATConfig:
     rounding: str = "double"
     momentum: float = 0.01
     sparse24: bool = False
+    weight_format: str = "int"
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Check every field (also called by prepare_qat_, in case a field was changed after construction)."""
-        from ._config_checks import check_bool, check_float
+        from ._config_checks import check_bool, check_choice, check_float
 
         if isinstance(self.weight_bits, bool) or not isinstance(self.weight_bits, int):
             raise TypeError(f"QATConfig: weight_bits must be an int, got {self.weight_bits!r}")
@@ -92,6 +97,10 @@ class QATConfig:
             raise ValueError(f'QATConfig: rounding must be "double" or "single", got {self.rounding!r}')
         check_float(self, "momentum", "in (0, 1]", lambda v: 0 < v <= 1)
         check_bool(self, "sparse24")
+        check_choice(self, "weight_format", WEIGHT_FORMATS)
+        if self.weight_format != "int" and self.learnable_scale:
+            raise ValueError(f"QATConfig: learnable_scale=True (LSQ) is for integer weights, got "
+                             f"weight_format={self.weight_format!r}")
 
     def static_config(self) -> Int8StaticConfig:
         return Int8StaticConfig(observer="qat", per_channel=self.per_channel,
@@ -136,7 +145,7 @@ def prepare_qat_(model: nn.Module, config: QATConfig | None = None, inplace: boo
     gm.train(model.training)
     modules = dict(gm.named_modules())
     layer = dict(weight_bits=config.weight_bits, per_channel=config.per_channel,
-                 learnable_scale=config.learnable_scale)
+                 learnable_scale=config.learnable_scale, weight_format=config.weight_format)
 
     def new_act_quant(after: fx.Node) -> fx.Node:
         name = f"act_quant_{after.name}"
@@ -269,6 +278,11 @@ def convert_qat(model: nn.Module, config=None, filter_fn=None, record: dict | No
         raise ValueError("convert_: filter_fn is not supported for QAT models (choose the layers at prepare_qat_)")
     if not isinstance(gm, fx.GraphModule):  # module-level QAT
         return convert_qat_hooks(gm, record)
+    weight_format = qat_config(gm).weight_format
+    if weight_format != "int":
+        raise ValueError(f"convert_: the QAT model was prepared with weight_format={weight_format!r} (float weights); "
+                         "the integer-only conversion needs integer weights. prepare_qat_ trained the float model's "
+                         "layers in place: convert that model with Fp8WeightConfig (e4m3 / e5m2)")
     return convert_static(gm, qat_config(gm).static_config(), observed=gm, record=record)
 
 

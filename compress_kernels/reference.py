@@ -577,3 +577,16 @@ def fake_quant_observe(x, running_min, running_max, momentum, qmin, qmax, symmet
     scale, zp = observer_qparams(new_min, new_max, qmin, qmax, symmetric)
     y = fake_quant(x, scale, zp, qmin, qmax, axis, mask)
     return y, scale.reshape(running_min.shape), zp.reshape(running_min.shape)
+
+
+# ---------------------------------------------------------------- weight-only fp8
+
+
+def fp8_weight_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                      fmt: str) -> torch.Tensor:
+    """fp32 F.linear on the weight decode(codes) * scale[n] (formats.decode, per output channel):
+    what Fp8WeightLinear computes up to its bf16 activations and bf16 matmul result."""
+    from . import formats
+
+    w = formats.decode(codes, fmt) * scale.float().reshape(-1, 1)
+    return torch.nn.functional.linear(x.float(), w, None if bias is None else bias.float())

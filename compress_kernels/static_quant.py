@@ -34,6 +34,7 @@ from .nn.linear import QuantLinear
 from .nn.qat import ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
 
 _OBSERVED_ATTR = "_compress_kernels_observed"
+CALIBRATION_SAMPLES = 1024  # calibration samples calibrate() keeps for AdaRound
 
 
 @dataclass
@@ -50,8 +51,10 @@ class Int8StaticConfig:
     on one (convert_ refuses a model calibrated the other way). smooth_alpha (module-level conversion
     only, with observer="minmax"): SmoothQuant's per-input-channel migration of activation outliers into
     the weight (Xiao et al. 2023), s_k = max|X_k|^alpha / max|W[:, k]|^(1 - alpha), W' = W * s, and the
-    layer multiplies its float input by 1 / s before quantizing it. Every field is checked when the
-    config is built."""
+    layer multiplies its float input by 1 / s before quantizing it. rounding_weights: "nearest" (round
+    each weight to its nearest int8 level) or "adaround" (compress_kernels.adaround on the layer inputs
+    of the calibration batches, with the same scales; ``adaround`` sets its optimization, default AdaRoundConfig(bits=8)
+    with this config's per_channel). Every field is checked when the config is built."""
 
     observer: str = "mse"
     per_channel: bool = True
@@ -60,6 +63,8 @@ class Int8StaticConfig:
     sparse24: bool = False
     capture: str = "auto"
     smooth_alpha: float | None = None
+    rounding_weights: str = "nearest"
+    adaround: object = None  # AdaRoundConfig | None
 
     def __post_init__(self):
         from ._config_checks import check_bool, check_choice, check_float
@@ -76,6 +81,24 @@ class Int8StaticConfig:
                 raise ValueError(f'Int8StaticConfig: smooth_alpha needs observer="minmax" (the smoothed input\'s range '
                                  f"is computed exactly from per-channel ranges; the {self.observer!r} observer saw "
                                  "the input before smoothing), got observer=" + repr(self.observer))
+        check_choice(self, "rounding_weights", ("nearest", "adaround"))
+        if self.adaround is not None:
+            _check_adaround_setting(self)
+
+
+def _check_adaround_setting(config: Int8StaticConfig) -> None:
+    from .adaround import AdaRoundConfig
+
+    ada = config.adaround
+    if not isinstance(ada, AdaRoundConfig):
+        raise TypeError(f"Int8StaticConfig: adaround must be None or an AdaRoundConfig, got {ada!r}")
+    if config.rounding_weights != "adaround":
+        raise ValueError(f'Int8StaticConfig: adaround is set but rounding_weights={config.rounding_weights!r}; pass '
+                         'rounding_weights="adaround"')
+    if (ada.bits, ada.per_channel, ada.group_size, ada.symmetric) != (8, config.per_channel, None, True):
+        raise ValueError(f"Int8StaticConfig: adaround must round to the integer layers' weights (bits=8, "
+                         f"per_channel={config.per_channel}, group_size=None, symmetric=True), got bits={ada.bits}, "
+                         f"per_channel={ada.per_channel}, group_size={ada.group_size}, symmetric={ada.symmetric}")
 
 
 class CalibrationError(ValueError):
@@ -93,9 +116,10 @@ class TensorStats(nn.Module):
         self.observers = {name: (cls(sample_size=sample_size) if issubclass(cls, numerics._SampleObserver) else cls())
                           for name, cls in numerics.OBSERVERS.items()}
         self.cache: dict = {}
+        self.observing = True  # off while AdaRound replays the calibration samples
 
     def forward(self, x):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
+        if self.observing and isinstance(x, torch.Tensor) and x.is_floating_point():
             finite = torch.isfinite(x.detach())
             if not bool(finite.all()):
                 bad = x.detach()[~finite]
@@ -284,7 +308,7 @@ def calibrate(model: nn.Module, batches, progress: bool = False, capture: str = 
             raise
         return calibrate_hooks(model, batches, progress, fallback_reason=f"torch.fx cannot trace the model ({err})")
     signature = inspect.signature(observed.forward)
-    count = 0
+    count, kept, kept_samples = 0, [], 0
     for index, batch in enumerate(tqdm(batches, desc="calibrate", disable=not progress, leave=False)):
         args, kwargs = call_arguments(batch, index, signature, "calibrate", type(model).__name__)
         try:
@@ -292,8 +316,14 @@ def calibrate(model: nn.Module, batches, progress: bool = False, capture: str = 
         except CalibrationError as err:
             raise CalibrationError(f"{err} (batch {index})") from err
         count += 1
+        x = args[0] if args else None
+        if kept_samples < CALIBRATION_SAMPLES and isinstance(x, torch.Tensor):
+            kept.append(x[:CALIBRATION_SAMPLES - kept_samples])
+            kept_samples += len(kept[-1])
     if count == 0:
         raise ValueError("calibrate: batches is empty: at least one calibration batch is needed")
+    # the first CALIBRATION_SAMPLES samples (references to the inputs), for rounding_weights="adaround"
+    observed.calibration_inputs = kept
     object.__setattr__(model, _OBSERVED_ATTR, observed)
     return observed
 
@@ -326,6 +356,7 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
         if node.op == "call_module" and isinstance(modules[node.target], probes):
             stats_of[node.args[0]] = modules[node.target]
     record = {} if record is None else record
+    rounded = _adaround_layers(observed, config, filter_fn) if config.rounding_weights == "adaround" else {}
 
     def unprobed(node):
         # the probe node stands for its input
@@ -404,6 +435,13 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
                           input_dtype=dtype, output_dtype=dtype, rounding=config.rounding)
             if isinstance(mod, (QATConv2d, QATLinear)):
                 q = mod.to_integer(**common)
+            elif node.target in rounded:  # AdaRound's integers, through the layer's own scales
+                weight_q, weight_scale = rounded[node.target]
+                layer = copy.deepcopy(mod)
+                with torch.no_grad():
+                    layer.weight.copy_(weight_q.float() * weight_scale.reshape([-1] + [1] * (weight_q.dim() - 1)))
+                q = (QuantConv2d.from_float(layer, **common, weight_scale=weight_scale) if isinstance(mod, nn.Conv2d)
+                     else QuantLinear.from_float(layer, **common, weight_scale=weight_scale))
             else:
                 q = (QuantConv2d.from_float(mod, **common) if isinstance(mod, nn.Conv2d)
                      else QuantLinear.from_float(mod, **common))
@@ -492,3 +530,43 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
             qp[node] = None
     graph.lint()
     return fx.GraphModule(new_modules, graph, class_name="IntegerModel"), converted, skipped
+
+
+def _adaround_layers(observed: fx.GraphModule, config: Int8StaticConfig, filter_fn) -> dict:
+    """{layer target: (int8 weight, scale)} of AdaRound (int8, this config's per-channel setting and
+    the converter's own scales max|w| / 127) for every Conv2d / Linear of the calibrated graph, on the
+    layer inputs of the calibration samples calibrate() kept (the float model's)."""
+    from .adaround import AdaRoundConfig, adaround_weight, collect_layer_inputs
+
+    if config.observer == "qat":
+        raise ValueError('convert_: rounding_weights="adaround" is for post-training quantization; a QAT model '
+                         "learned its weights for round-to-nearest")
+    batches = getattr(observed, "calibration_inputs", None)
+    if not batches:
+        raise RuntimeError('convert_ with rounding_weights="adaround" needs the calibration samples: run '
+                           "compress_kernels.calibrate(model, batches) (this version keeps them) first")
+    ada = config.adaround or AdaRoundConfig(bits=8, per_channel=config.per_channel)
+    modules = dict(observed.named_modules())
+
+    def converts(m: nn.Module, target: str) -> bool:  # the layers the conversion turns into integer layers
+        if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            return False
+        return isinstance(m, (nn.Conv2d, nn.Linear)) and (filter_fn is None or filter_fn(m, target))
+
+    names = list(dict.fromkeys(node.target for node in observed.graph.nodes
+                               if node.op == "call_module" and converts(modules[node.target], node.target)))
+    probes = [m for m in modules.values() if isinstance(m, TensorStats)]
+    for probe in probes:  # the activation statistics stay those of calibrate()
+        probe.observing = False
+    try:
+        inputs = collect_layer_inputs(observed, batches, names, ada.max_samples)
+    finally:
+        for probe in probes:
+            probe.observing = True
+    rounded = {}
+    for name in tqdm(names, desc="adaround", leave=False):
+        layer = modules[name]
+        scale = numerics.weight_scale(layer.weight.detach(), config.per_channel, 8)
+        result = adaround_weight(layer, inputs[name], ada, scale=scale, desc=f"adaround {name}")
+        rounded[name] = (result.q, scale)
+    return rounded

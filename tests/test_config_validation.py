@@ -72,6 +72,17 @@ BAD_FIELDS = [
     (CubicSchedule, "begin_step", -1, ValueError, r"CubicSchedule: begin_step must be an int >= 0, got -1"),
     (CubicSchedule, "end_step", -3, ValueError, r"CubicSchedule: end_step must be an int >= 0, got -3"),
     (CubicSchedule, "frequency", 0, ValueError, r"CubicSchedule: frequency must be an int >= 1, got 0"),
+    (ck.Fp8WeightConfig, "format", "e2m1", ValueError,
+     r"Fp8WeightConfig: format must be one of \['e4m3', 'e5m2'\], got 'e2m1'"),
+    (ck.Fp8WeightConfig, "min_weights", -1, ValueError, r"Fp8WeightConfig: min_weights must be an int >= 0, got -1"),
+    (ck.AdaRoundConfig, "bits", 1, ValueError, r"AdaRoundConfig: bits must be an int in \[2, 8\], got 1"),
+    (ck.AdaRoundConfig, "iterations", 0, ValueError, r"AdaRoundConfig: iterations must be an int >= 1, got 0"),
+    (ck.AdaRoundConfig, "lr", 0.0, ValueError, r"AdaRoundConfig: lr must be a number > 0, got 0.0"),
+    (ck.AdaRoundConfig, "per_channel", 1, TypeError, r"AdaRoundConfig: per_channel must be a bool .*got 1"),
+    (ck.Int8StaticConfig, "rounding_weights", "floor", ValueError,
+     r"Int8StaticConfig: rounding_weights must be one of \['nearest', 'adaround'\], got 'floor'"),
+    (ck.QATConfig, "weight_format", "fp8", ValueError,
+     r"QATConfig: weight_format must be one of \['int', 'e4m3', 'e5m2', 'e2m1'\], got 'fp8'"),
 ]
 
 
@@ -83,15 +94,16 @@ def test_bad_field_is_refused_at_construction(cls, field, value, error, pattern)
 
 
 def test_every_config_class_is_covered():
+    import compress_kernels.adaround as adaround
     import compress_kernels.convert as convert
     import compress_kernels.prune as prune
     import compress_kernels.qat as qat
     import compress_kernels.static_quant as static_quant
 
-    configs = {obj for mod in (convert, prune, qat, static_quant) for name, obj in vars(mod).items()
+    configs = {obj for mod in (adaround, convert, prune, qat, static_quant) for name, obj in vars(mod).items()
                if isinstance(obj, type) and name.endswith("Config")}
     assert configs <= {c for c, *_ in BAD_FIELDS}, configs - {c for c, *_ in BAD_FIELDS}
-    assert len(configs) == 7
+    assert len(configs) == 9
 
 
 def test_codebook_group_size_rules():

@@ -213,3 +213,80 @@ class FakeQuantize(Float32State):
             parts.append("learnable_zero_point=True")
         parts.append(f"fake_quant_enabled={self.fake_quant_enabled}, observer_enabled={self.observer_enabled}")
         return ", ".join(parts)
+
+
+class WeightFakeQuantize(nn.Module):
+    """Fake quantization of a weight in a low-bit format, with scales taken from the weight at every
+    call (max |w| per block): ``format`` one of compress_kernels.lowbit.ALL_FORMATS ("e4m3", "e5m2",
+    "e2m1", "int2" .. "int8"), per tensor (``axis=None``), per channel (``axis=0``) or per group of
+    ``group_size`` consecutive weights along K (the flattened dimensions after the first), with zero
+    points for asymmetric integer formats (``symmetric=False``) and torch's overflow rule for the
+    float formats unless ``saturate`` is given. The exact semantics and the straight-through
+    gradient are lowbit.fake_quantize's. ``forward(w, mask=None)``: ``mask`` (bool, w's shape) keeps
+    pruned weights exactly zero in the output and the gradient.
+
+    The state dict holds the settings as extra state (no tensors: the scales follow the weight);
+    ``load_state_dict`` refuses a state of another format / granularity, unknown keys and wrong
+    types, naming the module, the key and the value."""
+
+    def __init__(self, format: str = "e4m3", *, axis: int | None = 0, group_size: int | None = None,
+                 symmetric: bool = True, saturate: bool | None = None):
+        from .. import lowbit
+
+        super().__init__()
+        lowbit.check_format(format, "WeightFakeQuantize")
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise TypeError(f"WeightFakeQuantize: axis must be None or an int, got {axis!r}")
+        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                       or group_size < 1):
+            raise ValueError(f"WeightFakeQuantize: group_size must be None or an int >= 1, got {group_size!r}")
+        if group_size is not None and axis not in (None, 0):
+            raise ValueError(f"WeightFakeQuantize: group_size groups dimension 0's rows, axis must be None or 0, "
+                             f"got {axis}")
+        if not isinstance(symmetric, bool):
+            raise TypeError(f"WeightFakeQuantize: symmetric must be a bool, got {symmetric!r}")
+        if not symmetric and lowbit.int_bits(format) is None:
+            raise ValueError(f"WeightFakeQuantize: symmetric=False (zero points) needs an integer format, got "
+                             f"{format!r}")
+        if saturate is not None and not isinstance(saturate, bool):
+            raise TypeError(f"WeightFakeQuantize: saturate must be None or a bool, got {saturate!r}")
+        self.format, self.axis, self.group_size = format, (None if group_size is not None else axis), group_size
+        self.symmetric, self.saturate = symmetric, saturate
+        self.fake_quant_enabled = True
+
+    def forward(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        from .. import lowbit
+
+        if not self.fake_quant_enabled:
+            return w
+        y = lowbit.fake_quantize(w, self.format, axis=self.axis, group_size=self.group_size,
+                                 symmetric=self.symmetric, saturate=self.saturate)
+        return y if mask is None else y * mask.to(y.dtype)
+
+    def get_extra_state(self):
+        return {"format": self.format, "axis": self.axis, "group_size": self.group_size,
+                "symmetric": self.symmetric, "saturate": self.saturate,
+                "fake_quant_enabled": self.fake_quant_enabled}
+
+    def set_extra_state(self, state):
+        self.fake_quant_enabled = state["fake_quant_enabled"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            check = ExtraStateChecker(self, prefix, state_dict[key], set(self.get_extra_state()))
+            hint = "it defines the quantizer; build the module with the same value"
+            for name in ("format", "group_size", "axis", "symmetric", "saturate"):
+                check.equal(name, getattr(self, name), hint)
+            check.bool("fake_quant_enabled")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def extra_repr(self) -> str:
+        granularity = (f"group_size={self.group_size}" if self.group_size is not None
+                       else "per_tensor" if self.axis is None else f"axis={self.axis}")
+        parts = [f"format={self.format}", granularity]
+        if not self.symmetric:
+            parts.append("symmetric=False")
+        if self.saturate is not None:
+            parts.append(f"saturate={self.saturate}")
+        return ", ".join(parts)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import numerics, ops
+from .. import lowbit, numerics, ops
 from ._common import ExtraStateChecker, fold_batchnorm, reference_mode
 from .conv import QuantConv2d
 from .fake_quant import FakeQuantize
@@ -120,6 +120,10 @@ def _act_dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _ACT_DTYPES.items()}[dtype]
 
 
+# "int": symmetric integer weights of weight_bits bits; the others: lowbit's float formats
+WEIGHT_FORMATS = ("int", "e4m3", "e5m2", "e2m1")
+
+
 class _QATWeightLayer(_ExactMode, nn.Module):
     """Weight fake-quantization shared by QATConv2d and QATLinear: symmetric, narrow range
     [-(2^(b-1) - 1), 2^(b-1) - 1], per output channel or per tensor. The scale is max|w| / qmax of the
@@ -128,10 +132,14 @@ class _QATWeightLayer(_ExactMode, nn.Module):
     weights exactly zero through fake-quantization and its gradient."""
 
     def _init_weight_quant(self, out_channels: int, weight_bits: int, per_channel: bool,
-                           learnable_scale: bool) -> None:
+                           learnable_scale: bool, weight_format: str = "int") -> None:
         if not 2 <= weight_bits <= 8:
             raise ValueError(f"QAT: weight_bits must be in [2, 8], got {weight_bits}")
-        self.weight_bits, self.per_channel = weight_bits, per_channel
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"QAT: weight_format must be one of {list(WEIGHT_FORMATS)}, got {weight_format!r}")
+        if weight_format != "int" and learnable_scale:
+            raise ValueError(f"QAT: learnable_scale=True is for integer weights, got weight_format={weight_format!r}")
+        self.weight_bits, self.per_channel, self.weight_format = weight_bits, per_channel, weight_format
         self.weight_qmax = 2 ** (weight_bits - 1) - 1
         self.weight_quant = (FakeQuantize(-self.weight_qmax, self.weight_qmax, axis=0 if per_channel else None,
                                           channels=out_channels if per_channel else 1, observer="lsq",
@@ -143,6 +151,8 @@ class _QATWeightLayer(_ExactMode, nn.Module):
     def get_extra_state(self):
         state = {"weight_bits": self.weight_bits, "per_channel": self.per_channel,
                  "learnable_scale": self.weight_quant is not None}
+        if self.weight_format != "int":  # only then, so integer QAT states keep their keys
+            state["weight_format"] = self.weight_format
         if isinstance(self, QATConv2d):
             state["bn_frozen"] = self.bn_frozen
         return state
@@ -164,17 +174,26 @@ class _QATWeightLayer(_ExactMode, nn.Module):
                         "prepare the model with the same QATConfig.learnable_scale")
             if isinstance(self, QATConv2d):
                 check.bool("bn_frozen")
+            if self.weight_format != "int":
+                check.equal("weight_format", self.weight_format, "prepare the model with the same "
+                            "QATConfig.weight_format")
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _fake_quant_weight(self, w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.weight_quant is not None:
             return self.weight_quant(w, mask)
+        if self.weight_format != "int":
+            y = lowbit.fake_quantize(w, self.weight_format, axis=0 if self.per_channel else None)
+            return y if mask is None else y * mask.to(y.dtype)
         scale = numerics.weight_scale(w.detach(), self.per_channel, self.weight_bits)
         return ops.fake_quant(w, scale, torch.zeros_like(scale, dtype=torch.int32), -self.weight_qmax,
                               self.weight_qmax, 0 if self.per_channel else None, mask)
 
     def integer_weight_scale(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight scale the conversion uses for this (evaluation-mode, folded) weight."""
+        if self.weight_format != "int":
+            raise ValueError(f"{type(self).__name__}: weight_format={self.weight_format!r} simulates float weights; "
+                             "the integer-only conversion needs integer weights")
         if self.weight_quant is not None:
             return self.weight_quant.calculate_qparams()[0]
         return numerics.weight_scale(weight.detach(), self.per_channel, self.weight_bits)
@@ -184,11 +203,11 @@ class QATConv2d(_QATWeightLayer):
     """Conv2d (+ BatchNorm2d folded) with fake-quantized weights, for quantization-aware training."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, weight_bits: int = 8,
-                 per_channel: bool = True, learnable_scale: bool = False):
+                 per_channel: bool = True, learnable_scale: bool = False, weight_format: str = "int"):
         super().__init__()
         self.conv, self.bn = conv, bn
         self.bn_frozen = False  # freeze_qat_: normalize with the running statistics, do not update them
-        self._init_weight_quant(conv.out_channels, weight_bits, per_channel, learnable_scale)
+        self._init_weight_quant(conv.out_channels, weight_bits, per_channel, learnable_scale, weight_format)
 
     def _bn_factor(self) -> torch.Tensor:
         # gamma / sqrt(running_var + eps), written as fold_batchnorm writes it so that the folded
@@ -231,10 +250,10 @@ class QATLinear(_QATWeightLayer):
     """Linear with fake-quantized weights, for quantization-aware training."""
 
     def __init__(self, linear: nn.Linear, *, weight_bits: int = 8, per_channel: bool = True,
-                 learnable_scale: bool = False):
+                 learnable_scale: bool = False, weight_format: str = "int"):
         super().__init__()
         self.linear = linear
-        self._init_weight_quant(linear.out_features, weight_bits, per_channel, learnable_scale)
+        self._init_weight_quant(linear.out_features, weight_bits, per_channel, learnable_scale, weight_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exact is not None:

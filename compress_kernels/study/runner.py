@@ -363,8 +363,55 @@ register_variant("channels50", "channel pruning: 50% of every basic block's inne
 register_variant("channels50_kd", "channel pruning 50% + knowledge-distillation fine-tune (teacher = fp32)",
                  _channels(True))
 
+@register_variant("fp8_e4m3", "weight-only FP8 E4M3FN (BN folded; 1-byte codes + per-channel scales, decoded by a "
+                              "bf16 table lookup, bf16 matmul / conv; activations in float)")
+def _fp8_e4m3(model, data, ctx):
+    import compress_kernels as ck
+
+    from ..adaround import folded_copy
+
+    return ck.convert_(folded_copy(model), ck.Fp8WeightConfig(format="e4m3")).model, 0
+
+
+# AdaRound settings of the study: a short optimization (the demo's time budget), a few hundred samples
+ADAROUND_STUDY = dict(iterations=80, batch_size=32, max_samples=128, lr=2e-2)
+
+
+@register_variant("int8_adaround", "int8_static with AdaRound weight rounding (same scales and activation qparams; "
+                                   "the int8 integers chosen to reconstruct each layer's output)")
+def _int8_adaround(model, data, ctx):
+    import compress_kernels as ck
+
+    from ..adaround import AdaRoundConfig
+
+    m = copy.deepcopy(model).eval()
+    _calibrate(m, data, ctx)
+    config = ck.Int8StaticConfig(observer="mse", per_channel=True, rounding_weights="adaround",
+                                 adaround=AdaRoundConfig(bits=8, **ADAROUND_STUDY, seed=ctx.settings.seed))
+    return ck.convert_(m, config).model, 0
+
+
+def _w4(rounding: str):
+    def fn(model, data, ctx):
+        from ..adaround import AdaRoundConfig, folded_copy, round_weights_
+
+        m = folded_copy(model)
+        config = AdaRoundConfig(bits=4, per_channel=True, **ADAROUND_STUDY, seed=ctx.settings.seed)
+        batches = [data.x_train[i:i + 64] for i in range(0, config.max_samples, 64)]
+        round_weights_(m, config, batches if rounding == "adaround" else None, rounding=rounding, progress=False)
+        return m, 0
+
+    return fn
+
+
+register_variant("w4_nearest", "4-bit per-channel weights rounded to nearest (BN folded; fake-quant: stored as fp32, "
+                               "activations in float) - the baseline of w4_adaround", _w4("nearest"))
+register_variant("w4_adaround", "4-bit per-channel weights rounded by AdaRound on 128 calibration images (BN "
+                                "folded; fake-quant: stored as fp32, activations in float)", _w4("adaround"))
+
 DEFAULT_VARIANTS = ["fp32", "int8_static", "int8_dynamic", "int8_qat", "kmeans4", "kmeans2", "sparse24",
-                    "sparse24_int8", "sparse24_int8_static", "deep_compression", "channels50", "channels50_kd"]
+                    "sparse24_int8", "sparse24_int8_static", "deep_compression", "channels50", "channels50_kd",
+                    "fp8_e4m3", "w4_nearest", "w4_adaround"]  # int8_adaround: --variants (it calibrates again)
 
 
 # ---------------------------------------------------------------- timing
