@@ -2,8 +2,9 @@
 requantization, k-means codebooks, 2:4 sparsity, fused fake-quant) and the modules that put them
 into trained models."""
 
-from . import cluster, convert, nn, numerics, ops, prune, reference, study
+from . import cluster, convert, mixed, nn, numerics, ops, prune, reference, study
 from .convert import CodebookConfig, ConversionReport, Int8DynamicConfig, Sparse24Config, convert_
+from .mixed import ChannelPruneConfig, MixedConversionReport
 from .nn import CodebookConv2d, CodebookLinear, QuantLinear, SparseConv2d, SparseLinear
 from .nn._common import reference_mode
 from .nn.conv import QuantConv2d
@@ -55,6 +56,7 @@ __all__ = [
     # submodules
     "cluster",
     "convert",
+    "mixed",
     "nn",
     "numerics",
     "ops",
@@ -108,10 +110,12 @@ __all__ = [
     "SparseConv2d",
     "SparseLinear",
     # conversion of trained models (post-training)
+    "ChannelPruneConfig",
     "CodebookConfig",
     "ConversionReport",
     "Int8DynamicConfig",
     "Int8StaticConfig",
+    "MixedConversionReport",
     "Sparse24Config",
     "calibrate",
     "convert_",
