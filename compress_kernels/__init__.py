@@ -42,6 +42,7 @@ from .ops import (
 )
 from .prune import PruneConfig, prune_
 from .qat import QATConfig, broadcast_qat_state_, freeze_qat_, prepare_qat_, qat_exact_mode, qat_mismatch_report
+from .sensitivity import Assignment, SensitivityTable, assign, sensitivity
 from .static_quant import Int8StaticConfig, calibrate
 
 # The demo application's parts, also reachable from the top as before they moved into
@@ -130,6 +131,11 @@ __all__ = [
     # pruning
     "PruneConfig",
     "prune_",
+    # which layer to compress how: per-layer sensitivity and mixed assignment under a budget
+    "Assignment",
+    "SensitivityTable",
+    "assign",
+    "sensitivity",
     # the demo application (compress_kernels.study) and its parts
     "data",
     "models",
