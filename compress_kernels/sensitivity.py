@@ -136,7 +136,7 @@ def _run_nodes(gm: fx.GraphModule, nodes: list[fx.Node], start: int, env: dict, 
         args = fx.node.map_arg(node.args, env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
         if node.op == "call_module":
-            fn = overrides.get(node) or gm.get_submodule(node.target)
+            fn = overrides[node] if node in overrides else gm.get_submodule(node.target)
             env[node] = fn(*args, **kwargs)
         elif node.op == "call_function":
             env[node] = node.target(*args, **kwargs)
@@ -295,6 +295,10 @@ def sensitivity(model: nn.Module, data, methods=None, metric: str | Callable = "
     model.eval()
     gm = trace(model, "sensitivity")
     nodes = list(gm.graph.nodes)
+    placeholders = [n.target for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise TypeError(f"sensitivity: {type(model).__name__}.forward takes {placeholders}; the sweep feeds one input "
+                        "tensor: wrap the model in a module whose forward takes one")
     index = {n: i for i, n in enumerate(nodes)}
     modules = dict(gm.named_modules())
     calls: dict[str, list[fx.Node]] = {}
@@ -381,11 +385,15 @@ def sensitivity(model: nn.Module, data, methods=None, metric: str | Callable = "
                         if target is not None and n.op == "call_module" and n.target == target:
                             overrides[n] = new
                 out = resume(min(index[n] for n in overrides), overrides)
-                parts_float = [modules[t] for t in (conv_name, bn_name, next_name) if t is not None]
-                parts = [m for m in (conv, bn, next_conv) if m is not None]
+                # Latency and bytes of the layer itself (conv1 and its BatchNorm). The next conv's cut
+                # inputs are left out: that conv is a layer of its own, which another method may take,
+                # and counting its saving here too would count it twice in assign's sum.
+                parts_float = [modules[t] for t in (conv_name, bn_name) if t is not None]
+                parts = [m for m in (conv, bn) if m is not None]
                 timed, timed_float = nn.Sequential(*parts), nn.Sequential(*parts_float)
                 stored, stored_float = module_bytes(*parts), module_bytes(*parts_float)
-                cell.reason = f"pruned {conv_name} -> {bn_name} -> {next_name} (latency and bytes of all three)"
+                cell.reason = (f"{conv.out_channels} of {modules[conv_name].out_channels} channels kept; latency and "
+                               f"bytes of {conv_name} and {bn_name} ({next_name} loses the inputs too, not counted)")
             else:
                 module_types, handler = _HANDLERS[type(config)]
                 if type(module) not in module_types:
@@ -556,8 +564,8 @@ class Assignment:
         if self.kind == "bytes" and self.predicted_front:
             xs, ys = zip(*self.predicted_front)
             axes[0].plot(xs, ys, ":", c="grey", label="predicted front (sensitivity table)")
-        axes[0].axvline(self.budget, c="tab:red", ls="--", lw=0.8) if self.kind == "bytes" else \
-            axes[1].axvline(self.budget, c="tab:red", ls="--", lw=0.8)
+        budget_axis = axes[0] if self.kind == "bytes" else axes[1]
+        budget_axis.axvline(self.budget, c="tab:red", ls="--", lw=0.8, label="budget")
         axes[0].legend(fontsize=8)
         axes[0].set_title(f"size vs {self.table.metric_name}")
         axes[1].set_title(f"latency vs {self.table.metric_name} (batch {self.table.latency_batch})")
@@ -727,7 +735,11 @@ def assign(model: nn.Module, data, methods=None, budget: float | None = None, ki
         if kind != "bytes" or main_cand.bytes <= budget:
             break
         target -= main_cand.bytes - cost  # > 0: cost <= target <= budget < measured
-        cost, predicted_metric, chosen, _ = solve(target)
+        try:
+            cost, predicted_metric, chosen, _ = solve(target)
+        except ValueError:
+            raise ValueError(f"assign: the real mixed model measures {main_cand.bytes:,} bytes, over the budget "
+                             f"{budget:,.0f} the table predicted it meets, and no tighter assignment exists") from None
         main_cand, built, report = measure(f"mixed @ {budget:,.0f}", "mixed", chosen)
     main_cand.predicted_metric, main_cand.predicted_cost = predicted_metric, cost
     candidates.append(main_cand)

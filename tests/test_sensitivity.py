@@ -169,12 +169,12 @@ def test_sensitivity_bytes_exact(digits_cnn, table):
     packed = ck.ops.packed_shape("codebook_pack", 16, 16 * 9, 4)
     assert cell.bytes_float == conv.weight.numel() * 4
     assert cell.bytes == math.prod(packed) * 4 + 16 * 4 + 16  # int32 packed indices, fp32 codebook, bool zero flags
-    # conv1 (8 -> 16 channels) keeps 8 of its 16 outputs; bn1 (4 fp32 per channel + the int64 batch count)
-    # and conv2's inputs follow
+    # conv1 (8 -> 16 channels) keeps 8 of its 16 outputs, and bn1 (4 fp32 per channel + the int64 batch
+    # count) with it; conv2's inputs are its own layer's business
     pruned = table.cell("layer2.0.conv1", "channels50")
-    kept = 8
-    assert pruned.bytes_float == (16 * 8 * 9 + 4 * 16 + 16 * 16 * 9) * 4 + 8
-    assert pruned.bytes == (kept * 8 * 9 + 4 * kept + 16 * kept * 9) * 4 + 8
+    assert pruned.bytes_float == (16 * 8 * 9 + 4 * 16) * 4 + 8
+    assert pruned.bytes == (8 * 8 * 9 + 4 * 8) * 4 + 8
+    assert "8 of 16 channels kept" in pruned.reason
 
 
 def test_sensitivity_cells_equal_whole_model_runs(digits_cnn, table):
@@ -221,6 +221,24 @@ def test_sensitivity_errors(digits_cnn):
         sensitivity(model, val, METHODS, metric="top5", progress=False)
     with pytest.raises(ValueError, match="timing_reps must be an int >= 1, got 0"):
         sensitivity(model, val, METHODS, timing_reps=0, progress=False)
+    with pytest.raises(ValueError, match="methods is empty"):
+        sensitivity(model, val, [], progress=False)
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, a, b):
+            return self.fc(a + b)
+
+    with pytest.raises(TypeError, match=r"TwoInputs.forward takes \['a', 'b'\]; the sweep feeds one input"):
+        sensitivity(TwoInputs(), (torch.zeros(2, 4), torch.zeros(2, dtype=torch.long)), METHODS, progress=False)
+
+
+def test_table_cell_lookup_error(table):
+    with pytest.raises(KeyError, match=r"no cell \('fc', 'kmeans3'\)"):
+        table.cell("fc", "kmeans3")
 
 
 # ---------------------------------------------------------------- assignment
