@@ -688,18 +688,22 @@ def assign(model: nn.Module, data, methods=None, budget: float | None = None, ki
                              f"table predicts is {cheapest:,.0f} (the float model: {base_cost:,.0f})")
         return base_cost + best[0], table.float_metric - best[2], dict(best[3]), sorted(fronts)
 
+    calibration_batches = list(calibration) if calibration is not None else (
+        [x[:64], x[64:128]] if len(x) > 64 else [x])
+    calibrated: dict[str, nn.Module] = {}
+
     def measure(name: str, kind_: str, methods_of: dict[str, str]) -> tuple[Candidate, nn.Module, object]:
         mapping = {layer: method_configs[m] for layer, m in methods_of.items()}
         report = None
         if not mapping:
             built = model
         elif any(isinstance(c, Int8StaticConfig) for c in mapping.values()):
-            calibrated = copy.deepcopy(model)
-            from .static_quant import calibrate
+            if "model" not in calibrated:  # once: every static conversion reads the same statistics
+                from .static_quant import calibrate
 
-            calibrate(calibrated, list(calibration) if calibration is not None else
-                      ([x[:64], x[64:128]] if len(x) > 64 else [x]))
-            report = convert_(calibrated, mapping)
+                calibrated["model"] = copy.deepcopy(model)
+                calibrate(calibrated["model"], calibration_batches)
+            report = convert_(calibrated["model"], mapping)
             built = report.model
         else:
             report = convert_(model, mapping, inplace=False)

@@ -127,6 +127,10 @@ def test_mixed_refuses_filter_fn_and_uncalibrated_static(digits_cnn):
         ck.convert_(copy.deepcopy(model), {"fc": ck.Int8StaticConfig()})
     with pytest.raises(ValueError, match=r"ChannelPruneConfig: amount must be a number in \(0, 1\), got 1.5"):
         ck.ChannelPruneConfig(1.5)
+    with pytest.raises(ValueError, match=r"ChannelPruneConfig: criterion must be one of \['l1', 'l2'\], got 'l3'"):
+        ck.ChannelPruneConfig(criterion="l3")
+    with pytest.raises(ValueError, match=r"ChannelPruneConfig: multiple_of must be an int >= 1, got 0"):
+        ck.ChannelPruneConfig(multiple_of=0)
 
 
 # ---------------------------------------------------------------- sensitivity
