@@ -270,13 +270,14 @@ def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def sensitivity(model: nn.Module, data, methods=None, metric: str | Callable = "top1", *,
-                calibration: Iterable[torch.Tensor] | None = None, layers: list[str] | None = None,
-                batch_size: int = 256, latency_batch: int = 32, timing_reps: int = 15,
-                progress: bool = True) -> SensitivityTable:
+                calibration: Iterable[torch.Tensor] | None = None, calibrated: nn.Module | None = None,
+                layers: list[str] | None = None, batch_size: int = 256, latency_batch: int = 32,
+                timing_reps: int = 15, progress: bool = True) -> SensitivityTable:
     """Compress every eligible layer (nn.Conv2d / nn.Linear of the traced model) by every method,
     one at a time, and measure each cell (see the module docstring). `data` is (inputs, labels);
     `methods` a dict {name: config} or a list of configs (default: default_methods()); `metric`
-    "top1" or fn(logits, labels) -> float, higher is better; `layers` restricts the sweep."""
+    "top1" or fn(logits, labels) -> float, higher is better; `layers` restricts the sweep;
+    `calibrated`: a copy of the model already calibrated (ck.calibrate) to reuse for the static cells."""
     from .static_quant import calibrate, trace
 
     start_time = time.perf_counter()
@@ -352,8 +353,8 @@ def sensitivity(model: nn.Module, data, methods=None, metric: str | Callable = "
         node = calls[name][0].args[0]
         return cache[0][node][:latency_batch]
 
-    calibrated = None
-    if any(isinstance(c, Int8StaticConfig) for c in methods.values()):
+    _check_calibrated(calibrated, "sensitivity")
+    if calibrated is None and any(isinstance(c, Int8StaticConfig) for c in methods.values()):
         calibrated = copy.deepcopy(model)
         batches_cal = list(calibration) if calibration is not None else [x[:64], x[64:128]] if len(x) > 64 else [x]
         calibrate(calibrated, batches_cal)
@@ -430,6 +431,14 @@ def sensitivity(model: nn.Module, data, methods=None, metric: str | Callable = "
                             metric_name=metric_name, float_metric=float_metric, cells=cells,
                             input_shape=list(x.shape[1:]), latency_batch=min(latency_batch, len(x)),
                             seconds=time.perf_counter() - start_time, notes=notes)
+
+
+def _check_calibrated(calibrated, what: str) -> None:
+    from .static_quant import _OBSERVED_ATTR
+
+    if calibrated is not None and getattr(calibrated, _OBSERVED_ATTR, None) is None:
+        raise ValueError(f"{what}: calibrated must be a copy of the model on which compress_kernels.calibrate "
+                         f"has run, got a {type(calibrated).__name__} without calibration statistics")
 
 
 def _one(gm: fx.GraphModule, node: fx.Node, env: dict):
@@ -618,7 +627,8 @@ def _pareto(cands: list[Candidate]) -> None:
 @torch.no_grad()
 def assign(model: nn.Module, data, methods=None, budget: float | None = None, kind: str = "bytes", *,
            table: SensitivityTable | None = None, calibration: Iterable[torch.Tensor] | None = None,
-           noise_weight: float = 0.1, uniform: bool = True, extra_budgets: Iterable[float] = (),
+           calibrated: nn.Module | None = None, noise_weight: float = 0.1, uniform: bool = True,
+           extra_budgets: Iterable[float] = (),
            metric: str | Callable = "top1", batch_size: int = 256, latency_batch: int = 32, timing_reps: int = 15,
            progress: bool = True) -> Assignment:
     """Choose one method per layer (or float) so the model meets `budget` — stored bytes
@@ -629,8 +639,9 @@ def assign(model: nn.Module, data, methods=None, budget: float | None = None, ki
     (metric, output SQNR, stored bytes, latency), since effects of layers do not add exactly. With
     `uniform`, every method applied to every layer it converts is measured too, and every budget in
     `extra_budgets` gets its own measured assignment; the Pareto front (size vs metric) is marked
-    over all measured candidates. A mapping cannot hold static int8 and channel pruning together
-    (see ChannelPruneConfig): the search is run without each in turn and keeps the better."""
+    over all measured candidates. `calibrated`: as for sensitivity(). A mapping cannot hold static
+    int8 and channel pruning together (see ChannelPruneConfig): the search is run without each in
+    turn and keeps the better."""
     from .study.runner import stored_bytes
 
     x, y = _check_data(data, "assign")
@@ -643,7 +654,8 @@ def assign(model: nn.Module, data, methods=None, budget: float | None = None, ki
         raise ValueError(f"assign: noise_weight must be a number >= 0, got {noise_weight!r}")
     method_configs = _method_dict(methods)
     if table is None:
-        table = sensitivity(model, data, method_configs, metric, calibration=calibration, batch_size=batch_size,
+        table = sensitivity(model, data, method_configs, metric, calibration=calibration, calibrated=calibrated,
+                            batch_size=batch_size,
                             latency_batch=latency_batch, timing_reps=timing_reps, progress=progress)
     else:
         missing = [m for m in table.methods if m not in method_configs]
@@ -690,7 +702,8 @@ def assign(model: nn.Module, data, methods=None, budget: float | None = None, ki
 
     calibration_batches = list(calibration) if calibration is not None else (
         [x[:64], x[64:128]] if len(x) > 64 else [x])
-    calibrated: dict[str, nn.Module] = {}
+    _check_calibrated(calibrated, "assign")
+    calibrated = {} if calibrated is None else {"model": calibrated}
 
     def measure(name: str, kind_: str, methods_of: dict[str, str]) -> tuple[Candidate, nn.Module, object]:
         mapping = {layer: method_configs[m] for layer, m in methods_of.items()}

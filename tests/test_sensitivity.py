@@ -225,6 +225,8 @@ def test_sensitivity_errors(digits_cnn):
         sensitivity(model, val, METHODS, metric="top5", progress=False)
     with pytest.raises(ValueError, match="timing_reps must be an int >= 1, got 0"):
         sensitivity(model, val, METHODS, timing_reps=0, progress=False)
+    with pytest.raises(ValueError, match="calibrated must be a copy of the model on which compress_kernels.calibrate"):
+        sensitivity(model, val, METHODS, calibrated=copy.deepcopy(model), progress=False)
     with pytest.raises(ValueError, match="methods is empty"):
         sensitivity(model, val, [], progress=False)
 

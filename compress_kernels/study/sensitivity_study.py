@@ -51,7 +51,9 @@ def run(args) -> dict:
     calibration = [data.x_train[i * 64:(i + 1) * 64] for i in range(settings.calibration_batches)]
     methods = default_methods()
     torch.manual_seed(settings.seed)
-    table = ck.sensitivity(model, (x, y), methods, calibration=calibration, timing_reps=args.timing_reps,
+    calibrated = copy.deepcopy(model)
+    ck.calibrate(calibrated, calibration)  # once, for the sweep, the uniform int8 model and both assignments
+    table = ck.sensitivity(model, (x, y), methods, calibrated=calibrated, timing_reps=args.timing_reps,
                            progress=settings.progress)
     os.makedirs(args.out, exist_ok=True)
     paths = {"sensitivity_md": os.path.join(args.out, "sensitivity.md"),
@@ -65,12 +67,10 @@ def run(args) -> dict:
     # The budgets: the uniform k-means 4-bit model's bytes, the uniform static int8 model's latency.
     kmeans4 = ck.convert_(model, methods["kmeans4"], inplace=False).model
     size_budget = runner.stored_bytes(kmeans4)
-    static_model = copy.deepcopy(model)
-    ck.calibrate(static_model, calibration)
-    static_model = ck.convert_(static_model, methods["int8_static"]).model
+    static_model = ck.convert_(calibrated, methods["int8_static"]).model
     xb = x[:table.latency_batch]
     times = best_times_us({"f": lambda: model(xb), "s": lambda: static_model(xb)}, args.timing_reps)
-    common = dict(table=table, calibration=calibration, timing_reps=args.timing_reps, progress=settings.progress)
+    common = dict(table=table, calibrated=calibrated, timing_reps=args.timing_reps, progress=settings.progress)
     results = {}
     for name, budget, kind in (("size", size_budget, "bytes"), ("latency", times["s"], "latency_us")):
         result = ck.assign(model, (x, y), methods, budget=budget, kind=kind, **common)
