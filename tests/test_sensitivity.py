@@ -286,7 +286,7 @@ def test_assign_errors(digits_cnn, table):
         assign(model, val, METHODS, budget=10, kind="ms", table=table, progress=False)
     with pytest.raises(ValueError, match="budget must be a positive number"):
         assign(model, val, METHODS, budget=-1, table=table, progress=False)
-    with pytest.raises(ValueError, match=r"the table has methods \['kmeans2'"):
+    with pytest.raises(ValueError, match=r"the table has methods \['int8_static', 'kmeans2'"):
         assign(model, val, {"kmeans4": ck.CodebookConfig()}, budget=1000, table=table, progress=False)
 
 
