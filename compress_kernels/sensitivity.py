@@ -572,7 +572,7 @@ class Assignment:
                      label="Pareto front (measured)")
         if self.kind == "bytes" and self.predicted_front:
             xs, ys = zip(*self.predicted_front)
-            axes[0].plot(xs, ys, ":", c="grey", label="predicted front (sensitivity table)")
+            axes[0].step(xs, ys, ":", where="post", c="grey", label="predicted front (sensitivity table)")
         budget_axis = axes[0] if self.kind == "bytes" else axes[1]
         budget_axis.axvline(self.budget, c="tab:red", ls="--", lw=0.8, label="budget")
         axes[0].legend(fontsize=8)
@@ -698,7 +698,12 @@ def assign(model: nn.Module, data, methods=None, budget: float | None = None, ki
             cheapest = min(c for c, _ in fronts)
             raise ValueError(f"assign: no assignment meets the budget {target:,.0f} ({kind}); the smallest the "
                              f"table predicts is {cheapest:,.0f} (the float model: {base_cost:,.0f})")
-        return base_cost + best[0], table.float_metric - best[2], dict(best[3]), sorted(fronts)
+        front, top = [], -math.inf  # the predicted (cost, metric) points no cheaper point beats
+        for c, m in sorted(fronts, key=lambda p: (p[0], -p[1])):
+            if m > top:
+                front.append((c, m))
+                top = m
+        return base_cost + best[0], table.float_metric - best[2], dict(best[3]), front
 
     calibration_batches = list(calibration) if calibration is not None else (
         [x[:64], x[64:128]] if len(x) > 64 else [x])
