@@ -11,6 +11,7 @@ from . import (
     formats,
     hooks_quant,
     lowbit,
+    mixed,
     nn,
     numerics,
     ops,
@@ -29,6 +30,7 @@ from .convert import (
     convert_,
 )
 from .export import OnnxExportError, OnnxExportReport, to_onnx
+from .mixed import ChannelPruneConfig, MixedConversionReport
 from .nn import (
     CodebookConv2d,
     CodebookLinear,
@@ -79,6 +81,7 @@ from .ops import (
 )
 from .prune import PruneConfig, prune_
 from .qat import QATConfig, broadcast_qat_state_, freeze_qat_, prepare_qat_, qat_exact_mode, qat_mismatch_report
+from .sensitivity import Assignment, SensitivityTable, assign, sensitivity
 from .static_quant import Int8StaticConfig, calibrate
 
 # The demo application's parts, also reachable from the top as before they moved into
@@ -99,6 +102,7 @@ __all__ = [
     "formats",
     "hooks_quant",
     "lowbit",
+    "mixed",
     "nn",
     "numerics",
     "ops",
@@ -162,12 +166,14 @@ __all__ = [
     "WeightFakeQuantize",
     # conversion of trained models (post-training)
     "AdaRoundConfig",
+    "ChannelPruneConfig",
     "CodebookConfig",
     "ConversionReport",
     "Fp8WeightConfig",
     "Int4WeightConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
+    "MixedConversionReport",
     "Sparse24Config",
     "calibrate",
     "convert_",
@@ -186,6 +192,11 @@ __all__ = [
     # pruning
     "PruneConfig",
     "prune_",
+    # which layer to compress how: per-layer sensitivity and mixed assignment under a budget
+    "Assignment",
+    "SensitivityTable",
+    "assign",
+    "sensitivity",
     # the demo application (compress_kernels.study) and its parts
     "data",
     "models",

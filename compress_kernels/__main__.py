@@ -5,6 +5,8 @@
   isa     print the CPU path the kernels use
   study   compress a trained ResNet-18 every way (int8, codebooks, 2:4, pruning, distillation) and
           compare top-1, latency, stored bytes (python -m compress_kernels study --help)
+  sensitivity  which layer to compress how: per-layer sensitivity of the study's model, mixed
+          assignments at the size of uniform k-means 4-bit and the latency of uniform int8, Pareto plots
 """
 
 from __future__ import annotations
@@ -83,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     from .study import add_arguments as _study_arguments
 
     _study_arguments(sub.add_parser("study", help="compress a trained ResNet every way; accuracy, speed, size"))
+    from .study import sensitivity_study
+
+    sensitivity_study.add_arguments(sub.add_parser("sensitivity", help="per-layer sensitivity and mixed assignment"))
     args = parser.parse_args(argv)
+    if args.command == "sensitivity":
+        return sensitivity_study.main(args)
     if args.command == "tour":
         return _tour(args)
     if args.command == "study":

@@ -91,7 +91,14 @@ def convert_(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str]
     Each replacement takes the train / eval mode of the module it replaces.
     Every module of a handled type that is not converted is in ``report.skipped`` with the reason:
     excluded by filter_fn, declined by the handler, a subclass (its forward may differ, so only exact
-    types convert), or a projection of nn.MultiheadAttention (which reads the weights directly)."""
+    types convert), or a projection of nn.MultiheadAttention (which reads the weights directly).
+
+    `config` may also be a mapping {layer name or fnmatch pattern: config or None}: a different method
+    per layer in one model (compress_kernels.mixed; the report is a MixedConversionReport)."""
+    if isinstance(config, dict):  # a {layer name or pattern: config} mapping: one method per layer
+        from .mixed import convert_mixed
+
+        return convert_mixed(model, config, filter_fn=filter_fn, inplace=inplace)
     if config is None:
         from .qat import qat_config
 

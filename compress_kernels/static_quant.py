@@ -329,14 +329,16 @@ def calibrate(model: nn.Module, batches, progress: bool = False, capture: str = 
 
 
 def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, observed: fx.GraphModule | None = None,
-                   record: dict | None = None):
+                   record: dict | None = None, keep_float_ops: bool = False):
     """The Int8StaticConfig handler of convert_: returns (integer GraphModule, converted, skipped).
 
     `observed` is the probed graph to convert: by default the calibrated copy calibrate() attached to
     `model`; quantization-aware training passes its own graph, whose fake quantizers (ActFakeQuant) are
     the probes and whose QAT layers build their integer modules themselves (`to_integer`). `record`, if
     given, receives {layer target: (integer module, [input (scale, zero_point)...])} for every layer
-    converted from a module call (QAT's exact mode runs those modules one by one)."""
+    converted from a module call (QAT's exact mode runs those modules one by one). keep_float_ops: an
+    addition or average pool whose inputs are all float stays float (mixed conversion, where layers
+    excluded by filter_fn are compressed another way); by default they run on integers regardless."""
     if observed is None:
         observed = getattr(model, _OBSERVED_ATTR, None)
     if observed is None:
@@ -465,7 +467,8 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
                 env[relu_node], qp[relu_node] = env[node], out_p
                 done.add(relu_node)
         elif (isinstance(mod, QATAdd) or node.op == "call_function" and node.target in _ADD_FUNCTIONS) and len(
-                node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs:
+                node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs and (
+                not keep_float_ops or any(qp.get(unprobed(a)) is not None for a in node.args)):
             (a, pa), (b, pb) = as_quant(node.args[0]), as_quant(node.args[1])
             relu_node, act = fused_relu(node)
             out_node = relu_node if relu_node is not None else node
@@ -491,7 +494,8 @@ def convert_static(model: nn.Module, config: Int8StaticConfig, filter_fn=None, o
             converted.append((node.target, "MaxPool2d", "QuantMaxPool2d"))
         elif (isinstance(mod, QATAvgPool2d)
               or (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)))
-              or (isinstance(mod, nn.AvgPool2d) and mod.padding in (0, (0, 0)) and not mod.ceil_mode)):
+              or (isinstance(mod, nn.AvgPool2d) and mod.padding in (0, (0, 0)) and not mod.ceil_mode)) and (
+                not keep_float_ops or qp.get(unprobed(node.args[0])) is not None):
             x, p = as_quant(node.args[0])
             if isinstance(mod, QATAvgPool2d):
                 mod = mod.pool
