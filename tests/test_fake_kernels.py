@@ -42,6 +42,9 @@ VALUES_I8, META_I8 = ck.sparse24_compress(random_24(32, 64).mul(10).round().to(t
 S24_I8_PACKED = ck.sparse24_int8_pack(VALUES_I8, META_I8)
 S24_CONV_VALUES, S24_CONV_META = ck.sparse24_compress(random_24(8, 16 * 9))
 SCALE, ZP = torch.tensor(0.1), torch.tensor(0, dtype=torch.int32)
+W4 = rand_int(32, 64, lo=-8, hi=7, seed=5)
+W4_SCALES = torch.full((32, 2), 0.05)
+W4_PACKED = ck.int4_pack(W4, W4_SCALES, 32)
 
 
 def _linear(x, w, **kw):
@@ -119,6 +122,15 @@ BAD = [
      r"int8_conv2d: w_packed has rows of 6 words, an int8_conv2d_pack_weight for groups=1, N=8 (from w), K=144 "
      r"(from w: C/groups * KH * KW) has rows of 38 (a pack for another K?)"),
     ("int8_conv2d_pack_weight 2-D", OPS.int8_conv2d_pack_weight, (W, 1)),
+    ("int4_pack group size 16", OPS.int4_pack, (W4, W4_SCALES, 16, None)),
+    ("int4_pack K not a multiple of the group size", OPS.int4_pack, (W4[:, :48], W4_SCALES, 32, None)),
+    ("int4_pack scales of the wrong shape", OPS.int4_pack, (W4, W4_SCALES[:, :1], 32, None)),
+    ("int4_pack float zero points", OPS.int4_pack, (W4, W4_SCALES, 32, W4_SCALES)),
+    ("int4_linear bad activation", OPS.int4_linear, (XF, W4_PACKED, None, "int4")),
+    ("int4_linear bf16 activation with fp32 x", OPS.int4_linear, (XF, W4_PACKED, None, "bf16")),
+    ("int4_linear K mismatch", OPS.int4_linear, (torch.randn(4, 96), W4_PACKED, None, "int8"), {},
+     "int4_linear: w_packed has rows of 10 words, which no int4_pack for K=96 (from x) has (a pack for another K?)"),
+    ("int4_linear bias of the wrong size", OPS.int4_linear, (XF, W4_PACKED, torch.zeros(3), "fp32")),
     ("codebook_pack bits 0", OPS.codebook_pack, (IDX, 0)),
     ("codebook_pack float idx", OPS.codebook_pack, (IDX.float(), 4)),
     ("codebook_unpack k 0", OPS.codebook_unpack, (CB_PACKED, 4, 0)),
@@ -262,6 +274,10 @@ GOOD = [
      dict(stride=[2, 2], w_packed=ck.int8_conv2d_pack_weight(CONV_W))),
     ("int8_conv2d depthwise", _conv, (IMG, rand_int(16, 1, 3, 3)), dict(groups=16)),
     ("int8_conv2d_pack_weight", OPS.int8_conv2d_pack_weight, (rand_int(8, 4, 3, 3), 2)),
+    ("int4_pack", OPS.int4_pack, (W4, W4_SCALES, 32, None)),
+    ("int4_pack asymmetric", OPS.int4_pack, (W4, W4_SCALES[:, :1], 64, torch.zeros(32, 1, dtype=torch.int8))),
+    ("int4_linear w4a8", OPS.int4_linear, (XF, W4_PACKED, torch.zeros(32), "int8")),
+    ("int4_linear w4a16 bf16", OPS.int4_linear, (XF.bfloat16(), W4_PACKED, None, "bf16")),
     ("codebook_pack", OPS.codebook_pack, (IDX, 4)),
     ("codebook_unpack", OPS.codebook_unpack, (CB_PACKED, 4, 64)),
     ("codebook_linear", OPS.codebook_linear, (XF, CB_PACKED, CODEBOOK, 4, torch.zeros(32))),

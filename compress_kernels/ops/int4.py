@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ._native import NATIVE_ERROR, _int_arg, _lib
-from .packed import packed_n, packed_shape
+from .packed import packed_n
 
 __all__ = ["INT4_ACTIVATIONS", "int4_linear", "int4_pack", "int4_pack_param", "int4_unpack"]
 
@@ -18,7 +18,9 @@ INT4_ACTIVATIONS = ("int8", "fp32", "bf16")
 
 def _register_fake(op: str):
     """Register the function as the fake (meta) kernel of compress_kernels::<op> (for torch.compile /
-    torch.export) when the native library loaded."""
+    torch.export) when the native library loaded. Only int4_unpack needs one here: its output sizes
+    come from the pack's header (data-dependent sizes); int4_pack and int4_linear have C++ Meta
+    kernels (csrc/ops/meta.cpp) that run the CPU kernels' checks."""
 
     def register(fn):
         if NATIVE_ERROR is None:
@@ -54,13 +56,6 @@ def int4_pack(w_int4: torch.Tensor, scales: torch.Tensor, group_size: int,
     return _lib().int4_pack(w_int4, scales, _int_arg(group_size, "group_size", op), zero_points)
 
 
-@_register_fake("int4_pack")
-def _fake_int4_pack(w_int4, scales, group_size, zero_points=None):
-    torch._check(w_int4.dim() == 2, lambda: f"int4_pack: w_int4 must be 2-D, got {w_int4.dim()}-D")
-    param = int4_pack_param(group_size, zero_points is not None)
-    return w_int4.new_empty(packed_shape("int4_pack", w_int4.shape[0], w_int4.shape[1], param), dtype=torch.int32)
-
-
 def int4_unpack(w_packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of int4_pack: (w_int4 int8 [N, K], scales fp32 [N, K / group_size], zero_points int8
     [N, K / group_size], all zero for a symmetric pack). N, K and group_size come from the header."""
@@ -91,9 +86,3 @@ def int4_linear(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | No
     if activation not in INT4_ACTIVATIONS:
         raise ValueError(f'int4_linear: activation must be "int8", "fp32" or "bf16", got {activation!r}')
     return _lib().int4_linear(x, w_packed, bias, activation)
-
-
-@_register_fake("int4_linear")
-def _fake_int4_linear(x, w_packed, bias, activation="int8"):
-    torch._check(x.dim() == 2, lambda: f"int4_linear: x must be 2-D, got {x.dim()}-D")
-    return x.new_empty((x.shape[0], _pack_rows(w_packed)))

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "../cpu/requantize.h"
@@ -63,6 +64,15 @@ inline void check_output_range(at::ScalarType out_dtype, int64_t zero_point, int
               ", got [", qmin, ", ", qmax, "]");
   TORCH_CHECK(zero_point >= lo && zero_point <= hi, op, ": zero_point must be in [", lo, ", ", hi, "] for ", out_dtype,
               ", got ", zero_point);
+}
+
+// An optional bias of `dtype` and shape [n].
+inline void check_bias(const std::optional<at::Tensor>& bias, at::ScalarType dtype, const c10::SymInt& n,
+                       const char* op) {
+  if (!bias.has_value()) return;
+  check_dtype(*bias, dtype, op, "bias");
+  TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == n, op, ": bias must have shape [", n, "], got ",
+              bias->sym_sizes());
 }
 
 inline Rounding parse_rounding(const std::string& rounding, const char* op) {

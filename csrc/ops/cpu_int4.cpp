@@ -10,14 +10,11 @@
 #include "../cpu/int4.h"
 #include "../cpu/int8_gemm.h"
 #include "checks.h"
+#include "int4_checks.h"
 #include "packed_checks.h"
 
 namespace ck::ops {
 namespace {
-
-void check_group_size(int64_t group_size, const char* op) {
-  TORCH_CHECK(int4_group_size_ok(group_size), op, ": group_size must be 32, 64, 128 or 256, got ", group_size);
-}
 
 // Values of an integer tensor within [lo, hi]; names the first one outside.
 void check_int_range(const at::Tensor& t, int64_t lo, int64_t hi, const char* op, const char* name) {
@@ -34,18 +31,10 @@ void check_int_range(const at::Tensor& t, int64_t lo, int64_t hi, const char* op
 at::Tensor int4_pack_cpu(const at::Tensor& w_int4, const at::Tensor& scales, int64_t group_size,
                          const std::optional<at::Tensor>& zero_points) {
   constexpr const char* op = "int4_pack";
-  check_group_size(group_size, op);
-  check_dtype(w_int4, at::kChar, op, "w_int4");
-  check_dim(w_int4, 2, op, "w_int4");
+  const auto [n, k, param] = check_int4_pack(w_int4, scales, group_size, zero_points, op);
   check_cpu(w_int4, op, "w_int4");
-  const int64_t n = w_int4.size(0), k = w_int4.size(1);
-  TORCH_CHECK(n > 0 && k > 0, op, ": w_int4 must have N > 0 rows and K > 0 columns, got shape ", w_int4.sizes());
-  TORCH_CHECK(k % group_size == 0, op, ": K=", k, " (w_int4's columns) must be a multiple of group_size=", group_size);
-  const int64_t groups = k / group_size;
-  check_dtype(scales, at::kFloat, op, "scales");
   check_cpu(scales, op, "scales");
-  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n && scales.size(1) == groups, op, ": scales must have shape [", n,
-              ", ", groups, "] (N, K / group_size), got ", scales.sizes());
+  const int64_t groups = k / group_size;
   const at::Tensor bad_scale = scales.isfinite().logical_not().logical_or(scales <= 0);
   if (bad_scale.any().item<bool>()) {
     const int64_t i = bad_scale.reshape(-1).nonzero()[0].item<int64_t>();
@@ -55,15 +44,10 @@ at::Tensor int4_pack_cpu(const at::Tensor& w_int4, const at::Tensor& scales, int
   check_int_range(w_int4, -8, 7, op, "w_int4");
   at::Tensor zp;
   if (zero_points.has_value()) {
-    check_dtype(*zero_points, at::kChar, op, "zero_points");
     check_cpu(*zero_points, op, "zero_points");
-    TORCH_CHECK(zero_points->dim() == 2 && zero_points->size(0) == n && zero_points->size(1) == groups, op,
-                ": zero_points must have shape [", n, ", ", groups, "] (N, K / group_size), got ",
-                zero_points->sizes());
     check_int_range(*zero_points, -8, 7, op, "zero_points");
     zp = zero_points->contiguous();
   }
-  const int64_t param = group_size + (zero_points.has_value() ? packed::kInt4AsymmetricFlag : 0);
   at::Tensor packed = new_packed(PackedFamily::kInt4, n, k, param, w_int4.options(), op);
   const at::Tensor q = w_int4.contiguous(), s = scales.contiguous();
   uint32_t* payload = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>() +
@@ -112,24 +96,17 @@ void run_blocks(const cpu::Int4Weight& w, int64_t m, const Body& body) {
 at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
                            c10::string_view activation) {
   constexpr const char* op = "int4_linear";
-  const std::string act(activation);
-  TORCH_CHECK(act == "int8" || act == "fp32" || act == "bf16", op,
-              ": activation must be \"int8\" (w4a8), \"fp32\" or \"bf16\" (w4a16), got \"", act, "\"");
-  const bool bf16 = act == "bf16";
-  TORCH_CHECK(x.scalar_type() == (bf16 ? at::kBFloat16 : at::kFloat), op, ": x must be ", bf16 ? "bfloat16" : "float32",
-              " for activation=\"", act, "\", got ", x.scalar_type());
-  check_dim(x, 2, op, "x");
   check_cpu(x, op, "x");
-  TORCH_CHECK(x.size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sizes());
+  check_cpu(w_packed, op, "w_packed");
+  check_int4_linear(x, w_packed, bias, activation, op);
+  const std::string act(activation);
+  const bool bf16 = act == "bf16";
   const cpu::Int4Weight w = weight_view(w_packed, op, x.size(1), "x");
   const int64_t m = x.size(0), k = w.k, groups = w.groups();
   at::Tensor bias_holder;
   const float* bias_ptr = nullptr;
   if (bias.has_value()) {
-    check_dtype(*bias, at::kFloat, op, "bias");
     check_cpu(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, op, ": bias must have shape [", w.n, "], got ",
-                bias->sizes());
     bias_holder = bias->contiguous();
     bias_ptr = bias_holder.data_ptr<float>();
   }

@@ -74,15 +74,6 @@ inline Int8Operands check_int8_gemm_operands(const at::Tensor& x, int64_t x_zero
   return o;
 }
 
-// An optional bias of `dtype` and shape [n].
-inline void check_bias(const std::optional<at::Tensor>& bias, at::ScalarType dtype, const c10::SymInt& n,
-                       const char* op) {
-  if (!bias.has_value()) return;
-  check_dtype(*bias, dtype, op, "bias");
-  TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == n, op, ": bias must have shape [", n, "], got ",
-              bias->sym_sizes());
-}
-
 // The fused requantization of int8_linear / int8_conv2d over `channels` outputs: m0 / shift
 // (check_multiplier), the output range and an int32 bias. Returns true when per channel.
 inline bool check_requant_epilogue(const at::Tensor& m0, const at::Tensor& shift, const c10::SymInt& channels,

@@ -11,6 +11,7 @@
 
 #include "codebook_checks.h"
 #include "fake_quant_checks.h"
+#include "int4_checks.h"
 #include "int8_checks.h"
 #include "packed_checks.h"
 #include "sparse24_checks.h"
@@ -106,6 +107,22 @@ at::Tensor int8_conv2d_meta(const at::Tensor& x, int64_t x_zero_point, const at:
       check_int8_conv2d(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, stride, padding,
                         dilation, groups, rounding, w_packed, "int8_conv2d");
   return empty_meta({g.batch, g.out_channels, g.out_h, g.out_w}, x, out_dtype, at::MemoryFormat::ChannelsLast);
+}
+
+// ---------------------------------------------------------------- int4 (int4_unpack's output sizes come
+// from the pack's header: its fake kernel, with data-dependent sizes, is Python, ops/int4.py)
+
+at::Tensor int4_pack_meta(const at::Tensor& w_int4, const at::Tensor& scales, int64_t group_size,
+                          const std::optional<at::Tensor>& zero_points) {
+  constexpr const char* op = "int4_pack";
+  const auto [n, k, param] = check_int4_pack(w_int4, scales, group_size, zero_points, op);
+  return at::empty(packed_shape(PackedFamily::kInt4, n, k, param, op), w_int4.options().dtype(at::kInt));
+}
+
+at::Tensor int4_linear_meta(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
+                            c10::string_view activation) {
+  const int64_t n = check_int4_linear(x, w_packed, bias, activation, "int4_linear");
+  return empty_meta({x.sym_size(0), n}, x, x.scalar_type());
 }
 
 // ---------------------------------------------------------------- codebook
@@ -263,6 +280,8 @@ TORCH_LIBRARY_IMPL(compress_kernels, Meta, m) {
   m.impl("quantize_rows", &ck::ops::quantize_rows_meta);
   m.impl("int8_conv2d_pack_weight", &ck::ops::int8_conv2d_pack_weight_meta);
   m.impl("int8_conv2d", &ck::ops::int8_conv2d_meta);
+  m.impl("int4_pack", &ck::ops::int4_pack_meta);
+  m.impl("int4_linear", &ck::ops::int4_linear_meta);
   m.impl("codebook_pack", &ck::ops::codebook_pack_meta);
   m.impl("codebook_unpack", &ck::ops::codebook_unpack_meta);
   m.impl("codebook_linear", &ck::ops::codebook_linear_meta);
