@@ -11,7 +11,6 @@ Calibration uses random batches: latency does not depend on the data, and nothin
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,17 +22,21 @@ import compress_kernels as ck  # noqa: E402
 from compress_kernels.export import to_onnx  # noqa: E402
 from compress_kernels.study import models  # noqa: E402
 
-from common import best_seconds, cpu_model, machine_line, markdown_table, results_name, write_result  # noqa: E402
+from common import (  # noqa: E402
+    best_seconds,
+    cpu_model,
+    machine_line,
+    markdown_table,
+    model_parser,
+    results_name,
+    write_result,
+)
 
 
 def main() -> None:
     import onnxruntime as ort
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
+    args = model_parser(__doc__).parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     min_run_time = 0.2 if args.quick else 1.0

@@ -11,7 +11,6 @@ Calibration uses random batches: latency does not depend on the data, and nothin
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compress_kernels as ck  # noqa: E402
 from compress_kernels.study import models  # noqa: E402
 
-from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
+from common import best_seconds, machine_line, markdown_table, model_parser, results_name, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 
@@ -54,11 +53,7 @@ def kernel_share(model: torch.nn.Module, x: torch.Tensor, calls: int = 5) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
+    args = model_parser(__doc__).parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     min_run_time = 0.2 if args.quick else 1.0

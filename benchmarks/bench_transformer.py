@@ -13,7 +13,6 @@ Latency does not depend on the weights or the tokens, so random ones serve.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -25,7 +24,7 @@ import transformers
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compress_kernels as ck  # noqa: E402
 
-from common import best_seconds, machine_line, markdown_table, results_name, write_result  # noqa: E402
+from common import best_seconds, machine_line, markdown_table, model_parser, results_name, write_result  # noqa: E402
 
 # (label, hidden, intermediate, heads, layers, batch, tokens)
 MODELS = [("tiny BERT", 128, 512, 4, 2, 8, 32), ("tiny BERT", 128, 512, 4, 2, 8, 128),
@@ -67,11 +66,7 @@ def variants(model: torch.nn.Module, calibration: list[dict]) -> dict[str, torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = model_parser(__doc__, threads=2).parse_args()
     torch.set_num_threads(args.threads)
     min_run_time = 0.2 if args.quick else 0.5
     # one thread: CPU time per call (robust on a loaded machine); more: wall time (what a user waits)

@@ -245,6 +245,16 @@ def cpu_and_cuda_parser(doc: str, quick_help: str, family: str) -> argparse.Argu
     return parser
 
 
+def model_parser(doc: str, threads: int = 0) -> argparse.ArgumentParser:
+    """The options of a whole-model benchmark: --quick (short timing), --no-write (no results file) and
+    --threads (torch threads for every contender; 0: torch's choice)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--threads", type=int, default=threads)
+    return parser
+
+
 def cpu_command(script: str, args: argparse.Namespace) -> str:
     """The command line that reruns the CPU section of benchmarks/<script> as args asked for it (--threads,
     --isa and --quick written only where they differ from the defaults)."""

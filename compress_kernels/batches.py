@@ -67,3 +67,30 @@ def call_arguments(batch, index: int, signature: inspect.Signature, what: str,
         raise TypeError(f"{what}: batch {index} ({', '.join(given)}) does not fit {model_name}.forward{signature}: "
                         f"{err}") from None
     return args, kwargs
+
+
+def run_calibration(call, batches, signature: inspect.Signature, model_name: str, desc: str, progress: bool,
+                    keep_samples: int = 0) -> list[torch.Tensor]:
+    """Feed every calibration batch to call(*args, **kwargs) (call_arguments turns a batch into the
+    arguments), under a tqdm bar labelled desc. A CalibrationError gains the batch's index; no batch
+    at all is refused. Returns references to the first keep_samples samples of the first positional
+    input (empty when keep_samples is 0)."""
+    from tqdm.auto import tqdm
+
+    from .static_quant import CalibrationError
+
+    count, kept, kept_samples = 0, [], 0
+    for index, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
+        args, kwargs = call_arguments(batch, index, signature, "calibrate", model_name)
+        try:
+            call(*args, **kwargs)
+        except CalibrationError as err:
+            raise CalibrationError(f"{err} (batch {index})") from err
+        count += 1
+        x = args[0] if args else None
+        if kept_samples < keep_samples and isinstance(x, torch.Tensor):
+            kept.append(x[:keep_samples - kept_samples])
+            kept_samples += len(kept[-1])
+    if count == 0:
+        raise ValueError("calibrate: batches is empty: at least one calibration batch is needed")
+    return kept

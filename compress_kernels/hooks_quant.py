@@ -23,9 +23,8 @@ import copy
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .batches import call_arguments, forward_signature
+from .batches import forward_signature, run_calibration
 from .nn.float_io import QuantLinearFloatIO
 
 HOOK_STATS_ATTR = "_compress_kernels_hook_stats"
@@ -56,7 +55,7 @@ def calibrate_hooks(model: nn.Module, batches, progress: bool = False,
     """Run `batches` (see compress_kernels.batches) through `model` in evaluation mode with hooks on
     every exact nn.Linear; attach and return the HookCalibration. The model's training flag and
     modules are restored; its weights are untouched."""
-    from .static_quant import CalibrationError, TensorStats
+    from .static_quant import TensorStats
 
     calibration = HookCalibration(fallback_reason)
     handles = []
@@ -88,21 +87,12 @@ def calibrate_hooks(model: nn.Module, batches, progress: bool = False,
     signature = forward_signature(model)
     was_training = model.training
     model.eval()
-    count = 0
     try:
-        for index, batch in enumerate(tqdm(batches, desc="calibrate (hooks)", disable=not progress, leave=False)):
-            args, kwargs = call_arguments(batch, index, signature, "calibrate", type(model).__name__)
-            try:
-                model(*args, **kwargs)
-            except CalibrationError as err:
-                raise CalibrationError(f"{err} (batch {index})") from err
-            count += 1
+        run_calibration(model, batches, signature, type(model).__name__, "calibrate (hooks)", progress)
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    if count == 0:
-        raise ValueError("calibrate: batches is empty: at least one calibration batch is needed")
     object.__setattr__(model, HOOK_STATS_ATTR, calibration)
     return calibration
 

@@ -170,6 +170,15 @@ class Cell:
     bytes_float: int | None = None
 
 
+def _json_text(d: dict, path: str | None) -> str:
+    """d as indented JSON, also written to path when given."""
+    text = json.dumps(d, indent=2)
+    if path is not None:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    return text
+
+
 def _json_number(v):
     if isinstance(v, float) and not math.isfinite(v):
         return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
@@ -201,11 +210,7 @@ class SensitivityTable:
         return d
 
     def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
+        return _json_text(self.to_dict(), path)
 
     def to_markdown(self) -> str:
         lines = [f"Float model: {self.metric_name} = {self.float_metric:.2f}. One layer compressed at a time; drop = "
@@ -526,11 +531,7 @@ class Assignment:
                 "predicted_front": [list(p) for p in self.predicted_front]}
 
     def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
+        return _json_text(self.to_dict(), path)
 
     def to_markdown(self) -> str:
         m, unit = self.table.metric_name, "bytes" if self.kind == "bytes" else "us"

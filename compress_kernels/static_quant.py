@@ -26,7 +26,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from . import numerics
-from .batches import call_arguments
+from .batches import run_calibration
 from .nn._common import fold_batchnorm
 from .nn.conv import QuantConv2d
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
@@ -307,21 +307,8 @@ def calibrate(model: nn.Module, batches, progress: bool = False, capture: str = 
         if capture == "fx":
             raise
         return calibrate_hooks(model, batches, progress, fallback_reason=f"torch.fx cannot trace the model ({err})")
-    signature = inspect.signature(observed.forward)
-    count, kept, kept_samples = 0, [], 0
-    for index, batch in enumerate(tqdm(batches, desc="calibrate", disable=not progress, leave=False)):
-        args, kwargs = call_arguments(batch, index, signature, "calibrate", type(model).__name__)
-        try:
-            observed(*args, **kwargs)
-        except CalibrationError as err:
-            raise CalibrationError(f"{err} (batch {index})") from err
-        count += 1
-        x = args[0] if args else None
-        if kept_samples < CALIBRATION_SAMPLES and isinstance(x, torch.Tensor):
-            kept.append(x[:CALIBRATION_SAMPLES - kept_samples])
-            kept_samples += len(kept[-1])
-    if count == 0:
-        raise ValueError("calibrate: batches is empty: at least one calibration batch is needed")
+    kept = run_calibration(observed, batches, inspect.signature(observed.forward), type(model).__name__, "calibrate",
+                           progress, keep_samples=CALIBRATION_SAMPLES)
     # the first CALIBRATION_SAMPLES samples (references to the inputs), for rounding_weights="adaround"
     observed.calibration_inputs = kept
     object.__setattr__(model, _OBSERVED_ATTR, observed)

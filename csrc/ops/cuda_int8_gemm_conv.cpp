@@ -49,17 +49,17 @@ Int8OutType out_type_of(at::ScalarType dtype) {
   return dtype == at::kChar ? Int8OutType::kInt8 : dtype == at::kByte ? Int8OutType::kUInt8 : Int8OutType::kInt32;
 }
 
-// Fills the kRequantize part of ep from checked op arguments. `holders` keeps device copies alive
-// until the launch is queued.
-void set_requant(Int8EpilogueParams& ep, const at::Tensor& m0, const at::Tensor& shift, int64_t channels,
-                 int64_t zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding,
-                 const at::Tensor& x, std::vector<at::Tensor>& holders, const char* op) {
+// Fills the kRequantize part of ep from op arguments the shared checks passed (check_requantize /
+// check_requant_epilogue: dtype, sizes, values of CPU multipliers, output range). `holders` keeps
+// device copies alive until the launch is queued.
+void set_requant(Int8EpilogueParams& ep, const at::Tensor& m0, const at::Tensor& shift, int64_t zero_point,
+                 int64_t qmin, int64_t qmax, at::ScalarType out_dtype, c10::string_view rounding, const at::Tensor& x,
+                 std::vector<at::Tensor>& holders, const char* op) {
   TORCH_CHECK(m0.device().is_cpu() || m0.device() == x.device(), op, ": m0 must be a CPU tensor or on ", x.device(),
               " like x, got ", m0.device());
   TORCH_CHECK(shift.device().is_cpu() || shift.device() == x.device(), op, ": shift must be a CPU tensor or on ",
               x.device(), " like x, got ", shift.device());
-  const bool per_channel = check_multiplier(m0, shift, channels, op);  // reads the values of CPU tensors
-  check_output_range(out_dtype, zero_point, qmin, qmax, op);
+  const bool per_channel = m0.numel() > 1;
   ep.kind = Int8Epilogue::kRequantize;
   ep.out_type = out_type_of(out_dtype);
   ep.per_channel = per_channel;
@@ -78,10 +78,9 @@ void set_requant(Int8EpilogueParams& ep, const at::Tensor& m0, const at::Tensor&
   ep.shift = holders.back().data_ptr<int32_t>();
 }
 
-const int32_t* bias_i32_for(const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& x,
+const int32_t* bias_i32_for(const std::optional<at::Tensor>& bias, const at::Tensor& x,
                             std::vector<at::Tensor>& holders, const char* op) {
   if (!bias.has_value()) return nullptr;
-  check_bias(bias, at::kInt, n, op);
   check_device_of(*bias, x, op, "bias");
   holders.push_back(bias->contiguous());
   return holders.back().data_ptr<int32_t>();
@@ -98,7 +97,7 @@ at::Tensor requantize_cuda(const at::Tensor& acc, const at::Tensor& m0, const at
   const c10::cuda::CUDAGuard guard(acc.device());
   Int8EpilogueParams ep;
   std::vector<at::Tensor> holders;
-  set_requant(ep, m0, shift, channels, zero_point, qmin, qmax, out_dtype, rounding, acc, holders, op);
+  set_requant(ep, m0, shift, zero_point, qmin, qmax, out_dtype, rounding, acc, holders, op);
   at::Tensor out = at::empty(acc.sizes(), acc.options().dtype(out_dtype));
   if (acc.numel() == 0) return out;
   const at::Tensor a = acc.contiguous();
@@ -202,8 +201,9 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
   at::Tensor x_holder;
   std::vector<at::Tensor> holders;
   const at::Tensor packed = prepare_operands(x, x_zero_point, w, x_holder, p, op);
-  set_requant(p.epilogue, m0, shift, p.n, out_zero_point, qmin, qmax, out_dtype, rounding, x, holders, op);
-  p.epilogue.bias_i32 = bias_i32_for(bias, p.n, x, holders, op);
+  check_requant_epilogue(m0, shift, p.n, bias, out_zero_point, qmin, qmax, out_dtype, rounding, op);
+  set_requant(p.epilogue, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding, x, holders, op);
+  p.epilogue.bias_i32 = bias_i32_for(bias, x, holders, op);
   at::Tensor out = at::empty({x.size(0), p.n}, x.options().dtype(out_dtype));
   p.out = out.data_ptr();
   p.ldo = p.n;
@@ -290,8 +290,8 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, int64_t x_zero_point, const at:
               " channels is too large for the CUDA kernel (H * W and C must be < 2^31)");
   const int64_t oc = p.out_channels;
   std::vector<at::Tensor> holders;
-  set_requant(p.epilogue, m0, shift, oc, out_zero_point, qmin, qmax, out_dtype, rounding, x, holders, op);
-  p.epilogue.bias_i32 = bias_i32_for(bias, oc, x, holders, op);
+  set_requant(p.epilogue, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding, x, holders, op);
+  p.epilogue.bias_i32 = bias_i32_for(bias, x, holders, op);
   at::Tensor out = at::empty({p.batch, oc, p.out_h(), p.out_w()},
                              x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
   if (p.batch == 0) return out;
