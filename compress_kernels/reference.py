@@ -141,6 +141,25 @@ def int8_linear(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax,
     return requantize(acc, m0, shift, out_zero_point, qmin, qmax, out_dtype, rounding)
 
 
+def int8_linear_dequant(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, int_dtype, out_scale,
+                        rounding="double"):
+    """int8_linear's integer output q (of int_dtype) dequantized: float(q - out_zero_point) * out_scale,
+    one fp32 rounding (q - out_zero_point is exact)."""
+    q = int8_linear(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, int_dtype, rounding)
+    return (q.to(torch.int32) - out_zero_point).float() * out_scale.float().reshape(())
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int,
+                        out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax) as out_dtype (fp32 division,
+    numerics.quantize's bits), with NaN / +-Inf elements set to zero_point; and the flag per row (along
+    the last dimension) of the rows that hold a NaN or +-Inf."""
+    finite = torch.isfinite(x)
+    q = torch.round(x / scale.float().reshape(())).add(zero_point).clamp(qmin, qmax)
+    q = torch.where(finite, q, torch.full_like(q, float(zero_point))).to(out_dtype)
+    return q, ~finite.reshape(-1, x.shape[-1]).all(dim=1) if x.shape[-1] > 0 else torch.zeros(0, dtype=torch.bool)
+
+
 def int8_linear_float(x, x_zero_point, w, x_scale, w_scale, bias):
     """Float epilogue for dynamic quantization: ((float(acc) * x_scale[m]) * w_scale[n]) + bias[n],
     each step rounded to fp32 (no fused multiply-add)."""

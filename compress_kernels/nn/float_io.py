@@ -8,10 +8,13 @@ float tensors like the nn.Linear it replaces.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .. import numerics, ops
+from ._common import in_reference_mode
 from .integer import DeQuantize, Quantize
-from .linear import QuantLinear
+from .linear import QuantLinear, float_rows_where
 
 
 class QuantLinearFloatIO(nn.Module):
@@ -21,8 +24,12 @@ class QuantLinearFloatIO(nn.Module):
     -> the input's floating dtype; with SmoothQuant the input is first multiplied (fp32) by
     ``input_multiplier`` (1 / s per input feature; the weight holds W * s). The integers are exactly
     those of the QuantLinear given the quantized input; the float result differs from nn.Linear by the
-    input, weight and output rounding. The three parts are ordinary checked modules, so the state dict
-    is checked by each of them."""
+    input, weight and output rounding. Run as two kernels (``ops.quantize_per_tensor``, then
+    ``ops.int8_linear_dequant`` with the requantization and the dequantization fused), bit for bit the
+    three modules' result. A row of x holding NaN or +-Inf is computed in float instead: its outputs
+    are exactly that row of ``F.linear(x, linear.dequantized_weight(), linear.bias)`` (non-finite as
+    nn.Linear's would be); the other rows are unaffected. The three parts are ordinary checked
+    modules, so the state dict is checked by each of them."""
 
     def __init__(self, quantize: Quantize, linear: QuantLinear, dequantize: DeQuantize,
                  input_multiplier: torch.Tensor | None = None):
@@ -59,9 +66,34 @@ class QuantLinearFloatIO(nn.Module):
         return self.linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_in = x if self.input_multiplier is None else x.float() * self.input_multiplier
-        y = self.dequantize(self.linear(self.quantize(x_in)))
+        x_in = x.float() if self.input_multiplier is None else x.float() * self.input_multiplier
+        lead = x_in.shape[:-1]
+        x2 = x_in.reshape(-1, self.in_features)
+        if self._fused():
+            # the same integers and floats as the three modules, in two passes: quantize_per_tensor,
+            # then the int8 kernel with the requantization and the dequantization in its epilogue
+            q, nonfinite_rows = ops.quantize_per_tensor(x2.contiguous(), self.quantize.scale,
+                                                        self.quantize.zero_point, *numerics.dtype_range(
+                                                            self.quantize.dtype), self.quantize.dtype)
+            lin = self.linear
+            y = ops.int8_linear_dequant(q, lin.input_zero_point, lin.packed_weight, lin.bias_q, lin.m0, lin.shift,
+                                        lin.output_zero_point, lin.qmin, lin.qmax, lin.output_dtype,
+                                        self.dequantize.scale, lin.rounding)
+        else:
+            nonfinite_rows = ~torch.isfinite(x2).all(dim=1)
+            y = self.dequantize(self.linear(self.quantize(x2)))
+        # A row holding NaN / +-Inf has no quantized form: it is computed in float instead, exactly row m of
+        # F.linear(x, dequantized weight, bias) (the dynamic QuantLinear's rule), so it stays non-finite.
+        y = float_rows_where(nonfinite_rows, y,
+                             lambda: F.linear(x2, self.linear.dequantized_weight(), self.linear.bias))
+        y = y.reshape(*lead, self.out_features)
         return y.to(x.dtype) if x.is_floating_point() else y
+
+    def _fused(self) -> bool:
+        """The fused kernels serve this layer: not in reference mode, a dense (not 2:4) linear, and the
+        DeQuantize reading the zero point the linear requantizes to."""
+        return (not in_reference_mode() and not self.linear.sparse24
+                and self.dequantize.zero_point == self.linear.output_zero_point)
 
 
 class QATLinearFloatIO(nn.Module):

@@ -6,8 +6,8 @@ import torch
 
 from ._native import _int32, _int_arg, _int_pair, _lib
 
-__all__ = ["int8_conv2d", "int8_conv2d_pack_weight", "int8_gemm", "int8_linear", "int8_linear_float",
-           "int8_pack_weight", "quantize_rows"]
+__all__ = ["int8_conv2d", "int8_conv2d_pack_weight", "int8_gemm", "int8_linear", "int8_linear_dequant",
+           "int8_linear_float", "int8_pack_weight", "quantize_per_tensor", "quantize_rows"]
 
 
 def int8_pack_weight(w: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,45 @@ def int8_linear(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch
     return _lib().int8_linear(x, _int_arg(x_zero_point, "x_zero_point", op), w, bias, _int32(m0, "m0", op),
                               _int32(shift, "shift", op), _int_arg(out_zero_point, "out_zero_point", op),
                               _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op), out_dtype, rounding)
+
+
+def int8_linear_dequant(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, bias: torch.Tensor | None, m0, shift,
+                        out_zero_point: int, qmin: int, qmax: int, int_dtype: torch.dtype, out_scale: torch.Tensor,
+                        rounding: str = "double") -> torch.Tensor:
+    """int8_linear with its integer output dequantized in the same pass (fp32 out):
+
+    y[m, n] = float(q[m, n] - out_zero_point) * out_scale,  q = int8_linear(..., out_dtype=int_dtype)
+
+    bit for bit what ``numerics.dequantize(int8_linear(...), out_scale, out_zero_point)`` gives,
+    without the integer tensor in between: a static layer behind a float interface. int_dtype: int8
+    or uint8 (the integer grid the output is requantized to, with out_zero_point and [qmin, qmax]);
+    out_scale: fp32 of one element, finite and > 0. CPU kernel; on other devices the two ops."""
+    op = "int8_linear_dequant"
+    args = (x, _int_arg(x_zero_point, "x_zero_point", op), w, bias, _int32(m0, "m0", op), _int32(shift, "shift", op),
+            _int_arg(out_zero_point, "out_zero_point", op), _int_arg(qmin, "qmin", op), _int_arg(qmax, "qmax", op))
+    if x.device.type != "cpu":
+        q = _lib().int8_linear(*args, int_dtype, rounding)
+        return (q.to(torch.int32) - args[6]).float() * out_scale.float().reshape(())
+    return _lib().int8_linear_dequant(*args, int_dtype, out_scale, rounding)
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int,
+                        out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor affine quantization of fp32 x (any shape, rows along the last dimension):
+    q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax) as out_dtype (int8 or uint8), one
+    fp32 division per element (numerics.quantize's bits), in one vectorized pass. Returns (q,
+    nonfinite_rows): an element that is NaN or +-Inf is quantized to zero_point and flags its row
+    (bool [x.numel() / x.shape[-1]]), so the caller can compute such rows another way; a finite x
+    whose x / scale overflows saturates. scale: fp32 of one element, finite and > 0. CPU kernel; on
+    other devices the reference."""
+    op = "quantize_per_tensor"
+    zero_point, qmin, qmax = (_int_arg(zero_point, "zero_point", op), _int_arg(qmin, "qmin", op),
+                              _int_arg(qmax, "qmax", op))
+    if x.device.type != "cpu":
+        from .. import reference
+
+        return reference.quantize_per_tensor(x, scale, zero_point, qmin, qmax, out_dtype)
+    return _lib().quantize_per_tensor(x, scale, zero_point, qmin, qmax, out_dtype)
 
 
 def int8_linear_float(x: torch.Tensor, x_zero_point: int, w: torch.Tensor, x_scale: torch.Tensor,

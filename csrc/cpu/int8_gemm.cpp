@@ -94,14 +94,7 @@ void write_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
     case EpilogueKind::kRequantize: {
       const RequantParams& p = a.requant;
       const int64_t ch = p.per_channel ? n : 0;
-      const int32_t v = Requantize(acc, p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
-      if (p.out_type == OutType::kInt8) {
-        static_cast<int8_t*>(a.out)[o] = static_cast<int8_t>(v);
-      } else if (p.out_type == OutType::kUInt8) {
-        static_cast<uint8_t*>(a.out)[o] = static_cast<uint8_t>(v);
-      } else {
-        static_cast<int32_t*>(a.out)[o] = v;
-      }
+      store_requantized(a.out, o, Requantize(acc, p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding), p);
       return;
     }
   }
@@ -198,7 +191,38 @@ void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int
   }
 }
 
-const QuantizeRowsKernels quantize_rows_kernels_portable = {&quantize_rows_portable};
+void quantize_per_tensor(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                         const QuantizePerTensorParams& p, void* q, bool* nonfinite_row) {
+  quantize_rows_tiers.active().per_tensor(x, cols, row_begin, row_end, p, q, nonfinite_row);
+}
+
+void quantize_per_tensor_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                                  const QuantizePerTensorParams& p, void* q, bool* nonfinite_row) {
+  // clamp(r + zero_point, qmin, qmax) == clamp(r, qmin - zero_point, qmax - zero_point) + zero_point
+  // for the integer-valued r = round(x / scale) (both bounds are small integers, exact in fp32).
+  const float lo = static_cast<float>(p.qmin - p.zero_point), hi = static_cast<float>(p.qmax - p.zero_point);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * cols;
+    bool nonfinite = false;
+    for (int64_t c = 0; c < cols; ++c) {
+      int32_t v = p.zero_point;
+      if (std::isfinite(xr[c])) {
+        const float t = std::nearbyint(xr[c] / p.scale);  // round half to even in the default FP environment
+        v = static_cast<int32_t>(std::min(std::max(t, lo), hi)) + p.zero_point;
+      } else {
+        nonfinite = true;
+      }
+      if (p.out_signed) {
+        static_cast<int8_t*>(q)[r * cols + c] = static_cast<int8_t>(v);
+      } else {
+        static_cast<uint8_t*>(q)[r * cols + c] = static_cast<uint8_t>(v);
+      }
+    }
+    nonfinite_row[r] = nonfinite;
+  }
+}
+
+const QuantizeRowsKernels quantize_rows_kernels_portable = {&quantize_rows_portable, &quantize_per_tensor_portable};
 
 constexpr TierTable<QuantizeRowsKernels> quantize_rows_tiers{quantize_rows_kernels_portable,
                                                              {

@@ -196,10 +196,28 @@ void quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t row_begin
                    int32_t qmax, int8_t* q, float* scale);
 void quantize_rows_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin,
                             int32_t qmax, int8_t* q, float* scale);
-// The quantize_rows kernels of one tier (dispatch.h).
+// quantize_per_tensor over rows [row_begin, row_end) of a contiguous fp32 x [rows, cols]:
+// q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax) as int8 (out_signed) or uint8, with
+// one correctly rounded fp32 division x / scale per element (not x * (1 / scale)), rounding half to
+// even, then the clamp: the bits of numerics.quantize. An element that is NaN or +-Inf gives
+// q = zero_point and sets nonfinite_row[r] (else it is cleared), so that callers can compute such
+// rows another way; a finite x whose x / scale overflows saturates like any other.
+struct QuantizePerTensorParams {
+  float scale = 1.0f;
+  int32_t zero_point = 0, qmin = 0, qmax = 255;
+  bool out_signed = false;
+};
+void quantize_per_tensor(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                         const QuantizePerTensorParams& p, void* q, bool* nonfinite_row);
+void quantize_per_tensor_portable(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                                  const QuantizePerTensorParams& p, void* q, bool* nonfinite_row);
+
+// The quantize_rows and quantize_per_tensor kernels of one tier (dispatch.h).
 struct QuantizeRowsKernels {
   void (*rows)(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, int32_t qmin, int32_t qmax, int8_t* q,
                float* scale);
+  void (*per_tensor)(const float* x, int64_t cols, int64_t row_begin, int64_t row_end, const QuantizePerTensorParams& p,
+                     void* q, bool* nonfinite_row);
 };
 extern const QuantizeRowsKernels quantize_rows_kernels_portable, quantize_rows_kernels_avx2,
     quantize_rows_kernels_avx512vnni;

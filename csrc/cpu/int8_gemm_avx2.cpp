@@ -253,7 +253,7 @@ void tile(const Int8GemmArgs& a, const int16_t* xw, int64_t m0, int64_t n0, int 
       for (int v = 0; v < NV; ++v) {
         y[v] = clamp_add_zero_point8(multiply_by_quantized_multiplier8(acc[r][v], lanes[v], p.rounding), clamp);
       }
-      store_lanes16(a.out, (m0 + r) * ldo + n0, y[0], y[1], rows, p.out_type);
+      store_requantized16(a.out, (m0 + r) * ldo + n0, y[0], y[1], rows, p);
     }
   } else {
     __m256 w_scale[NV], bias[NV];
@@ -373,13 +373,49 @@ void quantize_rows_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t
   }
 }
 
+void quantize_per_tensor_avx2(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                              const QuantizePerTensorParams& p, void* q, bool* nonfinite_row) {
+  // Same arithmetic as quantize_per_tensor_portable (see the AVX-512 kernel); NaN / +-Inf lanes are
+  // those whose exponent bits are all set. The last cols % 8 elements run the same vector code on
+  // masked loads (zeros) and a partial store.
+  const __m256 scale = _mm256_set1_ps(p.scale);
+  const __m256 lo = _mm256_set1_ps(static_cast<float>(p.qmin - p.zero_point));
+  const __m256 hi = _mm256_set1_ps(static_cast<float>(p.qmax - p.zero_point));
+  const __m256i zp = _mm256_set1_epi32(p.zero_point), exponent = _mm256_set1_epi32(0x7f800000);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * cols;
+    uint8_t* qr = static_cast<uint8_t*>(q) + r * cols;
+    __m256i nonfinite = _mm256_setzero_si256();
+    for (int64_t c = 0; c < cols; c += 8) {
+      const bool full = cols - c >= 8;
+      const __m256 v = full ? _mm256_loadu_ps(xr + c) : _mm256_maskload_ps(xr + c, lane_mask8(cols - c));
+      const __m256i bad =
+          _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), exponent), exponent);  // NaN or +-Inf
+      nonfinite = _mm256_or_si256(nonfinite, bad);
+      __m256 t = _mm256_round_ps(_mm256_div_ps(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+      const __m256i i32 = _mm256_blendv_epi8(_mm256_add_epi32(_mm256_cvtps_epi32(t), zp), zp, bad);
+      const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+      const __m128i i8 = p.out_signed ? _mm_packs_epi16(i16, i16) : _mm_packus_epi16(i16, i16);
+      if (full) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + c), i8);
+      } else {
+        alignas(16) uint8_t tmp[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), i8);
+        std::memcpy(qr + c, tmp, static_cast<size_t>(cols - c));
+      }
+    }
+    nonfinite_row[r] = !_mm256_testz_si256(nonfinite, nonfinite);
+  }
+}
+
 const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_avx2, nullptr};
-const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_avx2};
+const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_avx2, &quantize_per_tensor_avx2};
 
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
 const Int8GemmKernels int8_gemm_kernels_avx2 = {&int8_gemm_run_portable, nullptr};
-const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_portable};
+const QuantizeRowsKernels quantize_rows_kernels_avx2 = {&quantize_rows_portable, &quantize_per_tensor_portable};
 }  // namespace ck::cpu
 #endif

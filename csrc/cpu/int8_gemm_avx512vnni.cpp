@@ -177,13 +177,42 @@ void quantize_rows_avx512vnni(const float* x, int64_t cols, int64_t row_begin, i
   }
 }
 
+void quantize_per_tensor_avx512vnni(const float* x, int64_t cols, int64_t row_begin, int64_t row_end,
+                                    const QuantizePerTensorParams& p, void* q, bool* nonfinite_row) {
+  // Same arithmetic as quantize_per_tensor_portable: a correctly rounded division, round half to
+  // even (roundscale), the clamp to [qmin - zp, qmax - zp] in fp32 (a NaN lane takes the bound:
+  // vmaxps returns its second operand), + zp; NaN / +-Inf lanes (fpclass) then take zp.
+  const __m512 scale = _mm512_set1_ps(p.scale);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(p.qmin - p.zero_point));
+  const __m512 hi = _mm512_set1_ps(static_cast<float>(p.qmax - p.zero_point));
+  const __m512i zp = _mm512_set1_epi32(p.zero_point);
+  constexpr int kNanOrInf = 0x01 | 0x08 | 0x10 | 0x80;  // fpclass: QNaN, +Inf, -Inf, SNaN
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* xr = x + r * cols;
+    uint8_t* qr = static_cast<uint8_t*>(q) + r * cols;  // int8 and uint8 share the byte narrowing
+    __mmask16 nonfinite = 0;
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 valid = lane_mask(cols - c);
+      const __m512 v = _mm512_maskz_loadu_ps(valid, xr + c);
+      const __mmask16 bad = _mm512_fpclass_ps_mask(v, kNanOrInf);
+      nonfinite |= bad;
+      __m512 t = _mm512_roundscale_ps(_mm512_div_ps(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+      const __m512i out = _mm512_mask_mov_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp), bad, zp);
+      _mm_mask_storeu_epi8(qr + c, valid, _mm512_cvtepi32_epi8(out));
+    }
+    nonfinite_row[r] = nonfinite != 0;
+  }
+}
+
 const Int8GemmKernels int8_gemm_kernels_avx512vnni = {&int8_gemm_run_avx512vnni, nullptr};
-const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_avx512vnni};
+const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_avx512vnni,
+                                                              &quantize_per_tensor_avx512vnni};
 
 }  // namespace ck::cpu
 #else
 namespace ck::cpu {
 const Int8GemmKernels int8_gemm_kernels_avx512vnni = {&int8_gemm_run_portable, nullptr};
-const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_portable};
+const QuantizeRowsKernels quantize_rows_kernels_avx512vnni = {&quantize_rows_portable, &quantize_per_tensor_portable};
 }  // namespace ck::cpu
 #endif

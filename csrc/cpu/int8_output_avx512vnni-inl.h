@@ -72,7 +72,7 @@ inline void int8_output_rows(const Int8GemmArgs& a, const Int8OutputColumns<NV>&
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         const __m512i y = multiply_by_quantized_multiplier(acc(r, v), c.lanes[v], p.rounding);
-        store_lanes(a.out, (m0 + r) * ldo + n0 + 16 * v, clamp_add_zero_point(y, c.clamp), c.valid[v], p.out_type);
+        store_lanes(a.out, (m0 + r) * ldo + n0 + 16 * v, clamp_add_zero_point(y, c.clamp), c.valid[v], p);
       }
     }
   } else {

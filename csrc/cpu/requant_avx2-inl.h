@@ -174,5 +174,27 @@ inline void store_lanes16(void* out, int64_t index, __m256i lo, __m256i hi, int6
   }
 }
 
+// store_lanes16 for a requantized result q (clamped, zero point added): as p.out_type, or for
+// kFloat32 dequantized, float(q - zero_point) * dequant_scale (store_requantized lane by lane).
+inline void store_requantized16(void* out, int64_t index, __m256i lo, __m256i hi, int64_t count,
+                                const RequantParams& p) {
+  if (p.out_type != OutType::kFloat32) {
+    store_lanes16(out, index, lo, hi, count, p.out_type);
+    return;
+  }
+  const __m256i zp = _mm256_set1_epi32(p.zero_point);
+  const __m256 scale = _mm256_set1_ps(p.dequant_scale);
+  const __m256 f_lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(lo, zp)), scale);
+  const __m256 f_hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(hi, zp)), scale);
+  float* o = static_cast<float*>(out) + index;
+  if (count >= 16) {
+    _mm256_storeu_ps(o, f_lo);
+    _mm256_storeu_ps(o + 8, f_hi);
+  } else {
+    _mm256_maskstore_ps(o, lane_mask8(count), f_lo);
+    if (count > 8) _mm256_maskstore_ps(o + 8, lane_mask8(count - 8), f_hi);
+  }
+}
+
 }  // namespace
 }  // namespace ck::cpu

@@ -119,18 +119,25 @@ inline __m512i clamp_add_zero_point(__m512i v, const ClampLanes& c) {
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, c.lo), c.hi), c.zero_point);
 }
 
-// Stores 16 (masked) int32 lanes, already within the range of out_type, as out_type.
-inline void store_lanes(void* out, int64_t index, __m512i v, __mmask16 valid, OutType out_type) {
-  switch (out_type) {
+// Stores 16 (masked) int32 lanes q, already clamped with the zero point added, as p.out_type
+// (store_requantized lane by lane).
+inline void store_lanes(void* out, int64_t index, __m512i q, __mmask16 valid, const RequantParams& p) {
+  switch (p.out_type) {
     case OutType::kInt8:
-      _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + index, valid, _mm512_cvtepi32_epi8(v));
+      _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + index, valid, _mm512_cvtepi32_epi8(q));
       break;
     case OutType::kUInt8:
-      _mm_mask_storeu_epi8(static_cast<uint8_t*>(out) + index, valid, _mm512_cvtepi32_epi8(v));
+      _mm_mask_storeu_epi8(static_cast<uint8_t*>(out) + index, valid, _mm512_cvtepi32_epi8(q));
       break;
-    default:
-      _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + index, valid, v);
+    case OutType::kInt32:
+      _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + index, valid, q);
       break;
+    case OutType::kFloat32: {
+      const __m512 centered = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(p.zero_point)));
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + index, valid,
+                            _mm512_mul_ps(centered, _mm512_set1_ps(p.dequant_scale)));
+      break;
+    }
   }
 }
 

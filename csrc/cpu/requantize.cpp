@@ -11,18 +11,7 @@ void requantize_rows_portable(const int32_t* acc, int64_t ld_acc, int64_t cols, 
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t ch = p.per_channel ? c : 0;
       const int32_t v = Requantize(src[c], p.m0[ch], p.shift[ch], p.zero_point, p.qmin, p.qmax, p.rounding);
-      const int64_t o = r * cols + c;
-      switch (p.out_type) {
-        case OutType::kInt8:
-          static_cast<int8_t*>(out)[o] = static_cast<int8_t>(v);
-          break;
-        case OutType::kUInt8:
-          static_cast<uint8_t*>(out)[o] = static_cast<uint8_t>(v);
-          break;
-        default:
-          static_cast<int32_t*>(out)[o] = v;
-          break;
-      }
+      store_requantized(out, r * cols + c, v, p);
     }
   }
 }

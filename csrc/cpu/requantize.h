@@ -21,8 +21,30 @@ struct RequantParams {
   int32_t qmin = -128;
   int32_t qmax = 127;
   Rounding rounding = Rounding::kDouble;
-  OutType out_type = OutType::kInt8;  // kInt8, kUInt8 or kInt32 (clamped to [qmin, qmax])
+  // kInt8, kUInt8 or kInt32: the clamped integer q. kFloat32: q dequantized in fp32,
+  // float(q - zero_point) * dequant_scale (one rounding: q - zero_point is exact and fits in fp32's
+  // 24-bit significand for every 8-bit range), i.e. numerics.dequantize of the integer output.
+  OutType out_type = OutType::kInt8;
+  float dequant_scale = 1.0f;
 };
+
+// Stores one requantized value q (already clamped, zero point added) at out[o] as p.out_type.
+inline void store_requantized(void* out, int64_t o, int32_t q, const RequantParams& p) {
+  switch (p.out_type) {
+    case OutType::kInt8:
+      static_cast<int8_t*>(out)[o] = static_cast<int8_t>(q);
+      return;
+    case OutType::kUInt8:
+      static_cast<uint8_t*>(out)[o] = static_cast<uint8_t>(q);
+      return;
+    case OutType::kInt32:
+      static_cast<int32_t*>(out)[o] = q;
+      return;
+    case OutType::kFloat32:
+      static_cast<float*>(out)[o] = static_cast<float>(q - p.zero_point) * p.dequant_scale;
+      return;
+  }
+}
 
 // acc is [rows, cols] row-major (row stride ld_acc); out is [rows, cols] contiguous of out_type;
 // channel = column. Processes rows [row_begin, row_end).

@@ -33,7 +33,7 @@ void requantize_rows_avx2(const int32_t* acc, int64_t ld_acc, int64_t cols, int6
         }
         x[v] = clamp_add_zero_point8(multiply_by_quantized_multiplier8(x[v], lanes[v], p.rounding), clamp);
       }
-      store_lanes16(out, r * cols + c, x[0], x[1], count, p.out_type);
+      store_requantized16(out, r * cols + c, x[0], x[1], count, p);
     }
   }
 }

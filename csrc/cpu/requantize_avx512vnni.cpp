@@ -23,7 +23,7 @@ void requantize_rows_avx512vnni(const int32_t* acc, int64_t ld_acc, int64_t cols
                                                : tensor_lanes;
       const __m512i x = _mm512_maskz_loadu_epi32(valid, src + c);
       const __m512i v = clamp_add_zero_point(multiply_by_quantized_multiplier(x, lanes, p.rounding), clamp);
-      store_lanes(out, r * cols + c, v, valid, p.out_type);
+      store_lanes(out, r * cols + c, v, valid, p);
     }
   }
 }
@@ -56,7 +56,7 @@ void int8_add_range_avx512vnni(const void* a, const void* b, const Int8AddParams
     const __m512i sb =
         multiply_by_quantized_multiplier(shifted_lanes(b, p.b_signed, i, valid, zb, p.left_shift), lb, p.b.rounding);
     const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(sa, sb), lo, p.out.rounding);
-    store_lanes(out, i, clamp_add_zero_point(y, clamp), valid, p.out.out_type);
+    store_lanes(out, i, clamp_add_zero_point(y, clamp), valid, p.out);
   }
 }
 

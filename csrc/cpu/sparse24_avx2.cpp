@@ -185,7 +185,7 @@ void int8_tile_avx2(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const uin
       y[v] = clamp_add_zero_point8(
           multiply_by_quantized_multiplier8(_mm256_add_epi32(sums, column_term[v]), lanes[v], p.rounding), clamp);
     }
-    store_lanes16(a.out, (m0 + r) * a.w.n + n0, y[0], y[1], cols, p.out_type);
+    store_requantized16(a.out, (m0 + r) * a.w.n + n0, y[0], y[1], cols, p);
   }
 }
 

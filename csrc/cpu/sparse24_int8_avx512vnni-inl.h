@@ -84,7 +84,7 @@ void int8_tile(const Sparse24Int8Args& a, int64_t m0, int64_t n0, const __m512i*
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512i y = multiply_by_quantized_multiplier(_mm512_add_epi32(acc[r][v], column_term), lanes, p.rounding);
-      store_lanes(a.out, (m0 + r) * ldo + n, clamp_add_zero_point(y, clamp), valid, p.out_type);
+      store_lanes(a.out, (m0 + r) * ldo + n, clamp_add_zero_point(y, clamp), valid, p);
     }
   }
 }

@@ -208,6 +208,34 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::
   return out;
 }
 
+at::Tensor int8_linear_dequant_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                                   const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
+                                   int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType int_dtype,
+                                   const at::Tensor& out_scale, c10::string_view rounding) {
+  constexpr const char* op = "int8_linear_dequant";
+  cpu::Int8GemmArgs args;
+  at::Tensor x_holder, bias_holder;
+  const WeightView wv = prepare_operands(x, x_zero_point, w, x_holder, args, op);
+  const int64_t n = wv.view.n;
+  check_cpu(m0, op, "m0");
+  check_cpu(shift, op, "shift");
+  check_cpu(out_scale, op, "out_scale");
+  check_int8_range(int_dtype, out_zero_point, qmin, qmax, op, "int_dtype");
+  const bool per_channel =
+      check_requant_epilogue(m0, shift, n, bias, out_zero_point, qmin, qmax, int_dtype, rounding, op);
+  check_scale_tensor(out_scale, op, "out_scale");
+  args.bias_i32 = optional_bias<int32_t>(bias, bias_holder, op);
+  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
+  args.kind = cpu::EpilogueKind::kRequantize;
+  args.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, int_dtype, rounding, op);
+  args.requant.out_type = OutType::kFloat32;
+  args.requant.dequant_scale = check_scale_value(out_scale, op, "out_scale");
+  at::Tensor out = at::empty({x.size(0), n}, x.options().dtype(at::kFloat));
+  args.out = out.data_ptr();
+  run_gemm(args);
+  return out;
+}
+
 at::Tensor int8_linear_float_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
                                  const at::Tensor& x_scale, const at::Tensor& w_scale,
                                  const std::optional<at::Tensor>& bias) {
@@ -251,6 +279,33 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x, int64_
   return {q, scale};
 }
 
+std::tuple<at::Tensor, at::Tensor> quantize_per_tensor_cpu(const at::Tensor& x, const at::Tensor& scale,
+                                                           int64_t zero_point, int64_t qmin, int64_t qmax,
+                                                           at::ScalarType out_dtype) {
+  constexpr const char* op = "quantize_per_tensor";
+  check_quantize_per_tensor(x, scale, zero_point, qmin, qmax, out_dtype, op);
+  check_cpu(x, op, "x");
+  check_cpu(scale, op, "scale");
+  cpu::QuantizePerTensorParams p;
+  p.scale = check_scale_value(scale, op, "scale");
+  p.zero_point = static_cast<int32_t>(zero_point);
+  p.qmin = static_cast<int32_t>(qmin);
+  p.qmax = static_cast<int32_t>(qmax);
+  p.out_signed = out_dtype == at::kChar;
+  const at::Tensor xc = x.contiguous();
+  const int64_t cols = x.size(-1), rows = cols > 0 ? x.numel() / cols : 0;
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  at::Tensor nonfinite = at::zeros({rows}, x.options().dtype(at::kBool));
+  if (rows == 0 || cols == 0) return {q, nonfinite};
+  const float* xp = xc.data_ptr<float>();
+  void* qp = q.data_ptr();
+  bool* np = nonfinite.data_ptr<bool>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / cols);
+  at::parallel_for(0, rows, grain,
+                   [&](int64_t begin, int64_t end) { cpu::quantize_per_tensor(xp, cols, begin, end, p, qp, np); });
+  return {q, nonfinite};
+}
+
 }  // namespace
 }  // namespace ck::ops
 
@@ -261,6 +316,8 @@ TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("int8_gemm", &ck::ops::int8_gemm_cpu);
   m.impl("int8_linear", &ck::ops::int8_linear_cpu);
   m.impl("int8_linear_float", &ck::ops::int8_linear_float_cpu);
+  m.impl("int8_linear_dequant", &ck::ops::int8_linear_dequant_cpu);
+  m.impl("quantize_per_tensor", &ck::ops::quantize_per_tensor_cpu);
   m.impl("quantize_rows", &ck::ops::quantize_rows_cpu);
   m.impl("int8_add", &ck::ops::int8_add_cpu);
 }

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <optional>
 
 #include "checks.h"
@@ -98,6 +99,37 @@ inline void check_float_epilogue(const at::Tensor& x_scale, const at::Tensor& w_
   TORCH_CHECK(w_scale.dim() <= 1 && (w_scale.sym_numel() == 1 || w_scale.sym_numel() == n), op,
               ": w_scale must have 1 or N=", n, " elements, got shape ", w_scale.sym_sizes());
   check_bias(bias, at::kFloat, n, op);
+}
+
+// A per-tensor fp32 scale: one element (its value: check_scale_value, where data exists).
+inline void check_scale_tensor(const at::Tensor& scale, const char* op, const char* name) {
+  check_dtype(scale, at::kFloat, op, name);
+  TORCH_CHECK(scale.sym_numel() == 1, op, ": ", name, " must have one element (a per-tensor scale), got shape ",
+              scale.sym_sizes());
+}
+
+// The value of a CPU scale of check_scale_tensor: finite and > 0.
+inline float check_scale_value(const at::Tensor& scale, const char* op, const char* name) {
+  const float v = *scale.data_ptr<float>();  // read directly: item() would dispatch per call
+  TORCH_CHECK(std::isfinite(v) && v > 0, op, ": ", name, " must be finite and > 0, got ", v);
+  return v;
+}
+
+// An 8-bit integer type with its range: out_dtype int8 or uint8, zero_point and [qmin, qmax] in it.
+inline void check_int8_range(at::ScalarType dtype, int64_t zero_point, int64_t qmin, int64_t qmax, const char* op,
+                             const char* name) {
+  TORCH_CHECK(dtype == at::kChar || dtype == at::kByte, op, ": ", name, " must be int8 or uint8, got ", dtype);
+  check_output_range(dtype, zero_point, qmin, qmax, op);
+}
+
+// quantize_per_tensor: fp32 x with at least one dimension (rows along the last), a per-tensor scale,
+// an int8 / uint8 out_dtype with its zero point and range.
+inline void check_quantize_per_tensor(const at::Tensor& x, const at::Tensor& scale, int64_t zero_point, int64_t qmin,
+                                      int64_t qmax, at::ScalarType out_dtype, const char* op) {
+  check_dtype(x, at::kFloat, op, "x");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (rows along the last), got a 0-D tensor");
+  check_scale_tensor(scale, op, "scale");
+  check_int8_range(out_dtype, zero_point, qmin, qmax, op, "out_dtype");
 }
 
 inline void check_quantize_rows(const at::Tensor& x, int64_t qmax, const char* op) {

@@ -84,6 +84,26 @@ at::Tensor int8_linear_float_meta(const at::Tensor& x, int64_t x_zero_point, con
   return empty_meta({x.sym_size(0), o.n}, x, at::kFloat);
 }
 
+at::Tensor int8_linear_dequant_meta(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                                    const std::optional<at::Tensor>& bias, const at::Tensor& m0,
+                                    const at::Tensor& shift, int64_t out_zero_point, int64_t qmin, int64_t qmax,
+                                    at::ScalarType int_dtype, const at::Tensor& out_scale, c10::string_view rounding) {
+  constexpr const char* op = "int8_linear_dequant";
+  const Int8Operands o = check_int8_gemm_operands(x, x_zero_point, w, op);
+  check_int8_range(int_dtype, out_zero_point, qmin, qmax, op, "int_dtype");
+  check_requant_epilogue(m0, shift, o.n, bias, out_zero_point, qmin, qmax, int_dtype, rounding, op);
+  check_scale_tensor(out_scale, op, "out_scale");
+  return empty_meta({x.sym_size(0), o.n}, x, at::kFloat);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_tensor_meta(const at::Tensor& x, const at::Tensor& scale,
+                                                            int64_t zero_point, int64_t qmin, int64_t qmax,
+                                                            at::ScalarType out_dtype) {
+  check_quantize_per_tensor(x, scale, zero_point, qmin, qmax, out_dtype, "quantize_per_tensor");
+  const c10::SymInt rows = x.sym_size(-1) == 0 ? c10::SymInt(0) : x.sym_numel() / x.sym_size(-1);
+  return {empty_meta(x.sym_sizes(), x, out_dtype), empty_meta({rows}, x, at::kBool)};
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_rows_meta(const at::Tensor& x, int64_t qmax) {
   check_quantize_rows(x, qmax, "quantize_rows");
   return {empty_meta(x.sym_sizes(), x, at::kChar), empty_meta({x.sym_size(0)}, x, at::kFloat)};
@@ -277,6 +297,8 @@ TORCH_LIBRARY_IMPL(compress_kernels, Meta, m) {
   m.impl("int8_gemm", &ck::ops::int8_gemm_meta);
   m.impl("int8_linear", &ck::ops::int8_linear_meta);
   m.impl("int8_linear_float", &ck::ops::int8_linear_float_meta);
+  m.impl("int8_linear_dequant", &ck::ops::int8_linear_dequant_meta);
+  m.impl("quantize_per_tensor", &ck::ops::quantize_per_tensor_meta);
   m.impl("quantize_rows", &ck::ops::quantize_rows_meta);
   m.impl("int8_conv2d_pack_weight", &ck::ops::int8_conv2d_pack_weight_meta);
   m.impl("int8_conv2d", &ck::ops::int8_conv2d_meta);

@@ -31,7 +31,14 @@ TORCH_LIBRARY(compress_kernels, m) {
   m.def(
       "int8_linear_float(Tensor x, int x_zero_point, Tensor w, Tensor x_scale, Tensor w_scale, "
       "Tensor? bias) -> Tensor");
+  m.def(
+      "int8_linear_dequant(Tensor x, int x_zero_point, Tensor w, Tensor? bias, Tensor m0, Tensor shift, "
+      "int out_zero_point, int qmin, int qmax, ScalarType int_dtype, Tensor out_scale, str rounding=\"double\") -> "
+      "Tensor");
   m.def("quantize_rows(Tensor x, int qmax=127) -> (Tensor, Tensor)");
+  m.def(
+      "quantize_per_tensor(Tensor x, Tensor scale, int zero_point, int qmin, int qmax, ScalarType out_dtype) -> "
+      "(Tensor, Tensor)");
 
   // ---- int8 conv2d ----
   m.def("int8_conv2d_pack_weight(Tensor w, int groups=1) -> Tensor");
