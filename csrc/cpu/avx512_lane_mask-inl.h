@@ -1,6 +1,6 @@
-// Included by requant_avx512vnni-inl.h, codebook_avx512vnni.cpp and fake_quant_avx512vnni.cpp only (AVX-512
-// tiers, after their `#pragma GCC target`); everything here has internal linkage.
-// The mask of the first `count` of 16 lanes (all 16 for count >= 16): the masked loads and stores of a tail.
+// Included by requant_avx512vnni-inl.h, codebook_avx512vnni.cpp, fake_quant_avx512vnni.cpp and int4_amx.cpp only
+// (AVX-512 tiers, after their `#pragma GCC target`); everything here has internal linkage. The mask of the first
+// `count` of 16 lanes (all 16 for count >= 16): the masked loads and stores of a tail.
 #pragma once
 
 #include <immintrin.h>

@@ -175,7 +175,7 @@ void float_run_portable(const Int4FloatArgs& a, int64_t block_begin, int64_t blo
 }  // namespace
 
 void int4_w4a8_run(const Int4W4a8Args& a, int64_t block_begin, int64_t block_end) {
-  int4_w4a8_tiers.active().run(a, block_begin, block_end);
+  int4_w4a8_tiers.kernels(enabled_tiers(a.m >= kInt4AmxMinRows)).run(a, block_begin, block_end);
 }
 void int4_f32_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end) {
   int4_f32_tiers.active().run(a, block_begin, block_end);
@@ -188,6 +188,8 @@ constexpr TierTable<Int4W4a8Kernels> int4_w4a8_tiers{int4_w4a8_kernels_portable,
                                                      {
                                                          {Tier::kAvx2, &int4_w4a8_kernels_avx2},
                                                          {Tier::kAvx512Vnni, &int4_w4a8_kernels_avx512vnni},
+                                                         {Tier::kAmx, &int4_w4a8_kernels_amx},
+                                                         {Tier::kAmxEmulated, &int4_w4a8_kernels_amx_emulated},
                                                      }};
 constexpr TierTable<Int4FloatKernels> int4_f32_tiers{int4_f32_kernels_portable,
                                                      {

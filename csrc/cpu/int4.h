@@ -113,7 +113,11 @@ struct Int4FloatKernels {
 void int4_w4a8_run(const Int4W4a8Args& a, int64_t block_begin, int64_t block_end);
 void int4_f32_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end);
 
-extern const Int4W4a8Kernels int4_w4a8_kernels_portable, int4_w4a8_kernels_avx2, int4_w4a8_kernels_avx512vnni;
+// The AMX tiers (int4_amx-inl.h) run x in tiles of 16 rows: they serve M >= kInt4AmxMinRows only,
+// smaller M runs the best vector tier (int4_w4a8_run).
+constexpr int64_t kInt4AmxMinRows = 16;
+extern const Int4W4a8Kernels int4_w4a8_kernels_portable, int4_w4a8_kernels_avx2, int4_w4a8_kernels_avx512vnni,
+    int4_w4a8_kernels_amx, int4_w4a8_kernels_amx_emulated;
 extern const TierTable<Int4W4a8Kernels> int4_w4a8_tiers;
 extern const Int4FloatKernels int4_f32_kernels_portable, int4_f32_kernels_avx512vnni;
 extern const TierTable<Int4FloatKernels> int4_f32_tiers;

@@ -103,6 +103,7 @@ std::vector<std::string> cpu_kernel_tiers() {
       {"sparse24_int8_vector", cpu::sparse24_int8_tiers.select(vector)},
       {"sparse24_bf16", cpu::sparse24_bf16_tiers.select(all)},
       {"int4_w4a8", cpu::int4_w4a8_tiers.select(all)},
+      {"int4_w4a8_vector", cpu::int4_w4a8_tiers.select(vector)},
       {"int4_f32", cpu::int4_f32_tiers.select(all)},
   };
   std::vector<std::string> out;
