@@ -62,7 +62,8 @@ def expected_kernel_tiers(isa: str) -> dict:
         "sparse24_bf16": bf16,
         "int4_w4a8": tiles or vnni_family,
         "int4_w4a8_vector": vnni_family,
-        "int4_f32": "portable" if path in ("portable", "avx2") else "avx512vnni",
+        "int4_f32": tiles or ("portable" if path in ("portable", "avx2") else "avx512vnni"),
+        "int4_f32_vector": "portable" if path in ("portable", "avx2") else "avx512vnni",
     }
 
 
@@ -81,7 +82,7 @@ def test_amx_emulation_keeps_the_best_non_amx_tier_for_other_families():
     with ck.force_cpu_isa(best_non_amx):
         native = kernel_tiers()
     for family, tier in emulated.items():
-        if family in ("int8_gemm", "sparse24_int8", "int4_w4a8"):  # the families with AMX kernels
+        if family in ("int8_gemm", "sparse24_int8", "int4_w4a8", "int4_f32"):  # the families with AMX kernels
             assert tier == "amx_emulated"
         else:
             assert tier == native[family], family

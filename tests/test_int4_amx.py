@@ -71,3 +71,40 @@ def test_same_bits_at_every_thread_count():
         torch.set_num_threads(threads)
     want = ref.int4_linear_w4a8(x, w, scales, zp, 128)
     assert all(torch.equal(r, want) for r in results)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group_size, k", [(32, 256), (64, 192), (128, 384)])
+def test_w4a16_bf16_tiles_within_the_stated_bound(group_size, k, symmetric):
+    """bf16 x at M >= 16 runs on tdpbf16ps (amx, amx_emulated): within int4.h's w4a16 bound of the exact
+    result, and the hardware tiles and their scalar model agree with each other closely."""
+    from compress_kernels.testing import ISAS
+
+    n = 37
+    w, scales, zp = _weight(n, k, group_size, symmetric, seed=group_size)
+    pack = ck.int4_pack(w, scales, group_size, zp)
+    bias = rand_x(n, seed=4)
+    for m in (16, 21):
+        x = rand_x(m, k, seed=m).bfloat16()
+        exact = (x.double() @ ref.int4_dequantize(w, scales, zp, group_size).double().T) + bias.double()
+        bound = ref.int4_linear_error_bound(x.float(), w, scales, zp, group_size) + exact.abs() * 2.0**-8
+        results = {}
+        for isa in ISAS:
+            with ck.force_cpu_isa(isa):
+                results[isa] = ck.int4_linear(x, pack, bias, "bf16")
+            err = (results[isa].double() - exact).abs()
+            assert bool((err <= bound).all()), (isa, m, float((err - bound).max()))
+        if "amx" in results:  # the scalar model of tdpbf16ps against the instruction itself
+            assert torch.equal(results["amx"], results["amx_emulated"])
+
+
+def test_w4a16_tile_decode_covers_every_nibble():
+    """Every int4 value -8..7 in every position of a chunk: the bf16 decode tables of the tile kernel."""
+    k, gs = 64, 32
+    w = (torch.arange(16 * k, dtype=torch.int64).reshape(16, k) % 16 - 8).to(torch.int8)
+    w = w[:, torch.randperm(k, generator=torch.Generator().manual_seed(1))].contiguous()
+    scales = torch.ones(16, k // gs)
+    pack = ck.int4_pack(w, scales, gs)
+    x = torch.eye(k)[:32].bfloat16()  # row i selects k = i: the output is column i of the weight
+    got = run_on_every_isa(lambda: ck.int4_linear(x, pack, None, "bf16").float())
+    assert torch.equal(got, w[:, :32].T.float())

@@ -111,6 +111,44 @@ struct EmulatedTiles {
   static void dot_ss() {
     dot_int8<C, A, B, true>();
   }
+  // tdpbf16ps, as probed on Sapphire Rapids: bf16 inputs with subnormals read as zero (DAZ); per
+  // pair p in order, C[m][n] = ftz(C[m][n] + ftz(RN(A[m][2p] * B[p][2n] + A[m][2p+1] * B[p][2n+1]))):
+  // the two exact products summed and rounded to fp32 once, then added; ftz flushes a subnormal
+  // result to a zero of its sign.
+  static float bf16_daz(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    uint32_t bits = static_cast<uint32_t>(h) << 16;
+    if ((bits & 0x7f800000u) == 0) bits &= 0x80000000u;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+  static float ftz(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    if ((bits & 0x7f800000u) == 0) bits &= 0x80000000u;
+    std::memcpy(&v, &bits, 4);
+    return v;
+  }
+  template <int C, int A, int B>
+  static void dot_bf16() {
+    State& s = state();
+    const int m_rows = s.cfg.rows[C], n_cols = s.cfg.colsb[C] / 4, pairs = s.cfg.colsb[A] / 4;
+    for (int m = 0; m < m_rows; ++m) {
+      for (int n = 0; n < n_cols; ++n) {
+        float acc;
+        std::memcpy(&acc, &s.tile[C][m][4 * n], 4);
+        for (int p = 0; p < pairs; ++p) {
+          const float a0 = bf16_daz(&s.tile[A][m][4 * p]), a1 = bf16_daz(&s.tile[A][m][4 * p + 2]);
+          const float b0 = bf16_daz(&s.tile[B][p][4 * n]), b1 = bf16_daz(&s.tile[B][p][4 * n + 2]);
+          const float pair = a0 * b0 + a1 * b1;  // exact products (8-bit significands), one rounding
+          acc = ftz(acc + ftz(pair));
+        }
+        std::memcpy(&s.tile[C][m][4 * n], &acc, 4);
+      }
+    }
+  }
 };
 
 }  // namespace ck::cpu

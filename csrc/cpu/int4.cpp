@@ -178,7 +178,7 @@ void int4_w4a8_run(const Int4W4a8Args& a, int64_t block_begin, int64_t block_end
   int4_w4a8_tiers.kernels(enabled_tiers(a.m >= kInt4AmxMinRows)).run(a, block_begin, block_end);
 }
 void int4_f32_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end) {
-  int4_f32_tiers.active().run(a, block_begin, block_end);
+  int4_f32_tiers.kernels(enabled_tiers(a.x_bf16 != nullptr && a.m >= kInt4AmxMinRows)).run(a, block_begin, block_end);
 }
 
 const Int4W4a8Kernels int4_w4a8_kernels_portable = {&w4a8_run_portable};
@@ -194,6 +194,8 @@ constexpr TierTable<Int4W4a8Kernels> int4_w4a8_tiers{int4_w4a8_kernels_portable,
 constexpr TierTable<Int4FloatKernels> int4_f32_tiers{int4_f32_kernels_portable,
                                                      {
                                                          {Tier::kAvx512Vnni, &int4_f32_kernels_avx512vnni},
+                                                         {Tier::kAmx, &int4_f32_kernels_amx},
+                                                         {Tier::kAmxEmulated, &int4_f32_kernels_amx_emulated},
                                                      }};
 
 }  // namespace ck::cpu

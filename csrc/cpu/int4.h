@@ -89,6 +89,9 @@ struct Int4W4a8Args {
 struct Int4FloatArgs {
   Int4Weight w;
   const float* x = nullptr;  // [m, k]
+  // The bf16 bits x was widened from (activation "bf16"), or null: with it, M >= kInt4AmxMinRows
+  // runs on AMX-BF16 tiles (int4_amx-inl.h) where the CPU has them.
+  const uint16_t* x_bf16 = nullptr;
   const float* x_group_sum = nullptr;  // [m, groups] fp32 group sums of x (asymmetric packs), else null
   int64_t m = 0;
   const float* bias = nullptr;  // [n] or null
@@ -113,13 +116,14 @@ struct Int4FloatKernels {
 void int4_w4a8_run(const Int4W4a8Args& a, int64_t block_begin, int64_t block_end);
 void int4_f32_run(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end);
 
-// The AMX tiers (int4_amx-inl.h) run x in tiles of 16 rows: they serve M >= kInt4AmxMinRows only,
-// smaller M runs the best vector tier (int4_w4a8_run).
+// The AMX tiers (int4_amx-inl.h) run x in tiles of 16 rows: they serve M >= kInt4AmxMinRows only (and
+// w4a16 only for bf16 x), smaller M runs the best vector tier (int4_w4a8_run, int4_f32_run).
 constexpr int64_t kInt4AmxMinRows = 16;
 extern const Int4W4a8Kernels int4_w4a8_kernels_portable, int4_w4a8_kernels_avx2, int4_w4a8_kernels_avx512vnni,
     int4_w4a8_kernels_amx, int4_w4a8_kernels_amx_emulated;
 extern const TierTable<Int4W4a8Kernels> int4_w4a8_tiers;
-extern const Int4FloatKernels int4_f32_kernels_portable, int4_f32_kernels_avx512vnni;
+extern const Int4FloatKernels int4_f32_kernels_portable, int4_f32_kernels_avx512vnni, int4_f32_kernels_amx,
+    int4_f32_kernels_amx_emulated;
 extern const TierTable<Int4FloatKernels> int4_f32_tiers;
 
 }  // namespace ck::cpu

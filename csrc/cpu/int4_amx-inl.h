@@ -33,6 +33,9 @@ struct Int4AmxScratch {
   std::vector<int8_t> a_tail;     // the last, partial tile of x rows, zero-padded to 16 rows: 16 x K
   std::vector<int32_t> sums;      // two staged accumulator tiles: 2 x 16 x 16
   std::vector<int32_t> xsum_tail; // asymmetric packs: group sums of the partial tile, zero-padded
+  std::vector<float> fsums;       // w4a16: two staged fp32 accumulator tiles
+  std::vector<uint16_t> x_tail;   // w4a16: the last, partial tile of bf16 x rows, zero-padded
+  std::vector<float> fxsum_tail;  // w4a16, asymmetric packs: fp32 group sums of the partial tile
 };
 
 inline Int4AmxScratch& int4_amx_scratch() {
@@ -140,6 +143,98 @@ void int4_w4a8_amx_blocks(const Int4W4a8Args& a, int64_t block_begin, int64_t bl
       const int64_t m0 = t * kAmxTileRows, rows_m = tail ? tail_rows : kAmxTileRows;
       Policy::finish(acc, rows_m, rows, a.x_scale + m0, a.bias == nullptr ? nullptr : a.bias + n0,
                      a.out + m0 * w.n + n0, w.n);
+    }
+  }
+  Tiles::release();
+}
+
+// w4a16 with bf16 activations on tdpbf16ps. Per row block the weight is decoded once into the
+// tdpbf16ps B layout (pair row p holds, per column n, the bf16 values of q[n, 2p] and q[n, 2p + 1],
+// q = u - 8 exact in bf16), then per tile of 16 rows of x and per group g in order the group's
+// dots (K = 32 bf16 each) sum x * q into a zeroed fp32 tile, and the policy applies the fp32 kernel's
+// group step: part = sum (- z * xsum for asymmetric packs), acc = acc + part * s. The sums follow
+// tdpbf16ps' rounding (EmulatedTiles::dot_bf16: pairs of exact products rounded once, DAZ / FTZ), within
+// int4.h's w4a16 bound; the group steps are the fp32 kernel's.
+//
+// Policy additionally provides:
+//   Policy::decode_bf16(words, rows, b): the chunk's words -> its four B pair rows at b (256 bytes)
+//   Policy::add_group_f(acc, sums, cols, scales, offsets, xsum, xsum_stride): acc[r][j] = acc + part * s
+//     with part = sums[r * 16 + j] (- (offsets[j] - 8) * xsum[r * xsum_stride] when offsets), in fp32
+//   Policy::finish_f(acc, rows_m, cols, bias, out, ldo): out[r][j] = acc (+ bias[j])
+template <class Tiles, class Policy>
+void int4_w4a16_amx_blocks(const Int4FloatArgs& a, int64_t block_begin, int64_t block_end) {
+  const Int4Weight& w = a.w;
+  const int64_t gs = w.group_size, groups = w.groups(), chunks = gs / 8, k = w.k;
+  constexpr int64_t kt = 32;  // bf16 values of k per dot (A: 64 bytes per row; B: 16 pair rows)
+  const int64_t dots = gs / kt;
+  Int4AmxScratch& s = int4_amx_scratch();
+  int8_t* b = int4_grow(s.b, static_cast<size_t>(k / 2 * kAmxTileBytes));
+  float* sums = int4_grow(s.fsums, 2 * 16 * 16);
+  const int64_t full_tiles = a.m / kAmxTileRows, tail_rows = a.m % kAmxTileRows;
+  const int64_t tiles = full_tiles + (tail_rows > 0 ? 1 : 0);
+  uint16_t* x_tail = nullptr;
+  float* xsum_tail = nullptr;
+  if (tail_rows > 0) {  // the last tile of x rows and their group sums, zero-padded
+    x_tail = int4_grow(s.x_tail, static_cast<size_t>(kAmxTileRows * k));
+    std::memset(x_tail, 0, static_cast<size_t>(kAmxTileRows * k) * 2);
+    std::memcpy(x_tail, a.x_bf16 + full_tiles * kAmxTileRows * k, static_cast<size_t>(tail_rows * k) * 2);
+    if (w.asymmetric) {
+      xsum_tail = int4_grow(s.fxsum_tail, static_cast<size_t>(kAmxTileRows * groups));
+      std::memset(xsum_tail, 0, static_cast<size_t>(kAmxTileRows * groups) * sizeof(float));
+      std::memcpy(xsum_tail, a.x_group_sum + full_tiles * kAmxTileRows * groups,
+                  static_cast<size_t>(tail_rows * groups) * sizeof(float));
+    }
+  }
+  Tiles::configure(amx_config(kAmxTileRows));
+  for (int64_t block = block_begin; block < block_end; ++block) {
+    const int64_t rows = w.block_rows(block), n0 = block * kInt4BlockRows;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint32_t* gp = w.group(block, g);
+      for (int64_t c = 0; c < chunks; ++c) {
+        Policy::decode_bf16(gp + c * rows, rows, b + (g * gs + 8 * c) / 2 * kAmxTileBytes);
+      }
+    }
+    for (int64_t t = 0; t < tiles; ++t) {
+      const bool tail = t == full_tiles;
+      const uint16_t* at = tail ? x_tail : a.x_bf16 + t * kAmxTileRows * k;  // rows k values apart
+      const float* xsum = !w.asymmetric ? nullptr : tail ? xsum_tail : a.x_group_sum + t * kAmxTileRows * groups;
+      typename Policy::Acc acc;
+      Policy::zero(acc);
+      auto group_dots = [&](int64_t g) {
+        float* gsums = sums + (g & 1) * 256;
+        const int8_t* bg = b + g * gs / 2 * kAmxTileBytes;
+        if ((g & 1) == 0) {
+          Tiles::template zero<0>();
+          for (int64_t d = 0; d < dots; ++d) {
+            Tiles::template load<4>(at + g * gs + d * kt, k * 2);
+            Tiles::template load<6>(bg + d * kt / 2 * kAmxTileBytes, kAmxTileBytes);
+            Tiles::template dot_bf16<0, 4, 6>();
+          }
+          Tiles::template store<0>(gsums, kAmxTileBytes);
+        } else {
+          Tiles::template zero<3>();
+          for (int64_t d = 0; d < dots; ++d) {
+            Tiles::template load<5>(at + g * gs + d * kt, k * 2);
+            Tiles::template load<7>(bg + d * kt / 2 * kAmxTileBytes, kAmxTileBytes);
+            Tiles::template dot_bf16<3, 5, 7>();
+          }
+          Tiles::template store<3>(gsums, kAmxTileBytes);
+        }
+      };
+      auto accumulate = [&](int64_t g) {
+        const uint32_t* gp = w.group(block, g);
+        const float* scales = reinterpret_cast<const float*>(gp + chunks * rows);
+        const uint32_t* offsets = w.asymmetric ? gp + (chunks + 1) * rows : nullptr;
+        Policy::add_group_f(acc, sums + (g & 1) * 256, rows, scales, offsets, xsum == nullptr ? nullptr : xsum + g,
+                            groups);
+      };
+      for (int64_t g = 0; g < groups; ++g) {  // pipelined as in the w4a8 kernel
+        group_dots(g);
+        if (g > 0) accumulate(g - 1);
+      }
+      accumulate(groups - 1);
+      const int64_t m0 = t * kAmxTileRows, rows_m = tail ? tail_rows : kAmxTileRows;
+      Policy::finish_f(acc, rows_m, rows, a.bias == nullptr ? nullptr : a.bias + n0, a.out + m0 * w.n + n0, w.n);
     }
   }
   Tiles::release();

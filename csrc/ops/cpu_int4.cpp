@@ -138,7 +138,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
   }
   // bf16 x: widened exactly to fp32 for the fp32 kernel, the output rounded to bf16 (nearest even).
   // On the Xeons measured (benchmarks/bench_int4.py) the fp32 FMA kernel with the 16-entry vpermps
-  // decode beat a vdpbf16ps kernel on bf16 weight pairs decoded with vpermw by 20-25% at M = 1..64.
+  // decode beat a vdpbf16ps kernel on bf16 weight pairs decoded with vpermw by 20-25% at M = 1..64;
+  // from 16 rows up, a CPU with AMX runs bf16 x on the tiles instead (the kernel reads x_bf16).
   const at::Tensor xf = bf16 ? xc.to(at::kFloat) : xc;
   at::Tensor sums;
   if (w.asymmetric) {
@@ -149,6 +150,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
   cpu::Int4FloatArgs args;
   args.w = w;
   args.x = xf.data_ptr<float>();
+  if (bf16) args.x_bf16 = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
   args.x_group_sum = sums.defined() ? sums.data_ptr<float>() : nullptr;
   args.m = m;
   args.bias = bias_ptr;

@@ -105,6 +105,7 @@ std::vector<std::string> cpu_kernel_tiers() {
       {"int4_w4a8", cpu::int4_w4a8_tiers.select(all)},
       {"int4_w4a8_vector", cpu::int4_w4a8_tiers.select(vector)},
       {"int4_f32", cpu::int4_f32_tiers.select(all)},
+      {"int4_f32_vector", cpu::int4_f32_tiers.select(vector)},
   };
   std::vector<std::string> out;
   for (const auto& [family, tier] : families) out.push_back(std::string(family) + "=" + cpu::tier_name(tier));
