@@ -199,3 +199,187 @@ def train_fp32(settings: TransformerSettings, x_train: torch.Tensor, y_train: to
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)  # atomic: a concurrent run never reads a half-written checkpoint
     return model.eval(), False
+
+
+# ---------------------------------------------------------------- the variants
+
+
+@dataclass
+class TransformerRow:
+    name: str
+    top1: float
+    finetune_steps: int
+    seconds: float          # compression time (calibration, pruning, fine-tuning, conversion)
+    detail: str
+
+
+def _calibration(settings: TransformerSettings, x_train: torch.Tensor) -> list[torch.Tensor]:
+    b = settings.batch_size
+    return [x_train[i * b:(i + 1) * b] for i in range(settings.calibration_batches)]
+
+
+def static_int8(model: nn.Module, calibration, smooth_alpha: float | None = None):
+    """The module-level static int8 model (min-max observers) and convert_'s report."""
+    import compress_kernels as ck
+
+    calibrated = copy.deepcopy(model)
+    ck.calibrate(calibrated, calibration)
+    report = ck.convert_(calibrated, ck.Int8StaticConfig(observer="minmax", smooth_alpha=smooth_alpha))
+    return report.model, report
+
+
+def qat_int8(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TransformerSettings):
+    """(integer model, QAT model): module-level QAT for settings.qat_steps steps, frozen, converted."""
+    import compress_kernels as ck
+
+    qat = ck.prepare_qat_(copy.deepcopy(model))
+    train_steps(qat, x, y, settings.qat_steps, settings.qat_lr, settings.batch_size, settings.seed + 2,
+                progress=settings.progress, desc="QAT")
+    ck.freeze_qat_(qat)
+    qat.eval()
+    return ck.convert_(qat).model, qat
+
+
+def pruned_24(model: nn.Module, criterion: str, calibration, settings: TransformerSettings, finetune_steps: int = 0,
+              x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> nn.Module:
+    """A 2:4 copy of `model` (the Linear layers of the encoder blocks) by `criterion` ("l1": magnitude,
+    "wanda", "sparsegpt"), then `finetune_steps` AdamW steps on (x, y) with the mask fixed (the Pruner
+    zeroes the pruned weights' gradients and re-applies the mask after every step). Float model, masks
+    removed, pruned weights zero."""
+    from ..prune import PruneConfig, prune_
+
+    pruned = copy.deepcopy(model)
+    extra = {} if criterion == "l1" else {"calibration": calibration}
+    pruner = prune_(pruned, PruneConfig(granularity="2:4", criterion=criterion, module_types=(nn.Linear,),
+                                        filter_fn=lambda module, name: block_linears(module, name), **extra))
+    if finetune_steps:
+        train_steps(pruned, x, y, finetune_steps, settings.finetune_lr, settings.batch_size, settings.seed + 1,
+                    after_step=lambda _: pruner.step(), progress=settings.progress, desc=f"2:4 {criterion} fine-tune")
+    pruner.remove()
+    return pruned.eval()
+
+
+def run(settings: TransformerSettings) -> tuple[list[TransformerRow], dict]:
+    """Train (or load) the fp32 model and measure every variant on one thread (the matrices are tiny:
+    more threads only add OpenMP synchronisation). Returns (rows, info)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(settings: TransformerSettings) -> tuple[list[TransformerRow], dict]:
+    torch.manual_seed(settings.seed)
+    x_train, y_train, x_test, y_test = load_digits_images(settings.seed)
+    start = time.perf_counter()
+    model, cached = train_fp32(settings, x_train, y_train)
+    rows = [TransformerRow("fp32", accuracy(model, x_test, y_test), settings.steps, time.perf_counter() - start,
+                           "trained fp32 (cached checkpoint)" if cached else "trained fp32")]
+    calibration = _calibration(settings, x_train)
+
+    def measure(name: str, build, steps: int, detail: str) -> nn.Module:
+        began = time.perf_counter()
+        compressed = build()
+        rows.append(TransformerRow(name, accuracy(compressed, x_test, y_test), steps, time.perf_counter() - began,
+                                   detail))
+        return compressed
+
+    info: dict = {}
+
+    def static(alpha):
+        compressed, report = static_int8(model, calibration, alpha)
+        info.setdefault("static_notes", report.notes)
+        info.setdefault("static_layers", len(report.converted))
+        return compressed
+
+    measure("int8 static", lambda: static(None), 0, "every Linear a QuantLinearFloatIO (hooks, min-max)")
+    measure("int8 static smoothed", lambda: static(settings.smooth_alpha), 0,
+            f"SmoothQuant migration, alpha={settings.smooth_alpha}")
+
+    def qat():
+        import compress_kernels as ck
+
+        integer, qat_model = qat_int8(model, x_train, y_train, settings)
+        with torch.no_grad(), ck.qat_exact_mode(qat_model):
+            exact = qat_model(x_test)
+        with torch.no_grad():
+            info["qat_converts_exactly"] = bool(torch.equal(integer(x_test), exact))
+        return integer
+
+    measure("int8 QAT", qat, settings.qat_steps, "module-level QAT, converted to the integer model")
+    for criterion, name in (("l1", "2:4 magnitude"), ("wanda", "2:4 Wanda"), ("sparsegpt", "2:4 SparseGPT")):
+        measure(name, lambda c=criterion: pruned_24(model, c, calibration, settings), 0, "one shot, no fine-tuning")
+    calibrated = {r.name: r.top1 for r in rows}
+    best = "sparsegpt" if calibrated["2:4 SparseGPT"] >= calibrated["2:4 Wanda"] else "wanda"
+    measure(f"2:4 {'SparseGPT' if best == 'sparsegpt' else 'Wanda'} + fine-tune",
+            lambda: pruned_24(model, best, calibration, settings, settings.finetune_steps, x_train, y_train),
+            settings.finetune_steps, "mask fixed while fine-tuning (Pruner)")
+    info["fp32_checkpoint_reused"] = cached
+    info["test_images"] = len(x_test)
+    return rows, info
+
+
+def format_rows(rows: list[TransformerRow]) -> str:
+    fp32 = rows[0].top1
+    lines = ["| variant | top-1 % | vs fp32 | steps | seconds | how |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.top1:.2f} | {r.top1 - fp32:+.2f} | {r.finetune_steps} | {r.seconds:.1f} | "
+                     f"{r.detail} |")
+    return "\n".join(lines)
+
+
+def write_reports(rows: list[TransformerRow], info: dict, settings: TransformerSettings, seconds: float) -> dict:
+    """report.md, report.json and top1.png (a bar per variant) in settings.out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(settings.out, exist_ok=True)
+    paths = {name: os.path.join(settings.out, name) for name in ("report.md", "report.json", "top1.png")}
+    title = (f"Transformer study: DigitsTransformer (dim {settings.dim}, depth {settings.depth}) on the digits, "
+             f"top-1 on {info['test_images']} held-out images")
+    with open(paths["report.md"], "w") as f:
+        f.write(f"# {title}\n\n{format_rows(rows)}\n\nQAT integer model equals its exact mode bit for bit: "
+                f"{info.get('qat_converts_exactly')}. Static int8: {info.get('static_layers')} layers, "
+                f"{'; '.join(info.get('static_notes', []))}. Total {seconds:.1f} s.\n")
+    with open(paths["report.json"], "w") as f:
+        json.dump({"settings": asdict(settings), "rows": [asdict(r) for r in rows], "info": info, "seconds": seconds},
+                  f, indent=2)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.barh([r.name for r in rows][::-1], [r.top1 for r in rows][::-1], color="tab:blue")
+    ax.axvline(rows[0].top1, color="k", lw=0.8, ls="--")
+    ax.set_xlim(max(0.0, min(r.top1 for r in rows) - 5), 100)
+    ax.set_xlabel("top-1 % (held-out digits)")
+    ax.set_title("DigitsTransformer: compressed variants", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths["top1.png"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def add_arguments(parser) -> None:
+    d = TransformerSettings()
+    parser.add_argument("--steps", type=int, default=d.steps, help="fp32 training steps (cached checkpoint)")
+    parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
+    parser.add_argument("--qat-steps", type=int, default=d.qat_steps)
+    parser.add_argument("--out", default=d.out)
+    parser.add_argument("--cache-dir", default=None, help="fp32 checkpoint cache (default ~/.cache/compress_kernels)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args) -> int:
+    settings = TransformerSettings(steps=args.steps, finetune_steps=args.finetune_steps, qat_steps=args.qat_steps,
+                                   out=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    start = time.perf_counter()
+    rows, info = run(settings)
+    seconds = time.perf_counter() - start
+    paths = write_reports(rows, info, settings, seconds)
+    print(f"\nTransformer study: DigitsTransformer on the digits ({info['test_images']} held-out images), "
+          f"{seconds:.1f} s\n")
+    print(format_rows(rows))
+    print(f"\nQAT integer model == exact mode bit for bit: {info['qat_converts_exactly']}")
+    print("wrote " + ", ".join(paths.values()))
+    return 0
