@@ -334,6 +334,8 @@ def write_reports(rows: list[TransformerRow], info: dict, settings: TransformerS
     """report.md, report.json and top1.png (a bar per variant) in settings.out."""
     import matplotlib
 
+    from .runner import machine_info
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -346,8 +348,8 @@ def write_reports(rows: list[TransformerRow], info: dict, settings: TransformerS
                 f"{info.get('qat_converts_exactly')}. Static int8: {info.get('static_layers')} layers, "
                 f"{'; '.join(info.get('static_notes', []))}. Total {seconds:.1f} s.\n")
     with open(paths["report.json"], "w") as f:
-        json.dump({"settings": asdict(settings), "rows": [asdict(r) for r in rows], "info": info, "seconds": seconds},
-                  f, indent=2)
+        json.dump({"settings": asdict(settings), "machine": machine_info(), "rows": [asdict(r) for r in rows],
+                   "info": info, "seconds": seconds}, f, indent=2)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.barh([r.name for r in rows][::-1], [r.top1 for r in rows][::-1], color="tab:blue")
     ax.axvline(rows[0].top1, color="k", lw=0.8, ls="--")
