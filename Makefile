@@ -24,6 +24,7 @@ test: install
 demo: install
 	$(PYTHON) -m compress_kernels study
 	$(PYTHON) -m compress_kernels sensitivity
+	$(PYTHON) -m compress_kernels transformer
 
 # torchao is an optional peer; --no-deps keeps pip from touching torch.
 bench: install

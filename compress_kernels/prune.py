@@ -2,8 +2,10 @@
 
 Masks are computed from scores:
 
-* criteria: ``"l1"`` (|w|), ``"l2"`` (w^2, aggregated as a Euclidean norm over a structure) and
-  ``"gradient"`` (|w * dL/dw| accumulated over batches, first-order Taylor saliency);
+* criteria: ``"l1"`` (|w|), ``"l2"`` (w^2, aggregated as a Euclidean norm over a structure),
+  ``"gradient"`` (|w * dL/dw| accumulated over batches, first-order Taylor saliency), and the criteria
+  that read calibration activations, ``"wanda"`` and ``"sparsegpt"`` (compress_kernels.calibrated_prune;
+  nn.Linear layers, element or n:m granularity, one shot; SparseGPT also updates the kept weights);
 * granularities: ``"element"``; ``"n:m"`` (``"2:4"`` by default: in every group of m consecutive
   input weights keep the n whose pattern retains the largest score, i.e. for 2:4 the best of the
   six patterns; for a conv the groups are m consecutive input channels at one kernel tap, NVIDIA's
@@ -26,14 +28,15 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 GRANULARITIES = ("element", "n:m", "2:4", "vector", "kernel", "channel", "row")
-CRITERIA = ("l1", "l2", "gradient")
+CRITERIA = ("l1", "l2", "gradient", "wanda", "sparsegpt")
+CALIBRATED_GRANULARITIES = ("element", "n:m", "2:4")
 
 
 # ---------------------------------------------------------------- scores and masks
@@ -50,6 +53,10 @@ def element_scores(w: torch.Tensor, criterion: str = "l1", grad_score: torch.Ten
             raise ValueError("element_scores: the gradient criterion needs accumulated scores "
                              "(GradientScorer or prune_(..., data=...))")
         return grad_score
+    if criterion in ("wanda", "sparsegpt"):
+        raise ValueError(f"element_scores: criterion={criterion!r} reads calibration activations, not the weight "
+                         "alone: prune with prune_(model, PruneConfig(criterion=..., calibration=batches)) or use "
+                         "compress_kernels.calibrated_prune")
     raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
@@ -231,7 +238,15 @@ class PruneConfig:
     scope: see the module docstring; schedule: a CubicSchedule for iterative pruning (the masks are
     then recomputed by Pruner.step()), None for one-shot; module_types: which layers are pruned;
     filter_fn(module, name) -> bool narrows them further; gradient_batches: batches scored by the
-    gradient criterion."""
+    gradient criterion.
+
+    criterion="wanda" / "sparsegpt" score each nn.Linear on the inputs it sees on `calibration` (a
+    non-empty list or tuple of batches: tensors, tuples of positional inputs or dicts of keyword inputs;
+    compress_kernels.calibrated_prune): element granularity (`sparsity` of each output row for Wanda, of
+    each block of `block_size` columns for SparseGPT) or n:m / 2:4, per layer, one shot (no schedule).
+    `sequential`: prune layer after layer on the inputs of the already pruned model; `damp`, `block_size`
+    (a multiple of m for n:m): SparseGPT's damping and column block. Layers of module_types other than
+    nn.Linear are passed over with the reason (Pruner.skipped)."""
 
     sparsity: float = 0.5
     granularity: str = "element"
@@ -244,9 +259,13 @@ class PruneConfig:
     module_types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
     filter_fn: Callable[[nn.Module, str], bool] | None = None
     gradient_batches: int = 8
+    calibration: list | tuple | None = field(default=None, repr=False)
+    sequential: bool = True
+    damp: float = 0.01
+    block_size: int = 128
 
     def __post_init__(self):
-        from ._config_checks import check_choice, check_float, check_int
+        from ._config_checks import check_bool, check_choice, check_float, check_int
 
         check_float(self, "sparsity", "in [0, 1)", lambda v: 0 <= v < 1)
         check_choice(self, "granularity", GRANULARITIES)
@@ -266,6 +285,31 @@ class PruneConfig:
             raise TypeError(f"PruneConfig: filter_fn must be None or a callable (module, name) -> bool, "
                             f"got {self.filter_fn!r}")
         check_int(self, "gradient_batches", 1)
+        check_bool(self, "sequential")
+        check_float(self, "damp", "in [0, 1]", lambda v: 0 <= v <= 1)
+        check_int(self, "block_size", 1)
+        if self.criterion not in ("wanda", "sparsegpt"):
+            if self.calibration is not None:
+                raise ValueError(f'PruneConfig: calibration is read only by criterion="wanda" or "sparsegpt"; '
+                                 f"criterion={self.criterion!r} does not use it (pass calibration=None)")
+            return
+        from .calibrated_prune import check_calibration
+
+        what = f"criterion={self.criterion!r}"
+        if self.granularity not in CALIBRATED_GRANULARITIES:
+            raise ValueError(f"PruneConfig: {what} prunes at granularity {' / '.join(CALIBRATED_GRANULARITIES)}, "
+                             f"got granularity={self.granularity!r}")
+        if self.scope != "layer":
+            raise ValueError(f'PruneConfig: {what} compares weights within a layer: it needs scope="layer", got '
+                             f"scope={self.scope!r}")
+        if self.schedule is not None:
+            raise ValueError(f"PruneConfig: {what} prunes in one shot from calibration statistics: it takes no "
+                             "schedule (pass schedule=None)")
+        m = 4 if self.granularity == "2:4" else self.m
+        if self.granularity != "element" and self.block_size % m:
+            raise ValueError(f"PruneConfig: block_size must be a multiple of m = {m} (whole groups), got "
+                             f"{self.block_size}")
+        check_calibration(self, "calibration", what)
 
 
 class Pruner:
@@ -280,6 +324,10 @@ class Pruner:
                 continue
             if config.filter_fn is not None and not config.filter_fn(mod, name):
                 self.skipped.append((name, "excluded by filter_fn"))
+                continue
+            if config.criterion in ("wanda", "sparsegpt") and type(mod) is not nn.Linear:
+                self.skipped.append((name, f"criterion={config.criterion!r} scores the inputs of nn.Linear layers "
+                                           f"only, not {type(mod).__name__}"))
                 continue
             if config.granularity in ("n:m", "2:4"):
                 m = 4 if config.granularity == "2:4" else config.m
@@ -304,6 +352,9 @@ class Pruner:
     def update_masks(self, sparsity: float) -> None:
         """Recompute the masks for `sparsity` (monotone: pruned weights stay pruned) and apply them."""
         c = self.config
+        if c.criterion in ("wanda", "sparsegpt"):
+            self._calibrated_prune(sparsity)
+            return
         grad_scores = None
         if c.criterion == "gradient":
             if self.data is None:
@@ -314,6 +365,26 @@ class Pruner:
                               grad_scores, self.masks())
         for name, mod in self.modules.items():
             mod.weight_mask.copy_(masks[name])
+        self.sparsity = sparsity
+        self.apply()
+
+    @torch.no_grad()
+    def _calibrated_prune(self, sparsity: float) -> None:
+        """Wanda / SparseGPT masks (and SparseGPT's updated weights) from the calibration batches."""
+        from .calibrated_prune import calibrated_weights, layer_pruner
+
+        c = self.config
+        structured = c.granularity in ("n:m", "2:4")
+        n, m = (2, 4) if c.granularity == "2:4" else (c.n, c.m)
+        prune_layer = layer_pruner(c.criterion, sparsity, n if structured else None, m if structured else None,
+                                   c.damp, c.block_size)
+        results = calibrated_weights(self.model, self.modules, c.criterion, c.calibration, prune_layer,
+                                     sequential=c.sequential, what=f'PruneConfig(criterion="{c.criterion}")',
+                                     owner="PruneConfig")
+        for name, mod in self.modules.items():
+            weight, mask = results[name]
+            mod.weight.copy_(weight)
+            mod.weight_mask.copy_(mask)
         self.sparsity = sparsity
         self.apply()
 
@@ -360,7 +431,7 @@ class Pruner:
 def prune_(model: nn.Module, config: PruneConfig, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Pruner:
     """Attach a Pruner to `model` and prune it: to config.sparsity at once (one-shot), or to the
     schedule's initial sparsity (iterative; call pruner.step() after every optimizer step).
-    data=(x, y) feeds the gradient criterion."""
+    data=(x, y) feeds the gradient criterion; the wanda / sparsegpt criteria read config.calibration."""
     pruner = Pruner(model, config, data)
     first = config.schedule.initial_sparsity if config.schedule is not None else config.sparsity
     if config.granularity in ("n:m", "2:4") or first > 0:

@@ -6,6 +6,8 @@ Its parts:
   models    the ResNet-18 (CIFAR form) the study and the accuracy tests train
   training  small training and evaluation loops
   runner    the variant registry, evaluation, timing, stored bytes, reports and the command line
+  transformer  (imported on its own, like sensitivity_study) a ViT-style encoder on the digits
+            compressed by the transformer paths (``python -m compress_kernels transformer``)
 
 The runner's public names are re-exported here, so ``compress_kernels.study.run_study`` is
 ``compress_kernels.study.runner.run_study`` (the same objects: ``register_variant`` and
