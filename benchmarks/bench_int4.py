@@ -93,7 +93,7 @@ def main() -> None:
     min_run_time = 0.05 if args.quick else 0.3
     group_sizes = [int(g) for g in args.group_sizes.split(",")]
     rows = []
-    for group_size, m in tqdm([(g, m) for g in group_sizes for m in (1, 8, 64)], desc="int4_linear shapes"):
+    for group_size, m in tqdm([(g, m) for g in group_sizes for m in (1, 8, 16, 64, 256)], desc="int4_linear shapes"):
         t = bench_shape(m, size, size, group_size, min_run_time, args.interleaved)
         gop = 2 * m * size * size / 1e9
         rows.append([group_size, m, size, size, round(gop / t["w4a8"], 2), round(t["int8"] / t["w4a8"], 2),
