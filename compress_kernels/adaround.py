@@ -316,3 +316,84 @@ def round_weights_(model: nn.Module, config: AdaRoundConfig | None = None, batch
             layer.weight.copy_(result.dequantize())
         results[name] = result
     return results
+
+
+# ---------------------------------------------------------------- group-wise int4 (Int4WeightConfig)
+
+
+def check_int4_adaround_settings(config) -> None:
+    """Int4WeightConfig's rounding fields: rounding_weights="adaround" needs symmetric=True and
+    calibration (a non-empty list or tuple of tensors or (input, label) pairs); ``adaround`` is None
+    or an AdaRoundConfig with bits=4, the config's group_size and symmetric=True; with
+    rounding_weights="nearest" neither calibration nor adaround may be set."""
+    where = "Int4WeightConfig"
+    if config.rounding_weights == "nearest":
+        for name in ("calibration", "adaround"):
+            if getattr(config, name) is not None:
+                raise ValueError(f'{where}: {name} is read only by rounding_weights="adaround"; pass '
+                                 f'rounding_weights="adaround" or {name}=None')
+        return
+    if not config.symmetric:
+        raise ValueError(f'{where}: rounding_weights="adaround" needs symmetric=True (AdaRound keeps the '
+                         "nearest rounding's scales, which have no zero points), got symmetric=False")
+    batches = config.calibration
+    if not isinstance(batches, (list, tuple)) or not batches:
+        raise TypeError(f'{where}: rounding_weights="adaround" needs calibration, a non-empty list or tuple of '
+                        f"batches, got {type(batches).__name__}")
+    for index, batch in enumerate(batches):
+        x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{where}: calibration[{index}] must be a floating-point tensor or an (input, label) "
+                            f"pair, got {type(batch).__name__}")
+    ada = config.adaround
+    if ada is None:
+        return
+    if not isinstance(ada, AdaRoundConfig):
+        raise TypeError(f"{where}: adaround must be None or an AdaRoundConfig, got {type(ada).__name__}")
+    if (ada.bits, ada.group_size, ada.symmetric) != (4, config.group_size, True):
+        raise ValueError(f"{where}: adaround must round to the layers' int4 grid (bits=4, group_size="
+                         f"{config.group_size}, symmetric=True), got bits={ada.bits}, group_size={ada.group_size}, "
+                         f"symmetric={ada.symmetric}")
+
+
+def int4_adaround_weights(model: nn.Module, config, filter_fn=None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{id(nn.Linear): (q int8 [N, K] in [-7, 7], scales fp32 [N, K / group_size])} of AdaRound for every
+    nn.Linear that Int4WeightConfig `config` converts, on the layers' inputs over config.calibration
+    (collected once from the float model), with the scales of numerics.quantize_weight_groupwise (the
+    nearest rounding's, max|w_group| / 7): only the rounding direction of each weight changes."""
+    from .hooks_quant import _linear_paths
+    from .nn.int4_conv import conv_as_linear, conv_patches
+    from .numerics import quantize_weight_groupwise
+
+    ada = config.adaround or AdaRoundConfig(bits=4, group_size=config.group_size)
+    layers = {name: module for name, module, reason in _linear_paths(model, filter_fn)
+              if reason is None and module.in_features % config.group_size == 0}
+    if config.conv2d:  # convs as their im2col linear form (Int4Conv2d), on their patches
+        seen = {id(m) for m in layers.values()}
+        for name, module in model.named_modules():
+            if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                    and not isinstance(module.padding, str) and id(module) not in seen
+                    and (filter_fn is None or filter_fn(module, name))):
+                layers[name] = module
+                seen.add(id(module))
+    if not layers:
+        return {}
+    inputs = collect_layer_inputs(model, config.calibration, list(layers), ada.max_samples)
+    rounded = {}
+    for name, layer in tqdm(layers.items(), desc="adaround int4", leave=False):
+        if isinstance(layer, nn.Conv2d):
+            linear = conv_as_linear(layer, config.group_size)
+            x = conv_patches(inputs[name].float(), layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                             linear.in_features)
+            # a fixed, evenly spread subset of the patches (every output position of every image is a row)
+            x = x[torch.linspace(0, len(x) - 1, min(len(x), CONV_PATCH_ROWS)).long()]
+        else:
+            linear, x = layer, inputs[name].reshape(-1, layer.in_features)[:ada.max_samples]
+        _, scale, _ = quantize_weight_groupwise(linear.weight.detach().float(), config.group_size)
+        result = adaround_weight(linear, x, ada, scale=scale, desc=f"adaround {name}")
+        rounded[id(layer)] = (result.q, scale)
+    return rounded
+
+
+# patches (rows of the im2col form) on which a convolution's int4 rounding is optimized
+CONV_PATCH_ROWS = 4096
