@@ -107,9 +107,11 @@ class Int4Linear(Float32State):
                 y = reference.int4_linear_w4a8(x2, *self.int4_weight(), self.group_size, self.bias)
             else:
                 y = ops.int4_linear(x2, self.weight_packed, self.bias, "int8")
-            # quantize_rows gives a row holding NaN / +-Inf the scale NaN (all its outputs NaN):
-            # recompute those rows in float for nn.Linear's non-finite pattern.
-            nonfinite = ~torch.isfinite(x2).all(dim=1)
+            # quantize_rows gives a row holding NaN / +-Inf the scale NaN, so all its outputs are NaN:
+            # recompute those rows in float for nn.Linear's non-finite pattern. Read from the output
+            # ([M] values instead of the [M, K] input); a finite row gives a NaN first output only when
+            # the int4 sums overflow fp32 (Inf - Inf), and is then recomputed in float as well.
+            nonfinite = torch.isnan(y[:, 0]) if y.shape[1] else y.new_zeros(y.shape[0], dtype=torch.bool)
             y = float_rows_where(nonfinite, y, lambda: F.linear(x2, self.dequantized_weight(), self.bias))
         else:
             dtype = torch.bfloat16 if self.activation == "bf16" else torch.float32

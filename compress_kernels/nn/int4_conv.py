@@ -53,8 +53,12 @@ def conv_as_linear(conv: nn.Conv2d, group_size: int) -> nn.Linear:
 def conv_patches(x: torch.Tensor, kernel_size, stride, padding, dilation, k_pad: int) -> torch.Tensor:
     """The padded patches [B * H_out * W_out, K_pad] of x [B, C, H, W] (see the module docstring)."""
     cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # [B, K, L]
-    rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return F.pad(rows, (0, k_pad - cols.shape[1])) if k_pad > cols.shape[1] else rows
+    b, k, positions = cols.shape
+    if k_pad == k:
+        return cols.transpose(1, 2).reshape(b * positions, k)
+    rows = cols.new_zeros(b, positions, k_pad)  # one copy: the patches into the zero-padded rows
+    rows[:, :, :k].copy_(cols.transpose(1, 2))
+    return rows.view(b * positions, k_pad)
 
 
 def check_int4_conv(where: str, conv: nn.Conv2d) -> None:

@@ -391,12 +391,13 @@ def _int8_adaround(model, data, ctx):
     return ck.convert_(m, config).model, 0
 
 
-def _w4(rounding: str, bits: int = 4):
+def _w4(rounding: str, bits: int = 4, sequential: bool = False):
     def fn(model, data, ctx):
         from ..adaround import AdaRoundConfig, folded_copy, round_weights_
 
         m = folded_copy(model)
-        config = AdaRoundConfig(bits=bits, per_channel=True, **ADAROUND_STUDY, seed=ctx.settings.seed)
+        config = AdaRoundConfig(bits=bits, per_channel=True, **ADAROUND_STUDY, seed=ctx.settings.seed,
+                                sequential=sequential)
         batches = [data.x_train[i:i + 64] for i in range(0, config.max_samples, 64)]
         round_weights_(m, config, batches if rounding == "adaround" else None, rounding=rounding, progress=False)
         return m, 0
@@ -412,9 +413,10 @@ for _bits in (3, 2):
     register_variant(f"w{_bits}_nearest", f"{_bits}-bit per-channel weights rounded to nearest (BN folded; fake-quant: "
                                           f"stored as fp32, activations in float) - the baseline of w{_bits}_adaround",
                      _w4("nearest", _bits))
-    register_variant(f"w{_bits}_adaround", f"{_bits}-bit per-channel weights rounded by AdaRound on 128 calibration "
-                                           "images (BN folded; fake-quant: stored as fp32, activations in float)",
-                     _w4("adaround", _bits))
+    register_variant(f"w{_bits}_adaround", f"{_bits}-bit per-channel weights rounded by sequential AdaRound (each "
+                                           "layer on the inputs of the model rounded so far, float targets) on 128 "
+                                           "calibration images (BN folded; fake-quant: stored as fp32, activations "
+                                           "in float)", _w4("adaround", _bits, sequential=True))
 
 
 def _int4(rounding: str):
