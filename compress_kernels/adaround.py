@@ -53,7 +53,10 @@ class AdaRoundConfig:
     (overrides per_channel); iterations: Adam steps per layer; batch_size: calibration samples per
     step; lr: Adam's learning rate; reg_weight: lambda; beta_start / beta_end / warmup: the
     annealing of the regularizer; max_samples: calibration samples cached per layer; seed; threads:
-    intra-op threads of the optimization (None: torch's current setting)."""
+    intra-op threads of the optimization (None: torch's current setting); sequential (round_weights_):
+    optimize each layer on its inputs in the model whose earlier layers are already rounded, against
+    the float layer on the float model's inputs (corrects the error the earlier layers pass on; one
+    more pass of the batches per layer), instead of on the float model's inputs."""
 
     bits: int = 4
     per_channel: bool = True
@@ -69,6 +72,7 @@ class AdaRoundConfig:
     max_samples: int = 256
     seed: int = 0
     threads: int | None = 1
+    sequential: bool = False
 
     def __post_init__(self):
         from ._config_checks import check_bool, check_float, check_int
@@ -89,6 +93,7 @@ class AdaRoundConfig:
         check_int(self, "seed", 0)
         if self.threads is not None:
             check_int(self, "threads", 1)
+        check_bool(self, "sequential")
 
     @property
     def format(self) -> str:
@@ -148,29 +153,37 @@ def _layer_fn(layer: nn.Module):
     raise TypeError(f"adaround: layer must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
 
 
-def _reconstruction_error(fn, inputs: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor, chunk: int = 256) -> float:
+def _reconstruction_error(fn, inputs: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor, chunk: int = 256,
+                          float_inputs: torch.Tensor | None = None) -> float:
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(inputs), chunk):
-            diff = fn(inputs[i:i + chunk], w - w_hat)
+            if float_inputs is None:
+                diff = fn(inputs[i:i + chunk], w - w_hat)
+            else:
+                diff = fn(inputs[i:i + chunk], w_hat) - fn(float_inputs[i:i + chunk], w)
             total += float(diff.pow(2).flatten(1).sum(1).sum())
     return total / len(inputs)
 
 
 def adaround_weight(layer: nn.Module, inputs: torch.Tensor, config: AdaRoundConfig | None = None,
-                    scale: torch.Tensor | None = None, progress: bool = False, desc: str = "adaround") -> RoundedWeight:
+                    scale: torch.Tensor | None = None, progress: bool = False, desc: str = "adaround",
+                    float_inputs: torch.Tensor | None = None) -> RoundedWeight:
     """AdaRound one nn.Linear / nn.Conv2d on `inputs` (the layer's inputs, [samples, ...]): returns the
     RoundedWeight (the layer is not changed). `scale` replaces the scales computed from the weight
-    (shape as lowbit.compute_scales returns it; symmetric only). NaN / Inf weights or inputs are refused."""
+    (shape as lowbit.compute_scales returns it; symmetric only). `float_inputs` (same shape as inputs):
+    the targets are the float layer on these (the float model's inputs) instead of on `inputs` (then
+    the inputs of the model whose earlier layers are already rounded: sequential AdaRound, which also
+    corrects the error those layers pass on). NaN / Inf weights or inputs are refused."""
 
     config = config or AdaRoundConfig()
     if not isinstance(config, AdaRoundConfig):
         raise TypeError(f"adaround_weight: config must be an AdaRoundConfig, got {type(config).__name__}")
     with _intra_op_threads(config.threads):
-        return _adaround_weight(layer, inputs, config, scale, progress, desc)
+        return _adaround_weight(layer, inputs, config, scale, progress, desc, float_inputs)
 
 
-def _adaround_weight(layer, inputs, config, scale, progress, desc) -> RoundedWeight:
+def _adaround_weight(layer, inputs, config, scale, progress, desc, float_inputs=None) -> RoundedWeight:
     from .numerics import check_finite
 
     fn = _layer_fn(layer)
@@ -181,6 +194,13 @@ def _adaround_weight(layer, inputs, config, scale, progress, desc) -> RoundedWei
                          "layer's cached inputs)")
     check_finite(inputs, "the cached inputs", "adaround_weight")
     inputs = inputs.detach().float()
+    if float_inputs is not None:
+        if not isinstance(float_inputs, torch.Tensor) or float_inputs.shape != inputs.shape:
+            raise ValueError(f"adaround_weight: float_inputs must have the inputs' shape {list(inputs.shape)}, got "
+                             f"{list(float_inputs.shape) if isinstance(float_inputs, torch.Tensor) else float_inputs}")
+        check_finite(float_inputs, "the float inputs", "adaround_weight")
+        float_inputs = float_inputs.detach().float()
+    sources = inputs if float_inputs is None else float_inputs  # what the float layer's targets are computed on
     axis, group_size = config.axis, config.group_size
     computed_scale, zero_point = lowbit.compute_scales(w, config.format, axis, group_size, config.symmetric)
     if scale is None:
@@ -202,19 +222,19 @@ def _adaround_weight(layer, inputs, config, scale, progress, desc) -> RoundedWei
         return s * (torch.clamp(w_floor + h + z, qmin, qmax) - z)
 
     nearest = s * (torch.clamp(torch.round(w / s) + z, qmin, qmax) - z)
-    error_nearest = _reconstruction_error(fn, inputs, w, nearest)
+    error_nearest = _reconstruction_error(fn, inputs, w, nearest, float_inputs=float_inputs)
 
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam([v], lr=config.lr)
     warmup_steps = int(config.warmup * config.iterations)
     n = len(inputs)
     with torch.no_grad():
-        targets = None if n > 4 * config.batch_size else fn(inputs, w)
+        targets = None if n > 4 * config.batch_size else fn(sources, w)
     for step in tqdm(range(config.iterations), desc=desc, disable=not progress, leave=False):
         index = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
         x = inputs[index]
         with torch.no_grad():
-            target = targets[index] if targets is not None else fn(x, w)
+            target = targets[index] if targets is not None else fn(sources[index], w)
         h = _rectified_sigmoid(v)
         reconstruction = (fn(x, soft_weight(h)) - target).pow(2).flatten(1).sum(1).mean()
         if step < warmup_steps:
@@ -231,7 +251,7 @@ def _adaround_weight(layer, inputs, config, scale, progress, desc) -> RoundedWei
         up = (v >= 0).float()
         q = torch.clamp(w_floor + up + z, qmin, qmax)
         w_hat = s * (q - z)
-        error_adaround = _reconstruction_error(fn, inputs, w, w_hat)
+        error_adaround = _reconstruction_error(fn, inputs, w, w_hat, float_inputs=float_inputs)
     return RoundedWeight(q.to(torch.int8), scale.clone(), zero_point.clone(), error_nearest, error_adaround, config)
 
 
@@ -308,11 +328,100 @@ def round_weights_(model: nn.Module, config: AdaRoundConfig | None = None, batch
         return results
     if batches is None:
         raise ValueError('round_weights_: rounding="adaround" needs calibration batches')
-    inputs = collect_layer_inputs(model, batches, names, config.max_samples)
+    with _intra_op_threads(config.threads):
+        inputs = collect_layer_inputs(model, batches, names, config.max_samples)
     for name in tqdm(names, desc="adaround layers", disable=not progress, leave=False):
         layer = model.get_submodule(name)
-        result = adaround_weight(layer, inputs[name], config, progress=progress, desc=f"adaround {name}")
+        if config.sequential:  # this layer's inputs with the earlier layers rounded; targets from the float inputs
+            with _intra_op_threads(config.threads):  # many small forward passes: threads cost more than they save
+                current = collect_layer_inputs(model, batches, [name], config.max_samples)[name]
+            result = adaround_weight(layer, current, config, progress=progress, desc=f"adaround {name}",
+                                     float_inputs=inputs[name])
+        else:
+            result = adaround_weight(layer, inputs[name], config, progress=progress, desc=f"adaround {name}")
         with torch.no_grad():
             layer.weight.copy_(result.dequantize())
         results[name] = result
     return results
+
+
+# ---------------------------------------------------------------- group-wise int4 (Int4WeightConfig)
+
+
+def check_int4_adaround_settings(config) -> None:
+    """Int4WeightConfig's rounding fields: rounding_weights="adaround" needs symmetric=True and
+    calibration (a non-empty list or tuple of tensors or (input, label) pairs); ``adaround`` is None
+    or an AdaRoundConfig with bits=4, the config's group_size and symmetric=True; with
+    rounding_weights="nearest" neither calibration nor adaround may be set."""
+    where = "Int4WeightConfig"
+    if config.rounding_weights == "nearest":
+        for name in ("calibration", "adaround"):
+            if getattr(config, name) is not None:
+                raise ValueError(f'{where}: {name} is read only by rounding_weights="adaround"; pass '
+                                 f'rounding_weights="adaround" or {name}=None')
+        return
+    if not config.symmetric:
+        raise ValueError(f'{where}: rounding_weights="adaround" needs symmetric=True (AdaRound keeps the '
+                         "nearest rounding's scales, which have no zero points), got symmetric=False")
+    batches = config.calibration
+    if not isinstance(batches, (list, tuple)) or not batches:
+        raise TypeError(f'{where}: rounding_weights="adaround" needs calibration, a non-empty list or tuple of '
+                        f"batches, got {type(batches).__name__}")
+    for index, batch in enumerate(batches):
+        x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{where}: calibration[{index}] must be a floating-point tensor or an (input, label) "
+                            f"pair, got {type(batch).__name__}")
+    ada = config.adaround
+    if ada is None:
+        return
+    if not isinstance(ada, AdaRoundConfig):
+        raise TypeError(f"{where}: adaround must be None or an AdaRoundConfig, got {type(ada).__name__}")
+    if (ada.bits, ada.group_size, ada.symmetric) != (4, config.group_size, True):
+        raise ValueError(f"{where}: adaround must round to the layers' int4 grid (bits=4, group_size="
+                         f"{config.group_size}, symmetric=True), got bits={ada.bits}, group_size={ada.group_size}, "
+                         f"symmetric={ada.symmetric}")
+
+
+def int4_adaround_weights(model: nn.Module, config, filter_fn=None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{id(nn.Linear): (q int8 [N, K] in [-7, 7], scales fp32 [N, K / group_size])} of AdaRound for every
+    nn.Linear that Int4WeightConfig `config` converts, on the layers' inputs over config.calibration
+    (collected once from the float model), with the scales of numerics.quantize_weight_groupwise (the
+    nearest rounding's, max|w_group| / 7): only the rounding direction of each weight changes."""
+    from .hooks_quant import _linear_paths
+    from .nn.int4_conv import conv_as_linear, conv_patches
+    from .numerics import quantize_weight_groupwise
+
+    ada = config.adaround or AdaRoundConfig(bits=4, group_size=config.group_size)
+    layers = {name: module for name, module, reason in _linear_paths(model, filter_fn)
+              if reason is None and module.in_features % config.group_size == 0}
+    if config.conv2d:  # convs as their im2col linear form (Int4Conv2d), on their patches
+        seen = {id(m) for m in layers.values()}
+        for name, module in model.named_modules():
+            if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                    and not isinstance(module.padding, str) and id(module) not in seen
+                    and (filter_fn is None or filter_fn(module, name))):
+                layers[name] = module
+                seen.add(id(module))
+    if not layers:
+        return {}
+    with _intra_op_threads(ada.threads):
+        inputs = collect_layer_inputs(model, config.calibration, list(layers), ada.max_samples)
+    rounded = {}
+    for name, layer in tqdm(layers.items(), desc="adaround int4", leave=False):
+        if isinstance(layer, nn.Conv2d):
+            linear = conv_as_linear(layer, config.group_size)
+            x = conv_patches(inputs[name].float(), layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                             linear.in_features)
+            # a fixed, evenly spread subset of the patches (every output position of every image is a row)
+            x = x[torch.linspace(0, len(x) - 1, min(len(x), CONV_PATCH_ROWS)).long()]
+        else:
+            linear, x = layer, inputs[name].reshape(-1, layer.in_features)[:ada.max_samples]
+        _, scale, _ = quantize_weight_groupwise(linear.weight.detach().float(), config.group_size)
+        result = adaround_weight(linear, x, ada, scale=scale, desc=f"adaround {name}")
+        rounded[id(layer)] = (result.q, scale)
+    return rounded
+
+
+# patches (rows of the im2col form) on which a convolution's int4 rounding is optimized
+CONV_PATCH_ROWS = 4096

@@ -218,11 +218,25 @@ class Int4WeightConfig:
     point) per group of `group_size` input features (32, 64, 128 or 256), packed two per byte.
     activation: "int8" (w4a8: activations quantized per row to int8 at run time, exact int32 group
     sums), "bf16" or "fp32" (w4a16, weight-only). A layer whose in_features group_size does not
-    divide is left in float (listed as skipped)."""
+    divide is left in float (listed as skipped).
+
+    conv2d: also convert ungrouped, zero-padded nn.Conv2d layers into Int4Conv2d (im2col +
+    int4_linear, depth zero-padded to a multiple of group_size; see nn/int4_conv.py); False leaves
+    them as they are (listed as skipped).
+
+    rounding_weights: "nearest" (each weight to its nearest level) or "adaround" (symmetric only:
+    compress_kernels.adaround on each converted layer's inputs over `calibration`, a non-empty list or
+    tuple of batches (tensors or (input, label) pairs), collected once from the float model, with the
+    scales of "nearest"); ``adaround`` sets the optimization (an AdaRoundConfig with bits=4, this
+    group_size and symmetric=True; default AdaRoundConfig(bits=4, group_size=group_size))."""
 
     group_size: int = 32
     activation: str = "int8"
     symmetric: bool = True
+    conv2d: bool = False
+    rounding_weights: str = "nearest"
+    calibration: list | tuple | None = field(default=None, repr=False)
+    adaround: object = None  # AdaRoundConfig | None
 
     def __post_init__(self):
         from ._config_checks import check_bool, check_choice
@@ -231,15 +245,44 @@ class Int4WeightConfig:
         check_choice(self, "group_size", INT4_GROUP_SIZES)
         check_choice(self, "activation", ("int8", "bf16", "fp32"))
         check_bool(self, "symmetric")
+        check_bool(self, "conv2d")
+        check_choice(self, "rounding_weights", ("nearest", "adaround"))
+        from .adaround import check_int4_adaround_settings
+
+        check_int4_adaround_settings(self)
 
 
-@register_handler(Int4WeightConfig, (nn.Linear,))
-def _int4_weight(module: nn.Module, config: Int4WeightConfig, name: str) -> nn.Module:
+def _int4_prepare(model: nn.Module, config: Int4WeightConfig, filter_fn) -> dict:
+    """rounding_weights="adaround": {id(nn.Linear): (q, scales)} of every layer the handler converts."""
+    if config.rounding_weights != "adaround":
+        return {}
+    from .adaround import int4_adaround_weights
+
+    return {"rounded": int4_adaround_weights(model, config, filter_fn)}
+
+
+@register_handler(Int4WeightConfig, (nn.Linear, nn.Conv2d))
+def _int4_weight(module: nn.Module, config: Int4WeightConfig, name: str, rounded: dict | None = None) -> nn.Module:
     from .nn.int4 import Int4Linear
 
+    if isinstance(module, nn.Conv2d):
+        from .nn.int4_conv import Int4Conv2d, check_int4_conv
+
+        if not config.conv2d:
+            raise Skip("conv2d=False (pass Int4WeightConfig(conv2d=True) for Int4Conv2d)")
+        try:
+            check_int4_conv("Int4Conv2d", module)
+        except ValueError as why:
+            raise Skip(str(why)) from None
+        return Int4Conv2d.from_float(module, config.group_size, config.activation, config.symmetric,
+                                     rounded=(rounded or {}).get(id(module)))
     if module.in_features % config.group_size:
         raise Skip(f"in_features={module.in_features} is not a multiple of group_size={config.group_size}")
-    return Int4Linear.from_float(module, config.group_size, config.activation, config.symmetric)
+    return Int4Linear.from_float(module, config.group_size, config.activation, config.symmetric,
+                                 rounded=(rounded or {}).get(id(module)))
+
+
+_MODEL_PREPARERS[Int4WeightConfig] = _int4_prepare
 
 
 # ---------------------------------------------------------------- k-means codebooks

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from .nn.int4 import QATInt4Linear
 from .nn.qat import WEIGHT_FORMATS, ActFakeQuant, QATAdd, QATAvgPool2d, QATConv2d, QATLinear
 from .static_quant import (
     _ADD_FUNCTIONS,
@@ -58,7 +59,14 @@ class QATConfig:
     format, "e4m3", "e5m2" or "e2m1", whose weights are fake-quantized with compress_kernels.lowbit
     (scales max|w| / max finite, per output channel or per tensor; weight_bits does not apply):
     such a model trains, but does not convert to the integer-only model (convert_ refuses it;
-    convert its trained float layers with Fp8WeightConfig instead)."""
+    convert its trained float layers with Fp8WeightConfig instead).
+
+    group_size (None, or 32, 64, 128, 256; needs weight_bits=4): 4-bit group-wise QAT for Int4Linear
+    (w4a8) instead of the integer-only model. Module level, no tracing: every exact nn.Linear whose
+    in_features group_size divides becomes a QATInt4Linear (weights fake-quantized per group of
+    group_size input features, symmetric [-7, 7]; inputs fake-quantized per row to int8 at run time, as
+    w4a8 does); no activation observers, every other layer stays float. convert_ gives Int4Linear
+    (activation="int8"), equal bit for bit to qat_exact_mode."""
 
     weight_bits: int = 8
     activation_bits: int = 8
@@ -70,6 +78,7 @@ class QATConfig:
     momentum: float = 0.01
     sparse24: bool = False
     weight_format: str = "int"
+    group_size: int | None = None
 
     def __post_init__(self):
         self.validate()
@@ -101,6 +110,16 @@ class QATConfig:
         if self.weight_format != "int" and self.learnable_scale:
             raise ValueError(f"QATConfig: learnable_scale=True (LSQ) is for integer weights, got "
                              f"weight_format={self.weight_format!r}")
+        if self.group_size is not None:
+            from .numerics import INT4_GROUP_SIZES
+
+            check_choice(self, "group_size", INT4_GROUP_SIZES)
+            int4_conflicts = {"weight_bits": (self.weight_bits, 4), "weight_format": (self.weight_format, "int"),
+                              "learnable_scale": (self.learnable_scale, False), "sparse24": (self.sparse24, False)}
+            for field_name, (value, needed) in int4_conflicts.items():
+                if value != needed:
+                    raise ValueError(f"QATConfig: group_size={self.group_size} (group-wise int4 QAT for Int4Linear) "
+                                     f"needs {field_name}={needed!r}, got {value!r}")
 
     def static_config(self) -> Int8StaticConfig:
         return Int8StaticConfig(observer="qat", per_channel=self.per_channel,
@@ -134,6 +153,8 @@ def prepare_qat_(model: nn.Module, config: QATConfig | None = None, inplace: boo
     if capture not in CAPTURES:
         raise ValueError(f"prepare_qat_: capture must be one of {list(CAPTURES)}, got {capture!r}")
     refuse_prepared_model(model, "prepare_qat_")
+    if config.group_size is not None:  # group-wise int4 (Int4Linear): module level whatever the capture
+        return prepare_qat_int4(model if inplace else copy.deepcopy(model), config)
     if capture == "hooks":
         return prepare_qat_hooks(model if inplace else copy.deepcopy(model), config)
     try:
@@ -241,7 +262,8 @@ def qat_config(model: nn.Module) -> QATConfig | None:
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if isinstance(inner, fx.GraphModule) and _CONFIG_ATTR in inner.meta:
         return inner.meta[_CONFIG_ATTR]
-    return qat_hooks_config(inner)  # module-level QAT (QATLinearFloatIO layers), or None
+    int4 = next((m.config for m in inner.modules() if isinstance(m, QATInt4Linear)), None)
+    return int4 or qat_hooks_config(inner)  # module-level QAT (QATLinearFloatIO layers), or None
 
 
 def freeze_qat_(model: nn.Module, observers: bool = True, batchnorm: bool = True) -> nn.Module:
@@ -276,6 +298,8 @@ def convert_qat(model: nn.Module, config=None, filter_fn=None, record: dict | No
     gm = _qat_graph(model)
     if filter_fn is not None:
         raise ValueError("convert_: filter_fn is not supported for QAT models (choose the layers at prepare_qat_)")
+    if qat_config(gm).group_size is not None:
+        return convert_qat_int4(gm, record)
     if not isinstance(gm, fx.GraphModule):  # module-level QAT
         return convert_qat_hooks(gm, record)
     weight_format = qat_config(gm).weight_format
@@ -293,6 +317,10 @@ def qat_exact_mode(model: nn.Module, use_kernels: bool = False):
     integer layers run on the int64 reference (``use_kernels=False``, the specification) or on the
     kernels. The QAT parameters are read when the context is entered."""
     gm = _qat_graph(model)
+    if qat_config(gm).group_size is not None:
+        with _int4_exact_mode(gm, use_kernels):
+            yield gm
+        return
     if not isinstance(gm, fx.GraphModule):
         with _hooks_exact_mode(gm, use_kernels):
             yield gm
@@ -343,6 +371,66 @@ def _hooks_exact_mode(model: nn.Module, use_kernels: bool):
         model.train(was_training)
 
 
+def prepare_qat_int4(model: nn.Module, config: QATConfig) -> nn.Module:
+    """prepare_qat_ with group_size set: every exact nn.Linear of `model` (in place) whose in_features
+    config.group_size divides becomes a QATInt4Linear around it (a Linear reached by several paths gets
+    one, set at every path); the other layers stay as they are. Returns the model."""
+    from .convert import _set_submodule
+    from .hooks_quant import _linear_paths
+
+    swapped: dict[int, nn.Module] = {}
+    for name, module, reason in list(_linear_paths(model)):
+        if reason is None and module.in_features % config.group_size == 0:
+            swapped[id(module)] = QATInt4Linear(module, config.group_size)
+            swapped[id(module)].config = config
+            _set_submodule(model, name, swapped[id(module)])
+        elif id(module) in swapped:
+            _set_submodule(model, name, swapped[id(module)])
+    if not swapped:
+        raise ValueError(f"prepare_qat_: {type(model).__name__} has no nn.Linear whose in_features is a multiple of "
+                         f"group_size={config.group_size} (group-wise int4 QAT converts exact nn.Linear layers only)")
+    return model
+
+
+def convert_qat_int4(model: nn.Module, record: dict | None = None):
+    """convert_ of a group-wise int4 QAT model: a copy with every QATInt4Linear replaced by its
+    Int4Linear (to_int4); (copy, converted, skipped). `record` receives {id(QAT module): Int4Linear}
+    (the exact mode runs those). The QAT model is left unchanged."""
+    from .convert import _set_submodule
+
+    new_model = copy.deepcopy(model)
+    originals = dict(model.named_modules(remove_duplicate=False))
+    converted, done = [], {}
+    for name, module in list(new_model.named_modules(remove_duplicate=False)):
+        if not isinstance(module, QATInt4Linear):
+            continue
+        if id(module) not in done:
+            done[id(module)] = module.to_int4()
+            if record is not None:
+                record[id(originals[name])] = done[id(module)]
+        _set_submodule(new_model, name, done[id(module)])
+        converted.append((name, "QATInt4Linear", "Int4Linear"))
+    return new_model, converted, []
+
+
+@contextlib.contextmanager
+def _int4_exact_mode(model: nn.Module, use_kernels: bool):
+    """qat_exact_mode of group-wise int4 QAT: each QATInt4Linear computes with its Int4Linear."""
+    was_training = model.training
+    model.eval()
+    record: dict = {}
+    convert_qat_int4(model, record)
+    layers = [m for m in model.modules() if isinstance(m, QATInt4Linear)]
+    for layer in layers:
+        layer._exact = (record[id(layer)].eval(), use_kernels)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._exact = None
+        model.train(was_training)
+
+
 @torch.no_grad()
 def qat_mismatch_report(model: nn.Module, batches) -> dict:
     """How often the fast float simulation differs from the integer model. Per layer, on the same (exact)
@@ -354,7 +442,8 @@ def qat_mismatch_report(model: nn.Module, batches) -> dict:
     gm = _qat_graph(model)
     if not isinstance(gm, fx.GraphModule):
         raise ValueError("qat_mismatch_report: the model was prepared module by module (torch.fx could not trace "
-                         "it); compare qat_exact_mode with the fast evaluation on your batches instead")
+                         "it, or group-wise int4 QAT); compare qat_exact_mode with the fast evaluation on your "
+                         "batches instead")
     was_training = gm.training
     layers = {name: m for name, m in gm.named_modules() if isinstance(m, (*_QAT_LAYERS, QATAvgPool2d))}
     predictions = [0, 0]

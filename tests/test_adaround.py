@@ -173,3 +173,64 @@ def test_study_variants_build():
     levels = w / scale
     assert torch.allclose(levels, levels.round(), atol=1e-4) and int(levels.abs().max().round()) == 7
     assert not torch.equal(w4.fc.weight, model.fc.weight)
+
+
+def test_float_inputs_targets():
+    """float_inputs equal to the inputs is the ordinary AdaRound (same integers); distinct float inputs
+    make the targets the float layer on them, and AdaRound lowers that error too."""
+    layer, x = small_linear_and_inputs()
+    config = AdaRoundConfig(bits=3, iterations=150, batch_size=32, seed=0)
+    plain = adaround.adaround_weight(layer, x, config)
+    same = adaround.adaround_weight(layer, x, config, float_inputs=x.clone())
+    assert torch.equal(plain.q, same.q)
+    shifted = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    result = adaround.adaround_weight(layer, shifted, config, float_inputs=x)
+    assert result.error_adaround < 0.9 * result.error_nearest
+    with pytest.raises(ValueError, match=r"adaround_weight: float_inputs must have the inputs' shape \[256, 64\], "
+                                         r"got \[8, 64\]"):
+        adaround.adaround_weight(layer, x, config, float_inputs=x[:8])
+
+
+def test_sequential_rounding_lowers_the_model_output_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    batches = [torch.randn(64, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    x = torch.cat(batches)
+    want = model(x).detach()
+    errors = {}
+    for sequential in (False, True):
+        m = copy.deepcopy(model)
+        config = AdaRoundConfig(bits=2, iterations=150, batch_size=32, seed=0, sequential=sequential)
+        adaround.round_weights_(m, config, batches, progress=False)
+        errors[sequential] = float((m(x) - want).pow(2).mean())
+    assert errors[True] < errors[False], errors
+    with pytest.raises(TypeError, match=r"AdaRoundConfig: sequential must be a bool"):
+        AdaRoundConfig(sequential=1)
+
+
+def test_low_bit_and_int4_study_variants_build(monkeypatch):
+    from compress_kernels.study import models, runner
+
+    monkeypatch.setitem(runner.ADAROUND_STUDY, "iterations", 10)  # the variants build; the gain is the study's
+    from compress_kernels.study.data import load_digits
+
+    x_train, y_train, x_test, y_test = load_digits(size=8)
+    data = runner.StudyData(x_train[:128], y_train[:128], x_test[:32], y_test[:32])
+    torch.manual_seed(0)
+    model = models.resnet18_cifar(width=4).eval()
+    ctx = runner.StudyContext(runner.StudySettings(progress=False), teacher=model)
+    for bits in (3, 2):
+        rounded, _ = runner.VARIANTS[f"w{bits}_adaround"].fn(model, data, ctx)
+        w = rounded.fc.weight.detach()
+        levels = w / (w.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1))
+        assert torch.allclose(levels, levels.round(), atol=1e-4)
+    int4, steps = runner.VARIANTS["int4_g32_w4a8"].fn(model, data, ctx)
+    assert steps == 0 and isinstance(int4.fc, ck.Int4Linear)
+    convs = [m for m in int4.modules() if isinstance(m, ck.Int4Conv2d)]
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules())  # every conv, the stem included
+    # real int4 storage (at width 4 the padding of K = 36 to 64, the scales and the folded biases weigh in)
+    assert runner.stored_bytes(int4) < runner.stored_bytes(model) / 3
+    assert int4(data.x_test[:4]).shape == (4, 10)
+    int4_ada, _ = runner.VARIANTS["int4_adaround"].fn(model, data, ctx)
+    assert runner.stored_bytes(int4_ada) == runner.stored_bytes(int4)
+    assert not torch.equal(int4_ada.fc.weight_packed, int4.fc.weight_packed)

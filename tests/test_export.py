@@ -119,6 +119,12 @@ MODEL_TYPES = {
                       {"sparse24_int8_conv2d", "sparse24_int8_linear"}),
     "sparse24_int8_mlp": (lambda: module_swap(seeded_mlp(), ck.Sparse24Config(prune=True, int8=True)),
                           lambda: torch.randn(5, 32), {"sparse24_int8_linear"}),
+    "int4_w4a8": (lambda: module_swap(seeded_mlp(), ck.Int4WeightConfig(group_size=32)), lambda: torch.randn(5, 32),
+                  {"int4_linear"}),
+    "int4_w4a16": (lambda: module_swap(seeded_mlp(), ck.Int4WeightConfig(group_size=32, activation="bf16")),
+                   lambda: torch.randn(5, 32), {"int4_linear"}),
+    "int4_conv_w4a8": (lambda: module_swap(seeded_cnn(), ck.Int4WeightConfig(group_size=32, conv2d=True)), images,
+                       {"int4_linear"}),
 }
 
 # Run in a fresh interpreter: load every saved program, run it on its saved input, save the output.

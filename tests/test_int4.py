@@ -72,7 +72,7 @@ def test_pack_layout_is_the_reference_and_unpack_inverts_it(n, k, group_size, sy
     assert tuple(pack.shape) == ops.packed_shape("int4_pack", n, k, param) and pack.dtype == torch.int32
     assert ops.packed_n("int4_pack", pack.shape) == n
     assert torch.equal(ops.packed_payload(pack, "int4_pack"), ref.int4_pack_payload(w, scales, zp, group_size))
-    q, s, z = ck.int4_unpack(pack)
+    q, s, z = ck.int4_unpack(pack, k, group_size)
     assert torch.equal(q, w) and torch.equal(s, scales)
     assert torch.equal(z, torch.zeros_like(z) if symmetric else zp)
     # 4 bits per weight + 32 bits per group scale (+ 32 per zero point)
@@ -223,7 +223,34 @@ def test_linear_refusals_name_the_argument_and_value():
     with pytest.raises(RuntimeError, match=r"int4_linear: the header of w_packed is corrupted"):
         ck.int4_linear(x, corrupted)
     with pytest.raises(RuntimeError, match=r"int4_unpack: w_packed is not a packed weight of any family"):
-        ck.int4_unpack(torch.zeros(20, 8, dtype=torch.int32))
+        ck.int4_unpack(torch.zeros(20, 8, dtype=torch.int32), 64, 32)
+
+
+def test_unpack_refuses_sizes_its_pack_does_not_have():
+    """int4_unpack takes K and the group size from its caller (static output sizes); a pack that
+    disagrees is refused by name, with data (the header) and without (meta / fake: the row width)."""
+    w, scales, zp = _weight(20, 64, 32, symmetric=False)
+    pack = ck.int4_pack(w, scales, 32, zp)
+    with pytest.raises(RuntimeError, match=r"int4_unpack: w_packed is an int4_pack \(group_size=32, asymmetric, "
+                                           r"N=20, K=64\), expected an int4_pack .*K=128"):
+        ck.int4_unpack(pack, 128, 32)
+    with pytest.raises(RuntimeError, match=r"int4_unpack: w_packed is an int4_pack \(group_size=32, asymmetric, "
+                                           r"N=20, K=64\), expected group_size=64"):
+        ck.int4_unpack(pack, 64, 64)
+    with pytest.raises(RuntimeError, match=r"int4_unpack: in_features must be a positive multiple of "
+                                           r"group_size=32, got 48"):
+        ck.int4_unpack(pack, 48, 32)
+    with pytest.raises(RuntimeError, match=r"int4_unpack: group_size must be 32, 64, 128 or 256, got 16"):
+        ck.int4_unpack(pack, 64, 16)
+    with pytest.raises(TypeError, match=r"int4_unpack: in_features must be an integer"):
+        ck.int4_unpack(pack, 64.0, 32)
+    meta = pack.to("meta")
+    q, s, z = ck.int4_unpack(meta, 64, 32)
+    assert q.shape == (20, 64) and s.shape == (20, 2) and z.shape == (20, 2) and q.dtype == torch.int8
+    with pytest.raises(RuntimeError, match=r"int4_unpack: w_packed has rows of 12 words; an int4_pack for "
+                                           r"in_features=128, group_size=32 has 20 \(symmetric\) or 24 "
+                                           r"\(with zero points\)"):
+        ck.int4_unpack(meta, 128, 32)
 
 
 # ---------------------------------------------------------------- opcheck / compile
@@ -235,7 +262,7 @@ def test_opcheck():
     x, bias = rand_x(3, 64), rand_x(20)
     torch.library.opcheck(OPS.int4_pack, (w, scales, 32, zp))
     torch.library.opcheck(OPS.int4_pack, (w, scales, 32))
-    torch.library.opcheck(OPS.int4_unpack, (pack,))
+    torch.library.opcheck(OPS.int4_unpack, (pack, 64, 32))
     torch.library.opcheck(OPS.int4_linear, (x, pack, bias, "int8"))
     torch.library.opcheck(OPS.int4_linear, (x, pack, None, "fp32"))
     torch.library.opcheck(OPS.int4_linear, (x.bfloat16(), pack, bias, "bf16"))

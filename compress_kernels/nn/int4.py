@@ -59,9 +59,11 @@ class Int4Linear(Float32State):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int = 32, activation: str = "int8",
-                   symmetric: bool = True) -> Int4Linear:
+                   symmetric: bool = True, rounded: tuple[torch.Tensor, torch.Tensor] | None = None) -> Int4Linear:
         """Quantize a float nn.Linear's weight group-wise (numerics.quantize_weight_groupwise, 4 bits)
-        and pack it. A NaN or infinite weight or bias is refused (ValueError naming the index)."""
+        and pack it. A NaN or infinite weight or bias is refused (ValueError naming the index).
+        rounded: (q int8 [N, K] in [-7, 7], scales fp32 [N, K / group_size]) to pack instead of the
+        nearest rounding (AdaRound's weights; symmetric only)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Int4Linear.from_float: expected nn.Linear, got {type(linear).__name__}")
         where = f"Int4Linear.from_float({linear!r})"
@@ -71,6 +73,14 @@ class Int4Linear(Float32State):
             numerics.check_finite(linear.bias, "bias", where)
         q, scales, zero_points = numerics.quantize_weight_groupwise(linear.weight.detach().cpu(), group_size,
                                                                     symmetric=symmetric)
+        if rounded is not None:
+            if not symmetric:
+                raise ValueError(f"{where}: rounded weights need symmetric=True, got symmetric=False")
+            q_rounded, scales_rounded = rounded
+            if tuple(q_rounded.shape) != tuple(q.shape) or tuple(scales_rounded.shape) != tuple(scales.shape):
+                raise ValueError(f"{where}: rounded has shapes {list(q_rounded.shape)} and "
+                                 f"{list(scales_rounded.shape)}, expected {list(q.shape)} and {list(scales.shape)}")
+            q, scales = q_rounded.to(torch.int8).cpu(), scales_rounded.float().cpu()
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size=group_size,
                     activation=activation, symmetric=symmetric)
         with torch.no_grad():
@@ -81,7 +91,7 @@ class Int4Linear(Float32State):
 
     def int4_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(q int8 [N, K], scales fp32 [N, K / group_size], zero_points int8 or None when symmetric)."""
-        q, scales, zero_points = ops.int4_unpack(self.weight_packed)
+        q, scales, zero_points = ops.int4_unpack(self.weight_packed, self.in_features, self.group_size)
         return q, scales, (None if self.symmetric else zero_points)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -97,9 +107,11 @@ class Int4Linear(Float32State):
                 y = reference.int4_linear_w4a8(x2, *self.int4_weight(), self.group_size, self.bias)
             else:
                 y = ops.int4_linear(x2, self.weight_packed, self.bias, "int8")
-            # quantize_rows gives a row holding NaN / +-Inf the scale NaN (all its outputs NaN):
-            # recompute those rows in float for nn.Linear's non-finite pattern.
-            nonfinite = ~torch.isfinite(x2).all(dim=1)
+            # quantize_rows gives a row holding NaN / +-Inf the scale NaN, so all its outputs are NaN:
+            # recompute those rows in float for nn.Linear's non-finite pattern. Read from the output
+            # ([M] values instead of the [M, K] input); a finite row gives a NaN first output only when
+            # the int4 sums overflow fp32 (Inf - Inf), and is then recomputed in float as well.
+            nonfinite = torch.isnan(y[:, 0]) if y.shape[1] else y.new_zeros(y.shape[0], dtype=torch.bool)
             y = float_rows_where(nonfinite, y, lambda: F.linear(x2, self.dequantized_weight(), self.bias))
         else:
             dtype = torch.bfloat16 if self.activation == "bf16" else torch.float32
@@ -146,3 +158,95 @@ class Int4Linear(Float32State):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"group_size={self.group_size}, activation={self.activation!r}, symmetric={self.symmetric}")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized tensor exactly (no `x + (q - x).detach()`, whose float rounding could
+    move it off the grid); backward: the gradient passes to x unchanged (STE)."""
+
+    @staticmethod
+    def forward(ctx, x, quantized):
+        return quantized
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake_quantize_rows_int8(x: torch.Tensor) -> torch.Tensor:
+    """w4a8's activation quantization as a float tensor: each finite row of the 2-D x becomes
+    reference.quantize_rows' q * scale (symmetric, max|x_row| / 127, round half to even); a row holding
+    NaN or +-Inf stays as it is (Int4Linear computes such a row in float). STE gradient."""
+    with torch.no_grad():
+        xf = x.detach().float()
+        q, scale = reference.quantize_rows(xf)
+        finite = torch.isfinite(scale)[:, None]
+        quantized = torch.where(finite, q.float() * torch.where(finite, scale[:, None], 1.0), xf).to(x.dtype)
+    return _StraightThrough.apply(x, quantized)
+
+
+class QATInt4Linear(nn.Module):
+    """Quantization-aware training of one nn.Linear for Int4Linear (w4a8), made by
+    ``prepare_qat_(model, QATConfig(weight_bits=4, group_size=g))``. The wrapped ``linear`` (the
+    model's own nn.Linear: its parameters train) is used as
+
+        y = F.linear(fake_quantize_rows_int8(x), fake_quantized_weight(), bias)
+
+    with the weight on its group-wise symmetric int4 grid (numerics.quantize_weight_groupwise: scale
+    max|w_group| / 7, levels [-7, 7], recomputed from the weight at every call) and each input row on
+    its dynamic int8 grid (reference.quantize_rows), both with straight-through gradients. The layer
+    has no observers or learned scales: the conversion (``to_int4``, Int4Linear.from_float of the
+    trained nn.Linear) builds an Int4Linear whose dequantized_weight() equals
+    fake_quantized_weight() bit for bit.
+
+    The exact mode (``_exact`` set by qat.qat_exact_mode to (Int4Linear, use_kernels)) computes with
+    that Int4Linear, so its outputs equal the converted layer's bit for bit: the same integers, and
+    the float steps of reference.int4_linear_w4a8 (per group the exact int32 sum times the group
+    scale, then times the row scale, + bias) instead of the fast mode's one fp32 dot product of
+    dequantized values, which differs from it only by float rounding order."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = 32):
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"QATInt4Linear: expected nn.Linear, got {type(linear).__name__}")
+        check_int4_settings("QATInt4Linear", linear.in_features, group_size, "int8", True)
+        self.linear, self.group_size = linear, group_size
+        self.config = None  # the QATConfig, set by prepare_qat_
+        self._exact = None
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def fake_quantized_weight(self) -> torch.Tensor:
+        """The weight on its int4 grid (fp32), with a straight-through gradient to the float weight."""
+        w = self.linear.weight
+        with torch.no_grad():
+            q, scales, _ = numerics.quantize_weight_groupwise(w.detach().float(), self.group_size)
+            quantized = reference.int4_dequantize(q, scales, None, self.group_size).to(w.dtype)
+        return _StraightThrough.apply(w, quantized)
+
+    def to_int4(self) -> Int4Linear:
+        """The Int4Linear (activation="int8", symmetric) of the current weight, in this module's mode."""
+        return Int4Linear.from_float(self.linear, self.group_size, "int8", True).train(self.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._exact is not None:
+            module, use_kernels = self._exact
+            if use_kernels:
+                return module(x)
+            from ._common import reference_mode
+
+            with reference_mode():
+                return module(x)
+        lead = x.shape[:-1]
+        x2 = fake_quantize_rows_int8(x.reshape(-1, self.in_features))
+        y = F.linear(x2, self.fake_quantized_weight(), self.linear.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"

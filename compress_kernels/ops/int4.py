@@ -7,33 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from ._native import NATIVE_ERROR, _int_arg, _lib
-from .packed import packed_n
+from ._native import _int_arg, _lib
 
 __all__ = ["INT4_ACTIVATIONS", "int4_linear", "int4_pack", "int4_pack_param", "int4_unpack"]
 
 INT4_ASYMMETRIC_FLAG = 1 << 16
 INT4_ACTIVATIONS = ("int8", "fp32", "bf16")
-
-
-def _register_fake(op: str):
-    """Register the function as the fake (meta) kernel of compress_kernels::<op> (for torch.compile /
-    torch.export) when the native library loaded. Only int4_unpack needs one here: its output sizes
-    come from the pack's header (data-dependent sizes); int4_pack and int4_linear have C++ Meta
-    kernels (csrc/ops/meta.cpp) that run the CPU kernels' checks."""
-
-    def register(fn):
-        if NATIVE_ERROR is None:
-            torch.library.register_fake(f"compress_kernels::{op}")(fn)
-        return fn
-
-    return register
-
-
-def _pack_rows(w_packed: torch.Tensor) -> int:
-    """N of an int4_pack as a fake kernel sees it: its rows after the header rows."""
-    torch._check(w_packed.dim() == 2, lambda: f"w_packed must be a 2-D int4_pack, got {w_packed.dim()}-D")
-    return packed_n("int4_pack", w_packed.shape)
 
 
 def int4_pack_param(group_size: int, asymmetric: bool = False) -> int:
@@ -56,20 +35,15 @@ def int4_pack(w_int4: torch.Tensor, scales: torch.Tensor, group_size: int,
     return _lib().int4_pack(w_int4, scales, _int_arg(group_size, "group_size", op), zero_points)
 
 
-def int4_unpack(w_packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def int4_unpack(w_packed: torch.Tensor, in_features: int, group_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of int4_pack: (w_int4 int8 [N, K], scales fp32 [N, K / group_size], zero_points int8
-    [N, K / group_size], all zero for a symmetric pack). N, K and group_size come from the header."""
-    return _lib().int4_unpack(w_packed)
-
-
-@_register_fake("int4_unpack")
-def _fake_int4_unpack(w_packed):
-    # K and the group size are in the header, which a fake tensor does not hold: data-dependent sizes
-    ctx = torch.library.get_ctx()
-    n = _pack_rows(w_packed)
-    k, groups = ctx.new_dynamic_size(), ctx.new_dynamic_size()
-    return (w_packed.new_empty((n, k), dtype=torch.int8), w_packed.new_empty((n, groups), dtype=torch.float32),
-            w_packed.new_empty((n, groups), dtype=torch.int8))
+    [N, K / group_size], all zero for a symmetric pack), K = in_features. The caller states K and the
+    group size (the pack's header must agree, else the op refuses it), so the output sizes never depend
+    on the pack's values: torch.compile / torch.export see static sizes (C++ Meta kernel)."""
+    op = "int4_unpack"
+    return _lib().int4_unpack(w_packed, _int_arg(in_features, "in_features", op),
+                              _int_arg(group_size, "group_size", op))
 
 
 def int4_linear(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | None = None,

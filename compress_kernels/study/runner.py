@@ -391,12 +391,13 @@ def _int8_adaround(model, data, ctx):
     return ck.convert_(m, config).model, 0
 
 
-def _w4(rounding: str):
+def _w4(rounding: str, bits: int = 4, sequential: bool = False):
     def fn(model, data, ctx):
         from ..adaround import AdaRoundConfig, folded_copy, round_weights_
 
         m = folded_copy(model)
-        config = AdaRoundConfig(bits=4, per_channel=True, **ADAROUND_STUDY, seed=ctx.settings.seed)
+        config = AdaRoundConfig(bits=bits, per_channel=True, **ADAROUND_STUDY, seed=ctx.settings.seed,
+                                sequential=sequential)
         batches = [data.x_train[i:i + 64] for i in range(0, config.max_samples, 64)]
         round_weights_(m, config, batches if rounding == "adaround" else None, rounding=rounding, progress=False)
         return m, 0
@@ -408,10 +409,42 @@ register_variant("w4_nearest", "4-bit per-channel weights rounded to nearest (BN
                                "activations in float) - the baseline of w4_adaround", _w4("nearest"))
 register_variant("w4_adaround", "4-bit per-channel weights rounded by AdaRound on 128 calibration images (BN "
                                 "folded; fake-quant: stored as fp32, activations in float)", _w4("adaround"))
+for _bits in (3, 2):
+    register_variant(f"w{_bits}_nearest", f"{_bits}-bit per-channel weights rounded to nearest (BN folded; fake-quant: "
+                                          f"stored as fp32, activations in float) - the baseline of w{_bits}_adaround",
+                     _w4("nearest", _bits))
+    register_variant(f"w{_bits}_adaround", f"{_bits}-bit per-channel weights rounded by sequential AdaRound (each "
+                                           "layer on the inputs of the model rounded so far, float targets) on 128 "
+                                           "calibration images (BN folded; fake-quant: stored as fp32, activations "
+                                           "in float)", _w4("adaround", _bits, sequential=True))
+
+
+def _int4(rounding: str):
+    def fn(model, data, ctx):
+        import compress_kernels as ck
+
+        from ..adaround import AdaRoundConfig, folded_copy
+
+        settings = dict(group_size=32, activation="int8", conv2d=True)
+        if rounding == "adaround":
+            ada = AdaRoundConfig(bits=4, group_size=32, **ADAROUND_STUDY, seed=ctx.settings.seed)
+            settings.update(rounding_weights="adaround", adaround=ada,
+                            calibration=[data.x_train[i:i + 64] for i in range(0, ada.max_samples, 64)])
+        return ck.convert_(folded_copy(model), ck.Int4WeightConfig(**settings)).model, 0
+
+    return fn
+
+
+register_variant("int4_g32_w4a8", "group-wise int4 weights (g = 32, BN folded; packed two per byte + one fp32 scale "
+                                  "per group; convs as im2col + int4_linear, depth zero-padded to a multiple of 32), "
+                                  "activations int8 per row at run time", _int4("nearest"))
+register_variant("int4_adaround", "int4_g32_w4a8 with AdaRound rounding on 128 calibration images (same scales)",
+                 _int4("adaround"))
 
 DEFAULT_VARIANTS = ["fp32", "int8_static", "int8_dynamic", "int8_qat", "kmeans4", "kmeans2", "sparse24",
                     "sparse24_int8", "sparse24_int8_static", "deep_compression", "channels50", "channels50_kd",
-                    "fp8_e4m3", "w4_nearest", "w4_adaround"]  # int8_adaround: --variants (it calibrates again)
+                    "fp8_e4m3", "w4_nearest", "w4_adaround", "w3_nearest", "w3_adaround", "w2_nearest",
+                    "w2_adaround", "int4_g32_w4a8", "int4_adaround"]  # int8_adaround: --variants (it calibrates again)
 
 
 # ---------------------------------------------------------------- timing

@@ -72,9 +72,12 @@ cpu::Int4Weight weight_view(const at::Tensor& packed, const char* op, int64_t k,
   return w;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_unpack_cpu(const at::Tensor& w_packed) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_unpack_cpu(const at::Tensor& w_packed, int64_t in_features,
+                                                               int64_t group_size) {
   constexpr const char* op = "int4_unpack";
-  const cpu::Int4Weight w = weight_view(w_packed, op, -1, nullptr);
+  check_cpu(w_packed, op, "w_packed");
+  check_int4_unpack(w_packed, in_features, group_size, op);
+  const cpu::Int4Weight w = weight_view(w_packed, op, in_features, "in_features");
   const at::TensorOptions options = w_packed.options();
   at::Tensor q = at::empty({w.n, w.k}, options.dtype(at::kChar));
   at::Tensor scales = at::empty({w.n, w.groups()}, options.dtype(at::kFloat));

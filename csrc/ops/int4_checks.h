@@ -64,6 +64,34 @@ inline int64_t check_int4_pack_shape(const at::Tensor& w_packed, int64_t k, cons
   return info.n;
 }
 
+// int4_unpack: w_packed an int4_pack of K = in_features (> 0, a multiple of group_size) in groups of
+// group_size, symmetric or with zero points. The caller states K and the group size, so the outputs'
+// sizes ([N, K], [N, K / group_size]) never depend on the header's values; the header (when there is
+// data) must agree with them, a pack without data must have the row width of such a pack. Returns N.
+inline int64_t check_int4_unpack(const at::Tensor& w_packed, int64_t in_features, int64_t group_size, const char* op) {
+  check_int4_group_size(group_size, op);
+  TORCH_CHECK(in_features > 0 && in_features % group_size == 0, op,
+              ": in_features must be a positive multiple of group_size=", group_size, ", got ", in_features);
+  if (w_packed.is_meta()) {
+    PackedExpect any;
+    const PackedInfo info = check_packed_shape(w_packed, PackedFamily::kInt4, any, op, "w_packed");
+    const int64_t words = concrete_size(w_packed.sym_size(1));
+    const int64_t symmetric_words = cpu::int4_words_per_row(in_features, group_size, false);
+    const int64_t asymmetric_words = cpu::int4_words_per_row(in_features, group_size, true);
+    TORCH_CHECK(words == symmetric_words || words == asymmetric_words, op, ": w_packed has rows of ", words,
+                " words; an int4_pack for in_features=", in_features, ", group_size=", group_size, " has ",
+                symmetric_words, " (symmetric) or ", asymmetric_words, " (with zero points)");
+    return info.n;
+  }
+  PackedExpect expect;
+  expect.k = in_features;
+  expect.k_from = "in_features";
+  const PackedInfo info = check_packed(w_packed, PackedFamily::kInt4, expect, op, "w_packed");
+  TORCH_CHECK(info.param % packed::kInt4AsymmetricFlag == group_size, op, ": w_packed is ",
+              describe_packed(info.family, info.n, info.k, info.param), ", expected group_size=", group_size);
+  return info.n;
+}
+
 // int4_linear: activation "int8" / "fp32" (x float32) or "bf16" (x bfloat16), x [M, K] with K > 0,
 // w_packed an int4_pack for that K (check_packed; from its shape without data), bias fp32 [N].
 // Returns N; *info receives the header when there is one.

@@ -129,14 +129,22 @@ at::Tensor int8_conv2d_meta(const at::Tensor& x, int64_t x_zero_point, const at:
   return empty_meta({g.batch, g.out_channels, g.out_h, g.out_w}, x, out_dtype, at::MemoryFormat::ChannelsLast);
 }
 
-// ---------------------------------------------------------------- int4 (int4_unpack's output sizes come
-// from the pack's header: its fake kernel, with data-dependent sizes, is Python, ops/int4.py)
+// ---------------------------------------------------------------- int4
 
 at::Tensor int4_pack_meta(const at::Tensor& w_int4, const at::Tensor& scales, int64_t group_size,
                           const std::optional<at::Tensor>& zero_points) {
   constexpr const char* op = "int4_pack";
   const auto [n, k, param] = check_int4_pack(w_int4, scales, group_size, zero_points, op);
   return at::empty(packed_shape(PackedFamily::kInt4, n, k, param, op), w_int4.options().dtype(at::kInt));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int4_unpack_meta(const at::Tensor& w_packed, int64_t in_features,
+                                                                int64_t group_size) {
+  const int64_t n = check_int4_unpack(w_packed, in_features, group_size, "int4_unpack");
+  const int64_t groups = in_features / group_size;
+  const at::TensorOptions options = w_packed.options();
+  return {at::empty({n, in_features}, options.dtype(at::kChar)), at::empty({n, groups}, options.dtype(at::kFloat)),
+          at::empty({n, groups}, options.dtype(at::kChar))};
 }
 
 at::Tensor int4_linear_meta(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
@@ -303,6 +311,7 @@ TORCH_LIBRARY_IMPL(compress_kernels, Meta, m) {
   m.impl("int8_conv2d_pack_weight", &ck::ops::int8_conv2d_pack_weight_meta);
   m.impl("int8_conv2d", &ck::ops::int8_conv2d_meta);
   m.impl("int4_pack", &ck::ops::int4_pack_meta);
+  m.impl("int4_unpack", &ck::ops::int4_unpack_meta);
   m.impl("int4_linear", &ck::ops::int4_linear_meta);
   m.impl("codebook_pack", &ck::ops::codebook_pack_meta);
   m.impl("codebook_unpack", &ck::ops::codebook_unpack_meta);

@@ -57,7 +57,7 @@ TORCH_LIBRARY(compress_kernels, m) {
 
   // ---- group-wise int4 weights (csrc/cpu/int4.h) ----
   m.def("int4_pack(Tensor w_int4, Tensor scales, int group_size, Tensor? zero_points=None) -> Tensor");
-  m.def("int4_unpack(Tensor w_packed) -> (Tensor, Tensor, Tensor)");
+  m.def("int4_unpack(Tensor w_packed, int in_features, int group_size) -> (Tensor, Tensor, Tensor)");
   m.def("int4_linear(Tensor x, Tensor w_packed, Tensor? bias, str activation=\"int8\") -> Tensor");
 
   // ---- 2:4 semi-structured sparsity ----
