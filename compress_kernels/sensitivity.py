@@ -1,15 +1,18 @@
 """Which layer to compress how: per-layer sensitivity, a mixed assignment under a budget, the Pareto front.
 
-    table = ck.sensitivity(model, (x_val, y_val))            # every layer x every method, one at a time
+    table = ck.sensitivity(model, (x_search, y_search))      # every layer x every method, one at a time
     table.to_markdown(); table.to_json("sensitivity.json"); table.heatmap("sensitivity.png")
-    result = ck.assign(model, (x_val, y_val), budget=200_000, kind="bytes", table=table)
+    result = ck.assign(model, (x_val, y_val), budget="kmeans4", kind="bytes", table=table)
     result.mapping            # {layer: config}: convert_(model, result.mapping) builds the mixed model
-    result.measured           # the real mixed model, measured (effects of layers do not add exactly)
+    result.measured           # the chosen candidate, measured for real (effects of layers do not add exactly)
+    result.candidates         # every model measured: float, each uniform method, the mixed candidates
     result.plot("pareto.png")
 
 A *cell* of the table is one layer compressed by one method, every other layer float. It records
 the task metric of the whole model (top-1 % by default) and its drop from the float model, the
-SQNR of the model output against the float output, the layer's measured latency with the real
+SQNR and the mean KL divergence (``kl_divergence``) of the model output against the float output
+(continuous: they move where the metric, counted in whole samples, does not), the layer's measured
+latency with the real
 kernel (the converted module alone, on the layer's real input: the first ``latency_batch`` rows of
 the input it receives on `data`, the fastest of ``timing_reps`` round-robin calls against the
 float layer) and its stored bytes (parameters and persistent buffers of the converted module, as
