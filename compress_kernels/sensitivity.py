@@ -96,8 +96,8 @@ def kl_divergence(reference: torch.Tensor, test: torch.Tensor) -> float:
     dimension (the outputs read as logits), in float64: 0 when test equals reference, and a
     continuous measure of how far a compressed classifier's predictions moved even where no top-1
     label changed."""
-    ref = reference.double().reshape(-1, reference.shape[-1]).log_softmax(-1)
-    out = test.double().reshape(-1, test.shape[-1]).log_softmax(-1)
+    ref = reference.detach().double().reshape(-1, reference.shape[-1]).log_softmax(-1)
+    out = test.detach().double().reshape(-1, test.shape[-1]).log_softmax(-1)
     return float((ref.exp() * (ref - out)).sum(-1).mean().clamp_min(0.0))
 
 
@@ -211,7 +211,8 @@ class SensitivityTable:
     cells: list[Cell]
     input_shape: list[int]               # of the data
     latency_batch: int
-    seconds: float = 0.0
+    seconds: float = 0.0                 # wall-clock seconds of the sweep
+    cpu_seconds: float = 0.0             # CPU seconds of this process (all its threads) during the sweep
     seed: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -320,7 +321,7 @@ def _sensitivity(model, data, methods, metric, calibration, calibrated, layers, 
                  timing_reps, seed, progress) -> SensitivityTable:
     from .static_quant import calibrate, trace
 
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     x, y = _check_data(data, "sensitivity")
     methods = _method_dict(methods, seed)
     if metric == "top1":
@@ -471,7 +472,8 @@ def _sensitivity(model, data, methods, metric, calibration, calibrated, layers, 
     return SensitivityTable(layers=all_layers, methods={k: repr(v) for k, v in methods.items()},
                             metric_name=metric_name, float_metric=float_metric, cells=cells,
                             input_shape=list(x.shape[1:]), latency_batch=min(latency_batch, len(x)),
-                            seconds=time.perf_counter() - start_time, seed=seed, notes=notes)
+                            seconds=time.perf_counter() - start_time,
+                            cpu_seconds=time.process_time() - start_cpu, seed=seed, notes=notes)
 
 
 def _check_calibrated(calibrated, what: str) -> None:

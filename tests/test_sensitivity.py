@@ -198,7 +198,16 @@ def test_sensitivity_cells_equal_whole_model_runs(digits_cnn, table):
     assert table.cell("layer1.0.conv1", "int8_static").metric == pytest.approx(acc, abs=1e-9)
 
 
-def test_sensitivity_is_reproducible_and_writes_reports(digits_cnn, table, tmp_path):
+SIZE_ARGS = dict(budget="kmeans4", extra_budgets=[("kmeans4", 0.9), 10])
+
+
+@pytest.fixture(scope="module")
+def size_result(digits_cnn, table):
+    model, cal, val = digits_cnn
+    return assign(model, val, METHODS, table=table, **SIZE_ARGS, timing_reps=3, calibration=cal, progress=False)
+
+
+def test_sensitivity_is_reproducible_and_writes_reports(digits_cnn, table, size_result, tmp_path):
     """The same model, data, methods and seed give the same table (every column but the latencies)
     and the same assignment."""
     model, cal, val = digits_cnn
@@ -207,10 +216,8 @@ def test_sensitivity_is_reproducible_and_writes_reports(digits_cnn, table, tmp_p
     assert [[getattr(c, k) for k in columns] for c in again.cells] == \
         [[getattr(c, k) for k in columns] for c in table.cells]
     assert again.seed == table.seed == 0
-    first = assign(model, val, METHODS, budget="kmeans4", table=table, calibration=cal, timing_reps=1, uniform=False,
-                   progress=False)
-    second = assign(model, val, METHODS, budget="kmeans4", table=again, calibration=cal, timing_reps=1,
-                    uniform=False, progress=False)
+    first = size_result
+    second = assign(model, val, METHODS, table=again, **SIZE_ARGS, timing_reps=1, calibration=cal, progress=False)
     assert first.methods == second.methods and first.measured.name == second.measured.name
     assert [(c.name, c.metric, c.kl, c.bytes) for c in first.candidates] == \
         [(c.name, c.metric, c.kl, c.bytes) for c in second.candidates]
@@ -261,10 +268,9 @@ def test_table_cell_lookup_error(table):
 # ---------------------------------------------------------------- assignment
 
 
-def test_assign_at_the_size_of_a_uniform_model(digits_cnn, table, tmp_path):
-    model, cal, val = digits_cnn
-    result = assign(model, val, METHODS, budget="kmeans4", table=table, calibration=cal, timing_reps=3,
-                    extra_budgets=[("kmeans4", 0.9), 10], progress=False)
+def test_assign_at_the_size_of_a_uniform_model(digits_cnn, size_result, tmp_path):
+    model, _, val = digits_cnn
+    result = size_result
     ref = result.candidate("all kmeans4")
     main = result.budget
     assert (main.spec, main.reference, main.limit) == ("kmeans4", "kmeans4", ref.bytes)

@@ -142,11 +142,13 @@ def _summary(table, results, points, source_note, settings, cached, n_test, sear
              f"Machine: {info['processor']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads, kernel "
              f"path {info['kernel_isa']}, 1-minute load average {info['load_average_1min']}.", "",
              f"Sensitivity sweep on {search_images} training images: {len(table.layers)} layers x "
-             f"{len(table.methods)} methods in {table.seconds:.1f} s. Candidates measured on the {n_test} held-out "
+             f"{len(table.methods)} methods in {table.seconds:.1f} s ({table.cpu_seconds:.1f} CPU seconds). "
+             f"Candidates measured on the {n_test} held-out "
              f"images (top-1), latency at batch {table.latency_batch} in interleaved rounds (median). Total "
              f"{seconds:.1f} s.", ""]
     out = {"settings": asdict(settings), "machine": info, "fp32_checkpoint_reused": cached, "seconds": seconds,
-           "sweep_seconds": table.seconds, "search_images": search_images, "test_images": n_test, "goals": {},
+           "sweep_seconds": table.seconds, "sweep_cpu_seconds": table.cpu_seconds, "search_images": search_images,
+           "test_images": n_test, "goals": {},
            "budgets": {}}
     for name, result in results.items():
         main = result.budget
