@@ -110,7 +110,8 @@ def to_markdown(points: list[Point], source_note: str) -> str:
 
 def plot(points: list[Point], path: str, title: str) -> str:
     """Two panels (top-1 vs latency ratio, top-1 vs bytes); the front of each as a step line, its
-    points edged black; mixed assignments that a budget chose are labelled."""
+    points edged black; labelled: the front, the study's variants and the mixed assignments a budget
+    chose (every point is in to_markdown's table)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +130,7 @@ def plot(points: list[Point], path: str, title: str) -> str:
                        edgecolors="k" if getattr(p, flag) else "none", linewidths=1.2, zorder=3,
                        label=None if legend in seen else legend, alpha=1.0 if getattr(p, flag) or p.note else 0.45)
             seen.add(legend)
-            if p.source != "mixed" or p.note:
+            if getattr(p, flag) or p.source == "study" or (p.source == "mixed" and p.note):
                 ax.annotate(p.name.replace(" (post-training)", " (PT)"), (getattr(p, attr), p.top1),
                             textcoords="offset points", xytext=(4, 3), fontsize=6)
         front = sorted((p for p in points if getattr(p, flag)), key=lambda p: getattr(p, attr))
