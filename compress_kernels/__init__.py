@@ -84,7 +84,7 @@ from .ops import (
 )
 from .prune import PruneConfig, prune_
 from .qat import QATConfig, broadcast_qat_state_, freeze_qat_, prepare_qat_, qat_exact_mode, qat_mismatch_report
-from .sensitivity import Assignment, SensitivityTable, assign, sensitivity
+from .sensitivity import Assignment, SensitivityTable, assign, kl_divergence, sensitivity
 from .static_quant import Int8StaticConfig, calibrate
 
 # The demo application's parts, also reachable from the top as before they moved into
@@ -202,6 +202,7 @@ __all__ = [
     "Assignment",
     "SensitivityTable",
     "assign",
+    "kl_divergence",
     "sensitivity",
     # the demo application (compress_kernels.study) and its parts
     "data",

@@ -198,13 +198,29 @@ def test_sensitivity_cells_equal_whole_model_runs(digits_cnn, table):
     assert table.cell("layer1.0.conv1", "int8_static").metric == pytest.approx(acc, abs=1e-9)
 
 
-def test_sensitivity_is_reproducible_and_writes_reports(digits_cnn, table, tmp_path):
+SIZE_ARGS = dict(budget="kmeans4", extra_budgets=[("kmeans4", 0.9), 10])
+
+
+@pytest.fixture(scope="module")
+def size_result(digits_cnn, table):
     model, cal, val = digits_cnn
-    again = sensitivity(model, val, METHODS, calibration=cal, layers=["layer1.0.conv1", "fc"], timing_reps=1,
-                        progress=False)
-    for c in again.cells:
-        first = table.cell(c.layer, c.method)
-        assert (c.status, c.metric, c.sqnr_db, c.bytes) == (first.status, first.metric, first.sqnr_db, first.bytes)
+    return assign(model, val, METHODS, table=table, **SIZE_ARGS, timing_reps=3, calibration=cal, progress=False)
+
+
+def test_sensitivity_is_reproducible_and_writes_reports(digits_cnn, table, size_result, tmp_path):
+    """The same model, data, methods and seed give the same table (every column but the latencies)
+    and the same assignment."""
+    model, cal, val = digits_cnn
+    again = sensitivity(model, val, METHODS, calibration=cal, timing_reps=1, seed=0, progress=False)
+    columns = ("layer", "method", "status", "reason", "metric", "drop", "sqnr_db", "kl", "bytes", "bytes_float")
+    assert [[getattr(c, k) for k in columns] for c in again.cells] == \
+        [[getattr(c, k) for k in columns] for c in table.cells]
+    assert again.seed == table.seed == 0
+    first = size_result
+    second = assign(model, val, METHODS, table=again, **SIZE_ARGS, timing_reps=1, calibration=cal, progress=False)
+    assert first.methods == second.methods and first.measured.name == second.measured.name
+    assert [(c.name, c.metric, c.kl, c.bytes) for c in first.candidates] == \
+        [(c.name, c.metric, c.kl, c.bytes) for c in second.candidates]
     saved = json.loads(table.to_json(str(tmp_path / "s.json")))
     assert len(saved["cells"]) == len(table.cells) and (tmp_path / "s.json").exists()
     md = table.to_markdown()
@@ -229,6 +245,8 @@ def test_sensitivity_errors(digits_cnn):
         sensitivity(model, val, METHODS, calibrated=copy.deepcopy(model), progress=False)
     with pytest.raises(ValueError, match="methods is empty"):
         sensitivity(model, val, [], progress=False)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got 1.5"):
+        sensitivity(model, val, METHODS, seed=1.5, progress=False)
 
     class TwoInputs(torch.nn.Module):
         def __init__(self):
@@ -250,32 +268,83 @@ def test_table_cell_lookup_error(table):
 # ---------------------------------------------------------------- assignment
 
 
-def test_assign_meets_size_budget_and_measures_it(digits_cnn, table, tmp_path):
-    model, cal, val = digits_cnn
-    budget = stored_bytes(model) // 4
-    result = assign(model, val, METHODS, budget=budget, table=table, calibration=cal, timing_reps=2,
-                    extra_budgets=[stored_bytes(model) // 2], progress=False)
-    assert result.measured.bytes <= budget
-    assert result.predicted["cost"] <= budget
-    assert result.methods and set(result.methods) <= set(table.layers)
+def test_assign_at_the_size_of_a_uniform_model(digits_cnn, size_result, tmp_path):
+    model, _, val = digits_cnn
+    result = size_result
+    ref = result.candidate("all kmeans4")
+    main = result.budget
+    assert (main.spec, main.reference, main.limit) == ("kmeans4", "kmeans4", ref.bytes)
+    assert ref.bytes == stored_bytes(ck.convert_(model, METHODS["kmeans4"], inplace=False).model)
+    # the chosen model meets the budget and no measured candidate within it is more accurate
+    chosen = result.measured
+    assert chosen.bytes <= ref.bytes and chosen.name in main.feasible
+    assert chosen.metric == max(result.candidate(n).metric for n in main.feasible) >= ref.metric
+    assert set(main.feasible) == {c.name for c in result.candidates if c.bytes <= ref.bytes}
     assert result.measured.bytes == stored_bytes(result.model)
     with torch.no_grad():
-        assert result.measured.metric == pytest.approx(top1(result.model(val[0]), val[1]))
-    kinds = {c.kind for c in result.candidates}
-    assert kinds == {"float", "uniform", "mixed"} and any(c.pareto for c in result.candidates)
-    smallest = min(result.candidates, key=lambda c: (c.bytes, -c.metric))
-    most_accurate = max(result.candidates, key=lambda c: (c.metric, -c.bytes))
-    assert smallest.pareto and most_accurate.pareto
-    for c in result.candidates:  # on the front exactly when no other candidate is as small and as accurate
-        dominated = any(o.bytes <= c.bytes and o.metric >= c.metric and (o.bytes, o.metric) != (c.bytes, c.metric)
-                        for o in result.candidates)
-        assert c.pareto == (not dominated)
-    again = assign(model, val, METHODS, budget=budget, table=table, calibration=cal, timing_reps=1, uniform=False,
-                   progress=False)
-    assert again.methods == result.methods  # the same table gives the same assignment
-    assert json.loads(result.to_json())["measured"]["bytes"] == result.measured.bytes
-    assert "| candidate | kind |" in result.to_markdown()
+        out = result.model(val[0])
+    assert chosen.metric == pytest.approx(top1(out, val[1]))
+    assert chosen.kl == pytest.approx(ck.kl_divergence(model(val[0]), out), rel=1e-9)
+    mixed = [c for c in result.candidates if c.kind == "mixed"]
+    assert len(mixed) >= 3 and len({tuple(sorted(c.methods.items())) for c in mixed}) == len(mixed)
+    assert any(c.name.startswith("mixed kl kmeans4 +") for c in mixed)  # refinements of the reference
+    assert {c.kind for c in result.candidates} == {"float", "uniform", "mixed"}
+    # extra budgets: 0.9 x the reference's bytes, and 10 bytes, which nothing meets
+    tighter, impossible = result.budgets[1:]
+    assert tighter.limit == pytest.approx(0.9 * ref.bytes) and "all kmeans4" not in tighter.feasible
+    assert impossible.chosen is None and impossible.feasible == []
+    for attr, flag in (("bytes", "pareto_size"), ("latency_ratio", "pareto_latency")):
+        for c in result.candidates:  # on the front exactly when no other candidate is as cheap and as accurate
+            dominated = any(getattr(o, attr) <= getattr(c, attr) and o.metric >= c.metric
+                            and (getattr(o, attr), o.metric) != (getattr(c, attr), c.metric) for o in result.candidates)
+            assert getattr(c, flag) == (not dominated)
+    saved = json.loads(result.to_json())
+    assert saved["measured"]["bytes"] == chosen.bytes and saved["budgets"][0]["chosen"] == chosen.name
+    assert f"| {chosen.name} (chosen) |" in result.to_markdown()
     assert open(result.plot(str(tmp_path / "p.png")), "rb").read(4) == b"\x89PNG"
+
+
+def test_assign_at_the_latency_of_a_uniform_model(digits_cnn, table):
+    model, cal, val = digits_cnn
+    result = assign(model, val, METHODS, budget="int8_static", kind="latency_us", table=table, calibration=cal,
+                    timing_reps=5, uniform=False, progress=False)
+    main = result.budget
+    assert {c.kind for c in result.candidates} == {"float", "uniform", "mixed"}
+    assert [c.name for c in result.candidates if c.kind == "uniform"] == ["all int8_static"]
+    assert main.values["all int8_static"] == 1.0 and "all int8_static" in main.feasible
+    assert main.limit == 1.0 and all(main.values[n] <= 1.0 for n in main.feasible)
+    assert result.measured.metric >= result.candidate("all int8_static").metric
+    assert all(c.latency_us > 0 and c.latency_ratio > 0 for c in result.candidates)
+    assert result.candidate("float").latency_ratio == 1.0
+
+
+def test_local_moves_stay_within_the_limit():
+    from compress_kernels.sensitivity import _local_moves
+
+    # two layers; the start "a4"/"b4" costs 8; a pair of changes (a -> 8 bit, b -> 2 bit) fits the limit 8,
+    # a single upgrade does not
+    options = {"a": [(None, 8.0, 0.0), ("a8", 4.0, 0.01), ("a4", 4.0 - 2, 0.5)],
+               "b": [(None, 8.0, 0.0), ("b4", 6.0 - 2, 0.2), ("b2", 1.0, 0.3)]}
+    steps = _local_moves({"a": "a4", "b": "b4"}, options, limit=6.0, cost=6.0, steps=3)
+    assert steps[0][0] == {"a": "a8", "b": "b2"}
+    assert steps[0][1] == pytest.approx(5.0) and steps[0][2] == pytest.approx(0.31 - 0.7)
+    assert all(cost <= 6.0 for _, cost, _ in steps)
+    assert all(later[2] < earlier[2] for earlier, later in zip(steps, steps[1:]))
+    assert _local_moves({"a": "a8", "b": "b2"}, options, limit=5.0, cost=5.0, steps=2) == []
+
+
+def test_interleaved_times_and_kl():
+    from compress_kernels.sensitivity import interleaved_times
+
+    calls = []
+    samples = interleaved_times({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, rounds=3, warmup=1)
+    assert calls == ["x", "y", "x", "y", "y", "x", "x", "y"]  # warm-up, then each round starts one further on
+    assert {k: len(v) for k, v in samples.items()} == {"x": 3, "y": 3}
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 10), torch.randn(6, 10)
+    want = torch.nn.functional.kl_div(b.log_softmax(1), a.log_softmax(1), log_target=True, reduction="batchmean")
+    assert ck.kl_divergence(a, b) == pytest.approx(want.item(), rel=1e-5)
+    assert ck.kl_divergence(a, a) == 0.0
 
 
 def test_assign_errors(digits_cnn, table):
@@ -286,8 +355,23 @@ def test_assign_errors(digits_cnn, table):
         assign(model, val, METHODS, budget=10, kind="ms", table=table, progress=False)
     with pytest.raises(ValueError, match="budget must be a positive number"):
         assign(model, val, METHODS, budget=-1, table=table, progress=False)
-    with pytest.raises(ValueError, match=r"the table has methods \['int8_static', 'kmeans2'"):
-        assign(model, val, {"kmeans4": ck.CodebookConfig()}, budget=1000, table=table, progress=False)
+    with pytest.raises(ValueError, match=r"budget must be .* or \(method name, factor > 0\), got \('kmeans4', 0\)"):
+        assign(model, val, METHODS, budget=("kmeans4", 0), table=table, progress=False)
+    with pytest.raises(ValueError, match=r"budget 'kmeans3' names method 'kmeans3', not one of the methods"):
+        assign(model, val, METHODS, budget="kmeans3", table=table, progress=False)
+    with pytest.raises(ValueError, match=r"extra_budgets\[0\] must be a positive number"):
+        assign(model, val, METHODS, budget=1000, extra_budgets=[None], table=table, progress=False)
+    with pytest.raises(ValueError, match=r"proxy must be one of \['kl', 'noise', 'drop'\], got 'mse'"):
+        assign(model, val, METHODS, budget=1000, proxy="mse", table=table, progress=False)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        assign(model, val, METHODS, budget=1000, seed=-1, table=table, progress=False)
+    with pytest.raises(ValueError, match=r"the table has methods \['int8_static', 'kmeans4'"):
+        assign(model, val, {"kmeans2": ck.CodebookConfig(bits=2)}, budget=1000, table=table, progress=False)
+    small = sensitivity(model, val, {"int8_dynamic": ck.Int8DynamicConfig()}, layers=["conv1"], timing_reps=1,
+                        progress=False)
+    with pytest.raises(ValueError, match="method 'int8_dynamic' converts no layer of the table"):
+        assign(model, val, {"int8_dynamic": ck.Int8DynamicConfig()}, budget="int8_dynamic", table=small,
+               progress=False)
 
 
 def test_mixed_dequantize_count(digits_cnn):
@@ -296,3 +380,55 @@ def test_mixed_dequantize_count(digits_cnn):
     deq = [b for b in report.boundaries if b[0] == "DeQuantize"]
     assert deq == [("DeQuantize", "layer2.0.conv1", "layer2.0.conv2")]
     assert sum(isinstance(m, DeQuantize) for m in report.model.modules()) == 1
+
+
+# ---------------------------------------------------------------- the study's Pareto view
+
+
+def test_pareto_view(tmp_path):
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from compress_kernels.sensitivity import BudgetResult, Candidate
+    from compress_kernels.study import pareto
+    from compress_kernels.study.runner import StudySettings
+
+    settings = StudySettings()
+    rows = [dict(name="fp32", available=True, top1=97.0, stored_bytes=1000, latency_b32_ms=10.0, finetune_steps=0),
+            dict(name="int8_static", available=True, top1=97.0, stored_bytes=300, latency_b32_ms=8.0,
+                 finetune_steps=0),
+            dict(name="kmeans2", available=True, top1=90.0, stored_bytes=100, latency_b32_ms=20.0, finetune_steps=5),
+            dict(name="gone", available=False)]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"settings": asdict(settings), "test_images": 450, "variants": rows}))
+    points, why = pareto.study_points(str(path), settings, 450)
+    assert [p.name for p in points] == ["fp32", "int8_static", "kmeans2"] and "read from" in why
+    assert [p.latency_ratio for p in points] == [1.0, 0.8, 2.0]
+    assert pareto.study_points(str(path), StudySettings(width=4), 450) == (
+        None, f"{path} was made with other settings (width)")
+    assert pareto.study_points(str(path), settings, 64)[1] == f"{path} evaluated 450 held-out images, this run 64"
+    assert pareto.study_points(str(tmp_path / "none.json"), settings, 450)[0] is None
+
+    def cand(name, kind, metric, nbytes, ratio, methods=None):
+        return Candidate(name, kind, metric, 0.0, 30.0, nbytes, 100.0 * ratio, ratio, methods or {})
+
+    result = SimpleNamespace(
+        candidates=[cand("float", "float", 97.0, 1000, 1.0), cand("all kmeans4", "uniform", 97.5, 200, 2.5),
+                    cand("mixed kl 1 x kmeans4", "mixed", 97.5, 190, 1.5, {"fc": "kmeans4"}),
+                    cand("mixed kl 0.9 x kmeans4", "mixed", 96.0, 180, 1.4, {"fc": "kmeans2"})],
+        budgets=[BudgetResult("kmeans4", "bytes", "kmeans4", 1.0, 200, 200, chosen="mixed kl 1 x kmeans4")])
+    points += pareto.assignment_points({"size": result, "again": result})
+    assert len(points) == 3 + 2 + 4  # float and uniform candidates once, mixed ones per assignment
+    chosen = next(p for p in points if p.name == "size: mixed kl 1 x kmeans4")
+    assert chosen.note == "chosen at size: kmeans4" and chosen.source == "mixed"
+    pareto.mark_fronts(points)
+    front_size = {p.name for p in points if p.front_size}
+    assert front_size == {"kmeans2", "size: mixed kl 0.9 x kmeans4", "again: mixed kl 0.9 x kmeans4",
+                          "size: mixed kl 1 x kmeans4", "again: mixed kl 1 x kmeans4"}
+    # equal points do not dominate each other; the uniform k-means model is as accurate as the mixed one, slower
+    assert {p.name for p in points if p.front_latency} == {"int8_static", "size: mixed kl 1 x kmeans4",
+                                                           "again: mixed kl 1 x kmeans4"}
+    md = pareto.to_markdown(points, "test")
+    assert "| int8_static | study | 97.00 | 300 | 0.800 | L |" in md
+    png = pareto.plot(points, str(tmp_path / "pareto.png"), "test")
+    assert open(png, "rb").read(4) == b"\x89PNG"
