@@ -102,9 +102,11 @@ class QuantConv2d(IntegerLayer):
     def sparse24_runs_dense(self) -> bool:
         """Whether the 2:4 mode's forward runs the dense int8 conv on weight_q (the same integers as
         the int8 2:4 kernel): on the CPU, for a weight of at most DENSE_24_MAX_WEIGHT elements, or on
-        the AMX path (ops.cpu_isa() == "amx")."""
-        return self.packed_dense is not None and (self.weight_q.numel() <= self.DENSE_24_MAX_WEIGHT
-                                                  or ops.cpu_isa() == "amx")
+        the AMX path (ops.cpu_isa() == "amx"). Never while torch.export / torch.compile trace the module:
+        the traced program keeps the 2:4 kernel and only the compressed weight."""
+        if self.packed_dense is None or torch.compiler.is_compiling():
+            return False
+        return self.weight_q.numel() <= self.DENSE_24_MAX_WEIGHT or ops.cpu_isa() == "amx"
 
     def _layer_extra_state(self) -> dict:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
