@@ -370,6 +370,24 @@ def test_codebook_conv2d_module_eval_and_training_paths_agree():
     torch.testing.assert_close(q(x).detach(), want, rtol=1e-5, atol=1e-5)
 
 
+def test_codebook_conv2d_module_decodes_once_and_runs_the_dense_conv_from_many_pixels():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    q = ck.CodebookConv2d.from_float(conv, bits=4).eval()
+    small, large = rand_x(1, 8, 8, 8), rand_x(2, 8, 12, 12, seed=3)  # 64 and 288 output pixels
+    assert q.DENSE_CONV_MIN_PIXELS == 256
+    assert not q.uses_dense_conv(small) and q.uses_dense_conv(large)
+    with torch.no_grad():
+        # below the rule: the fused kernel's bits
+        want_small = ck.codebook_conv2d(small, q.packed_idx, q.effective_codebook(), 4, q.bias, 3, 1, 1)
+        assert torch.equal(q(small), want_small)
+        # from it on: exactly torch's conv on the decoded weight, within fp32 rounding of the reference
+        y = q(large)
+        assert torch.equal(y, F.conv2d(large, q.dequantized_weight(), q.bias, 1, 1))
+        want = ref.codebook_conv2d(large, q.indices().view(16, 8, 3, 3), q.effective_codebook(), q.bias, 1, 1)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
 def test_module_codebook_gradient_is_the_sum_of_member_gradients():
     torch.manual_seed(0)
     w = torch.randn(32, 40)

@@ -21,6 +21,12 @@ CONFIGS = [  # (n, c, h, w, oc, k, stride, padding, dilation, groups)
     (2, 16, 8, 8, 16, 3, 1, 1, 1, 16),    # depthwise
     (1, 8, 9, 9, 16, 5, 2, 2, 1, 8),      # channel multiplier 2 (grouped GEMM path)
     (1, 5, 4, 6, 7, 2, (2, 1), (0, 1), (1, 2), 1),  # asymmetric stride / padding / dilation
+    # narrow direct AMX conv (C < 64, stride 1, >= 1024 output pixels): a kernel row's KW * C bytes read as
+    # 64-byte tile chunks
+    (1, 8, 32, 32, 8, 3, 1, 1, 1, 1),     # ResNet-18 width 8, layer1 (one chunk per kernel row)
+    (1, 3, 32, 32, 8, 3, 1, 1, 1, 1),     # width-8 stem (K = 27 in three 64-byte chunks)
+    (1, 32, 34, 34, 20, 3, 1, 1, (2, 1), 1),  # 96-byte kernel rows (two chunks), dilated rows
+    (2, 8, 12, 12, 8, 3, 1, 1, 1, 1),     # below 1024 output pixels: gathered
 ]
 
 

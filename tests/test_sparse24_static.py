@@ -17,7 +17,7 @@ from compress_kernels.nn import QuantLinear
 from compress_kernels.nn._common import reference_mode
 from compress_kernels.nn.conv import QuantConv2d
 from compress_kernels.sparse24_layout import weight_from_rows, weight_rows
-from compress_kernels.testing import run_on_every_isa
+from compress_kernels.testing import ISAS, run_on_every_isa
 
 
 def prune_24(weight: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -63,6 +63,24 @@ def test_quant_conv2d_2to4_equals_dense_and_reference(stride, padding, dilation,
     assert torch.equal(got, dense) and torch.equal(got, want)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert "sparsity=2:4" in repr(q)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_quant_conv2d_2to4_kernel_choice_gives_the_same_integers(isa):
+    """2:4 mode runs the dense int8 conv on weight_q for a weight of at most DENSE_24_MAX_WEIGHT elements and
+    on the AMX path, the int8 2:4 kernel otherwise: both give the reference's integers on every path."""
+    x_small, x_large = (random_input((2, c, 10, 10), torch.uint8).contiguous(memory_format=torch.channels_last)
+                        for c in (8, 64))
+    small = sparse_conv(cin=8, cout=16).sparse24_()     # 1152 weights
+    large = sparse_conv(cin=64, cout=64).sparse24_()    # 36864 weights
+    assert small.weight_q.numel() <= QuantConv2d.DENSE_24_MAX_WEIGHT < large.weight_q.numel()
+    with ck.force_cpu_isa(isa):
+        assert small.sparse24_runs_dense()
+        assert large.sparse24_runs_dense() == (isa == "amx")
+        got = [small(x_small), large(x_large)]
+    with reference_mode():
+        want = [small(x_small), large(x_large)]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 @pytest.mark.parametrize("out_dtype", [torch.uint8, torch.int8])

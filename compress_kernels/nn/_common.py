@@ -284,6 +284,8 @@ class IntegerLayer(Float32State):
                 self.rounding)
         if self.sparse24:
             return ops.sparse24_int8_linear(x2, *args, self.weight_meta, *tail)
+        if x2.device.type == "cpu":  # the op itself: the state was checked at build / load (see QuantConv2d.forward)
+            return torch.ops.compress_kernels.int8_linear.default(x2, *args, *tail)
         return ops.int8_linear(x2, *args, *tail)
 
     def _set_static_qparams(self, input_scale: float, input_zero_point: int, output_scale: float,

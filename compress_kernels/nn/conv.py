@@ -8,6 +8,9 @@ from torch import nn
 from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, IntegerLayer, fold_batchnorm, in_reference_mode, quantize_layer
 
+_INT8_CONV2D = torch.ops.compress_kernels.int8_conv2d.default
+_SPARSE24_INT8_CONV2D = torch.ops.compress_kernels.sparse24_int8_conv2d.default
+
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -36,6 +39,9 @@ class QuantConv2d(IntegerLayer):
             raise ValueError(f"QuantConv2d: sparse24=True needs groups=1, got groups={groups}")
         self._init_integer_state((out_channels, in_channels // groups, kh, kw), out_channels, bias, per_channel,
                                  input_dtype, output_dtype, rounding, sparse24)
+        # 2:4 mode: the dense pack of weight_q (which that mode rebuilds and keeps, unsaved) for the shapes
+        # where the dense int8 conv is the faster kernel of the same integers (sparse24_runs_dense)
+        self.register_buffer("packed_dense", None, persistent=False)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, input_scale: float,
@@ -80,6 +86,28 @@ class QuantConv2d(IntegerLayer):
     def _pack_dense(self, weight_q: torch.Tensor) -> torch.Tensor:
         return ops.int8_conv2d_pack_weight(weight_q, self.groups)
 
+    def _repack(self) -> None:
+        super()._repack()
+        self.packed_dense = (self._pack_dense(self.weight_q.cpu()).to(self.weight_q.device) if self.sparse24
+                             else None)
+
+    # The largest weight (OC x C x KH x KW elements) that 2:4 mode runs on the dense int8 conv on every
+    # CPU path. Measured (1 thread, CPU time, ResNet-18 3x3 layers): on the AVX-512 VNNI path the
+    # dense conv is 1.03-1.27x faster than the int8 2:4 conv up to 32 -> 32 channels (9216 weights)
+    # and 0.86x at 64 -> 64; on the AMX path the dense conv (direct tile loads from the padded image,
+    # no gathered rows) is faster on every ResNet-18 shape at batch 32 (1.06-3.6x: 8 -> 8 at 32x32,
+    # 430 against 1560 us; 256 -> 256 at 8x8, 1253 against 1350 us), so there it always runs dense.
+    DENSE_24_MAX_WEIGHT = 9216
+
+    def sparse24_runs_dense(self) -> bool:
+        """Whether the 2:4 mode's forward runs the dense int8 conv on weight_q (the same integers as
+        the int8 2:4 kernel): on the CPU, for a weight of at most DENSE_24_MAX_WEIGHT elements, or on
+        the AMX path (ops.cpu_isa() == "amx"). Never while torch.export / torch.compile trace the module:
+        the traced program keeps the 2:4 kernel and only the compressed weight."""
+        if self.packed_dense is None or torch.compiler.is_compiling():
+            return False
+        return self.weight_q.numel() <= self.DENSE_24_MAX_WEIGHT or ops.cpu_isa() == "amx"
+
     def _layer_extra_state(self) -> dict:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
 
@@ -92,20 +120,33 @@ class QuantConv2d(IntegerLayer):
         self.stride, self.padding, self.dilation = (tuple(state[k]) for k in ("stride", "padding", "dilation"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (x, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift, self.output_zero_point,
-                self.qmin, self.qmax, self.output_dtype, self.stride, self.padding, self.dilation, self.groups,
-                self.rounding)
         if in_reference_mode():
-            return reference.int8_conv2d(*args)
+            return reference.int8_conv2d(x, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift,
+                                         self.output_zero_point, self.qmin, self.qmax, self.output_dtype, self.stride,
+                                         self.padding, self.dilation, self.groups, self.rounding)
         if self.sparse24:
             return self._sparse24_forward(x)
-        return ops.int8_conv2d(*args, w_packed=self.packed_weight)
+        # The op itself, not the ops.int8_conv2d wrapper: every argument but x is this module's state,
+        # checked when it was built or loaded (and the op checks them all again in C++); the wrapper's
+        # Python conversions cost more than a small conv at batch 1.
+        return _INT8_CONV2D(x, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift,
+                            self.output_zero_point, self.qmin, self.qmax, self.output_dtype, self.stride, self.padding,
+                            self.dilation, self.groups, self.rounding, self.packed_weight)
 
     def _sparse24_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.sparse24_int8_conv2d(x, self.input_zero_point, self.packed_weight, self.weight_meta, self.bias_q,
-                                        self.m0, self.shift, self.output_zero_point, self.qmin, self.qmax,
-                                        self.output_dtype, self.kernel_size, self.stride, self.padding, self.dilation,
-                                        self.rounding)
+        if x.is_cuda:
+            return ops.sparse24_int8_conv2d(x, self.input_zero_point, self.packed_weight, self.weight_meta,
+                                            self.bias_q, self.m0, self.shift, self.output_zero_point, self.qmin,
+                                            self.qmax, self.output_dtype, self.kernel_size, self.stride, self.padding,
+                                            self.dilation, self.rounding)
+        if self.sparse24_runs_dense():
+            return _INT8_CONV2D(x, self.input_zero_point, self.weight_q, self.bias_q, self.m0, self.shift,
+                                self.output_zero_point, self.qmin, self.qmax, self.output_dtype, self.stride,
+                                self.padding, self.dilation, self.groups, self.rounding, self.packed_dense)
+        return _SPARSE24_INT8_CONV2D(x, self.input_zero_point, self.packed_weight, self.weight_meta, self.bias_q,
+                                     self.m0, self.shift, self.output_zero_point, self.qmin, self.qmax,
+                                     self.output_dtype, self.kernel_size, self.stride, self.padding, self.dilation,
+                                     self.rounding)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -9,6 +9,8 @@ from torch import nn
 from .. import numerics, ops, reference
 from ._common import DTYPE_NAMES, DTYPES, ExtraStateChecker, Float32State, check_state_tensors, in_reference_mode
 
+_INT8_ADD = torch.ops.compress_kernels.int8_add.default
+
 
 class _QParams(Float32State):
     """Holds one tensor's qparams: scale as a buffer (kept fp32 by dtype conversions), zero point /
@@ -215,7 +217,11 @@ class QuantAdd(Float32State):
         self.qmin, self.qmax, self.output_dtype = state["qmin"], state["qmax"], DTYPES[state["output_dtype"]]
 
     def forward(self, a, b):
-        add = reference.int8_add if in_reference_mode() else ops.int8_add
+        # On the CPU the op itself, not the ops.int8_add wrapper: the module's state was checked when it
+        # was built or loaded, and the op checks it again in C++ (the wrapper's conversions cost more
+        # than the addition of a small feature map).
+        add = (reference.int8_add if in_reference_mode() else
+               _INT8_ADD if a.device.type == "cpu" else ops.int8_add)
         za, zb, zy = self.zero_points
         return add(a, za, self.m0_a, self.shift_a, b, zb, self.m0_b, self.shift_b, self.m0_out, self.shift_out, zy,
                    self.qmin, self.qmax, self.output_dtype, self.LEFT_SHIFT)

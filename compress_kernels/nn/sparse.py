@@ -302,8 +302,10 @@ class SparseConv2d(_Sparse24Base):
         x_in = x.float()
         if not x.is_cuda and self.packed.numel() > 0:
             bias = self.bias.float() if self.bias is not None else None  # (a bf16 module keeps a bf16 bias)
-            return ops.sparse24_conv2d(x_in, self.packed, self.meta, bias, self.kernel_size, self.stride,
-                                       self.padding, self.dilation).to(x.dtype)
+            # the op itself, not the ops wrapper: the geometry is this module's checked state (see QuantConv2d)
+            return torch.ops.compress_kernels.sparse24_conv2d.default(x_in, self.packed, self.meta, bias,
+                                                                      self.kernel_size, self.stride, self.padding,
+                                                                      self.dilation).to(x.dtype)
         return self._im2col_forward(x_in, None, n, oh, ow).to(x.dtype)
 
     def _float_conv(self, x: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,10 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
   at::Tensor cols = at::empty({batch * ho * wo, channels * ks[0] * ks[1]}, x.options());
   const float* xp = xc.data_ptr<float>();
   float* cp = cols.data_ptr<float>();
-  at::parallel_for(0, batch * ho * wo, 64,
+  // (the copy of a small image is not worth waking the other threads: the grain keeps up to 64K
+  // copied floats on the calling thread)
+  const int64_t row_floats = std::max<int64_t>(channels * ks[0] * ks[1], 1);
+  at::parallel_for(0, batch * ho * wo, std::max<int64_t>(64, (int64_t{1} << 16) / row_floats),
                    [&](int64_t begin, int64_t end) { cpu::codebook_im2col(xp, shape, begin, end, cp); });
   const int64_t rows = batch * ho * wo, row_len = channels * ks[0] * ks[1];
   at::Tensor out = at::empty({batch, ho, wo, out_channels}, x.options());

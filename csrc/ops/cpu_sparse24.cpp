@@ -317,15 +317,18 @@ constexpr int64_t kPatchChunkBytes = 256 * 1024;
 // count, threads) runs the 2:4 kernel on them against every column of the weight (with `threads`
 // threads' worth of tasks), so the patches never exist all at once. When there are fewer chunks
 // than threads (small images, batch 1), all rows are gathered once and the weight's columns are
-// split between the threads instead.
+// split between the threads instead. A conv below 2^22 dense multiply-adds (rows x n x k) runs on the
+// calling thread: waking the others costs more than its few microseconds of work (ResNet-18 width 8
+// at batch 1: every conv), and on a busy machine much more.
 template <typename T, typename Multiply>
-void run_conv_rows(const T* x, const cpu::ConvGeometry& g, T pad_value, int64_t tile_rows, const Multiply& multiply) {
+void run_conv_rows(const T* x, const cpu::ConvGeometry& g, int64_t n, T pad_value, int64_t tile_rows,
+                   const Multiply& multiply) {
   const int64_t rows = g.rows(), k = g.k();
   const int64_t chunk =
       std::max<int64_t>(tile_rows, kPatchChunkBytes / (k * static_cast<int64_t>(sizeof(T))) / tile_rows * tile_rows);
   const int64_t chunks = (rows + chunk - 1) / chunk;
-  const int64_t threads = at::get_num_threads();
-  if (chunks < threads) {
+  const int64_t threads = rows * n * k < (int64_t{1} << 22) ? 1 : at::get_num_threads();
+  if (chunks < threads || threads == 1) {
     thread_local std::vector<T> all_rows;
     if (static_cast<int64_t>(all_rows.size()) < rows * k) all_rows.resize(rows * k);
     cpu::sparse24_gather_patches<T>(x, g, 0, rows, pad_value, all_rows.data());
@@ -380,7 +383,7 @@ at::Tensor sparse24_int8_conv2d_cpu(const at::Tensor& x, int64_t x_zero_point, c
   uint8_t* outp = static_cast<uint8_t*>(out.data_ptr());
   const int64_t elem = out.element_size();
   // int8 zero points pad with their two's complement byte
-  run_conv_rows<uint8_t>(static_cast<const uint8_t*>(xc.data_ptr()), g, static_cast<uint8_t>(x_zero_point),
+  run_conv_rows<uint8_t>(static_cast<const uint8_t*>(xc.data_ptr()), g, base.w.n, static_cast<uint8_t>(x_zero_point),
                          cpu::kS24I8TileRows, [&](const uint8_t* patches, int64_t r0, int64_t m, int64_t threads) {
                            cpu::Sparse24Int8Args args = base;
                            args.x = patches;
@@ -415,7 +418,7 @@ at::Tensor sparse24_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, co
   float* outp = out.data_ptr<float>();
   cpu::Sparse24F32Args base = call.args;
   base.ldx = k;
-  run_conv_rows<float>(xc.data_ptr<float>(), g, 0.0f, cpu::kS24TileRows,
+  run_conv_rows<float>(xc.data_ptr<float>(), g, base.n, 0.0f, cpu::kS24TileRows,
                        [&](const float* patches, int64_t r0, int64_t m, int64_t threads) {
                          cpu::Sparse24F32Args args = base;
                          args.x = patches;
