@@ -49,6 +49,7 @@ from .nn.float_io import QuantLinearFloatIO
 from .nn.integer import DeQuantize, QuantAdd, QuantAvgPool2d, Quantize, QuantMaxPool2d, QuantReLU
 from .ops import (
     codebook_conv2d,
+    codebook_decode,
     codebook_linear,
     codebook_pack,
     codebook_unpack,
@@ -133,6 +134,7 @@ __all__ = [
     "int4_unpack",
     # k-means codebook ops
     "codebook_conv2d",
+    "codebook_decode",
     "codebook_linear",
     "codebook_pack",
     "codebook_unpack",

@@ -372,11 +372,13 @@ def test_codebook_conv2d_module_eval_and_training_paths_agree():
 
 def test_codebook_conv2d_module_decodes_once_and_runs_the_dense_conv_from_many_pixels():
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    conv = torch.nn.Conv2d(64, 32, 3, padding=1)  # 18432 weights: more than DENSE_CONV_MAX_WEIGHTS
     q = ck.CodebookConv2d.from_float(conv, bits=4).eval()
-    small, large = rand_x(1, 8, 8, 8), rand_x(2, 8, 12, 12, seed=3)  # 64 and 288 output pixels
-    assert q.DENSE_CONV_MIN_PIXELS == 256
+    small, large = rand_x(1, 64, 8, 8), rand_x(2, 64, 12, 12, seed=3)  # 64 and 288 output pixels
+    assert q.DENSE_CONV_MIN_PIXELS == 256 and q.DENSE_CONV_MAX_WEIGHTS == 16384
     assert not q.uses_dense_conv(small) and q.uses_dense_conv(large)
+    tiny = ck.CodebookConv2d.from_float(torch.nn.Conv2d(8, 16, 3, padding=1), bits=4).eval()
+    assert tiny.uses_dense_conv(rand_x(1, 8, 4, 4))  # 1152 weights: decoded at any size
     with torch.no_grad():
         # below the rule: the fused kernel's bits
         want_small = ck.codebook_conv2d(small, q.packed_idx, q.effective_codebook(), 4, q.bias, 3, 1, 1)
@@ -384,7 +386,7 @@ def test_codebook_conv2d_module_decodes_once_and_runs_the_dense_conv_from_many_p
         # from it on: exactly torch's conv on the decoded weight, within fp32 rounding of the reference
         y = q(large)
         assert torch.equal(y, F.conv2d(large, q.dequantized_weight(), q.bias, 1, 1))
-        want = ref.codebook_conv2d(large, q.indices().view(16, 8, 3, 3), q.effective_codebook(), q.bias, 1, 1)
+        want = ref.codebook_conv2d(large, q.indices().view(32, 64, 3, 3), q.effective_codebook(), q.bias, 1, 1)
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
 
 

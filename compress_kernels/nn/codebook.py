@@ -20,7 +20,6 @@ from torch import nn
 
 from .. import numerics, ops
 from ..cluster import cluster_weight
-from ..reference import codebook_dequantize
 from ._common import Float32State
 
 
@@ -107,8 +106,10 @@ class _CodebookBase(Float32State):
         return self.effective_codebook()[group[:, None], idx].view(self.weight_shape)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The dense weight the layer computes with (for inspection and tests; not used in forward)."""
-        return codebook_dequantize(self.indices(), self.effective_codebook().detach()).view(self.weight_shape)
+        """The dense weight the packed indices and the codebook stand for (one codebook_decode pass):
+        what the dense evaluation path of CodebookConv2d computes with, and what the kernels stand for."""
+        return ops.codebook_decode(self.packed_idx, self.effective_codebook().detach(), self.bits,
+                                   self.depth_).view(self.weight_shape)
 
     def stored_bytes(self) -> int:
         """Bytes actually stored: packed indices + codebooks (+ their zero flags) + bias."""
@@ -240,25 +241,28 @@ class CodebookConv2d(_CodebookBase):
                                 self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         return y.to(x.dtype)
 
-    # Output pixels (batch x OH x OW) from which the evaluation forward decodes the weight once per call
-    # and runs torch's dense conv instead of the fused codebook kernel (im2col + lookup matmul). The
-    # decode (codebook_unpack + a gather) costs about 7 ns per weight, the fused kernel about 0.025 ns
-    # per weight and output pixel more than torch's conv. Measured (Sapphire Rapids, 1 thread, CPU time,
-    # ResNet-18 width 8 at 32x32): 8 -> 8 channels, 1024 pixels: fused 178 us, decode + conv 54 us;
-    # 16 -> 16, 256 pixels: 100 against 66 us; 64 -> 64, 512 pixels: 746 against 490 us; 64 -> 64,
-    # 16 pixels: 57 against 269 us (the decode dominates).
+    # The evaluation forward decodes the weight once per call (codebook_decode, about 0.5 ns per weight)
+    # and runs torch's dense conv instead of the fused codebook kernel (im2col + lookup matmul) from
+    # DENSE_CONV_MIN_PIXELS output pixels (batch x OH x OW) on, or at any size when the weight has at most
+    # DENSE_CONV_MAX_WEIGHTS values (its decode then costs a few microseconds). Measured (Sapphire Rapids,
+    # 2 threads, batch 1, 3x3 convs, fused / decode + conv / fp32 us): 8 -> 8 @ 32x32 106 / 48 / 30;
+    # 16 -> 16 @ 16x16 83 / 46 / 26; 32 -> 32 @ 8x8 61 / 46 / 23; 64 -> 64 @ 4x4 53 / 65 / 25;
+    # 128 -> 128 @ 16x16 537 / 383 / 304; 256 -> 256 @ 8x8 471 / 634 / 389; 512 -> 512 @ 4x4 402 / 1109 / 396.
     DENSE_CONV_MIN_PIXELS = 256
+    DENSE_CONV_MAX_WEIGHTS = 16384
 
     def uses_dense_conv(self, x: torch.Tensor) -> bool:
         """Whether forward(x) (evaluation) decodes the weight and runs F.conv2d: on the CPU from
-        DENSE_CONV_MIN_PIXELS output pixels on. Its result is then exactly F.conv2d(x, dequantized_weight(),
-        bias, ...) (torch's fp32 conv, within fp32 rounding of reference.codebook_conv2d like the fused
-        kernel, but not bit-identical to it); below, the codebook_conv2d op's bits."""
+        DENSE_CONV_MIN_PIXELS output pixels on, or for a weight of at most DENSE_CONV_MAX_WEIGHTS values.
+        Its result is then exactly F.conv2d(x, dequantized_weight(), bias, ...) (torch's fp32 conv, within
+        fp32 rounding of reference.codebook_conv2d like the fused kernel, but not bit-identical to it);
+        otherwise the codebook_conv2d op's bits."""
         if x.is_cuda or x.dim() != 4:
             return False
         oh = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         ow = (x.shape[3] + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        return x.shape[0] * oh * ow >= self.DENSE_CONV_MIN_PIXELS
+        return (x.shape[0] * oh * ow >= self.DENSE_CONV_MIN_PIXELS
+                or self.out_channels_ * self.depth_ <= self.DENSE_CONV_MAX_WEIGHTS)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -8,7 +8,8 @@ import torch
 from ._native import NATIVE_ERROR, _int_arg, _int_pair, _lib
 from .packed import packed_n
 
-__all__ = ["codebook_conv2d", "codebook_linear", "codebook_pack", "codebook_unpack", "codebook_words_per_row"]
+__all__ = ["codebook_conv2d", "codebook_decode", "codebook_linear", "codebook_pack", "codebook_unpack",
+           "codebook_words_per_row"]
 
 
 def codebook_words_per_row(k: int, bits: int) -> int:
@@ -63,6 +64,18 @@ def codebook_conv2d(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
                                   _int_pair(kernel_size, "kernel_size", op), _int_pair(stride, "stride", op),
                                   _int_pair(padding, "padding", op), _int_pair(dilation, "dilation", op),
                                   _int_arg(groups, "groups", op))
+
+
+def codebook_decode(packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """The dense fp32 weight [N, k] a codebook pack stands for, in one pass: w[n, j] =
+    codebook[n // (N / G), idx[n, j]] (codebook [G, 2^bits] fp32), each value a copy of a codebook entry,
+    so exactly reference.codebook_dequantize(codebook_unpack(packed_idx, bits, k), codebook). CPU kernel;
+    elsewhere the two-step form."""
+    op = "codebook_decode"
+    bits, k = _int_arg(bits, "bits", op), _int_arg(k, "k", op)
+    if packed_idx.device.type != "cpu":
+        return _codebook_dense(packed_idx, codebook, bits, k)[0]
+    return _lib().codebook_decode(packed_idx, codebook, bits, k)
 
 
 def _codebook_dense(packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int, k: int) -> tuple[

@@ -29,6 +29,21 @@ void codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uin
   }
 }
 
+void codebook_decode_rows(const uint32_t* packed, int64_t n, int64_t k, int bits, const float* codebook,
+                          int64_t group_rows, int64_t row_begin, int64_t row_end, float* w) {
+  const int64_t kw = bp::words_per_row(k, bits), per_word = bp::per_word(bits), entries = int64_t{1} << bits;
+  const uint32_t mask = (1u << bits) - 1u;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* cb = codebook + (r / group_rows) * entries;
+    float* out = w + r * k;
+    for (int64_t g = 0; g < kw; ++g) {
+      uint32_t word = packed[bp::word_offset(n, kw, r, g)];
+      const int64_t count = std::min(per_word, k - g * per_word);
+      for (int64_t j = 0; j < count; ++j, word >>= bits) out[g * per_word + j] = cb[word & mask];
+    }
+  }
+}
+
 void codebook_im2col(const float* x, const Im2colShape& s, int64_t row_begin, int64_t row_end, float* cols) {
   const int64_t row_len = s.channels * s.kh * s.kw;
   for (int64_t r = row_begin; r < row_end; ++r) {

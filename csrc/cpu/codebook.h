@@ -81,5 +81,10 @@ void codebook_im2col(const float* x, const Im2colShape& s, int64_t row_begin, in
 void codebook_pack(const uint8_t* idx, int64_t n, int64_t k, int64_t ld, int bits, uint32_t* out);
 // Inverse of codebook_pack: packed [n, kw] -> idx [n, k] contiguous.
 void codebook_unpack(const uint32_t* packed, int64_t n, int64_t k, int bits, uint8_t* idx);
+// w[r, kk] = codebook[r / group_rows][index(r, kk)] for rows [row_begin, row_end) of a packed [n, k]
+// matrix of `bits`-bit indices (codebook: [n / group_rows, 2^bits] fp32, row-major): the dense weight
+// the codebook kernels stand for, each value a copy of a codebook entry.
+void codebook_decode_rows(const uint32_t* packed, int64_t n, int64_t k, int bits, const float* codebook,
+                          int64_t group_rows, int64_t row_begin, int64_t row_end, float* w);
 
 }  // namespace ck::cpu

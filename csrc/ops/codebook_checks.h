@@ -81,6 +81,14 @@ inline PackedInfo check_codebook_unpack(const at::Tensor& packed, int64_t bits, 
   return check_codebook_packed(packed, bits, k, "the k argument", op);
 }
 
+// codebook_decode: codebook_unpack's arguments and the codebook next to the pack (check_codebook_weight).
+inline PackedInfo check_codebook_decode(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits, int64_t k,
+                                        const char* op) {
+  const PackedInfo info = check_codebook_unpack(packed, bits, k, op);
+  check_codebook_weight(packed, info, codebook, bits, std::nullopt, packed, op);
+  return info;
+}
+
 // codebook_linear: x fp32 [M, K] with K >= 1, packed_idx a pack of `bits`-bit indices for that K,
 // the codebook and bias next to it (check_codebook_weight).
 inline PackedInfo check_codebook_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& codebook,

@@ -40,6 +40,23 @@ at::Tensor codebook_unpack_cpu(const at::Tensor& packed, int64_t bits, int64_t k
   return idx;
 }
 
+at::Tensor codebook_decode_cpu(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits, int64_t k) {
+  constexpr const char* op = "codebook_decode";
+  check_cpu(packed, op, "packed_idx");
+  check_cpu(codebook, op, "codebook");
+  const PackedInfo info = check_codebook_decode(packed, codebook, bits, k, op);
+  const int64_t n = info.n, group_rows = n / codebook.size(0);
+  const at::Tensor cb = codebook.contiguous();
+  at::Tensor w = at::empty({n, k}, codebook.options());
+  const uint32_t* words = payload_words(packed, info);
+  const float* cbp = cb.data_ptr<float>();
+  float* wp = w.data_ptr<float>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 65536 / k), [&](int64_t begin, int64_t end) {
+    cpu::codebook_decode_rows(words, n, k, static_cast<int>(bits), cbp, group_rows, begin, end, wp);
+  });
+  return w;
+}
+
 // The weight part of args from checked weight operands (info: what packed's header says).
 void prepare_weight(const at::Tensor& packed, const PackedInfo& info, const at::Tensor& codebook, int64_t bits,
                     const std::optional<at::Tensor>& bias, int64_t k, at::Tensor& cb_holder, at::Tensor& bias_holder,
@@ -142,6 +159,7 @@ at::Tensor codebook_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed_idx
 TORCH_LIBRARY_IMPL(compress_kernels, CPU, m) {
   m.impl("codebook_pack", &ck::ops::codebook_pack_cpu);
   m.impl("codebook_unpack", &ck::ops::codebook_unpack_cpu);
+  m.impl("codebook_decode", &ck::ops::codebook_decode_cpu);
   m.impl("codebook_linear", &ck::ops::codebook_linear_cpu);
   m.impl("codebook_conv2d", &ck::ops::codebook_conv2d_cpu);
 }

@@ -163,6 +163,11 @@ at::Tensor codebook_pack_meta(const at::Tensor& idx, int64_t bits) {
   return at::empty(shape, idx.options().dtype(at::kInt));
 }
 
+at::Tensor codebook_decode_meta(const at::Tensor& packed, const at::Tensor& codebook, int64_t bits, int64_t k) {
+  const PackedInfo info = check_codebook_decode(packed, codebook, bits, k, "codebook_decode");
+  return at::empty({info.n, k}, codebook.options().dtype(at::kFloat));
+}
+
 at::Tensor codebook_unpack_meta(const at::Tensor& packed, int64_t bits, int64_t k) {
   const PackedInfo info = check_codebook_unpack(packed, bits, k, "codebook_unpack");
   return at::empty({info.n, k}, packed.options().dtype(at::kByte));
@@ -315,6 +320,7 @@ TORCH_LIBRARY_IMPL(compress_kernels, Meta, m) {
   m.impl("int4_linear", &ck::ops::int4_linear_meta);
   m.impl("codebook_pack", &ck::ops::codebook_pack_meta);
   m.impl("codebook_unpack", &ck::ops::codebook_unpack_meta);
+  m.impl("codebook_decode", &ck::ops::codebook_decode_meta);
   m.impl("codebook_linear", &ck::ops::codebook_linear_meta);
   m.impl("codebook_conv2d", &ck::ops::codebook_conv2d_meta);
   m.impl("sparse24_compress", &ck::ops::sparse24_compress_meta);

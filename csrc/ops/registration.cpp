@@ -50,6 +50,7 @@ TORCH_LIBRARY(compress_kernels, m) {
   // ---- k-means codebook lookup ----
   m.def("codebook_pack(Tensor idx, int bits) -> Tensor");
   m.def("codebook_unpack(Tensor packed_idx, int bits, int k) -> Tensor");
+  m.def("codebook_decode(Tensor packed_idx, Tensor codebook, int bits, int k) -> Tensor");
   m.def("codebook_linear(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias) -> Tensor");
   m.def(
       "codebook_conv2d(Tensor x, Tensor packed_idx, Tensor codebook, int bits, Tensor? bias, "
