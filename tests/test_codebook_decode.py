@@ -74,4 +74,5 @@ def test_dense_conv_path_computes_with_the_decoded_weight():
         want = torch.nn.functional.conv2d(x, layer.dequantized_weight(), layer.bias, padding=1)
         assert torch.equal(layer(x), want)
     idx = layer.indices()
-    assert torch.equal(layer.dequantized_weight().reshape(16, -1), ref.codebook_dequantize(idx, layer.effective_codebook()))
+    want_w = ref.codebook_dequantize(idx, layer.effective_codebook())
+    assert torch.equal(layer.dequantized_weight().reshape(16, -1), want_w)
