@@ -49,6 +49,16 @@ T* int4_grow(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
+// The rows [first_row, first_row + rows) of a row-major [*, cols] matrix copied into scratch v, zero-padded
+// to kAmxTileRows rows: the last, partial tile of x (its padding rows then sum to 0) and its group sums.
+template <class T>
+T* int4_padded_tile(std::vector<T>& v, const T* src, int64_t first_row, int64_t rows, int64_t cols) {
+  T* tile = int4_grow(v, static_cast<size_t>(kAmxTileRows * cols));
+  std::memset(tile, 0, static_cast<size_t>(kAmxTileRows * cols) * sizeof(T));
+  std::memcpy(tile, src + first_row * cols, static_cast<size_t>(rows * cols) * sizeof(T));
+  return tile;
+}
+
 // The tile shape of one dot: A tiles of kt = min(group_size, 64) bytes per row, B tiles of kt / 4 rows.
 inline AmxTileConfig int4_amx_config(int64_t group_size) {
   AmxTileConfig c = amx_config(kAmxTileRows);
@@ -90,21 +100,11 @@ void int4_w4a8_amx_blocks(const Int4W4a8Args& a, int64_t block_begin, int64_t bl
   int32_t* sums = int4_grow(s.sums, 2 * 16 * 16);
   const int64_t full_tiles = a.m / kAmxTileRows, tail_rows = a.m % kAmxTileRows;
   const int64_t tiles = full_tiles + (tail_rows > 0 ? 1 : 0);
-  int8_t* a_tail = nullptr;
-  if (tail_rows > 0) {  // the last tile of x rows, zero-padded: its padding rows sum to 0
-    a_tail = int4_grow(s.a_tail, static_cast<size_t>(kAmxTileRows * k));
-    std::memset(a_tail, 0, static_cast<size_t>(kAmxTileRows * k));
-    std::memcpy(a_tail, a.xq + full_tiles * kAmxTileRows * k, static_cast<size_t>(tail_rows * k));
-  }
-  int32_t* xsum_tail = nullptr;
-  if (tail_rows > 0) {  // the group sums of the last tile's rows, zero-padded like its rows
-    if (w.asymmetric) {
-      xsum_tail = int4_grow(s.xsum_tail, static_cast<size_t>(kAmxTileRows * groups));
-      std::memset(xsum_tail, 0, static_cast<size_t>(kAmxTileRows * groups) * sizeof(int32_t));
-      std::memcpy(xsum_tail, a.x_group_sum + full_tiles * kAmxTileRows * groups,
-                  static_cast<size_t>(tail_rows * groups) * sizeof(int32_t));
-    }
-  }
+  const int64_t tail_first = full_tiles * kAmxTileRows;
+  int8_t* a_tail = tail_rows > 0 ? int4_padded_tile(s.a_tail, a.xq, tail_first, tail_rows, k) : nullptr;
+  int32_t* xsum_tail = tail_rows > 0 && w.asymmetric
+                           ? int4_padded_tile(s.xsum_tail, a.x_group_sum, tail_first, tail_rows, groups)
+                           : nullptr;
   Tiles::configure(int4_amx_config(gs));
   for (int64_t block = block_begin; block < block_end; ++block) {
     const int64_t rows = w.block_rows(block), n0 = block * kInt4BlockRows;
@@ -172,19 +172,11 @@ void int4_w4a16_amx_blocks(const Int4FloatArgs& a, int64_t block_begin, int64_t 
   float* sums = int4_grow(s.fsums, 2 * 16 * 16);
   const int64_t full_tiles = a.m / kAmxTileRows, tail_rows = a.m % kAmxTileRows;
   const int64_t tiles = full_tiles + (tail_rows > 0 ? 1 : 0);
-  uint16_t* x_tail = nullptr;
-  float* xsum_tail = nullptr;
-  if (tail_rows > 0) {  // the last tile of x rows and their group sums, zero-padded
-    x_tail = int4_grow(s.x_tail, static_cast<size_t>(kAmxTileRows * k));
-    std::memset(x_tail, 0, static_cast<size_t>(kAmxTileRows * k) * 2);
-    std::memcpy(x_tail, a.x_bf16 + full_tiles * kAmxTileRows * k, static_cast<size_t>(tail_rows * k) * 2);
-    if (w.asymmetric) {
-      xsum_tail = int4_grow(s.fxsum_tail, static_cast<size_t>(kAmxTileRows * groups));
-      std::memset(xsum_tail, 0, static_cast<size_t>(kAmxTileRows * groups) * sizeof(float));
-      std::memcpy(xsum_tail, a.x_group_sum + full_tiles * kAmxTileRows * groups,
-                  static_cast<size_t>(tail_rows * groups) * sizeof(float));
-    }
-  }
+  const int64_t tail_first = full_tiles * kAmxTileRows;
+  const uint16_t* x_tail = tail_rows > 0 ? int4_padded_tile(s.x_tail, a.x_bf16, tail_first, tail_rows, k) : nullptr;
+  const float* xsum_tail = tail_rows > 0 && w.asymmetric
+                               ? int4_padded_tile(s.fxsum_tail, a.x_group_sum, tail_first, tail_rows, groups)
+                               : nullptr;
   Tiles::configure(amx_config(kAmxTileRows));
   for (int64_t block = block_begin; block < block_end; ++block) {
     const int64_t rows = w.block_rows(block), n0 = block * kInt4BlockRows;

@@ -185,55 +185,53 @@ const T* optional_bias(const std::optional<at::Tensor>& bias, at::Tensor& holder
   return holder.data_ptr<T>();
 }
 
-at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
-                           const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
-                           int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
-                           c10::string_view rounding) {
-  constexpr const char* op = "int8_linear";
+// int8_linear and int8_linear_dequant: the requantizing GEMM, its output int_dtype or, with out_scale,
+// dequantized to fp32 in the same epilogue (OutType::kFloat32).
+at::Tensor requantized_linear(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                              const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
+                              int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType int_dtype,
+                              const at::Tensor* out_scale, c10::string_view rounding, const char* op) {
   cpu::Int8GemmArgs args;
   at::Tensor x_holder, bias_holder;
   const WeightView wv = prepare_operands(x, x_zero_point, w, x_holder, args, op);
   const int64_t n = wv.view.n;
   check_cpu(m0, op, "m0");
   check_cpu(shift, op, "shift");
+  if (out_scale != nullptr) {
+    check_cpu(*out_scale, op, "out_scale");
+    check_int8_range(int_dtype, out_zero_point, qmin, qmax, op, "int_dtype");
+  }
   const bool per_channel =
-      check_requant_epilogue(m0, shift, n, bias, out_zero_point, qmin, qmax, out_dtype, rounding, op);
+      check_requant_epilogue(m0, shift, n, bias, out_zero_point, qmin, qmax, int_dtype, rounding, op);
   args.bias_i32 = optional_bias<int32_t>(bias, bias_holder, op);
   const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
   args.kind = cpu::EpilogueKind::kRequantize;
-  args.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, out_dtype, rounding, op);
-  at::Tensor out = at::empty({x.size(0), n}, x.options().dtype(out_dtype));
+  args.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, int_dtype, rounding, op);
+  if (out_scale != nullptr) {
+    check_scale_tensor(*out_scale, op, "out_scale");
+    args.requant.out_type = OutType::kFloat32;
+    args.requant.dequant_scale = check_scale_value(*out_scale, op, "out_scale");
+  }
+  at::Tensor out = at::empty({x.size(0), n}, x.options().dtype(out_scale != nullptr ? at::kFloat : int_dtype));
   args.out = out.data_ptr();
   run_gemm(args);
   return out;
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
+                           const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
+                           int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType out_dtype,
+                           c10::string_view rounding) {
+  return requantized_linear(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, out_dtype, nullptr,
+                            rounding, "int8_linear");
 }
 
 at::Tensor int8_linear_dequant_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
                                    const std::optional<at::Tensor>& bias, const at::Tensor& m0, const at::Tensor& shift,
                                    int64_t out_zero_point, int64_t qmin, int64_t qmax, at::ScalarType int_dtype,
                                    const at::Tensor& out_scale, c10::string_view rounding) {
-  constexpr const char* op = "int8_linear_dequant";
-  cpu::Int8GemmArgs args;
-  at::Tensor x_holder, bias_holder;
-  const WeightView wv = prepare_operands(x, x_zero_point, w, x_holder, args, op);
-  const int64_t n = wv.view.n;
-  check_cpu(m0, op, "m0");
-  check_cpu(shift, op, "shift");
-  check_cpu(out_scale, op, "out_scale");
-  check_int8_range(int_dtype, out_zero_point, qmin, qmax, op, "int_dtype");
-  const bool per_channel =
-      check_requant_epilogue(m0, shift, n, bias, out_zero_point, qmin, qmax, int_dtype, rounding, op);
-  check_scale_tensor(out_scale, op, "out_scale");
-  args.bias_i32 = optional_bias<int32_t>(bias, bias_holder, op);
-  const at::Tensor m0c = m0.contiguous(), shiftc = shift.contiguous();
-  args.kind = cpu::EpilogueKind::kRequantize;
-  args.requant = requant_params(m0c, shiftc, per_channel, out_zero_point, qmin, qmax, int_dtype, rounding, op);
-  args.requant.out_type = OutType::kFloat32;
-  args.requant.dequant_scale = check_scale_value(out_scale, op, "out_scale");
-  at::Tensor out = at::empty({x.size(0), n}, x.options().dtype(at::kFloat));
-  args.out = out.data_ptr();
-  run_gemm(args);
-  return out;
+  return requantized_linear(x, x_zero_point, w, bias, m0, shift, out_zero_point, qmin, qmax, int_dtype, &out_scale,
+                            rounding, "int8_linear_dequant");
 }
 
 at::Tensor int8_linear_float_cpu(const at::Tensor& x, int64_t x_zero_point, const at::Tensor& w,
