@@ -32,7 +32,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compress_kernels as ck  # noqa: E402
 from compress_kernels.study import models  # noqa: E402
 
-from common import best_seconds, machine_line, markdown_table, model_parser, results_name, write_result  # noqa: E402
+from common import (  # noqa: E402
+    best_seconds,
+    cpu_seconds,
+    machine_line,
+    markdown_table,
+    model_parser,
+    results_name,
+    write_result,
+)
 
 warnings.filterwarnings("ignore", message=".*quantize_per.*deprecated.*")
 
@@ -65,20 +73,6 @@ def time_over_kernels(model: torch.nn.Module, x: torch.Tensor, calls: int = 10) 
         if wall < best_wall:
             best_wall, ratio = wall, wall / (ours * 1e-6)
     return ratio
-
-
-def cpu_seconds(fn, min_run_time: float = 0.5, min_calls: int = 10) -> float:
-    """Fastest single call of fn() in the calling thread's CPU time: with one thread, the call's compute time
-    without the time spent waiting for a core while other jobs load the machine (wall time counts their time
-    slices)."""
-    fn()
-    best, spent, calls = float("inf"), 0.0, 0
-    while calls < min_calls or spent < min_run_time:
-        start = time.thread_time()
-        fn()
-        seconds = time.thread_time() - start
-        best, spent, calls = min(best, seconds), spent + seconds, calls + 1
-    return best
 
 
 def build_ours(model: torch.nn.Module, calibration: list[torch.Tensor]) -> dict[str, torch.nn.Module]:

@@ -14,6 +14,7 @@ Latency does not depend on the weights or the tokens, so random ones serve.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 import time
@@ -24,27 +25,21 @@ import transformers
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compress_kernels as ck  # noqa: E402
 
-from common import best_seconds, machine_line, markdown_table, model_parser, results_name, write_result  # noqa: E402
+from common import (  # noqa: E402
+    best_seconds,
+    cpu_seconds,
+    machine_line,
+    markdown_table,
+    model_parser,
+    results_name,
+    write_result,
+)
 
 # (label, hidden, intermediate, heads, layers, batch, tokens)
 MODELS = [("tiny BERT", 128, 512, 4, 2, 8, 32), ("tiny BERT", 128, 512, 4, 2, 8, 128),
           ("BERT-base width, 2 layers", 768, 3072, 12, 2, 4, 64)]
 # (K, N, rows): the attention projections and the feed-forward layers of BERT-base
 LAYERS = [(768, 768, 256), (768, 3072, 256), (3072, 768, 256), (768, 768, 1024), (768, 3072, 1024)]
-
-
-def cpu_seconds(fn, min_run_time: float = 0.5, min_calls: int = 20) -> float:
-    """Fastest single call of fn() in process CPU time (time.process_time). With one torch thread this
-    is the call's compute time without the time spent waiting for a core, so it stays repeatable while
-    other jobs load the machine (wall time then counts their time slices too)."""
-    fn()
-    best, spent, calls = float("inf"), 0.0, 0
-    while calls < min_calls or spent < min_run_time:
-        start = time.process_time()
-        fn()
-        seconds = time.process_time() - start
-        best, spent, calls = min(best, seconds), spent + seconds, calls + 1
-    return best
 
 
 def token_batch(batch: int, tokens: int, vocab: int) -> dict:
@@ -70,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     min_run_time = 0.2 if args.quick else 0.5
     # one thread: CPU time per call (robust on a loaded machine); more: wall time (what a user waits)
-    timer = cpu_seconds if args.threads == 1 else best_seconds
+    timer = functools.partial(cpu_seconds, min_calls=20, clock=time.process_time) if args.threads == 1 else best_seconds
     names = ["fp32", "static int8", "dynamic int8", "2:4 fp32", "2:4 int8"]
     model_rows = []
     for label, hidden, inter, heads, layers, batch, tokens in (MODELS[:1] if args.quick else MODELS):

@@ -350,25 +350,31 @@ def qat_exact_mode(model: nn.Module, use_kernels: bool = False):
 
 
 @contextlib.contextmanager
-def _hooks_exact_mode(model: nn.Module, use_kernels: bool):
-    """qat_exact_mode of module-level QAT: each QATLinearFloatIO computes with the QuantLinearFloatIO
-    the conversion builds from it."""
-    from .hooks_quant import convert_qat_hooks
-    from .nn.float_io import QATLinearFloatIO
-
+def _module_exact_mode(model: nn.Module, use_kernels: bool, convert, layer_type: type):
+    """qat_exact_mode of the module-level QAT forms: `convert(model, record)` builds the integer module of
+    each `layer_type` layer (recorded by the layer's id), and each such layer computes with it."""
     was_training = model.training
     model.eval()
     record: dict = {}
-    convert_qat_hooks(model, record)
-    layers = [m for m in model.modules() if isinstance(m, QATLinearFloatIO)]
+    convert(model, record)
+    layers = [m for m in model.modules() if isinstance(m, layer_type)]
     for layer in layers:
-        layer._exact = (record[id(layer)], use_kernels)
+        layer._exact = (record[id(layer)].eval(), use_kernels)
     try:
         yield model
     finally:
         for layer in layers:
             layer._exact = None
         model.train(was_training)
+
+
+def _hooks_exact_mode(model: nn.Module, use_kernels: bool):
+    """qat_exact_mode of module-level QAT: each QATLinearFloatIO computes with the QuantLinearFloatIO
+    the conversion builds from it."""
+    from .hooks_quant import convert_qat_hooks
+    from .nn.float_io import QATLinearFloatIO
+
+    return _module_exact_mode(model, use_kernels, convert_qat_hooks, QATLinearFloatIO)
 
 
 def prepare_qat_int4(model: nn.Module, config: QATConfig) -> nn.Module:
@@ -413,22 +419,9 @@ def convert_qat_int4(model: nn.Module, record: dict | None = None):
     return new_model, converted, []
 
 
-@contextlib.contextmanager
 def _int4_exact_mode(model: nn.Module, use_kernels: bool):
     """qat_exact_mode of group-wise int4 QAT: each QATInt4Linear computes with its Int4Linear."""
-    was_training = model.training
-    model.eval()
-    record: dict = {}
-    convert_qat_int4(model, record)
-    layers = [m for m in model.modules() if isinstance(m, QATInt4Linear)]
-    for layer in layers:
-        layer._exact = (record[id(layer)].eval(), use_kernels)
-    try:
-        yield model
-    finally:
-        for layer in layers:
-            layer._exact = None
-        model.train(was_training)
+    return _module_exact_mode(model, use_kernels, convert_qat_int4, QATInt4Linear)
 
 
 @torch.no_grad()

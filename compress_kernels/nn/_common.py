@@ -32,6 +32,16 @@ def in_reference_mode() -> bool:
     return _REFERENCE_MODE[-1]
 
 
+def run_exact(exact: tuple, x: torch.Tensor) -> torch.Tensor:
+    """The forward of a QAT module in qat_exact_mode: exact = (the integer module its conversion builds,
+    use_kernels), run on the kernels or in reference_mode."""
+    module, use_kernels = exact
+    if use_kernels:
+        return module(x)
+    with reference_mode():
+        return module(x)
+
+
 def quantize_layer(weight: torch.Tensor, bias: torch.Tensor | None, input_scale: float, output_scale: float,
                    per_channel: bool, weight_bits: int = 8, weight_scale: torch.Tensor | None = None):
     """Symmetric weights of `weight_bits` bits (narrow range [-(2^(b-1) - 1), 2^(b-1) - 1], stored as

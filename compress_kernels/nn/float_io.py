@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops
-from ._common import in_reference_mode
+from ._common import in_reference_mode, run_exact
 from .integer import DeQuantize, Quantize
 from .linear import QuantLinear, float_rows_where
 
@@ -127,11 +127,5 @@ class QATLinearFloatIO(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exact is not None:
-            from ._common import reference_mode
-
-            module, use_kernels = self._exact
-            if use_kernels:
-                return module(x)
-            with reference_mode():
-                return module(x)
+            return run_exact(self._exact, x)
         return self.output_quant(self.layer(self.input_quant(x)))

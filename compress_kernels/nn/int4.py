@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops, reference
-from ._common import ExtraStateChecker, Float32State, check_state_tensors, in_reference_mode, module_label
+from ._common import ExtraStateChecker, Float32State, check_state_tensors, in_reference_mode, module_label, run_exact
 from .linear import float_rows_where
 
 INT4_ACTIVATIONS = ("int8", "bf16", "fp32")
@@ -236,13 +236,7 @@ class QATInt4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exact is not None:
-            module, use_kernels = self._exact
-            if use_kernels:
-                return module(x)
-            from ._common import reference_mode
-
-            with reference_mode():
-                return module(x)
+            return run_exact(self._exact, x)
         lead = x.shape[:-1]
         x2 = fake_quantize_rows_int8(x.reshape(-1, self.in_features))
         y = F.linear(x2, self.fake_quantized_weight(), self.linear.bias)

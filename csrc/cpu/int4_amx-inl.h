@@ -68,17 +68,43 @@ inline AmxTileConfig int4_amx_config(int64_t group_size) {
   return c;
 }
 
-// One group of one tile of x rows: zero the accumulator tile, the group's dots (A: 16 rows lda bytes
-// apart, kt bytes each; B: kt / 4 rows), store it to `sums` (16 x 16 int32, row stride 64 bytes).
-template <class Tiles, int C, int A, int B>
-void int4_amx_group(const int8_t* a, int64_t lda, const int8_t* b, int64_t dots, int64_t kt, int32_t* sums) {
+// One group of one tile of x rows: zero the accumulator tile, the group's `dots` dots (A: 16 rows lda
+// bytes apart, a_step bytes further per dot; B: 64-byte rows, b_step bytes further per dot; tdpbf16ps
+// when kBf16, else tdpbssd), store the tile to `sums` (16 x 16 int32 or fp32, row stride 64 bytes).
+template <class Tiles, int C, int A, int B, bool kBf16>
+void int4_amx_group(const uint8_t* a, int64_t lda, int64_t a_step, const int8_t* b, int64_t b_step, int64_t dots,
+                    void* sums) {
   Tiles::template zero<C>();
   for (int64_t d = 0; d < dots; ++d) {
-    Tiles::template load<A>(a + d * kt, lda);
-    Tiles::template load<B>(b + d * kt / 4 * kAmxTileBytes, kAmxTileBytes);
-    Tiles::template dot_ss<C, A, B>();
+    Tiles::template load<A>(a + d * a_step, lda);
+    Tiles::template load<B>(b + d * b_step, kAmxTileBytes);
+    if constexpr (kBf16) {
+      Tiles::template dot_bf16<C, A, B>();
+    } else {
+      Tiles::template dot_ss<C, A, B>();
+    }
   }
   Tiles::template store<C>(sums, kAmxTileBytes);
+}
+
+// The groups of one tile of x rows, in order, software-pipelined: group g's dots (A at a + g * a_group,
+// B at b + g * b_group) run on accumulator tile 0 (A 4, B 6) or 3 (A 5, B 7) by its parity and land in
+// the 1 KB half g & 1 of `sums`; accumulate(g - 1) runs after them, so the vector unit takes the previous
+// group while the tiles work and reads a stored tile only after a whole step (reading it back at once
+// stalls). accumulate(groups - 1) ends it.
+template <class Tiles, bool kBf16, class Accumulate>
+void int4_amx_groups(const uint8_t* a, int64_t lda, int64_t a_group, int64_t a_step, const int8_t* b, int64_t b_group,
+                     int64_t b_step, int64_t groups, int64_t dots, uint8_t* sums, Accumulate&& accumulate) {
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* half = sums + (g & 1) * 1024;
+    if ((g & 1) == 0) {
+      int4_amx_group<Tiles, 0, 4, 6, kBf16>(a + g * a_group, lda, a_step, b + g * b_group, b_step, dots, half);
+    } else {
+      int4_amx_group<Tiles, 3, 5, 7, kBf16>(a + g * a_group, lda, a_step, b + g * b_group, b_step, dots, half);
+    }
+    if (g > 0) accumulate(g - 1);
+  }
+  accumulate(groups - 1);
 }
 
 // Policy:
@@ -128,18 +154,8 @@ void int4_w4a8_amx_blocks(const Int4W4a8Args& a, int64_t block_begin, int64_t bl
         Policy::add_group(acc, sums + (g & 1) * 256, rows, scales, offsets, xsum == nullptr ? nullptr : xsum + g,
                           groups);
       };
-      // Software-pipelined: the tile unit sums group g while the vector unit accumulates group g - 1,
-      // whose stored tile has had a whole step to land (reading a tile store back at once stalls).
-      for (int64_t g = 0; g < groups; ++g) {
-        int32_t* gsums = sums + (g & 1) * 256;
-        if ((g & 1) == 0) {
-          int4_amx_group<Tiles, 0, 4, 6>(at + g * gs, k, b + g * gs / 4 * kAmxTileBytes, dots, kt, gsums);
-        } else {
-          int4_amx_group<Tiles, 3, 5, 7>(at + g * gs, k, b + g * gs / 4 * kAmxTileBytes, dots, kt, gsums);
-        }
-        if (g > 0) accumulate(g - 1);
-      }
-      accumulate(groups - 1);
+      int4_amx_groups<Tiles, false>(reinterpret_cast<const uint8_t*>(at), k, gs, kt, b, gs / 4 * kAmxTileBytes,
+                                    kt / 4 * kAmxTileBytes, groups, dots, reinterpret_cast<uint8_t*>(sums), accumulate);
       const int64_t m0 = t * kAmxTileRows, rows_m = tail ? tail_rows : kAmxTileRows;
       Policy::finish(acc, rows_m, rows, a.x_scale + m0, a.bias == nullptr ? nullptr : a.bias + n0,
                      a.out + m0 * w.n + n0, w.n);
@@ -192,27 +208,6 @@ void int4_w4a16_amx_blocks(const Int4FloatArgs& a, int64_t block_begin, int64_t 
       const float* xsum = !w.asymmetric ? nullptr : tail ? xsum_tail : a.x_group_sum + t * kAmxTileRows * groups;
       typename Policy::Acc acc;
       Policy::zero(acc);
-      auto group_dots = [&](int64_t g) {
-        float* gsums = sums + (g & 1) * 256;
-        const int8_t* bg = b + g * gs / 2 * kAmxTileBytes;
-        if ((g & 1) == 0) {
-          Tiles::template zero<0>();
-          for (int64_t d = 0; d < dots; ++d) {
-            Tiles::template load<4>(at + g * gs + d * kt, k * 2);
-            Tiles::template load<6>(bg + d * kt / 2 * kAmxTileBytes, kAmxTileBytes);
-            Tiles::template dot_bf16<0, 4, 6>();
-          }
-          Tiles::template store<0>(gsums, kAmxTileBytes);
-        } else {
-          Tiles::template zero<3>();
-          for (int64_t d = 0; d < dots; ++d) {
-            Tiles::template load<5>(at + g * gs + d * kt, k * 2);
-            Tiles::template load<7>(bg + d * kt / 2 * kAmxTileBytes, kAmxTileBytes);
-            Tiles::template dot_bf16<3, 5, 7>();
-          }
-          Tiles::template store<3>(gsums, kAmxTileBytes);
-        }
-      };
       auto accumulate = [&](int64_t g) {
         const uint32_t* gp = w.group(block, g);
         const float* scales = reinterpret_cast<const float*>(gp + chunks * rows);
@@ -220,11 +215,10 @@ void int4_w4a16_amx_blocks(const Int4FloatArgs& a, int64_t block_begin, int64_t 
         Policy::add_group_f(acc, sums + (g & 1) * 256, rows, scales, offsets, xsum == nullptr ? nullptr : xsum + g,
                             groups);
       };
-      for (int64_t g = 0; g < groups; ++g) {  // pipelined as in the w4a8 kernel
-        group_dots(g);
-        if (g > 0) accumulate(g - 1);
-      }
-      accumulate(groups - 1);
+      // bf16 x: 2 bytes per value; a dot covers kt = 32 values of k, i.e. kt / 2 B pair rows
+      int4_amx_groups<Tiles, true>(reinterpret_cast<const uint8_t*>(at), k * 2, gs * 2, kt * 2, b,
+                                   gs / 2 * kAmxTileBytes, kt / 2 * kAmxTileBytes, groups, dots,
+                                   reinterpret_cast<uint8_t*>(sums), accumulate);
       const int64_t m0 = t * kAmxTileRows, rows_m = tail ? tail_rows : kAmxTileRows;
       Policy::finish_f(acc, rows_m, rows, a.bias == nullptr ? nullptr : a.bias + n0, a.out + m0 * w.n + n0, w.n);
     }
