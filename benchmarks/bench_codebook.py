@@ -86,29 +86,33 @@ def bench_kernels(quick: bool) -> str:
                 x_bf16 = x.bfloat16()
                 # Interleaved rounds, the best of each: on a shared machine the load drifts, and
                 # alternating keeps ours and the peers under the same conditions.
-                t_fp32 = t_bf16 = t_ours = t_ao = float("inf")
+                t_fp32 = t_bf16 = t_ours = t_ours_bf16 = t_ao = float("inf")
                 with torch.no_grad():
                     for _ in range(ROUNDS):
                         t_fp32 = min(t_fp32, best_seconds(lambda: F.linear(x, w, bias), min_run_time))
                         t_bf16 = min(t_bf16, best_seconds(lambda: F.linear(x_bf16, w_bf16, bias_bf16), min_run_time))
                         t_ours = min(t_ours, best_seconds(
                             lambda: ck.codebook_linear(x, packed, codebook, bits, bias), min_run_time))
+                        t_ours_bf16 = min(t_ours_bf16, best_seconds(
+                            lambda: ck.codebook_linear(x_bf16, packed, codebook, bits, bias), min_run_time))
                         if ao is not None:
                             t_ao = min(t_ao, best_seconds(lambda: F.linear(x, ao, bias), min_run_time))
                 if ao is None:
                     t_ao = float("nan")
                 rows.append([m, k, n, bits, t_ours * 1e3, t_fp32 * 1e3, t_fp32 / t_ours, t_bf16 / t_ours, t_ao / t_ours,
-                             2.0 * m * k * n / t_ours / 1e9])
+                             2.0 * m * k * n / t_ours / 1e9, t_ours_bf16 * 1e3, t_bf16 * 1e3, t_bf16 / t_ours_bf16])
                 print(rows[-1], flush=True)
     headers = ["M", "K", "N", "bits", "ours ms", "fp32 ms", "vs fp32", "vs bf16", "vs torchao codebook",
-               "ours GFLOP/s"]
+               "ours GFLOP/s", "ours bf16-x ms", "bf16 ms", "bf16-x vs bf16"]
     return ("### codebook_linear (CPU)\n\n"
             "Ratios are peer time / our time (> 1 means ours is faster), measured in the same run; times are "
             "the best of repeated timed blocks over 3 interleaved rounds. fp32: `F.linear` on the dequantized weight "
             "(MKL). bf16: `F.linear` with bf16 x, weight and bias (oneDNN; AMX where the CPU has it), cast once "
             "outside the timed calls: the peer of a user who runs the model in bf16 instead. torchao: "
             "`CodebookQuantizedTensor` with the same codes and codebook (dequantizes, then "
-            "`F.linear`).\n\n"
+            "`F.linear`). Ours bf16-x: `codebook_linear` with the same bf16 x (the codebook rounded to bf16, fp32 "
+            "sums, bf16 out; on AMX from 8 rows the weight decoded into bf16 tiles and `tdpbf16ps`, below that the "
+            "fused fp32 kernel on widened x), against the same bf16 `F.linear`.\n\n"
             + markdown_table(headers, rows))
 
 

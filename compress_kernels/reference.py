@@ -258,6 +258,31 @@ def codebook_linear(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
     return y.float()
 
 
+def _bf16_daz(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bf16 (nearest even), subnormals replaced by a zero of their sign, as fp32."""
+    b = t.to(torch.bfloat16).float()
+    return torch.where(b.abs() < 2.0 ** -126, torch.copysign(torch.zeros_like(b), b), b)
+
+
+def codebook_linear_bf16(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """codebook_linear with bf16 x as the exact value before its final rounding, in float64: x and the
+    codebook entries rounded to bf16 with subnormals read as zero, sum_k x W + bias. The kernels round
+    their fp32 sum once to bf16 and are within codebook_linear_bf16_bound of this before that rounding."""
+    w = codebook_dequantize(idx, _bf16_daz(codebook)).double()
+    y = _bf16_daz(x).double() @ w.T
+    return y + bias.double() if bias is not None else y
+
+
+def codebook_linear_bf16_bound(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The stated bound of the bf16 codebook_linear's fp32 sum: (K + 2) * 2^-24 * sum_k |x W| + K * 2^-126
+    (each fp32 step rounds once, relative to a partial sum no larger than sum_k |x W|; flushed subnormal
+    partial sums add at most 2^-126 each)."""
+    k = x.shape[1]
+    w = codebook_dequantize(idx, _bf16_daz(codebook)).double().abs()
+    return (k + 2) * 2.0 ** -24 * (_bf16_daz(x).double().abs() @ w.T) + k * 2.0 ** -126
+
+
 def codebook_conv2d(x: torch.Tensor, idx: torch.Tensor, codebook: torch.Tensor,
                     bias: torch.Tensor | None, stride=1, padding=0, dilation=1,
                     groups: int = 1) -> torch.Tensor:

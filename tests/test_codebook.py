@@ -273,7 +273,7 @@ def test_bad_unpack_arguments():
 
 def test_bad_linear_arguments():
     x, packed, cb, bits, bias = _sample_args()
-    with pytest.raises(RuntimeError, match="codebook_linear: x must be Float, got Double"):
+    with pytest.raises(RuntimeError, match="codebook_linear: x must be Float or BFloat16, got Double"):
         OPS.codebook_linear(x.double(), packed, cb, bits, bias)
     with pytest.raises(RuntimeError, match="codebook_linear: x must be 2-D, got 3-D"):
         OPS.codebook_linear(x[None], packed, cb, bits, bias)

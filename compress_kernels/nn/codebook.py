@@ -123,7 +123,9 @@ class _CodebookBase(Float32State):
 
 class CodebookLinear(_CodebookBase):
     """nn.Linear with k-means shared weights: W[n, k] = codebook[n // (N // G), idx[n, k]], the lookup
-    fused into the matmul kernel. fp32 in, fp32 out, any leading dimensions."""
+    fused into the matmul kernel. Any leading dimensions; the output has x's dtype (bf16 x on CPU runs
+    the bf16 kernel: the codebook rounded to bf16, fp32 sums, AMX tiles from 8 rows; other dtypes
+    run in fp32)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, bits: int = 4,
                  codebooks: int = 1):
@@ -151,8 +153,11 @@ class CodebookLinear(_CodebookBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).float()
-        y = ops.codebook_linear(x2, self.packed_idx, self.effective_codebook(), self.bits, self.bias)
+        x2 = x.reshape(-1, self.in_features)
+        if not (x2.dtype == torch.bfloat16 and x2.device.type == "cpu"):
+            x2 = x2.float()  # bf16 x on CPU runs the bf16 kernel (AMX tiles; see ops.codebook_linear)
+        bias = self.bias.float() if self.bias is not None else None
+        y = ops.codebook_linear(x2, self.packed_idx, self.effective_codebook().float(), self.bits, bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -38,14 +38,20 @@ def codebook_unpack(packed_idx: torch.Tensor, bits: int, k: int) -> torch.Tensor
 def codebook_linear(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.Tensor, bits: int,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T + bias with W[n, k] = codebook[n // (N // G), idx[n, k]], the lookup fused into
-    the kernel. x: fp32 [M, K] (CUDA also fp16 / bf16; the output has x's dtype); packed_idx: from
+    the kernel. x: fp32 or bf16 [M, K] (CUDA also fp16; the output has x's dtype); packed_idx: from
     codebook_pack (N rows); codebook: fp32 [G, 2^bits] (G divides N: one codebook per group of N // G
     consecutive output rows); bias: fp32 [N] or None.
-    CPU, per output: acc = 0; acc = fmaf(x[m, k], W[n, k], acc) for k in order; y = acc + bias[n]
-    (identical on every CPU path and thread count). CUDA: M <= 8 runs a fused GEMV (fp32 sums in
-    another order, one rounding to x's dtype); larger M decodes W to x's dtype and uses cuBLAS
-    (see csrc/ops/cuda_codebook.cpp). Differentiable in x, codebook and bias; the
-    codebook gradient is the sum of the weight gradients of each entry's members."""
+    CPU, fp32 x, per output: acc = 0; acc = fmaf(x[m, k], W[n, k], acc) for k in order; y = acc + bias[n]
+    (identical on every CPU path and thread count).
+    CPU, bf16 x: W's entries rounded to bf16 (nearest even), bf16 subnormals in x and W read as zero, the
+    products summed in fp32, + bias, one rounding to bf16 (nearest even; NaN -> 0x7FC0). From 8 rows on an
+    AMX CPU (or the amx_emulated path) the weight is decoded into bf16 tiles and multiplied with tdpbf16ps
+    (pairs of products rounded once per step); otherwise x is widened and the fp32 kernel runs. Either
+    sum is within (K + 2) * 2^-24 * sum_k |x W| (+ K * 2^-126) of the exact one before the bf16 rounding
+    (reference.codebook_linear_bf16_bound); the tile kernel equals its scalar model bit for bit.
+    CUDA: M <= 8 runs a fused GEMV (fp32 sums in another order, one rounding to x's dtype); larger M
+    decodes W to x's dtype and uses cuBLAS (see csrc/ops/cuda_codebook.cpp). Differentiable in x,
+    codebook and bias; the codebook gradient is the sum of the weight gradients of each entry's members."""
     return _lib().codebook_linear(x, packed_idx, codebook, bits, bias)
 
 

@@ -1,8 +1,8 @@
-// Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier) and int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp,
-// sparse24_int8_amx-inl.h (amx_emulated tier: no target flags). The AMX int8 GEMM, written once against the tile
-// interface of amx_tiles.h and compiled twice: on the tile instructions with the AVX-512 output stage
-// (int8_gemm_amx.cpp) and on the scalar tile model with the scalar output stage (int8_gemm_amx_emulated.cpp). Include
-// only from those two.
+// Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier), int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp
+// (amx_emulated tier: no target flags), sparse24_int8_amx-inl.h and codebook_amx-inl.h. The AMX GEMM driver, written
+// once against the tile interface of amx_tiles.h and compiled twice: on the tile instructions with an AVX-512 output
+// stage and on the scalar tile model with a scalar output stage. Int8 operands (tdpbusd / tdpbssd) or bf16 pairs
+// (tdpbf16ps, amx_bf16_tasks_with: the codebook's bf16 kernel).
 //
 // Operands straight from memory, no repacking on the hot path:
 //   B (weights): a full 16-row block of the VNNI packed layout (int8_gemm.h) is already the B tile
@@ -36,6 +36,22 @@
 namespace ck::cpu {
 namespace {
 
+// What one tile dot computes: uint8 x int8 (tdpbusd) or int8 x int8 (tdpbssd) into int32, or bf16
+// pairs into fp32 (tdpbf16ps: the bf16 GEMMs on decoded weights, whose K is counted in bytes here, 32
+// bf16 k per 64-byte chunk).
+enum class AmxDot { kUnsignedA, kSignedA, kBf16 };
+
+template <class Tiles, AmxDot kDot, int C, int A, int B>
+inline void amx_dot() {
+  if constexpr (kDot == AmxDot::kSignedA) {
+    Tiles::template dot_ss<C, A, B>();
+  } else if constexpr (kDot == AmxDot::kBf16) {
+    Tiles::template dot_bf16<C, A, B>();
+  } else {
+    Tiles::template dot_us<C, A, B>();
+  }
+}
+
 // A tile operand: the 64-byte column chunks c < full_chunks at main + c * 64 (row stride
 // stride), the one tail chunk (when k % 64 != 0) at tail (row stride tail_stride).
 struct TileSource {
@@ -52,7 +68,7 @@ struct TileSource {
 // b0 + 1 (CT = 2).
 // a_offsets: null (A chunk c at byte c * 64 of its rows) or the byte offset of each chunk (the
 // direct conv's taps).
-template <class Tiles, bool kSignedA, int RT, int CT, class BTiles, class Between>
+template <class Tiles, AmxDot kDot, int RT, int CT, class BTiles, class Between>
 void amx_int8_block(const TileSource (&a_src)[2], const int64_t* a_offsets, BTiles& bt, int b0, int64_t full_chunks,
                     bool has_tail, int32_t* sums, int64_t ld_sums, Between&& between) {
   Tiles::template zero<0>();
@@ -62,29 +78,15 @@ void amx_int8_block(const TileSource (&a_src)[2], const int64_t* a_offsets, BTil
   auto step = [&](const uint8_t* a0, const uint8_t* a1, int64_t a_stride, const uint8_t* b0, const uint8_t* b1) {
     Tiles::template load<4>(a0, a_stride);
     Tiles::template load<6>(b0, kAmxTileBytes);
-    if (kSignedA)
-      Tiles::template dot_ss<0, 4, 6>();
-    else
-      Tiles::template dot_us<0, 4, 6>();
+    amx_dot<Tiles, kDot, 0, 4, 6>();
     if (CT > 1) {
       Tiles::template load<7>(b1, kAmxTileBytes);
-      if (kSignedA)
-        Tiles::template dot_ss<1, 4, 7>();
-      else
-        Tiles::template dot_us<1, 4, 7>();
+      amx_dot<Tiles, kDot, 1, 4, 7>();
     }
     if (RT > 1) {
       Tiles::template load<5>(a1, a_stride);
-      if (kSignedA)
-        Tiles::template dot_ss<2, 5, 6>();
-      else
-        Tiles::template dot_us<2, 5, 6>();
-      if (CT > 1) {
-        if (kSignedA)
-          Tiles::template dot_ss<3, 5, 7>();
-        else
-          Tiles::template dot_us<3, 5, 7>();
-      }
+      amx_dot<Tiles, kDot, 2, 5, 6>();
+      if (CT > 1) amx_dot<Tiles, kDot, 3, 5, 7>();
     }
   };
   // Both row tiles of a pair share strides (they come from the same source kind).
@@ -180,7 +182,7 @@ struct AmxInt8Options {
 // products (the column terms are the output stage's job).
 // b_tiles_for(scratch, n0, blocks, last_cols) returns the B-tile policy of a task's panel (by
 // value or reference; PackedBTiles for the packed int8 weight).
-template <class Tiles, class Output, bool kSignedA, class BTilesFor>
+template <class Tiles, class Output, AmxDot kDot, class BTilesFor>
 void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
                           BTilesFor&& b_tiles_for, const AmxInt8Options& options) {
   const int64_t k = a.w.k;
@@ -281,13 +283,13 @@ void amx_int8_tasks_typed(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64
         const int ct = b + 1 < blocks ? 2 : 1;
         int32_t* out = sums[parity];
         if (rt == 2 && ct == 2)
-          amx_int8_block<Tiles, kSignedA, 2, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+          amx_int8_block<Tiles, kDot, 2, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
         else if (rt == 2)
-          amx_int8_block<Tiles, kSignedA, 2, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+          amx_int8_block<Tiles, kDot, 2, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
         else if (ct == 2)
-          amx_int8_block<Tiles, kSignedA, 1, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+          amx_int8_block<Tiles, kDot, 1, 2>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
         else
-          amx_int8_block<Tiles, kSignedA, 1, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
+          amx_int8_block<Tiles, kDot, 1, 1>(as, options.a_offsets, bt, b, full_chunks, has_tail, out, 32, between);
         write_rows(32);  // whatever of the previous block the K steps did not cover
         pending.sums = out;
         pending.m0 = m0;
@@ -311,10 +313,22 @@ void amx_int8_tasks_with(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_
                          BTilesFor&& b_tiles_for, const AmxInt8Options& options = {}) {
   Tiles::configure(amx_config(amx_tile_rows(a.m)));
   if (a.x_signed) {
-    amx_int8_tasks_typed<Tiles, Output, true>(a, plan, task_begin, task_end, b_tiles_for, options);
+    amx_int8_tasks_typed<Tiles, Output, AmxDot::kSignedA>(a, plan, task_begin, task_end, b_tiles_for, options);
   } else {
-    amx_int8_tasks_typed<Tiles, Output, false>(a, plan, task_begin, task_end, b_tiles_for, options);
+    amx_int8_tasks_typed<Tiles, Output, AmxDot::kUnsignedA>(a, plan, task_begin, task_end, b_tiles_for, options);
   }
+  Tiles::release();
+}
+
+// The same driver on bf16 operands (tdpbf16ps): x holds bf16 rows, with a.ldx and a.w.k counted in
+// bytes (two per k, so a 64-byte chunk is 32 k); b_tiles_for yields B tiles of bf16 pairs (per tile row,
+// 16 columns x two consecutive k) whose padding past k and past the last column is +0.0 (A's zero K
+// padding alone does not cancel it: 0 x Inf is NaN); Output reads the sums as fp32 bit patterns.
+template <class Tiles, class Output, class BTilesFor>
+void amx_bf16_tasks_with(const Int8GemmArgs& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end,
+                         BTilesFor&& b_tiles_for) {
+  Tiles::configure(amx_config(amx_tile_rows(a.m)));
+  amx_int8_tasks_typed<Tiles, Output, AmxDot::kBf16>(a, plan, task_begin, task_end, b_tiles_for, AmxInt8Options{});
   Tiles::release();
 }
 

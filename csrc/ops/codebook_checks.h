@@ -89,11 +89,12 @@ inline PackedInfo check_codebook_decode(const at::Tensor& packed, const at::Tens
   return info;
 }
 
-// codebook_linear: x fp32 [M, K] with K >= 1, packed_idx a pack of `bits`-bit indices for that K,
+// codebook_linear: x fp32 or bf16 [M, K] with K >= 1, packed_idx a pack of `bits`-bit indices for that K,
 // the codebook and bias next to it (check_codebook_weight).
 inline PackedInfo check_codebook_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& codebook,
                                         int64_t bits, const std::optional<at::Tensor>& bias, const char* op) {
-  check_dtype(x, at::kFloat, op, "x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              ": x must be Float or BFloat16, got ", x.scalar_type());
   check_dim(x, 2, op, "x");
   TORCH_CHECK(x.sym_size(1) > 0, op, ": x must have K > 0 columns, got shape ", x.sym_sizes());
   check_codebook_bits(bits, op);

@@ -87,12 +87,74 @@ void run(const cpu::CodebookLinearArgs& args) {
                    [&](int64_t begin, int64_t end) { cpu::codebook_linear_run(args, plan, begin, end); });
 }
 
+// A contiguous bf16 copy of t with every subnormal replaced by a zero of its sign (what tdpbf16ps reads), plus
+// `pad` zero elements at the end.
+at::Tensor bf16_flushed(const at::Tensor& t, int64_t pad) {
+  const at::Tensor src = t.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::zeros({src.numel() + pad}, src.options());
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.data_ptr());
+  uint16_t* d = reinterpret_cast<uint16_t*>(out.data_ptr());
+  for (int64_t i = 0; i < src.numel(); ++i) d[i] = (s[i] & 0x7f80u) == 0 ? (s[i] & 0x8000u) : s[i];
+  return out;
+}
+
+at::Tensor codebook_linear_fp32(const at::Tensor& x, const at::Tensor& packed_idx, const PackedInfo& info,
+                                const at::Tensor& codebook, int64_t bits, const std::optional<at::Tensor>& bias);
+
+// bf16 x (codebook.h, "bf16 activations"): the tile kernel where codebook_bf16_uses_tiles, else the fp32 kernel on
+// x widened and the codebook rounded (subnormals flushed in both), rounded to bf16 at the end.
+at::Tensor codebook_linear_bf16(const at::Tensor& x, const at::Tensor& packed_idx, const PackedInfo& info,
+                                const at::Tensor& codebook, int64_t bits, const std::optional<at::Tensor>& bias) {
+  const int64_t m = x.size(0), k = x.size(1), n = info.n;
+  if (!cpu::codebook_bf16_uses_tiles(m)) {
+    const at::Tensor cb = bf16_flushed(codebook, 0).view(codebook.sizes()).to(at::kFloat);
+    const at::Tensor x32 = bf16_flushed(x, 0).view(x.sizes()).to(at::kFloat);
+    const at::Tensor y32 = codebook_linear_fp32(x32, packed_idx, info, cb, bits, bias);
+    // rounded here rather than by .to(kBFloat16), which keeps a NaN's sign and payload: every NaN is 0x7FC0
+    at::Tensor y = at::empty(y32.sizes(), y32.options().dtype(at::kBFloat16));
+    const float* src = y32.data_ptr<float>();
+    uint16_t* dst = reinterpret_cast<uint16_t*>(y.data_ptr());
+    for (int64_t i = 0; i < y32.numel(); ++i) dst[i] = cpu::bf16_round_nearest_even(src[i]);
+    return y;
+  }
+  const at::Tensor table = bf16_flushed(codebook, 2);  // two more entries: see Avx512CodebookDecode
+  const at::Tensor xc = x.stride(1) == 1 && (m <= 1 || x.stride(0) >= k) ? x : x.contiguous();
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0) return out;
+  cpu::CodebookBf16Args args;
+  args.x = reinterpret_cast<const uint16_t*>(xc.data_ptr());
+  args.m = m;
+  args.k = k;
+  args.ldx = m > 1 ? xc.stride(0) : k;
+  args.packed = payload_words(packed_idx, info);
+  args.n = n;
+  args.kw = packed_idx.size(1);
+  args.bits = static_cast<int>(bits);
+  args.codebook = reinterpret_cast<const uint16_t*>(table.data_ptr());
+  args.group_rows = n / codebook.size(0);
+  args.bias = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
+  args.out = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const cpu::Int8GemmPlan plan = cpu::codebook_bf16_plan(m, n, at::get_num_threads());
+  // (as in run: below ~1M multiply-adds the other threads cost more than they save)
+  const int64_t grain = m * n * k < (int64_t{1} << 20) ? plan.tasks() : 1;
+  at::parallel_for(0, plan.tasks(), grain,
+                   [&](int64_t begin, int64_t end) { cpu::codebook_bf16_run(args, plan, begin, end); });
+  return out;
+}
+
 at::Tensor codebook_linear_cpu(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
                                int64_t bits, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "codebook_linear";
   check_cpu(x, op, "x");
   check_cpu(packed_idx, op, "packed_idx");
   const PackedInfo info = check_codebook_linear(x, packed_idx, codebook, bits, bias, op);
+  if (x.scalar_type() == at::kBFloat16) return codebook_linear_bf16(x, packed_idx, info, codebook, bits, bias);
+  return codebook_linear_fp32(x, packed_idx, info, codebook, bits, bias);
+}
+
+at::Tensor codebook_linear_fp32(const at::Tensor& x, const at::Tensor& packed_idx, const PackedInfo& info,
+                                const at::Tensor& codebook, int64_t bits, const std::optional<at::Tensor>& bias) {
   cpu::CodebookLinearArgs args;
   at::Tensor cb_holder, bias_holder;
   prepare_weight(packed_idx, info, codebook, bits, bias, x.size(1), cb_holder, bias_holder, args);

@@ -176,7 +176,7 @@ at::Tensor codebook_unpack_meta(const at::Tensor& packed, int64_t bits, int64_t 
 at::Tensor codebook_linear_meta(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,
                                 int64_t bits, const std::optional<at::Tensor>& bias) {
   const PackedInfo info = check_codebook_linear(x, packed_idx, codebook, bits, bias, "codebook_linear");
-  return empty_meta({x.sym_size(0), info.n}, x, at::kFloat);
+  return empty_meta({x.sym_size(0), info.n}, x, x.scalar_type());
 }
 
 at::Tensor codebook_conv2d_meta(const at::Tensor& x, const at::Tensor& packed_idx, const at::Tensor& codebook,

@@ -1,0 +1,142 @@
+// The bf16 codebook_linear on the tile instructions, with an AVX-512 decoder and output stage. Chosen at run time
+// (tile_unit() == kHardware).
+#include "codebook.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,amx-tile,amx-int8,amx-bf16")
+// GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include "amx_hardware_tiles-inl.h"
+#include "codebook_amx-inl.h"
+
+namespace ck::cpu {
+namespace {
+
+// A block of up to 16 columns, one k pair (one 64-byte tile row) per step. Lane i is column n0 + i: word g of
+// the block's rows is one masked 64-byte load (ck/bitpack.h interleaves the block's rows), index j of it a
+// variable shift and a mask. The two indices of a pair become the halves of one dword; when the block's
+// columns share one codebook of at most 32 entries, one vpermw looks both up; otherwise each lane gathers
+// from its own codebook (the glue pads the codebook by two entries, so a 4-byte gather at the last entry
+// stays inside it).
+struct Avx512CodebookDecode {
+  static void block(const CodebookBf16Args& a, int64_t n0, int cols, int64_t chunks, uint8_t* dst) {
+    const int bits = a.bits;
+    const int64_t per_word = bitpack::per_word(bits), entries = int64_t{1} << bits;
+    const uint32_t* words = a.packed + n0 * a.kw;  // block n0 / 16 starts at word 16 * block * kw
+    const __mmask16 lanes = static_cast<__mmask16>(cols == 16 ? 0xffff : (1u << cols) - 1u);
+    const __m512i index_mask = _mm512_set1_epi32(static_cast<int>(entries - 1));
+    const __m512i low_half = _mm512_set1_epi32(0xffff);
+    const int64_t first_group = n0 / a.group_rows, last_group = (n0 + cols - 1) / a.group_rows;
+    const bool shared = first_group == last_group && bits <= 5;
+    __m512i table = _mm512_setzero_si512(), base = _mm512_setzero_si512();
+    if (shared) {
+      table = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << entries) - 1),
+                                       a.codebook + first_group * entries);
+    } else {
+      alignas(64) int32_t b[16];
+      for (int i = 0; i < 16; ++i) b[i] = static_cast<int32_t>(((n0 + (i < cols ? i : 0)) / a.group_rows) * entries);
+      base = _mm512_load_si512(b);
+    }
+    auto index_at = [&](int64_t kk) {
+      const int64_t g = kk / per_word;
+      const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + g * cols);
+      return _mm512_and_si512(_mm512_srl_epi32(w, _mm_cvtsi32_si128(static_cast<int>((kk - g * per_word) * bits))), index_mask);
+    };
+    auto gather = [&](__m512i idx) {
+      const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, _mm512_add_epi32(base, idx),
+                                                    a.codebook, 2);
+      return _mm512_and_si512(v, low_half);
+    };
+    int64_t kk = 0;
+    if (shared && bits == 4) {
+      // Whole words (8 k = 4 tile rows) at once: vpmultishiftqb moves the pair (k = 8g + 2s, 8g + 2s + 1) of
+      // each lane, bits [8s, 8s + 4) and [8s + 4, 8s + 8) of its word, to bits 0 and 16 of the lane.
+      const __m512i nibbles = _mm512_set1_epi32(0x000f000f);
+      __m512i pair_ctrl[4];
+      for (int s = 0; s < 4; ++s) {
+        const int64_t lo = 8 * s, hi = 8 * s + 4;
+        pair_ctrl[s] = _mm512_set1_epi64(static_cast<long long>(
+            static_cast<uint64_t>(lo) | static_cast<uint64_t>(hi) << 16 | static_cast<uint64_t>(32 + lo) << 32 |
+            static_cast<uint64_t>(32 + hi) << 48));
+      }
+      for (; kk + 8 <= a.k; kk += 8) {
+        const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + (kk / 8) * cols);
+        uint8_t* row = dst + codebook_bf16_offset(kk);  // 4 consecutive tile rows (8 | 32)
+        for (int s = 0; s < 4; ++s) {
+          const __m512i idx = _mm512_and_si512(_mm512_multishift_epi64_epi8(pair_ctrl[s], w), nibbles);
+          _mm512_storeu_si512(row + 64 * s, _mm512_maskz_mov_epi32(lanes, _mm512_permutexvar_epi16(idx, table)));
+        }
+      }
+    }
+    for (; kk < chunks * kCodebookBf16ChunkK; kk += 2) {
+      uint8_t* row = dst + codebook_bf16_offset(kk);
+      __m512i pair = _mm512_setzero_si512();
+      if (kk < a.k) {
+        const bool odd = kk + 1 < a.k;
+        const __m512i i0 = index_at(kk);
+        if (shared) {
+          const __m512i i1 = odd ? index_at(kk + 1) : _mm512_setzero_si512();
+          pair = _mm512_permutexvar_epi16(_mm512_or_si512(i0, _mm512_slli_epi32(i1, 16)), table);
+          if (!odd) pair = _mm512_and_si512(pair, low_half);
+        } else {
+          pair = gather(i0);
+          if (odd) pair = _mm512_or_si512(pair, _mm512_slli_epi32(gather(index_at(kk + 1)), 16));
+        }
+        pair = _mm512_maskz_mov_epi32(lanes, pair);
+      }
+      _mm512_storeu_si512(row, pair);
+    }
+  }
+};
+
+// out = bf16(acc + bias[n]), 16 columns per vector: bf16_round_nearest_even on integer lanes.
+struct Avx512Bf16Output {
+  using Columns = ScalarBf16Output::Columns;
+  static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) {
+    ScalarBf16Output::prepare(a, n0, cols, c);
+  }
+  static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
+    uint16_t* out = static_cast<uint16_t*>(a.out);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i round = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), qnan = _mm512_set1_epi32(0x7fc0);
+    for (int j0 = 0; j0 < c.cols; j0 += 16) {
+      const int count = c.cols - j0 < 16 ? c.cols - j0 : 16;
+      const __mmask16 valid = static_cast<__mmask16>(count == 16 ? 0xffff : (1u << count) - 1u);
+      const __m512 bias =
+          a.bias_f != nullptr ? _mm512_maskz_loadu_ps(valid, a.bias_f + c.n0 + j0) : _mm512_setzero_ps();
+      for (int r = 0; r < mr; ++r) {
+        __m512 acc = _mm512_castsi512_ps(_mm512_loadu_si512(sums + r * ld + j0));
+        if (a.bias_f != nullptr) acc = _mm512_add_ps(acc, bias);
+        const __m512i bits = _mm512_castps_si512(acc);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, abs_mask), inf);
+        __m512i y = _mm512_add_epi32(_mm512_add_epi32(bits, round), _mm512_and_si512(_mm512_srli_epi32(bits, 16), one));
+        y = _mm512_mask_mov_epi32(_mm512_srli_epi32(y, 16), nan, qnan);
+        _mm256_mask_storeu_epi16(out + (m0 + r) * a.out_stride() + c.n0 + j0, valid, _mm512_cvtepi32_epi16(y));
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void codebook_bf16_run_amx(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
+                           int64_t task_end) {
+  codebook_bf16_tasks<HardwareTiles, Avx512Bf16Output, Avx512CodebookDecode>(args, plan, task_begin, task_end);
+}
+
+}  // namespace ck::cpu
+#else  // not x86-64 GCC/Clang: never selected (detected_isa() is portable there)
+namespace ck::cpu {
+void codebook_bf16_run_amx(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
+                           int64_t task_end) {
+  codebook_bf16_kernels_amx_emulated.run(args, plan, task_begin, task_end);
+}
+}  // namespace ck::cpu
+#endif
+
+namespace ck::cpu {
+const CodebookBf16Kernels codebook_bf16_kernels_amx = {&codebook_bf16_run_amx};
+}  // namespace ck::cpu
