@@ -137,12 +137,12 @@ void codebook_bf16_run(const CodebookBf16Args& args, const Int8GemmPlan& plan, i
   codebook_bf16_tiers.active().run(args, plan, task_begin, task_end);
 }
 
-constexpr TierTable<CodebookBf16Kernels> codebook_bf16_tiers{codebook_bf16_kernels_amx_emulated,
-                                                             {
-                                                                 {Tier::kAmx, &codebook_bf16_kernels_amx},
-                                                                 {Tier::kAmxEmulated,
-                                                                  &codebook_bf16_kernels_amx_emulated},
-                                                             }};
+constexpr TierTable<CodebookBf16Kernels> codebook_bf16_tiers{
+    codebook_bf16_kernels_amx_emulated,
+    {
+        {Tier::kAmx, &codebook_bf16_kernels_amx},
+        {Tier::kAmxEmulated, &codebook_bf16_kernels_amx_emulated},
+    }};
 
 constexpr TierTable<CodebookKernels> codebook_tiers{codebook_kernels_portable,
                                                     {

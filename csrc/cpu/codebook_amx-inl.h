@@ -93,17 +93,16 @@ void codebook_bf16_tasks(const CodebookBf16Args& a, const Int8GemmPlan& plan, in
   g.ldo = a.n;
   const int64_t chunks = (a.k + kCodebookBf16ChunkK - 1) / kCodebookBf16ChunkK;
   const int64_t full_chunks = a.k / kCodebookBf16ChunkK;
-  amx_bf16_tasks_with<Tiles, Output>(g, plan, task_begin, task_end,
-                                     [&](AmxInt8Scratch&, int64_t n0, int blocks, int last_cols) {
-                                       std::vector<uint8_t>& v = codebook_bf16_scratch();
-                                       const size_t bytes = static_cast<size_t>(blocks * chunks) * 1024;
-                                       if (v.size() < bytes) v.resize(bytes);
-                                       for (int b = 0; b < blocks; ++b) {
-                                         Decode::block(a, n0 + 16 * b, b == blocks - 1 ? last_cols : 16, chunks,
-                                                       v.data() + b * chunks * 1024);
-                                       }
-                                       return DecodedBTiles{v.data(), chunks, full_chunks};
-                                     });
+  amx_bf16_tasks_with<Tiles, Output>(
+      g, plan, task_begin, task_end, [&](AmxInt8Scratch&, int64_t n0, int blocks, int last_cols) {
+        std::vector<uint8_t>& v = codebook_bf16_scratch();
+        const size_t bytes = static_cast<size_t>(blocks * chunks) * 1024;
+        if (v.size() < bytes) v.resize(bytes);
+        for (int b = 0; b < blocks; ++b) {
+          Decode::block(a, n0 + 16 * b, b == blocks - 1 ? last_cols : 16, chunks, v.data() + b * chunks * 1024);
+        }
+        return DecodedBTiles{v.data(), chunks, full_chunks};
+      });
 }
 
 }  // namespace

@@ -43,11 +43,12 @@ struct Avx512CodebookDecode {
     auto index_at = [&](int64_t kk) {
       const int64_t g = kk / per_word;
       const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + g * cols);
-      return _mm512_and_si512(_mm512_srl_epi32(w, _mm_cvtsi32_si128(static_cast<int>((kk - g * per_word) * bits))), index_mask);
+      return _mm512_and_si512(_mm512_srl_epi32(w, _mm_cvtsi32_si128(static_cast<int>((kk - g * per_word) * bits))),
+                              index_mask);
     };
     auto gather = [&](__m512i idx) {
-      const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, _mm512_add_epi32(base, idx),
-                                                    a.codebook, 2);
+      const __m512i v =
+          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, _mm512_add_epi32(base, idx), a.codebook, 2);
       return _mm512_and_si512(v, low_half);
     };
     int64_t kk = 0;
@@ -58,9 +59,9 @@ struct Avx512CodebookDecode {
       __m512i pair_ctrl[4];
       for (int s = 0; s < 4; ++s) {
         const int64_t lo = 8 * s, hi = 8 * s + 4;
-        pair_ctrl[s] = _mm512_set1_epi64(static_cast<long long>(
-            static_cast<uint64_t>(lo) | static_cast<uint64_t>(hi) << 16 | static_cast<uint64_t>(32 + lo) << 32 |
-            static_cast<uint64_t>(32 + hi) << 48));
+        pair_ctrl[s] = _mm512_set1_epi64(
+            static_cast<long long>(static_cast<uint64_t>(lo) | static_cast<uint64_t>(hi) << 16 |
+                                   static_cast<uint64_t>(32 + lo) << 32 | static_cast<uint64_t>(32 + hi) << 48));
       }
       for (; kk + 8 <= a.k; kk += 8) {
         const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + (kk / 8) * cols);
