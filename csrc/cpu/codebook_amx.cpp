@@ -18,8 +18,8 @@ namespace {
 // A block of up to 16 columns, one k pair (one 64-byte tile row) per step. Lane i is column n0 + i: word g of
 // the block's rows is one masked 64-byte load (ck/bitpack.h interleaves the block's rows), index j of it a
 // variable shift and a mask. The two indices of a pair become the halves of one dword; when the block's
-// columns share one codebook of at most 32 entries, one vpermw looks both up; otherwise each lane gathers
-// from its own codebook (the glue pads the codebook by two entries, so a 4-byte gather at the last entry
+// columns share one codebook of at most 32 entries, one vpermw looks both up (and for 1-5 bits whole words go
+// at once, one vpmultishiftqb per pair); otherwise each lane gathers from its own codebook (the glue pads the codebook by two entries, so a 4-byte gather at the last entry
 // stays inside it).
 struct Avx512CodebookDecode {
   static void block(const CodebookBf16Args& a, int64_t n0, int cols, int64_t chunks, uint8_t* dst) {
@@ -52,23 +52,23 @@ struct Avx512CodebookDecode {
       return _mm512_and_si512(v, low_half);
     };
     int64_t kk = 0;
-    if (shared && bits == 4) {
-      // Whole words (8 k = 4 tile rows) at once: vpmultishiftqb moves the pair (k = 8g + 2s, 8g + 2s + 1) of
-      // each lane, bits [8s, 8s + 4) and [8s + 4, 8s + 8) of its word, to bits 0 and 16 of the lane.
-      const __m512i nibbles = _mm512_set1_epi32(0x000f000f);
-      __m512i pair_ctrl[4];
-      for (int s = 0; s < 4; ++s) {
-        const int64_t lo = 8 * s, hi = 8 * s + 4;
-        pair_ctrl[s] = _mm512_set1_epi64(
-            static_cast<long long>(static_cast<uint64_t>(lo) | static_cast<uint64_t>(hi) << 16 |
-                                   static_cast<uint64_t>(32 + lo) << 32 | static_cast<uint64_t>(32 + hi) << 48));
+    if (shared && per_word % 2 == 0) {
+      // Whole words (per_word k = per_word / 2 tile rows) at once: vpmultishiftqb moves the pair (k = g * per_word
+      // + 2s, + 2s + 1) of each lane, bits [2s * bits, ...) and [(2s + 1) * bits, ...) of its word, to bits 0 and
+      // 16 of the lane (each qword holds two lanes, hence the second pair of offsets + 32).
+      const int pairs = static_cast<int>(per_word / 2);
+      const __m512i pair_mask = _mm512_set1_epi32(static_cast<int>((entries - 1) | (entries - 1) << 16));
+      __m512i pair_ctrl[16];
+      for (int p = 0; p < pairs; ++p) {
+        const uint64_t lo = static_cast<uint64_t>(2 * p * bits), hi = lo + static_cast<uint64_t>(bits);
+        pair_ctrl[p] = _mm512_set1_epi64(static_cast<long long>(lo | hi << 16 | (32 + lo) << 32 | (32 + hi) << 48));
       }
-      for (; kk + 8 <= a.k; kk += 8) {
-        const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + (kk / 8) * cols);
-        uint8_t* row = dst + codebook_bf16_offset(kk);  // 4 consecutive tile rows (8 | 32)
-        for (int s = 0; s < 4; ++s) {
-          const __m512i idx = _mm512_and_si512(_mm512_multishift_epi64_epi8(pair_ctrl[s], w), nibbles);
-          _mm512_storeu_si512(row + 64 * s, _mm512_maskz_mov_epi32(lanes, _mm512_permutexvar_epi16(idx, table)));
+      for (; kk + per_word <= a.k; kk += per_word) {
+        const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + (kk / per_word) * cols);
+        for (int p = 0; p < pairs; ++p) {
+          const __m512i idx = _mm512_and_si512(_mm512_multishift_epi64_epi8(pair_ctrl[p], w), pair_mask);
+          _mm512_storeu_si512(dst + codebook_bf16_offset(kk + 2 * p),
+                              _mm512_maskz_mov_epi32(lanes, _mm512_permutexvar_epi16(idx, table)));
         }
       }
     }
