@@ -3,6 +3,8 @@ codebook_conv2d within a stated float bound of the dequantize-then-matmul refere
 on every ISA path, thread count and kernel strategy; opcheck, torch.compile, gradients, and a test
 for every argument check."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -372,13 +374,13 @@ def test_codebook_conv2d_module_eval_and_training_paths_agree():
 
 def test_codebook_conv2d_module_decodes_once_and_runs_the_dense_conv_from_many_pixels():
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(64, 32, 3, padding=1)  # 18432 weights: more than DENSE_CONV_MAX_WEIGHTS
+    conv = torch.nn.Conv2d(128, 64, 3, padding=1)  # 73728 weights: more than DENSE_CACHE_MAX_WEIGHTS
     q = ck.CodebookConv2d.from_float(conv, bits=4).eval()
-    small, large = rand_x(1, 64, 8, 8), rand_x(2, 64, 12, 12, seed=3)  # 64 and 288 output pixels
-    assert q.DENSE_CONV_MIN_PIXELS == 256 and q.DENSE_CONV_MAX_WEIGHTS == 16384
+    small, large = rand_x(1, 128, 8, 8), rand_x(2, 128, 12, 12, seed=3)  # 64 and 288 output pixels
+    assert q.DENSE_CONV_MIN_PIXELS == 256 and q.DENSE_CACHE_MAX_WEIGHTS == 65536
     assert not q.uses_dense_conv(small) and q.uses_dense_conv(large)
-    tiny = ck.CodebookConv2d.from_float(torch.nn.Conv2d(8, 16, 3, padding=1), bits=4).eval()
-    assert tiny.uses_dense_conv(rand_x(1, 8, 4, 4))  # 1152 weights: decoded at any size
+    tiny = ck.CodebookConv2d.from_float(torch.nn.Conv2d(64, 32, 3, padding=1), bits=4).eval()
+    assert tiny.uses_dense_conv(rand_x(1, 64, 4, 4))  # 18432 weights: decoded once, dense at any size
     with torch.no_grad():
         # below the rule: the fused kernel's bits
         want_small = ck.codebook_conv2d(small, q.packed_idx, q.effective_codebook(), 4, q.bias, 3, 1, 1)
@@ -386,8 +388,36 @@ def test_codebook_conv2d_module_decodes_once_and_runs_the_dense_conv_from_many_p
         # from it on: exactly torch's conv on the decoded weight, within fp32 rounding of the reference
         y = q(large)
         assert torch.equal(y, F.conv2d(large, q.dequantized_weight(), q.bias, 1, 1))
-        want = ref.codebook_conv2d(large, q.indices().view(32, 64, 3, 3), q.effective_codebook(), q.bias, 1, 1)
+        want = ref.codebook_conv2d(large, q.indices().view(64, 128, 3, 3), q.effective_codebook(), q.bias, 1, 1)
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_small_codebook_conv_decodes_once_and_again_after_any_change():
+    torch.manual_seed(0)
+    q = ck.CodebookConv2d.from_float(torch.nn.Conv2d(16, 16, 3, padding=1), bits=4).eval()
+    x = rand_x(1, 16, 8, 8)
+    calls = []
+    decode = q.dequantized_weight
+    q.dequantized_weight = lambda: calls.append(1) or decode()
+    with torch.no_grad():
+        y0 = q(x)
+        assert torch.equal(q(x), y0) and len(calls) == 1  # the second call reuses the decoded weight
+        q.codebook.mul_(2.0)  # an in-place change of the codebook: decoded again, and used
+        bias = q.bias[None, :, None, None]
+        torch.testing.assert_close(q(x), 2.0 * (y0 - bias) + bias, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 2
+        q.load_state_dict(copy.deepcopy(q.state_dict()))  # copied into the same storage: version bumps
+        q(x)
+        assert len(calls) == 3
+    assert "_dense_cache" not in q.state_dict()
+    big = ck.CodebookConv2d.from_float(torch.nn.Conv2d(128, 64, 3, padding=1), bits=4).eval()
+    big_calls = []
+    big_decode = big.dequantized_weight
+    big.dequantized_weight = lambda: big_calls.append(1) or big_decode()
+    with torch.no_grad():
+        for _ in range(2):
+            big(rand_x(2, 128, 12, 12))
+    assert len(big_calls) == 2  # a large layer decodes per call: its memory stays the packed indices
 
 
 def test_module_codebook_gradient_is_the_sum_of_member_gradients():

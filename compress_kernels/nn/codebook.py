@@ -240,34 +240,57 @@ class CodebookConv2d(_CodebookBase):
             return F.conv2d(x.float(), self.reconstructed_weight(), self.bias, self.stride, self.padding,
                             self.dilation, self.groups).to(x.dtype)
         if self.uses_dense_conv(x):
-            return F.conv2d(x.float(), self.dequantized_weight().to(x.device), self.bias, self.stride, self.padding,
-                            self.dilation, self.groups).to(x.dtype)
+            y = F.conv2d(x if x.dtype == torch.float32 else x.float(), self._dense_weight(), self.bias, self.stride,
+                         self.padding, self.dilation, self.groups)
+            return y if y.dtype == x.dtype else y.to(x.dtype)
         y = ops.codebook_conv2d(x.float(), self.packed_idx, self.effective_codebook(), self.bits, self.bias,
                                 self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         return y.to(x.dtype)
 
-    # The evaluation forward decodes the weight once per call (codebook_decode, about 0.5 ns per weight)
-    # and runs torch's dense conv instead of the fused codebook kernel (im2col + lookup matmul) from
-    # DENSE_CONV_MIN_PIXELS output pixels (batch x OH x OW) on, or at any size when the weight has at most
-    # DENSE_CONV_MAX_WEIGHTS values (its decode then costs a few microseconds). Measured (Sapphire Rapids,
-    # 2 threads, batch 1, 3x3 convs, fused / decode + conv / fp32 us): 8 -> 8 @ 32x32 106 / 48 / 30;
-    # 16 -> 16 @ 16x16 83 / 46 / 26; 32 -> 32 @ 8x8 61 / 46 / 23; 64 -> 64 @ 4x4 53 / 65 / 25;
+    # The evaluation forward runs torch's dense conv on the decoded weight instead of the fused codebook kernel
+    # (im2col + lookup matmul) for a layer of at most DENSE_CACHE_MAX_WEIGHTS values at any size, and for a
+    # larger one from DENSE_CONV_MIN_PIXELS output pixels (batch x OH x OW) on. The small layer keeps its decoded
+    # weight between evaluation calls (256 KiB in fp32 at most): at batch 1 its decode and the glue around it cost
+    # as much as its conv. A larger layer keeps only its packed indices (bits / 32 of the fp32 bytes) and decodes
+    # per call (codebook_decode, about 0.5 ns per weight), which pays only next to a large conv. Measured
+    # (Sapphire Rapids, 2 threads, batch 1, 3x3 convs, fused / decode + conv / fp32 us): 8 -> 8 @ 32x32
+    # 106 / 48 / 30; 16 -> 16 @ 16x16 83 / 46 / 26; 32 -> 32 @ 8x8 61 / 46 / 23; 64 -> 64 @ 4x4 53 / 65 / 25;
     # 128 -> 128 @ 16x16 537 / 383 / 304; 256 -> 256 @ 8x8 471 / 634 / 389; 512 -> 512 @ 4x4 402 / 1109 / 396.
+    # The cache is keyed on the version counters and storage of the codebook, zero mask and packed indices, so
+    # any change to them (a fine-tuning step, load_state_dict, .to()) decodes again; it is not module state (not
+    # in the state dict) and is not used while compiling.
     DENSE_CONV_MIN_PIXELS = 256
-    DENSE_CONV_MAX_WEIGHTS = 16384
+    DENSE_CACHE_MAX_WEIGHTS = 65536
+
+    def _dense_weight(self) -> torch.Tensor:
+        """dequantized_weight(), cached for small layers (DENSE_CACHE_MAX_WEIGHTS)."""
+        if self.out_channels_ * self.depth_ > self.DENSE_CACHE_MAX_WEIGHTS or torch.compiler.is_compiling():
+            return self.dequantized_weight()
+        # (read from the module's dicts directly: nn.Module.__getattr__ would cost more than the check itself)
+        cb, zm, pk = self._parameters["codebook"], self._buffers["zero_mask"], self._buffers["packed_idx"]
+        try:
+            key = (cb._version, cb.data_ptr(), zm._version, zm.data_ptr(), pk._version, pk.data_ptr())
+        except RuntimeError:  # inference-mode tensors have no version counter: no cache
+            return self.dequantized_weight()
+        cached = self.__dict__.get("_dense_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.dequantized_weight())
+            self.__dict__["_dense_cache"] = cached
+        return cached[1]
 
     def uses_dense_conv(self, x: torch.Tensor) -> bool:
-        """Whether forward(x) (evaluation) decodes the weight and runs F.conv2d: on the CPU from
-        DENSE_CONV_MIN_PIXELS output pixels on, or for a weight of at most DENSE_CONV_MAX_WEIGHTS values.
+        """Whether forward(x) (evaluation) runs F.conv2d on the decoded weight: on the CPU for a weight of at
+        most DENSE_CACHE_MAX_WEIGHTS values (decoded once), else from DENSE_CONV_MIN_PIXELS output pixels on.
         Its result is then exactly F.conv2d(x, dequantized_weight(), bias, ...) (torch's fp32 conv, within
         fp32 rounding of reference.codebook_conv2d like the fused kernel, but not bit-identical to it);
         otherwise the codebook_conv2d op's bits."""
         if x.is_cuda or x.dim() != 4:
             return False
+        if self.out_channels_ * self.depth_ <= self.DENSE_CACHE_MAX_WEIGHTS:
+            return True
         oh = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         ow = (x.shape[3] + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        return (x.shape[0] * oh * ow >= self.DENSE_CONV_MIN_PIXELS
-                or self.out_channels_ * self.depth_ <= self.DENSE_CONV_MAX_WEIGHTS)
+        return x.shape[0] * oh * ow >= self.DENSE_CONV_MIN_PIXELS
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
