@@ -19,8 +19,8 @@ namespace {
 // the block's rows is one masked 64-byte load (ck/bitpack.h interleaves the block's rows), index j of it a
 // variable shift and a mask. The two indices of a pair become the halves of one dword; when the block's
 // columns share one codebook of at most 32 entries, one vpermw looks both up (and for 1-5 bits whole words go
-// at once, one vpmultishiftqb per pair); otherwise each lane gathers from its own codebook (the glue pads the codebook by two entries, so a 4-byte gather at the last entry
-// stays inside it).
+// at once, one vpmultishiftqb per pair); otherwise each lane gathers from its own codebook (the glue pads the
+// codebook by two entries, so a 4-byte gather at the last entry stays inside it).
 struct Avx512CodebookDecode {
   static void block(const CodebookBf16Args& a, int64_t n0, int cols, int64_t chunks, uint8_t* dst) {
     const int bits = a.bits;
