@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bf16.h"
 #include "ck/bitpack.h"
 #include "dispatch.h"
 #include "int8_gemm.h"
@@ -101,14 +102,6 @@ void codebook_decode_rows(const uint32_t* packed, int64_t n, int64_t k, int bits
 // (subnormals flushed) and runs the fp32 kernel above on the rounded codebook: the same products, a
 // plain fmaf chain. Both are within (K + 2) * 2^-24 * sum_k |x c| (+ K * 2^-126 for flushed partial
 // sums) of the exact sum before the final rounding to bf16.
-// fp32 -> bf16 bits, nearest even (overflow to +-Inf); every NaN becomes the quiet NaN 0x7FC0.
-inline uint16_t bf16_round_nearest_even(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
 struct CodebookBf16Args {
   const uint16_t* x = nullptr;  // [m, k] bf16 bits, row stride ldx (elements)
   int64_t m = 0, k = 0, ldx = 0;

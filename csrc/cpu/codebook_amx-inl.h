@@ -69,7 +69,7 @@ struct ScalarBf16Output {
         float acc;
         std::memcpy(&acc, &sums[r * ld + j], 4);
         if (bias != nullptr) acc = acc + bias[c.n0 + j];
-        out[(m0 + r) * a.out_stride() + c.n0 + j] = bf16_round_nearest_even(acc);
+        out[(m0 + r) * a.out_stride() + c.n0 + j] = float_to_bf16(acc);
       }
     }
   }

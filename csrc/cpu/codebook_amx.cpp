@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "amx_hardware_tiles-inl.h"
+#include "bf16_avx512-inl.h"
 #include "codebook_amx-inl.h"
 
 namespace ck::cpu {
@@ -93,7 +94,7 @@ struct Avx512CodebookDecode {
   }
 };
 
-// out = bf16(acc + bias[n]), 16 columns per vector: bf16_round_nearest_even on integer lanes.
+// out = bf16(acc + bias[n]), 16 columns per vector (store_bf16_lanes).
 struct Avx512Bf16Output {
   using Columns = ScalarBf16Output::Columns;
   static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) {
@@ -101,8 +102,6 @@ struct Avx512Bf16Output {
   }
   static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
     uint16_t* out = static_cast<uint16_t*>(a.out);
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    const __m512i round = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), qnan = _mm512_set1_epi32(0x7fc0);
     for (int j0 = 0; j0 < c.cols; j0 += 16) {
       const int count = c.cols - j0 < 16 ? c.cols - j0 : 16;
       const __mmask16 valid = static_cast<__mmask16>(count == 16 ? 0xffff : (1u << count) - 1u);
@@ -111,11 +110,7 @@ struct Avx512Bf16Output {
       for (int r = 0; r < mr; ++r) {
         __m512 acc = _mm512_castsi512_ps(_mm512_loadu_si512(sums + r * ld + j0));
         if (a.bias_f != nullptr) acc = _mm512_add_ps(acc, bias);
-        const __m512i bits = _mm512_castps_si512(acc);
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, abs_mask), inf);
-        __m512i y = _mm512_add_epi32(_mm512_add_epi32(bits, round), _mm512_and_si512(_mm512_srli_epi32(bits, 16), one));
-        y = _mm512_mask_mov_epi32(_mm512_srli_epi32(y, 16), nan, qnan);
-        _mm256_mask_storeu_epi16(out + (m0 + r) * a.out_stride() + c.n0 + j0, valid, _mm512_cvtepi32_epi16(y));
+        store_bf16_lanes(out + (m0 + r) * a.out_stride() + c.n0 + j0, acc, valid);
       }
     }
   }

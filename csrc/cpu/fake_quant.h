@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bf16.h"
 #include "dispatch.h"
 
 namespace ck::cpu {
@@ -138,15 +139,6 @@ inline float bits_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
-}
-
-inline float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
-
-// Round to nearest even; NaN -> 0x7FC0 (c10::BFloat16's round_to_nearest_even).
-inline uint16_t float_to_bf16(float f) {
-  if (f != f) return 0x7FC0;
-  const uint32_t u = float_bits(f);
-  return static_cast<uint16_t>((u + ((u >> 16) & 1u) + 0x7FFFu) >> 16);
 }
 
 // IEEE binary16 <-> binary32 (the FP16 library's bit tricks, as c10::Half), round to nearest even;

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "avx512_lane_mask-inl.h"
+#include "bf16_avx512-inl.h"
 #include "fake_quant_loops.h"
 
 namespace ck::cpu {
@@ -43,15 +44,10 @@ template <>
 inline void store<FqDtype::kFloat32>(void* base, int64_t i, __m512 v, __mmask16 m) {
   _mm512_mask_storeu_ps(static_cast<float*>(base) + i, m, v);
 }
-// Round to nearest even as float_to_bf16: (u + 0x7FFF + ((u >> 16) & 1)) >> 16, NaN -> 0x7FC0.
+// float_to_bf16 on 16 lanes.
 template <>
 inline void store<FqDtype::kBFloat16>(void* base, int64_t i, __m512 v, __mmask16 m) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i bias =
-      _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7FFF));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(base) + i, m, _mm512_cvtepi32_epi16(r));
+  store_bf16_lanes(static_cast<uint16_t*>(base) + i, v, m);
 }
 // vcvtps2ph rounds to nearest even like float_to_fp16; NaNs are made canonical (sign | 0x7E00) as
 // float_to_fp16 does, instead of keeping the payload.

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bf16.h"
 #include "ck/sparse24.h"
 #include "dispatch.h"
 #include "requantize.h"
@@ -234,20 +235,6 @@ inline int64_t sparse24_bf16_packed_halves(int64_t n, int64_t k) { return (n + 1
 void sparse24_bf16_pack(const uint16_t* values, const uint8_t* meta, int64_t n, int64_t k, uint16_t* out);
 // Reads K and N back from the trailer; both 0 when the size does not match (callers reject).
 void sparse24_bf16_packed_shape(const uint16_t* packed, int64_t halves, int64_t* n, int64_t* k);
-
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-// Round to nearest even; every NaN -> 0x7FC0.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 struct Sparse24Bf16Args {
   const uint16_t* x = nullptr;  // bf16 [m, k], row stride ldx

@@ -20,6 +20,8 @@
 #include <cstring>
 #include <memory>
 
+#include "bf16_avx512-inl.h"
+
 namespace ck::cpu {
 namespace {
 
@@ -59,15 +61,9 @@ inline void pair_controls(const uint8_t* meta16, __m512i* group0, __m512i* group
                                       _mm512_set1_epi32(0x09080908), 0xEA);
 }
 
-// Round to nearest even, NaN -> 0x7FC0 (float_to_bf16 on 16 lanes), stored to the first `count`.
+// float_to_bf16 on 16 lanes, stored to the first `count`.
 inline void store_bf16(uint16_t* out, __m512 y, int64_t count) {
-  const __m512i u = _mm512_castps_si512(y);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
-  const __mmask16 lanes = static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1);
-  _mm256_mask_storeu_epi16(out, lanes, _mm512_cvtepi32_epi16(r));
+  store_bf16_lanes(out, y, static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1));
 }
 
 // MR rows (1..8) x NV blocks of 16 columns (1..2) from column n0. kExpanded: `controls` holds the

@@ -114,7 +114,7 @@ at::Tensor codebook_linear_bf16(const at::Tensor& x, const at::Tensor& packed_id
     at::Tensor y = at::empty(y32.sizes(), y32.options().dtype(at::kBFloat16));
     const float* src = y32.data_ptr<float>();
     uint16_t* dst = reinterpret_cast<uint16_t*>(y.data_ptr());
-    for (int64_t i = 0; i < y32.numel(); ++i) dst[i] = cpu::bf16_round_nearest_even(src[i]);
+    for (int64_t i = 0; i < y32.numel(); ++i) dst[i] = cpu::float_to_bf16(src[i]);
     return y;
   }
   const at::Tensor table = bf16_flushed(codebook, 2);  // two more entries: see Avx512CodebookDecode
