@@ -480,6 +480,22 @@ def sparse24_bf16_linear(x, values, meta, bias=None):
     return torch.where(acc.isnan(), torch.tensor(0x7FC0, dtype=torch.int16).view(torch.bfloat16), out)
 
 
+def sparse24_bf16_linear_exact(x, values, meta, bias=None):
+    """The bf16 2:4 product's exact sum before its final rounding, in float64 (bf16 subnormals in x and the
+    values read as 0): what the tile path (sparse24.h, "bf16 on tiles") is within sparse24_bf16_linear_bound of."""
+    w = sparse24_decompress(_flush_denormals(values.float()), meta).double()
+    y = _flush_denormals(x.float()).double() @ w.T
+    return y + bias.double() if bias is not None else y
+
+
+def sparse24_bf16_linear_bound(x, values, meta):
+    """(K + 2) * 2^-24 * sum_k |x w| + K * 2^-126: the stated bound of every bf16 2:4 path's fp32 sum (the per-value
+    steps of sparse24_bf16_linear and the tile path's tdpbf16ps chains) around sparse24_bf16_linear_exact."""
+    k = x.shape[1]
+    w = sparse24_decompress(_flush_denormals(values.float()), meta).double().abs()
+    return (k + 2) * 2.0 ** -24 * (_flush_denormals(x.float()).double().abs() @ w.T) + k * 2.0 ** -126
+
+
 def sparse24_int8_linear(x, x_zero_point, values, meta, bias, m0, shift, out_zero_point, qmin, qmax,
                          out_dtype, rounding="double"):
     """int8_linear with the weight sparse24_decompress(values, meta)."""

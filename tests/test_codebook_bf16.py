@@ -149,3 +149,34 @@ def test_bf16_x_still_needs_an_fp32_codebook_and_bias():
         OPS.codebook_linear(x, packed, codebook, 4, bias.bfloat16())
     with pytest.raises(RuntimeError, match="codebook_linear: x must be Float or BFloat16, got Half"):
         OPS.codebook_linear(x.half(), packed, codebook, 4, bias)
+
+
+# (k, x, codebook index) of the probes of tdpbf16ps's order (amx_tiles.h, EmulatedTiles::dot_bf16), with the entries
+# 1, 2^-12 and 2^-30: products 1, 2^-24 and 2^-60 (x of 1 or -1 picks 1 or -1).
+TDPBF16PS_PROBES = [
+    # the even chain loses 2^-24 to 1 + 2^-24 = 1 and cancels; the odd chain keeps 2^-60
+    ([(0, 1.0, 1), (2, 2.0 ** -12, 2), (3, 2.0 ** -30, 3), (4, -1.0, 1)], 2.0 ** -60),
+    ([(1, 1.0, 1), (2, 2.0 ** -12, 2), (5, -1.0, 1)], 2.0 ** -24),  # 1 and -1 cancel in the odd chain
+    ([(0, 1.0, 1), (2, 2.0 ** -12, 2), (4, -1.0, 1)], 0.0),  # one chain, in pair order
+    ([(0, 2.0 ** -12, 2), (16, 1.0, 1), (30, -1.0, 1)], 0.0),
+    ([(0, 1.0, 1), (2, -1.0, 1), (4, 2.0 ** -12, 2)], 2.0 ** -24),
+    # 1 from the first 32 k, then 2^-24 on each chain (summed first: 2^-23), then -1 in the third 32 k
+    ([(0, 1.0, 1), (32, 2.0 ** -12, 2), (33, 2.0 ** -12, 2), (64, -1.0, 1)], 2.0 ** -23),
+]
+
+
+@pytest.mark.parametrize("probe, want", TDPBF16PS_PROBES)
+def test_tile_model_follows_tdpbf16ps_order(probe, want):
+    """Cancellations that expose the order of tdpbf16ps's additions: the scalar model gives the value the
+    instruction gave on Sapphire Rapids (and the hardware the same, where the CPU has it)."""
+    k = 96
+    idx = torch.zeros(16, k, dtype=torch.uint8)
+    x = torch.zeros(8, k)
+    for kk, xv, iv in probe:
+        idx[:, kk], x[:, kk] = iv, xv
+    codebook = torch.tensor([[0.0, 1.0, 2.0 ** -12, 2.0 ** -30]])
+    packed = ck.codebook_pack(idx, 2)
+    for isa in [name for name in ISAS if name.startswith("amx")]:
+        with ck.force_cpu_isa(isa):
+            y = OPS.codebook_linear(x.bfloat16(), packed, codebook, 2, None)
+        assert bool((y.float() == want).all()), (isa, float(y[0, 0]), want)

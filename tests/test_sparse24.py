@@ -8,7 +8,7 @@ import torch
 
 import compress_kernels as ck
 from compress_kernels import reference as ref
-from compress_kernels.testing import random_24, run_on_every_isa
+from compress_kernels.testing import ISAS, random_24, run_on_every_isa
 
 OPS = torch.ops.compress_kernels
 SHAPES = [  # (M, N, K): row tails (M % 16, M % 48), column tails (N % 8, N % 16, N % 256), K % 8 == 4
@@ -123,6 +123,31 @@ def test_sparse24_linear_matches_reference(m, n, k, bias):
     assert torch.allclose(got, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)
 
 
+# bf16 from TILE_MIN_ROWS rows runs on tiles on the tile tiers (sparse24.h, "bf16 on tiles"): other roundings than
+# the vector tiers' exact model, within the stated bound, the amx tier equal to its scalar model.
+TILE_MIN_ROWS = 8
+TILE_ISAS = [name for name in ISAS if name.startswith("amx")]
+VECTOR_ISAS = [name for name in ISAS if not name.startswith("amx")]
+
+
+def _same_on(isas, fn, *args):
+    """fn(*args) under each path of isas; asserts they all give the same bits and returns the first."""
+    results = []
+    for name in isas:
+        with ck.force_cpu_isa(name):
+            results.append(fn(*args))
+    for name, r in zip(isas[1:], results[1:], strict=True):
+        assert torch.equal(results[0].view(torch.int16) if r.dtype == torch.bfloat16 else results[0],
+                           r.view(torch.int16) if r.dtype == torch.bfloat16 else r), f"{name} differs from {isas[0]}"
+    return results[0]
+
+
+def _within_bf16_bound(got, x, values, meta, bias=None):
+    exact = ref.sparse24_bf16_linear_exact(x, values, meta, bias)
+    bound = ref.sparse24_bf16_linear_bound(x, values, meta) + 2.0 ** -8 * exact.abs()  # + the bf16 rounding
+    return bool(((got.double() - exact).abs() <= bound).all())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sparse24_linear_is_independent_of_threads_and_strides(dtype):
     w = random_24(300, 256, dtype, seed=1)
@@ -130,13 +155,15 @@ def test_sparse24_linear_is_independent_of_threads_and_strides(dtype):
     packed = ck.sparse24_bf16_pack(values, meta) if dtype == torch.bfloat16 else ck.sparse24_f32_pack(values, meta)
     x = torch.randn(200, 512).to(dtype)[:, ::2]  # non-contiguous rows
     threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run_on_every_isa(ck.sparse24_linear, x, packed, meta, None)
-    finally:
-        torch.set_num_threads(threads)
     bits = (lambda t: t.view(torch.int16)) if dtype == torch.bfloat16 else (lambda t: t)
-    assert torch.equal(bits(run_on_every_isa(ck.sparse24_linear, x.contiguous(), packed, meta, None)), bits(one))
+    # bf16 at 200 rows: the vector tiers share one model, the tile tiers (sparse24.h, "bf16 on tiles") another
+    for isas in ([ISAS] if dtype == torch.float32 else [VECTOR_ISAS, TILE_ISAS]):
+        try:
+            torch.set_num_threads(1)
+            one = _same_on(isas, ck.sparse24_linear, x, packed, meta, None)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(bits(_same_on(isas, ck.sparse24_linear, x.contiguous(), packed, meta, None)), bits(one))
     x_rows = torch.randn(200, 300).to(dtype)[:, 20:276]  # rows with a stride > K: read in place
     assert torch.equal(bits(ck.sparse24_linear(x_rows, packed, meta, None)),
                        bits(ck.sparse24_linear(x_rows.contiguous(), packed, meta, None)))
@@ -158,12 +185,18 @@ def test_sparse24_bf16_linear_is_exact(m, n, k, bias):
     b = torch.randn(n, generator=g).bfloat16() if bias else None
     values, meta = ck.sparse24_compress(w)
     packed = ck.sparse24_bf16_pack(values, meta)
-    got = run_on_every_isa(ck.sparse24_linear, x, packed, meta, b)
+    got = _same_on(ISAS if m < TILE_MIN_ROWS else VECTOR_ISAS, ck.sparse24_linear, x, packed, meta, b)
     assert got.dtype == torch.bfloat16 and got.shape == (m, n)
     assert torch.equal(_bits(got), _bits(ref.sparse24_bf16_linear(x, values, meta, b)))  # the exact model
-    assert torch.equal(_bits(ck.sparse24_linear(x, values, meta, b)), _bits(got))  # unpacked values: same bits
-    if bias:  # an fp32 bias of the same values: same bits
-        assert torch.equal(_bits(ck.sparse24_linear(x, packed, meta, b.float())), _bits(got))
+    with ck.force_cpu_isa(VECTOR_ISAS[-1]):
+        assert torch.equal(_bits(ck.sparse24_linear(x, values, meta, b)), _bits(got))  # unpacked values: same bits
+        if bias:  # an fp32 bias of the same values: same bits
+            assert torch.equal(_bits(ck.sparse24_linear(x, packed, meta, b.float())), _bits(got))
+    if m >= TILE_MIN_ROWS:  # the tile path: hardware = model, within the bound, same bits unpacked
+        tiles = _same_on(TILE_ISAS, ck.sparse24_linear, x, packed, meta, b)
+        assert tiles.dtype == torch.bfloat16 and _within_bf16_bound(tiles, x, values, meta, b)
+        with ck.force_cpu_isa("amx_emulated"):
+            assert torch.equal(_bits(ck.sparse24_linear(x, values, meta, b)), _bits(tiles))
     want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
     # one bf16 rounding (2^-9 relative) plus the fp32 accumulation
     assert ((got.double() - want).abs()
@@ -173,7 +206,8 @@ def test_sparse24_bf16_linear_is_exact(m, n, k, bias):
 def test_sparse24_bf16_tininess_after_rounding():
     """Sums next to 2^-126 (odd product -+2^-126, then an even product p): x86 FTZ flushes a sum
     whose value rounded with an unbounded exponent is below 2^-126, so -2^-126 + 2^-150 -> -0 but
-    -2^-126 + 2^-151 (a tie, rounds to 2^-126) stays -2^-126. Every path equals the exact model."""
+    -2^-126 + 2^-151 (a tie, rounds to 2^-126) stays -2^-126. Every vector path equals the exact model (8 rows:
+    the tile path accumulates as tdpbf16ps does, see test_sparse24_bf16_tiles_special_values)."""
     ps = [2.0 ** -150, 1.5 * 2.0 ** -151, 2.0 ** -151, 2.0 ** -152, 1.5 * 2.0 ** -150, -(2.0 ** -150), 2.0 ** -149, 0.0]
     x = torch.zeros(len(ps), 4, dtype=torch.float64)  # one group: no later +0 products turn -0 into +0
     x[:, 1] = 2.0 ** -63
@@ -183,7 +217,7 @@ def test_sparse24_bf16_tininess_after_rounding():
     w[:, 0] = 2.0 ** -75
     w[0, 1], w[1, 1] = -(2.0 ** -63), 2.0 ** -63  # odd product -2^-126 (column 0), +2^-126 (column 1)
     values, meta = ck.sparse24_compress(w.bfloat16())
-    got = run_on_every_isa(lambda *a: _bits(ck.sparse24_linear(*a)), x, ck.sparse24_bf16_pack(values, meta), meta, None)
+    got = _bits(_same_on(VECTOR_ISAS, ck.sparse24_linear, x, ck.sparse24_bf16_pack(values, meta), meta, None))
     assert torch.equal(got, _bits(ref.sparse24_bf16_linear(x, values, meta)))
     neg_min, neg_zero = -0x7F80, -0x8000  # 0x8080 (-2^-126) and 0x8000 (-0.0) as int16
     assert got[:, 0].tolist() == [neg_zero, neg_zero, neg_min, neg_min, neg_zero, neg_min, neg_zero, neg_min]
@@ -192,7 +226,8 @@ def test_sparse24_bf16_tininess_after_rounding():
 
 def test_sparse24_bf16_special_values():
     """Denormal inputs (read as 0), denormal partial sums (flushed to 0), infinities, NaN (-> 0x7FC0),
-    signed zeros, overflow: every path equals the exact model bit for bit."""
+    signed zeros, overflow: every vector path equals the exact model bit for bit (19 rows: the tile path is
+    test_sparse24_bf16_tiles_special_values)."""
     n, k, m = 40, 36, 19
     g = torch.Generator().manual_seed(5)
     w = random_24(n, k, torch.bfloat16, seed=3)
@@ -208,10 +243,36 @@ def test_sparse24_bf16_special_values():
     b = torch.randn(n, generator=g)
     b[0] = -0.0
     for bias in (None, b):
-        got = run_on_every_isa(lambda *a: _bits(ck.sparse24_linear(*a)), x, ck.sparse24_bf16_pack(values, meta), meta,
-                               bias)
+        got = _bits(_same_on(VECTOR_ISAS, ck.sparse24_linear, x, ck.sparse24_bf16_pack(values, meta), meta, bias))
         assert torch.equal(got, _bits(ref.sparse24_bf16_linear(x, values, meta, bias)))
     assert (got == 0x7FC0).any() and (got.view(torch.bfloat16).isinf()).any()
+
+
+def test_sparse24_bf16_tiles_special_values():
+    """The tile path on the inputs above: a row with an infinity or a NaN gives NaN (0x7FC0) or an infinity in
+    its own row only, overflow gives infinities, denormal inputs and partial sums count as 0 (within the bound),
+    and the hardware equals the scalar model bit for bit."""
+    n, k, m = 40, 36, 19
+    g = torch.Generator().manual_seed(5)
+    w = random_24(n, k, torch.bfloat16, seed=3)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    tiny = torch.tensor([1e-39, -3e-39, 2.0 ** -126, -(2.0 ** -126)]).bfloat16()
+    x.view(-1)[::7] = tiny.repeat(x.numel() // 28 + 1)[: x.view(-1)[::7].numel()]
+    x[1] = 2.0 ** -70
+    x[2, :8] = torch.tensor([float("inf"), 1, float("-inf"), 0, float("nan"), 1, 3e38, 3e38]).bfloat16()
+    x[3] = -0.0
+    x[4] = 3e38
+    values, meta = ck.sparse24_compress(w)
+    values.view(-1)[::5] = torch.tensor(-1e-39).bfloat16()
+    b = torch.randn(n, generator=g)
+    for bias in (None, b):
+        got = _same_on(TILE_ISAS, ck.sparse24_linear, x, ck.sparse24_bf16_pack(values, meta), meta, bias)
+        finite_rows = [r for r in range(m) if r not in (2, 4)]
+        assert _within_bf16_bound(got[finite_rows], x[finite_rows], values, meta, bias)
+        row2 = _bits(got[2])
+        assert bool(((row2 == 0x7FC0) | got[2].isinf()).all()) and bool((row2 == 0x7FC0).any())
+        assert bool((got[4].isinf() | (_bits(got[4]) == 0x7FC0)).all()) and bool(got[4].isinf().any())
+        assert not bool(got[finite_rows].isnan().any())
 
 
 # ---------------------------------------------------------------- int8 linear

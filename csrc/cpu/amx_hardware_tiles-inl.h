@@ -1,6 +1,7 @@
-// Included by int8_gemm_amx.cpp, sparse24_amx.cpp, int4_amx.cpp and codebook_amx.cpp only (amx tier: target
-// avx512f/bw/vl/dq/vnni + amx-tile/int8/bf16). The tile interface of amx_tiles.h on the real AMX instructions. Include
-// only from translation units that the AMX tier compiles for AMX; everything here has internal linkage.
+// Included by int8_gemm_amx.cpp, sparse24_amx.cpp, int4_amx.cpp, codebook_amx.cpp and sparse24_bf16_amx.cpp only (amx
+// tier: target avx512f/bw/vl/dq/vnni + amx-tile/int8/bf16). The tile interface of amx_tiles.h on the real AMX
+// instructions. Include only from translation units that the AMX tier compiles for AMX; everything here has internal
+// linkage.
 //
 // Written as inline assembly (AT&T operand order: sources first) rather than with GCC's
 // _tile_* macros, which stringify their tile-number argument (a template parameter would become

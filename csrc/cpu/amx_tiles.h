@@ -19,6 +19,7 @@
 // other tails are padded copies, never narrower tiles, so one ldtilecfg per call serves.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -111,10 +112,18 @@ struct EmulatedTiles {
   static void dot_ss() {
     dot_int8<C, A, B, true>();
   }
-  // tdpbf16ps, as probed on Sapphire Rapids: bf16 inputs with subnormals read as zero (DAZ); per
-  // pair p in order, C[m][n] = ftz(C[m][n] + ftz(RN(A[m][2p] * B[p][2n] + A[m][2p+1] * B[p][2n+1]))):
-  // the two exact products summed and rounded to fp32 once, then added; ftz flushes a subnormal
-  // result to a zero of its sign.
+  // tdpbf16ps, as probed on Sapphire Rapids (bf16 inputs with subnormals read as zero, DAZ): per output,
+  // the instruction keeps two chains, one over the even elements of the pairs and one over the odd, each
+  // starting at +0 and adding its products in pair order with one rounding per add, sums them, and adds
+  // that to the accumulator:
+  //   e = o = +0; for each pair p in order: e = ftz(RN(e + A[m][2p] B[p][2n])), o = ftz(RN(o + A[m][2p+1] B[p][2n+1]))
+  //   C[m][n] = ftz(RN(C[m][n] + ftz(RN(e + o))))
+  // (products exact, RN to fp32 from the exact sum, ftz flushing a subnormal result to a zero of its sign).
+  // Probes that fix the order, on k = 0..63 with C = 0 (pair p holds k = 2p, 2p + 1): 1 at k 0, 2^-24 at k 2,
+  // 2^-60 at k 3, -1 at k 4 gives 2^-60 (the even chain loses 2^-24 to 1 + 2^-24 = 1, the odd chain keeps
+  // 2^-60); 1 at k 1 (odd), 2^-24 at k 2, -1 at k 5 gives 2^-24; with C = 1 from an earlier instruction, 2^-24
+  // at an even and an odd k then -1 in a later instruction gives 2^-23 (e + o is summed before C). A model
+  // that rounds each pair's two products together, or one chain in k order, gives 0 in all three.
   static float bf16_daz(const uint8_t* p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
@@ -131,6 +140,17 @@ struct EmulatedTiles {
     std::memcpy(&v, &bits, 4);
     return v;
   }
+  static double exact_product(float a, float b) { return static_cast<double>(a) * b; }  // 8-bit significands
+  // RN(x + y) to fp32 for doubles x, y that are fp32 values or exact products: the double sum s is off by
+  // err (TwoSum), and a nonzero err moves s one double ulp towards it, which changes the rounding to fp32
+  // only where s is a tie: the rounding of the exact sum, with the exponent range of fp32 only at the end.
+  static float round_sum(double x, double y) {
+    double s = x + y;
+    const double t = s - x;
+    const double err = (x - (s - t)) + (y - t);
+    if (err != 0.0 && std::isfinite(s)) s = std::nextafter(s, err > 0 ? HUGE_VAL : -HUGE_VAL);
+    return static_cast<float>(s);
+  }
   template <int C, int A, int B>
   static void dot_bf16() {
     State& s = state();
@@ -139,12 +159,14 @@ struct EmulatedTiles {
       for (int n = 0; n < n_cols; ++n) {
         float acc;
         std::memcpy(&acc, &s.tile[C][m][4 * n], 4);
+        float even = 0.0f, odd = 0.0f;
         for (int p = 0; p < pairs; ++p) {
           const float a0 = bf16_daz(&s.tile[A][m][4 * p]), a1 = bf16_daz(&s.tile[A][m][4 * p + 2]);
           const float b0 = bf16_daz(&s.tile[B][p][4 * n]), b1 = bf16_daz(&s.tile[B][p][4 * n + 2]);
-          const float pair = a0 * b0 + a1 * b1;  // exact products (8-bit significands), one rounding
-          acc = ftz(acc + ftz(pair));
+          even = ftz(round_sum(even, exact_product(a0, b0)));
+          odd = ftz(round_sum(odd, exact_product(a1, b1)));
         }
+        acc = ftz(acc + ftz(even + odd));
         std::memcpy(&s.tile[C][m][4 * n], &acc, 4);
       }
     }

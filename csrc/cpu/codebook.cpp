@@ -4,7 +4,6 @@
 #include <cmath>
 #include <vector>
 
-#include "amx_tiles.h"
 #include "dispatch.h"
 
 namespace ck::cpu {
@@ -117,21 +116,6 @@ void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& pla
 const CodebookKernels codebook_kernels_portable = {&codebook_linear_run_portable};
 
 bool codebook_bf16_uses_tiles(int64_t m) { return (enabled_tiers() & kTileTiers) != 0 && m >= 8; }
-
-Int8GemmPlan codebook_bf16_plan(int64_t m, int64_t n, int64_t threads) {
-  Int8GemmPlan plan;
-  plan.amx = true;
-  plan.panels = (n + kInt8PanelCols - 1) / kInt8PanelCols;
-  // Every task decodes its panel (K x 64 weights) once, so rows are split only as far as it takes to
-  // give each thread two tasks.
-  const int64_t row_pairs = std::max<int64_t>((m + 2 * kAmxTileRows - 1) / (2 * kAmxTileRows), 1);
-  const int64_t target_tasks = 2 * std::max<int64_t>(threads, 1);
-  const int64_t chunks =
-      plan.panels >= target_tasks ? 1 : std::min(row_pairs, (target_tasks + plan.panels - 1) / plan.panels);
-  plan.chunk_rows = (row_pairs + chunks - 1) / chunks * 2 * kAmxTileRows;
-  plan.row_chunks = std::max<int64_t>((m + plan.chunk_rows - 1) / plan.chunk_rows, 1);
-  return plan;
-}
 
 void codebook_bf16_run(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   codebook_bf16_tiers.active().run(args, plan, task_begin, task_end);

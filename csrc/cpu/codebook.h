@@ -97,8 +97,8 @@ void codebook_decode_rows(const uint32_t* packed, int64_t n, int64_t k, int bits
 // read as zero, the sum accumulated in fp32 and rounded once to bf16 (nearest even, NaN -> 0x7FC0).
 // On the tile tiers the weight of each 64-column panel is decoded once per task into bf16 B tiles in
 // per-thread scratch and multiplied with tdpbf16ps (the AMX int8 driver's blocking and tails); the
-// accumulation is then the instruction's: per k pair in order, acc = ftz(acc + ftz(RN(x0 c0 + x1 c1)))
-// (EmulatedTiles::dot_bf16), then acc + bias[n] in fp32. Without a tile tier the glue widens x to fp32
+// accumulation is then the instruction's (EmulatedTiles::dot_bf16: per 32 k, an even-k and an odd-k fp32 chain
+// summed into the accumulator), then acc + bias[n] in fp32. Without a tile tier the glue widens x to fp32
 // (subnormals flushed) and runs the fp32 kernel above on the rounded codebook: the same products, a
 // plain fmaf chain. Both are within (K + 2) * 2^-24 * sum_k |x c| (+ K * 2^-126 for flushed partial
 // sums) of the exact sum before the final rounding to bf16.
@@ -119,9 +119,6 @@ struct CodebookBf16Args {
 // M = 6: 1.4-1.55x vs 1.25-1.35x), the tiles from 8 rows (M = 8: 1.37x vs 1.11x), where the decode into bf16
 // tiles, a fixed cost per call, starts to pay.
 bool codebook_bf16_uses_tiles(int64_t m);
-// The task split of the tile kernel: panels of 64 columns (each decoded once per task), rows in as few
-// chunks as keep every thread busy.
-Int8GemmPlan codebook_bf16_plan(int64_t m, int64_t n, int64_t threads);
 void codebook_bf16_run(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
 
 struct CodebookBf16Kernels {

@@ -68,13 +68,13 @@ struct Avx512CodebookDecode {
         const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + (kk / per_word) * cols);
         for (int p = 0; p < pairs; ++p) {
           const __m512i idx = _mm512_and_si512(_mm512_multishift_epi64_epi8(pair_ctrl[p], w), pair_mask);
-          _mm512_storeu_si512(dst + codebook_bf16_offset(kk + 2 * p),
+          _mm512_storeu_si512(dst + amx_bf16_offset(kk + 2 * p),
                               _mm512_maskz_mov_epi32(lanes, _mm512_permutexvar_epi16(idx, table)));
         }
       }
     }
-    for (; kk < chunks * kCodebookBf16ChunkK; kk += 2) {
-      uint8_t* row = dst + codebook_bf16_offset(kk);
+    for (; kk < chunks * kAmxBf16ChunkK; kk += 2) {
+      uint8_t* row = dst + amx_bf16_offset(kk);
       __m512i pair = _mm512_setzero_si512();
       if (kk < a.k) {
         const bool odd = kk + 1 < a.k;
@@ -94,33 +94,11 @@ struct Avx512CodebookDecode {
   }
 };
 
-// out = bf16(acc + bias[n]), 16 columns per vector (store_bf16_lanes).
-struct Avx512Bf16Output {
-  using Columns = ScalarBf16Output::Columns;
-  static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) {
-    ScalarBf16Output::prepare(a, n0, cols, c);
-  }
-  static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
-    uint16_t* out = static_cast<uint16_t*>(a.out);
-    for (int j0 = 0; j0 < c.cols; j0 += 16) {
-      const int count = c.cols - j0 < 16 ? c.cols - j0 : 16;
-      const __mmask16 valid = static_cast<__mmask16>(count == 16 ? 0xffff : (1u << count) - 1u);
-      const __m512 bias =
-          a.bias_f != nullptr ? _mm512_maskz_loadu_ps(valid, a.bias_f + c.n0 + j0) : _mm512_setzero_ps();
-      for (int r = 0; r < mr; ++r) {
-        __m512 acc = _mm512_castsi512_ps(_mm512_loadu_si512(sums + r * ld + j0));
-        if (a.bias_f != nullptr) acc = _mm512_add_ps(acc, bias);
-        store_bf16_lanes(out + (m0 + r) * a.out_stride() + c.n0 + j0, acc, valid);
-      }
-    }
-  }
-};
-
 }  // namespace
 
 void codebook_bf16_run_amx(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
                            int64_t task_end) {
-  codebook_bf16_tasks<HardwareTiles, Avx512Bf16Output, Avx512CodebookDecode>(args, plan, task_begin, task_end);
+  codebook_bf16_tasks<HardwareTiles, Avx512Bf16Row, Avx512CodebookDecode>(args, plan, task_begin, task_end);
 }
 
 }  // namespace ck::cpu

@@ -77,6 +77,21 @@ Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k) {
   return plan;
 }
 
+Int8GemmPlan amx_bf16_plan(int64_t m, int64_t n, int64_t threads) {
+  Int8GemmPlan plan;
+  plan.amx = true;
+  plan.panels = (n + kInt8PanelCols - 1) / kInt8PanelCols;
+  // Every task decodes its panel (K x 64 weights) once, so rows are split only as far as it takes to
+  // give each thread two tasks.
+  const int64_t row_pairs = std::max<int64_t>((m + 2 * kAmxTileRows - 1) / (2 * kAmxTileRows), 1);
+  const int64_t target_tasks = 2 * std::max<int64_t>(threads, 1);
+  const int64_t chunks =
+      plan.panels >= target_tasks ? 1 : std::min(row_pairs, (target_tasks + plan.panels - 1) / plan.panels);
+  plan.chunk_rows = (row_pairs + chunks - 1) / chunks * 2 * kAmxTileRows;
+  plan.row_chunks = std::max<int64_t>((m + plan.chunk_rows - 1) / plan.chunk_rows, 1);
+  return plan;
+}
+
 void write_output(const Int8GemmArgs& a, int64_t m, int64_t n, int32_t acc) {
   const int64_t o = m * a.out_stride() + n;
   switch (a.kind) {

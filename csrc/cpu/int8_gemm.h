@@ -101,6 +101,9 @@ constexpr int64_t kAmxChunkBytes = 1 << 20;
 // k is the depth (int8_gemm_uses_amx, kAmxChunkBytes).
 Int8GemmPlan int8_gemm_plan(int64_t m, int64_t n, int64_t threads, int64_t k);
 
+// The task split of the AMX bf16 GEMMs on decoded weights (amx_bf16-inl.h): panels of 64 columns, each
+// decoded once per task, rows in as few chunks (of 32-row tile pairs) as give every thread two tasks.
+Int8GemmPlan amx_bf16_plan(int64_t m, int64_t n, int64_t threads);
 // Runs tasks [task_begin, task_end) on the kernel of the active tier (a tile tier only when
 // plan.amx).
 void int8_gemm_run(const Int8GemmArgs& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);

@@ -1,8 +1,8 @@
 // Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier), int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp
-// (amx_emulated tier: no target flags), sparse24_int8_amx-inl.h and codebook_amx-inl.h. The AMX GEMM driver, written
+// (amx_emulated tier: no target flags), sparse24_int8_amx-inl.h and amx_bf16-inl.h. The AMX GEMM driver, written
 // once against the tile interface of amx_tiles.h and compiled twice: on the tile instructions with an AVX-512 output
 // stage and on the scalar tile model with a scalar output stage. Int8 operands (tdpbusd / tdpbssd) or bf16 pairs
-// (tdpbf16ps, amx_bf16_tasks_with: the codebook's bf16 kernel).
+// (tdpbf16ps, amx_bf16_tasks_with: the bf16 kernels on decoded weights).
 //
 // Operands straight from memory, no repacking on the hot path:
 //   B (weights): a full 16-row block of the VNNI packed layout (int8_gemm.h) is already the B tile

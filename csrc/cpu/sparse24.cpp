@@ -339,4 +339,20 @@ void sparse24_bf16_run(const Sparse24Bf16Args& a, const Sparse24Bf16Plan& plan, 
   sparse24_bf16_tiers.active().run(a, plan, task_begin, task_end);
 }
 
+bool sparse24_bf16_uses_tiles(int64_t m) {
+  return (enabled_tiers() & kTileTiers) != 0 && m >= kSparse24Bf16TileMinRows;
+}
+
+void sparse24_bf16_tiles_run(const Sparse24Bf16Args& a, const Int8GemmPlan& plan, int64_t task_begin,
+                             int64_t task_end) {
+  sparse24_bf16_tile_tiers.active().run(a, plan, task_begin, task_end);
+}
+
+constexpr TierTable<Sparse24Bf16TileKernels> sparse24_bf16_tile_tiers{
+    sparse24_bf16_tile_kernels_amx_emulated,
+    {
+        {Tier::kAmx, &sparse24_bf16_tile_kernels_amx},
+        {Tier::kAmxEmulated, &sparse24_bf16_tile_kernels_amx_emulated},
+    }};
+
 }  // namespace ck::cpu

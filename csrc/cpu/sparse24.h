@@ -30,6 +30,7 @@
 #include "bf16.h"
 #include "ck/sparse24.h"
 #include "dispatch.h"
+#include "int8_gemm.h"
 #include "requantize.h"
 
 namespace ck::cpu {
@@ -263,6 +264,28 @@ extern const Sparse24Bf16Kernels sparse24_bf16_kernels_portable, sparse24_bf16_k
 extern const TierTable<Sparse24Bf16Kernels> sparse24_bf16_tiers;
 // The tier of the bf16 kernel that runs now: "avx512bf16", "avx2" or "portable".
 const char* sparse24_bf16_path();
+
+// bf16 on tiles. From kSparse24Bf16TileMinRows rows on a tile tier (sparse24_bf16_uses_tiles) the weight of each
+// 64-column panel is expanded once per task into dense bf16 B tiles (the pruned positions +0.0) and multiplied
+// with tdpbf16ps (amx_bf16-inl.h): the same products, accumulated as the instruction does (EmulatedTiles::dot_bf16:
+// per 32 k of the dense K, an even-k and an odd-k fp32 chain summed into the accumulator) instead of the
+// per-value steps above, then the same bias add and bf16 rounding. Not the bits of the vector
+// tiers: within (K + 2) * 2^-24 * sum_k |x w| (+ K * 2^-126 for flushed partial sums) of the exact sum before
+// the rounding to bf16, like them (reference.sparse24_bf16_linear_bound); the amx tier equals its scalar model
+// (amx_emulated) bit for bit. Measured on Sapphire Rapids (2 threads, K = N = 4096, ratio to bf16 F.linear,
+// tiles / avx512bf16 kernel): M = 4: 1.22x / 1.82x; M = 8: 1.19x / 1.0x; M = 16: 1.22x / 0.48x; M = 64:
+// 1.37x / 0.23x; M = 256: 0.97x / 0.13x. The expansion into tiles is a cost per call that the vector kernel,
+// which reads only the compressed weight, does not pay; from 8 rows its fp32 work costs more.
+constexpr int64_t kSparse24Bf16TileMinRows = 8;
+bool sparse24_bf16_uses_tiles(int64_t m);
+void sparse24_bf16_tiles_run(const Sparse24Bf16Args& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
+struct Sparse24Bf16TileKernels {
+  void (*run)(const Sparse24Bf16Args& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
+};
+// Only the tile tiers have this kernel (amx_emulated is also the table's portable entry, so that the walk always
+// ends; sparse24_bf16_uses_tiles gates its use).
+extern const Sparse24Bf16TileKernels sparse24_bf16_tile_kernels_amx, sparse24_bf16_tile_kernels_amx_emulated;
+extern const TierTable<Sparse24Bf16TileKernels> sparse24_bf16_tile_tiers;
 
 // ---------------------------------------------------------------- conv2d as rows of patches
 //

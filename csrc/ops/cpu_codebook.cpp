@@ -135,7 +135,7 @@ at::Tensor codebook_linear_bf16(const at::Tensor& x, const at::Tensor& packed_id
   args.group_rows = n / codebook.size(0);
   args.bias = bias.has_value() ? bias_c.data_ptr<float>() : nullptr;
   args.out = reinterpret_cast<uint16_t*>(out.data_ptr());
-  const cpu::Int8GemmPlan plan = cpu::codebook_bf16_plan(m, n, at::get_num_threads());
+  const cpu::Int8GemmPlan plan = cpu::amx_bf16_plan(m, n, at::get_num_threads());
   // (as in run: below ~1M multiply-adds the other threads cost more than they save)
   const int64_t grain = m * n * k < (int64_t{1} << 20) ? plan.tasks() : 1;
   at::parallel_for(0, plan.tasks(), grain,

@@ -176,6 +176,11 @@ at::Tensor sparse24_bf16_linear(const at::Tensor& x, const at::Tensor& values, c
   args.m = m;
   args.ldx = m > 1 ? xc.stride(0) : args.k;
   args.out = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  if (cpu::sparse24_bf16_uses_tiles(m)) {  // (sparse24.h, "bf16 on tiles")
+    const cpu::Int8GemmPlan plan = cpu::amx_bf16_plan(m, args.n, at::get_num_threads());
+    at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_bf16_tiles_run(args, plan, b, e); });
+    return out;
+  }
   const cpu::Sparse24Bf16Plan plan = cpu::sparse24_int8_plan(m, args.n, at::get_num_threads());
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t b, int64_t e) { cpu::sparse24_bf16_run(args, plan, b, e); });
   return out;
