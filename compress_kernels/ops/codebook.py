@@ -47,8 +47,9 @@ def codebook_linear(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
     products summed in fp32, + bias, one rounding to bf16 (nearest even; NaN -> 0x7FC0). From 8 rows on an
     AMX CPU (or the amx_emulated path) the weight is decoded into bf16 tiles and multiplied with tdpbf16ps
     (per 32 k, an even-k and an odd-k fp32 chain summed into the accumulator); otherwise x is widened and
-    the fp32 kernel runs. Either sum is within (K + 2) * 2^-24 * sum_k |x W| (+ K * 2^-126) of the exact one before the bf16 rounding
-    (reference.codebook_linear_bf16_bound); the tile kernel equals its scalar model bit for bit.
+    the fp32 kernel runs. Either sum is within (K + 2) * 2^-24 * sum_k |x W| (+ K * 2^-126) of the exact
+    one before the bf16 rounding (reference.codebook_linear_bf16_bound); the tile kernel equals its scalar
+    model bit for bit.
     CUDA: M <= 8 runs a fused GEMV (fp32 sums in another order, one rounding to x's dtype); larger M
     decodes W to x's dtype and uses cuBLAS (see csrc/ops/cuda_codebook.cpp). Differentiable in x,
     codebook and bias; the codebook gradient is the sum of the weight gradients of each entry's members."""
