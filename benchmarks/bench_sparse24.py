@@ -95,6 +95,10 @@ compressed bytes <= 56.25% of dense.
   differences in 30M random and near-2^-126 cases), so CPUs without AVX512_BF16 run the same bits
   with fp32 FMAs under MXCSR FTZ + DAZ (the AVX2 path, `vpermps` picks x, 8 rows x 8 columns:
   26-90 GFLOP/s dense-equivalent here, 0.9-1.1x oneDNN's fp32 F.linear at M >= 64).
+  On AMX (Sapphire Rapids and later) oneDNN's bf16 F.linear runs on the tile unit, ~10x the vdpbf16ps
+  peak; from 8 rows the bf16 2:4 linear there expands each 64-column panel once per task into dense
+  bf16 tiles and runs `tdpbf16ps` (sparse24.h, "bf16 on tiles": within the stated bound of the exact
+  sum, not the vector model's bits).
 - 2:4 conv2d (`sparse24_int8_conv2d`, `sparse24_conv2d`, second table): the groups of four are input channels at
   one kernel tap (NVIDIA's convention), so an input row is kh x kw runs of C contiguous NHWC bytes;
   rows are gathered by memcpy a 256 KB chunk at a time into a per-thread buffer and multiplied by
