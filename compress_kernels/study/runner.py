@@ -273,18 +273,28 @@ def _int8_qat(model, data, ctx):
     return ck.convert_(qat).model, steps
 
 
-def _kmeans(bits: int):
+def _kmeans(bits: int, fold: bool):
+    """k-means codebooks per layer + centroid fine-tune; fold: clustered on the BatchNorm-folded model (the weights
+    a deployment runs: one conv per layer instead of conv + BatchNorm). At 4 bits folding first keeps the accuracy
+    (digits, width 8: 97.78 both ways) and makes the network 1.2x / 1.07x faster at batch 1 / 32; at 2 bits the
+    per-channel BatchNorm scales spread the weights over the 4 shared values and cost 6 points (94.00 -> 87.56),
+    so the 2-bit variant keeps its BatchNorm."""
+
     def fn(model, data, ctx):
         import compress_kernels as ck
 
-        m = ck.convert_(model, ck.CodebookConfig(bits=bits), inplace=False).model
+        from ..adaround import folded_copy
+
+        m = ck.convert_(folded_copy(model) if fold else model, ck.CodebookConfig(bits=bits), inplace=False).model
         return m, _finetune_codebooks(m, data, ctx)
 
     return fn
 
 
-register_variant("kmeans4", "k-means 4-bit codebooks per layer + centroid fine-tune", _kmeans(4))
-register_variant("kmeans2", "k-means 2-bit codebooks per layer + centroid fine-tune", _kmeans(2))
+register_variant("kmeans4", "k-means 4-bit codebooks per layer on the BatchNorm-folded model + centroid fine-tune",
+                 _kmeans(4, fold=True))
+register_variant("kmeans2", "k-means 2-bit codebooks per layer (BatchNorm kept) + centroid fine-tune",
+                 _kmeans(2, fold=False))
 
 
 def _sparse24_finetuned(model, data, ctx, kd: bool):
@@ -333,7 +343,8 @@ register_variant("sparse24_ce", "2:4 + cross-entropy fine-tune (the ablation of 
 
 
 @register_variant("deep_compression", "80% unstructured magnitude pruning + fine-tune, then k-means 4-bit "
-                                      "(zero centroid) + centroid fine-tune (Deep Compression)")
+                                      "(zero centroid) on the BatchNorm-folded model + centroid fine-tune (Deep "
+                                      "Compression)")
 def _deep_compression(model, data, ctx):
     import compress_kernels as ck
 
@@ -343,7 +354,11 @@ def _deep_compression(model, data, ctx):
     pruner = prune_(m, PruneConfig(sparsity=0.8, granularity="element", scope="global"))
     steps = _finetune(m, data, ctx, kd=True, after_step=lambda _: pruner.step())
     pruner.remove()
-    m = ck.convert_(m, ck.CodebookConfig(bits=4)).model
+    from ..adaround import folded_copy
+
+    # clustered as deployed, BatchNorm folded (folding keeps the pruned zeros): 97.56% top-1 against 96.67% with
+    # BatchNorm kept (digits, width 8), and 1.2x faster at batch 1
+    m = ck.convert_(folded_copy(m.eval()), ck.CodebookConfig(bits=4)).model
     return m, steps + _finetune_codebooks(m, data, ctx)
 
 
