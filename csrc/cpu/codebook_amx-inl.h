@@ -28,20 +28,5 @@ struct ScalarCodebookDecode {
   }
 };
 
-template <class Tiles, class Row, class Decode>
-void codebook_bf16_tasks(const CodebookBf16Args& a, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
-  AmxBf16Operands o;
-  o.x = a.x;
-  o.m = a.m;
-  o.k = a.k;
-  o.ldx = a.ldx;
-  o.n = a.n;
-  o.bias = a.bias;
-  o.out = a.out;
-  amx_bf16_decoded_tasks<Tiles, Row>(
-      o, plan, task_begin, task_end,
-      [&](int64_t n0, int cols, int64_t chunks, uint8_t* dst) { Decode::block(a, n0, cols, chunks, dst); });
-}
-
 }  // namespace
 }  // namespace ck::cpu

@@ -98,7 +98,7 @@ struct Avx512CodebookDecode {
 
 void codebook_bf16_run_amx(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
                            int64_t task_end) {
-  codebook_bf16_tasks<HardwareTiles, Avx512Bf16Row, Avx512CodebookDecode>(args, plan, task_begin, task_end);
+  amx_bf16_family_tasks<HardwareTiles, Avx512Bf16Row, Avx512CodebookDecode>(args, plan, task_begin, task_end);
 }
 
 }  // namespace ck::cpu

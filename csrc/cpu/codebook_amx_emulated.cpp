@@ -9,7 +9,7 @@ namespace ck::cpu {
 
 void codebook_bf16_run_amx_emulated(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
                                     int64_t task_end) {
-  codebook_bf16_tasks<EmulatedTiles, ScalarBf16Row, ScalarCodebookDecode>(args, plan, task_begin, task_end);
+  amx_bf16_family_tasks<EmulatedTiles, ScalarBf16Row, ScalarCodebookDecode>(args, plan, task_begin, task_end);
 }
 
 const CodebookBf16Kernels codebook_bf16_kernels_amx_emulated = {&codebook_bf16_run_amx_emulated};

@@ -74,7 +74,7 @@ struct Avx512Sparse24Decode {
 
 void sparse24_bf16_tiles_run_amx(const Sparse24Bf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
                                  int64_t task_end) {
-  sparse24_bf16_tile_tasks<HardwareTiles, Avx512Bf16Row, Avx512Sparse24Decode>(args, plan, task_begin, task_end);
+  amx_bf16_family_tasks<HardwareTiles, Avx512Bf16Row, Avx512Sparse24Decode>(args, plan, task_begin, task_end);
 }
 
 }  // namespace ck::cpu

@@ -9,7 +9,7 @@ namespace ck::cpu {
 
 void sparse24_bf16_tiles_run_amx_emulated(const Sparse24Bf16Args& args, const Int8GemmPlan& plan, int64_t task_begin,
                                           int64_t task_end) {
-  sparse24_bf16_tile_tasks<EmulatedTiles, ScalarBf16Row, ScalarSparse24Decode>(args, plan, task_begin, task_end);
+  amx_bf16_family_tasks<EmulatedTiles, ScalarBf16Row, ScalarSparse24Decode>(args, plan, task_begin, task_end);
 }
 
 const Sparse24Bf16TileKernels sparse24_bf16_tile_kernels_amx_emulated = {&sparse24_bf16_tiles_run_amx_emulated};
