@@ -111,7 +111,8 @@ def bench_kernels(quick: bool) -> str:
             "outside the timed calls: the peer of a user who runs the model in bf16 instead. torchao: "
             "`CodebookQuantizedTensor` with the same codes and codebook (dequantizes, then "
             "`F.linear`). Ours bf16-x: `codebook_linear` with the same bf16 x (the codebook rounded to bf16, fp32 "
-            "sums, bf16 out; on AMX from 8 rows the weight decoded into bf16 tiles and `tdpbf16ps`, below that the "
+            "sums, bf16 out; on AMX from 12 rows (4-bit) the weight decoded into bf16 tiles and `tdpbf16ps`, below "
+            "that the "
             "fused fp32 kernel on widened x), against the same bf16 `F.linear`.\n\n"
             + markdown_table(headers, rows))
 

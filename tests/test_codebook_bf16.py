@@ -1,5 +1,6 @@
 """codebook_linear with bf16 activations on CPU: the codebook rounded to bf16, fp32 sums, one rounding to bf16.
-From 8 rows on the tile tiers (amx: tdpbf16ps; amx_emulated: its scalar model, on every machine) the weight is
+From 8-16 rows (codebook_bf16_tile_min_rows) on the tile tiers (amx: tdpbf16ps; amx_emulated: its scalar model, on every
+machine) the weight is
 decoded into bf16 tiles; below that, and on the vector tiers, x is widened and the fp32 kernel runs. Every path
 is within reference.codebook_linear_bf16_bound of the exact sum, and the hardware tiles equal their model."""
 
@@ -35,7 +36,7 @@ CASES = [(4, 37, 96, 1), (4, 64, 130, 1), (4, 48, 75, 3), (3, 40, 77, 8), (6, 33
 @pytest.mark.parametrize("bits, n, k, groups", CASES)
 def test_every_path_within_the_stated_bound(bits, n, k, groups):
     idx, packed, codebook, bias = _case(n, k, bits, groups, seed=bits * 100 + n)
-    for m in (1, 7, 8, 15, 16, 33):  # the fp32 path below 8 rows; tiles with 8-15 rows, whole tiles and tails
+    for m in (1, 7, 8, 15, 16, 33):  # the fp32 path below 8-16 rows; tiles with 8-15 rows, whole tiles and tails
         x = rand_x(m, k, seed=m).bfloat16()
         results = {}
         for isa in ISAS:
@@ -171,7 +172,7 @@ def test_tile_model_follows_tdpbf16ps_order(probe, want):
     instruction gave on Sapphire Rapids (and the hardware the same, where the CPU has it)."""
     k = 96
     idx = torch.zeros(16, k, dtype=torch.uint8)
-    x = torch.zeros(8, k)
+    x = torch.zeros(16, k)  # 16 rows: the tile path for a 2-bit codebook (codebook_bf16_tile_min_rows)
     for kk, xv, iv in probe:
         idx[:, kk], x[:, kk] = iv, xv
     codebook = torch.tensor([[0.0, 1.0, 2.0 ** -12, 2.0 ** -30]])

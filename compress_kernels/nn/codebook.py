@@ -124,7 +124,7 @@ class _CodebookBase(Float32State):
 class CodebookLinear(_CodebookBase):
     """nn.Linear with k-means shared weights: W[n, k] = codebook[n // (N // G), idx[n, k]], the lookup
     fused into the matmul kernel. Any leading dimensions; the output has x's dtype (bf16 x on CPU runs
-    the bf16 kernel: the codebook rounded to bf16, fp32 sums, AMX tiles from 8 rows; other dtypes
+    the bf16 kernel: the codebook rounded to bf16, fp32 sums, AMX tiles from 8-16 rows; other dtypes
     run in fp32)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, bits: int = 4,

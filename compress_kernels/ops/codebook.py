@@ -44,7 +44,7 @@ def codebook_linear(x: torch.Tensor, packed_idx: torch.Tensor, codebook: torch.T
     CPU, fp32 x, per output: acc = 0; acc = fmaf(x[m, k], W[n, k], acc) for k in order; y = acc + bias[n]
     (identical on every CPU path and thread count).
     CPU, bf16 x: W's entries rounded to bf16 (nearest even), bf16 subnormals in x and W read as zero, the
-    products summed in fp32, + bias, one rounding to bf16 (nearest even; NaN -> 0x7FC0). From 8 rows on an
+    products summed in fp32, + bias, one rounding to bf16 (nearest even; NaN -> 0x7FC0). From 8-16 rows on an
     AMX CPU (or the amx_emulated path) the weight is decoded into bf16 tiles and multiplied with tdpbf16ps
     (per 32 k, an even-k and an odd-k fp32 chain summed into the accumulator); otherwise x is widened and
     the fp32 kernel runs. Either sum is within (K + 2) * 2^-24 * sum_k |x W| (+ K * 2^-126) of the exact

@@ -115,7 +115,15 @@ void codebook_linear_run(const CodebookLinearArgs& args, const CodebookPlan& pla
 
 const CodebookKernels codebook_kernels_portable = {&codebook_linear_run_portable};
 
-bool codebook_bf16_uses_tiles(int64_t m) { return (enabled_tiers() & kTileTiers) != 0 && m >= 8; }
+int64_t codebook_bf16_tile_min_rows(int bits, int64_t group_rows) {
+  const bool shared_blocks = group_rows % 16 == 0;  // every 16-column block within one codebook
+  if (!shared_blocks || bits >= 7) return 8;
+  return bits == 6 ? 16 : 12;
+}
+
+bool codebook_bf16_uses_tiles(int64_t m, int bits, int64_t group_rows) {
+  return (enabled_tiers() & kTileTiers) != 0 && m >= codebook_bf16_tile_min_rows(bits, group_rows);
+}
 
 void codebook_bf16_run(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end) {
   codebook_bf16_tiers.active().run(args, plan, task_begin, task_end);

@@ -114,11 +114,14 @@ struct CodebookBf16Args {
   uint16_t* out = nullptr;      // [m, n] bf16 bits, contiguous
 };
 // Whether bf16 x of m rows runs on the tile kernel now (else the glue takes the fp32 path): a tile tier is
-// enabled and m >= 8. Measured on Sapphire Rapids (2 threads, 4-bit, K = N = 1024 and 4096, against bf16
-// F.linear): the fused fp32 kernel, which reads only the indices, leads up to 6 rows (M = 1: 3.9x vs 1.3x;
-// M = 6: 1.4-1.55x vs 1.25-1.35x), the tiles from 8 rows (M = 8: 1.37x vs 1.11x), where the decode into bf16
-// tiles, a fixed cost per call, starts to pay.
-bool codebook_bf16_uses_tiles(int64_t m);
+// enabled and m >= codebook_bf16_tile_min_rows(bits, group_rows). The decode into bf16 tiles is a fixed cost per
+// call that the fused fp32 kernel, which reads only the indices, does not pay; its fp32 work grows with m.
+// Measured on Sapphire Rapids (2 threads, K = N = 1024 and 4096, tiles / fp32 path time): shared codebooks of up
+// to 5 bits 1.09-1.26 at M = 8, 0.70-0.83 at M = 12 -> from 12 rows; 6 bits (a per-pair decode; the fp32 kernel
+// still looks up in registers) 1.81-1.85 at 8, 1.17 at 12, 0.95-1.00 at 16 -> from 16; 7-8 bits and per-lane
+// codebooks, where the fp32 kernel is slow too (8 bits: 1.77 against 2.59 ms at M = 8), from 8.
+int64_t codebook_bf16_tile_min_rows(int bits, int64_t group_rows);
+bool codebook_bf16_uses_tiles(int64_t m, int bits, int64_t group_rows);
 void codebook_bf16_run(const CodebookBf16Args& args, const Int8GemmPlan& plan, int64_t task_begin, int64_t task_end);
 
 struct CodebookBf16Kernels {

@@ -19,8 +19,9 @@ namespace {
 // A block of up to 16 columns, one k pair (one 64-byte tile row) per step. Lane i is column n0 + i: word g of
 // the block's rows is one masked 64-byte load (ck/bitpack.h interleaves the block's rows), index j of it a
 // variable shift and a mask. The two indices of a pair become the halves of one dword; when the block's
-// columns share one codebook of at most 32 entries, one vpermw looks both up (and for 1-5 bits whole words go
-// at once, one vpmultishiftqb per pair); otherwise each lane gathers from its own codebook (the glue pads the
+// columns share one codebook, it sits in registers and one lookup (vpermw up to 5 bits, vpermi2w and blends
+// above) serves both, and where a word holds an even number of indices (every width but 6 bits) whole words go
+// at once, one vpmultishiftqb per pair; otherwise each lane gathers from its own codebook (the glue pads the
 // codebook by two entries, so a 4-byte gather at the last entry stays inside it).
 struct Avx512CodebookDecode {
   static void block(const CodebookBf16Args& a, int64_t n0, int cols, int64_t chunks, uint8_t* dst) {
@@ -31,12 +32,16 @@ struct Avx512CodebookDecode {
     const __m512i index_mask = _mm512_set1_epi32(static_cast<int>(entries - 1));
     const __m512i low_half = _mm512_set1_epi32(0xffff);
     const int64_t first_group = n0 / a.group_rows, last_group = (n0 + cols - 1) / a.group_rows;
-    const bool shared = first_group == last_group && bits <= 5;
-    __m512i table = _mm512_setzero_si512(), base = _mm512_setzero_si512();
-    if (shared) {
-      table = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << entries) - 1),
-                                       a.codebook + first_group * entries);
-    } else {
+    const bool shared = first_group == last_group;
+    // A shared codebook in registers: 32 bf16 entries per zmm (1 for up to 5 bits, 2 / 4 / 8 for 6 / 7 / 8).
+    __m512i table[8], base = _mm512_setzero_si512();
+    const int table_regs = shared ? static_cast<int>(entries + 31) / 32 : 0;
+    for (int r = 0; r < table_regs; ++r) {
+      const int64_t left = entries - 32 * r;
+      table[r] = _mm512_maskz_loadu_epi16(static_cast<__mmask32>(left >= 32 ? 0xffffffffu : (1u << left) - 1u),
+                                          a.codebook + first_group * entries + 32 * r);
+    }
+    if (!shared) {
       alignas(64) int32_t b[16];
       for (int i = 0; i < 16; ++i) b[i] = static_cast<int32_t>(((n0 + (i < cols ? i : 0)) / a.group_rows) * entries);
       base = _mm512_load_si512(b);
@@ -46,6 +51,18 @@ struct Avx512CodebookDecode {
       const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + g * cols);
       return _mm512_and_si512(_mm512_srl_epi32(w, _mm_cvtsi32_si128(static_cast<int>((kk - g * per_word) * bits))),
                               index_mask);
+    };
+    // The entries of a shared codebook at the 16-bit indices of idx (each 16-bit lane < entries): one vpermw up to 5
+    // bits, one vpermi2w per 64 entries above, the halves picked by index bits 6 and 7.
+    auto lookup = [&](__m512i idx) {
+      if (table_regs == 1) return _mm512_permutexvar_epi16(idx, table[0]);
+      __m512i part[4];
+      for (int q = 0; q < table_regs / 2; ++q) part[q] = _mm512_permutex2var_epi16(table[2 * q], idx, table[2 * q + 1]);
+      for (int width = table_regs / 2, bit = 6; width > 1; width /= 2, ++bit) {
+        const __mmask32 upper = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(static_cast<int16_t>(1 << bit)));
+        for (int q = 0; q < width / 2; ++q) part[q] = _mm512_mask_blend_epi16(upper, part[2 * q], part[2 * q + 1]);
+      }
+      return part[0];
     };
     auto gather = [&](__m512i idx) {
       const __m512i v =
@@ -68,8 +85,7 @@ struct Avx512CodebookDecode {
         const __m512i w = _mm512_maskz_loadu_epi32(lanes, words + (kk / per_word) * cols);
         for (int p = 0; p < pairs; ++p) {
           const __m512i idx = _mm512_and_si512(_mm512_multishift_epi64_epi8(pair_ctrl[p], w), pair_mask);
-          _mm512_storeu_si512(dst + amx_bf16_offset(kk + 2 * p),
-                              _mm512_maskz_mov_epi32(lanes, _mm512_permutexvar_epi16(idx, table)));
+          _mm512_storeu_si512(dst + amx_bf16_offset(kk + 2 * p), _mm512_maskz_mov_epi32(lanes, lookup(idx)));
         }
       }
     }
@@ -81,7 +97,7 @@ struct Avx512CodebookDecode {
         const __m512i i0 = index_at(kk);
         if (shared) {
           const __m512i i1 = odd ? index_at(kk + 1) : _mm512_setzero_si512();
-          pair = _mm512_permutexvar_epi16(_mm512_or_si512(i0, _mm512_slli_epi32(i1, 16)), table);
+          pair = lookup(_mm512_or_si512(i0, _mm512_slli_epi32(i1, 16)));
           if (!odd) pair = _mm512_and_si512(pair, low_half);
         } else {
           pair = gather(i0);

@@ -106,7 +106,7 @@ at::Tensor codebook_linear_fp32(const at::Tensor& x, const at::Tensor& packed_id
 at::Tensor codebook_linear_bf16(const at::Tensor& x, const at::Tensor& packed_idx, const PackedInfo& info,
                                 const at::Tensor& codebook, int64_t bits, const std::optional<at::Tensor>& bias) {
   const int64_t m = x.size(0), k = x.size(1), n = info.n;
-  if (!cpu::codebook_bf16_uses_tiles(m)) {
+  if (!cpu::codebook_bf16_uses_tiles(m, static_cast<int>(bits), n / codebook.size(0))) {
     const at::Tensor cb = bf16_flushed(codebook, 0).view(codebook.sizes()).to(at::kFloat);
     const at::Tensor x32 = bf16_flushed(x, 0).view(x.sizes()).to(at::kFloat);
     const at::Tensor y32 = codebook_linear_fp32(x32, packed_idx, info, cb, bits, bias);
