@@ -98,6 +98,34 @@ at::Tensor bf16_flushed(const at::Tensor& t, int64_t pad) {
   return out;
 }
 
+// The fp32 values of a bf16 tensor, subnormals flushed to a zero of their sign, in one pass (contiguous, t's shape).
+at::Tensor widened_flushed(const at::Tensor& t) {
+  const at::Tensor src = t.contiguous();
+  at::Tensor out = at::empty(src.sizes(), src.options().dtype(at::kFloat));
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.data_ptr());
+  uint32_t* d = reinterpret_cast<uint32_t*>(out.data_ptr());
+  const int64_t n = src.numel();
+  for (int64_t i = 0; i < n; ++i) {  // branch-free: the compiler vectorizes it
+    const uint32_t h = s[i];
+    d[i] = ((h & 0x7f80u) == 0 ? (h & 0x8000u) : h) << 16;
+  }
+  return out;
+}
+
+// float_to_bf16 over a contiguous fp32 tensor, branch-free (vectorized) in one pass.
+at::Tensor rounded_bf16(const at::Tensor& y32) {
+  at::Tensor y = at::empty(y32.sizes(), y32.options().dtype(at::kBFloat16));
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(y32.data_ptr<float>());
+  uint16_t* dst = reinterpret_cast<uint16_t*>(y.data_ptr());
+  const int64_t n = y32.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = src[i];
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    dst[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);
+  }
+  return y;
+}
+
 at::Tensor codebook_linear_fp32(const at::Tensor& x, const at::Tensor& packed_idx, const PackedInfo& info,
                                 const at::Tensor& codebook, int64_t bits, const std::optional<at::Tensor>& bias);
 
@@ -107,15 +135,9 @@ at::Tensor codebook_linear_bf16(const at::Tensor& x, const at::Tensor& packed_id
                                 const at::Tensor& codebook, int64_t bits, const std::optional<at::Tensor>& bias) {
   const int64_t m = x.size(0), k = x.size(1), n = info.n;
   if (!cpu::codebook_bf16_uses_tiles(m, static_cast<int>(bits), n / codebook.size(0))) {
-    const at::Tensor cb = bf16_flushed(codebook, 0).view(codebook.sizes()).to(at::kFloat);
-    const at::Tensor x32 = bf16_flushed(x, 0).view(x.sizes()).to(at::kFloat);
-    const at::Tensor y32 = codebook_linear_fp32(x32, packed_idx, info, cb, bits, bias);
-    // rounded here rather than by .to(kBFloat16), which keeps a NaN's sign and payload: every NaN is 0x7FC0
-    at::Tensor y = at::empty(y32.sizes(), y32.options().dtype(at::kBFloat16));
-    const float* src = y32.data_ptr<float>();
-    uint16_t* dst = reinterpret_cast<uint16_t*>(y.data_ptr());
-    for (int64_t i = 0; i < y32.numel(); ++i) dst[i] = cpu::float_to_bf16(src[i]);
-    return y;
+    const at::Tensor cb = widened_flushed(codebook.to(at::kBFloat16));
+    // rounded by rounded_bf16 rather than .to(kBFloat16), which keeps a NaN's sign and payload: every NaN is 0x7FC0
+    return rounded_bf16(codebook_linear_fp32(widened_flushed(x), packed_idx, info, cb, bits, bias));
   }
   const at::Tensor table = bf16_flushed(codebook, 2);  // two more entries: see Avx512CodebookDecode
   const at::Tensor xc = x.stride(1) == 1 && (m <= 1 || x.stride(0) >= k) ? x : x.contiguous();
