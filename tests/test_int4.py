@@ -124,7 +124,7 @@ def test_w4a8_is_bit_exact_on_every_isa(group_size, symmetric):
     w, scales, zp = _weight(n, k, group_size, symmetric, seed=group_size)
     pack = ck.int4_pack(w, scales, group_size, zp)
     bias = rand_x(n, seed=5)
-    for m in (1, 3, 4, 9):
+    for m in (1, 3, 4, 9, 15):  # row tiles of 8, 4 and the rest on the vector tiers
         x = rand_x(m, k, seed=m)
         want = ref.int4_linear_w4a8(x, w, scales, zp, group_size, bias)
         got = run_on_every_isa(ck.int4_linear, x, pack, bias)
