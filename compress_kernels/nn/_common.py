@@ -90,6 +90,19 @@ def module_label(module: torch.nn.Module, prefix: str) -> str:
     return f"{type(module).__name__} at {(prefix[:-1] if prefix else '<root>')!r}"
 
 
+class WrapsLinear:
+    """in_features / out_features of a module that computes through an inner `self.linear` (a wrapper that
+    quantizes around it, or a QAT form of it)."""
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+
 class ExtraStateChecker:
     """Checks one module's `_extra_state` dict at load time; every failure names the module, the
     key, the value and the rule. `checked` collects the validated values."""

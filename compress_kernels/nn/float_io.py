@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops
-from ._common import in_reference_mode, run_exact
+from ._common import WrapsLinear, in_reference_mode, run_exact
 from .integer import DeQuantize, Quantize
 from .linear import QuantLinear, float_rows_where
 
 
-class QuantLinearFloatIO(nn.Module):
+class QuantLinearFloatIO(WrapsLinear, nn.Module):
     """float x -> ``quantize`` (Quantize: clamp(round_half_even(x / s_in) + zp_in), the calibrated
     input qparams) -> ``linear`` (static QuantLinear: the int8 kernel, int32 accumulation, fixed-point
     requantization to the calibrated output qparams) -> ``dequantize`` ((y_q - zp_out) * s_out, fp32)
@@ -56,14 +56,6 @@ class QuantLinearFloatIO(nn.Module):
                                    per_channel=per_channel, input_dtype=dtype, output_dtype=dtype, rounding=rounding)
         return cls(Quantize(input_qparams[0], input_qparams[1], dtype), q,
                    DeQuantize(output_qparams[0], output_qparams[1], dtype), input_multiplier)
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_in = x.float() if self.input_multiplier is None else x.float() * self.input_multiplier

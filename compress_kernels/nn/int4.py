@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import numerics, ops, reference
-from ._common import ExtraStateChecker, Float32State, check_state_tensors, in_reference_mode, module_label, run_exact
+from ._common import (
+    ExtraStateChecker,
+    Float32State,
+    WrapsLinear,
+    check_state_tensors,
+    in_reference_mode,
+    module_label,
+    run_exact,
+)
 from .linear import float_rows_where
 
 INT4_ACTIVATIONS = ("int8", "bf16", "fp32")
@@ -185,7 +193,7 @@ def fake_quantize_rows_int8(x: torch.Tensor) -> torch.Tensor:
     return _StraightThrough.apply(x, quantized)
 
 
-class QATInt4Linear(nn.Module):
+class QATInt4Linear(WrapsLinear, nn.Module):
     """Quantization-aware training of one nn.Linear for Int4Linear (w4a8), made by
     ``prepare_qat_(model, QATConfig(weight_bits=4, group_size=g))``. The wrapped ``linear`` (the
     model's own nn.Linear: its parameters train) is used as
@@ -213,14 +221,6 @@ class QATInt4Linear(nn.Module):
         self.linear, self.group_size = linear, group_size
         self.config = None  # the QATConfig, set by prepare_qat_
         self._exact = None
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.linear.out_features
 
     def fake_quantized_weight(self) -> torch.Tensor:
         """The weight on its int4 grid (fp32), with a straight-through gradient to the float weight."""

@@ -53,14 +53,8 @@ struct ScalarBf16Row {
 // The driver's output stage for bf16 out from fp32 sums (their bits), one Row at a time.
 template <class Row>
 struct Bf16Output {
-  struct Columns {
-    int64_t n0 = 0;
-    int cols = 0;
-  };
-  static void prepare(const Int8GemmArgs&, int64_t n0, int cols, Columns& c) {
-    c.n0 = n0;
-    c.cols = cols;
-  }
+  using Columns = AmxBlockColumns;
+  static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) { Columns::prepare(a, n0, cols, c); }
   static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
     const float* bias = a.bias_f != nullptr ? a.bias_f + c.n0 : nullptr;
     uint16_t* out = static_cast<uint16_t*>(a.out) + m0 * a.out_stride() + c.n0;

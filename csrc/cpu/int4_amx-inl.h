@@ -169,7 +169,8 @@ void int4_w4a8_amx_blocks(const Int4W4a8Args& a, int64_t block_begin, int64_t bl
 // q = u - 8 exact in bf16), then per tile of 16 rows of x and per group g in order the group's
 // dots (K = 32 bf16 each) sum x * q into a zeroed fp32 tile, and the policy applies the fp32 kernel's
 // group step: part = sum (- z * xsum for asymmetric packs), acc = acc + part * s. The sums follow
-// tdpbf16ps' rounding (EmulatedTiles::dot_bf16: pairs of exact products rounded once, DAZ / FTZ), within
+// tdpbf16ps' rounding (EmulatedTiles::dot_bf16: an even-k and an odd-k fp32 chain per dot, summed into the
+// accumulator, DAZ / FTZ), within
 // int4.h's w4a16 bound; the group steps are the fp32 kernel's.
 //
 // Policy additionally provides:

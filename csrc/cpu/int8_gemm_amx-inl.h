@@ -1,5 +1,6 @@
 // Included by int8_gemm_amx.cpp, sparse24_amx.cpp (amx tier), int8_gemm_amx_emulated.cpp, sparse24_amx_emulated.cpp
-// (amx_emulated tier: no target flags), sparse24_int8_amx-inl.h and amx_bf16-inl.h. The AMX GEMM driver, written
+// (amx_emulated tier: no target flags), sparse24_int8_amx-inl.h, amx_bf16-inl.h and int8_output_scalar-inl.h. The AMX
+// GEMM driver, written
 // once against the tile interface of amx_tiles.h and compiled twice: on the tile instructions with an AVX-512 output
 // stage and on the scalar tile model with a scalar output stage. Int8 operands (tdpbusd / tdpbssd) or bf16 pairs
 // (tdpbf16ps, amx_bf16_tasks_with: the bf16 kernels on decoded weights).
@@ -175,6 +176,17 @@ inline PackedBTiles packed_b_tiles(const Int8GemmArgs& a, AmxInt8Scratch& scratc
 struct AmxInt8Options {
   const int64_t* a_offsets = nullptr;
   const VirtualConvRows* rows = nullptr;
+};
+
+// The per-column state of an output stage that needs none beyond the block's columns (the scalar output
+// stages): their first column and count.
+struct AmxBlockColumns {
+  int64_t n0 = 0;
+  int cols = 0;
+  static void prepare(const Int8GemmArgs&, int64_t n0, int cols, AmxBlockColumns& c) {
+    c.n0 = n0;
+    c.cols = cols;
+  }
 };
 
 // Output: Output::prepare(a, n0, cols, columns) computes the per-column state of a block's columns

@@ -4,19 +4,14 @@
 #pragma once
 
 #include "int8_gemm.h"
+#include "int8_gemm_amx-inl.h"
 
 namespace ck::cpu {
 namespace {
 
 struct ScalarOutput {
-  struct Columns {
-    int64_t n0 = 0;
-    int cols = 0;
-  };
-  static void prepare(const Int8GemmArgs&, int64_t n0, int cols, Columns& c) {
-    c.n0 = n0;
-    c.cols = cols;
-  }
+  using Columns = AmxBlockColumns;
+  static void prepare(const Int8GemmArgs& a, int64_t n0, int cols, Columns& c) { Columns::prepare(a, n0, cols, c); }
   static void write(const Int8GemmArgs& a, const Columns& c, int64_t m0, int mr, const int32_t* sums, int64_t ld) {
     for (int r = 0; r < mr; ++r) {
       for (int j = 0; j < c.cols; ++j) {
